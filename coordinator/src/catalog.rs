@@ -1,0 +1,317 @@
+//! The persistent catalog: tables (id, name, columns, distribution key,
+//! mirroring) and the transaction-id high-water mark.
+//!
+//! Stored as `catalog.json` in the coordinator's data dir, replaced atomically
+//! (write temp, fsync, rename, fsync dir) on every change. Format: see
+//! docs/coordinator-state.md. It never talks to nodes; the cluster does.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+use slicedb_engine::TableId;
+
+use crate::{CoordinatorError, Result};
+
+/// How a table's rows are spread over slices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Distribution {
+    /// Hash of these columns (names, in key order).
+    Hash(Vec<String>),
+    /// Round robin.
+    Random,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ColumnDef {
+    name: String,
+    data_type: String,
+    nullable: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TableDef {
+    id: TableId,
+    name: String,
+    columns: Vec<ColumnDef>,
+    distribution: Distribution,
+    mirrored: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CatalogFile {
+    version: u32,
+    next_table_id: TableId,
+    /// Every xid below this may have been handed out before a restart.
+    xid_high_water: u64,
+    tables: Vec<TableDef>,
+}
+
+const CATALOG_VERSION: u32 = 1;
+/// How many xids are reserved by one catalog write.
+pub const XID_RESERVATION: u64 = 4096;
+
+/// A table as the rest of the coordinator sees it.
+#[derive(Debug, Clone)]
+pub struct TableMeta {
+    pub id: TableId,
+    pub name: String,
+    pub schema: SchemaRef,
+    pub distribution: Distribution,
+    /// Indices of the distribution key columns (empty for random).
+    pub key: Vec<usize>,
+    pub mirrored: bool,
+}
+
+/// The in-memory catalog plus where it is persisted.
+#[derive(Debug)]
+pub struct Catalog {
+    path: PathBuf,
+    next_table_id: TableId,
+    xid_high_water: u64,
+    tables: BTreeMap<String, Arc<TableMeta>>,
+}
+
+impl Catalog {
+    /// Load `dir/catalog.json`, or start an empty catalog if there is none.
+    pub fn open(dir: &Path) -> Result<Catalog> {
+        std::fs::create_dir_all(dir).map_err(|e| CoordinatorError::io(dir.display().to_string(), e))?;
+        let path = dir.join("catalog.json");
+        let mut cat = Catalog {
+            path: path.clone(),
+            next_table_id: 1,
+            xid_high_water: 1,
+            tables: BTreeMap::new(),
+        };
+        if !path.exists() {
+            cat.persist()?;
+            return Ok(cat);
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| CoordinatorError::io(path.display().to_string(), e))?;
+        let file: CatalogFile = serde_json::from_str(&text)
+            .map_err(|e| CoordinatorError::Catalog(format!("{}: {e}", path.display())))?;
+        if file.version != CATALOG_VERSION {
+            return Err(CoordinatorError::Catalog(format!(
+                "{}: catalog version {} is not supported (this build reads {CATALOG_VERSION})",
+                path.display(),
+                file.version
+            )));
+        }
+        cat.next_table_id = file.next_table_id;
+        cat.xid_high_water = file.xid_high_water;
+        for t in file.tables {
+            let meta = table_meta(t)?;
+            cat.tables.insert(meta.name.clone(), Arc::new(meta));
+        }
+        Ok(cat)
+    }
+
+    fn persist(&self) -> Result<()> {
+        let file = CatalogFile {
+            version: CATALOG_VERSION,
+            next_table_id: self.next_table_id,
+            xid_high_water: self.xid_high_water,
+            tables: self.tables.values().map(|t| table_def(t)).collect(),
+        };
+        let text = serde_json::to_vec_pretty(&file)
+            .map_err(|e| CoordinatorError::Catalog(e.to_string()))?;
+        write_atomic(&self.path, &text)
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<TableMeta>> {
+        self.tables.get(name).cloned()
+    }
+
+    pub fn tables(&self) -> Vec<Arc<TableMeta>> {
+        self.tables.values().cloned().collect()
+    }
+
+    /// Add a table durably; returns its metadata with a fresh id.
+    pub fn add(
+        &mut self,
+        name: &str,
+        schema: SchemaRef,
+        distribution: Distribution,
+        mirrored: bool,
+    ) -> Result<Arc<TableMeta>> {
+        if self.tables.contains_key(name) {
+            return Err(CoordinatorError::TableExists(name.to_string()));
+        }
+        let def = TableDef {
+            id: self.next_table_id,
+            name: name.to_string(),
+            columns: schema
+                .fields()
+                .iter()
+                .map(|f| ColumnDef {
+                    name: f.name().clone(),
+                    data_type: f.data_type().to_string(),
+                    nullable: f.is_nullable(),
+                })
+                .collect(),
+            distribution,
+            mirrored,
+        };
+        let meta = Arc::new(table_meta(def)?);
+        self.next_table_id += 1;
+        self.tables.insert(name.to_string(), meta.clone());
+        if let Err(e) = self.persist() {
+            self.tables.remove(name);
+            return Err(e);
+        }
+        Ok(meta)
+    }
+
+    /// Remove a table durably.
+    pub fn remove(&mut self, name: &str) -> Result<Arc<TableMeta>> {
+        let meta = self
+            .tables
+            .remove(name)
+            .ok_or_else(|| CoordinatorError::TableNotFound(name.to_string()))?;
+        if let Err(e) = self.persist() {
+            self.tables.insert(name.to_string(), meta);
+            return Err(e);
+        }
+        Ok(meta)
+    }
+
+    /// The first xid this process may hand out: above anything a previous
+    /// process may have used. Reserves a range durably.
+    pub fn reserve_xids(&mut self, from: u64) -> Result<u64> {
+        let start = from.max(self.xid_high_water);
+        self.xid_high_water = start + XID_RESERVATION;
+        self.persist()?;
+        Ok(start)
+    }
+
+    pub fn xid_high_water(&self) -> u64 {
+        self.xid_high_water
+    }
+}
+
+fn table_def(t: &TableMeta) -> TableDef {
+    TableDef {
+        id: t.id,
+        name: t.name.clone(),
+        columns: t
+            .schema
+            .fields()
+            .iter()
+            .map(|f| ColumnDef {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+                nullable: f.is_nullable(),
+            })
+            .collect(),
+        distribution: t.distribution.clone(),
+        mirrored: t.mirrored,
+    }
+}
+
+fn table_meta(t: TableDef) -> Result<TableMeta> {
+    let fields = t
+        .columns
+        .iter()
+        .map(|c| {
+            let dt = DataType::from_str(&c.data_type).map_err(|e| {
+                CoordinatorError::Catalog(format!(
+                    "table {}: column {} has unreadable type {}: {e}",
+                    t.name, c.name, c.data_type
+                ))
+            })?;
+            Ok(Field::new(&c.name, dt, c.nullable))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let schema = Arc::new(Schema::new(fields));
+    let key = match &t.distribution {
+        Distribution::Random => vec![],
+        Distribution::Hash(cols) => cols
+            .iter()
+            .map(|c| {
+                schema
+                    .index_of(c)
+                    .map_err(|_| CoordinatorError::UnknownDistributionColumn {
+                        table: t.name.clone(),
+                        column: c.clone(),
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
+    Ok(TableMeta {
+        id: t.id,
+        name: t.name,
+        schema,
+        distribution: t.distribution,
+        key,
+        mirrored: t.mirrored,
+    })
+}
+
+/// Replace `path` with `bytes` so a crash leaves either the old or the new file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let err = |e| CoordinatorError::io(path.display().to_string(), e);
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(bytes).map_err(err)?;
+        f.sync_all().map_err(err)?;
+    }
+    std::fs::rename(&tmp, path).map_err(err)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_survives_reopen_and_reserves_xids_monotonically() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, true),
+            Field::new("n", DataType::Decimal128(12, 2), true),
+            Field::new("d", DataType::Date32, true),
+        ]));
+        let first_xid;
+        {
+            let mut c = Catalog::open(dir.path()).unwrap();
+            c.add("t", schema.clone(), Distribution::Hash(vec!["k".into()]), true)
+                .unwrap();
+            assert!(matches!(
+                c.add("t", schema.clone(), Distribution::Random, true),
+                Err(CoordinatorError::TableExists(_))
+            ));
+            first_xid = c.reserve_xids(1).unwrap();
+        }
+        let mut c = Catalog::open(dir.path()).unwrap();
+        let t = c.get("t").unwrap();
+        assert_eq!(t.schema, schema);
+        assert_eq!(t.key, vec![0]);
+        let next = c.reserve_xids(1).unwrap();
+        assert!(next >= first_xid + XID_RESERVATION);
+        c.remove("t").unwrap();
+        assert!(Catalog::open(dir.path()).unwrap().get("t").is_none());
+    }
+
+    #[test]
+    fn unknown_distribution_column_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Catalog::open(dir.path()).unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
+        let e = c
+            .add("t", schema, Distribution::Hash(vec!["nope".into()]), true)
+            .unwrap_err();
+        assert_eq!(e.sqlstate(), "42703");
+    }
+}

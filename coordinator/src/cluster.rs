@@ -1,0 +1,394 @@
+//! The coordinator proper: configuration, node clients, map installation,
+//! DDL fan-out, transaction ids, and the shared DataFusion session.
+//!
+//! It owns the only mutable copy of the catalog and the distribution map.
+//! It must never read or write disk images: everything on a node goes through
+//! the node protocol.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use datafusion::execution::context::SessionContext;
+use datafusion::prelude::SessionConfig;
+use parking_lot::{Mutex, RwLock};
+use slicedb_engine::proto::{self, pb};
+use slicedb_engine::{NodeId, Xid};
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
+
+use crate::catalog::{Catalog, Distribution, TableMeta};
+use crate::distmap::{DistMap, NodeShape};
+use crate::provider::SliceTable;
+use crate::{CoordinatorError, Result};
+
+/// A node as the coordinator's configuration names it.
+#[derive(Debug, Clone)]
+pub struct NodeEndpoint {
+    pub id: NodeId,
+    /// host:port of the node's gRPC + Flight server.
+    pub address: String,
+    pub disks: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Where the catalog and the distribution map live.
+    pub data_dir: PathBuf,
+    pub nodes: Vec<NodeEndpoint>,
+    /// Slices per disk when the map is first built.
+    pub slices_per_disk: u32,
+    /// How long startup waits for every node to answer.
+    pub connect_timeout: Duration,
+    /// DataFusion target partitions (0 = number of cores).
+    pub target_partitions: usize,
+}
+
+/// One node's clients. Channels reconnect by themselves.
+#[derive(Clone)]
+pub struct NodeClient {
+    pub id: NodeId,
+    pub address: String,
+    pub grpc: pb::node_client::NodeClient<Channel>,
+    pub flight: FlightServiceClient<Channel>,
+}
+
+impl NodeClient {
+    fn new(ep: &NodeEndpoint) -> Result<NodeClient> {
+        let channel = Endpoint::from_shared(format!("http://{}", ep.address))
+            .map_err(|e| CoordinatorError::Config(format!("node {} address {}: {e}", ep.id, ep.address)))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(NodeClient {
+            id: ep.id,
+            address: ep.address.clone(),
+            grpc: pb::node_client::NodeClient::new(channel.clone())
+                .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
+            flight: FlightServiceClient::new(channel)
+                .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
+        })
+    }
+
+    pub fn err(&self, s: tonic::Status) -> CoordinatorError {
+        CoordinatorError::from_status(self.id, &self.address, s)
+    }
+}
+
+/// What every provider and view shares with the coordinator.
+pub struct Shared {
+    pub config: CoordinatorConfig,
+    pub catalog: Mutex<Catalog>,
+    pub map: RwLock<Arc<DistMap>>,
+    pub nodes: BTreeMap<NodeId, NodeClient>,
+    /// Last known state per node ("up" / "down").
+    pub node_state: Mutex<BTreeMap<NodeId, String>>,
+    next_xid: AtomicU64,
+    xid_limit: AtomicU64,
+    xid_lock: Mutex<()>,
+}
+
+impl Shared {
+    pub fn map(&self) -> Arc<DistMap> {
+        self.map.read().clone()
+    }
+
+    pub fn node(&self, id: NodeId) -> Result<&NodeClient> {
+        self.nodes
+            .get(&id)
+            .ok_or_else(|| CoordinatorError::Config(format!("map names unknown node {id}")))
+    }
+
+    /// A fresh transaction id; durable reservation in the catalog in ranges.
+    pub fn next_xid(&self) -> Result<Xid> {
+        let _g = self.xid_lock.lock();
+        let x = self.next_xid.load(Ordering::SeqCst);
+        if x >= self.xid_limit.load(Ordering::SeqCst) {
+            let start = self.catalog.lock().reserve_xids(x)?;
+            self.next_xid.store(start, Ordering::SeqCst);
+            self.xid_limit
+                .store(start + crate::catalog::XID_RESERVATION, Ordering::SeqCst);
+        }
+        Ok(self.next_xid.fetch_add(1, Ordering::SeqCst))
+    }
+
+    pub fn mark(&self, node: NodeId, up: bool) {
+        self.node_state
+            .lock()
+            .insert(node, if up { "up" } else { "down" }.to_string());
+    }
+}
+
+/// The running coordinator.
+pub struct Coordinator {
+    shared: Arc<Shared>,
+    ctx: Arc<SessionContext>,
+}
+
+impl Coordinator {
+    /// Open (or create) the catalog and map, wait for every node, install the
+    /// map on each, and register every table with a new DataFusion session.
+    pub async fn start(config: CoordinatorConfig) -> Result<Coordinator> {
+        let catalog = Catalog::open(&config.data_dir)?;
+        let shapes: Vec<NodeShape> = config
+            .nodes
+            .iter()
+            .map(|n| NodeShape {
+                node: n.id,
+                disks: n.disks,
+            })
+            .collect();
+        let map = DistMap::open_or_build(&config.data_dir, &shapes, config.slices_per_disk)?;
+        let mut nodes = BTreeMap::new();
+        for ep in &config.nodes {
+            if nodes.insert(ep.id, NodeClient::new(ep)?).is_some() {
+                return Err(CoordinatorError::Config(format!("node id {} appears twice", ep.id)));
+            }
+        }
+        let hw = catalog.xid_high_water();
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            catalog: Mutex::new(catalog),
+            map: RwLock::new(Arc::new(map)),
+            nodes,
+            node_state: Mutex::new(BTreeMap::new()),
+            next_xid: AtomicU64::new(hw),
+            xid_limit: AtomicU64::new(hw),
+            xid_lock: Mutex::new(()),
+        });
+        wait_for_nodes(&shared).await?;
+        install_map(&shared).await?;
+        // Make sure every node knows every table (a node may have been
+        // initialised after the table was created, or missed a DDL).
+        let tables = shared.catalog.lock().tables();
+        for t in &tables {
+            create_on_nodes(&shared, t).await?;
+        }
+
+        let mut session = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema("datafusion", "public");
+        // `text`/`varchar` columns are stored as Utf8 (the type the engine,
+        // the hash and COPY know); Utf8View is an in-memory optimisation.
+        session
+            .options_mut()
+            .sql_parser
+            .map_string_types_to_utf8view = false;
+        if config.target_partitions > 0 {
+            session = session.with_target_partitions(config.target_partitions);
+        }
+        let ctx = Arc::new(SessionContext::new_with_config(session));
+        for t in tables {
+            let name = t.name.clone();
+            ctx.register_table(name.as_str(), Arc::new(SliceTable::new(shared.clone(), t)))?;
+        }
+        crate::system::register(&ctx, &shared)?;
+        info!(
+            nodes = shared.nodes.len(),
+            slices = shared.map().slice_count(),
+            "coordinator ready"
+        );
+        Ok(Coordinator { shared, ctx })
+    }
+
+    /// The DataFusion session every SQL connection plans in.
+    pub fn session(&self) -> Arc<SessionContext> {
+        self.ctx.clone()
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn table(&self, name: &str) -> Result<Arc<TableMeta>> {
+        self.shared
+            .catalog
+            .lock()
+            .get(name)
+            .ok_or_else(|| CoordinatorError::TableNotFound(name.to_string()))
+    }
+
+    pub fn table_schema(&self, name: &str) -> Result<SchemaRef> {
+        Ok(self.table(name)?.schema.clone())
+    }
+
+    /// CREATE TABLE: durable in the catalog, then created on every node.
+    pub async fn create_table(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        distribution: Distribution,
+        mirrored: bool,
+        if_not_exists: bool,
+    ) -> Result<()> {
+        if self.ctx.table_exist(name)? && self.shared.catalog.lock().get(name).is_none() {
+            return Err(CoordinatorError::TableExists(name.to_string()));
+        }
+        for f in schema.fields() {
+            if !crate::load::storable(f.data_type()) {
+                return Err(CoordinatorError::UnsupportedType {
+                    column: f.name().clone(),
+                    data_type: f.data_type().to_string(),
+                });
+            }
+        }
+        if let Distribution::Hash(cols) = &distribution {
+            for c in cols {
+                let idx = schema.index_of(c).map_err(|_| CoordinatorError::UnknownDistributionColumn {
+                    table: name.to_string(),
+                    column: c.clone(),
+                })?;
+                let dt = schema.field(idx).data_type();
+                if !crate::hash::hashable(dt) {
+                    return Err(CoordinatorError::NotSupported(format!(
+                        "distribution key column \"{c}\" of type {dt}"
+                    )));
+                }
+            }
+        }
+        let meta = {
+            let mut cat = self.shared.catalog.lock();
+            if cat.get(name).is_some() {
+                if if_not_exists {
+                    return Ok(());
+                }
+                return Err(CoordinatorError::TableExists(name.to_string()));
+            }
+            cat.add(name, schema, distribution, mirrored)?
+        };
+        if let Err(e) = create_on_nodes(&self.shared, &meta).await {
+            // Leave no half-created table behind in the catalog.
+            let _ = self.shared.catalog.lock().remove(name);
+            return Err(e);
+        }
+        self.ctx
+            .register_table(name, Arc::new(SliceTable::new(self.shared.clone(), meta)))?;
+        Ok(())
+    }
+
+    /// DROP TABLE: out of the catalog first (so nothing new reaches it), then
+    /// off every node.
+    pub async fn drop_table(&self, name: &str, if_exists: bool) -> Result<()> {
+        let meta = match self.shared.catalog.lock().remove(name) {
+            Ok(m) => m,
+            Err(CoordinatorError::TableNotFound(_)) if if_exists => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.ctx.deregister_table(name)?;
+        let epoch = self.shared.map().epoch;
+        for n in self.shared.nodes.values() {
+            let mut c = n.grpc.clone();
+            if let Err(s) = c
+                .drop_table(pb::DropTableRequest {
+                    epoch,
+                    table: meta.id,
+                })
+                .await
+            {
+                // The catalog no longer names the table; its blocks are
+                // orphaned on that node until it is reached again.
+                warn!(node = n.id, table = meta.id, error = %s, "drop on node failed");
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn create_on_nodes(shared: &Shared, meta: &TableMeta) -> Result<()> {
+    let epoch = shared.map().epoch;
+    let schema = proto::schema_to_bytes(&meta.schema)?;
+    let calls = shared.nodes.values().map(|n| {
+        let mut c = n.grpc.clone();
+        let req = pb::CreateTableRequest {
+            epoch,
+            table: meta.id,
+            schema: schema.clone(),
+            mirrored: meta.mirrored,
+        };
+        async move { c.create_table(req).await.map_err(|s| n.err(s)) }
+    });
+    for r in futures::future::join_all(calls).await {
+        r?;
+    }
+    Ok(())
+}
+
+async fn wait_for_nodes(shared: &Shared) -> Result<()> {
+    let deadline = Instant::now() + shared.config.connect_timeout;
+    for n in shared.nodes.values() {
+        loop {
+            let mut c = n.grpc.clone();
+            match c.status(pb::StatusRequest {}).await {
+                Ok(_) => {
+                    shared.mark(n.id, true);
+                    break;
+                }
+                Err(s) if Instant::now() < deadline => {
+                    tracing::debug!(node = n.id, error = %s, "node not answering yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(s) => {
+                    shared.mark(n.id, false);
+                    return Err(CoordinatorError::NodeUnreachable {
+                        node: n.id,
+                        address: n.address.clone(),
+                        message: format!(
+                            "no answer within {:?}: {}",
+                            shared.config.connect_timeout,
+                            s.message()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Send every node its part of the map.
+pub async fn install_map(shared: &Shared) -> Result<()> {
+    let map = shared.map();
+    for n in shared.nodes.values() {
+        let mut slices = Vec::new();
+        for e in &map.slices {
+            if e.primary.node == n.id {
+                slices.push(pb::SliceAssignment {
+                    slice: e.slice,
+                    disk: e.primary.disk,
+                    segment: pb::Segment::Primary as i32,
+                });
+            }
+            if let Some(m) = e.mirror {
+                if m.node == n.id {
+                    slices.push(pb::SliceAssignment {
+                        slice: e.slice,
+                        disk: m.disk,
+                        segment: pb::Segment::Mirror as i32,
+                    });
+                }
+            }
+        }
+        let mut c = n.grpc.clone();
+        c.install_map(pb::InstallMapRequest {
+            epoch: map.epoch,
+            node: n.id,
+            slices,
+        })
+        .await
+        .map_err(|s| n.err(s))?;
+    }
+    Ok(())
+}
+
+impl Coordinator {
+    /// Start a load (COPY) into `table`; rows become visible at `finish`.
+    pub fn loader(&self, table: &str) -> Result<crate::load::Loader> {
+        crate::load::Loader::new(self.shared.clone(), self.table(table)?)
+    }
+}

@@ -1,0 +1,122 @@
+//! The coordinator's one error type. Every variant knows its SQLSTATE, so the
+//! SQL front end can answer a client with a code it can act on.
+
+use datafusion::error::DataFusionError;
+use slicedb_engine::{EngineError, NodeId};
+
+pub type Result<T, E = CoordinatorError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("relation \"{0}\" already exists")]
+    TableExists(String),
+    #[error("relation \"{0}\" does not exist")]
+    TableNotFound(String),
+    #[error("column \"{column}\" named in the distribution key does not exist in table \"{table}\"")]
+    UnknownDistributionColumn { table: String, column: String },
+    #[error("unsupported column type {data_type} for column \"{column}\"")]
+    UnsupportedType { column: String, data_type: String },
+    #[error("null value in column \"{column}\" of relation \"{table}\" violates not-null constraint")]
+    NotNullViolation { table: String, column: String },
+    #[error("feature not supported: {0}")]
+    NotSupported(String),
+    #[error("node {node} failed: {message}")]
+    Node {
+        node: NodeId,
+        kind: String,
+        message: String,
+    },
+    #[error("node {node} at {address} is unreachable: {message}")]
+    NodeUnreachable {
+        node: NodeId,
+        address: String,
+        message: String,
+    },
+    #[error("scan of table {table} is incomplete: {reason}")]
+    IncompleteScan { table: String, reason: String },
+    #[error("cluster configuration error: {0}")]
+    Config(String),
+    #[error("catalog error: {0}")]
+    Catalog(String),
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("arrow error: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+}
+
+impl CoordinatorError {
+    pub fn io(path: impl Into<String>, source: std::io::Error) -> Self {
+        CoordinatorError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The PostgreSQL SQLSTATE a client should see for this error.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            CoordinatorError::TableExists(_) => "42P07",
+            CoordinatorError::TableNotFound(_) => "42P01",
+            CoordinatorError::UnknownDistributionColumn { .. } => "42703",
+            CoordinatorError::NotNullViolation { .. } => "23502",
+            CoordinatorError::UnsupportedType { .. } | CoordinatorError::NotSupported(_) => {
+                "0A000"
+            }
+            CoordinatorError::Node { kind, .. } => match kind.as_str() {
+                "checksum" => "XX001",
+                "disk_full" => "53100",
+                "stale_epoch" | "slice_not_owned" => "40001",
+                _ => "XX000",
+            },
+            CoordinatorError::NodeUnreachable { .. } => "08006",
+            CoordinatorError::IncompleteScan { .. } => "XX000",
+            CoordinatorError::Config(_) => "F0000",
+            CoordinatorError::Catalog(_) | CoordinatorError::Io { .. } => "58030",
+            CoordinatorError::Engine(_) => "XX000",
+            CoordinatorError::Arrow(_) => "22000",
+            CoordinatorError::DataFusion(_) => "XX000",
+        }
+    }
+
+    /// Build from a gRPC status returned by a node, keeping the typed kind.
+    pub fn from_status(node: NodeId, address: &str, s: tonic::Status) -> Self {
+        if matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        ) {
+            return CoordinatorError::NodeUnreachable {
+                node,
+                address: address.to_string(),
+                message: s.message().to_string(),
+            };
+        }
+        let kind = s
+            .metadata()
+            .get(slicedb_engine::proto::ERROR_KIND_KEY)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("internal")
+            .to_string();
+        CoordinatorError::Node {
+            node,
+            kind,
+            message: s.message().to_string(),
+        }
+    }
+}
+
+impl From<CoordinatorError> for DataFusionError {
+    fn from(e: CoordinatorError) -> Self {
+        match e {
+            CoordinatorError::DataFusion(inner) => inner,
+            other => DataFusionError::External(Box::new(other)),
+        }
+    }
+}

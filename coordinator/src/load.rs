@@ -1,0 +1,280 @@
+//! The write path of one statement (COPY or INSERT): hash rows to slices,
+//! buffer per slice, ship full buffers to each slice's primary node under one
+//! xid, then commit on every participant — or abort on all of them.
+//!
+//! The loader owns the transaction's fate: nothing it wrote is visible until
+//! `finish` commits, and a loader dropped unfinished (a dropped connection
+//! mid-COPY) aborts. It never decides placement; it reads the map.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::compute::{concat_batches, take_record_batch};
+use arrow::datatypes::DataType;
+use arrow::array::UInt32Array;
+use slicedb_engine::proto::{self, pb};
+use slicedb_engine::{NodeId, Xid};
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use crate::catalog::TableMeta;
+use crate::cluster::Shared;
+use crate::distmap::DistMap;
+use crate::{CoordinatorError, Result};
+
+/// Rows buffered per slice before they are shipped.
+const FLUSH_ROWS: usize = 65_536;
+/// Writes in flight at once per loader.
+const MAX_IN_FLIGHT: usize = 4;
+
+/// Whether slicedb can store a column of this type.
+pub fn storable(dt: &DataType) -> bool {
+    crate::hash::hashable(dt)
+        && !matches!(dt, DataType::Utf8View)
+        || matches!(dt, DataType::Binary | DataType::LargeBinary)
+}
+
+#[derive(Default)]
+struct SliceBuf {
+    batches: Vec<RecordBatch>,
+    rows: usize,
+}
+
+pub struct Loader {
+    shared: Arc<Shared>,
+    table: Arc<TableMeta>,
+    map: Arc<DistMap>,
+    xid: Xid,
+    bufs: Vec<SliceBuf>,
+    inflight: JoinSet<Result<u64>>,
+    participants: BTreeSet<NodeId>,
+    rows_in: u64,
+    rows_stored: u64,
+    round_robin: u32,
+    done: bool,
+}
+
+impl Loader {
+    pub fn new(shared: Arc<Shared>, table: Arc<TableMeta>) -> Result<Loader> {
+        let map = shared.map();
+        let xid = shared.next_xid()?;
+        let n = map.slice_count() as usize;
+        debug!(xid, table = %table.name, "load started");
+        Ok(Loader {
+            shared,
+            table,
+            xid,
+            bufs: (0..n).map(|_| SliceBuf::default()).collect(),
+            map,
+            inflight: JoinSet::new(),
+            participants: BTreeSet::new(),
+            rows_in: 0,
+            rows_stored: 0,
+            round_robin: rand_start(xid),
+            done: false,
+        })
+    }
+
+    pub fn xid(&self) -> Xid {
+        self.xid
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows_in
+    }
+
+    /// Add rows (columns in table order). Ships full slice buffers.
+    pub async fn push(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let batch = self.conform(batch)?;
+        let nslices = self.map.slice_count();
+        let slices = if self.table.key.is_empty() {
+            let start = self.round_robin;
+            self.round_robin = start.wrapping_add(batch.num_rows() as u32);
+            (0..batch.num_rows() as u32)
+                .map(|i| start.wrapping_add(i) % nslices)
+                .collect()
+        } else {
+            crate::hash::slices_for_batch(&batch, &self.table.key, nslices)?
+        };
+        // Group row indices by slice, then take each group once.
+        let mut groups: Vec<Vec<u32>> = vec![Vec::new(); nslices as usize];
+        for (row, s) in slices.iter().enumerate() {
+            groups[*s as usize].push(row as u32);
+        }
+        for (slice, idx) in groups.into_iter().enumerate() {
+            if idx.is_empty() {
+                continue;
+            }
+            let part = if idx.len() == batch.num_rows() {
+                batch.clone()
+            } else {
+                take_record_batch(&batch, &UInt32Array::from(idx))?
+            };
+            let buf = &mut self.bufs[slice];
+            buf.rows += part.num_rows();
+            buf.batches.push(part);
+            if buf.rows >= FLUSH_ROWS {
+                self.flush_slice(slice).await?;
+            }
+        }
+        self.rows_in += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Check the batch against the table and give it the table's schema.
+    fn conform(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let schema = &self.table.schema;
+        if batch.num_columns() != schema.fields().len() {
+            return Err(CoordinatorError::DataFusion(
+                datafusion::error::DataFusionError::Plan(format!(
+                    "table \"{}\" has {} columns, got {}",
+                    self.table.name,
+                    schema.fields().len(),
+                    batch.num_columns()
+                )),
+            ));
+        }
+        let mut cols = Vec::with_capacity(batch.num_columns());
+        for (f, c) in schema.fields().iter().zip(batch.columns()) {
+            if !f.is_nullable() && c.null_count() > 0 {
+                return Err(CoordinatorError::NotNullViolation {
+                    table: self.table.name.clone(),
+                    column: f.name().clone(),
+                });
+            }
+            if c.data_type() == f.data_type() {
+                cols.push(c.clone());
+            } else {
+                cols.push(arrow::compute::cast(c, f.data_type())?);
+            }
+        }
+        Ok(RecordBatch::try_new(schema.clone(), cols)?)
+    }
+
+    async fn flush_slice(&mut self, slice: usize) -> Result<()> {
+        let buf = std::mem::take(&mut self.bufs[slice]);
+        if buf.rows == 0 {
+            return Ok(());
+        }
+        while self.inflight.len() >= MAX_IN_FLIGHT {
+            self.join_one().await?;
+        }
+        let entry = &self.map.slices[slice];
+        let node = self.shared.node(entry.primary.node)?.clone();
+        self.participants.insert(node.id);
+        let batch = concat_batches(&self.table.schema, &buf.batches)?;
+        let req = pb::WriteRequest {
+            epoch: self.map.epoch,
+            xid: self.xid,
+            table: self.table.id,
+            slice: entry.slice,
+            segment: pb::Segment::Primary as i32,
+            batches: proto::batches_to_ipc(&self.table.schema, &[batch])?,
+        };
+        self.inflight.spawn(async move {
+            let mut c = node.grpc.clone();
+            let r = c.write(req).await.map_err(|s| node.err(s))?;
+            Ok(r.into_inner().rows)
+        });
+        Ok(())
+    }
+
+    async fn join_one(&mut self) -> Result<()> {
+        if let Some(r) = self.inflight.join_next().await {
+            let rows = r.map_err(|e| CoordinatorError::Catalog(format!("write task failed: {e}")))??;
+            self.rows_stored += rows;
+        }
+        Ok(())
+    }
+
+    /// Ship what is left and commit on every participant. Returns rows stored.
+    pub async fn finish(mut self) -> Result<u64> {
+        let res = self.finish_inner().await;
+        if res.is_err() {
+            self.abort_now().await;
+        }
+        self.done = true;
+        res
+    }
+
+    async fn finish_inner(&mut self) -> Result<u64> {
+        for s in 0..self.bufs.len() {
+            self.flush_slice(s).await?;
+        }
+        while !self.inflight.is_empty() {
+            self.join_one().await?;
+        }
+        if self.rows_stored != self.rows_in {
+            return Err(CoordinatorError::Catalog(format!(
+                "nodes stored {} rows of {} sent",
+                self.rows_stored, self.rows_in
+            )));
+        }
+        let epoch = self.map.epoch;
+        let xid = self.xid;
+        let calls = self.participants.iter().map(|id| {
+            let node = self.shared.nodes[id].clone();
+            async move {
+                let mut c = node.grpc.clone();
+                c.commit(pb::TxnRequest { epoch, xid })
+                    .await
+                    .map_err(|s| node.err(s))
+            }
+        });
+        for r in futures::future::join_all(calls).await {
+            r?;
+        }
+        debug!(xid, rows = self.rows_in, "load committed");
+        Ok(self.rows_in)
+    }
+
+    /// Abort on every participant (best effort; a node that misses it drops
+    /// the pending blocks at restart anyway, since they were never committed).
+    pub async fn abort(mut self) {
+        self.abort_now().await;
+        self.done = true;
+    }
+
+    async fn abort_now(&mut self) {
+        self.inflight.abort_all();
+        while self.inflight.join_next().await.is_some() {}
+        abort_on(&self.shared, &self.participants, self.map.epoch, self.xid).await;
+    }
+}
+
+async fn abort_on(shared: &Shared, participants: &BTreeSet<NodeId>, epoch: u64, xid: Xid) {
+    for id in participants {
+        if let Some(node) = shared.nodes.get(id) {
+            let mut c = node.grpc.clone();
+            if let Err(s) = c.abort(pb::TxnRequest { epoch, xid }).await {
+                warn!(node = id, xid, error = %s, "abort failed");
+            }
+        }
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Dropped unfinished: the statement was cancelled or its connection
+        // went away. Nothing was committed; tell the nodes to discard.
+        self.inflight.abort_all();
+        let shared = self.shared.clone();
+        let participants = std::mem::take(&mut self.participants);
+        let (epoch, xid) = (self.map.epoch, self.xid);
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            h.spawn(async move { abort_on(&shared, &participants, epoch, xid).await });
+        }
+    }
+}
+
+fn rand_start(xid: Xid) -> u32 {
+    // Spread round-robin starting points without a RNG dependency.
+    (xid.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as u32
+}

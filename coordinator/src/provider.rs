@@ -1,0 +1,468 @@
+//! A slicedb table inside DataFusion.
+//!
+//! [`SliceTable`] is the `TableProvider`: its scan is a broadcast — one Flight
+//! `do_get` per node holding slices, each carrying the map epoch, the slices
+//! that node must answer for, the projection and the pushed-down filters —
+//! and its insert hashes rows to slices through a [`Loader`].
+//!
+//! [`BroadcastScanExec`] checks that every slice of the map is requested from
+//! exactly one node, and that every node answered each of its slices exactly
+//! once (a `done` tag per slice, with a row count that must match what
+//! arrived). A missing, repeated or foreign slice fails the query: a partial
+//! answer is never returned.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, RecordBatchOptions};
+use arrow::datatypes::SchemaRef;
+use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
+use arrow_flight::error::FlightError;
+use arrow_flight::Ticket;
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use futures::{StreamExt, TryStreamExt};
+use prost::Message;
+use slicedb_engine::proto::pb;
+use slicedb_engine::{NodeId, SliceId};
+use tokio::sync::mpsc;
+
+use crate::catalog::TableMeta;
+use crate::cluster::{NodeClient, Shared};
+use crate::filter::to_predicate;
+use crate::load::Loader;
+use crate::CoordinatorError;
+
+/// A distributed table.
+pub struct SliceTable {
+    shared: Arc<Shared>,
+    meta: Arc<TableMeta>,
+}
+
+impl fmt::Debug for SliceTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SliceTable").field("table", &self.meta.name).finish()
+    }
+}
+
+impl SliceTable {
+    pub fn new(shared: Arc<Shared>, meta: Arc<TableMeta>) -> Self {
+        SliceTable { shared, meta }
+    }
+}
+
+#[async_trait]
+impl TableProvider for SliceTable {
+    fn schema(&self) -> SchemaRef {
+        self.meta.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| match to_predicate(f, &self.meta.schema) {
+                Some(_) => TableProviderFilterPushDown::Inexact,
+                None => TableProviderFilterPushDown::Unsupported,
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let map = self.shared.map();
+        let schema = match projection {
+            Some(p) => Arc::new(self.meta.schema.project(p)?),
+            None => self.meta.schema.clone(),
+        };
+        let predicates: Vec<pb::Predicate> = filters
+            .iter()
+            .filter_map(|f| to_predicate(f, &self.meta.schema))
+            .map(|p| pb::Predicate::from(&p))
+            .collect();
+        // Who answers for what: every slice exactly once, from its primary.
+        let mut per_node: BTreeMap<NodeId, Vec<SliceId>> = BTreeMap::new();
+        let mut seen = BTreeSet::new();
+        for e in &map.slices {
+            if !seen.insert(e.slice) {
+                return Err(CoordinatorError::IncompleteScan {
+                    table: self.meta.name.clone(),
+                    reason: format!("slice {} appears twice in the map", e.slice),
+                }
+                .into());
+            }
+            per_node.entry(e.primary.node).or_default().push(e.slice);
+        }
+        let mut parts = Vec::new();
+        for (node, slices) in per_node {
+            let req = pb::ScanRequest {
+                epoch: map.epoch,
+                table: self.meta.id,
+                slices: slices
+                    .iter()
+                    .map(|&slice| pb::SliceScan {
+                        slice,
+                        segment: pb::Segment::Primary as i32,
+                    })
+                    .collect(),
+                projection: projection
+                    .map(|p| p.iter().map(|&i| i as u32).collect())
+                    .unwrap_or_default(),
+                all_columns: projection.is_none(),
+                filters: predicates.clone(),
+                include_hidden: false,
+            };
+            parts.push(ScanPart {
+                node: self.shared.node(node)?.clone(),
+                slices,
+                request: req,
+            });
+        }
+        Ok(Arc::new(BroadcastScanExec::new(
+            self.shared.clone(),
+            self.meta.name.clone(),
+            schema,
+            parts,
+            predicates.len(),
+        )))
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return Err(CoordinatorError::NotSupported(format!("{insert_op} into a slicedb table")).into());
+        }
+        Ok(Arc::new(DataSinkExec::new(
+            input,
+            Arc::new(SliceSink {
+                shared: self.shared.clone(),
+                meta: self.meta.clone(),
+            }),
+            None,
+        )))
+    }
+}
+
+#[derive(Clone)]
+struct ScanPart {
+    node: NodeClient,
+    slices: Vec<SliceId>,
+    request: pb::ScanRequest,
+}
+
+/// One partition per node; each streams the node's tagged answer.
+pub struct BroadcastScanExec {
+    shared: Arc<Shared>,
+    table: String,
+    schema: SchemaRef,
+    parts: Vec<ScanPart>,
+    pushed_filters: usize,
+    props: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl BroadcastScanExec {
+    fn new(
+        shared: Arc<Shared>,
+        table: String,
+        schema: SchemaRef,
+        parts: Vec<ScanPart>,
+        pushed_filters: usize,
+    ) -> Self {
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(parts.len().max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        BroadcastScanExec {
+            shared,
+            table,
+            schema,
+            parts,
+            pushed_filters,
+            props: Arc::new(props),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+}
+
+impl fmt::Debug for BroadcastScanExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BroadcastScanExec").field("table", &self.table).finish()
+    }
+}
+
+impl DisplayAs for BroadcastScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let slices: usize = self.parts.iter().map(|p| p.slices.len()).sum();
+        write!(
+            f,
+            "BroadcastScanExec: table={}, nodes={}, slices={}, pushed_filters={}, tags=[{}]",
+            self.table,
+            self.parts.len(),
+            slices,
+            self.pushed_filters,
+            self.parts
+                .iter()
+                .map(|p| format!(
+                    "node{}:{}",
+                    p.node.id,
+                    p.slices
+                        .iter()
+                        .map(|s| format!("({s},primary)"))
+                        .collect::<Vec<_>>()
+                        .join("")
+                ))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    }
+}
+
+impl ExecutionPlan for BroadcastScanExec {
+    fn name(&self) -> &str {
+        "BroadcastScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let schema = self.schema.clone();
+        let Some(part) = self.parts.get(partition).cloned() else {
+            // A table on a cluster with no slices: nothing to read.
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(
+                schema,
+                futures::stream::empty(),
+            )));
+        };
+        let counters = ScanCounters {
+            rows: MetricBuilder::new(&self.metrics).output_rows(partition),
+            blocks_total: MetricBuilder::new(&self.metrics).counter("blocks_total", partition),
+            blocks_pruned: MetricBuilder::new(&self.metrics).counter("blocks_pruned", partition),
+            slices: MetricBuilder::new(&self.metrics).counter("slices_answered", partition),
+        };
+        let (tx, rx) = mpsc::channel::<DfResult<RecordBatch>>(4);
+        let shared = self.shared.clone();
+        let table = self.table.clone();
+        let out_schema = schema.clone();
+        tokio::spawn(async move {
+            let node = part.node.id;
+            let res = scan_node(part, out_schema, &table, &tx, counters).await;
+            if let Err(e) = res {
+                if matches!(e, CoordinatorError::NodeUnreachable { .. }) {
+                    shared.mark(node, false);
+                }
+                let _ = tx.send(Err(e.into())).await;
+            }
+        });
+        let stream = tokio_stream_from(rx);
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<DfResult<RecordBatch>>,
+) -> impl futures::Stream<Item = DfResult<RecordBatch>> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+struct ScanCounters {
+    rows: Count,
+    blocks_total: Count,
+    blocks_pruned: Count,
+    slices: Count,
+}
+
+async fn scan_node(
+    part: ScanPart,
+    schema: SchemaRef,
+    table: &str,
+    tx: &mpsc::Sender<DfResult<RecordBatch>>,
+    counters: ScanCounters,
+) -> Result<(), CoordinatorError> {
+    let incomplete = |reason: String| CoordinatorError::IncompleteScan {
+        table: table.to_string(),
+        reason,
+    };
+    let node = part.node;
+    let mut client = node.flight.clone();
+    let ticket = Ticket::new(part.request.encode_to_vec());
+    let response = client.do_get(ticket).await.map_err(|s| node.err(s))?;
+    let node_for_err = node.clone();
+    let flight = response
+        .into_inner()
+        .map_err(move |s| FlightError::Tonic(Box::new(s)));
+    let mut decoder = FlightDataDecoder::new(flight);
+    let expected: BTreeSet<SliceId> = part.slices.iter().copied().collect();
+    let mut done: BTreeSet<SliceId> = BTreeSet::new();
+    let mut rows_per_slice: BTreeMap<SliceId, u64> = BTreeMap::new();
+    while let Some(msg) = decoder.next().await {
+        let msg = msg.map_err(|e| match e {
+            FlightError::Tonic(s) => node_for_err.err(*s),
+            other => CoordinatorError::Node {
+                node: node_for_err.id,
+                kind: "protocol".into(),
+                message: other.to_string(),
+            },
+        })?;
+        let DecodedPayload::RecordBatch(batch) = msg.payload else {
+            continue;
+        };
+        let tag = pb::StreamTag::decode(msg.inner.app_metadata.as_ref()).map_err(|e| {
+            incomplete(format!("node {} sent a batch with a bad tag: {e}", node.id))
+        })?;
+        if !expected.contains(&tag.slice) {
+            return Err(incomplete(format!(
+                "node {} answered for slice {}, which it was not asked for",
+                node.id, tag.slice
+            )));
+        }
+        if done.contains(&tag.slice) {
+            return Err(incomplete(format!(
+                "node {} answered slice {} twice",
+                node.id, tag.slice
+            )));
+        }
+        if tag.done {
+            let got = rows_per_slice.get(&tag.slice).copied().unwrap_or(0);
+            if got != tag.rows {
+                return Err(incomplete(format!(
+                    "node {} slice {}: {} rows arrived, {} announced",
+                    node.id, tag.slice, got, tag.rows
+                )));
+            }
+            done.insert(tag.slice);
+            counters.slices.add(1);
+            counters.blocks_total.add(tag.blocks_total as usize);
+            counters.blocks_pruned.add(tag.blocks_pruned as usize);
+            continue;
+        }
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        *rows_per_slice.entry(tag.slice).or_default() += batch.num_rows() as u64;
+        counters.rows.add(batch.num_rows());
+        let batch = RecordBatch::try_new_with_options(
+            schema.clone(),
+            batch.columns().to_vec(),
+            &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+        )?;
+        if tx.send(Ok(batch)).await.is_err() {
+            return Ok(()); // the query stopped reading (LIMIT, cancel)
+        }
+    }
+    if done != expected {
+        let missing: Vec<_> = expected.difference(&done).collect();
+        return Err(incomplete(format!(
+            "node {} did not answer for slices {missing:?}",
+            node.id
+        )));
+    }
+    Ok(())
+}
+
+/// INSERT into a slicedb table: one loader, committed when the input ends.
+struct SliceSink {
+    shared: Arc<Shared>,
+    meta: Arc<TableMeta>,
+}
+
+impl fmt::Debug for SliceSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SliceSink").field("table", &self.meta.name).finish()
+    }
+}
+
+impl DisplayAs for SliceSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "SliceSink: table={}", self.meta.name)
+    }
+}
+
+#[async_trait]
+impl DataSink for SliceSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.meta.schema
+    }
+
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> DfResult<u64> {
+        let mut loader = Loader::new(self.shared.clone(), self.meta.clone())?;
+        while let Some(batch) = data.next().await {
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    loader.abort().await;
+                    return Err(e);
+                }
+            };
+            if let Err(e) = loader.push(batch).await {
+                loader.abort().await;
+                return Err(DataFusionError::from(e));
+            }
+        }
+        Ok(loader.finish().await?)
+    }
+}

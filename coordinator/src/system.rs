@@ -1,0 +1,239 @@
+//! System views: `slicedb_nodes`, `slicedb_slices`, `slicedb_disks`,
+//! `slicedb_table_slices`. Each is computed fresh at scan time from the map,
+//! the catalog and the nodes' Status answers, like Greenplum's
+//! `gp_segment_configuration` or Netezza's `_v_dslice`.
+//!
+//! Views only read; they never change the map or the catalog.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::Result as DfResult;
+use datafusion::execution::context::SessionContext;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use slicedb_engine::proto::pb;
+
+use crate::cluster::Shared;
+use crate::Result;
+
+#[derive(Debug, Clone, Copy)]
+enum View {
+    Nodes,
+    Slices,
+    Disks,
+    TableSlices,
+}
+
+impl View {
+    fn name(&self) -> &'static str {
+        match self {
+            View::Nodes => "slicedb_nodes",
+            View::Slices => "slicedb_slices",
+            View::Disks => "slicedb_disks",
+            View::TableSlices => "slicedb_table_slices",
+        }
+    }
+
+    fn schema(&self) -> SchemaRef {
+        let i = |n: &str| Field::new(n, DataType::Int32, true);
+        let b = |n: &str| Field::new(n, DataType::Int64, true);
+        let s = |n: &str| Field::new(n, DataType::Utf8, true);
+        Arc::new(Schema::new(match self {
+            View::Nodes => vec![i("node"), s("address"), s("state")],
+            View::Slices => vec![
+                i("slice"),
+                i("primary_node"),
+                i("primary_disk"),
+                i("mirror_node"),
+                i("mirror_disk"),
+                s("state"),
+            ],
+            View::Disks => vec![i("node"), i("disk"), s("segment"), b("bytes"), b("used")],
+            View::TableSlices => vec![
+                s("table_name"),
+                i("slice"),
+                s("segment"),
+                i("node"),
+                i("disk"),
+                b("rows"),
+                b("bytes"),
+            ],
+        }))
+    }
+}
+
+pub struct SystemView {
+    view: View,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for SystemView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SystemView({})", self.view.name())
+    }
+}
+
+/// Register every system view in `ctx`.
+pub fn register(ctx: &SessionContext, shared: &Arc<Shared>) -> Result<()> {
+    for view in [View::Nodes, View::Slices, View::Disks, View::TableSlices] {
+        ctx.register_table(
+            view.name(),
+            Arc::new(SystemView {
+                view,
+                shared: shared.clone(),
+            }),
+        )?;
+    }
+    Ok(())
+}
+
+fn segment_name(v: i32) -> &'static str {
+    match pb::Segment::try_from(v) {
+        Ok(pb::Segment::Primary) => "primary",
+        Ok(pb::Segment::Mirror) => "mirror",
+        Ok(pb::Segment::Temp) => "temp",
+        Err(_) => "unknown",
+    }
+}
+
+impl SystemView {
+    /// Ask every node for its status; a node that does not answer is marked
+    /// down and simply contributes no rows.
+    async fn statuses(&self) -> Vec<pb::StatusResponse> {
+        let calls = self.shared.nodes.values().map(|n| {
+            let mut c = n.grpc.clone();
+            async move { (n.id, c.status(pb::StatusRequest {}).await) }
+        });
+        let mut out = Vec::new();
+        for (id, r) in futures::future::join_all(calls).await {
+            match r {
+                Ok(s) => {
+                    self.shared.mark(id, true);
+                    out.push(s.into_inner());
+                }
+                Err(_) => self.shared.mark(id, false),
+            }
+        }
+        out
+    }
+
+    async fn batch(&self) -> DfResult<RecordBatch> {
+        let schema = self.view.schema();
+        let cols: Vec<ArrayRef> = match self.view {
+            View::Nodes => {
+                let _ = self.statuses().await;
+                let states = self.shared.node_state.lock().clone();
+                let nodes: Vec<_> = self.shared.nodes.values().collect();
+                vec![
+                    Arc::new(Int32Array::from_iter_values(nodes.iter().map(|n| n.id as i32))),
+                    Arc::new(StringArray::from_iter_values(nodes.iter().map(|n| n.address.clone()))),
+                    Arc::new(StringArray::from_iter_values(nodes.iter().map(|n| {
+                        states.get(&n.id).cloned().unwrap_or_else(|| "unknown".into())
+                    }))),
+                ]
+            }
+            View::Slices => {
+                let map = self.shared.map();
+                let e = &map.slices;
+                vec![
+                    Arc::new(Int32Array::from_iter_values(e.iter().map(|s| s.slice as i32))),
+                    Arc::new(Int32Array::from_iter_values(e.iter().map(|s| s.primary.node as i32))),
+                    Arc::new(Int32Array::from_iter_values(e.iter().map(|s| s.primary.disk as i32))),
+                    Arc::new(Int32Array::from_iter(e.iter().map(|s| s.mirror.map(|m| m.node as i32)))),
+                    Arc::new(Int32Array::from_iter(e.iter().map(|s| s.mirror.map(|m| m.disk as i32)))),
+                    Arc::new(StringArray::from_iter_values(e.iter().map(|s| s.state.as_str()))),
+                ]
+            }
+            View::Disks => {
+                let (mut node, mut disk, mut seg, mut bytes, mut used) =
+                    (vec![], vec![], vec![], vec![], vec![]);
+                for st in self.statuses().await {
+                    for d in &st.disks {
+                        for s in &d.segments {
+                            node.push(st.node as i32);
+                            disk.push(d.disk as i32);
+                            seg.push(segment_name(s.segment));
+                            bytes.push(s.bytes as i64);
+                            used.push(s.used as i64);
+                        }
+                    }
+                }
+                vec![
+                    Arc::new(Int32Array::from(node)),
+                    Arc::new(Int32Array::from(disk)),
+                    Arc::new(StringArray::from(seg)),
+                    Arc::new(Int64Array::from(bytes)),
+                    Arc::new(Int64Array::from(used)),
+                ]
+            }
+            View::TableSlices => {
+                let names: std::collections::HashMap<u64, String> = self
+                    .shared
+                    .catalog
+                    .lock()
+                    .tables()
+                    .iter()
+                    .map(|t| (t.id, t.name.clone()))
+                    .collect();
+                let (mut tn, mut slice, mut seg, mut node, mut disk, mut rows, mut bytes) =
+                    (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+                for st in self.statuses().await {
+                    for s in &st.slices {
+                        // Blocks of dropped tables are not shown.
+                        let Some(name) = names.get(&s.table) else { continue };
+                        tn.push(name.clone());
+                        slice.push(s.slice as i32);
+                        seg.push(segment_name(s.segment));
+                        node.push(st.node as i32);
+                        disk.push(s.disk as i32);
+                        rows.push(s.rows as i64);
+                        bytes.push(s.bytes as i64);
+                    }
+                }
+                vec![
+                    Arc::new(StringArray::from(tn)),
+                    Arc::new(Int32Array::from(slice)),
+                    Arc::new(StringArray::from(seg)),
+                    Arc::new(Int32Array::from(node)),
+                    Arc::new(Int32Array::from(disk)),
+                    Arc::new(Int64Array::from(rows)),
+                    Arc::new(Int64Array::from(bytes)),
+                ]
+            }
+        };
+        Ok(RecordBatch::try_new(schema, cols)?)
+    }
+}
+
+#[async_trait]
+impl TableProvider for SystemView {
+    fn schema(&self) -> SchemaRef {
+        self.view.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let batch = self.batch().await?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            self.view.schema(),
+            projection.cloned(),
+        )?)
+    }
+}

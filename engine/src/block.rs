@@ -1,0 +1,731 @@
+//! The block: one encoded, checksummed batch of rows of one table of one slice.
+//!
+//! ```text
+//! header (88 bytes) | zone maps (zones_len) | Arrow IPC stream, one batch (payload_len) | CRC32C (4)
+//! ```
+//!
+//! The CRC covers everything before it, so a flipped byte anywhere is caught
+//! on read as [`EngineError::ChecksumMismatch`]. Nothing read from disk is
+//! trusted before the CRC matches, and nothing is unwrapped after. Blocks are
+//! immutable once written. This module owns the byte format and the zone maps;
+//! where blocks live is the slice store's business. Byte-level spec:
+//! docs/disk-format.md.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch, RecordBatchOptions};
+use arrow::compute::kernels::aggregate;
+use arrow::datatypes::*;
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
+use arrow::ipc::CompressionType;
+
+use crate::disk::codec::{ByteReader, ByteWriter, Truncated};
+use crate::{DiskId, EngineError, Result, SliceId, TableId};
+
+pub const BLOCK_MAGIC: [u8; 4] = *b"SLBK";
+/// Version of the block encoding (header, zone maps, payload framing).
+pub const BLOCK_VERSION: u16 = 1;
+pub const BLOCK_HEADER_LEN: usize = 88;
+/// Longest string kept as a zone map bound; longer ones mark the zone absent.
+pub const MAX_ZONE_STRING: usize = 64;
+
+/// Payload compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// No compression (tests, incompressible data).
+    None,
+    /// LZ4 frame (Arrow IPC `LZ4_FRAME`): fast, the default.
+    #[default]
+    Lz4,
+    /// Zstandard (Arrow IPC `ZSTD`): smaller, slower.
+    Zstd,
+}
+
+impl Compression {
+    pub fn code(self) -> u8 {
+        match self {
+            Compression::None => 0,
+            Compression::Lz4 => 1,
+            Compression::Zstd => 2,
+        }
+    }
+    pub fn from_code(c: u8) -> Option<Self> {
+        match c {
+            0 => Some(Compression::None),
+            1 => Some(Compression::Lz4),
+            2 => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+    fn ipc(self) -> Option<CompressionType> {
+        match self {
+            Compression::None => None,
+            Compression::Lz4 => Some(CompressionType::LZ4_FRAME),
+            Compression::Zstd => Some(CompressionType::ZSTD),
+        }
+    }
+}
+
+/// A zone map bound. The variant follows the column type: `Int` for signed
+/// integers, dates and timestamps (in the column's own unit), `UInt` for
+/// unsigned integers, `Float` for floats, `Decimal` for Decimal128 (unscaled,
+/// in the column's scale), `Utf8` for strings, `Bool` for booleans.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ZoneValue {
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Decimal(i128),
+    Utf8(String),
+    Bool(bool),
+}
+
+/// Min/max and null count of one column of one block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZoneMap {
+    /// The column's type (not stored: taken from the table schema).
+    pub data_type: DataType,
+    pub rows: u64,
+    pub null_count: u64,
+    /// `None` when unknown (unsupported type, long strings) or all rows null.
+    /// Floats are ordered by IEEE total order, as Arrow's comparison kernels do.
+    pub min_max: Option<(ZoneValue, ZoneValue)>,
+}
+
+impl ZoneMap {
+    /// Compute the zone map of one column.
+    pub fn compute(array: &dyn Array) -> ZoneMap {
+        ZoneMap {
+            data_type: array.data_type().clone(),
+            rows: array.len() as u64,
+            null_count: array.null_count() as u64,
+            min_max: if array.null_count() == array.len() {
+                None
+            } else {
+                min_max(array)
+            },
+        }
+    }
+}
+
+macro_rules! prim_minmax {
+    ($array:expr, $t:ty, $variant:ident, $conv:ty) => {{
+        let a = $array.as_primitive::<$t>();
+        match (aggregate::min(a), aggregate::max(a)) {
+            (Some(lo), Some(hi)) => Some((
+                ZoneValue::$variant(lo as $conv),
+                ZoneValue::$variant(hi as $conv),
+            )),
+            _ => None,
+        }
+    }};
+}
+
+fn float_minmax<T: ArrowPrimitiveType>(
+    array: &dyn Array,
+    to_f64: impl Fn(T::Native) -> f64,
+) -> Option<(ZoneValue, ZoneValue)> {
+    let a = array.as_primitive::<T>();
+    let mut it = a.iter().flatten().map(to_f64);
+    let first = it.next()?;
+    let (lo, hi) = it.fold((first, first), |(lo, hi), v| {
+        (
+            if v.total_cmp(&lo).is_lt() { v } else { lo },
+            if v.total_cmp(&hi).is_gt() { v } else { hi },
+        )
+    });
+    Some((ZoneValue::Float(lo), ZoneValue::Float(hi)))
+}
+
+fn string_zone(lo: Option<&str>, hi: Option<&str>) -> Option<(ZoneValue, ZoneValue)> {
+    let (lo, hi) = (lo?, hi?);
+    if lo.len() > MAX_ZONE_STRING || hi.len() > MAX_ZONE_STRING {
+        return None;
+    }
+    Some((
+        ZoneValue::Utf8(lo.to_string()),
+        ZoneValue::Utf8(hi.to_string()),
+    ))
+}
+
+fn min_max(array: &dyn Array) -> Option<(ZoneValue, ZoneValue)> {
+    match array.data_type() {
+        DataType::Int8 => prim_minmax!(array, Int8Type, Int, i64),
+        DataType::Int16 => prim_minmax!(array, Int16Type, Int, i64),
+        DataType::Int32 => prim_minmax!(array, Int32Type, Int, i64),
+        DataType::Int64 => prim_minmax!(array, Int64Type, Int, i64),
+        DataType::UInt8 => prim_minmax!(array, UInt8Type, UInt, u64),
+        DataType::UInt16 => prim_minmax!(array, UInt16Type, UInt, u64),
+        DataType::UInt32 => prim_minmax!(array, UInt32Type, UInt, u64),
+        DataType::UInt64 => prim_minmax!(array, UInt64Type, UInt, u64),
+        DataType::Date32 => prim_minmax!(array, Date32Type, Int, i64),
+        DataType::Date64 => prim_minmax!(array, Date64Type, Int, i64),
+        DataType::Timestamp(TimeUnit::Second, _) => {
+            prim_minmax!(array, TimestampSecondType, Int, i64)
+        }
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            prim_minmax!(array, TimestampMillisecondType, Int, i64)
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            prim_minmax!(array, TimestampMicrosecondType, Int, i64)
+        }
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+            prim_minmax!(array, TimestampNanosecondType, Int, i64)
+        }
+        DataType::Decimal128(_, _) => prim_minmax!(array, Decimal128Type, Decimal, i128),
+        DataType::Float32 => float_minmax::<Float32Type>(array, |v| v as f64),
+        DataType::Float64 => float_minmax::<Float64Type>(array, |v| v),
+        DataType::Utf8 => {
+            let a = array.as_string::<i32>();
+            string_zone(aggregate::min_string(a), aggregate::max_string(a))
+        }
+        DataType::LargeUtf8 => {
+            let a = array.as_string::<i64>();
+            string_zone(aggregate::min_string(a), aggregate::max_string(a))
+        }
+        DataType::Utf8View => {
+            let a = array.as_string_view();
+            string_zone(aggregate::min_string_view(a), aggregate::max_string_view(a))
+        }
+        DataType::Boolean => {
+            let a = array.as_boolean();
+            match (aggregate::min_boolean(a), aggregate::max_boolean(a)) {
+                (Some(lo), Some(hi)) => Some((ZoneValue::Bool(lo), ZoneValue::Bool(hi))),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The zone tag a column type is stored with (0 = never has min/max).
+fn zone_tag_for(dt: &DataType) -> u8 {
+    match dt {
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => 1,
+        DataType::Date32 | DataType::Date64 | DataType::Timestamp(_, _) => 1,
+        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => 2,
+        DataType::Float32 | DataType::Float64 => 3,
+        DataType::Decimal128(_, _) => 4,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => 5,
+        DataType::Boolean => 6,
+        _ => 0,
+    }
+}
+
+/// Encode zone maps: per column `u8 tag, u64 null_count`, then min and max
+/// in the tag's encoding (nothing for tag 0).
+pub fn encode_zones(zones: &[ZoneMap]) -> Vec<u8> {
+    let mut w = ByteWriter::with_capacity(zones.len() * 32);
+    for z in zones {
+        let Some((lo, hi)) = &z.min_max else {
+            w.u8(0);
+            w.u64(z.null_count);
+            continue;
+        };
+        let tag = match lo {
+            ZoneValue::Int(_) => 1,
+            ZoneValue::UInt(_) => 2,
+            ZoneValue::Float(_) => 3,
+            ZoneValue::Decimal(_) => 4,
+            ZoneValue::Utf8(_) => 5,
+            ZoneValue::Bool(_) => 6,
+        };
+        w.u8(tag);
+        w.u64(z.null_count);
+        for v in [lo, hi] {
+            match v {
+                ZoneValue::Int(x) => w.i64(*x),
+                ZoneValue::UInt(x) => w.u64(*x),
+                ZoneValue::Float(x) => w.f64(*x),
+                ZoneValue::Decimal(x) => w.i128(*x),
+                ZoneValue::Utf8(s) => {
+                    w.u16(s.len() as u16);
+                    w.bytes(s.as_bytes());
+                }
+                ZoneValue::Bool(b) => w.u8(*b as u8),
+            }
+        }
+    }
+    w.buf
+}
+
+/// Decode zone maps written by [`encode_zones`] for the columns of `schema`
+/// (the stored schema: user columns, then hidden columns).
+pub fn decode_zones(bytes: &[u8], schema: &Schema, rows: u64) -> Result<Vec<ZoneMap>> {
+    let bad = |m: String| EngineError::CorruptMetadata(format!("zone map: {m}"));
+    let mut r = ByteReader::new(bytes);
+    let mut out = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        let t = |_: Truncated| bad("truncated".into());
+        let tag = r.u8().map_err(t)?;
+        let null_count = r.u64().map_err(t)?;
+        let expect = zone_tag_for(f.data_type());
+        if tag != 0 && tag != expect {
+            return Err(bad(format!(
+                "tag {tag} for column {} of type {}",
+                f.name(),
+                f.data_type()
+            )));
+        }
+        let mut read = || -> std::result::Result<ZoneValue, EngineError> {
+            Ok(match tag {
+                1 => ZoneValue::Int(r.i64().map_err(t)?),
+                2 => ZoneValue::UInt(r.u64().map_err(t)?),
+                3 => ZoneValue::Float(r.f64().map_err(t)?),
+                4 => ZoneValue::Decimal(r.i128().map_err(t)?),
+                5 => {
+                    let n = r.u16().map_err(t)? as usize;
+                    let s = std::str::from_utf8(r.take(n).map_err(t)?)
+                        .map_err(|_| bad("string bound is not UTF-8".into()))?;
+                    ZoneValue::Utf8(s.to_string())
+                }
+                6 => ZoneValue::Bool(r.u8().map_err(t)? != 0),
+                _ => return Err(bad(format!("unknown tag {tag}"))),
+            })
+        };
+        let min_max = if tag == 0 {
+            None
+        } else {
+            let lo = read()?;
+            let hi = read()?;
+            Some((lo, hi))
+        };
+        out.push(ZoneMap {
+            data_type: f.data_type().clone(),
+            rows,
+            null_count,
+            min_max,
+        });
+    }
+    if r.remaining() != 0 {
+        return Err(bad(format!("{} trailing bytes", r.remaining())));
+    }
+    Ok(out)
+}
+
+/// The fixed header fields of a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockHeader {
+    pub version: u16,
+    pub codec: Compression,
+    pub table: TableId,
+    pub slice: SliceId,
+    pub columns: u32,
+    pub seq: u64,
+    pub rows: u64,
+    pub rowid_min: i64,
+    pub rowid_max: i64,
+    pub createxid_min: u64,
+    pub createxid_max: u64,
+    pub zones_len: u32,
+    pub payload_len: u64,
+}
+
+/// An encoded block ready to be written, with what the index needs to know.
+pub struct EncodedBlock {
+    pub bytes: Vec<u8>,
+    pub header: BlockHeader,
+    pub zones: Vec<ZoneMap>,
+    /// The zone map section as stored in the header.
+    pub zone_bytes: Vec<u8>,
+}
+
+fn hidden_range(batch: &RecordBatch, idx: usize) -> Result<(i64, i64)> {
+    let col = batch
+        .column(idx)
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| EngineError::Internal(format!("hidden column {idx} is not Int64")))?;
+    match (aggregate::min(col), aggregate::max(col)) {
+        (Some(lo), Some(hi)) => Ok((lo, hi)),
+        _ => Ok((0, 0)),
+    }
+}
+
+/// Encode one stored batch (user columns, then `_rowid`, `_createxid`,
+/// `_deletexid`) as a block.
+pub fn encode_block(
+    table: TableId,
+    slice: SliceId,
+    seq: u64,
+    batch: &RecordBatch,
+    compression: Compression,
+) -> Result<EncodedBlock> {
+    let ncols = batch.num_columns();
+    if ncols < 3 {
+        return Err(EngineError::Internal(
+            "stored batch lacks hidden columns".into(),
+        ));
+    }
+    let (rowid_min, rowid_max) = hidden_range(batch, ncols - 3)?;
+    let (xmin, xmax) = hidden_range(batch, ncols - 2)?;
+    let zones: Vec<ZoneMap> = batch
+        .columns()
+        .iter()
+        .map(|c| ZoneMap::compute(c.as_ref()))
+        .collect();
+    let zone_bytes = encode_zones(&zones);
+    let mut header = BlockHeader {
+        version: BLOCK_VERSION,
+        codec: compression,
+        table,
+        slice,
+        columns: ncols as u32,
+        seq,
+        rows: batch.num_rows() as u64,
+        rowid_min,
+        rowid_max,
+        createxid_min: xmin as u64,
+        createxid_max: xmax as u64,
+        zones_len: zone_bytes.len() as u32,
+        payload_len: 0,
+    };
+    let mut buf = Vec::with_capacity(
+        BLOCK_HEADER_LEN + zone_bytes.len() + batch.get_array_memory_size() / 2 + 4,
+    );
+    buf.resize(BLOCK_HEADER_LEN, 0);
+    buf.extend_from_slice(&zone_bytes);
+    let payload_start = buf.len();
+    let opts = IpcWriteOptions::default().try_with_compression(compression.ipc())?;
+    {
+        let mut w = StreamWriter::try_new_with_options(&mut buf, &batch.schema(), opts)?;
+        w.write(batch)?;
+        w.finish()?;
+    }
+    header.payload_len = (buf.len() - payload_start) as u64;
+    buf[..BLOCK_HEADER_LEN].copy_from_slice(&encode_header(&header));
+    let crc = crc32c::crc32c(&buf);
+    buf.extend_from_slice(&crc.to_le_bytes());
+    Ok(EncodedBlock {
+        bytes: buf,
+        header,
+        zones,
+        zone_bytes,
+    })
+}
+
+fn encode_header(h: &BlockHeader) -> Vec<u8> {
+    let mut w = ByteWriter::with_capacity(BLOCK_HEADER_LEN);
+    w.bytes(&BLOCK_MAGIC); // 0
+    w.u16(h.version); // 4
+    w.u8(h.codec.code()); // 6
+    w.u8(0); // 7: flags
+    w.u64(h.table); // 8
+    w.u32(h.slice); // 16
+    w.u32(h.columns); // 20
+    w.u64(h.seq); // 24
+    w.u64(h.rows); // 32
+    w.i64(h.rowid_min); // 40
+    w.i64(h.rowid_max); // 48
+    w.u64(h.createxid_min); // 56
+    w.u64(h.createxid_max); // 64
+    w.u32(h.zones_len); // 72
+    w.u32(0); // 76: reserved
+    w.u64(h.payload_len); // 80
+    debug_assert_eq!(w.len(), BLOCK_HEADER_LEN);
+    w.buf
+}
+
+/// Where a block was read from and what the index says it is; a block whose
+/// header disagrees is corrupt even if its CRC matches.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockLocation {
+    pub disk: DiskId,
+    pub offset: u64,
+    pub table: TableId,
+    pub slice: SliceId,
+    pub seq: u64,
+    pub rows: u64,
+}
+
+/// Verify the CRC of a whole block and parse its header.
+pub fn verify_block(bytes: &[u8], loc: &BlockLocation) -> Result<BlockHeader> {
+    let corrupt = |reason: String| EngineError::CorruptBlock {
+        offset: loc.offset,
+        reason,
+    };
+    if bytes.len() < BLOCK_HEADER_LEN + 4 {
+        return Err(corrupt(format!(
+            "block of {} bytes is too short",
+            bytes.len()
+        )));
+    }
+    let (body, tail) = bytes.split_at(bytes.len() - 4);
+    let mut crc = [0u8; 4];
+    crc.copy_from_slice(tail);
+    let expected = u32::from_le_bytes(crc);
+    let found = crc32c::crc32c(body);
+    if expected != found {
+        return Err(EngineError::ChecksumMismatch {
+            disk: loc.disk,
+            offset: loc.offset,
+            table: loc.table,
+            slice: loc.slice,
+            expected,
+            found,
+        });
+    }
+    let h = parse_header(body).map_err(|_| corrupt("header truncated".into()))?;
+    let h = h.map_err(corrupt)?;
+    if h.table != loc.table || h.slice != loc.slice || h.seq != loc.seq || h.rows != loc.rows {
+        return Err(corrupt(format!(
+            "header says table {} slice {} seq {} rows {}, index says table {} slice {} seq {} rows {}",
+            h.table, h.slice, h.seq, h.rows, loc.table, loc.slice, loc.seq, loc.rows
+        )));
+    }
+    let want = BLOCK_HEADER_LEN as u64 + h.zones_len as u64 + h.payload_len;
+    if want != body.len() as u64 {
+        return Err(corrupt(format!(
+            "header sizes add up to {want}, block holds {}",
+            body.len()
+        )));
+    }
+    Ok(h)
+}
+
+type ParsedHeader = std::result::Result<BlockHeader, String>;
+
+fn parse_header(body: &[u8]) -> std::result::Result<ParsedHeader, Truncated> {
+    let mut r = ByteReader::new(body);
+    if r.take(4)? != BLOCK_MAGIC {
+        return Ok(Err("bad block magic".into()));
+    }
+    let version = r.u16()?;
+    if version != BLOCK_VERSION {
+        return Ok(Err(format!("unsupported block version {version}")));
+    }
+    let code = r.u8()?;
+    let Some(codec) = Compression::from_code(code) else {
+        return Ok(Err(format!("unknown codec {code}")));
+    };
+    let _flags = r.u8()?;
+    let table = r.u64()?;
+    let slice = r.u32()?;
+    let columns = r.u32()?;
+    let seq = r.u64()?;
+    let rows = r.u64()?;
+    let rowid_min = r.i64()?;
+    let rowid_max = r.i64()?;
+    let createxid_min = r.u64()?;
+    let createxid_max = r.u64()?;
+    let zones_len = r.u32()?;
+    let _ = r.u32()?;
+    let payload_len = r.u64()?;
+    Ok(Ok(BlockHeader {
+        version,
+        codec,
+        table,
+        slice,
+        columns,
+        seq,
+        rows,
+        rowid_min,
+        rowid_max,
+        createxid_min,
+        createxid_max,
+        zones_len,
+        payload_len,
+    }))
+}
+
+/// Verify and decode a block, reading only the `projection` columns (indices
+/// into the stored schema). The result always has the block's row count,
+/// even with an empty projection.
+pub fn decode_block(
+    bytes: &[u8],
+    loc: &BlockLocation,
+    projection: Option<Vec<usize>>,
+) -> Result<RecordBatch> {
+    let h = verify_block(bytes, loc)?;
+    let corrupt = |reason: String| EngineError::CorruptBlock {
+        offset: loc.offset,
+        reason,
+    };
+    let start = BLOCK_HEADER_LEN + h.zones_len as usize;
+    let payload = bytes
+        .get(start..start + h.payload_len as usize)
+        .ok_or_else(|| corrupt("payload out of range".into()))?;
+    let empty_projection = projection.as_ref().is_some_and(|p| p.is_empty());
+    // An empty projection still needs the batch's row count; read one cheap column.
+    let projection = if empty_projection {
+        Some(vec![h.columns as usize - 3])
+    } else {
+        projection
+    };
+    let mut reader = StreamReader::try_new(Cursor::new(payload), projection)
+        .map_err(|e| corrupt(format!("IPC stream: {e}")))?;
+    let batch = match reader.next() {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => return Err(corrupt(format!("IPC batch: {e}"))),
+        None => return Err(corrupt("IPC stream holds no batch".into())),
+    };
+    if batch.num_rows() as u64 != h.rows {
+        return Err(corrupt(format!(
+            "batch has {} rows, header says {}",
+            batch.num_rows(),
+            h.rows
+        )));
+    }
+    if empty_projection {
+        let opts = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        return Ok(RecordBatch::try_new_with_options(
+            Arc::new(Schema::empty()),
+            vec![],
+            &opts,
+        )?);
+    }
+    Ok(batch)
+}
+
+/// The stored column to read for each hidden column, given the user column count.
+pub fn hidden_columns(user_columns: usize) -> [usize; 3] {
+    [user_columns, user_columns + 1, user_columns + 2]
+}
+
+/// Arrow fields of the hidden columns, in stored order.
+pub fn hidden_fields() -> [FieldRef; 3] {
+    [
+        Arc::new(Field::new(crate::HIDDEN_ROWID, DataType::Int64, false)),
+        Arc::new(Field::new(crate::HIDDEN_CREATEXID, DataType::Int64, false)),
+        Arc::new(Field::new(crate::HIDDEN_DELETEXID, DataType::Int64, false)),
+    ]
+}
+
+/// The stored schema of a table: user columns, then the hidden columns.
+pub fn stored_schema(user: &Schema) -> SchemaRef {
+    let mut fields: Vec<FieldRef> = user.fields().iter().cloned().collect();
+    fields.extend(hidden_fields());
+    Arc::new(Schema::new_with_metadata(fields, user.metadata().clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+
+    fn stored_batch(n: i64) -> RecordBatch {
+        let user = Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("f", DataType::Float64, true),
+            Field::new("s", DataType::Utf8, true),
+        ]);
+        let schema = stored_schema(&user);
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from_iter_values(0..n)),
+            Arc::new(Float64Array::from_iter((0..n).map(|i| {
+                if i % 3 == 0 {
+                    None
+                } else {
+                    Some(i as f64 / 2.0)
+                }
+            }))),
+            Arc::new(StringArray::from_iter(
+                (0..n).map(|i| Some(format!("v{i:04}"))),
+            )),
+            Arc::new(Int64Array::from_iter_values(100..100 + n)),
+            Arc::new(Int64Array::from_iter_values((0..n).map(|_| 7))),
+            Arc::new(Int64Array::from_iter_values((0..n).map(|_| 0))),
+        ];
+        RecordBatch::try_new(schema, cols).unwrap()
+    }
+
+    fn loc(rows: u64) -> BlockLocation {
+        BlockLocation {
+            disk: 0,
+            offset: 0,
+            table: 5,
+            slice: 2,
+            seq: 9,
+            rows,
+        }
+    }
+
+    #[test]
+    fn block_round_trip_all_codecs() {
+        let b = stored_batch(1000);
+        for c in [Compression::None, Compression::Lz4, Compression::Zstd] {
+            let enc = encode_block(5, 2, 9, &b, c).unwrap();
+            assert_eq!(enc.header.rowid_min, 100);
+            assert_eq!(enc.header.rowid_max, 1099);
+            assert_eq!(enc.header.createxid_max, 7);
+            let out = decode_block(&enc.bytes, &loc(1000), None).unwrap();
+            assert_eq!(out, b);
+            let proj = decode_block(&enc.bytes, &loc(1000), Some(vec![2, 3])).unwrap();
+            assert_eq!(proj.num_columns(), 2);
+            assert_eq!(proj.column(0), b.column(2));
+            let none = decode_block(&enc.bytes, &loc(1000), Some(vec![])).unwrap();
+            assert_eq!((none.num_columns(), none.num_rows()), (0, 1000));
+            let schema = b.schema();
+            let zones = decode_zones(&enc.zone_bytes, &schema, 1000).unwrap();
+            assert_eq!(zones, enc.zones);
+        }
+    }
+
+    #[test]
+    fn zone_maps_per_type() {
+        let b = stored_batch(10);
+        let enc = encode_block(5, 2, 9, &b, Compression::Lz4).unwrap();
+        let z = &enc.zones;
+        assert_eq!(z[0].min_max, Some((ZoneValue::Int(0), ZoneValue::Int(9))));
+        assert_eq!(z[1].null_count, 4);
+        assert_eq!(
+            z[1].min_max,
+            Some((ZoneValue::Float(0.5), ZoneValue::Float(4.0)))
+        );
+        assert_eq!(
+            z[2].min_max,
+            Some((
+                ZoneValue::Utf8("v0000".into()),
+                ZoneValue::Utf8("v0009".into())
+            ))
+        );
+        let long = StringArray::from(vec!["a".repeat(65), "b".into()]);
+        assert_eq!(
+            ZoneMap::compute(&long).min_max,
+            None,
+            "long strings mark the zone absent"
+        );
+        let nan = Float64Array::from(vec![1.0, f64::NAN, -2.0]);
+        let zn = ZoneMap::compute(&nan).min_max.unwrap();
+        assert_eq!(zn.0, ZoneValue::Float(-2.0));
+        assert!(
+            matches!(zn.1, ZoneValue::Float(x) if x.is_nan()),
+            "NaN sorts last in total order"
+        );
+        let dec = arrow::array::Decimal128Array::from(vec![Some(5), None, Some(-3)])
+            .with_precision_and_scale(10, 2)
+            .unwrap();
+        assert_eq!(
+            ZoneMap::compute(&dec).min_max,
+            Some((ZoneValue::Decimal(-3), ZoneValue::Decimal(5)))
+        );
+        let list = arrow::array::new_null_array(&DataType::Binary, 3);
+        assert_eq!(ZoneMap::compute(list.as_ref()).min_max, None);
+    }
+
+    #[test]
+    fn every_flipped_byte_is_detected() {
+        let b = stored_batch(50);
+        let enc = encode_block(5, 2, 9, &b, Compression::Lz4).unwrap();
+        for i in 0..enc.bytes.len() {
+            let mut bad = enc.bytes.clone();
+            bad[i] ^= 0x40;
+            match decode_block(&bad, &loc(50), None) {
+                Err(EngineError::ChecksumMismatch { .. }) => {}
+                other => panic!("flip at {i}: {:?}", other.map(|b| b.num_rows())),
+            }
+        }
+        // A valid block where the index expects another is corrupt, not data.
+        let wrong = BlockLocation { seq: 10, ..loc(50) };
+        assert!(matches!(
+            decode_block(&enc.bytes, &wrong, None),
+            Err(EngineError::CorruptBlock { .. })
+        ));
+        assert!(matches!(
+            decode_block(&enc.bytes[..10], &loc(50), None),
+            Err(EngineError::CorruptBlock { .. })
+        ));
+    }
+}

@@ -1,0 +1,261 @@
+//! The I/O trait every disk access goes through, a real file implementation
+//! and an in-memory implementation that can simulate a crash.
+//!
+//! Nothing above this module touches a file directly: that is what lets a test
+//! build exactly the image a crash would leave (see [`MemDevice`]).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+
+use crate::{EngineError, Result};
+
+/// Positional I/O on one disk image.
+///
+/// What an implementer must guarantee:
+/// - `read_at`/`write_at` transfer the whole buffer or fail (no short I/O).
+/// - Writes are persisted in the order they are issued; when `sync` returns,
+///   every write issued before it is durable. The commit protocol relies on
+///   nothing stronger than this (see docs/disk-format.md, "Assumptions").
+/// - A write may be torn by a crash: any prefix of it may be persisted.
+pub trait BlockDevice: Send + Sync {
+    /// Fill `buf` from `offset`. Reading past the end is an error.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// Write all of `buf` at `offset`.
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()>;
+    /// Make every write issued so far durable.
+    fn sync(&self) -> Result<()>;
+    /// Size of the image in bytes.
+    fn len(&self) -> Result<u64>;
+    /// Whether the image has no bytes at all.
+    fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+    /// A name for error messages (the file path).
+    fn name(&self) -> &str;
+}
+
+/// A disk image in a regular (sparse) file, accessed with pread/pwrite.
+pub struct FileDevice {
+    file: File,
+    path: PathBuf,
+    name: String,
+}
+
+impl FileDevice {
+    /// Create a new sparse image of `size` bytes. Fails if `path` exists.
+    /// The parent directory is synced so the file itself survives a crash.
+    pub fn create(path: &Path, size: u64) -> Result<FileDevice> {
+        let name = path.display().to_string();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| EngineError::io(&name, e))?;
+        file.set_len(size).map_err(|e| EngineError::io(&name, e))?;
+        file.sync_all().map_err(|e| EngineError::io(&name, e))?;
+        if let Some(parent) = path.parent() {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            // Best effort on file systems that refuse to open directories.
+            if let Ok(dir) = File::open(parent) {
+                dir.sync_all()
+                    .map_err(|e| EngineError::io(parent.display().to_string(), e))?;
+            }
+        }
+        Ok(FileDevice {
+            file,
+            path: path.to_path_buf(),
+            name,
+        })
+    }
+
+    /// Open an existing image, read-write or read-only.
+    pub fn open(path: &Path, writable: bool) -> Result<FileDevice> {
+        let name = path.display().to_string();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .map_err(|e| EngineError::io(&name, e))?;
+        Ok(FileDevice {
+            file,
+            path: path.to_path_buf(),
+            name,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl BlockDevice for FileDevice {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| EngineError::io(&self.name, e))
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| EngineError::io(&self.name, e))
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| EngineError::io(&self.name, e))
+    }
+
+    fn len(&self) -> Result<u64> {
+        Ok(self
+            .file
+            .metadata()
+            .map_err(|e| EngineError::io(&self.name, e))?
+            .len())
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// When a [`MemDevice`] "loses power".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashPoint {
+    /// Writes numbered `1..=after_writes` (counting every write since the device
+    /// was made) persist; later ones do not.
+    pub after_writes: u64,
+    /// If set, the first `torn_prefix` bytes of write `after_writes + 1` persist
+    /// (a torn write).
+    pub torn_prefix: Option<usize>,
+}
+
+struct MemState {
+    /// What the running process sees (its page cache).
+    live: Vec<u8>,
+    /// What survives the simulated crash.
+    durable: Vec<u8>,
+    writes: u64,
+    crash: Option<CrashPoint>,
+    fail_writes: bool,
+}
+
+/// An in-memory image for tests. It keeps two copies: the one the process
+/// reads back, and the one a crash would leave on the media. Arm a
+/// [`CrashPoint`] to stop persisting after the N-th write (optionally tearing
+/// the next one), then reopen [`MemDevice::durable_image`].
+pub struct MemDevice {
+    state: Mutex<MemState>,
+    name: String,
+}
+
+impl MemDevice {
+    pub fn new(size: u64) -> MemDevice {
+        Self::from_image(vec![0; size as usize])
+    }
+
+    pub fn from_image(image: Vec<u8>) -> MemDevice {
+        MemDevice {
+            state: Mutex::new(MemState {
+                live: image.clone(),
+                durable: image,
+                writes: 0,
+                crash: None,
+                fail_writes: false,
+            }),
+            name: "mem".to_string(),
+        }
+    }
+
+    /// Number of writes issued so far.
+    pub fn writes(&self) -> u64 {
+        self.state.lock().writes
+    }
+
+    pub fn set_crash(&self, crash: Option<CrashPoint>) {
+        self.state.lock().crash = crash;
+    }
+
+    /// Make every later write fail with an I/O error (a dead disk).
+    pub fn set_fail_writes(&self, fail: bool) {
+        self.state.lock().fail_writes = fail;
+    }
+
+    /// The bytes a crash at the armed point would leave.
+    pub fn durable_image(&self) -> Vec<u8> {
+        self.state.lock().durable.clone()
+    }
+
+    /// Flip bits of one byte in both copies (a bad sector).
+    pub fn corrupt(&self, offset: u64, xor: u8) {
+        let mut s = self.state.lock();
+        s.live[offset as usize] ^= xor;
+        s.durable[offset as usize] ^= xor;
+    }
+}
+
+impl BlockDevice for MemDevice {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let s = self.state.lock();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let end = start.checked_add(buf.len()).filter(|&e| e <= s.live.len());
+        let Some(end) = end else {
+            return Err(EngineError::io(
+                &self.name,
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past end"),
+            ));
+        };
+        buf.copy_from_slice(&s.live[start..end]);
+        Ok(())
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        let mut s = self.state.lock();
+        if s.fail_writes {
+            return Err(EngineError::io(
+                &self.name,
+                std::io::Error::other("injected write failure"),
+            ));
+        }
+        let start = offset as usize;
+        let end = start + buf.len();
+        if end > s.live.len() {
+            return Err(EngineError::io(
+                &self.name,
+                std::io::Error::other("write past end"),
+            ));
+        }
+        s.writes += 1;
+        let n = s.writes;
+        s.live[start..end].copy_from_slice(buf);
+        let persisted = match s.crash {
+            None => buf.len(),
+            Some(c) if n <= c.after_writes => buf.len(),
+            Some(c) if n == c.after_writes + 1 => c.torn_prefix.unwrap_or(0).min(buf.len()),
+            Some(_) => 0,
+        };
+        s.durable[start..start + persisted].copy_from_slice(&buf[..persisted]);
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn len(&self) -> Result<u64> {
+        Ok(self.state.lock().live.len() as u64)
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}

@@ -1,0 +1,68 @@
+//! The engine's one error type. Variants are typed so the node server can map
+//! them to gRPC status codes and the coordinator to SQLSTATEs.
+
+use crate::{DiskId, NodeId, SliceId, TableId};
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not a slicedb disk image: {0}")]
+    NotAnImage(String),
+    #[error("unsupported disk format version {found} (this build reads version {supported})")]
+    UnsupportedVersion { found: u32, supported: u32 },
+    #[error("corrupt metadata: {0}")]
+    CorruptMetadata(String),
+    #[error("checksum mismatch in block at offset {offset} of disk {disk} (table {table}, slice {slice}): expected {expected:#010x}, found {found:#010x}")]
+    ChecksumMismatch {
+        disk: DiskId,
+        offset: u64,
+        table: TableId,
+        slice: SliceId,
+        expected: u32,
+        found: u32,
+    },
+    #[error("corrupt block at offset {offset}: {reason}")]
+    CorruptBlock { offset: u64, reason: String },
+    #[error("segment {segment} is full: need {needed} bytes")]
+    SegmentFull { segment: String, needed: u64 },
+    #[error("metadata does not fit in its slot: {needed} bytes, slot holds {capacity}")]
+    MetadataFull { needed: u64, capacity: u64 },
+    #[error("table {0} does not exist on this node")]
+    TableNotFound(TableId),
+    #[error("table {0} already exists on this node")]
+    TableExists(TableId),
+    #[error("schema mismatch for table {table}: {reason}")]
+    SchemaMismatch { table: TableId, reason: String },
+    #[error("stale map epoch: node is at epoch {ours}, command carried {theirs}")]
+    StaleEpoch { ours: u64, theirs: u64 },
+    #[error("slice {slice} is not served by node {node} as {segment} at epoch {epoch}")]
+    SliceNotOwned {
+        node: NodeId,
+        slice: SliceId,
+        segment: String,
+        epoch: u64,
+    },
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("arrow error: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    /// Wrap an `std::io::Error` with the path it happened on.
+    pub fn io(path: impl Into<String>, source: std::io::Error) -> Self {
+        EngineError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

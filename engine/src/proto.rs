@@ -1,0 +1,319 @@
+//! The node protocol (`proto/node.proto`, specified in docs/node-protocol.md):
+//! generated gRPC types plus conversions to and from engine types.
+//!
+//! This module is the only part of the engine a client (the coordinator) needs.
+//! It must never reach into the store or the server.
+
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("slicedb.node.v1");
+}
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
+use std::sync::Arc;
+
+use crate::predicate::{CmpOp, Literal, Predicate};
+use crate::store::SegmentKind;
+use crate::{EngineError, Result};
+
+/// Largest gRPC message either side accepts. Writes are chunked well below it.
+pub const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+
+/// gRPC metadata key carrying the typed error kind across the network.
+pub const ERROR_KIND_KEY: &str = "slicedb-error";
+
+impl From<SegmentKind> for pb::Segment {
+    fn from(s: SegmentKind) -> Self {
+        match s {
+            SegmentKind::Primary => pb::Segment::Primary,
+            SegmentKind::Mirror => pb::Segment::Mirror,
+            SegmentKind::Temp => pb::Segment::Temp,
+        }
+    }
+}
+
+impl From<pb::Segment> for SegmentKind {
+    fn from(s: pb::Segment) -> Self {
+        match s {
+            pb::Segment::Primary => SegmentKind::Primary,
+            pb::Segment::Mirror => SegmentKind::Mirror,
+            pb::Segment::Temp => SegmentKind::Temp,
+        }
+    }
+}
+
+/// Decode a segment number received from the network.
+pub fn segment_from_i32(v: i32) -> Result<SegmentKind> {
+    pb::Segment::try_from(v)
+        .map(SegmentKind::from)
+        .map_err(|_| EngineError::InvalidRequest(format!("unknown segment {v}")))
+}
+
+/// Serialize a schema as an Arrow IPC stream holding no batches.
+pub fn schema_to_bytes(schema: &Schema) -> Result<Vec<u8>> {
+    batches_to_ipc(&Arc::new(schema.clone()), &[])
+}
+
+/// Parse a schema written by [`schema_to_bytes`].
+pub fn schema_from_bytes(bytes: &[u8]) -> Result<SchemaRef> {
+    let reader = StreamReader::try_new(bytes, None)?;
+    Ok(reader.schema())
+}
+
+/// Encode batches as one Arrow IPC stream (uncompressed: it is on loopback or
+/// a LAN, and the node compresses into blocks itself).
+pub fn batches_to_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    {
+        let mut w = StreamWriter::try_new_with_options(
+            &mut out,
+            schema,
+            IpcWriteOptions::default(),
+        )?;
+        for b in batches {
+            w.write(b)?;
+        }
+        w.finish()?;
+    }
+    Ok(out)
+}
+
+/// Decode an Arrow IPC stream into its schema and batches.
+pub fn ipc_to_batches(bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let reader = StreamReader::try_new(bytes, None)?;
+    let schema = reader.schema();
+    let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok((schema, batches))
+}
+
+impl From<&Literal> for pb::Literal {
+    fn from(l: &Literal) -> Self {
+        use pb::literal::Value;
+        let mut out = pb::Literal::default();
+        out.value = Some(match l {
+            Literal::Null => Value::Null(true),
+            Literal::Bool(b) => Value::Bool(*b),
+            Literal::Int(v) => Value::Int(*v),
+            Literal::UInt(v) => Value::Uint(*v),
+            Literal::Float(v) => Value::Float(*v),
+            Literal::Utf8(s) => Value::Utf8(s.clone()),
+            Literal::Date32(d) => Value::Date32(*d),
+            Literal::Decimal128 {
+                value,
+                precision,
+                scale,
+            } => {
+                out.precision = u32::from(*precision);
+                out.scale = i32::from(*scale);
+                Value::Decimal128(value.to_le_bytes().to_vec())
+            }
+            Literal::TimestampMicros(v) => Value::TimestampMicros(*v),
+        });
+        out
+    }
+}
+
+impl TryFrom<&pb::Literal> for Literal {
+    type Error = EngineError;
+    fn try_from(l: &pb::Literal) -> Result<Self> {
+        use pb::literal::Value;
+        let bad = |what: &str| EngineError::InvalidRequest(format!("bad literal: {what}"));
+        Ok(match l.value.as_ref().ok_or_else(|| bad("missing value"))? {
+            Value::Null(_) => Literal::Null,
+            Value::Bool(b) => Literal::Bool(*b),
+            Value::Int(v) => Literal::Int(*v),
+            Value::Uint(v) => Literal::UInt(*v),
+            Value::Float(v) => Literal::Float(*v),
+            Value::Utf8(s) => Literal::Utf8(s.clone()),
+            Value::Date32(d) => Literal::Date32(*d),
+            Value::Decimal128(bytes) => {
+                let arr: [u8; 16] = bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| bad("decimal128 needs 16 bytes"))?;
+                Literal::Decimal128 {
+                    value: i128::from_le_bytes(arr),
+                    precision: u8::try_from(l.precision).map_err(|_| bad("precision"))?,
+                    scale: i8::try_from(l.scale).map_err(|_| bad("scale"))?,
+                }
+            }
+            Value::TimestampMicros(v) => Literal::TimestampMicros(*v),
+        })
+    }
+}
+
+fn cmp_to_pb(op: CmpOp) -> pb::CmpOp {
+    match op {
+        CmpOp::Eq => pb::CmpOp::CmpEq,
+        CmpOp::NotEq => pb::CmpOp::CmpNotEq,
+        CmpOp::Lt => pb::CmpOp::CmpLt,
+        CmpOp::LtEq => pb::CmpOp::CmpLtEq,
+        CmpOp::Gt => pb::CmpOp::CmpGt,
+        CmpOp::GtEq => pb::CmpOp::CmpGtEq,
+    }
+}
+
+fn cmp_from_pb(op: i32) -> Result<CmpOp> {
+    Ok(
+        match pb::CmpOp::try_from(op)
+            .map_err(|_| EngineError::InvalidRequest(format!("unknown comparison {op}")))?
+        {
+            pb::CmpOp::CmpEq => CmpOp::Eq,
+            pb::CmpOp::CmpNotEq => CmpOp::NotEq,
+            pb::CmpOp::CmpLt => CmpOp::Lt,
+            pb::CmpOp::CmpLtEq => CmpOp::LtEq,
+            pb::CmpOp::CmpGt => CmpOp::Gt,
+            pb::CmpOp::CmpGtEq => CmpOp::GtEq,
+        },
+    )
+}
+
+impl From<&Predicate> for pb::Predicate {
+    fn from(p: &Predicate) -> Self {
+        use pb::predicate::Kind;
+        let list = |items: &[Predicate]| pb::PredicateList {
+            items: items.iter().map(pb::Predicate::from).collect(),
+        };
+        let kind = match p {
+            Predicate::Compare { column, op, value } => Kind::Compare(pb::Compare {
+                column: *column as u32,
+                op: cmp_to_pb(*op) as i32,
+                value: Some(value.into()),
+            }),
+            Predicate::And(items) => Kind::And(list(items)),
+            Predicate::Or(items) => Kind::Or(list(items)),
+            Predicate::Not(inner) => Kind::Not(Box::new(inner.as_ref().into())),
+            Predicate::IsNull(c) => Kind::IsNull(*c as u32),
+            Predicate::IsNotNull(c) => Kind::IsNotNull(*c as u32),
+            Predicate::InList {
+                column,
+                values,
+                negated,
+            } => Kind::InList(pb::InList {
+                column: *column as u32,
+                values: values.iter().map(pb::Literal::from).collect(),
+                negated: *negated,
+            }),
+        };
+        pb::Predicate { kind: Some(kind) }
+    }
+}
+
+impl TryFrom<&pb::Predicate> for Predicate {
+    type Error = EngineError;
+    fn try_from(p: &pb::Predicate) -> Result<Self> {
+        use pb::predicate::Kind;
+        let list = |l: &pb::PredicateList| -> Result<Vec<Predicate>> {
+            l.items.iter().map(Predicate::try_from).collect()
+        };
+        Ok(
+            match p
+                .kind
+                .as_ref()
+                .ok_or_else(|| EngineError::InvalidRequest("empty predicate".into()))?
+            {
+                Kind::Compare(c) => Predicate::Compare {
+                    column: c.column as usize,
+                    op: cmp_from_pb(c.op)?,
+                    value: Literal::try_from(c.value.as_ref().ok_or_else(|| {
+                        EngineError::InvalidRequest("comparison without a value".into())
+                    })?)?,
+                },
+                Kind::And(l) => Predicate::And(list(l)?),
+                Kind::Or(l) => Predicate::Or(list(l)?),
+                Kind::Not(inner) => Predicate::Not(Box::new(Predicate::try_from(inner.as_ref())?)),
+                Kind::IsNull(c) => Predicate::IsNull(*c as usize),
+                Kind::IsNotNull(c) => Predicate::IsNotNull(*c as usize),
+                Kind::InList(l) => Predicate::InList {
+                    column: l.column as usize,
+                    values: l
+                        .values
+                        .iter()
+                        .map(Literal::try_from)
+                        .collect::<Result<_>>()?,
+                    negated: l.negated,
+                },
+            },
+        )
+    }
+}
+
+/// The error kind names carried in [`ERROR_KIND_KEY`].
+pub fn error_kind(e: &EngineError) -> &'static str {
+    match e {
+        EngineError::StaleEpoch { .. } => "stale_epoch",
+        EngineError::SliceNotOwned { .. } => "slice_not_owned",
+        EngineError::ChecksumMismatch { .. } | EngineError::CorruptBlock { .. } => "checksum",
+        EngineError::TableNotFound(_) => "table_not_found",
+        EngineError::SchemaMismatch { .. } | EngineError::InvalidRequest(_) => "invalid",
+        EngineError::SegmentFull { .. } | EngineError::MetadataFull { .. } => "disk_full",
+        EngineError::Io { .. } => "io",
+        _ => "internal",
+    }
+}
+
+/// Turn an engine error into a gRPC status that keeps its kind.
+pub fn to_status(e: &EngineError) -> tonic::Status {
+    use tonic::Code;
+    let code = match e {
+        EngineError::StaleEpoch { .. } | EngineError::SliceNotOwned { .. } => {
+            Code::FailedPrecondition
+        }
+        EngineError::ChecksumMismatch { .. } | EngineError::CorruptBlock { .. } => Code::DataLoss,
+        EngineError::TableNotFound(_) => Code::NotFound,
+        EngineError::SchemaMismatch { .. } | EngineError::InvalidRequest(_) => {
+            Code::InvalidArgument
+        }
+        EngineError::SegmentFull { .. } | EngineError::MetadataFull { .. } => {
+            Code::ResourceExhausted
+        }
+        _ => Code::Internal,
+    };
+    let mut status = tonic::Status::new(code, e.to_string());
+    if let Ok(v) = error_kind(e).parse() {
+        status.metadata_mut().insert(ERROR_KIND_KEY, v);
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predicate_round_trips_through_protobuf() {
+        let p = Predicate::And(vec![
+            Predicate::Compare {
+                column: 1,
+                op: CmpOp::GtEq,
+                value: Literal::Decimal128 {
+                    value: -12345,
+                    precision: 12,
+                    scale: 2,
+                },
+            },
+            Predicate::Not(Box::new(Predicate::InList {
+                column: 0,
+                values: vec![Literal::Utf8("a".into()), Literal::Null],
+                negated: true,
+            })),
+            Predicate::Or(vec![Predicate::IsNull(2), Predicate::IsNotNull(3)]),
+        ]);
+        let wire = pb::Predicate::from(&p);
+        assert_eq!(Predicate::try_from(&wire).unwrap(), p);
+    }
+
+    #[test]
+    fn malformed_literal_is_an_error_not_a_panic() {
+        let bad = pb::Literal {
+            value: Some(pb::literal::Value::Decimal128(vec![1, 2, 3])),
+            precision: 10,
+            scale: 2,
+        };
+        assert!(Literal::try_from(&bad).is_err());
+        assert!(Literal::try_from(&pb::Literal::default()).is_err());
+    }
+}

@@ -1,0 +1,236 @@
+//! The SQL front end's error type, and the one place where any error from
+//! the layers below becomes a PostgreSQL error with a SQLSTATE.
+
+use datafusion::arrow::error::ArrowError;
+use datafusion::error::DataFusionError;
+use datafusion::sql::sqlparser::parser::ParserError;
+use pgwire::error::{ErrorInfo, PgWireError};
+use slicedb_coordinator::CoordinatorError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    #[error("{message}")]
+    User {
+        sqlstate: &'static str,
+        message: String,
+    },
+    #[error(transparent)]
+    Coordinator(#[from] CoordinatorError),
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+    #[error(transparent)]
+    Parser(#[from] ParserError),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl SqlError {
+    pub fn user(sqlstate: &'static str, message: impl Into<String>) -> Self {
+        SqlError::User {
+            sqlstate,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_supported(what: impl Into<String>) -> Self {
+        SqlError::user("0A000", what)
+    }
+}
+
+impl From<crate::copy::CopyError> for SqlError {
+    fn from(e: crate::copy::CopyError) -> Self {
+        SqlError::User {
+            sqlstate: e.sqlstate,
+            message: e.message,
+        }
+    }
+}
+
+impl From<SqlError> for PgWireError {
+    fn from(e: SqlError) -> Self {
+        let (code, message) = classify(&e);
+        PgWireError::UserError(Box::new(ErrorInfo::new(
+            "ERROR".to_string(),
+            code.to_string(),
+            message,
+        )))
+    }
+}
+
+/// Give any PgWireError a proper SQLSTATE (datafusion-postgres hands us
+/// planner and execution errors as opaque `ApiError`s).
+pub fn to_pg(e: PgWireError) -> PgWireError {
+    match e {
+        PgWireError::ApiError(inner) => {
+            let (code, message) = classify(inner.as_ref());
+            PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".to_string(),
+                code.to_string(),
+                message,
+            )))
+        }
+        other => other,
+    }
+}
+
+/// SQLSTATE and message for any error, walking wrapped causes.
+pub fn classify(e: &(dyn std::error::Error + 'static)) -> (&'static str, String) {
+    if let Some(s) = e.downcast_ref::<SqlError>() {
+        return match s {
+            SqlError::User { sqlstate, message } => (sqlstate, message.clone()),
+            SqlError::Coordinator(c) => classify(c),
+            SqlError::DataFusion(d) => classify(d),
+            SqlError::Parser(p) => ("42601", p.to_string()),
+            SqlError::Io(io) => ("58030", io.to_string()),
+        };
+    }
+    if let Some(c) = e.downcast_ref::<CoordinatorError>() {
+        if let CoordinatorError::DataFusion(d) = c {
+            return classify(d);
+        }
+        if let CoordinatorError::Arrow(a) = c {
+            return arrow_state(a);
+        }
+        return (c.sqlstate(), c.to_string());
+    }
+    if let Some(p) = e.downcast_ref::<ParserError>() {
+        return ("42601", p.to_string());
+    }
+    if let Some(a) = e.downcast_ref::<ArrowError>() {
+        return arrow_state(a);
+    }
+    if let Some(d) = e.downcast_ref::<DataFusionError>() {
+        return datafusion_state(d);
+    }
+    if let Some(PgWireError::UserError(info)) = e.downcast_ref::<PgWireError>() {
+        return (leak_code(&info.code), info.message.clone());
+    }
+    ("XX000", e.to_string())
+}
+
+fn leak_code(code: &str) -> &'static str {
+    // SQLSTATEs are a closed set of 5-character codes; map the common ones
+    // back to statics and fall back to internal_error for the rest.
+    const KNOWN: &[&str] = &[
+        "42601", "42P01", "42703", "42804", "42883", "22P02", "22003", "22012", "0A000",
+        "57014", "25P02", "42P07", "23502", "XX000", "08P01", "22P04", "22021",
+    ];
+    KNOWN.iter().find(|k| **k == code).copied().unwrap_or("XX000")
+}
+
+fn arrow_state(a: &ArrowError) -> (&'static str, String) {
+    let msg = a.to_string();
+    let code = match a {
+        ArrowError::CastError(m) | ArrowError::ParseError(m) => {
+            if is_out_of_range(m) {
+                "22003"
+            } else {
+                "22P02"
+            }
+        }
+        ArrowError::ArithmeticOverflow(_) => "22003",
+        ArrowError::DivideByZero => "22012",
+        ArrowError::ComputeError(m) if m.contains("Overflow") || m.contains("overflow") => {
+            "22003"
+        }
+        ArrowError::ExternalError(inner) => return classify(inner.as_ref()),
+        _ => "XX000",
+    };
+    (code, msg)
+}
+
+fn is_out_of_range(m: &str) -> bool {
+    // arrow: "Can't cast value 99999999999 to type Int32" / "... overflow"
+    m.contains("Can't cast value")
+        || m.contains("overflow")
+        || m.contains("Overflow")
+        || m.contains("out of range")
+        || m.contains("too large")
+}
+
+fn datafusion_state(d: &DataFusionError) -> (&'static str, String) {
+    use DataFusionError as D;
+    match d {
+        D::SQL(p, _) => ("42601", p.to_string()),
+        D::ArrowError(a, _) => arrow_state(a),
+        D::External(inner) => classify(inner.as_ref()),
+        D::Context(_, inner) => datafusion_state(inner),
+        D::Shared(inner) => datafusion_state(inner),
+        D::SchemaError(s, _) => {
+            let m = s.to_string();
+            let code = if m.contains("No field named") || m.contains("not found") {
+                "42703"
+            } else if m.contains("ambiguous") || m.contains("Ambiguous") {
+                "42702"
+            } else {
+                "42000"
+            };
+            (code, m)
+        }
+        D::Plan(m) => {
+            let code = if m.contains("table") && m.contains("not found") {
+                "42P01"
+            } else if m.contains("Invalid function") || m.contains("function") && m.contains("not found") {
+                "42883"
+            } else if m.contains("Cannot infer common") || m.contains("Cannot coerce") || m.contains("type") && m.contains("mismatch") {
+                "42804"
+            } else if m.contains("Cannot cast") || m.contains("Cast error") {
+                "22P02"
+            } else {
+                "42000"
+            };
+            (code, d.to_string())
+        }
+        D::Execution(m) => {
+            let code = if m.contains("Cast error") || m.contains("Cannot cast") {
+                if is_out_of_range(m) {
+                    "22003"
+                } else {
+                    "22P02"
+                }
+            } else if m.contains("Divide by zero") {
+                "22012"
+            } else if m.contains("Overflow") || m.contains("overflow") {
+                "22003"
+            } else {
+                "XX000"
+            };
+            (code, d.to_string())
+        }
+        D::NotImplemented(m) => ("0A000", m.clone()),
+        D::ResourcesExhausted(m) => ("53200", m.clone()),
+        _ => {
+            let m = d.to_string();
+            let code = if m.contains("Cast error") {
+                "22P02"
+            } else {
+                "XX000"
+            };
+            (code, m)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_for_common_failures() {
+        let nf = DataFusionError::Plan("table 'datafusion.public.nope' not found".into());
+        assert_eq!(classify(&nf).0, "42P01");
+        let cast = DataFusionError::ArrowError(
+            Box::new(ArrowError::CastError("Cannot cast string 'abc' to value of Int32 type".into())),
+            None,
+        );
+        assert_eq!(classify(&cast).0, "22P02");
+        let big = DataFusionError::ArrowError(
+            Box::new(ArrowError::CastError("Can't cast value 99999999999 to type Int32".into())),
+            None,
+        );
+        assert_eq!(classify(&big).0, "22003");
+        let wrapped = DataFusionError::External(Box::new(CoordinatorError::TableNotFound("t".into())));
+        assert_eq!(classify(&wrapped).0, "42P01");
+        assert_eq!(classify(&ParserError::ParserError("x".into())).0, "42601");
+    }
+}

@@ -1,0 +1,731 @@
+//! The PostgreSQL wire protocol front end.
+//!
+//! Built on datafusion-postgres (pg_catalog emulation, type encoding, the
+//! extended protocol, SET/SHOW, BEGIN/COMMIT bookkeeping) with our own routing
+//! in front of it: statements slicedb owns — CREATE TABLE with a distribution
+//! clause, DROP TABLE, COPY FROM STDIN / TO STDOUT, and what is not supported
+//! yet — are handled here; every other statement goes to DataFusion through
+//! datafusion-postgres. Every error leaves as a SQLSTATE.
+//!
+//! It never touches nodes or disks: it only calls the coordinator.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{new_null_array, ArrayRef, RecordBatch};
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{
+    CopySource, CopyTarget, CreateTableOptions, Expr as SqlExpr, ObjectName, ObjectType,
+    SqlOption, Statement, Value,
+};
+use datafusion_postgres::DfSessionService;
+use futures::{Sink, SinkExt};
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::copy::CopyHandler;
+use pgwire::api::portal::Portal;
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{CopyResponse, FieldInfo, Response, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::copy::{CopyData, CopyDone};
+use pgwire::messages::PgWireBackendMessage;
+use slicedb_coordinator::load::Loader;
+use slicedb_coordinator::{Coordinator, Distribution};
+use tokio::sync::Mutex;
+use tracing::{debug, info};
+
+use crate::copy::{encode_rows, CopyDecoder, CopyOptions};
+use crate::dialect::{self, ParsedStatement};
+use crate::errors::{to_pg, SqlError};
+
+/// Rows per batch when decoding COPY input.
+const COPY_BATCH_ROWS: usize = 65_536;
+
+/// Everything a connection needs; shared by all connections.
+pub struct Frontend {
+    coord: Arc<Coordinator>,
+    df: Arc<DfSessionService>,
+}
+
+impl Frontend {
+    /// Install pg_catalog on the coordinator's session and build the handlers.
+    pub fn new(coord: Arc<Coordinator>) -> Result<Arc<Frontend>, SqlError> {
+        let ctx = coord.session();
+        datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog(
+            &ctx,
+            "datafusion",
+            Arc::new(datafusion_postgres::auth::AuthManager::default()),
+        )
+        .map_err(|e| SqlError::DataFusion(*e))?;
+        let df = Arc::new(DfSessionService::new(ctx));
+        Ok(Arc::new(Frontend { coord, df }))
+    }
+
+    pub fn coordinator(&self) -> &Arc<Coordinator> {
+        &self.coord
+    }
+}
+
+/// The pgwire handler set: one per server, connections share it.
+pub struct Handlers {
+    fe: Arc<Frontend>,
+    simple: Arc<Simple>,
+    extended: Arc<Extended>,
+    copy: Arc<CopyIn>,
+    startup: Arc<Startup>,
+}
+
+impl Handlers {
+    pub fn new(fe: Arc<Frontend>) -> Arc<Handlers> {
+        Arc::new(Handlers {
+            simple: Arc::new(Simple { fe: fe.clone() }),
+            extended: Arc::new(Extended {
+                fe: fe.clone(),
+                parser: Arc::new(OurParser { fe: fe.clone() }),
+            }),
+            copy: Arc::new(CopyIn { fe: fe.clone() }),
+            startup: Arc::new(Startup),
+            fe,
+        })
+    }
+
+    pub fn frontend(&self) -> &Arc<Frontend> {
+        &self.fe
+    }
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.simple.clone()
+    }
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.extended.clone()
+    }
+    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
+        self.startup.clone()
+    }
+    fn copy_handler(&self) -> Arc<impl CopyHandler> {
+        self.copy.clone()
+    }
+}
+
+pub struct Startup;
+impl NoopStartupHandler for Startup {}
+
+/// Whether slicedb itself handles this statement.
+fn is_ours(s: &Statement) -> bool {
+    matches!(
+        s,
+        Statement::CreateTable(_)
+            | Statement::Drop {
+                object_type: ObjectType::Table,
+                ..
+            }
+            | Statement::Copy { .. }
+            | Statement::Truncate(_)
+            | Statement::Update(_)
+            | Statement::Delete(_)
+    )
+}
+
+fn object_name(n: &ObjectName) -> Result<String, SqlError> {
+    // public.t and t are the same table; other schemas do not exist yet.
+    let parts: Vec<String> = n
+        .0
+        .iter()
+        .map(|p| p.as_ident().map(|i| normalize(&i.value, i.quote_style.is_some())))
+        .collect::<Option<_>>()
+        .ok_or_else(|| SqlError::user("42601", format!("bad table name {n}")))?;
+    match parts.as_slice() {
+        [t] => Ok(t.clone()),
+        [s, t] if s == "public" => Ok(t.clone()),
+        _ => Err(SqlError::user(
+            "3F000",
+            format!("schema of \"{n}\" does not exist (slicedb tables live in public)"),
+        )),
+    }
+}
+
+fn normalize(s: &str, quoted: bool) -> String {
+    if quoted {
+        s.to_string()
+    } else {
+        s.to_lowercase()
+    }
+}
+
+/// Run one statement slicedb owns. COPY FROM STDIN answers `CopyIn` and
+/// leaves its state in the connection's session extensions.
+async fn run_ours<C>(fe: &Frontend, client: &mut C, p: ParsedStatement) -> Result<Response, SqlError>
+where
+    C: ClientInfo + Send + Sync,
+{
+    let copy_opts = match &p.statement {
+        Statement::Copy { .. } => Some(CopyOptions::from_statement(&p.statement)?),
+        _ => None,
+    };
+    match p.statement {
+        Statement::CreateTable(ct) => create_table(fe, ct, p.distribution).await,
+        Statement::Drop {
+            names, if_exists, ..
+        } => {
+            for n in &names {
+                fe.coord.drop_table(&object_name(n)?, if_exists).await?;
+            }
+            Ok(Response::Execution(Tag::new("DROP TABLE")))
+        }
+        Statement::Copy {
+            source,
+            to,
+            target,
+            ..
+        } => {
+            let opts = copy_opts.expect("computed above for COPY");
+            match (to, target) {
+                (false, CopyTarget::Stdin) => copy_from_stdin(fe, client, source, opts).await,
+                (true, CopyTarget::Stdout) => copy_to_stdout(fe, source, opts).await,
+                (false, _) => Err(SqlError::not_supported(
+                    "COPY FROM a server file or program; use COPY ... FROM STDIN (psql: \\copy)",
+                )),
+                (true, _) => Err(SqlError::not_supported(
+                    "COPY TO a server file or program; use COPY ... TO STDOUT (psql: \\copy)",
+                )),
+            }
+        }
+        Statement::Truncate(_) | Statement::Update(_) | Statement::Delete(_) => {
+            Err(SqlError::not_supported(
+                "UPDATE, DELETE and TRUNCATE arrive with mirrored transactional writes",
+            ))
+        }
+        other => Err(SqlError::not_supported(format!("statement {other}"))),
+    }
+}
+
+async fn create_table(
+    fe: &Frontend,
+    mut ct: datafusion::sql::sqlparser::ast::CreateTable,
+    distribution: Option<dialect::Distribution>,
+) -> Result<Response, SqlError> {
+    let name = object_name(&ct.name)?;
+    if ct.query.is_some() {
+        return Err(SqlError::not_supported("CREATE TABLE ... AS SELECT; create the table, then INSERT ... SELECT"));
+    }
+    if ct.temporary {
+        return Err(SqlError::not_supported(
+            "CREATE TEMP TABLE (unmirrored, session-scoped tables arrive with mirrored writes)",
+        ));
+    }
+    let mut mirrored = true;
+    let options = std::mem::take(&mut ct.table_options);
+    if let CreateTableOptions::With(opts) = &options {
+        for o in opts {
+            match o {
+                SqlOption::KeyValue { key, value } if key.value.eq_ignore_ascii_case("mirrored") => {
+                    mirrored = match value {
+                        SqlExpr::Value(v) => match &v.value {
+                            Value::Boolean(b) => *b,
+                            Value::SingleQuotedString(s) | Value::Number(s, _) => {
+                                matches!(s.to_lowercase().as_str(), "true" | "on" | "1" | "yes")
+                            }
+                            _ => true,
+                        },
+                        SqlExpr::Identifier(i) => {
+                            matches!(i.value.to_lowercase().as_str(), "true" | "on" | "yes")
+                        }
+                        _ => {
+                            return Err(SqlError::user(
+                                "22023",
+                                format!("invalid value for option mirrored: {value}"),
+                            ))
+                        }
+                    };
+                }
+                other => {
+                    return Err(SqlError::user(
+                        "22023",
+                        format!("unrecognized table option {other}"),
+                    ))
+                }
+            }
+        }
+    } else if !matches!(options, CreateTableOptions::None) {
+        return Err(SqlError::not_supported(format!("table options {options}")));
+    }
+    if !mirrored {
+        return Err(SqlError::not_supported(
+            "WITH (mirrored = false): unmirrored tables arrive with mirrored writes",
+        ));
+    }
+    let if_not_exists = ct.if_not_exists;
+    // Let DataFusion turn the column definitions into an Arrow schema.
+    let ctx = fe.coord.session();
+    let plan = ctx
+        .state()
+        .statement_to_plan(DfStatement::Statement(Box::new(Statement::CreateTable(ct))))
+        .await?;
+    let schema: SchemaRef = match &plan {
+        LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(m)) => {
+            Arc::new(Schema::new(m.input.schema().as_arrow().fields().clone()))
+        }
+        other => {
+            return Err(SqlError::user(
+                "XX000",
+                format!("CREATE TABLE planned as {}", other.display()),
+            ))
+        }
+    };
+    if schema.fields().is_empty() {
+        return Err(SqlError::user("42601", "a table needs at least one column"));
+    }
+    let distribution = match distribution {
+        Some(dialect::Distribution::Hash(cols)) => Distribution::Hash(cols),
+        Some(dialect::Distribution::Random) => Distribution::Random,
+        // Greenplum's default: the first column, if it can be hashed.
+        None => {
+            let first = schema.field(0);
+            if slicedb_coordinator::hash::hashable(first.data_type()) {
+                Distribution::Hash(vec![first.name().clone()])
+            } else {
+                Distribution::Random
+            }
+        }
+    };
+    info!(table = %name, ?distribution, "create table");
+    fe.coord
+        .create_table(&name, schema, distribution, mirrored, if_not_exists)
+        .await?;
+    Ok(Response::Execution(Tag::new("CREATE TABLE")))
+}
+
+/// Per-connection state: an unfinished COPY FROM STDIN. Dropped with the
+/// connection, which drops the loader, which aborts the load.
+#[derive(Default)]
+struct ConnState {
+    copy: Mutex<Option<ActiveCopy>>,
+}
+
+struct ActiveCopy {
+    decoder: CopyDecoder,
+    loader: Loader,
+    table: SchemaRef,
+    /// For each decoded column, its index in the table.
+    targets: Vec<usize>,
+    error: Option<SqlError>,
+}
+
+impl ActiveCopy {
+    /// Widen decoded rows to the table's columns (unlisted columns are NULL).
+    fn widen(&self, b: RecordBatch) -> Result<RecordBatch, SqlError> {
+        if self.targets.len() == self.table.fields().len()
+            && self.targets.iter().enumerate().all(|(i, t)| i == *t)
+        {
+            return Ok(RecordBatch::try_new(self.table.clone(), b.columns().to_vec())
+                .map_err(datafusion::error::DataFusionError::from)?);
+        }
+        let mut cols: Vec<ArrayRef> = self
+            .table
+            .fields()
+            .iter()
+            .map(|f| new_null_array(f.data_type(), b.num_rows()))
+            .collect();
+        for (i, t) in self.targets.iter().enumerate() {
+            cols[*t] = b.column(i).clone();
+        }
+        Ok(RecordBatch::try_new(self.table.clone(), cols)
+            .map_err(datafusion::error::DataFusionError::from)?)
+    }
+
+    async fn push(&mut self, batches: Vec<RecordBatch>) -> Result<(), SqlError> {
+        for b in batches {
+            let b = self.widen(b)?;
+            self.loader.push(b).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn copy_from_stdin<C>(
+    fe: &Frontend,
+    client: &mut C,
+    source: CopySource,
+    opts: CopyOptions,
+) -> Result<Response, SqlError>
+where
+    C: ClientInfo + Send + Sync,
+{
+    let CopySource::Table {
+        table_name,
+        columns,
+    } = source
+    else {
+        return Err(SqlError::user("42601", "COPY FROM needs a table"));
+    };
+    let name = object_name(&table_name)?;
+    let table = fe.coord.table_schema(&name)?;
+    let targets: Vec<usize> = if columns.is_empty() {
+        (0..table.fields().len()).collect()
+    } else {
+        columns
+            .iter()
+            .map(|c| {
+                let n = normalize(&c.value, c.quote_style.is_some());
+                table.index_of(&n).map_err(|_| {
+                    SqlError::user(
+                        "42703",
+                        format!("column \"{n}\" of relation \"{name}\" does not exist"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let decode_schema = Arc::new(table.project(&targets).map_err(datafusion::error::DataFusionError::from)?);
+    let ncols = targets.len();
+    let active = ActiveCopy {
+        decoder: CopyDecoder::new(decode_schema, opts, COPY_BATCH_ROWS),
+        loader: fe.coord.loader(&name)?,
+        table,
+        targets,
+        error: None,
+    };
+    debug!(table = %name, xid = active.loader.xid(), "copy in started");
+    let state = client.session_extensions().get_or_insert_with(ConnState::default);
+    *state.copy.lock().await = Some(active);
+    Ok(Response::CopyIn(CopyResponse::new(
+        0,
+        ncols,
+        futures::stream::empty(),
+    )))
+}
+
+async fn copy_to_stdout(fe: &Frontend, source: CopySource, opts: CopyOptions) -> Result<Response, SqlError> {
+    let sql = match source {
+        CopySource::Table {
+            table_name,
+            columns,
+        } => {
+            let name = object_name(&table_name)?;
+            fe.coord.table(&name)?;
+            let cols = if columns.is_empty() {
+                "*".to_string()
+            } else {
+                columns.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")
+            };
+            format!("SELECT {cols} FROM \"{name}\"")
+        }
+        CopySource::Query(q) => q.to_string(),
+    };
+    let ctx = fe.coord.session();
+    let df = ctx.sql(&sql).await?;
+    let batches = df.collect().await?;
+    let ncols = batches.first().map_or(0, |b| b.num_columns());
+    let mut messages: Vec<PgWireResult<CopyData>> = Vec::new();
+    if opts.header {
+        // The header line alone: encode an empty batch with the header on.
+        if let Some(b) = batches.first() {
+            let header = encode_rows(&[b.slice(0, 0)], &opts)?;
+            if !header.is_empty() {
+                messages.push(Ok(CopyData::new(header.into())));
+            }
+        }
+    }
+    let mut row_opts = opts.clone();
+    row_opts.header = false;
+    // One CopyData per row: pgwire counts them for the "COPY n" tag.
+    for b in &batches {
+        for i in 0..b.num_rows() {
+            let bytes = encode_rows(&[b.slice(i, 1)], &row_opts)?;
+            messages.push(Ok(CopyData::new(bytes.into())));
+        }
+    }
+    Ok(Response::CopyOut(CopyResponse::new(
+        0,
+        ncols,
+        futures::stream::iter(messages),
+    )))
+}
+
+pub struct Simple {
+    fe: Arc<Frontend>,
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Simple {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let parsed = match dialect::parse_statements(query) {
+            Ok(p) => p,
+            Err(ours) => {
+                // Something sqlparser's PostgreSQL dialect cannot read (psql's
+                // catalog queries use a few such forms): let
+                // datafusion-postgres's compatibility parser try; if it fails
+                // too, report our parser's syntax error.
+                return match SimpleQueryHandler::do_query(&*self.fe.df, client, query).await {
+                    Ok(r) => Ok(r),
+                    Err(_) => Err(SqlError::Parser(ours).into()),
+                };
+            }
+        };
+        if !parsed.iter().any(|p| is_ours(&p.statement)) {
+            return SimpleQueryHandler::do_query(&*self.fe.df, client, query)
+                .await
+                .map_err(to_pg);
+        }
+        let mut out = Vec::new();
+        for p in parsed {
+            if is_ours(&p.statement) {
+                let is_copy_in = matches!(p.statement, Statement::Copy { to: false, .. });
+                out.push(run_ours(&self.fe, client, p).await?);
+                if is_copy_in {
+                    // COPY FROM STDIN takes over the connection until CopyDone.
+                    break;
+                }
+            } else {
+                let text = p.statement.to_string();
+                out.extend(
+                    SimpleQueryHandler::do_query(&*self.fe.df, client, &text)
+                        .await
+                        .map_err(to_pg)?,
+                );
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub struct CopyIn {
+    fe: Arc<Frontend>,
+}
+
+impl CopyIn {
+    async fn take<C: ClientInfo>(client: &C) -> Option<ActiveCopy> {
+        let state = client.session_extensions().get::<ConnState>()?;
+        let mut g = state.copy.lock().await;
+        g.take()
+    }
+}
+
+#[async_trait]
+impl CopyHandler for CopyIn {
+    async fn on_copy_data<C>(&self, client: &mut C, copy_data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let _ = &self.fe;
+        let Some(state) = client.session_extensions().get::<ConnState>() else {
+            return Ok(());
+        };
+        let mut g = state.copy.lock().await;
+        let Some(active) = g.as_mut() else {
+            return Ok(());
+        };
+        if active.error.is_some() {
+            // Like PostgreSQL: after an error, swallow data until CopyDone.
+            return Ok(());
+        }
+        let res = match active.decoder.push(&copy_data.data) {
+            Ok(batches) => active.push(batches).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = res {
+            active.error = Some(e);
+        }
+        Ok(())
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let Some(mut active) = Self::take(client).await else {
+            return Err(SqlError::user("08P01", "CopyDone without COPY in progress").into());
+        };
+        if let Some(e) = active.error.take() {
+            active.loader.abort().await;
+            return Err(e.into());
+        }
+        let tail = match active.decoder.finish() {
+            Ok(b) => b,
+            Err(e) => {
+                active.loader.abort().await;
+                return Err(SqlError::from(e).into());
+            }
+        };
+        if let Err(e) = active.push(tail).await {
+            active.loader.abort().await;
+            return Err(e.into());
+        }
+        let rows = active.loader.finish().await.map_err(SqlError::from)?;
+        client
+            .send(PgWireBackendMessage::CommandComplete(
+                Tag::new("COPY").with_rows(rows as usize).into(),
+            ))
+            .await?;
+        Ok(())
+    }
+
+    async fn on_copy_fail<C>(
+        &self,
+        client: &mut C,
+        fail: pgwire::messages::copy::CopyFail,
+    ) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let Some(active) = Self::take(client).await {
+            active.loader.abort().await;
+        }
+        SqlError::user("57014", format!("COPY from stdin failed: {}", fail.message)).into()
+    }
+}
+
+type DfStmt = <DfSessionService as ExtendedQueryHandler>::Statement;
+
+/// Parses with our dialect first: a statement slicedb owns is stored as
+/// `(sql, None)` (no DataFusion plan) and routed to us at execution; the rest
+/// is parsed and planned by datafusion-postgres. Sharing its statement type
+/// keeps the portal store the type its hooks expect.
+pub struct OurParser {
+    fe: Arc<Frontend>,
+}
+
+fn parse_ours(sql: &str) -> Option<ParsedStatement> {
+    let mut stmts = dialect::parse_statements(sql).ok()?;
+    if stmts.len() == 1 && is_ours(&stmts[0].statement) {
+        Some(stmts.remove(0))
+    } else {
+        None
+    }
+}
+
+#[async_trait]
+impl QueryParser for OurParser {
+    type Statement = DfStmt;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<DfStmt>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        if parse_ours(sql).is_some() {
+            return Ok(Some((sql.to_string(), None)));
+        }
+        self.fe
+            .df
+            .query_parser()
+            .parse_sql(client, sql, types)
+            .await
+            .map_err(to_pg)
+    }
+
+    fn get_parameter_types(&self, stmt: &DfStmt) -> PgWireResult<Vec<Type>> {
+        self.fe.df.query_parser().get_parameter_types(stmt)
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &DfStmt,
+        column_format: Option<&pgwire::api::portal::Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        self.fe.df.query_parser().get_result_schema(stmt, column_format)
+    }
+}
+
+pub struct Extended {
+    fe: Arc<Frontend>,
+    parser: Arc<OurParser>,
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Extended {
+    type Statement = DfStmt;
+    type QueryParser = OurParser;
+
+    fn query_parser(&self) -> Arc<OurParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<DfStmt>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = DfStmt>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (sql, plan) = &portal.statement.statement;
+        if plan.is_none() {
+            if let Some(p) = parse_ours(sql) {
+                return Ok(run_ours(&self.fe, client, p).await?);
+            }
+        }
+        ExtendedQueryHandler::do_query(&*self.fe.df, client, portal, max_rows)
+            .await
+            .map_err(to_pg)
+    }
+}
+
+impl Frontend {
+    /// Run SQL without a PostgreSQL connection (the embedded API): the same
+    /// routing as the wire protocol, minus COPY. Returns the batches of the
+    /// last statement.
+    pub async fn execute(&self, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
+        let mut last = Vec::new();
+        for p in dialect::parse_statements(sql)? {
+            last = match &p.statement {
+                Statement::Copy { .. } => {
+                    return Err(SqlError::not_supported(
+                        "COPY in the embedded API; use LocalCluster::load",
+                    ))
+                }
+                Statement::CreateTable(ct) => {
+                    create_table(self, ct.clone(), p.distribution.clone()).await?;
+                    vec![]
+                }
+                Statement::Drop {
+                    object_type: ObjectType::Table,
+                    names,
+                    if_exists,
+                    ..
+                } => {
+                    for n in names {
+                        self.coord.drop_table(&object_name(n)?, *if_exists).await?;
+                    }
+                    vec![]
+                }
+                s if is_ours(s) => {
+                    return Err(SqlError::not_supported(
+                        "UPDATE, DELETE and TRUNCATE arrive with mirrored transactional writes",
+                    ))
+                }
+                s => {
+                    let ctx = self.coord.session();
+                    ctx.sql(&s.to_string()).await?.collect().await?
+                }
+            };
+        }
+        Ok(last)
+    }
+}

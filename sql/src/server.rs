@@ -1,0 +1,39 @@
+//! Accepts PostgreSQL connections and hands each to pgwire with our handlers.
+//! Owns the listening socket and nothing else.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::frontend::{Frontend, Handlers};
+use crate::SqlError;
+
+/// Serve connections on `listener` until `shutdown` resolves.
+pub async fn serve(
+    frontend: Arc<Frontend>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), SqlError> {
+    let handlers = Handlers::new(frontend);
+    let addr = listener.local_addr()?;
+    info!(%addr, "accepting PostgreSQL connections");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let _ = socket.set_nodelay(true);
+                    let h = handlers.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = pgwire::tokio::process_socket(socket, None, h).await {
+                            warn!(%peer, error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => warn!(error = %e, "accept failed"),
+            }
+        }
+    }
+}

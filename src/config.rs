@@ -1,0 +1,204 @@
+//! The cluster file (`cluster.toml`) for `slicedb coordinator` and
+//! `slicedb node`, documented field by field in docs/configuration.md.
+//! Parsing and validation only; starting processes is elsewhere.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::Error;
+
+/// The whole cluster, as every process of it reads it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Name of the cluster; written into every disk image so a disk of
+    /// another cluster is never opened by mistake.
+    #[serde(default = "default_cluster_id")]
+    pub cluster_id: String,
+    /// Data slices per disk when the distribution map is first built.
+    #[serde(default = "default_slices_per_disk")]
+    pub slices_per_disk: u32,
+    pub coordinator: CoordinatorSection,
+    #[serde(default)]
+    pub nodes: Vec<NodeSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorSection {
+    /// host:port for PostgreSQL clients.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Where the catalog and the distribution map are kept.
+    pub data_dir: PathBuf,
+    /// How long the coordinator waits for every node at startup, e.g. "30s".
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// The node's id: unique, small integers.
+    pub id: u32,
+    /// host:port the node serves gRPC and Arrow Flight on.
+    pub address: String,
+    /// Where the node's disk images live (`disk-<n>.img`).
+    pub data_dir: PathBuf,
+    /// Number of disk images of this node.
+    #[serde(default = "default_disks")]
+    pub disks: u32,
+    /// Size of each disk image (sparse), e.g. "4GiB".
+    #[serde(default = "default_disk_size")]
+    pub disk_size: String,
+}
+
+fn default_cluster_id() -> String {
+    "slicedb".into()
+}
+fn default_slices_per_disk() -> u32 {
+    4
+}
+fn default_listen() -> String {
+    "127.0.0.1:5433".into()
+}
+fn default_connect_timeout() -> String {
+    "30s".into()
+}
+fn default_disks() -> u32 {
+    1
+}
+fn default_disk_size() -> String {
+    "4GiB".into()
+}
+
+/// Smallest disk image that holds the metadata slots and some extents.
+pub const MIN_DISK_SIZE: u64 = 64 << 20;
+
+impl ClusterConfig {
+    pub fn load(path: &std::path::Path) -> Result<ClusterConfig, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let cfg: ClusterConfig = toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.nodes.is_empty() {
+            return Err(Error::Config("at least one [[nodes]] entry is needed".into()));
+        }
+        if self.slices_per_disk == 0 || self.slices_per_disk > 1024 {
+            return Err(Error::Config("slices_per_disk must be in 1..=1024".into()));
+        }
+        if self.cluster_id.is_empty() || self.cluster_id.len() > 64 {
+            return Err(Error::Config("cluster_id must be 1 to 64 characters".into()));
+        }
+        parse_duration(&self.coordinator.connect_timeout)?;
+        let mut ids = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for n in &self.nodes {
+            if !ids.insert(n.id) {
+                return Err(Error::Config(format!("node id {} appears twice", n.id)));
+            }
+            if !addrs.insert(n.address.clone()) {
+                return Err(Error::Config(format!("address {} appears twice", n.address)));
+            }
+            if n.disks == 0 || n.disks > 64 {
+                return Err(Error::Config(format!("node {}: disks must be in 1..=64", n.id)));
+            }
+            if parse_size(&n.disk_size)? < MIN_DISK_SIZE {
+                return Err(Error::Config(format!(
+                    "node {}: disk_size {} is below the minimum of 64MiB",
+                    n.id, n.disk_size
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn node(&self, id: u32) -> Result<&NodeSection, Error> {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .ok_or_else(|| Error::Config(format!("no node with id {id} in the configuration")))
+    }
+}
+
+/// "4GiB", "512MiB", "64MB", "1048576" -> bytes.
+pub fn parse_size(s: &str) -> Result<u64, Error> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| Error::Config(format!("bad size {s:?}: expected e.g. 4GiB")))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        other => return Err(Error::Config(format!("bad size unit {other:?} in {s:?}"))),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| Error::Config(format!("size {s:?} is too large")))
+}
+
+/// "30s", "500ms", "2m" -> Duration.
+pub fn parse_duration(s: &str) -> Result<Duration, Error> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| Error::Config(format!("bad duration {s:?}: expected e.g. 30s")))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        other => return Err(Error::Config(format!("bad duration unit {other:?} in {s:?}"))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("5 fortnights").is_err());
+    }
+
+    #[test]
+    fn validation_catches_mistakes() {
+        let ok = r#"
+            [coordinator]
+            data_dir = "/tmp/c"
+            [[nodes]]
+            id = 0
+            address = "127.0.0.1:7000"
+            data_dir = "/tmp/n0"
+        "#;
+        let c: ClusterConfig = toml::from_str(ok).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.slices_per_disk, 4);
+        let dup = format!("{ok}\n[[nodes]]\nid = 0\naddress = \"127.0.0.1:7001\"\ndata_dir = \"/tmp/n1\"\n");
+        let c: ClusterConfig = toml::from_str(&dup).unwrap();
+        assert!(c.validate().is_err());
+        assert!(toml::from_str::<ClusterConfig>(&format!("{ok}\nbogus = 1\n")).is_err());
+    }
+}

@@ -1,0 +1,308 @@
+//! slicedb: the CLI's building blocks and the embedded API.
+//!
+//! [`LocalCluster`] starts a coordinator and N nodes in this process, talking
+//! real gRPC on loopback, with disk images under one directory, and serves the
+//! PostgreSQL wire protocol. [`run_node`] and [`run_coordinator`] are the same
+//! parts as separate processes, configured by a [`config::ClusterConfig`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), slicedb::Error> {
+//! let cluster = slicedb::LocalCluster::start(slicedb::LocalOptions::new("./data")).await?;
+//! cluster.sql("CREATE TABLE t (k bigint, v text) DISTRIBUTE ON (k)").await?;
+//! cluster.sql("INSERT INTO t VALUES (1, 'one'), (2, 'two')").await?;
+//! let batches = cluster.sql("SELECT count(*) FROM t").await?;
+//! println!("{}", arrow::util::pretty::pretty_format_batches(&batches).unwrap());
+//! cluster.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use slicedb_coordinator::{Coordinator, CoordinatorConfig, NodeEndpoint};
+use slicedb_engine::server::NodeServer;
+use slicedb_engine::store::{DiskIds, DiskStore, InitOptions, StoreOptions};
+use slicedb_sql::frontend::Frontend;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The one error type of the slicedb library crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Engine(#[from] slicedb_engine::EngineError),
+    #[error(transparent)]
+    Coordinator(#[from] slicedb_coordinator::CoordinatorError),
+    #[error(transparent)]
+    Sql(#[from] slicedb_sql::SqlError),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// 16-byte cluster id written into every disk image.
+pub fn cluster_uuid(name: &str) -> [u8; 16] {
+    let a = crc32c::crc32c(name.as_bytes());
+    let b = crc32c::crc32c_append(a, b"slicedb-cluster");
+    let c = crc32c::crc32c_append(b, name.as_bytes());
+    let d = crc32c::crc32c_append(c, &(name.len() as u64).to_le_bytes());
+    let mut out = [0u8; 16];
+    for (i, w) in [a, b, c, d].iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
+/// Open this node's disk images, creating the missing ones.
+pub fn open_disks(
+    cluster_id: &str,
+    node: u32,
+    dir: &Path,
+    disks: u32,
+    disk_size: u64,
+) -> Result<Vec<Arc<DiskStore>>, Error> {
+    std::fs::create_dir_all(dir)?;
+    let mut out = Vec::new();
+    for d in 0..disks {
+        let path = dir.join(format!("disk-{d}.img"));
+        let ids = DiskIds {
+            cluster_id: cluster_uuid(cluster_id),
+            node_id: node,
+            disk_id: d,
+        };
+        let store = if path.exists() {
+            let s = DiskStore::open(&path, StoreOptions::default())?;
+            let found = s.ids();
+            if found.cluster_id != ids.cluster_id || found.node_id != node || found.disk_id != d {
+                return Err(Error::Config(format!(
+                    "{} belongs to node {} disk {} of another cluster or node; refusing to use it as node {node} disk {d}",
+                    path.display(),
+                    found.node_id,
+                    found.disk_id
+                )));
+            }
+            s
+        } else {
+            let init = InitOptions::new(disk_size);
+            DiskStore::create(&path, ids, init, StoreOptions::default())?
+        };
+        out.push(Arc::new(store));
+    }
+    Ok(out)
+}
+
+/// Options of an embedded local cluster.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    pub nodes: u32,
+    pub data_dir: PathBuf,
+    /// Where to accept PostgreSQL connections; port 0 picks a free one.
+    /// `None` serves no wire protocol (embedded use only).
+    pub listen: Option<SocketAddr>,
+    pub disk_size: u64,
+    pub slices_per_disk: u32,
+}
+
+impl LocalOptions {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        LocalOptions {
+            nodes: 4,
+            data_dir: data_dir.into(),
+            listen: None,
+            disk_size: 4 << 30,
+            slices_per_disk: 4,
+        }
+    }
+}
+
+/// A coordinator and N nodes in this process.
+pub struct LocalCluster {
+    frontend: Arc<Frontend>,
+    pg_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn stopped(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    async move {
+        while !*rx.borrow() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl LocalCluster {
+    pub async fn start(opts: LocalOptions) -> Result<LocalCluster, Error> {
+        if opts.nodes == 0 {
+            return Err(Error::Config("--nodes must be at least 1".into()));
+        }
+        let (stop, rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut endpoints = Vec::new();
+        for id in 0..opts.nodes {
+            let dir = opts.data_dir.join(format!("node-{id}"));
+            let disks = open_disks("local", id, &dir, 1, opts.disk_size)?;
+            let (addr, task) = NodeServer::new(id, disks)
+                .spawn("127.0.0.1:0".parse().expect("literal address"), stopped(rx.clone()))
+                .await?;
+            tasks.push(tokio::spawn(async move {
+                if let Ok(Err(e)) = task.await {
+                    tracing::error!(error = %e, "node server stopped");
+                }
+            }));
+            endpoints.push(NodeEndpoint {
+                id,
+                address: addr.to_string(),
+                disks: 1,
+            });
+        }
+        let coord = Coordinator::start(CoordinatorConfig {
+            data_dir: opts.data_dir.join("coordinator"),
+            nodes: endpoints,
+            slices_per_disk: opts.slices_per_disk,
+            connect_timeout: Duration::from_secs(30),
+            target_partitions: 0,
+        })
+        .await?;
+        let frontend = Frontend::new(Arc::new(coord))?;
+        let mut pg_addr = None;
+        if let Some(listen) = opts.listen {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            pg_addr = Some(listener.local_addr()?);
+            let fe = frontend.clone();
+            let r = rx.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = slicedb_sql::server::serve(fe, listener, stopped(r)).await {
+                    tracing::error!(error = %e, "PostgreSQL server stopped");
+                }
+            }));
+        }
+        Ok(LocalCluster {
+            frontend,
+            pg_addr,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Run SQL (CREATE TABLE ... DISTRIBUTE ON, INSERT, SELECT, ...).
+    pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>, Error> {
+        Ok(self.frontend.execute(sql).await?)
+    }
+
+    /// Load record batches into a table in one transaction (COPY's path).
+    pub async fn load(&self, table: &str, batches: Vec<RecordBatch>) -> Result<u64, Error> {
+        let mut loader = self.frontend.coordinator().loader(table)?;
+        for b in batches {
+            loader.push(b).await?;
+        }
+        Ok(loader.finish().await?)
+    }
+
+    /// The PostgreSQL address, if the cluster serves one.
+    pub fn pg_addr(&self) -> Option<SocketAddr> {
+        self.pg_addr
+    }
+
+    pub fn pg_url(&self) -> Option<String> {
+        self.pg_addr.map(pg_url)
+    }
+
+    /// Stop serving and wait for every part to finish.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+pub fn pg_url(addr: SocketAddr) -> String {
+    format!("postgres://slicedb@{addr}/slicedb")
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// `slicedb node --config F --id N`: serve until `shutdown` resolves.
+/// `ready` is called with the bound address once the node accepts commands.
+pub async fn run_node(
+    cfg: &config::ClusterConfig,
+    id: u32,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), Error> {
+    let n = cfg.node(id)?;
+    let disks = open_disks(
+        &cfg.cluster_id,
+        id,
+        &n.data_dir,
+        n.disks,
+        config::parse_size(&n.disk_size)?,
+    )?;
+    let addr: SocketAddr = n
+        .address
+        .parse()
+        .map_err(|e| Error::Config(format!("node {id} address {}: {e}", n.address)))?;
+    let (bound, task) = NodeServer::new(id, disks).spawn(addr, shutdown).await?;
+    ready(bound);
+    task.await
+        .map_err(|e| Error::Config(format!("node task failed: {e}")))??;
+    Ok(())
+}
+
+/// `slicedb coordinator --config F`: serve PostgreSQL until `shutdown`.
+pub async fn run_coordinator(
+    cfg: &config::ClusterConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), Error> {
+    let coord = Coordinator::start(CoordinatorConfig {
+        data_dir: cfg.coordinator.data_dir.clone(),
+        nodes: cfg
+            .nodes
+            .iter()
+            .map(|n| NodeEndpoint {
+                id: n.id,
+                address: n.address.clone(),
+                disks: n.disks,
+            })
+            .collect(),
+        slices_per_disk: cfg.slices_per_disk,
+        connect_timeout: config::parse_duration(&cfg.coordinator.connect_timeout)?,
+        target_partitions: 0,
+    })
+    .await?;
+    let frontend = Frontend::new(Arc::new(coord))?;
+    let listener = tokio::net::TcpListener::bind(&cfg.coordinator.listen).await?;
+    ready(listener.local_addr()?);
+    slicedb_sql::server::serve(frontend, listener, shutdown).await?;
+    Ok(())
+}
