@@ -69,8 +69,40 @@ pub fn to_pg(e: PgWireError) -> PgWireError {
                 message,
             )))
         }
+        PgWireError::UserError(mut info) if info.code == "XX000" => {
+            if let Some(code) = classify_message(&info.message) {
+                info.code = code.to_string();
+            }
+            PgWireError::UserError(info)
+        }
         other => other,
     }
+}
+
+/// datafusion-postgres reports planner and execution failures as XX000 with
+/// DataFusion's message; recover the SQLSTATE a PostgreSQL client expects.
+fn classify_message(m: &str) -> Option<&'static str> {
+    Some(if m.contains("No field named") {
+        "42703"
+    } else if m.contains("table") && m.contains("not found") {
+        "42P01"
+    } else if m.contains("sql parser error") {
+        "42601"
+    } else if m.contains("Cast error") || m.contains("Cannot cast") {
+        if is_out_of_range(m) {
+            "22003"
+        } else {
+            "22P02"
+        }
+    } else if m.contains("Divide by zero") {
+        "22012"
+    } else if m.contains("Invalid function") {
+        "42883"
+    } else if m.contains("Error during planning") {
+        "42000"
+    } else {
+        return None;
+    })
 }
 
 /// SQLSTATE and message for any error, walking wrapped causes.
@@ -232,5 +264,14 @@ mod tests {
         let wrapped = DataFusionError::External(Box::new(CoordinatorError::TableNotFound("t".into())));
         assert_eq!(classify(&wrapped).0, "42P01");
         assert_eq!(classify(&ParserError::ParserError("x".into())).0, "42601");
+        let wrapped = to_pg(PgWireError::UserError(Box::new(ErrorInfo::new(
+            "ERROR".into(),
+            "XX000".into(),
+            "Schema error: No field named nope.".into(),
+        ))));
+        match wrapped {
+            PgWireError::UserError(i) => assert_eq!(i.code, "42703"),
+            other => panic!("{other:?}"),
+        }
     }
 }
