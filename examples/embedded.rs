@@ -29,7 +29,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         vec![
             Arc::new(Int64Array::from_iter_values(4..1004)),
             Arc::new(StringArray::from_iter_values((4..1004).map(|i| {
-                if i % 2 == 0 { "east" } else { "west" }
+                if i % 2 == 0 {
+                    "east"
+                } else {
+                    "west"
+                }
             }))),
         ],
     )?;

@@ -82,21 +82,25 @@ impl ClusterConfig {
     pub fn load(path: &std::path::Path) -> Result<ClusterConfig, Error> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        let cfg: ClusterConfig = toml::from_str(&text)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let cfg: ClusterConfig =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> Result<(), Error> {
         if self.nodes.is_empty() {
-            return Err(Error::Config("at least one [[nodes]] entry is needed".into()));
+            return Err(Error::Config(
+                "at least one [[nodes]] entry is needed".into(),
+            ));
         }
         if self.slices_per_disk == 0 || self.slices_per_disk > 1024 {
             return Err(Error::Config("slices_per_disk must be in 1..=1024".into()));
         }
         if self.cluster_id.is_empty() || self.cluster_id.len() > 64 {
-            return Err(Error::Config("cluster_id must be 1 to 64 characters".into()));
+            return Err(Error::Config(
+                "cluster_id must be 1 to 64 characters".into(),
+            ));
         }
         parse_duration(&self.coordinator.connect_timeout)?;
         let mut ids = BTreeSet::new();
@@ -106,10 +110,16 @@ impl ClusterConfig {
                 return Err(Error::Config(format!("node id {} appears twice", n.id)));
             }
             if !addrs.insert(n.address.clone()) {
-                return Err(Error::Config(format!("address {} appears twice", n.address)));
+                return Err(Error::Config(format!(
+                    "address {} appears twice",
+                    n.address
+                )));
             }
             if n.disks == 0 || n.disks > 64 {
-                return Err(Error::Config(format!("node {}: disks must be in 1..=64", n.id)));
+                return Err(Error::Config(format!(
+                    "node {}: disks must be in 1..=64",
+                    n.id
+                )));
             }
             if parse_size(&n.disk_size)? < MIN_DISK_SIZE {
                 return Err(Error::Config(format!(
@@ -165,7 +175,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, Error> {
         "ms" => Duration::from_millis(n),
         "s" | "" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
-        other => return Err(Error::Config(format!("bad duration unit {other:?} in {s:?}"))),
+        other => {
+            return Err(Error::Config(format!(
+                "bad duration unit {other:?} in {s:?}"
+            )))
+        }
     })
 }
 
@@ -196,7 +210,9 @@ mod tests {
         let c: ClusterConfig = toml::from_str(ok).unwrap();
         c.validate().unwrap();
         assert_eq!(c.slices_per_disk, 4);
-        let dup = format!("{ok}\n[[nodes]]\nid = 0\naddress = \"127.0.0.1:7001\"\ndata_dir = \"/tmp/n1\"\n");
+        let dup = format!(
+            "{ok}\n[[nodes]]\nid = 0\naddress = \"127.0.0.1:7001\"\ndata_dir = \"/tmp/n1\"\n"
+        );
         let c: ClusterConfig = toml::from_str(&dup).unwrap();
         assert!(c.validate().is_err());
         assert!(toml::from_str::<ClusterConfig>(&format!("{ok}\nbogus = 1\n")).is_err());

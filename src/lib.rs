@@ -129,12 +129,10 @@ pub struct LocalCluster {
     tasks: Vec<JoinHandle<()>>,
 }
 
-fn stopped(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
-    async move {
-        while !*rx.borrow() {
-            if rx.changed().await.is_err() {
-                return;
-            }
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -151,7 +149,10 @@ impl LocalCluster {
             let dir = opts.data_dir.join(format!("node-{id}"));
             let disks = open_disks("local", id, &dir, 1, opts.disk_size)?;
             let (addr, task) = NodeServer::new(id, disks)
-                .spawn("127.0.0.1:0".parse().expect("literal address"), stopped(rx.clone()))
+                .spawn(
+                    "127.0.0.1:0".parse().expect("literal address"),
+                    stopped(rx.clone()),
+                )
                 .await?;
             tasks.push(tokio::spawn(async move {
                 if let Ok(Err(e)) = task.await {

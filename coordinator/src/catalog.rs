@@ -79,7 +79,8 @@ pub struct Catalog {
 impl Catalog {
     /// Load `dir/catalog.json`, or start an empty catalog if there is none.
     pub fn open(dir: &Path) -> Result<Catalog> {
-        std::fs::create_dir_all(dir).map_err(|e| CoordinatorError::io(dir.display().to_string(), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| CoordinatorError::io(dir.display().to_string(), e))?;
         let path = dir.join("catalog.json");
         let mut cat = Catalog {
             path: path.clone(),
@@ -286,8 +287,13 @@ mod tests {
         let first_xid;
         {
             let mut c = Catalog::open(dir.path()).unwrap();
-            c.add("t", schema.clone(), Distribution::Hash(vec!["k".into()]), true)
-                .unwrap();
+            c.add(
+                "t",
+                schema.clone(),
+                Distribution::Hash(vec!["k".into()]),
+                true,
+            )
+            .unwrap();
             assert!(matches!(
                 c.add("t", schema.clone(), Distribution::Random, true),
                 Err(CoordinatorError::TableExists(_))

@@ -60,7 +60,9 @@ pub struct NodeClient {
 impl NodeClient {
     fn new(ep: &NodeEndpoint) -> Result<NodeClient> {
         let channel = Endpoint::from_shared(format!("http://{}", ep.address))
-            .map_err(|e| CoordinatorError::Config(format!("node {} address {}: {e}", ep.id, ep.address)))?
+            .map_err(|e| {
+                CoordinatorError::Config(format!("node {} address {}: {e}", ep.id, ep.address))
+            })?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .connect_lazy();
@@ -148,7 +150,10 @@ impl Coordinator {
         let mut nodes = BTreeMap::new();
         for ep in &config.nodes {
             if nodes.insert(ep.id, NodeClient::new(ep)?).is_some() {
-                return Err(CoordinatorError::Config(format!("node id {} appears twice", ep.id)));
+                return Err(CoordinatorError::Config(format!(
+                    "node id {} appears twice",
+                    ep.id
+                )));
             }
         }
         let hw = catalog.xid_high_water();
@@ -240,9 +245,11 @@ impl Coordinator {
         }
         if let Distribution::Hash(cols) = &distribution {
             for c in cols {
-                let idx = schema.index_of(c).map_err(|_| CoordinatorError::UnknownDistributionColumn {
-                    table: name.to_string(),
-                    column: c.clone(),
+                let idx = schema.index_of(c).map_err(|_| {
+                    CoordinatorError::UnknownDistributionColumn {
+                        table: name.to_string(),
+                        column: c.clone(),
+                    }
                 })?;
                 let dt = schema.field(idx).data_type();
                 if !crate::hash::hashable(dt) {

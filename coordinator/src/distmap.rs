@@ -71,7 +71,9 @@ impl DistMap {
     /// each mirrored on the next node in the ring (disks taken round robin).
     pub fn build(nodes: &[NodeShape], slices_per_disk: u32) -> Result<DistMap> {
         if nodes.is_empty() {
-            return Err(CoordinatorError::Config("a cluster needs at least one node".into()));
+            return Err(CoordinatorError::Config(
+                "a cluster needs at least one node".into(),
+            ));
         }
         if slices_per_disk == 0 || nodes.iter().any(|n| n.disks == 0) {
             return Err(CoordinatorError::Config(
@@ -95,7 +97,10 @@ impl DistMap {
                         let m = nodes[j];
                         let d = mirror_disk_cursor[j] % m.disks;
                         mirror_disk_cursor[j] += 1;
-                        Some(Location { node: m.node, disk: d })
+                        Some(Location {
+                            node: m.node,
+                            disk: d,
+                        })
                     } else {
                         None
                     };
@@ -148,7 +153,8 @@ impl DistMap {
                 }
             }
             let configured: std::collections::BTreeSet<_> = nodes.iter().map(|n| n.node).collect();
-            let used: std::collections::BTreeSet<_> = map.slices.iter().map(|e| e.primary.node).collect();
+            let used: std::collections::BTreeSet<_> =
+                map.slices.iter().map(|e| e.primary.node).collect();
             if configured != used {
                 return Err(CoordinatorError::Config(format!(
                     "the stored distribution map uses nodes {used:?} but the configuration has {configured:?}; \

@@ -12,11 +12,15 @@ pub enum CoordinatorError {
     TableExists(String),
     #[error("relation \"{0}\" does not exist")]
     TableNotFound(String),
-    #[error("column \"{column}\" named in the distribution key does not exist in table \"{table}\"")]
+    #[error(
+        "column \"{column}\" named in the distribution key does not exist in table \"{table}\""
+    )]
     UnknownDistributionColumn { table: String, column: String },
     #[error("unsupported column type {data_type} for column \"{column}\"")]
     UnsupportedType { column: String, data_type: String },
-    #[error("null value in column \"{column}\" of relation \"{table}\" violates not-null constraint")]
+    #[error(
+        "null value in column \"{column}\" of relation \"{table}\" violates not-null constraint"
+    )]
     NotNullViolation { table: String, column: String },
     #[error("feature not supported: {0}")]
     NotSupported(String),
@@ -67,9 +71,7 @@ impl CoordinatorError {
             CoordinatorError::TableNotFound(_) => "42P01",
             CoordinatorError::UnknownDistributionColumn { .. } => "42703",
             CoordinatorError::NotNullViolation { .. } => "23502",
-            CoordinatorError::UnsupportedType { .. } | CoordinatorError::NotSupported(_) => {
-                "0A000"
-            }
+            CoordinatorError::UnsupportedType { .. } | CoordinatorError::NotSupported(_) => "0A000",
             CoordinatorError::Node { kind, .. } => match kind.as_str() {
                 "checksum" => "XX001",
                 "disk_full" => "53100",

@@ -26,7 +26,11 @@ pub fn to_predicate(expr: &Expr, schema: &Schema) -> Option<Predicate> {
             _ => {
                 let op = cmp(*op)?;
                 if let (Some(c), Some(v)) = (column(left, schema), literal(right)) {
-                    Some(Predicate::Compare { column: c, op, value: v })
+                    Some(Predicate::Compare {
+                        column: c,
+                        op,
+                        value: v,
+                    })
                 } else if let (Some(v), Some(c)) = (literal(left), column(right, schema)) {
                     Some(Predicate::Compare {
                         column: c,
@@ -159,7 +163,12 @@ mod tests {
                 value: Literal::Int(5)
             })
         );
-        let p = to_predicate(&col("k").between(lit(1i64), lit(9i64)).and(col("s").eq(lit("x"))), &s);
+        let p = to_predicate(
+            &col("k")
+                .between(lit(1i64), lit(9i64))
+                .and(col("s").eq(lit("x"))),
+            &s,
+        );
         assert!(matches!(p, Some(Predicate::And(_))));
         // A function call cannot be evaluated by a node.
         let f = datafusion::functions::expr_fn::upper(col("s")).eq(lit("X"));

@@ -85,7 +85,13 @@ fn hash_column(col: &ArrayRef, hashes: &mut [u32]) -> Result<()> {
                 } else {
                     let v = a.value(i);
                     // -0.0 == 0.0 and every NaN is one value for grouping.
-                    let v = if v == 0.0 { 0.0 } else if v.is_nan() { f64::NAN } else { v };
+                    let v = if v == 0.0 {
+                        0.0
+                    } else if v.is_nan() {
+                        f64::NAN
+                    } else {
+                        v
+                    };
                     chain(h, &v.to_bits().to_le_bytes());
                 }
             }

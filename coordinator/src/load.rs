@@ -10,9 +10,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use arrow::array::UInt32Array;
 use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::DataType;
-use arrow::array::UInt32Array;
 use slicedb_engine::proto::{self, pb};
 use slicedb_engine::{NodeId, Xid};
 use tokio::task::JoinSet;
@@ -30,8 +30,7 @@ const MAX_IN_FLIGHT: usize = 4;
 
 /// Whether slicedb can store a column of this type.
 pub fn storable(dt: &DataType) -> bool {
-    crate::hash::hashable(dt)
-        && !matches!(dt, DataType::Utf8View)
+    crate::hash::hashable(dt) && !matches!(dt, DataType::Utf8View)
         || matches!(dt, DataType::Binary | DataType::LargeBinary)
 }
 
@@ -185,7 +184,8 @@ impl Loader {
 
     async fn join_one(&mut self) -> Result<()> {
         if let Some(r) = self.inflight.join_next().await {
-            let rows = r.map_err(|e| CoordinatorError::Catalog(format!("write task failed: {e}")))??;
+            let rows =
+                r.map_err(|e| CoordinatorError::Catalog(format!("write task failed: {e}")))??;
             self.rows_stored += rows;
         }
         Ok(())

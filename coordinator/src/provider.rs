@@ -31,7 +31,9 @@ use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -56,7 +58,9 @@ pub struct SliceTable {
 
 impl fmt::Debug for SliceTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SliceTable").field("table", &self.meta.name).finish()
+        f.debug_struct("SliceTable")
+            .field("table", &self.meta.name)
+            .finish()
     }
 }
 
@@ -160,7 +164,10 @@ impl TableProvider for SliceTable {
         insert_op: InsertOp,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         if insert_op != InsertOp::Append {
-            return Err(CoordinatorError::NotSupported(format!("{insert_op} into a slicedb table")).into());
+            return Err(CoordinatorError::NotSupported(format!(
+                "{insert_op} into a slicedb table"
+            ))
+            .into());
         }
         Ok(Arc::new(DataSinkExec::new(
             input,
@@ -219,7 +226,9 @@ impl BroadcastScanExec {
 
 impl fmt::Debug for BroadcastScanExec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BroadcastScanExec").field("table", &self.table).finish()
+        f.debug_struct("BroadcastScanExec")
+            .field("table", &self.table)
+            .finish()
     }
 }
 
@@ -428,7 +437,9 @@ struct SliceSink {
 
 impl fmt::Debug for SliceSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SliceSink").field("table", &self.meta.name).finish()
+        f.debug_struct("SliceSink")
+            .field("table", &self.meta.name)
+            .finish()
     }
 }
 

@@ -132,10 +132,17 @@ impl SystemView {
                 let states = self.shared.node_state.lock().clone();
                 let nodes: Vec<_> = self.shared.nodes.values().collect();
                 vec![
-                    Arc::new(Int32Array::from_iter_values(nodes.iter().map(|n| n.id as i32))),
-                    Arc::new(StringArray::from_iter_values(nodes.iter().map(|n| n.address.clone()))),
+                    Arc::new(Int32Array::from_iter_values(
+                        nodes.iter().map(|n| n.id as i32),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        nodes.iter().map(|n| n.address.clone()),
+                    )),
                     Arc::new(StringArray::from_iter_values(nodes.iter().map(|n| {
-                        states.get(&n.id).cloned().unwrap_or_else(|| "unknown".into())
+                        states
+                            .get(&n.id)
+                            .cloned()
+                            .unwrap_or_else(|| "unknown".into())
                     }))),
                 ]
             }
@@ -143,12 +150,24 @@ impl SystemView {
                 let map = self.shared.map();
                 let e = &map.slices;
                 vec![
-                    Arc::new(Int32Array::from_iter_values(e.iter().map(|s| s.slice as i32))),
-                    Arc::new(Int32Array::from_iter_values(e.iter().map(|s| s.primary.node as i32))),
-                    Arc::new(Int32Array::from_iter_values(e.iter().map(|s| s.primary.disk as i32))),
-                    Arc::new(Int32Array::from_iter(e.iter().map(|s| s.mirror.map(|m| m.node as i32)))),
-                    Arc::new(Int32Array::from_iter(e.iter().map(|s| s.mirror.map(|m| m.disk as i32)))),
-                    Arc::new(StringArray::from_iter_values(e.iter().map(|s| s.state.as_str()))),
+                    Arc::new(Int32Array::from_iter_values(
+                        e.iter().map(|s| s.slice as i32),
+                    )),
+                    Arc::new(Int32Array::from_iter_values(
+                        e.iter().map(|s| s.primary.node as i32),
+                    )),
+                    Arc::new(Int32Array::from_iter_values(
+                        e.iter().map(|s| s.primary.disk as i32),
+                    )),
+                    Arc::new(Int32Array::from_iter(
+                        e.iter().map(|s| s.mirror.map(|m| m.node as i32)),
+                    )),
+                    Arc::new(Int32Array::from_iter(
+                        e.iter().map(|s| s.mirror.map(|m| m.disk as i32)),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        e.iter().map(|s| s.state.as_str()),
+                    )),
                 ]
             }
             View::Disks => {
@@ -187,7 +206,9 @@ impl SystemView {
                 for st in self.statuses().await {
                     for s in &st.slices {
                         // Blocks of dropped tables are not shown.
-                        let Some(name) = names.get(&s.table) else { continue };
+                        let Some(name) = names.get(&s.table) else {
+                            continue;
+                        };
                         tn.push(name.clone());
                         slice.push(s.slice as i32);
                         seg.push(segment_name(s.segment));

@@ -68,11 +68,8 @@ pub fn schema_from_bytes(bytes: &[u8]) -> Result<SchemaRef> {
 pub fn batches_to_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     {
-        let mut w = StreamWriter::try_new_with_options(
-            &mut out,
-            schema,
-            IpcWriteOptions::default(),
-        )?;
+        let mut w =
+            StreamWriter::try_new_with_options(&mut out, schema, IpcWriteOptions::default())?;
         for b in batches {
             w.write(b)?;
         }
@@ -121,27 +118,29 @@ impl TryFrom<&pb::Literal> for Literal {
     fn try_from(l: &pb::Literal) -> Result<Self> {
         use pb::literal::Value;
         let bad = |what: &str| EngineError::InvalidRequest(format!("bad literal: {what}"));
-        Ok(match l.value.as_ref().ok_or_else(|| bad("missing value"))? {
-            Value::Null(_) => Literal::Null,
-            Value::Bool(b) => Literal::Bool(*b),
-            Value::Int(v) => Literal::Int(*v),
-            Value::Uint(v) => Literal::UInt(*v),
-            Value::Float(v) => Literal::Float(*v),
-            Value::Utf8(s) => Literal::Utf8(s.clone()),
-            Value::Date32(d) => Literal::Date32(*d),
-            Value::Decimal128(bytes) => {
-                let arr: [u8; 16] = bytes
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| bad("decimal128 needs 16 bytes"))?;
-                Literal::Decimal128 {
-                    value: i128::from_le_bytes(arr),
-                    precision: u8::try_from(l.precision).map_err(|_| bad("precision"))?,
-                    scale: i8::try_from(l.scale).map_err(|_| bad("scale"))?,
+        Ok(
+            match l.value.as_ref().ok_or_else(|| bad("missing value"))? {
+                Value::Null(_) => Literal::Null,
+                Value::Bool(b) => Literal::Bool(*b),
+                Value::Int(v) => Literal::Int(*v),
+                Value::Uint(v) => Literal::UInt(*v),
+                Value::Float(v) => Literal::Float(*v),
+                Value::Utf8(s) => Literal::Utf8(s.clone()),
+                Value::Date32(d) => Literal::Date32(*d),
+                Value::Decimal128(bytes) => {
+                    let arr: [u8; 16] = bytes
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| bad("decimal128 needs 16 bytes"))?;
+                    Literal::Decimal128 {
+                        value: i128::from_le_bytes(arr),
+                        precision: u8::try_from(l.precision).map_err(|_| bad("precision"))?,
+                        scale: i8::try_from(l.scale).map_err(|_| bad("scale"))?,
+                    }
                 }
-            }
-            Value::TimestampMicros(v) => Literal::TimestampMicros(*v),
-        })
+                Value::TimestampMicros(v) => Literal::TimestampMicros(*v),
+            },
+        )
     }
 }
 

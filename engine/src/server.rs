@@ -131,12 +131,7 @@ impl NodeServer {
         Ok(map.clone())
     }
 
-    fn owned_disk(
-        &self,
-        map: &NodeMap,
-        slice: SliceId,
-        segment: SegmentKind,
-    ) -> Result<DiskId> {
+    fn owned_disk(&self, map: &NodeMap, slice: SliceId, segment: SegmentKind) -> Result<DiskId> {
         map.slices
             .get(&(slice, segment))
             .copied()
@@ -376,18 +371,21 @@ impl TaggedEncoder {
     }
 
     fn batch(&mut self, batch: &RecordBatch, tag: &pb::StreamTag) -> Result<Vec<FlightData>> {
-        let (dicts, data) = self
-            .gen
-            .encode(batch, &mut self.tracker, &self.options, &mut self.ctx)?;
+        let (dicts, data) =
+            self.gen
+                .encode(batch, &mut self.tracker, &self.options, &mut self.ctx)?;
         let mut out: Vec<FlightData> = dicts.into_iter().map(FlightData::from).collect();
         out.push(FlightData::from(data).with_app_metadata(tag.encode_to_vec()));
         Ok(out)
     }
 }
 
+/// What one scan reads: each requested slice copy and the disk holding it.
+type ScanParts = Vec<(SliceId, SegmentKind, Arc<DiskStore>)>;
+
 impl NodeServer {
     /// Validate a scan and resolve every requested slice to its disk.
-    fn plan_scan(&self, req: &pb::ScanRequest) -> Result<(SchemaRef, Vec<(SliceId, SegmentKind, Arc<DiskStore>)>)> {
+    fn plan_scan(&self, req: &pb::ScanRequest) -> Result<(SchemaRef, ScanParts)> {
         let map = self.check_epoch(req.epoch)?;
         let mut seen = HashSet::new();
         let mut parts = Vec::with_capacity(req.slices.len());
@@ -414,28 +412,36 @@ impl NodeServer {
             req.projection
                 .iter()
                 .map(|&i| {
-                    table_schema.fields().get(i as usize).cloned().ok_or_else(|| {
-                        EngineError::InvalidRequest(format!("no column {i} in table {}", req.table))
-                    })
+                    table_schema
+                        .fields()
+                        .get(i as usize)
+                        .cloned()
+                        .ok_or_else(|| {
+                            EngineError::InvalidRequest(format!(
+                                "no column {i} in table {}",
+                                req.table
+                            ))
+                        })
                 })
                 .collect::<Result<_>>()?
         };
         if req.include_hidden {
             use arrow::datatypes::{DataType, Field};
-            for name in [crate::HIDDEN_ROWID, crate::HIDDEN_CREATEXID, crate::HIDDEN_DELETEXID] {
+            for name in [
+                crate::HIDDEN_ROWID,
+                crate::HIDDEN_CREATEXID,
+                crate::HIDDEN_DELETEXID,
+            ] {
                 fields.push(Arc::new(Field::new(name, DataType::Int64, false)));
             }
         }
-        Ok((
-            Arc::new(arrow::datatypes::Schema::new(fields)),
-            parts,
-        ))
+        Ok((Arc::new(arrow::datatypes::Schema::new(fields)), parts))
     }
 }
 
 fn run_scan(
     table: TableId,
-    parts: Vec<(SliceId, SegmentKind, Arc<DiskStore>)>,
+    parts: ScanParts,
     projection: Option<Vec<usize>>,
     predicate: Option<Predicate>,
     include_hidden: bool,
@@ -525,12 +531,21 @@ impl FlightService for NodeServer {
         let include_hidden = req.include_hidden;
         let node = self.state.node;
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = run_scan(table, parts, projection, predicate, include_hidden, tx.clone()) {
+            if let Err(e) = run_scan(
+                table,
+                parts,
+                projection,
+                predicate,
+                include_hidden,
+                tx.clone(),
+            ) {
                 warn!(node, table, error = %e, "scan failed");
                 let _ = tx.blocking_send(Err(status(e)));
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn handshake(
@@ -543,13 +558,17 @@ impl FlightService for NodeServer {
         &self,
         _request: Request<Criteria>,
     ) -> Result<Response<Self::ListFlightsStream>, Status> {
-        Err(Status::unimplemented("list_flights: use the coordinator's catalog"))
+        Err(Status::unimplemented(
+            "list_flights: use the coordinator's catalog",
+        ))
     }
     async fn get_flight_info(
         &self,
         _request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        Err(Status::unimplemented("get_flight_info: send a ScanRequest ticket to do_get"))
+        Err(Status::unimplemented(
+            "get_flight_info: send a ScanRequest ticket to do_get",
+        ))
     }
     async fn poll_flight_info(
         &self,
@@ -561,13 +580,17 @@ impl FlightService for NodeServer {
         &self,
         _request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
-        Err(Status::unimplemented("get_schema: the coordinator's catalog owns schemas"))
+        Err(Status::unimplemented(
+            "get_schema: the coordinator's catalog owns schemas",
+        ))
     }
     async fn do_put(
         &self,
         _request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
-        Err(Status::unimplemented("do_put: writes use the Node.Write rpc"))
+        Err(Status::unimplemented(
+            "do_put: writes use the Node.Write rpc",
+        ))
     }
     async fn do_action(
         &self,

@@ -79,6 +79,24 @@ pub fn to_pg(e: PgWireError) -> PgWireError {
     }
 }
 
+/// Fix the SQLSTATE of errors datafusion-postgres returns inside `Ok`.
+pub fn fix_responses(
+    r: pgwire::error::PgWireResult<Vec<pgwire::api::results::Response>>,
+) -> pgwire::error::PgWireResult<Vec<pgwire::api::results::Response>> {
+    use pgwire::api::results::Response;
+    let mut out = r.map_err(to_pg)?;
+    for resp in out.iter_mut() {
+        if let Response::Error(info) = resp {
+            if info.code == "XX000" {
+                if let Some(code) = classify_message(&info.message) {
+                    info.code = code.to_string();
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// datafusion-postgres reports planner and execution failures as XX000 with
 /// DataFusion's message; recover the SQLSTATE a PostgreSQL client expects.
 fn classify_message(m: &str) -> Option<&'static str> {
@@ -144,10 +162,14 @@ fn leak_code(code: &str) -> &'static str {
     // SQLSTATEs are a closed set of 5-character codes; map the common ones
     // back to statics and fall back to internal_error for the rest.
     const KNOWN: &[&str] = &[
-        "42601", "42P01", "42703", "42804", "42883", "22P02", "22003", "22012", "0A000",
-        "57014", "25P02", "42P07", "23502", "XX000", "08P01", "22P04", "22021",
+        "42601", "42P01", "42703", "42804", "42883", "22P02", "22003", "22012", "0A000", "57014",
+        "25P02", "42P07", "23502", "XX000", "08P01", "22P04", "22021",
     ];
-    KNOWN.iter().find(|k| **k == code).copied().unwrap_or("XX000")
+    KNOWN
+        .iter()
+        .find(|k| **k == code)
+        .copied()
+        .unwrap_or("XX000")
 }
 
 fn arrow_state(a: &ArrowError) -> (&'static str, String) {
@@ -162,9 +184,7 @@ fn arrow_state(a: &ArrowError) -> (&'static str, String) {
         }
         ArrowError::ArithmeticOverflow(_) => "22003",
         ArrowError::DivideByZero => "22012",
-        ArrowError::ComputeError(m) if m.contains("Overflow") || m.contains("overflow") => {
-            "22003"
-        }
+        ArrowError::ComputeError(m) if m.contains("Overflow") || m.contains("overflow") => "22003",
         ArrowError::ExternalError(inner) => return classify(inner.as_ref()),
         _ => "XX000",
     };
@@ -202,9 +222,14 @@ fn datafusion_state(d: &DataFusionError) -> (&'static str, String) {
         D::Plan(m) => {
             let code = if m.contains("table") && m.contains("not found") {
                 "42P01"
-            } else if m.contains("Invalid function") || m.contains("function") && m.contains("not found") {
+            } else if m.contains("Invalid function")
+                || m.contains("function") && m.contains("not found")
+            {
                 "42883"
-            } else if m.contains("Cannot infer common") || m.contains("Cannot coerce") || m.contains("type") && m.contains("mismatch") {
+            } else if m.contains("Cannot infer common")
+                || m.contains("Cannot coerce")
+                || m.contains("type") && m.contains("mismatch")
+            {
                 "42804"
             } else if m.contains("Cannot cast") || m.contains("Cast error") {
                 "22P02"
@@ -252,16 +277,21 @@ mod tests {
         let nf = DataFusionError::Plan("table 'datafusion.public.nope' not found".into());
         assert_eq!(classify(&nf).0, "42P01");
         let cast = DataFusionError::ArrowError(
-            Box::new(ArrowError::CastError("Cannot cast string 'abc' to value of Int32 type".into())),
+            Box::new(ArrowError::CastError(
+                "Cannot cast string 'abc' to value of Int32 type".into(),
+            )),
             None,
         );
         assert_eq!(classify(&cast).0, "22P02");
         let big = DataFusionError::ArrowError(
-            Box::new(ArrowError::CastError("Can't cast value 99999999999 to type Int32".into())),
+            Box::new(ArrowError::CastError(
+                "Can't cast value 99999999999 to type Int32".into(),
+            )),
             None,
         );
         assert_eq!(classify(&big).0, "22003");
-        let wrapped = DataFusionError::External(Box::new(CoordinatorError::TableNotFound("t".into())));
+        let wrapped =
+            DataFusionError::External(Box::new(CoordinatorError::TableNotFound("t".into())));
         assert_eq!(classify(&wrapped).0, "42P01");
         assert_eq!(classify(&ParserError::ParserError("x".into())).0, "42601");
         let wrapped = to_pg(PgWireError::UserError(Box::new(ErrorInfo::new(

@@ -17,8 +17,8 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
-    CopySource, CopyTarget, CreateTableOptions, Expr as SqlExpr, ObjectName, ObjectType,
-    SqlOption, Statement, Value,
+    CopySource, CopyTarget, CreateTableOptions, Expr as SqlExpr, ObjectName, ObjectType, SqlOption,
+    Statement, Value,
 };
 use datafusion_postgres::DfSessionService;
 use futures::{Sink, SinkExt};
@@ -40,7 +40,7 @@ use tracing::{debug, info};
 
 use crate::copy::{encode_rows, CopyDecoder, CopyOptions};
 use crate::dialect::{self, ParsedStatement};
-use crate::errors::{to_pg, SqlError};
+use crate::errors::{fix_responses, to_pg, SqlError};
 
 /// Rows per batch when decoding COPY input.
 const COPY_BATCH_ROWS: usize = 65_536;
@@ -134,12 +134,14 @@ fn is_ours(s: &Statement) -> bool {
 
 fn object_name(n: &ObjectName) -> Result<String, SqlError> {
     // public.t and t are the same table; other schemas do not exist yet.
-    let parts: Vec<String> = n
-        .0
-        .iter()
-        .map(|p| p.as_ident().map(|i| normalize(&i.value, i.quote_style.is_some())))
-        .collect::<Option<_>>()
-        .ok_or_else(|| SqlError::user("42601", format!("bad table name {n}")))?;
+    let parts: Vec<String> =
+        n.0.iter()
+            .map(|p| {
+                p.as_ident()
+                    .map(|i| normalize(&i.value, i.quote_style.is_some()))
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| SqlError::user("42601", format!("bad table name {n}")))?;
     match parts.as_slice() {
         [t] => Ok(t.clone()),
         [s, t] if s == "public" => Ok(t.clone()),
@@ -160,7 +162,11 @@ fn normalize(s: &str, quoted: bool) -> String {
 
 /// Run one statement slicedb owns. COPY FROM STDIN answers `CopyIn` and
 /// leaves its state in the connection's session extensions.
-async fn run_ours<C>(fe: &Frontend, client: &mut C, p: ParsedStatement) -> Result<Response, SqlError>
+async fn run_ours<C>(
+    fe: &Frontend,
+    client: &mut C,
+    p: ParsedStatement,
+) -> Result<Response, SqlError>
 where
     C: ClientInfo + Send + Sync,
 {
@@ -179,10 +185,7 @@ where
             Ok(Response::Execution(Tag::new("DROP TABLE")))
         }
         Statement::Copy {
-            source,
-            to,
-            target,
-            ..
+            source, to, target, ..
         } => {
             let opts = copy_opts.expect("computed above for COPY");
             match (to, target) {
@@ -212,7 +215,9 @@ async fn create_table(
 ) -> Result<Response, SqlError> {
     let name = object_name(&ct.name)?;
     if ct.query.is_some() {
-        return Err(SqlError::not_supported("CREATE TABLE ... AS SELECT; create the table, then INSERT ... SELECT"));
+        return Err(SqlError::not_supported(
+            "CREATE TABLE ... AS SELECT; create the table, then INSERT ... SELECT",
+        ));
     }
     if ct.temporary {
         return Err(SqlError::not_supported(
@@ -224,7 +229,9 @@ async fn create_table(
     if let CreateTableOptions::With(opts) = &options {
         for o in opts {
             match o {
-                SqlOption::KeyValue { key, value } if key.value.eq_ignore_ascii_case("mirrored") => {
+                SqlOption::KeyValue { key, value }
+                    if key.value.eq_ignore_ascii_case("mirrored") =>
+                {
                     mirrored = match value {
                         SqlExpr::Value(v) => match &v.value {
                             Value::Boolean(b) => *b,
@@ -323,8 +330,10 @@ impl ActiveCopy {
         if self.targets.len() == self.table.fields().len()
             && self.targets.iter().enumerate().all(|(i, t)| i == *t)
         {
-            return Ok(RecordBatch::try_new(self.table.clone(), b.columns().to_vec())
-                .map_err(datafusion::error::DataFusionError::from)?);
+            return Ok(
+                RecordBatch::try_new(self.table.clone(), b.columns().to_vec())
+                    .map_err(datafusion::error::DataFusionError::from)?,
+            );
         }
         let mut cols: Vec<ArrayRef> = self
             .table
@@ -382,7 +391,11 @@ where
             })
             .collect::<Result<_, _>>()?
     };
-    let decode_schema = Arc::new(table.project(&targets).map_err(datafusion::error::DataFusionError::from)?);
+    let decode_schema = Arc::new(
+        table
+            .project(&targets)
+            .map_err(datafusion::error::DataFusionError::from)?,
+    );
     let ncols = targets.len();
     let active = ActiveCopy {
         decoder: CopyDecoder::new(decode_schema, opts, COPY_BATCH_ROWS),
@@ -392,7 +405,9 @@ where
         error: None,
     };
     debug!(table = %name, xid = active.loader.xid(), "copy in started");
-    let state = client.session_extensions().get_or_insert_with(ConnState::default);
+    let state = client
+        .session_extensions()
+        .get_or_insert_with(ConnState::default);
     *state.copy.lock().await = Some(active);
     Ok(Response::CopyIn(CopyResponse::new(
         0,
@@ -401,7 +416,11 @@ where
     )))
 }
 
-async fn copy_to_stdout(fe: &Frontend, source: CopySource, opts: CopyOptions) -> Result<Response, SqlError> {
+async fn copy_to_stdout(
+    fe: &Frontend,
+    source: CopySource,
+    opts: CopyOptions,
+) -> Result<Response, SqlError> {
     let sql = match source {
         CopySource::Table {
             table_name,
@@ -412,7 +431,11 @@ async fn copy_to_stdout(fe: &Frontend, source: CopySource, opts: CopyOptions) ->
             let cols = if columns.is_empty() {
                 "*".to_string()
             } else {
-                columns.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")
+                columns
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             };
             format!("SELECT {cols} FROM \"{name}\"")
         }
@@ -475,9 +498,7 @@ impl SimpleQueryHandler for Simple {
             }
         };
         if !parsed.iter().any(|p| is_ours(&p.statement)) {
-            return SimpleQueryHandler::do_query(&*self.fe.df, client, query)
-                .await
-                .map_err(to_pg);
+            return fix_responses(SimpleQueryHandler::do_query(&*self.fe.df, client, query).await);
         }
         let mut out = Vec::new();
         for p in parsed {
@@ -490,11 +511,9 @@ impl SimpleQueryHandler for Simple {
                 }
             } else {
                 let text = p.statement.to_string();
-                out.extend(
-                    SimpleQueryHandler::do_query(&*self.fe.df, client, &text)
-                        .await
-                        .map_err(to_pg)?,
-                );
+                out.extend(fix_responses(
+                    SimpleQueryHandler::do_query(&*self.fe.df, client, &text).await,
+                )?);
             }
         }
         Ok(out)
@@ -645,7 +664,10 @@ impl QueryParser for OurParser {
         stmt: &DfStmt,
         column_format: Option<&pgwire::api::portal::Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
-        self.fe.df.query_parser().get_result_schema(stmt, column_format)
+        self.fe
+            .df
+            .query_parser()
+            .get_result_schema(stmt, column_format)
     }
 }
 
