@@ -208,6 +208,7 @@ fn datafusion_state(d: &DataFusionError) -> (&'static str, String) {
         D::External(inner) => classify(inner.as_ref()),
         D::Context(_, inner) => datafusion_state(inner),
         D::Shared(inner) => datafusion_state(inner),
+        D::Diagnostic(_, inner) => datafusion_state(inner),
         D::SchemaError(s, _) => {
             let m = s.to_string();
             let code = if m.contains("No field named") || m.contains("not found") {
@@ -258,12 +259,7 @@ fn datafusion_state(d: &DataFusionError) -> (&'static str, String) {
         D::ResourcesExhausted(m) => ("53200", m.clone()),
         _ => {
             let m = d.to_string();
-            let code = if m.contains("Cast error") {
-                "22P02"
-            } else {
-                "XX000"
-            };
-            (code, m)
+            (classify_message(&m).unwrap_or("XX000"), m)
         }
     }
 }
@@ -301,6 +297,32 @@ mod tests {
         ))));
         match wrapped {
             PgWireError::UserError(i) => assert_eq!(i.code, "42703"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod api_error_tests {
+    use super::*;
+
+    #[test]
+    fn diagnostic_wrapped_errors_keep_their_sqlstate() {
+        let inner = DataFusionError::Plan("table 'datafusion.public.x' not found".into());
+        let e = DataFusionError::Diagnostic(
+            Box::new(datafusion::common::Diagnostic::new_error("x", None)),
+            Box::new(inner),
+        );
+        assert_eq!(classify(&e).0, "42P01");
+    }
+
+    #[test]
+    fn api_errors_from_datafusion_postgres_get_sqlstates() {
+        let e = PgWireError::ApiError(Box::new(DataFusionError::Plan(
+            "table 'datafusion.public.nosuch' not found".into(),
+        )));
+        match to_pg(e) {
+            PgWireError::UserError(i) => assert_eq!(i.code, "42P01", "{}", i.message),
             other => panic!("{other:?}"),
         }
     }
