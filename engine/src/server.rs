@@ -611,3 +611,178 @@ impl FlightService for NodeServer {
         Err(Status::unimplemented("do_exchange"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DiskIds, InitOptions, StoreOptions};
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
+    use arrow_flight::flight_service_client::FlightServiceClient;
+    use futures::{StreamExt, TryStreamExt};
+
+    async fn start() -> (
+        tempfile::TempDir,
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = DiskIds {
+            cluster_id: [7; 16],
+            node_id: 3,
+            disk_id: 0,
+        };
+        let store = DiskStore::create(
+            &dir.path().join("d.img"),
+            ids,
+            InitOptions::new(64 << 20),
+            StoreOptions::default(),
+        )
+        .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (addr, _task) = NodeServer::new(3, vec![Arc::new(store)])
+            .spawn("127.0.0.1:0".parse().unwrap(), async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        (dir, addr, tx)
+    }
+
+    fn kind(s: &Status) -> String {
+        s.metadata()
+            .get(proto::ERROR_KIND_KEY)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn stale_epochs_and_foreign_slices_are_refused_and_scans_are_tagged() {
+        let (_dir, addr, _stop) = start().await;
+        let url = format!("http://{addr}");
+        let mut node = pb::node_client::NodeClient::connect(url.clone())
+            .await
+            .unwrap();
+
+        // No map yet: everything is refused as stale.
+        let e = node
+            .create_table(pb::CreateTableRequest {
+                epoch: 1,
+                table: 1,
+                schema: vec![],
+                mirrored: true,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(kind(&e), "stale_epoch");
+
+        let slice = |slice| pb::SliceAssignment {
+            slice,
+            disk: 0,
+            segment: pb::Segment::Primary as i32,
+        };
+        node.install_map(pb::InstallMapRequest {
+            epoch: 5,
+            node: 3,
+            slices: vec![slice(1), slice(2)],
+        })
+        .await
+        .unwrap();
+        // A lower epoch cannot replace the map.
+        let e = node
+            .install_map(pb::InstallMapRequest {
+                epoch: 4,
+                node: 3,
+                slices: vec![],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
+        let schema_bytes = proto::schema_to_bytes(&schema).unwrap();
+        node.create_table(pb::CreateTableRequest {
+            epoch: 5,
+            table: 1,
+            schema: schema_bytes,
+            mirrored: true,
+        })
+        .await
+        .unwrap();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from(vec![1, 2, 3]))],
+        )
+        .unwrap();
+        let write = |epoch, slice| pb::WriteRequest {
+            epoch,
+            xid: 9,
+            table: 1,
+            slice,
+            segment: pb::Segment::Primary as i32,
+            batches: proto::batches_to_ipc(&schema, &[batch.clone()]).unwrap(),
+        };
+        let e = node.write(write(4, 1)).await.unwrap_err();
+        assert_eq!(kind(&e), "stale_epoch", "{e}");
+        let e = node.write(write(5, 7)).await.unwrap_err();
+        assert_eq!(kind(&e), "slice_not_owned", "{e}");
+        assert_eq!(node.write(write(5, 1)).await.unwrap().into_inner().rows, 3);
+        node.commit(pb::TxnRequest { epoch: 5, xid: 9 })
+            .await
+            .unwrap();
+
+        // Scan both slices: slice 1 has 3 rows, slice 2 none; both end with a done tag.
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut flight = FlightServiceClient::new(channel);
+        let req = pb::ScanRequest {
+            epoch: 5,
+            table: 1,
+            slices: [1, 2]
+                .iter()
+                .map(|&s| pb::SliceScan {
+                    slice: s,
+                    segment: pb::Segment::Primary as i32,
+                })
+                .collect(),
+            all_columns: true,
+            ..Default::default()
+        };
+        let stream = flight
+            .do_get(Ticket::new(req.encode_to_vec()))
+            .await
+            .unwrap()
+            .into_inner()
+            .map_err(|s| arrow_flight::error::FlightError::Tonic(Box::new(s)));
+        let mut decoder = FlightDataDecoder::new(stream);
+        let mut done = vec![];
+        let mut rows = 0;
+        while let Some(m) = decoder.next().await {
+            let m = m.unwrap();
+            if let DecodedPayload::RecordBatch(b) = m.payload {
+                let tag = pb::StreamTag::decode(m.inner.app_metadata.as_ref()).unwrap();
+                if tag.done {
+                    done.push((tag.slice, tag.rows));
+                } else {
+                    assert_eq!(tag.slice, 1);
+                    rows += b.num_rows();
+                }
+            }
+        }
+        assert_eq!(rows, 3);
+        assert_eq!(done, vec![(1, 3), (2, 0)]);
+
+        // A stale scan is refused too.
+        let mut stale = req.clone();
+        stale.epoch = 4;
+        let e = flight
+            .do_get(Ticket::new(stale.encode_to_vec()))
+            .await
+            .unwrap_err();
+        assert_eq!(kind(&e), "stale_epoch");
+    }
+}
