@@ -721,7 +721,7 @@ mod tests {
             table: 1,
             slice,
             segment: pb::Segment::Primary as i32,
-            batches: proto::batches_to_ipc(&schema, &[batch.clone()]).unwrap(),
+            batches: proto::batches_to_ipc(&schema, std::slice::from_ref(&batch)).unwrap(),
         };
         let e = node.write(write(4, 1)).await.unwrap_err();
         assert_eq!(kind(&e), "stale_epoch", "{e}");
