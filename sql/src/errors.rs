@@ -100,7 +100,16 @@ pub fn fix_responses(
 /// datafusion-postgres reports planner and execution failures as XX000 with
 /// DataFusion's message; recover the SQLSTATE a PostgreSQL client expects.
 fn classify_message(m: &str) -> Option<&'static str> {
-    Some(if m.contains("No field named") {
+    Some(if m.contains("is unreachable") {
+        // Errors raised while a result streams reach us only as text.
+        "08006"
+    } else if m.contains("checksum mismatch") || m.contains("corrupt block") {
+        "XX001"
+    } else if m.contains("stale map epoch") {
+        "40001"
+    } else if m.contains("violates not-null constraint") {
+        "23502"
+    } else if m.contains("No field named") {
         "42703"
     } else if m.contains("table") && m.contains("not found") {
         "42P01"
