@@ -525,13 +525,11 @@ pub async fn connect(url: &str) -> Result<Client> {
 /// Like [`connect`], also returning the connection task (abort it to drop
 /// the socket abruptly).
 pub async fn connect_with_handle(url: &str) -> Result<(Client, tokio::task::JoinHandle<()>)> {
-    let (client, conn) = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio_postgres::connect(url, NoTls),
-    )
-    .await
-    .with_context(|| format!("connecting to {url}: timed out"))?
-    .map_err(|e| anyhow!("connecting to {url}: {}", describe(&e)))?;
+    let (client, conn) =
+        tokio::time::timeout(Duration::from_secs(30), tokio_postgres::connect(url, NoTls))
+            .await
+            .with_context(|| format!("connecting to {url}: timed out"))?
+            .map_err(|e| anyhow!("connecting to {url}: {}", describe(&e)))?;
     let handle = tokio::spawn(async move {
         if let Err(e) = conn.await {
             eprintln!("connection task ended: {e}");

@@ -1,1 +1,14 @@
+//! slicedb's end-to-end tests: one integration test binary (databend's
+//! `tests/it/main.rs`) that drives the real `slicedb` executable as separate
+//! processes and talks to it with real clients (tokio-postgres, psql,
+//! psycopg). Each test has its own temp dir and listens on port 0, so they
+//! run in parallel under nextest.
 
+mod bad_input;
+mod data;
+mod disk_cli;
+mod harness;
+mod multiprocess;
+mod psql;
+mod python;
+mod wire;
