@@ -5,6 +5,7 @@
 //! run in parallel under nextest.
 
 mod bad_input;
+mod copy_csv;
 mod data;
 mod disk_cli;
 mod harness;
