@@ -146,15 +146,7 @@ impl Catalog {
         let def = TableDef {
             id: self.next_table_id,
             name: name.to_string(),
-            columns: schema
-                .fields()
-                .iter()
-                .map(|f| ColumnDef {
-                    name: f.name().clone(),
-                    data_type: f.data_type().to_string(),
-                    nullable: f.is_nullable(),
-                })
-                .collect(),
+            columns: column_defs(&schema),
             distribution,
             mirrored,
         };
@@ -195,20 +187,23 @@ impl Catalog {
     }
 }
 
+fn column_defs(schema: &Schema) -> Vec<ColumnDef> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| ColumnDef {
+            name: f.name().clone(),
+            data_type: f.data_type().to_string(),
+            nullable: f.is_nullable(),
+        })
+        .collect()
+}
+
 fn table_def(t: &TableMeta) -> TableDef {
     TableDef {
         id: t.id,
         name: t.name.clone(),
-        columns: t
-            .schema
-            .fields()
-            .iter()
-            .map(|f| ColumnDef {
-                name: f.name().clone(),
-                data_type: f.data_type().to_string(),
-                nullable: f.is_nullable(),
-            })
-            .collect(),
+        columns: column_defs(&t.schema),
         distribution: t.distribution.clone(),
         mirrored: t.mirrored,
     }

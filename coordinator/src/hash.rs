@@ -106,39 +106,9 @@ fn hash_column(col: &ArrayRef, hashes: &mut [u32]) -> Result<()> {
                 }
             }
         }
-        DataType::Utf8 => {
-            let a = col.as_string::<i32>();
-            for (i, h) in hashes.iter_mut().enumerate() {
-                if a.is_null(i) {
-                    chain(h, &NULL_TAG);
-                } else {
-                    chain(h, a.value(i).as_bytes());
-                    chain(h, &[0]);
-                }
-            }
-        }
-        DataType::LargeUtf8 => {
-            let a = col.as_string::<i64>();
-            for (i, h) in hashes.iter_mut().enumerate() {
-                if a.is_null(i) {
-                    chain(h, &NULL_TAG);
-                } else {
-                    chain(h, a.value(i).as_bytes());
-                    chain(h, &[0]);
-                }
-            }
-        }
-        DataType::Utf8View => {
-            let a = col.as_string_view();
-            for (i, h) in hashes.iter_mut().enumerate() {
-                if a.is_null(i) {
-                    chain(h, &NULL_TAG);
-                } else {
-                    chain(h, a.value(i).as_bytes());
-                    chain(h, &[0]);
-                }
-            }
-        }
+        DataType::Utf8 => hash_strings(col.as_string::<i32>().iter(), hashes),
+        DataType::LargeUtf8 => hash_strings(col.as_string::<i64>().iter(), hashes),
+        DataType::Utf8View => hash_strings(col.as_string_view().iter(), hashes),
         other => {
             return Err(CoordinatorError::NotSupported(format!(
                 "distribution key of type {other}"
@@ -146,6 +116,18 @@ fn hash_column(col: &ArrayRef, hashes: &mut [u32]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn hash_strings<'a>(values: impl Iterator<Item = Option<&'a str>>, hashes: &mut [u32]) {
+    for (v, h) in values.zip(hashes.iter_mut()) {
+        match v {
+            None => chain(h, &NULL_TAG),
+            Some(s) => {
+                chain(h, s.as_bytes());
+                chain(h, &[0]);
+            }
+        }
+    }
 }
 
 /// Whether a column of this type can be a distribution key.

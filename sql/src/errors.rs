@@ -69,10 +69,8 @@ pub fn to_pg(e: PgWireError) -> PgWireError {
                 message,
             )))
         }
-        PgWireError::UserError(mut info) if info.code == "XX000" => {
-            if let Some(code) = classify_message(&info.message) {
-                info.code = code.to_string();
-            }
+        PgWireError::UserError(mut info) => {
+            reclassify(&mut info);
             PgWireError::UserError(info)
         }
         other => other,
@@ -87,14 +85,19 @@ pub fn fix_responses(
     let mut out = r.map_err(to_pg)?;
     for resp in out.iter_mut() {
         if let Response::Error(info) = resp {
-            if info.code == "XX000" {
-                if let Some(code) = classify_message(&info.message) {
-                    info.code = code.to_string();
-                }
-            }
+            reclassify(info);
         }
     }
     Ok(out)
+}
+
+/// Replace an internal-error code by the one the message implies.
+fn reclassify(info: &mut ErrorInfo) {
+    if info.code == "XX000" {
+        if let Some(code) = classify_message(&info.message) {
+            info.code = code.to_string();
+        }
+    }
 }
 
 /// datafusion-postgres reports planner and execution failures as XX000 with
