@@ -126,8 +126,15 @@ fn classify_message(m: &str) -> Option<&'static str> {
         }
     } else if m.contains("Divide by zero") {
         "22012"
-    } else if m.contains("Invalid function") {
+    } else if m.contains("Invalid function") || m.contains("function") && m.contains("not found") {
         "42883"
+    } else if m.contains("Cannot infer common")
+        || m.contains("Cannot coerce")
+        || m.contains("type") && m.contains("mismatch")
+    {
+        "42804"
+    } else if m.contains("Overflow") || m.contains("overflow") {
+        "22003"
     } else if m.contains("Error during planning") {
         "42000"
     } else {
@@ -232,40 +239,11 @@ fn datafusion_state(d: &DataFusionError) -> (&'static str, String) {
             };
             (code, m)
         }
-        D::Plan(m) => {
-            let code = if m.contains("table") && m.contains("not found") {
-                "42P01"
-            } else if m.contains("Invalid function")
-                || m.contains("function") && m.contains("not found")
-            {
-                "42883"
-            } else if m.contains("Cannot infer common")
-                || m.contains("Cannot coerce")
-                || m.contains("type") && m.contains("mismatch")
-            {
-                "42804"
-            } else if m.contains("Cannot cast") || m.contains("Cast error") {
-                "22P02"
-            } else {
-                "42000"
-            };
-            (code, d.to_string())
-        }
-        D::Execution(m) => {
-            let code = if m.contains("Cast error") || m.contains("Cannot cast") {
-                if is_out_of_range(m) {
-                    "22003"
-                } else {
-                    "22P02"
-                }
-            } else if m.contains("Divide by zero") {
-                "22012"
-            } else if m.contains("Overflow") || m.contains("overflow") {
-                "22003"
-            } else {
-                "XX000"
-            };
-            (code, d.to_string())
+        // Plan and execution errors are told apart only by their text; one
+        // rule set (classify_message) serves them and the wire-side errors.
+        D::Plan(_) => {
+            let m = d.to_string();
+            (classify_message(&m).unwrap_or("42000"), m)
         }
         D::NotImplemented(m) => ("0A000", m.clone()),
         D::ResourcesExhausted(m) => ("53200", m.clone()),
