@@ -49,6 +49,13 @@ pub enum EngineError {
         segment: String,
         epoch: u64,
     },
+    #[error("could not serialize access: row {rowid} of table {table} slice {slice} was changed by concurrent transaction {other}; retry the transaction")]
+    WriteConflict {
+        table: TableId,
+        slice: SliceId,
+        rowid: i64,
+        other: u64,
+    },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     #[error("arrow error: {0}")]

@@ -12,6 +12,7 @@
 
 pub mod block;
 pub mod disk;
+pub mod failpoint;
 pub mod predicate;
 pub mod store;
 

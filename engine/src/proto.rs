@@ -6,7 +6,7 @@
 
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
-    tonic::include_proto!("slicedb.node.v1");
+    tonic::include_proto!("slicedb.node.v2");
 }
 
 use arrow::array::RecordBatch;
@@ -240,6 +240,28 @@ impl TryFrom<&pb::Predicate> for Predicate {
     }
 }
 
+impl From<&crate::store::Snapshot> for pb::Snapshot {
+    fn from(s: &crate::store::Snapshot) -> Self {
+        pb::Snapshot {
+            xmax: s.xmax,
+            xip: s.xip.clone(),
+            own: s.own.unwrap_or(0),
+        }
+    }
+}
+
+impl From<&pb::Snapshot> for crate::store::Snapshot {
+    fn from(s: &pb::Snapshot) -> Self {
+        let mut xip = s.xip.clone();
+        xip.sort_unstable();
+        crate::store::Snapshot {
+            xmax: s.xmax,
+            xip,
+            own: (s.own != 0).then_some(s.own),
+        }
+    }
+}
+
 /// The error kind names carried in [`ERROR_KIND_KEY`].
 pub fn error_kind(e: &EngineError) -> &'static str {
     match e {
@@ -250,6 +272,7 @@ pub fn error_kind(e: &EngineError) -> &'static str {
         EngineError::SchemaMismatch { .. } | EngineError::InvalidRequest(_) => "invalid",
         EngineError::SegmentFull { .. } | EngineError::MetadataFull { .. } => "disk_full",
         EngineError::Io { .. } => "io",
+        EngineError::WriteConflict { .. } => "write_conflict",
         _ => "internal",
     }
 }
@@ -269,6 +292,7 @@ pub fn to_status(e: &EngineError) -> tonic::Status {
         EngineError::SegmentFull { .. } | EngineError::MetadataFull { .. } => {
             Code::ResourceExhausted
         }
+        EngineError::WriteConflict { .. } => Code::Aborted,
         _ => Code::Internal,
     };
     let mut status = tonic::Status::new(code, e.to_string());

@@ -6,11 +6,19 @@
 //! node answers for) and checks every command against it: a stale epoch is
 //! refused with a typed error, and a slice the map does not give this node is
 //! never served. It must never decide placement itself; the coordinator does.
+//!
+//! Mirroring is node to node: as a primary it forwards the blocks it encoded
+//! (and the rowids it deleted) to the slice's mirror node, which stages them
+//! in memory, writes them into its mirror segment at prepare and publishes
+//! them at commit. A mirror that does not answer within the map's timeout
+//! is reported back as degraded for that slice; the node never waits
+//! without bound and never decides on its own that a slice is unprotected.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -29,7 +37,8 @@ use tracing::{info, instrument, warn};
 
 use crate::predicate::Predicate;
 use crate::proto::{self, pb};
-use crate::store::{DiskStore, ScanSpec, SegmentKind};
+use crate::failpoint;
+use crate::store::{DiskStore, ScanSpec, SegmentKind, Snapshot};
 use crate::{DiskId, EngineError, NodeId, Result, SliceId, TableId, Xid};
 
 /// What the installed map says this node holds.
@@ -38,14 +47,60 @@ struct NodeMap {
     epoch: u64,
     /// (slice, segment) -> disk holding that copy.
     slices: HashMap<(SliceId, SegmentKind), DiskId>,
+    /// Primary slice -> the node its writes are forwarded to.
+    mirrors: HashMap<SliceId, NodeId>,
+    peers: HashMap<NodeId, String>,
+    mirror_timeout: Duration,
 }
+
+/// Default bound on one forward to a mirror.
+pub const DEFAULT_MIRROR_TIMEOUT: Duration = Duration::from_millis(2000);
+
+/// A transaction as this node's primary side sees it.
+#[derive(Default)]
+struct NodeTxn {
+    disks: HashSet<DiskId>,
+    /// Write and Delete requests received (checked at prepare).
+    requests: u64,
+    /// Mirror node -> forwards sent.
+    forwards: HashMap<NodeId, u64>,
+    /// Mirror node -> slices forwarded to it.
+    mirrored: HashMap<NodeId, HashSet<SliceId>>,
+    /// Slices whose mirror did not answer: primary only for this xid.
+    degraded: HashSet<SliceId>,
+}
+
+enum StagedItem {
+    Blocks {
+        disk: DiskId,
+        table: TableId,
+        slice: SliceId,
+        blocks: Vec<bytes::Bytes>,
+    },
+    Delete {
+        disk: DiskId,
+        table: TableId,
+        slice: SliceId,
+        rowids: Vec<i64>,
+    },
+}
+
+/// What a mirror holds for one (xid, primary node) before prepare.
+#[derive(Default)]
+struct Staged {
+    received: u64,
+    items: Vec<StagedItem>,
+}
+
+type PeerClient = pb::node_client::NodeClient<tonic::transport::Channel>;
 
 struct NodeState {
     node: NodeId,
     disks: Vec<Arc<DiskStore>>,
     map: RwLock<Option<NodeMap>>,
-    /// xid -> disks holding its pending blocks.
-    pending: Mutex<HashMap<Xid, HashSet<DiskId>>>,
+    txns: Mutex<HashMap<Xid, NodeTxn>>,
+    staged: Mutex<HashMap<Xid, HashMap<NodeId, Staged>>>,
+    peers: Mutex<HashMap<(NodeId, String), PeerClient>>,
 }
 
 /// A running node's shared state; cheap to clone.
@@ -62,7 +117,9 @@ impl NodeServer {
                 node,
                 disks,
                 map: RwLock::new(None),
-                pending: Mutex::new(HashMap::new()),
+                txns: Mutex::new(HashMap::new()),
+                staged: Mutex::new(HashMap::new()),
+                peers: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -143,6 +200,118 @@ impl NodeServer {
             })
     }
 
+    /// A client for a peer node (connected lazily, reused).
+    fn peer(&self, map: &NodeMap, node: NodeId) -> Result<PeerClient> {
+        let addr = map
+            .peers
+            .get(&node)
+            .ok_or_else(|| EngineError::Internal(format!("no address for node {node}")))?;
+        let key = (node, addr.clone());
+        let mut peers = self.state.peers.lock();
+        if let Some(c) = peers.get(&key) {
+            return Ok(c.clone());
+        }
+        let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| EngineError::Internal(format!("bad peer address {addr}: {e}")))?
+            .connect_timeout(map.mirror_timeout)
+            .tcp_nodelay(true);
+        let c = pb::node_client::NodeClient::new(ep.connect_lazy())
+            .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
+        peers.insert(key, c.clone());
+        Ok(c)
+    }
+
+    /// Send one forward to a mirror, bounded by the map's mirror timeout.
+    async fn forward<T, F, Fut>(&self, map: &NodeMap, node: NodeId, what: &str, f: F) -> Result<T>
+    where
+        F: FnOnce(PeerClient) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        let client = self.peer(map, node)?;
+        match tokio::time::timeout(map.mirror_timeout, f(client)).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(EngineError::Internal(format!(
+                "{what} to mirror node {node}: {}",
+                s.message()
+            ))),
+            Err(_) => Err(EngineError::Internal(format!(
+                "{what} to mirror node {node}: no answer in {:?}",
+                map.mirror_timeout
+            ))),
+        }
+    }
+
+    /// Forward a slice's new blocks or deleted rowids of `xid` to its mirror,
+    /// unless the slice is already degraded for this transaction. A failure
+    /// marks it degraded (the primary goes on alone); never an error.
+    async fn forward_write(
+        &self,
+        map: &NodeMap,
+        xid: Xid,
+        table: TableId,
+        slice: SliceId,
+        blocks: Vec<Vec<u8>>,
+        deleted_rowids: Vec<i64>,
+    ) {
+        let Some(&mirror) = map.mirrors.get(&slice) else {
+            return;
+        };
+        let seq = {
+            let mut txns = self.state.txns.lock();
+            let t = txns.entry(xid).or_default();
+            if t.degraded.contains(&slice) {
+                return;
+            }
+            let n = t.forwards.entry(mirror).or_default();
+            *n += 1;
+            t.mirrored.entry(mirror).or_default().insert(slice);
+            *n
+        };
+        let req = pb::MirrorWriteRequest {
+            epoch: map.epoch,
+            xid,
+            table,
+            slice,
+            blocks,
+            deleted_rowids,
+            seq,
+            from_node: self.state.node,
+        };
+        let res = self
+            .forward(map, mirror, "forward", |mut c| async move {
+                c.mirror_write(req).await
+            })
+            .await;
+        if let Err(e) = res {
+            warn!(node = self.state.node, xid, slice, mirror, error = %e, "mirror unreachable: slice degraded for this transaction");
+            self.state
+                .txns
+                .lock()
+                .entry(xid)
+                .or_default()
+                .degraded
+                .insert(slice);
+        }
+    }
+
+    fn degraded(&self, xid: Xid) -> Vec<SliceId> {
+        let mut v: Vec<SliceId> = self
+            .state
+            .txns
+            .lock()
+            .get(&xid)
+            .map(|t| t.degraded.iter().copied().collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    }
+
+    /// The map, without an epoch check (commit/abort finish at any epoch).
+    fn current_map(&self) -> NodeMap {
+        self.state.map.read().clone().unwrap_or_default()
+    }
+
     async fn blocking<T: Send + 'static>(
         f: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
@@ -171,11 +340,24 @@ impl pb::node_server::Node for NodeServer {
             ))));
         }
         let mut slices = HashMap::new();
+        let mut mirrors = HashMap::new();
         for a in &req.slices {
             self.disk(a.disk).map_err(status)?;
             let seg = proto::segment_from_i32(a.segment).map_err(status)?;
             slices.insert((a.slice, seg), a.disk);
+            if seg == SegmentKind::Primary && a.mirror_active {
+                mirrors.insert(a.slice, a.mirror_node);
+            }
         }
+        let peers = req
+            .peers
+            .iter()
+            .map(|p| (p.node, p.address.clone()))
+            .collect();
+        let mirror_timeout = match req.mirror_timeout_ms {
+            0 => DEFAULT_MIRROR_TIMEOUT,
+            ms => Duration::from_millis(ms),
+        };
         let mut map = self.state.map.write();
         if let Some(cur) = map.as_ref() {
             if req.epoch < cur.epoch {
@@ -189,6 +371,9 @@ impl pb::node_server::Node for NodeServer {
         *map = Some(NodeMap {
             epoch: req.epoch,
             slices,
+            mirrors,
+            peers,
+            mirror_timeout,
         });
         Ok(Response::new(pb::Ack {}))
     }
@@ -243,37 +428,164 @@ impl pb::node_server::Node for NodeServer {
         let segment = proto::segment_from_i32(req.segment).map_err(status)?;
         let disk_id = self.owned_disk(&map, req.slice, segment).map_err(status)?;
         let disk = self.disk(disk_id).map_err(status)?.clone();
-        self.state
-            .pending
-            .lock()
-            .entry(req.xid)
-            .or_default()
-            .insert(disk_id);
-        let rows = Self::blocking(move || {
+        let mirror = segment == SegmentKind::Primary
+            && map.mirrors.contains_key(&req.slice)
+            && !self.degraded(req.xid).contains(&req.slice);
+        {
+            let mut txns = self.state.txns.lock();
+            let t = txns.entry(req.xid).or_default();
+            t.disks.insert(disk_id);
+            t.requests += 1;
+        }
+        let (xid, table, slice) = (req.xid, req.table, req.slice);
+        let (rows, blocks) = Self::blocking(move || {
             let (_, batches) = proto::ipc_to_batches(&req.batches)?;
-            let mut rows = 0;
+            let (mut rows, mut blocks) = (0, Vec::new());
             for b in &batches {
-                rows += disk.append(segment, req.table, req.slice, req.xid, b)?;
+                if mirror {
+                    let (n, enc) = disk.append_for_mirror(segment, table, slice, xid, b)?;
+                    rows += n;
+                    blocks.extend(enc);
+                } else {
+                    rows += disk.append(segment, table, slice, xid, b)?;
+                }
             }
-            Ok(rows)
+            Ok((rows, blocks))
         })
         .await
         .map_err(status)?;
-        Ok(Response::new(pb::WriteResponse { rows }))
+        if mirror && !blocks.is_empty() {
+            self.forward_write(&map, xid, table, slice, blocks, Vec::new())
+                .await;
+        }
+        Ok(Response::new(pb::WriteResponse {
+            rows,
+            degraded_slices: self.degraded(xid),
+        }))
+    }
+
+    #[instrument(skip_all, fields(node = self.state.node, xid = request.get_ref().xid, slice = request.get_ref().slice))]
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let req = request.into_inner();
+        let map = self.check_epoch(req.epoch).map_err(status)?;
+        if req.xid == 0 {
+            return Err(status(EngineError::InvalidRequest("xid 0".into())));
+        }
+        let segment = proto::segment_from_i32(req.segment).map_err(status)?;
+        let disk_id = self.owned_disk(&map, req.slice, segment).map_err(status)?;
+        let disk = self.disk(disk_id).map_err(status)?.clone();
+        let snapshot: Snapshot = req
+            .snapshot
+            .as_ref()
+            .map(Snapshot::from)
+            .ok_or_else(|| status(EngineError::InvalidRequest("delete without a snapshot".into())))?;
+        {
+            let mut txns = self.state.txns.lock();
+            let t = txns.entry(req.xid).or_default();
+            t.disks.insert(disk_id);
+            t.requests += 1;
+        }
+        let (xid, table, slice) = (req.xid, req.table, req.slice);
+        let rowids = req.rowids.clone();
+        let rows = Self::blocking(move || {
+            disk.delete(segment, table, slice, xid, &rowids, Some(&snapshot))
+        })
+        .await
+        .map_err(status)?;
+        if segment == SegmentKind::Primary && rows > 0 {
+            self.forward_write(&map, xid, table, slice, Vec::new(), req.rowids)
+                .await;
+        }
+        Ok(Response::new(pb::WriteResponse {
+            rows,
+            degraded_slices: self.degraded(xid),
+        }))
     }
 
     #[instrument(skip_all, fields(node = self.state.node, xid = request.get_ref().xid))]
-    async fn commit(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::Ack>, Status> {
+    async fn prepare(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
         let req = request.into_inner();
-        self.check_epoch(req.epoch).map_err(status)?;
-        let disks: Vec<Arc<DiskStore>> = {
-            let pending = self.state.pending.lock();
-            let ids = pending.get(&req.xid).cloned().unwrap_or_default();
-            ids.iter()
-                .filter_map(|id| self.state.disks.get(*id as usize).cloned())
-                .collect()
-        };
+        let map = self.check_epoch(req.epoch).map_err(status)?;
         let xid = req.xid;
+        let (disks, seen, forwards) = {
+            let txns = self.state.txns.lock();
+            match txns.get(&xid) {
+                Some(t) => (
+                    t.disks
+                        .iter()
+                        .filter_map(|id| self.state.disks.get(*id as usize).cloned())
+                        .collect::<Vec<_>>(),
+                    t.requests,
+                    t.forwards.clone(),
+                ),
+                None => (Vec::new(), 0, HashMap::new()),
+            }
+        };
+        if seen != req.requests {
+            return Err(status(EngineError::InvalidRequest(format!(
+                "transaction {xid}: node {} received {seen} of {} write requests (it restarted or lost them); cannot prepare",
+                self.state.node, req.requests
+            ))));
+        }
+        failpoint::hit("node.prepare.before");
+        Self::blocking(move || {
+            for d in &disks {
+                d.prepare(xid)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(status)?;
+        failpoint::hit("node.prepare.after_local");
+        for (mirror, n) in forwards {
+            let slices: Vec<SliceId> = {
+                let txns = self.state.txns.lock();
+                let Some(t) = txns.get(&xid) else { continue };
+                let all = t.mirrored.get(&mirror).cloned().unwrap_or_default();
+                if all.iter().all(|s| t.degraded.contains(s)) {
+                    continue;
+                }
+                all.into_iter().collect()
+            };
+            let mreq = pb::MirrorPrepareRequest {
+                epoch: map.epoch,
+                xid,
+                from_node: self.state.node,
+                forwards: n,
+            };
+            let res = self
+                .forward(&map, mirror, "prepare", |mut c| async move {
+                    c.mirror_prepare(mreq).await
+                })
+                .await;
+            if let Err(e) = res {
+                warn!(node = self.state.node, xid, mirror, error = %e, "mirror did not prepare: its slices are degraded");
+                let mut txns = self.state.txns.lock();
+                let t = txns.entry(xid).or_default();
+                t.degraded.extend(slices);
+            }
+        }
+        failpoint::hit("node.prepare.after_mirror");
+        Ok(Response::new(pb::TxnResponse {
+            degraded_slices: self.degraded(xid),
+        }))
+    }
+
+    #[instrument(skip_all, fields(node = self.state.node, xid = request.get_ref().xid))]
+    async fn commit(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
+        let req = request.into_inner();
+        let xid = req.xid;
+        failpoint::hit("node.commit.before");
+        let disks = self.state.disks.clone();
         Self::blocking(move || {
             for d in &disks {
                 d.commit(xid)?;
@@ -282,25 +594,253 @@ impl pb::node_server::Node for NodeServer {
         })
         .await
         .map_err(status)?;
-        self.state.pending.lock().remove(&xid);
-        Ok(Response::new(pb::Ack {}))
+        failpoint::hit("node.commit.after_local");
+        let txn = self.state.txns.lock().remove(&xid);
+        let map = self.current_map();
+        if let Some(t) = txn {
+            for (mirror, slices) in &t.mirrored {
+                if slices.iter().all(|s| t.degraded.contains(s)) {
+                    continue;
+                }
+                let mreq = pb::TxnRequest {
+                    epoch: map.epoch,
+                    xid,
+                    requests: 0,
+                };
+                // A mirror that misses this has the transaction prepared on
+                // disk; the coordinator's resolver commits it there later.
+                if let Err(e) = self
+                    .forward(&map, *mirror, "commit", |mut c| async move {
+                        c.mirror_commit(mreq).await
+                    })
+                    .await
+                {
+                    warn!(node = self.state.node, xid, mirror, error = %e, "mirror commit deferred to the resolver");
+                }
+            }
+        }
+        failpoint::hit("node.commit.after_mirror");
+        Ok(Response::new(pb::TxnResponse::default()))
     }
 
     async fn abort(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::Ack>, Status> {
         let req = request.into_inner();
+        let xid = req.xid;
         // Abort is allowed at any epoch: discarding never serves stale data.
-        let ids = self
-            .state
-            .pending
-            .lock()
-            .remove(&req.xid)
-            .unwrap_or_default();
-        for id in ids {
-            if let Some(d) = self.state.disks.get(id as usize) {
-                d.abort(req.xid).map_err(status)?;
+        let txn = self.state.txns.lock().remove(&xid);
+        self.state.staged.lock().remove(&xid);
+        let disks = self.state.disks.clone();
+        Self::blocking(move || {
+            for d in &disks {
+                d.abort(xid)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(status)?;
+        if let Some(t) = txn {
+            let map = self.current_map();
+            for mirror in t.mirrored.keys() {
+                let mreq = pb::TxnRequest {
+                    epoch: map.epoch,
+                    xid,
+                    requests: 0,
+                };
+                if let Err(e) = self
+                    .forward(&map, *mirror, "abort", |mut c| async move {
+                        c.mirror_abort(mreq).await
+                    })
+                    .await
+                {
+                    warn!(node = self.state.node, xid, mirror, error = %e, "mirror abort deferred to the resolver");
+                }
             }
         }
         Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn mirror_write(
+        &self,
+        request: Request<pb::MirrorWriteRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let req = request.into_inner();
+        let map = self.check_epoch(req.epoch).map_err(status)?;
+        let disk = self
+            .owned_disk(&map, req.slice, SegmentKind::Mirror)
+            .map_err(status)?;
+        let item = if req.blocks.is_empty() {
+            StagedItem::Delete {
+                disk,
+                table: req.table,
+                slice: req.slice,
+                rowids: req.deleted_rowids,
+            }
+        } else {
+            StagedItem::Blocks {
+                disk,
+                table: req.table,
+                slice: req.slice,
+                blocks: req.blocks.into_iter().map(bytes::Bytes::from).collect(),
+            }
+        };
+        let mut staged = self.state.staged.lock();
+        let st = staged
+            .entry(req.xid)
+            .or_default()
+            .entry(req.from_node)
+            .or_default();
+        st.received += 1;
+        st.items.push(item);
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    #[instrument(skip_all, fields(node = self.state.node, xid = request.get_ref().xid))]
+    async fn mirror_prepare(
+        &self,
+        request: Request<pb::MirrorPrepareRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let req = request.into_inner();
+        self.check_epoch(req.epoch).map_err(status)?;
+        let xid = req.xid;
+        let st = {
+            let mut staged = self.state.staged.lock();
+            let st = staged
+                .get_mut(&xid)
+                .and_then(|m| m.remove(&req.from_node))
+                .unwrap_or_default();
+            if staged.get(&xid).is_some_and(|m| m.is_empty()) {
+                staged.remove(&xid);
+            }
+            st
+        };
+        if st.received != req.forwards {
+            return Err(status(EngineError::InvalidRequest(format!(
+                "transaction {xid}: mirror node {} staged {} of {} forwards from node {} (it restarted?)",
+                self.state.node, st.received, req.forwards, req.from_node
+            ))));
+        }
+        let disks = self.state.disks.clone();
+        Self::blocking(move || {
+            let mut touched = HashSet::new();
+            for item in &st.items {
+                match item {
+                    StagedItem::Blocks {
+                        disk,
+                        table,
+                        slice,
+                        blocks,
+                    } => {
+                        let d = disks.get(*disk as usize).ok_or_else(|| {
+                            EngineError::Internal(format!("no disk {disk}"))
+                        })?;
+                        for b in blocks {
+                            d.append_encoded(SegmentKind::Mirror, *table, *slice, xid, b)?;
+                        }
+                        touched.insert(*disk);
+                    }
+                    StagedItem::Delete {
+                        disk,
+                        table,
+                        slice,
+                        rowids,
+                    } => {
+                        let d = disks.get(*disk as usize).ok_or_else(|| {
+                            EngineError::Internal(format!("no disk {disk}"))
+                        })?;
+                        d.delete(SegmentKind::Mirror, *table, *slice, xid, rowids, None)?;
+                        touched.insert(*disk);
+                    }
+                }
+            }
+            for id in touched {
+                disks[id as usize].prepare(xid)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(status)?;
+        failpoint::hit("mirror.prepare.after");
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn mirror_commit(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let xid = request.into_inner().xid;
+        failpoint::hit("mirror.commit.before");
+        let disks = self.state.disks.clone();
+        Self::blocking(move || {
+            for d in &disks {
+                d.commit(xid)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(status)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn mirror_abort(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let xid = request.into_inner().xid;
+        self.state.staged.lock().remove(&xid);
+        let disks = self.state.disks.clone();
+        Self::blocking(move || {
+            for d in &disks {
+                d.abort(xid)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(status)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn groom(
+        &self,
+        request: Request<pb::GroomRequest>,
+    ) -> Result<Response<pb::GroomResponse>, Status> {
+        let req = request.into_inner();
+        self.check_epoch(req.epoch).map_err(status)?;
+        let disks = self.state.disks.clone();
+        let out = Self::blocking(move || {
+            let mut out = pb::GroomResponse::default();
+            for d in &disks {
+                let s = d.groom(req.table, req.horizon)?;
+                out.blocks_rewritten += s.blocks_rewritten;
+                out.rows_removed += s.rows_removed;
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(status)?;
+        Ok(Response::new(out))
+    }
+
+    async fn checksum(
+        &self,
+        request: Request<pb::ChecksumRequest>,
+    ) -> Result<Response<pb::ChecksumResponse>, Status> {
+        let req = request.into_inner();
+        let map = self.check_epoch(req.epoch).map_err(status)?;
+        let segment = proto::segment_from_i32(req.segment).map_err(status)?;
+        let disk_id = self.owned_disk(&map, req.slice, segment).map_err(status)?;
+        let disk = self.disk(disk_id).map_err(status)?.clone();
+        let snapshot = req
+            .snapshot
+            .as_ref()
+            .map(Snapshot::from)
+            .unwrap_or_default();
+        let c = Self::blocking(move || disk.checksum(segment, req.table, req.slice, &snapshot))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ChecksumResponse {
+            rows: c.rows,
+            checksum: c.checksum,
+        }))
     }
 
     async fn status(
@@ -313,6 +853,26 @@ impl pb::node_server::Node for NodeServer {
             epoch,
             ..Default::default()
         };
+        let mut txns: std::collections::BTreeMap<Xid, bool> = self
+            .state
+            .staged
+            .lock()
+            .keys()
+            .map(|x| (*x, false))
+            .collect();
+        for x in self.state.txns.lock().keys() {
+            txns.entry(*x).or_insert(false);
+        }
+        for d in &self.state.disks {
+            for t in d.in_doubt() {
+                let e = txns.entry(t.xid).or_insert(false);
+                *e |= t.prepared;
+            }
+        }
+        out.txns = txns
+            .into_iter()
+            .map(|(xid, prepared)| pb::TxnState { xid, prepared })
+            .collect();
         for (i, d) in self.state.disks.iter().enumerate() {
             let disk = i as DiskId;
             let report = d.report();
@@ -445,6 +1005,7 @@ fn run_scan(
     projection: Option<Vec<usize>>,
     predicate: Option<Predicate>,
     include_hidden: bool,
+    snapshot: Snapshot,
     tx: mpsc::Sender<Result<FlightData, Status>>,
 ) -> Result<()> {
     let mut enc = TaggedEncoder::new();
@@ -456,6 +1017,7 @@ fn run_scan(
             projection: projection.clone(),
             predicate: predicate.clone(),
             include_hidden,
+            snapshot: snapshot.clone(),
         };
         let mut scan = disk.scan(&spec)?;
         let mut tag = pb::StreamTag {
@@ -529,6 +1091,11 @@ impl FlightService for NodeServer {
             .map_err(|_| Status::internal("scan channel closed"))?;
         let table = req.table;
         let include_hidden = req.include_hidden;
+        let snapshot = req
+            .snapshot
+            .as_ref()
+            .map(Snapshot::from)
+            .unwrap_or_default();
         let node = self.state.node;
         tokio::task::spawn_blocking(move || {
             if let Err(e) = run_scan(
@@ -537,6 +1104,7 @@ impl FlightService for NodeServer {
                 projection,
                 predicate,
                 include_hidden,
+                snapshot,
                 tx.clone(),
             ) {
                 warn!(node, table, error = %e, "scan failed");
@@ -681,11 +1249,13 @@ mod tests {
             slice,
             disk: 0,
             segment: pb::Segment::Primary as i32,
+            ..Default::default()
         };
         node.install_map(pb::InstallMapRequest {
             epoch: 5,
             node: 3,
             slices: vec![slice(1), slice(2)],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -695,6 +1265,7 @@ mod tests {
                 epoch: 4,
                 node: 3,
                 slices: vec![],
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -728,7 +1299,11 @@ mod tests {
         let e = node.write(write(5, 7)).await.unwrap_err();
         assert_eq!(kind(&e), "slice_not_owned", "{e}");
         assert_eq!(node.write(write(5, 1)).await.unwrap().into_inner().rows, 3);
-        node.commit(pb::TxnRequest { epoch: 5, xid: 9 })
+        node.commit(pb::TxnRequest {
+            epoch: 5,
+            xid: 9,
+            requests: 1,
+        })
             .await
             .unwrap();
 

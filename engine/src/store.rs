@@ -12,7 +12,7 @@
 //! lets `drop_table` wait for appends still writing into the table's extents
 //! before those extents are freed for reuse.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,7 +28,8 @@ pub use crate::block::Compression;
 use crate::block::{self, BlockLocation, ZoneMap};
 use crate::disk::alloc::SegmentAllocator;
 use crate::disk::meta::{
-    self, BlockMeta, ExtentRun, MetaState, SlotStatus, StreamKey, StreamMeta, TableMeta,
+    self, BlockMeta, DeleteRunMeta, ExtentRun, MetaState, PreparedMeta, SlotStatus, StreamKey,
+    StreamMeta, TableMeta,
 };
 use crate::disk::superblock::SUPERBLOCK_SIZE;
 pub use crate::disk::SegmentKind;
@@ -99,6 +100,75 @@ pub struct ScanSpec {
     pub predicate: Option<Predicate>,
     /// Append `_rowid`, `_createxid`, `_deletexid` after the projection.
     pub include_hidden: bool,
+    /// Which transactions' rows and deletes the scan sees.
+    pub snapshot: Snapshot,
+}
+
+/// A reader's view of the transaction history, handed out by the coordinator:
+/// a row is visible when its createxid is seen and no seen xid deleted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Xids at or above this had not started when the snapshot was taken.
+    pub xmax: Xid,
+    /// Xids below `xmax` still in progress at the snapshot (sorted).
+    pub xip: Vec<Xid>,
+    /// The reader's own transaction: its uncommitted rows and deletes are seen.
+    pub own: Option<Xid>,
+}
+
+impl Snapshot {
+    /// Everything committed so far (inspection, tests, rebuilds).
+    pub fn latest() -> Snapshot {
+        Snapshot {
+            xmax: Xid::MAX,
+            xip: Vec::new(),
+            own: None,
+        }
+    }
+
+    /// Whether the effects of `xid` (committed on this disk) are visible.
+    pub fn sees(&self, xid: Xid) -> bool {
+        xid != 0
+            && (Some(xid) == self.own
+                || (xid < self.xmax && self.xip.binary_search(&xid).is_err()))
+    }
+
+    /// Whether every xid in `lo..=hi` is seen (so a block needs no row check).
+    fn sees_all(&self, lo: Xid, hi: Xid) -> bool {
+        lo != 0 && hi < self.xmax && {
+            let i = self.xip.partition_point(|&x| x < lo);
+            self.xip.get(i).is_none_or(|&x| x > hi)
+        }
+    }
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot::latest()
+    }
+}
+
+/// An open transaction's state on this disk, as [`DiskStore::in_doubt`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TxnState {
+    pub xid: Xid,
+    /// Durable and waiting for the coordinator's decision.
+    pub prepared: bool,
+}
+
+/// Row count and an order-independent checksum over (rowid, row contents) of
+/// one copy of a slice at one snapshot: what `slicedb verify` compares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SliceChecksum {
+    pub rows: u64,
+    pub checksum: u64,
+}
+
+/// What a groom did on one disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct GroomStats {
+    pub blocks_rewritten: u64,
+    pub rows_removed: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -139,6 +209,33 @@ struct PendingBlock {
     block: Arc<IndexedBlock>,
 }
 
+/// One open transaction on this disk.
+#[derive(Default)]
+struct PendingTxn {
+    blocks: Vec<PendingBlock>,
+    /// Rowids deleted per stream, not yet written as a run.
+    deletes: BTreeMap<StreamKey, Vec<i64>>,
+    /// Delete runs written (at prepare), with their records.
+    runs: Vec<(StreamKey, DeleteRunMeta, Vec<i64>)>,
+    prepared: bool,
+}
+
+impl PendingTxn {
+    fn is_empty(&self) -> bool {
+        self.blocks.is_empty() && self.deletes.is_empty() && self.runs.is_empty()
+    }
+
+    fn deleted_in(&self, key: &StreamKey) -> HashSet<i64> {
+        let mut out: HashSet<i64> = self.deletes.get(key).into_iter().flatten().copied().collect();
+        for (k, _, rows) in &self.runs {
+            if k == key {
+                out.extend(rows.iter().copied());
+            }
+        }
+        out
+    }
+}
+
 struct Stream {
     /// Extent runs in allocation order; appends go into the last one.
     extents: Vec<ExtentRun>,
@@ -148,6 +245,10 @@ struct Stream {
     next_seq: u64,
     /// Copy-on-write so a scan can hold a snapshot without a lock.
     committed: Arc<Vec<Arc<IndexedBlock>>>,
+    /// Committed deletes: rowid -> deleting xid.
+    deletes: Arc<BTreeMap<i64, Xid>>,
+    /// Where the committed deletes are on disk.
+    runs: Vec<DeleteRunMeta>,
 }
 
 impl Stream {
@@ -158,6 +259,8 @@ impl Stream {
             next_rowid: 1,
             next_seq: 1,
             committed: Arc::new(Vec::new()),
+            deletes: Arc::new(BTreeMap::new()),
+            runs: Vec::new(),
         }
     }
 }
@@ -166,7 +269,9 @@ struct Inner {
     tables: BTreeMap<TableId, TableEntry>,
     streams: BTreeMap<StreamKey, Stream>,
     alloc: [SegmentAllocator; 3],
-    pending: HashMap<Xid, Vec<PendingBlock>>,
+    pending: HashMap<Xid, PendingTxn>,
+    /// Rows deleted by open transactions: the write-write conflict check.
+    locks: HashMap<StreamKey, HashMap<i64, Xid>>,
     generation: u64,
     slots: [SlotStatus; 2],
 }
@@ -295,7 +400,7 @@ impl DiskStore {
             )));
         }
         let (generation, state, slots) = meta::read_latest(dev.as_ref(), &sb)?;
-        let inner = Self::recover(&sb, state, generation, slots)?;
+        let inner = Self::recover(dev.as_ref(), &sb, state, generation, slots)?;
         debug!(path = %path.display(), generation, tables = inner.tables.len(), "opened disk image");
         Ok(DiskStore {
             dev,
@@ -311,8 +416,10 @@ impl DiskStore {
 
     /// Rebuild the in-memory state from a committed metadata state. Blocks
     /// written after it are not in the index: their space is simply free again
-    /// (a torn tail). Extents holding no committed block are freed too.
+    /// (a torn tail). Extents holding no committed or prepared block or delete
+    /// run are freed too. Prepared transactions come back as in-doubt.
     fn recover(
+        dev: &dyn BlockDevice,
         sb: &Superblock,
         state: MetaState,
         generation: u64,
@@ -337,67 +444,137 @@ impl DiskStore {
                 return Err(corrupt(format!("table {} listed twice", t.id)));
             }
         }
+        let read_run = |key: &StreamKey, run: &DeleteRunMeta| -> Result<Vec<(i64, u64)>> {
+            if run.length != block::delete_run_len(run.count) {
+                return Err(corrupt(format!(
+                    "delete run at {} has length {} for {} records",
+                    run.offset, run.length, run.count
+                )));
+            }
+            let mut buf = vec![0u8; run.length as usize];
+            dev.read_at(run.offset, &mut buf)?;
+            block::decode_delete_run(&buf, sb.disk_id, run.offset, key.table, key.slice)
+        };
+        // Everything that pins an extent: committed and prepared blocks and runs.
+        let mut pins: BTreeMap<StreamKey, Vec<(u64, u64)>> = BTreeMap::new();
+        for s in &state.streams {
+            let p = pins.entry(s.key).or_default();
+            p.extend(s.blocks.iter().map(|b| (b.offset, b.end())));
+            p.extend(s.deletes.iter().map(|d| (d.offset, d.offset + d.length)));
+        }
+        for t in &state.prepared {
+            for (k, b) in &t.blocks {
+                pins.entry(*k).or_default().push((b.offset, b.end()));
+            }
+            for (k, d) in &t.deletes {
+                pins.entry(*k).or_default().push((d.offset, d.offset + d.length));
+            }
+        }
         let mut alloc =
             SegmentKind::ALL.map(|k| SegmentAllocator::new(sb.segment(k), sb.extent_size));
         let mut streams = BTreeMap::new();
-        for s in state.streams {
-            let Some(table) = tables.get(&s.key.table) else {
-                return Err(corrupt(format!("stream of unknown table {}", s.key.table)));
-            };
-            if s.blocks.is_empty() {
+        let mut extents_of: BTreeMap<StreamKey, Vec<ExtentRun>> = BTreeMap::new();
+        for s in &state.streams {
+            extents_of.insert(s.key, s.extents.clone());
+        }
+        for (key, p) in &pins {
+            if !tables.contains_key(&key.table) {
+                return Err(corrupt(format!("stream of unknown table {}", key.table)));
+            }
+            if p.is_empty() {
                 continue;
             }
+            let extents = extents_of.get(key).cloned().unwrap_or_default();
             let mut kept: Vec<ExtentRun> = Vec::new();
-            for e in &s.extents {
-                if s.blocks
-                    .iter()
-                    .any(|b| b.offset >= e.offset && b.offset < e.end())
-                {
-                    alloc[s.key.segment.index()].reserve(*e)?;
+            for e in &extents {
+                if p.iter().any(|&(o, _)| o >= e.offset && o < e.end()) {
+                    alloc[key.segment.index()].reserve(*e)?;
                     kept.push(*e);
                 }
             }
-            let mut committed = Vec::with_capacity(s.blocks.len());
-            let (mut next_rowid, mut next_seq) = (1i64, 1u64);
-            for b in s.blocks {
-                if !kept
-                    .iter()
-                    .any(|e| b.offset >= e.offset && b.end() <= e.end())
-                    || b.length == 0
-                {
+            for &(o, end) in p {
+                if end <= o || !kept.iter().any(|e| o >= e.offset && end <= e.end()) {
                     return Err(corrupt(format!(
-                        "block at {} (+{}) of table {} slice {} lies outside its extents",
-                        b.offset, b.length, s.key.table, s.key.slice
+                        "block or delete run at {o} (+{}) of table {} slice {} lies outside its extents",
+                        end.saturating_sub(o),
+                        key.table,
+                        key.slice
                     )));
                 }
-                let zones = block::decode_zones(&b.zones, &table.stored, b.rows)?;
-                next_rowid = next_rowid.max(b.rowid_max.saturating_add(1));
-                next_seq = next_seq.max(b.seq + 1);
-                committed.push(Arc::new(IndexedBlock { meta: b, zones }));
             }
             let last = kept[kept.len() - 1];
-            let fill = committed
+            let fill = p
                 .iter()
-                .filter(|b| b.meta.offset >= last.offset && b.meta.offset < last.end())
-                .map(|b| b.meta.end())
+                .filter(|&&(o, _)| o >= last.offset && o < last.end())
+                .map(|&(_, end)| end)
                 .max()
                 .unwrap_or(last.offset);
-            streams.insert(
-                s.key,
-                Stream {
-                    extents: kept,
-                    fill,
-                    next_rowid,
-                    next_seq,
-                    committed: Arc::new(committed),
-                },
-            );
+            let mut st = Stream::empty();
+            st.extents = kept;
+            st.fill = fill;
+            streams.insert(*key, st);
+        }
+        let note_block = |st: &mut Stream, b: &BlockMeta| {
+            st.next_rowid = st.next_rowid.max(b.rowid_max.saturating_add(1));
+            st.next_seq = st.next_seq.max(b.seq + 1);
+        };
+        for s in state.streams {
+            let Some(st) = streams.get_mut(&s.key) else {
+                continue;
+            };
+            let table = &tables[&s.key.table];
+            let mut committed = Vec::with_capacity(s.blocks.len());
+            for b in s.blocks {
+                let zones = block::decode_zones(&b.zones, &table.stored, b.rows)?;
+                note_block(st, &b);
+                committed.push(Arc::new(IndexedBlock { meta: b, zones }));
+            }
+            let mut deletes = BTreeMap::new();
+            for run in &s.deletes {
+                for (rowid, xid) in read_run(&s.key, run)? {
+                    deletes.insert(rowid, xid);
+                }
+            }
+            st.committed = Arc::new(committed);
+            st.deletes = Arc::new(deletes);
+            st.runs = s.deletes;
+        }
+        let mut pending = HashMap::new();
+        let mut locks: HashMap<StreamKey, HashMap<i64, Xid>> = HashMap::new();
+        for t in state.prepared {
+            let mut txn = PendingTxn {
+                prepared: true,
+                ..Default::default()
+            };
+            for (k, b) in t.blocks {
+                let table = tables
+                    .get(&k.table)
+                    .ok_or_else(|| corrupt(format!("prepared block of unknown table {}", k.table)))?;
+                let zones = block::decode_zones(&b.zones, &table.stored, b.rows)?;
+                if let Some(st) = streams.get_mut(&k) {
+                    note_block(st, &b);
+                }
+                txn.blocks.push(PendingBlock {
+                    key: k,
+                    block: Arc::new(IndexedBlock { meta: b, zones }),
+                });
+            }
+            for (k, run) in t.deletes {
+                let rows: Vec<i64> = read_run(&k, &run)?.into_iter().map(|(r, _)| r).collect();
+                let l = locks.entry(k).or_default();
+                for r in &rows {
+                    l.insert(*r, t.xid);
+                }
+                txn.runs.push((k, run, rows));
+            }
+            pending.insert(t.xid, txn);
         }
         Ok(Inner {
             tables,
             streams,
             alloc,
-            pending: HashMap::new(),
+            pending,
+            locks,
             generation,
             slots,
         })
@@ -419,8 +596,10 @@ impl DiskStore {
         &self.sb
     }
 
-    /// The committed state as written to a slot, plus `extra` blocks.
-    fn meta_state(inner: &Inner, extra: &[PendingBlock]) -> MetaState {
+    /// The committed state as written to a slot: the committed streams, with
+    /// `commit`'s blocks and delete runs merged in, and every prepared
+    /// transaction except `commit`.
+    fn meta_state(inner: &Inner, commit: Option<Xid>) -> MetaState {
         let tables = inner
             .tables
             .iter()
@@ -429,6 +608,7 @@ impl DiskStore {
                 schema_ipc: t.schema_ipc.clone(),
             })
             .collect();
+        let committing = commit.and_then(|x| inner.pending.get(&x));
         let streams = inner
             .streams
             .iter()
@@ -436,20 +616,44 @@ impl DiskStore {
             .map(|(key, s)| {
                 let mut blocks: Vec<BlockMeta> =
                     s.committed.iter().map(|b| b.meta.clone()).collect();
-                blocks.extend(
-                    extra
-                        .iter()
-                        .filter(|p| p.key == *key)
-                        .map(|p| p.block.meta.clone()),
-                );
+                let mut deletes = s.runs.clone();
+                if let Some(t) = committing {
+                    blocks.extend(
+                        t.blocks
+                            .iter()
+                            .filter(|p| p.key == *key)
+                            .map(|p| p.block.meta.clone()),
+                    );
+                    deletes.extend(t.runs.iter().filter(|r| r.0 == *key).map(|r| r.1));
+                }
                 StreamMeta {
                     key: *key,
                     extents: s.extents.clone(),
                     blocks,
+                    deletes,
                 }
             })
             .collect();
-        MetaState { tables, streams }
+        let mut prepared: Vec<PreparedMeta> = inner
+            .pending
+            .iter()
+            .filter(|(x, t)| t.prepared && Some(**x) != commit)
+            .map(|(x, t)| PreparedMeta {
+                xid: *x,
+                blocks: t
+                    .blocks
+                    .iter()
+                    .map(|p| (p.key, p.block.meta.clone()))
+                    .collect(),
+                deletes: t.runs.iter().map(|(k, r, _)| (*k, *r)).collect(),
+            })
+            .collect();
+        prepared.sort_by_key(|p| p.xid);
+        MetaState {
+            tables,
+            streams,
+            prepared,
+        }
     }
 
     /// Write `state` as the next generation (the caller holds `commit_lock`).
@@ -487,7 +691,7 @@ impl DiskStore {
                     Err(EngineError::TableExists(table))
                 };
             }
-            (inner.generation + 1, Self::meta_state(&inner, &[]))
+            (inner.generation + 1, Self::meta_state(&inner, None))
         };
         let schema_ipc = schema_to_ipc(&schema)?;
         state.tables.push(TableMeta {
@@ -524,10 +728,14 @@ impl DiskStore {
             if !inner.tables.contains_key(&table) {
                 return Ok(());
             }
-            (inner.generation + 1, Self::meta_state(&inner, &[]))
+            (inner.generation + 1, Self::meta_state(&inner, None))
         };
         state.tables.retain(|t| t.id != table);
         state.streams.retain(|s| s.key.table != table);
+        for p in &mut state.prepared {
+            p.blocks.retain(|(k, _)| k.table != table);
+            p.deletes.retain(|(k, _)| k.table != table);
+        }
         self.write_generation(generation, &state)?;
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
@@ -546,9 +754,12 @@ impl DiskStore {
                 }
             }
         }
-        for blocks in inner.pending.values_mut() {
-            blocks.retain(|p| p.key.table != table);
+        for t in inner.pending.values_mut() {
+            t.blocks.retain(|p| p.key.table != table);
+            t.deletes.retain(|k, _| k.table != table);
+            t.runs.retain(|r| r.0.table != table);
         }
+        inner.locks.retain(|k, _| k.table != table);
         info!(table, generation, "dropped table");
         Ok(())
     }
@@ -607,6 +818,24 @@ impl DiskStore {
         xid: Xid,
         batch: &RecordBatch,
     ) -> Result<u64> {
+        self.append_inner(segment, table, slice, xid, batch, false)
+            .map(|(n, _)| n)
+    }
+
+    /// [`DiskStore::append`], also returning the encoded blocks so a primary
+    /// can forward them, byte for byte, to the slice's mirror.
+    pub fn append_for_mirror(
+        &self,
+        segment: SegmentKind,
+        table: TableId,
+        slice: SliceId,
+        xid: Xid,
+        batch: &RecordBatch,
+    ) -> Result<(u64, Vec<Vec<u8>>)> {
+        self.append_inner(segment, table, slice, xid, batch, true)
+    }
+
+    fn check_writable(&self, xid: Xid) -> Result<i64> {
         if self.read_only {
             return Err(read_only_err());
         }
@@ -615,6 +844,21 @@ impl DiskStore {
                 "xid 0 is not a transaction".into(),
             ));
         }
+        let xid_i = i64::try_from(xid)
+            .map_err(|_| EngineError::InvalidRequest(format!("xid {xid} out of range")))?;
+        Ok(xid_i)
+    }
+
+    fn append_inner(
+        &self,
+        segment: SegmentKind,
+        table: TableId,
+        slice: SliceId,
+        xid: Xid,
+        batch: &RecordBatch,
+        keep: bool,
+    ) -> Result<(u64, Vec<Vec<u8>>)> {
+        let xid_i = self.check_writable(xid)?;
         let _gate = self.io_gate.read();
         let n = batch.num_rows();
         let key = StreamKey {
@@ -632,16 +876,16 @@ impl DiskStore {
             Self::check_batch(table, &t.user, batch)?;
             let stored = t.stored.clone();
             if n == 0 {
-                return Ok(0);
+                return Ok((0, Vec::new()));
             }
+            Self::check_open(&inner, xid)?;
             let s = inner.streams.entry(key).or_insert_with(Stream::empty);
             let first = (s.next_rowid, s.next_seq);
             s.next_rowid += n as i64;
             s.next_seq += nblocks as u64;
             (stored, first.0, first.1)
         };
-        let xid_i = i64::try_from(xid)
-            .map_err(|_| EngineError::InvalidRequest(format!("xid {xid} out of range")))?;
+        let mut kept = Vec::new();
         for b in 0..nblocks {
             let start = b * self.opts.block_rows;
             let len = self.opts.block_rows.min(n - start);
@@ -664,44 +908,202 @@ impl DiskStore {
             })?;
             let seq = first_seq + b as u64;
             let enc = block::encode_block(table, slice, seq, &stored_batch, self.opts.compression)?;
-            let offset = self.allocate(key, enc.bytes.len() as u64)?;
-            self.dev.write_at(offset, &enc.bytes)?;
-            let h = &enc.header;
-            let indexed = IndexedBlock {
-                meta: BlockMeta {
-                    offset,
-                    length: enc.bytes.len() as u64,
-                    seq,
-                    rows: h.rows,
-                    rowid_min: h.rowid_min,
-                    rowid_max: h.rowid_max,
-                    createxid_min: h.createxid_min,
-                    createxid_max: h.createxid_max,
-                    zones: Arc::from(enc.zone_bytes),
-                },
-                zones: enc.zones,
-            };
-            self.inner
-                .lock()
-                .pending
-                .entry(xid)
-                .or_default()
-                .push(PendingBlock {
-                    key,
-                    block: Arc::new(indexed),
-                });
+            self.write_pending(
+                key,
+                xid,
+                &enc.bytes,
+                &enc.header,
+                Arc::from(enc.zone_bytes),
+                enc.zones,
+            )?;
+            if keep {
+                kept.push(enc.bytes);
+            }
         }
-        Ok(n as u64)
+        Ok((n as u64, kept))
+    }
+
+    /// A prepared transaction takes no more writes.
+    fn check_open(inner: &Inner, xid: Xid) -> Result<()> {
+        if inner.pending.get(&xid).is_some_and(|t| t.prepared) {
+            return Err(EngineError::InvalidRequest(format!(
+                "transaction {xid} is prepared and takes no more writes"
+            )));
+        }
+        Ok(())
+    }
+
+    fn write_pending(
+        &self,
+        key: StreamKey,
+        xid: Xid,
+        bytes: &[u8],
+        h: &block::BlockHeader,
+        zone_bytes: Arc<[u8]>,
+        zones: Vec<ZoneMap>,
+    ) -> Result<()> {
+        let offset = self.allocate(key, bytes.len() as u64)?;
+        self.dev.write_at(offset, bytes)?;
+        let indexed = IndexedBlock {
+            meta: BlockMeta {
+                offset,
+                length: bytes.len() as u64,
+                seq: h.seq,
+                rows: h.rows,
+                rowid_min: h.rowid_min,
+                rowid_max: h.rowid_max,
+                createxid_min: h.createxid_min,
+                createxid_max: h.createxid_max,
+                zones: zone_bytes,
+            },
+            zones,
+        };
+        self.inner
+            .lock()
+            .pending
+            .entry(xid)
+            .or_default()
+            .blocks
+            .push(PendingBlock {
+                key,
+                block: Arc::new(indexed),
+            });
+        Ok(())
+    }
+
+    /// Append a block encoded elsewhere (the primary's bytes, forwarded to a
+    /// mirror): verified, written as is, pending under `xid`. The rows keep
+    /// the primary's rowids and createxids: the mirror is logical, not physical.
+    pub fn append_encoded(
+        &self,
+        segment: SegmentKind,
+        table: TableId,
+        slice: SliceId,
+        xid: Xid,
+        bytes: &[u8],
+    ) -> Result<u64> {
+        self.check_writable(xid)?;
+        let _gate = self.io_gate.read();
+        let (h, zone_bytes) = block::inspect_block(bytes, table, slice)?;
+        let key = StreamKey {
+            segment,
+            table,
+            slice,
+        };
+        let zones = {
+            let mut inner = self.inner.lock();
+            let t = inner
+                .tables
+                .get(&table)
+                .ok_or(EngineError::TableNotFound(table))?;
+            if h.columns as usize != t.stored.fields().len() {
+                return Err(EngineError::SchemaMismatch {
+                    table,
+                    reason: format!(
+                        "forwarded block has {} columns, table stores {}",
+                        h.columns,
+                        t.stored.fields().len()
+                    ),
+                });
+            }
+            let zones = block::decode_zones(&zone_bytes, &t.stored, h.rows)?;
+            Self::check_open(&inner, xid)?;
+            let s = inner.streams.entry(key).or_insert_with(Stream::empty);
+            s.next_rowid = s.next_rowid.max(h.rowid_max.saturating_add(1));
+            s.next_seq = s.next_seq.max(h.seq + 1);
+            zones
+        };
+        self.write_pending(key, xid, bytes, &h, Arc::from(zone_bytes), zones)?;
+        Ok(h.rows)
+    }
+
+    /// Delete rows of one (segment, table, slice) for `xid`, by rowid.
+    ///
+    /// With `check = Some(snapshot)` (a primary), a row that another open
+    /// transaction deleted, or that a transaction the snapshot does not see
+    /// already deleted, is a write-write conflict: the later writer fails
+    /// with [`EngineError::WriteConflict`]. A mirror passes `None`: the
+    /// primary has checked. Rows already deleted by a transaction the
+    /// snapshot sees are skipped. Returns the rows newly deleted.
+    pub fn delete(
+        &self,
+        segment: SegmentKind,
+        table: TableId,
+        slice: SliceId,
+        xid: Xid,
+        rowids: &[i64],
+        check: Option<&Snapshot>,
+    ) -> Result<u64> {
+        self.check_writable(xid)?;
+        let key = StreamKey {
+            segment,
+            table,
+            slice,
+        };
+        let mut inner = self.inner.lock();
+        let inner = &mut *inner;
+        if !inner.tables.contains_key(&table) {
+            return Err(EngineError::TableNotFound(table));
+        }
+        Self::check_open(inner, xid)?;
+        let committed = inner
+            .streams
+            .get(&key)
+            .map(|s| s.deletes.clone())
+            .unwrap_or_default();
+        let locks = inner.locks.entry(key).or_default();
+        let mut fresh = Vec::with_capacity(rowids.len());
+        for &r in rowids {
+            if let Some(&other) = locks.get(&r) {
+                if other == xid {
+                    continue;
+                }
+                if check.is_some() {
+                    return Err(EngineError::WriteConflict {
+                        table,
+                        slice,
+                        rowid: r,
+                        other,
+                    });
+                }
+            }
+            if let Some(&dx) = committed.get(&r) {
+                match check {
+                    Some(snap) if !snap.sees(dx) => {
+                        return Err(EngineError::WriteConflict {
+                            table,
+                            slice,
+                            rowid: r,
+                            other: dx,
+                        })
+                    }
+                    _ => continue,
+                }
+            }
+            fresh.push(r);
+        }
+        fresh.sort_unstable();
+        fresh.dedup();
+        for &r in &fresh {
+            locks.insert(r, xid);
+        }
+        let n = fresh.len() as u64;
+        inner
+            .pending
+            .entry(xid)
+            .or_default()
+            .deletes
+            .entry(key)
+            .or_default()
+            .extend(fresh);
+        Ok(n)
     }
 
     /// Space for `len` bytes in the stream's current extent run, or a new run.
     fn allocate(&self, key: StreamKey, len: u64) -> Result<u64> {
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
-        let s = inner
-            .streams
-            .get_mut(&key)
-            .ok_or(EngineError::TableNotFound(key.table))?;
+        let s = inner.streams.entry(key).or_insert_with(Stream::empty);
         if let Some(last) = s.extents.last() {
             if last.end() - s.fill >= len {
                 let off = s.fill;
@@ -715,74 +1117,248 @@ impl DiskStore {
         Ok(run.offset)
     }
 
-    /// Make every block `xid` appended on this disk durable and visible,
-    /// atomically: sync data, write the next metadata slot, sync.
+    /// Write `xid`'s unwritten deletes as delete runs (not yet synced).
+    fn write_runs(&self, xid: Xid) -> Result<()> {
+        let todo: Vec<(StreamKey, Vec<i64>)> = {
+            let mut inner = self.inner.lock();
+            match inner.pending.get_mut(&xid) {
+                Some(t) => std::mem::take(&mut t.deletes).into_iter().collect(),
+                None => return Ok(()),
+            }
+        };
+        for (i, (key, rows)) in todo.iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            let recs: Vec<(i64, u64)> = rows.iter().map(|&r| (r, xid)).collect();
+            let bytes = block::encode_delete_run(key.table, key.slice, &recs);
+            let res = self
+                .allocate(*key, bytes.len() as u64)
+                .and_then(|off| self.dev.write_at(off, &bytes).map(|_| off));
+            let mut inner = self.inner.lock();
+            let Some(t) = inner.pending.get_mut(&xid) else {
+                return Ok(());
+            };
+            match res {
+                Ok(offset) => t.runs.push((
+                    *key,
+                    DeleteRunMeta {
+                        offset,
+                        length: bytes.len() as u64,
+                        count: rows.len() as u64,
+                    },
+                    rows.clone(),
+                )),
+                Err(e) => {
+                    // Put back what is not written so abort releases its locks.
+                    for (k, r) in todo.into_iter().skip(i) {
+                        t.deletes.entry(k).or_default().extend(r);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Phase one of two-phase commit: make everything `xid` wrote on this disk
+    /// durable (data synced, then a metadata generation that lists it as
+    /// prepared) without making it visible. After a crash it comes back as
+    /// in-doubt until [`DiskStore::commit`] or [`DiskStore::abort`].
+    pub fn prepare(&self, xid: Xid) -> Result<()> {
+        if self.read_only {
+            return Err(read_only_err());
+        }
+        let _c = self.commit_lock.lock();
+        {
+            let inner = self.inner.lock();
+            match inner.pending.get(&xid) {
+                None => return Ok(()),
+                Some(t) if t.prepared || t.is_empty() => return Ok(()),
+                _ => {}
+            }
+        }
+        self.write_runs(xid)?;
+        self.dev.sync()?;
+        let (generation, state) = {
+            let mut inner = self.inner.lock();
+            let Some(t) = inner.pending.get_mut(&xid) else {
+                return Ok(());
+            };
+            t.prepared = true;
+            (inner.generation + 1, Self::meta_state(&inner, None))
+        };
+        let res = self.write_generation(generation, &state);
+        let mut inner = self.inner.lock();
+        match res {
+            Ok(()) => {
+                inner.generation = generation;
+                debug!(xid, generation, "prepared");
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(t) = inner.pending.get_mut(&xid) {
+                    t.prepared = false;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Make everything `xid` did on this disk durable and visible, atomically:
+    /// sync data, write the next metadata slot, sync. Works whether or not
+    /// the transaction was prepared.
     pub fn commit(&self, xid: Xid) -> Result<()> {
         if self.read_only {
             return Err(read_only_err());
         }
         let _c = self.commit_lock.lock();
-        let (generation, state, blocks) = {
-            let mut inner = self.inner.lock();
-            let Some(blocks) = inner.pending.remove(&xid).filter(|b| !b.is_empty()) else {
-                return Ok(());
-            };
-            (
-                inner.generation + 1,
-                Self::meta_state(&inner, &blocks),
-                blocks,
-            )
-        };
-        let res = self
-            .dev
-            .sync()
-            .and_then(|_| self.write_generation(generation, &state));
-        let mut inner = self.inner.lock();
-        if let Err(e) = res {
-            warn!(xid, generation, error = %e, "commit failed");
-            // Keep the blocks pending so the transaction can still be aborted.
-            inner.pending.entry(xid).or_default().extend(blocks);
-            return Err(e);
+        {
+            let inner = self.inner.lock();
+            match inner.pending.get(&xid) {
+                None => return Ok(()),
+                Some(t) if t.is_empty() => {
+                    drop(inner);
+                    self.inner.lock().pending.remove(&xid);
+                    return Ok(());
+                }
+                _ => {}
+            }
         }
+        self.write_runs(xid)?;
+        let res = self.dev.sync().and_then(|_| {
+            let (generation, state) = {
+                let inner = self.inner.lock();
+                (inner.generation + 1, Self::meta_state(&inner, Some(xid)))
+            };
+            self.write_generation(generation, &state).map(|_| generation)
+        });
+        let generation = match res {
+            Ok(g) => g,
+            Err(e) => {
+                // The transaction stays pending so it can still be aborted.
+                warn!(xid, error = %e, "commit failed");
+                return Err(e);
+            }
+        };
+        let mut inner = self.inner.lock();
+        let inner = &mut *inner;
         inner.generation = generation;
-        let nblocks = blocks.len();
-        for p in blocks {
-            // A table dropped meanwhile takes its pending blocks with it, so the
-            // stream exists; be defensive anyway.
+        let Some(t) = inner.pending.remove(&xid) else {
+            return Ok(());
+        };
+        let nblocks = t.blocks.len();
+        for p in t.blocks {
             if let Some(s) = inner.streams.get_mut(&p.key) {
                 Arc::make_mut(&mut s.committed).push(p.block);
+            }
+        }
+        for (key, run, rows) in t.runs {
+            if let Some(s) = inner.streams.get_mut(&key) {
+                let d = Arc::make_mut(&mut s.deletes);
+                for r in &rows {
+                    d.insert(*r, xid);
+                }
+                s.runs.push(run);
+            }
+            if let Some(l) = inner.locks.get_mut(&key) {
+                for r in &rows {
+                    l.remove(r);
+                }
             }
         }
         debug!(xid, generation, blocks = nblocks, "committed");
         Ok(())
     }
 
-    /// Forget `xid`'s pending blocks (their space is not reused until the
-    /// table is dropped; after a restart it is).
+    /// Forget `xid`: its blocks and deletes are dropped and its row locks
+    /// released. A prepared transaction is removed durably from the metadata.
+    /// (Its space is not reused until the table is dropped or the disk reopened.)
     pub fn abort(&self, xid: Xid) -> Result<()> {
-        self.inner.lock().pending.remove(&xid);
+        let _c = self.commit_lock.lock();
+        let was_prepared = {
+            let mut inner = self.inner.lock();
+            let inner = &mut *inner;
+            let Some(t) = inner.pending.remove(&xid) else {
+                return Ok(());
+            };
+            let keys: HashSet<StreamKey> = t
+                .deletes
+                .keys()
+                .copied()
+                .chain(t.runs.iter().map(|r| r.0))
+                .collect();
+            for k in keys {
+                if let Some(l) = inner.locks.get_mut(&k) {
+                    l.retain(|_, x| *x != xid);
+                }
+            }
+            if t.prepared {
+                // Keep the extents listed: recovery frees what nothing pins.
+                Some((inner.generation + 1, Self::meta_state(inner, None)))
+            } else {
+                None
+            }
+        };
+        if let Some((generation, state)) = was_prepared {
+            if self.read_only {
+                return Ok(());
+            }
+            self.write_generation(generation, &state)?;
+            self.inner.lock().generation = generation;
+        }
         Ok(())
     }
 
-    /// Scan committed rows of one (segment, table, slice).
+    /// Open transactions on this disk: the resolver's view after a restart.
+    pub fn in_doubt(&self) -> Vec<TxnState> {
+        let inner = self.inner.lock();
+        let mut v: Vec<TxnState> = inner
+            .pending
+            .iter()
+            .map(|(x, t)| TxnState {
+                xid: *x,
+                prepared: t.prepared,
+            })
+            .collect();
+        v.sort_by_key(|t| t.xid);
+        v
+    }
+
+    /// Scan rows of one (segment, table, slice) visible to the spec's snapshot.
     pub fn scan(&self, spec: &ScanSpec) -> Result<BlockScan> {
-        let (user, blocks) = {
+        let key = StreamKey {
+            segment: spec.segment,
+            table: spec.table,
+            slice: spec.slice,
+        };
+        let (user, blocks, deletes, own_deletes) = {
             let inner = self.inner.lock();
             let t = inner
                 .tables
                 .get(&spec.table)
                 .ok_or(EngineError::TableNotFound(spec.table))?;
-            let key = StreamKey {
-                segment: spec.segment,
-                table: spec.table,
-                slice: spec.slice,
-            };
-            let blocks = inner
+            let (mut blocks, deletes) = inner
                 .streams
                 .get(&key)
-                .map(|s| s.committed.clone())
+                .map(|s| (s.committed.clone(), s.deletes.clone()))
                 .unwrap_or_default();
-            (t.user.clone(), blocks)
+            let mut own_deletes = HashSet::new();
+            if let Some(own) = spec.snapshot.own.and_then(|x| inner.pending.get(&x)) {
+                let mine: Vec<Arc<IndexedBlock>> = own
+                    .blocks
+                    .iter()
+                    .filter(|p| p.key == key)
+                    .map(|p| p.block.clone())
+                    .collect();
+                if !mine.is_empty() {
+                    let mut all = (*blocks).clone();
+                    all.extend(mine);
+                    blocks = Arc::new(all);
+                }
+                own_deletes = own.deleted_in(&key);
+            }
+            (t.user.clone(), blocks, deletes, own_deletes)
         };
         let nuser = user.fields().len();
         let out_user: Vec<usize> = match &spec.projection {
@@ -800,32 +1376,50 @@ impl DiskStore {
                 spec.table
             )));
         }
+        let [rowid_col, createxid_col, _] = block::hidden_columns(nuser);
         // Stored columns to decode: projection ∪ predicate columns, then hidden.
-        let mut read: Vec<usize> = out_user.iter().chain(&pred_cols).copied().collect();
-        read.sort_unstable();
-        read.dedup();
+        let mut base: Vec<usize> = out_user.iter().chain(&pred_cols).copied().collect();
         if spec.include_hidden {
-            read.extend(block::hidden_columns(nuser));
+            base.extend(block::hidden_columns(nuser));
         }
-        let pos = |c: usize| {
-            read.iter()
-                .position(|&r| r == c)
-                .expect("column is in the read set")
+        let mut with_vis = base.clone();
+        with_vis.extend([rowid_col, createxid_col]);
+        let plan = |mut read: Vec<usize>| -> ReadPlan {
+            read.sort_unstable();
+            read.dedup();
+            let pos = |c: usize| read.iter().position(|&r| r == c);
+            let predicate = spec.predicate.as_ref().map(|p| {
+                p.remap(&|c| pos(c).expect("predicate column is in the read set"))
+            });
+            let mut out_idx: Vec<usize> = out_user
+                .iter()
+                .map(|&c| pos(c).expect("projected column is in the read set"))
+                .collect();
+            if spec.include_hidden {
+                out_idx.extend(
+                    block::hidden_columns(nuser)
+                        .map(|c| pos(c).expect("hidden column is in the read set")),
+                );
+            }
+            let vis = pos(rowid_col).zip(pos(createxid_col));
+            let proj = if read.len() == nuser + 3 && read.iter().enumerate().all(|(i, &c)| i == c)
+            {
+                None
+            } else {
+                Some(read)
+            };
+            ReadPlan {
+                proj,
+                predicate,
+                out_idx,
+                vis,
+            }
         };
-        let predicate = spec.predicate.as_ref().map(|p| (p.clone(), p.remap(&pos)));
-        let mut out_idx: Vec<usize> = out_user.iter().map(|&c| pos(c)).collect();
         let mut fields: Vec<_> = out_user.iter().map(|&c| user.fields()[c].clone()).collect();
         if spec.include_hidden {
-            out_idx.extend(block::hidden_columns(nuser).map(pos));
             fields.extend(block::hidden_fields());
         }
         let schema = Arc::new(Schema::new(fields));
-        let read_proj = if read.len() == nuser + 3 && read.iter().enumerate().all(|(i, &c)| i == c)
-        {
-            None
-        } else {
-            Some(read)
-        };
         Ok(BlockScan {
             dev: self.dev.clone(),
             disk: self.sb.disk_id,
@@ -837,12 +1431,214 @@ impl DiskStore {
             },
             blocks,
             next: 0,
-            predicate,
-            read_proj,
-            out_idx,
+            prune: spec.predicate.clone(),
+            fast: plan(base),
+            checked: plan(with_vis),
+            snapshot: spec.snapshot.clone(),
+            deletes,
+            own_deletes,
             schema,
             failed: false,
         })
+    }
+
+    /// Checksum of the rows of one copy of a slice visible at `snapshot`:
+    /// count, and a wrapping sum of a 64-bit hash of (rowid, row contents),
+    /// so block order and layout do not matter, only the logical rows.
+    pub fn checksum(
+        &self,
+        segment: SegmentKind,
+        table: TableId,
+        slice: SliceId,
+        snapshot: &Snapshot,
+    ) -> Result<SliceChecksum> {
+        let mut scan = self.scan(&ScanSpec {
+            segment,
+            table,
+            slice,
+            projection: None,
+            predicate: None,
+            include_hidden: true,
+            snapshot: snapshot.clone(),
+        })?;
+        let schema = scan.schema();
+        let nuser = schema.fields().len() - 3;
+        let fields: Vec<arrow::row::SortField> = schema.fields()[..nuser]
+            .iter()
+            .map(|f| arrow::row::SortField::new(f.data_type().clone()))
+            .collect();
+        let conv = arrow::row::RowConverter::new(fields)?;
+        let mut out = SliceChecksum::default();
+        for batch in scan.by_ref() {
+            let batch = batch?;
+            let rows = conv.convert_columns(&batch.columns()[..nuser])?;
+            let rowids = batch
+                .column(nuser)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| EngineError::Internal("_rowid is not Int64".into()))?;
+            for (i, row) in rows.iter().enumerate() {
+                let id = rowids.value(i).to_le_bytes();
+                let lo = crc32c::crc32c_append(crc32c::crc32c(&id), row.as_ref());
+                let hi = crc32c::crc32c_append(crc32c::crc32c_append(0x5bd1_e995, &id), row.as_ref());
+                out.checksum = out
+                    .checksum
+                    .wrapping_add((u64::from(hi) << 32) | u64::from(lo));
+                out.rows += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rewrite every block of `table` on this disk (all segments) that holds
+    /// rows deleted by a transaction below `horizon` (which no snapshot still
+    /// open can miss), without those rows; drop their delete records. Rowids
+    /// and createxids are kept, so both copies of a slice stay logically equal.
+    pub fn groom(&self, table: TableId, horizon: Xid) -> Result<GroomStats> {
+        if self.read_only {
+            return Err(read_only_err());
+        }
+        let _c = self.commit_lock.lock();
+        let _gate = self.io_gate.read();
+        let (stored, work) = {
+            let inner = self.inner.lock();
+            let Some(t) = inner.tables.get(&table) else {
+                return Ok(GroomStats::default());
+            };
+            let work: Vec<(StreamKey, Arc<Vec<Arc<IndexedBlock>>>, Arc<BTreeMap<i64, Xid>>)> =
+                inner
+                    .streams
+                    .iter()
+                    .filter(|(k, s)| k.table == table && s.deletes.values().any(|&x| x < horizon))
+                    .map(|(k, s)| (*k, s.committed.clone(), s.deletes.clone()))
+                    .collect();
+            (t.stored.clone(), work)
+        };
+        let mut stats = GroomStats::default();
+        // (key, old block list len, new blocks, surviving deletes, new run)
+        let mut results = Vec::new();
+        for (key, blocks, deletes) in work {
+            let dead: HashSet<i64> = deletes
+                .iter()
+                .filter(|(_, &x)| x < horizon)
+                .map(|(&r, _)| r)
+                .collect();
+            let mut new_blocks: Vec<Arc<IndexedBlock>> = Vec::with_capacity(blocks.len());
+            for b in blocks.iter() {
+                let touched = deletes
+                    .range(b.meta.rowid_min..=b.meta.rowid_max)
+                    .any(|(r, _)| dead.contains(r));
+                if !touched {
+                    new_blocks.push(b.clone());
+                    continue;
+                }
+                let mut buf = vec![0u8; b.meta.length as usize];
+                self.dev.read_at(b.meta.offset, &mut buf)?;
+                let loc = BlockLocation {
+                    disk: self.sb.disk_id,
+                    offset: b.meta.offset,
+                    table,
+                    slice: key.slice,
+                    seq: b.meta.seq,
+                    rows: b.meta.rows,
+                };
+                let batch = block::decode_block(&buf, &loc, None)?;
+                let rowids = batch
+                    .column(batch.num_columns() - 3)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .ok_or_else(|| EngineError::Internal("_rowid is not Int64".into()))?;
+                let keep: arrow::array::BooleanArray =
+                    rowids.iter().map(|r| Some(!dead.contains(&r.unwrap_or(0)))).collect();
+                let kept = filter_record_batch(&batch, &keep)?;
+                stats.blocks_rewritten += 1;
+                stats.rows_removed += (batch.num_rows() - kept.num_rows()) as u64;
+                if kept.num_rows() == 0 {
+                    continue;
+                }
+                let kept = RecordBatch::try_new(stored.clone(), kept.columns().to_vec())?;
+                let seq = {
+                    let mut inner = self.inner.lock();
+                    let s = inner.streams.entry(key).or_insert_with(Stream::empty);
+                    s.next_seq += 1;
+                    s.next_seq - 1
+                };
+                let enc = block::encode_block(table, key.slice, seq, &kept, self.opts.compression)?;
+                let offset = self.allocate(key, enc.bytes.len() as u64)?;
+                self.dev.write_at(offset, &enc.bytes)?;
+                let h = &enc.header;
+                new_blocks.push(Arc::new(IndexedBlock {
+                    meta: BlockMeta {
+                        offset,
+                        length: enc.bytes.len() as u64,
+                        seq,
+                        rows: h.rows,
+                        rowid_min: h.rowid_min,
+                        rowid_max: h.rowid_max,
+                        createxid_min: h.createxid_min,
+                        createxid_max: h.createxid_max,
+                        zones: Arc::from(enc.zone_bytes),
+                    },
+                    zones: enc.zones,
+                }));
+            }
+            let survivors: BTreeMap<i64, Xid> = deletes
+                .iter()
+                .filter(|(_, &x)| x >= horizon)
+                .map(|(&r, &x)| (r, x))
+                .collect();
+            let run = if survivors.is_empty() {
+                None
+            } else {
+                let recs: Vec<(i64, u64)> = survivors.iter().map(|(&r, &x)| (r, x)).collect();
+                let bytes = block::encode_delete_run(table, key.slice, &recs);
+                let offset = self.allocate(key, bytes.len() as u64)?;
+                self.dev.write_at(offset, &bytes)?;
+                Some(DeleteRunMeta {
+                    offset,
+                    length: bytes.len() as u64,
+                    count: recs.len() as u64,
+                })
+            };
+            results.push((key, blocks.len(), new_blocks, survivors, run));
+        }
+        if results.is_empty() {
+            return Ok(stats);
+        }
+        self.dev.sync()?;
+        let mut inner = self.inner.lock();
+        let inner_ref = &mut *inner;
+        // Commits are held off by commit_lock, so the committed lists are as read.
+        let saved: Vec<_> = results
+            .iter()
+            .map(|(k, _, _, _, _)| {
+                let s = &inner_ref.streams[k];
+                (s.committed.clone(), s.deletes.clone(), s.runs.clone())
+            })
+            .collect();
+        for (key, _, new_blocks, survivors, run) in &results {
+            let s = inner_ref.streams.get_mut(key).expect("stream exists");
+            s.committed = Arc::new(new_blocks.clone());
+            s.deletes = Arc::new(survivors.clone());
+            s.runs = run.iter().copied().collect();
+        }
+        let generation = inner_ref.generation + 1;
+        let state = Self::meta_state(inner_ref, None);
+        drop(inner);
+        if let Err(e) = self.write_generation(generation, &state) {
+            let mut inner = self.inner.lock();
+            for ((key, ..), (c, d, r)) in results.iter().zip(saved) {
+                if let Some(s) = inner.streams.get_mut(key) {
+                    s.committed = c;
+                    s.deletes = d;
+                    s.runs = r;
+                }
+            }
+            return Err(e);
+        }
+        self.inner.lock().generation = generation;
+        info!(table, horizon, blocks = stats.blocks_rewritten, rows = stats.rows_removed, "groomed");
+        Ok(stats)
     }
 
     /// Committed rows, bytes and blocks per (segment, table, slice).
@@ -856,7 +1652,12 @@ impl DiskStore {
                 segment: k.segment,
                 table: k.table,
                 slice: k.slice,
-                rows: s.committed.iter().map(|b| b.meta.rows).sum(),
+                rows: s
+                    .committed
+                    .iter()
+                    .map(|b| b.meta.rows)
+                    .sum::<u64>()
+                    .saturating_sub(s.deletes.len() as u64),
                 bytes: s.committed.iter().map(|b| b.meta.length).sum(),
                 blocks: s.committed.len() as u64,
             })
@@ -950,7 +1751,17 @@ impl DiskStore {
     }
 }
 
-/// A scan over a snapshot of one stream's committed blocks. Holds no lock.
+/// How to decode blocks for one scan: which stored columns, where the output
+/// and the predicate columns land, and where `_rowid`/`_createxid` are (only
+/// when the plan reads them).
+struct ReadPlan {
+    proj: Option<Vec<usize>>,
+    predicate: Option<Predicate>,
+    out_idx: Vec<usize>,
+    vis: Option<(usize, usize)>,
+}
+
+/// A scan over a snapshot of one stream's blocks. Holds no lock.
 pub struct BlockScan {
     dev: Arc<dyn BlockDevice>,
     disk: DiskId,
@@ -958,10 +1769,15 @@ pub struct BlockScan {
     slice: SliceId,
     blocks: Arc<Vec<Arc<IndexedBlock>>>,
     next: usize,
-    /// (over user columns for pruning, over the read set for evaluation)
-    predicate: Option<(Predicate, Predicate)>,
-    read_proj: Option<Vec<usize>>,
-    out_idx: Vec<usize>,
+    /// Over user columns, for zone-map pruning.
+    prune: Option<Predicate>,
+    /// Blocks whose rows are all visible: no hidden columns needed.
+    fast: ReadPlan,
+    /// Blocks that need a row-by-row visibility check.
+    checked: ReadPlan,
+    snapshot: Snapshot,
+    deletes: Arc<BTreeMap<i64, Xid>>,
+    own_deletes: HashSet<i64>,
     schema: SchemaRef,
     stats: ScanStats,
     failed: bool,
@@ -977,7 +1793,18 @@ impl BlockScan {
         self.stats
     }
 
+    /// Whether some row of `b` may be invisible to the snapshot.
+    fn needs_check(&self, b: &IndexedBlock) -> bool {
+        let m = &b.meta;
+        let own_block = self.snapshot.own.is_some_and(|o| m.createxid_min == o && m.createxid_max == o);
+        (!own_block && !self.snapshot.sees_all(m.createxid_min, m.createxid_max))
+            || self.deletes.range(m.rowid_min..=m.rowid_max).next().is_some()
+            || !self.own_deletes.is_empty()
+    }
+
     fn read_block(&mut self, b: &IndexedBlock) -> Result<Option<RecordBatch>> {
+        let check = self.needs_check(b);
+        let plan = if check { &self.checked } else { &self.fast };
         let mut buf = vec![0u8; b.meta.length as usize];
         self.dev.read_at(b.meta.offset, &mut buf)?;
         let loc = BlockLocation {
@@ -988,21 +1815,53 @@ impl BlockScan {
             seq: b.meta.seq,
             rows: b.meta.rows,
         };
-        let batch = block::decode_block(&buf, &loc, self.read_proj.clone())?;
+        let batch = block::decode_block(&buf, &loc, plan.proj.clone())?;
         drop(buf);
         self.stats.blocks_read += 1;
         self.stats.rows_read += batch.num_rows() as u64;
-        let cols: Vec<ArrayRef> = self
+        let cols: Vec<ArrayRef> = plan
             .out_idx
             .iter()
             .map(|&i| batch.column(i).clone())
             .collect();
         let opts = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
         let out = RecordBatch::try_new_with_options(self.schema.clone(), cols, &opts)?;
-        let out = match &self.predicate {
+        let mut mask = match &plan.predicate {
+            None => None,
+            Some(p) => Some(p.evaluate(&batch)?),
+        };
+        if check {
+            let (ri, ci) = plan
+                .vis
+                .ok_or_else(|| EngineError::Internal("visibility columns not read".into()))?;
+            let as_i64 = |i: usize| {
+                batch
+                    .column(i)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .cloned()
+                    .ok_or_else(|| EngineError::Internal("hidden column is not Int64".into()))
+            };
+            let (rowids, cx) = (as_i64(ri)?, as_i64(ci)?);
+            let vis: arrow::array::BooleanArray = rowids
+                .values()
+                .iter()
+                .zip(cx.values())
+                .map(|(&r, &c)| {
+                    let created = self.snapshot.sees(c as u64);
+                    let deleted = self.own_deletes.contains(&r)
+                        || self.deletes.get(&r).is_some_and(|&x| self.snapshot.sees(x));
+                    Some(created && !deleted)
+                })
+                .collect();
+            mask = Some(match mask {
+                None => vis,
+                Some(m) => arrow::compute::and(&m, &vis)?,
+            });
+        }
+        let out = match mask {
             None => out,
-            Some((_, p)) => {
-                let mask = p.evaluate(&batch)?;
+            Some(mask) => {
                 let selected = mask.true_count();
                 if selected == 0 {
                     return Ok(None);
@@ -1024,7 +1883,7 @@ impl Iterator for BlockScan {
         while !self.failed && self.next < self.blocks.len() {
             let b = self.blocks[self.next].clone();
             self.next += 1;
-            if let Some((p, _)) = &self.predicate {
+            if let Some(p) = &self.prune {
                 if !p.may_match(&b.zones) {
                     self.stats.blocks_pruned += 1;
                     continue;
@@ -1272,6 +2131,7 @@ mod tests {
             projection: None,
             predicate: None,
             include_hidden: false,
+            snapshot: Snapshot::latest(),
         }
     }
 
@@ -1734,15 +2594,15 @@ mod tests {
         let path = dir.path().join("d.img");
         drop(DiskStore::create(&path, IDS, small_init(), opts(100)).unwrap());
         let dev = FileDevice::open(&path, true).unwrap();
-        dev.write_at(8, &2u32.to_le_bytes()).unwrap();
+        dev.write_at(8, &99u32.to_le_bytes()).unwrap();
         assert!(matches!(
             DiskStore::open(&path, opts(100)),
             Err(EngineError::UnsupportedVersion {
-                found: 2,
-                supported: 1
+                found: 99,
+                supported: 2
             })
         ));
-        dev.write_at(8, &1u32.to_le_bytes()).unwrap();
+        dev.write_at(8, &2u32.to_le_bytes()).unwrap();
         DiskStore::open(&path, opts(100)).unwrap();
         dev.write_at(50, &[0xff]).unwrap();
         assert!(matches!(
@@ -1843,4 +2703,168 @@ mod tests {
         check::<DiskStore>();
         check_scan::<BlockScan>();
     }
+
+    fn count(store: &DiskStore, seg: SegmentKind, snap: &Snapshot) -> u64 {
+        let s = ScanSpec {
+            snapshot: snap.clone(),
+            ..spec(seg, 1, 0)
+        };
+        store.scan(&s).unwrap().map(|b| b.unwrap().num_rows() as u64).sum()
+    }
+
+    fn snap(xmax: Xid, xip: &[Xid], own: Option<Xid>) -> Snapshot {
+        Snapshot {
+            xmax,
+            xip: xip.to_vec(),
+            own,
+        }
+    }
+
+    #[test]
+    fn snapshots_see_only_committed_and_own_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::create(&dir.path().join("d.img"), IDS, small_init(), opts(100)).unwrap();
+        store.create_table(1, schema()).unwrap();
+        let p = SegmentKind::Primary;
+        store.append(p, 1, 0, 5, &rows(0, 250)).unwrap();
+        store.commit(5).unwrap();
+        store.append(p, 1, 0, 7, &rows(250, 50)).unwrap();
+        // 7 is pending: invisible to others, visible to itself.
+        assert_eq!(count(&store, p, &Snapshot::latest()), 250);
+        assert_eq!(count(&store, p, &snap(8, &[7], Some(7))), 300);
+        store.commit(7).unwrap();
+        // A snapshot taken while 7 was in progress still does not see it.
+        assert_eq!(count(&store, p, &snap(8, &[7], None)), 250);
+        assert_eq!(count(&store, p, &snap(6, &[], None)), 250);
+        assert_eq!(count(&store, p, &snap(5, &[], None)), 0);
+        assert_eq!(count(&store, p, &snap(8, &[], None)), 300);
+        // Delete 10 rows in 9; conflicting delete in 10 fails with WriteConflict.
+        let ids: Vec<i64> = (1..=10).collect();
+        assert_eq!(store.delete(p, 1, 0, 9, &ids, Some(&snap(9, &[], Some(9)))).unwrap(), 10);
+        assert_eq!(count(&store, p, &snap(10, &[9], Some(9))), 290);
+        assert_eq!(count(&store, p, &snap(10, &[9], None)), 300);
+        let e = store.delete(p, 1, 0, 10, &[5], Some(&snap(10, &[9], Some(10))));
+        assert!(matches!(e, Err(EngineError::WriteConflict { rowid: 5, other: 9, .. })), "{e:?}");
+        store.commit(9).unwrap();
+        // After 9 committed, a snapshot that did not see 9 still conflicts.
+        let e = store.delete(p, 1, 0, 10, &[5], Some(&snap(10, &[9], Some(10))));
+        assert!(matches!(e, Err(EngineError::WriteConflict { .. })), "{e:?}");
+        assert_eq!(count(&store, p, &snap(10, &[], None)), 290);
+        assert_eq!(count(&store, p, &snap(9, &[], None)), 300);
+        // Deletes survive a reopen.
+        drop(store);
+        let store = DiskStore::open(&dir.path().join("d.img"), opts(100)).unwrap();
+        assert_eq!(count(&store, p, &Snapshot::latest()), 290);
+        assert_eq!(store.slice_stats()[0].rows, 290);
+    }
+
+    #[test]
+    fn prepared_transactions_survive_a_crash_as_in_doubt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.img");
+        let store = DiskStore::create(&path, IDS, small_init(), opts(100)).unwrap();
+        store.create_table(1, schema()).unwrap();
+        let p = SegmentKind::Primary;
+        store.append(p, 1, 0, 3, &rows(0, 100)).unwrap();
+        store.commit(3).unwrap();
+        store.append(p, 1, 0, 4, &rows(100, 30)).unwrap();
+        store.delete(p, 1, 0, 4, &[1, 2], Some(&snap(5, &[], Some(4)))).unwrap();
+        store.prepare(4).unwrap();
+        store.append(p, 1, 0, 5, &rows(130, 30)).unwrap(); // never prepared: lost
+        store.append(p, 1, 0, 6, &rows(160, 30)).unwrap();
+        store.prepare(6).unwrap();
+        drop(store); // crash: nothing else written
+        let store = DiskStore::open(&path, opts(100)).unwrap();
+        assert_eq!(
+            store.in_doubt(),
+            vec![TxnState { xid: 4, prepared: true }, TxnState { xid: 6, prepared: true }]
+        );
+        assert_eq!(count(&store, p, &Snapshot::latest()), 100);
+        // Its row locks are back: a conflicting delete fails.
+        assert!(store.delete(p, 1, 0, 7, &[2], Some(&snap(8, &[], Some(7)))).is_err());
+        store.commit(4).unwrap();
+        store.abort(6).unwrap();
+        assert_eq!(count(&store, p, &Snapshot::latest()), 128);
+        drop(store);
+        let store = DiskStore::open(&path, opts(100)).unwrap();
+        assert!(store.in_doubt().is_empty());
+        assert_eq!(count(&store, p, &Snapshot::latest()), 128);
+        // New rowids never reuse a committed one.
+        store.append(p, 1, 0, 9, &rows(0, 1)).unwrap();
+        store.commit(9).unwrap();
+        let hidden = ScanSpec {
+            include_hidden: true,
+            ..spec(p, 1, 0)
+        };
+        let max_rowid = store
+            .scan(&hidden)
+            .unwrap()
+            .map(|b| {
+                let b = b.unwrap();
+                arrow::compute::max(b.column(3).as_primitive::<Int64Type>()).unwrap()
+            })
+            .max()
+            .unwrap();
+        assert!(max_rowid > 130, "a new rowid must not reuse a committed one: {max_rowid}");
+    }
+
+    #[test]
+    fn forwarded_blocks_make_a_logical_mirror_and_groom_keeps_copies_equal() {
+        let dir = tempfile::tempdir().unwrap();
+        let prim = DiskStore::create(&dir.path().join("p.img"), IDS, small_init(), opts(64)).unwrap();
+        let mirr = DiskStore::create(&dir.path().join("m.img"), IDS, small_init(), opts(64)).unwrap();
+        for d in [&prim, &mirr] {
+            d.create_table(1, schema()).unwrap();
+        }
+        let (p, m) = (SegmentKind::Primary, SegmentKind::Mirror);
+        // Mirror has something of its own first, so its extents differ.
+        mirr.append(p, 1, 0, 2, &rows(0, 10)).unwrap();
+        mirr.commit(2).unwrap();
+        let (n, blocks) = prim.append_for_mirror(p, 1, 0, 3, &rows(0, 500)).unwrap();
+        assert_eq!(n, 500);
+        assert_eq!(blocks.len(), 8);
+        for b in &blocks {
+            mirr.append_encoded(m, 1, 0, 3, b).unwrap();
+        }
+        // A forwarded block for the wrong slice or with a flipped byte is refused.
+        assert!(mirr.append_encoded(m, 1, 1, 3, &blocks[0]).is_err());
+        let mut bad = blocks[0].clone();
+        bad[100] ^= 1;
+        assert!(matches!(mirr.append_encoded(m, 1, 0, 3, &bad), Err(EngineError::ChecksumMismatch { .. })));
+        prim.commit(3).unwrap();
+        mirr.commit(3).unwrap();
+        let del: Vec<i64> = (1..=500).filter(|i| i % 3 == 0).collect();
+        prim.delete(p, 1, 0, 4, &del, Some(&snap(5, &[], Some(4)))).unwrap();
+        mirr.delete(m, 1, 0, 4, &del, None).unwrap();
+        prim.commit(4).unwrap();
+        mirr.commit(4).unwrap();
+        let latest = Snapshot::latest();
+        let a = prim.checksum(p, 1, 0, &latest).unwrap();
+        let b = mirr.checksum(m, 1, 0, &latest).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.rows, 500 - del.len() as u64);
+        // Different contents give a different checksum.
+        assert_ne!(a, mirr.checksum(p, 1, 0, &latest).unwrap());
+        // Groom below the horizon removes dead rows on both copies.
+        let gp = prim.groom(1, 5).unwrap();
+        let gm = mirr.groom(1, 5).unwrap();
+        assert_eq!(gp.rows_removed, del.len() as u64);
+        assert_eq!(gm.rows_removed, del.len() as u64);
+        assert_eq!(prim.checksum(p, 1, 0, &latest).unwrap(), a);
+        assert_eq!(mirr.checksum(m, 1, 0, &latest).unwrap(), a);
+        // A horizon below the deleting xid keeps the rows (a snapshot may need them).
+        let dir2 = tempfile::tempdir().unwrap();
+        let s2 = DiskStore::create(&dir2.path().join("x.img"), IDS, small_init(), opts(64)).unwrap();
+        s2.create_table(1, schema()).unwrap();
+        s2.append(p, 1, 0, 3, &rows(0, 100)).unwrap();
+        s2.commit(3).unwrap();
+        s2.delete(p, 1, 0, 4, &[1], None).unwrap();
+        s2.commit(4).unwrap();
+        assert_eq!(s2.groom(1, 4).unwrap().rows_removed, 0);
+        assert_eq!(count(&s2, p, &snap(4, &[], None)), 100);
+        drop(prim);
+        let prim = DiskStore::open(&dir.path().join("p.img"), opts(64)).unwrap();
+        assert_eq!(prim.checksum(p, 1, 0, &latest).unwrap(), a);
+    }
+
 }

@@ -67,6 +67,14 @@ pub struct TableMeta {
     pub schema_ipc: Vec<u8>,
 }
 
+/// A run of delete records (rowid, xid) written in a stream's extents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeleteRunMeta {
+    pub offset: u64,
+    pub length: u64,
+    pub count: u64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamMeta {
     pub key: StreamKey,
@@ -74,6 +82,17 @@ pub struct StreamMeta {
     pub extents: Vec<ExtentRun>,
     /// In append order.
     pub blocks: Vec<BlockMeta>,
+    /// Committed delete runs, in commit order.
+    pub deletes: Vec<DeleteRunMeta>,
+}
+
+/// A prepared (in-doubt) transaction: durable, not visible, waiting for the
+/// coordinator's decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedMeta {
+    pub xid: u64,
+    pub blocks: Vec<(StreamKey, BlockMeta)>,
+    pub deletes: Vec<(StreamKey, DeleteRunMeta)>,
 }
 
 /// Everything a slot holds.
@@ -81,6 +100,64 @@ pub struct StreamMeta {
 pub struct MetaState {
     pub tables: Vec<TableMeta>,
     pub streams: Vec<StreamMeta>,
+    pub prepared: Vec<PreparedMeta>,
+}
+
+fn put_key(w: &mut ByteWriter, k: &StreamKey) {
+    w.u8(k.segment.code() as u8);
+    w.u64(k.table);
+    w.u32(k.slice);
+}
+
+fn put_block(w: &mut ByteWriter, b: &BlockMeta) {
+    w.u64(b.offset);
+    w.u64(b.length);
+    w.u64(b.seq);
+    w.u64(b.rows);
+    w.i64(b.rowid_min);
+    w.i64(b.rowid_max);
+    w.u64(b.createxid_min);
+    w.u64(b.createxid_max);
+    w.blob(&b.zones);
+}
+
+fn put_run(w: &mut ByteWriter, d: &DeleteRunMeta) {
+    w.u64(d.offset);
+    w.u64(d.length);
+    w.u64(d.count);
+}
+
+fn get_key(r: &mut ByteReader) -> std::result::Result<StreamKey, DecodeErr> {
+    let code = r.u8()?;
+    let segment = SegmentKind::from_code(code as u32)
+        .ok_or_else(|| DecodeErr::Bad(format!("unknown segment code {code}")))?;
+    Ok(StreamKey {
+        segment,
+        table: r.u64()?,
+        slice: r.u32()?,
+    })
+}
+
+fn get_block(r: &mut ByteReader) -> std::result::Result<BlockMeta, Truncated> {
+    Ok(BlockMeta {
+        offset: r.u64()?,
+        length: r.u64()?,
+        seq: r.u64()?,
+        rows: r.u64()?,
+        rowid_min: r.i64()?,
+        rowid_max: r.i64()?,
+        createxid_min: r.u64()?,
+        createxid_max: r.u64()?,
+        zones: Arc::from(r.blob()?),
+    })
+}
+
+fn get_run(r: &mut ByteReader) -> std::result::Result<DeleteRunMeta, Truncated> {
+    Ok(DeleteRunMeta {
+        offset: r.u64()?,
+        length: r.u64()?,
+        count: r.u64()?,
+    })
 }
 
 impl MetaState {
@@ -93,9 +170,7 @@ impl MetaState {
         }
         w.u32(self.streams.len() as u32);
         for s in &self.streams {
-            w.u8(s.key.segment.code() as u8);
-            w.u64(s.key.table);
-            w.u32(s.key.slice);
+            put_key(&mut w, &s.key);
             w.u32(s.extents.len() as u32);
             for e in &s.extents {
                 w.u64(e.offset);
@@ -103,15 +178,25 @@ impl MetaState {
             }
             w.u32(s.blocks.len() as u32);
             for b in &s.blocks {
-                w.u64(b.offset);
-                w.u64(b.length);
-                w.u64(b.seq);
-                w.u64(b.rows);
-                w.i64(b.rowid_min);
-                w.i64(b.rowid_max);
-                w.u64(b.createxid_min);
-                w.u64(b.createxid_max);
-                w.blob(&b.zones);
+                put_block(&mut w, b);
+            }
+            w.u32(s.deletes.len() as u32);
+            for d in &s.deletes {
+                put_run(&mut w, d);
+            }
+        }
+        w.u32(self.prepared.len() as u32);
+        for p in &self.prepared {
+            w.u64(p.xid);
+            w.u32(p.blocks.len() as u32);
+            for (k, b) in &p.blocks {
+                put_key(&mut w, k);
+                put_block(&mut w, b);
+            }
+            w.u32(p.deletes.len() as u32);
+            for (k, d) in &p.deletes {
+                put_key(&mut w, k);
+                put_run(&mut w, d);
             }
         }
         w.buf
@@ -138,11 +223,7 @@ impl MetaState {
         let nstreams = r.u32()? as usize;
         let mut streams = Vec::with_capacity(nstreams.min(4096));
         for _ in 0..nstreams {
-            let code = r.u8()?;
-            let segment = SegmentKind::from_code(code as u32)
-                .ok_or_else(|| DecodeErr::Bad(format!("unknown segment code {code}")))?;
-            let table = r.u64()?;
-            let slice = r.u32()?;
+            let key = get_key(&mut r)?;
             let next = r.u32()? as usize;
             let mut extents = Vec::with_capacity(next.min(4096));
             for _ in 0..next {
@@ -154,26 +235,40 @@ impl MetaState {
             let nblocks = r.u32()? as usize;
             let mut blocks = Vec::with_capacity(nblocks.min(65536));
             for _ in 0..nblocks {
-                blocks.push(BlockMeta {
-                    offset: r.u64()?,
-                    length: r.u64()?,
-                    seq: r.u64()?,
-                    rows: r.u64()?,
-                    rowid_min: r.i64()?,
-                    rowid_max: r.i64()?,
-                    createxid_min: r.u64()?,
-                    createxid_max: r.u64()?,
-                    zones: Arc::from(r.blob()?),
-                });
+                blocks.push(get_block(&mut r)?);
+            }
+            let nruns = r.u32()? as usize;
+            let mut deletes = Vec::with_capacity(nruns.min(65536));
+            for _ in 0..nruns {
+                deletes.push(get_run(&mut r)?);
             }
             streams.push(StreamMeta {
-                key: StreamKey {
-                    segment,
-                    table,
-                    slice,
-                },
+                key,
                 extents,
                 blocks,
+                deletes,
+            });
+        }
+        let nprepared = r.u32()? as usize;
+        let mut prepared = Vec::with_capacity(nprepared.min(4096));
+        for _ in 0..nprepared {
+            let xid = r.u64()?;
+            let nb = r.u32()? as usize;
+            let mut blocks = Vec::with_capacity(nb.min(65536));
+            for _ in 0..nb {
+                let k = get_key(&mut r)?;
+                blocks.push((k, get_block(&mut r)?));
+            }
+            let nd = r.u32()? as usize;
+            let mut deletes = Vec::with_capacity(nd.min(65536));
+            for _ in 0..nd {
+                let k = get_key(&mut r)?;
+                deletes.push((k, get_run(&mut r)?));
+            }
+            prepared.push(PreparedMeta {
+                xid,
+                blocks,
+                deletes,
             });
         }
         if r.remaining() != 0 {
@@ -182,7 +277,11 @@ impl MetaState {
                 r.remaining()
             )));
         }
-        Ok(MetaState { tables, streams })
+        Ok(MetaState {
+            tables,
+            streams,
+            prepared,
+        })
     }
 }
 
