@@ -37,6 +37,10 @@ pub struct CoordinatorSection {
     /// How long the coordinator waits for every node at startup, e.g. "30s".
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: String,
+    /// How long a primary waits for its mirror before it commits alone and
+    /// the slice is marked degraded, e.g. "2s".
+    #[serde(default = "default_mirror_timeout")]
+    pub mirror_timeout: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -67,6 +71,9 @@ fn default_listen() -> String {
 }
 fn default_connect_timeout() -> String {
     "30s".into()
+}
+fn default_mirror_timeout() -> String {
+    "2s".into()
 }
 fn default_disks() -> u32 {
     1
@@ -103,6 +110,7 @@ impl ClusterConfig {
             ));
         }
         parse_duration(&self.coordinator.connect_timeout)?;
+        parse_duration(&self.coordinator.mirror_timeout)?;
         let mut ids = BTreeSet::new();
         let mut addrs = BTreeSet::new();
         for n in &self.nodes {

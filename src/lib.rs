@@ -171,6 +171,7 @@ impl LocalCluster {
             slices_per_disk: opts.slices_per_disk,
             connect_timeout: Duration::from_secs(30),
             target_partitions: 0,
+            mirror_timeout: Duration::from_secs(2),
         })
         .await?;
         let frontend = Frontend::new(Arc::new(coord))?;
@@ -299,6 +300,7 @@ pub async fn run_coordinator(
         slices_per_disk: cfg.slices_per_disk,
         connect_timeout: config::parse_duration(&cfg.coordinator.connect_timeout)?,
         target_partitions: 0,
+        mirror_timeout: config::parse_duration(&cfg.coordinator.mirror_timeout)?,
     })
     .await?;
     let frontend = Frontend::new(Arc::new(coord))?;

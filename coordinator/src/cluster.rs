@@ -5,7 +5,7 @@
 //! It must never read or write disk images: everything on a node goes through
 //! the node protocol.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,12 +17,12 @@ use datafusion::execution::context::SessionContext;
 use datafusion::prelude::SessionConfig;
 use parking_lot::{Mutex, RwLock};
 use slicedb_engine::proto::{self, pb};
-use slicedb_engine::{NodeId, Xid};
+use slicedb_engine::{NodeId, SliceId, Xid};
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
 use crate::catalog::{Catalog, Distribution, TableMeta};
-use crate::distmap::{DistMap, NodeShape};
+use crate::distmap::{DistMap, NodeShape, SliceState};
 use crate::provider::SliceTable;
 use crate::{CoordinatorError, Result};
 
@@ -46,6 +46,8 @@ pub struct CoordinatorConfig {
     pub connect_timeout: Duration,
     /// DataFusion target partitions (0 = number of cores).
     pub target_partitions: usize,
+    /// How long a primary waits for its mirror before the slice is degraded.
+    pub mirror_timeout: Duration,
 }
 
 /// One node's clients. Channels reconnect by themselves.
@@ -91,9 +93,11 @@ pub struct Shared {
     pub nodes: BTreeMap<NodeId, NodeClient>,
     /// Last known state per node ("up" / "down").
     pub node_state: Mutex<BTreeMap<NodeId, String>>,
+    pub txns: crate::txn::TxnManager,
     next_xid: AtomicU64,
     xid_limit: AtomicU64,
     xid_lock: Mutex<()>,
+    map_lock: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -118,6 +122,34 @@ impl Shared {
                 .store(start + crate::catalog::XID_RESERVATION, Ordering::SeqCst);
         }
         Ok(self.next_xid.fetch_add(1, Ordering::SeqCst))
+    }
+
+    /// The next xid `next_xid` would hand out (every xid below it was handed out).
+    pub fn peek_xid(&self) -> Xid {
+        self.next_xid.load(Ordering::SeqCst)
+    }
+
+    /// Record that these slices' mirrors missed a commit: state `degraded`,
+    /// epoch + 1, persisted, installed on every node (so primaries stop
+    /// forwarding) before the caller acknowledges anything.
+    pub async fn mark_degraded(&self, slices: &BTreeSet<SliceId>) -> Result<()> {
+        let _g = self.map_lock.lock().await;
+        let mut map = (*self.map()).clone();
+        let mut changed = false;
+        for e in &mut map.slices {
+            if slices.contains(&e.slice) && e.state == SliceState::InSync {
+                e.state = SliceState::Degraded;
+                changed = true;
+            }
+        }
+        if !changed {
+            return Ok(());
+        }
+        map.epoch += 1;
+        map.persist(&self.config.data_dir)?;
+        warn!(epoch = map.epoch, slices = ?slices, "mirror unreachable: slices degraded");
+        *self.map.write() = Arc::new(map);
+        install_map(self).await
     }
 
     pub fn mark(&self, node: NodeId, up: bool) {
@@ -163,12 +195,20 @@ impl Coordinator {
             map: RwLock::new(Arc::new(map)),
             nodes,
             node_state: Mutex::new(BTreeMap::new()),
+            txns: crate::txn::TxnManager::open(&config.data_dir)?,
             next_xid: AtomicU64::new(hw),
             xid_limit: AtomicU64::new(hw),
             xid_lock: Mutex::new(()),
+            map_lock: tokio::sync::Mutex::new(()),
         });
         wait_for_nodes(&shared).await?;
         install_map(&shared).await?;
+        // Finish whatever a crash left in doubt before serving anyone.
+        let resolved = shared.resolve_once().await;
+        if resolved > 0 {
+            info!(resolved, "resolved in-doubt transactions at startup");
+        }
+        crate::txn::spawn_resolver(shared.clone(), Duration::from_millis(500));
         // Make sure every node knows every table (a node may have been
         // initialised after the table was created, or missed a DDL).
         let tables = shared.catalog.lock().tables();
@@ -358,9 +398,18 @@ async fn wait_for_nodes(shared: &Shared) -> Result<()> {
     Ok(())
 }
 
-/// Send every node its part of the map.
+/// Send every node its part of the map, with its peers' addresses and, for
+/// each primary slice, whether to forward writes to the mirror.
 pub async fn install_map(shared: &Shared) -> Result<()> {
     let map = shared.map();
+    let peers: Vec<pb::Peer> = shared
+        .nodes
+        .values()
+        .map(|n| pb::Peer {
+            node: n.id,
+            address: n.address.clone(),
+        })
+        .collect();
     for n in shared.nodes.values() {
         let mut slices = Vec::new();
         for e in &map.slices {
@@ -369,6 +418,8 @@ pub async fn install_map(shared: &Shared) -> Result<()> {
                     slice: e.slice,
                     disk: e.primary.disk,
                     segment: pb::Segment::Primary as i32,
+                    mirror_node: e.mirror.map_or(0, |m| m.node),
+                    mirror_active: e.mirror.is_some() && e.state == SliceState::InSync,
                 });
             }
             if let Some(m) = e.mirror {
@@ -377,6 +428,7 @@ pub async fn install_map(shared: &Shared) -> Result<()> {
                         slice: e.slice,
                         disk: m.disk,
                         segment: pb::Segment::Mirror as i32,
+                        ..Default::default()
                     });
                 }
             }
@@ -386,6 +438,8 @@ pub async fn install_map(shared: &Shared) -> Result<()> {
             epoch: map.epoch,
             node: n.id,
             slices,
+            peers: peers.clone(),
+            mirror_timeout_ms: shared.config.mirror_timeout.as_millis() as u64,
         })
         .await
         .map_err(|s| n.err(s))?;

@@ -25,12 +25,15 @@ pub struct Location {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SliceState {
-    /// Served by its primary; writes are not yet forwarded to the mirror, so
-    /// the mirror copy is not a valid source (mirrored writes are a later
-    /// issue). Never promote such a mirror.
+    /// Served by its primary, with no valid mirror (a one-node cluster, or a
+    /// map built before mirroring). Never promote such a mirror.
     PrimaryOnly,
     /// Primary and mirror hold the same committed rows.
     InSync,
+    /// The mirror missed a commit (it could not be reached in time): the
+    /// primary holds rows the mirror does not. Writes are no longer
+    /// forwarded; never promote the mirror until it is resynced.
+    Degraded,
 }
 
 impl SliceState {
@@ -38,6 +41,7 @@ impl SliceState {
         match self {
             SliceState::PrimaryOnly => "primary_only",
             SliceState::InSync => "in_sync",
+            SliceState::Degraded => "degraded",
         }
     }
 }
@@ -104,11 +108,16 @@ impl DistMap {
                     } else {
                         None
                     };
+                    let state = if mirror.is_some() {
+                        SliceState::InSync
+                    } else {
+                        SliceState::PrimaryOnly
+                    };
                     slices.push(SliceEntry {
                         slice: next,
                         primary: Location { node: n.node, disk },
                         mirror,
-                        state: SliceState::PrimaryOnly,
+                        state,
                     });
                     next += 1;
                 }

@@ -40,6 +40,10 @@ pub enum CoordinatorError {
     IncompleteScan { table: String, reason: String },
     #[error("cluster configuration error: {0}")]
     Config(String),
+    #[error(
+        "current transaction is aborted, commands ignored until end of transaction block ({0})"
+    )]
+    TransactionAborted(String),
     #[error("catalog error: {0}")]
     Catalog(String),
     #[error("I/O error on {path}: {source}")]
@@ -75,12 +79,13 @@ impl CoordinatorError {
             CoordinatorError::Node { kind, .. } => match kind.as_str() {
                 "checksum" => "XX001",
                 "disk_full" => "53100",
-                "stale_epoch" | "slice_not_owned" => "40001",
+                "stale_epoch" | "slice_not_owned" | "write_conflict" => "40001",
                 _ => "XX000",
             },
             CoordinatorError::NodeUnreachable { .. } => "08006",
             CoordinatorError::IncompleteScan { .. } => "XX000",
             CoordinatorError::Config(_) => "F0000",
+            CoordinatorError::TransactionAborted(_) => "25P02",
             CoordinatorError::Catalog(_) | CoordinatorError::Io { .. } => "58030",
             CoordinatorError::Engine(_) => "XX000",
             CoordinatorError::Arrow(_) => "22000",

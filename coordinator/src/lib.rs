@@ -13,12 +13,14 @@
 pub mod catalog;
 pub mod cluster;
 pub mod distmap;
+pub mod dml;
 mod error;
 pub mod filter;
 pub mod hash;
 pub mod load;
 pub mod provider;
 pub mod system;
+pub mod txn;
 
 pub use catalog::Distribution;
 pub use cluster::{Coordinator, CoordinatorConfig, NodeEndpoint};

@@ -1,12 +1,14 @@
-//! The write path of one statement (COPY or INSERT): hash rows to slices,
-//! buffer per slice, ship full buffers to each slice's primary node under one
-//! xid, then commit on every participant — or abort on all of them.
+//! The write path of one statement (COPY, INSERT, the insert half of
+//! UPDATE): hash rows to slices, buffer per slice, ship full buffers to each
+//! slice's primary node under the transaction's xid. The primaries forward
+//! to their mirrors themselves.
 //!
-//! The loader owns the transaction's fate: nothing it wrote is visible until
-//! `finish` commits, and a loader dropped unfinished (a dropped connection
-//! mid-COPY) aborts. It never decides placement; it reads the map.
+//! In autocommit the loader owns its transaction: nothing it wrote is
+//! visible until `finish` commits (two-phase, see `txn`), and a loader
+//! dropped unfinished (a dropped connection mid-COPY) aborts. Inside a
+//! transaction block it only writes; a failure marks the block failed. It
+//! never decides placement; it reads the map.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -14,13 +16,14 @@ use arrow::array::UInt32Array;
 use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::DataType;
 use slicedb_engine::proto::{self, pb};
-use slicedb_engine::{NodeId, Xid};
+use slicedb_engine::Xid;
 use tokio::task::JoinSet;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::catalog::TableMeta;
 use crate::cluster::Shared;
 use crate::distmap::DistMap;
+use crate::txn::Txn;
 use crate::{CoordinatorError, Result};
 
 /// Rows buffered per slice before they are shipped.
@@ -44,10 +47,11 @@ pub struct Loader {
     shared: Arc<Shared>,
     table: Arc<TableMeta>,
     map: Arc<DistMap>,
-    xid: Xid,
+    txn: Arc<Txn>,
+    /// Autocommit: the loader commits or aborts its own transaction.
+    own: bool,
     bufs: Vec<SliceBuf>,
     inflight: JoinSet<Result<u64>>,
-    participants: BTreeSet<NodeId>,
     rows_in: u64,
     rows_stored: u64,
     round_robin: u32,
@@ -55,28 +59,39 @@ pub struct Loader {
 }
 
 impl Loader {
+    /// A load in its own transaction (autocommit).
     pub fn new(shared: Arc<Shared>, table: Arc<TableMeta>) -> Result<Loader> {
+        let txn = shared.begin()?;
+        Ok(Self::build(shared, table, txn, true))
+    }
+
+    /// A load inside an open transaction block.
+    pub fn in_txn(shared: Arc<Shared>, table: Arc<TableMeta>, txn: Arc<Txn>) -> Loader {
+        Self::build(shared, table, txn, false)
+    }
+
+    fn build(shared: Arc<Shared>, table: Arc<TableMeta>, txn: Arc<Txn>, own: bool) -> Loader {
         let map = shared.map();
-        let xid = shared.next_xid()?;
+        let xid = txn.xid;
         let n = map.slice_count() as usize;
         debug!(xid, table = %table.name, "load started");
-        Ok(Loader {
+        Loader {
             shared,
             table,
-            xid,
+            txn,
+            own,
             bufs: (0..n).map(|_| SliceBuf::default()).collect(),
             map,
             inflight: JoinSet::new(),
-            participants: BTreeSet::new(),
             rows_in: 0,
             rows_stored: 0,
             round_robin: rand_start(xid),
             done: false,
-        })
+        }
     }
 
     pub fn xid(&self) -> Xid {
-        self.xid
+        self.txn.xid
     }
 
     pub fn rows(&self) -> u64 {
@@ -164,11 +179,12 @@ impl Loader {
         }
         let entry = &self.map.slices[slice];
         let node = self.shared.node(entry.primary.node)?.clone();
-        self.participants.insert(node.id);
         let batch = concat_batches(&self.table.schema, &buf.batches)?;
+        self.txn.note_request(node.id, &[]);
+        let txn = self.txn.clone();
         let req = pb::WriteRequest {
-            epoch: self.map.epoch,
-            xid: self.xid,
+            epoch: self.shared.map().epoch,
+            xid: self.txn.xid,
             table: self.table.id,
             slice: entry.slice,
             segment: pb::Segment::Primary as i32,
@@ -176,8 +192,9 @@ impl Loader {
         };
         self.inflight.spawn(async move {
             let mut c = node.grpc.clone();
-            let r = c.write(req).await.map_err(|s| node.err(s))?;
-            Ok(r.into_inner().rows)
+            let r = c.write(req).await.map_err(|s| node.err(s))?.into_inner();
+            txn.note_request_result(&r.degraded_slices);
+            Ok(r.rows)
         });
         Ok(())
     }
@@ -191,7 +208,7 @@ impl Loader {
         Ok(())
     }
 
-    /// Ship what is left and commit on every participant. Returns rows stored.
+    /// Ship what is left; in autocommit, commit (two-phase). Returns rows stored.
     pub async fn finish(mut self) -> Result<u64> {
         let res = self.finish_inner().await;
         if res.is_err() {
@@ -214,26 +231,15 @@ impl Loader {
                 self.rows_stored, self.rows_in
             )));
         }
-        let epoch = self.map.epoch;
-        let xid = self.xid;
-        let calls = self.participants.iter().map(|id| {
-            let node = self.shared.nodes[id].clone();
-            async move {
-                let mut c = node.grpc.clone();
-                c.commit(pb::TxnRequest { epoch, xid })
-                    .await
-                    .map_err(|s| node.err(s))
-            }
-        });
-        for r in futures::future::join_all(calls).await {
-            r?;
+        if self.own {
+            self.shared.commit(&self.txn).await?;
+            debug!(xid = self.txn.xid, rows = self.rows_in, "load committed");
         }
-        debug!(xid, rows = self.rows_in, "load committed");
         Ok(self.rows_in)
     }
 
-    /// Abort on every participant (best effort; a node that misses it drops
-    /// the pending blocks at restart anyway, since they were never committed).
+    /// Give up: abort the loader's own transaction, or mark the enclosing
+    /// transaction block failed.
     pub async fn abort(mut self) {
         self.abort_now().await;
         self.done = true;
@@ -242,17 +248,11 @@ impl Loader {
     async fn abort_now(&mut self) {
         self.inflight.abort_all();
         while self.inflight.join_next().await.is_some() {}
-        abort_on(&self.shared, &self.participants, self.map.epoch, self.xid).await;
-    }
-}
-
-async fn abort_on(shared: &Shared, participants: &BTreeSet<NodeId>, epoch: u64, xid: Xid) {
-    for id in participants {
-        if let Some(node) = shared.nodes.get(id) {
-            let mut c = node.grpc.clone();
-            if let Err(s) = c.abort(pb::TxnRequest { epoch, xid }).await {
-                warn!(node = id, xid, error = %s, "abort failed");
-            }
+        if self.own {
+            self.shared.abort(&self.txn).await;
+        } else {
+            self.txn
+                .mark_failed("a statement of the transaction failed");
         }
     }
 }
@@ -265,11 +265,15 @@ impl Drop for Loader {
         // Dropped unfinished: the statement was cancelled or its connection
         // went away. Nothing was committed; tell the nodes to discard.
         self.inflight.abort_all();
+        if !self.own {
+            self.txn
+                .mark_failed("a statement of the transaction was cancelled");
+            return;
+        }
         let shared = self.shared.clone();
-        let participants = std::mem::take(&mut self.participants);
-        let (epoch, xid) = (self.map.epoch, self.xid);
+        let txn = self.txn.clone();
         if let Ok(h) = tokio::runtime::Handle::try_current() {
-            h.spawn(async move { abort_on(&shared, &participants, epoch, xid).await });
+            h.spawn(async move { shared.abort(&txn).await });
         }
     }
 }

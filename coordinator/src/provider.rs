@@ -48,12 +48,33 @@ use crate::catalog::TableMeta;
 use crate::cluster::{NodeClient, Shared};
 use crate::filter::to_predicate;
 use crate::load::Loader;
+use crate::txn::Txn;
 use crate::CoordinatorError;
+
+tokio::task_local! {
+    /// The transaction block of the statement being planned on this task, if
+    /// any. The SQL front end sets it around a statement inside BEGIN ...
+    /// COMMIT; scans then read the block's snapshot (and its own writes) and
+    /// inserts write under its xid. Without it, a scan takes a fresh snapshot
+    /// and an insert is its own transaction.
+    pub static CURRENT_TXN: Arc<Txn>;
+}
+
+/// The transaction block the current task runs in, if any.
+pub fn current_txn() -> Option<Arc<Txn>> {
+    CURRENT_TXN.try_with(|t| t.clone()).ok()
+}
+
+/// Name of the slice column of a DML scan.
+pub const DML_SLICE: &str = "_slice";
 
 /// A distributed table.
 pub struct SliceTable {
     shared: Arc<Shared>,
     meta: Arc<TableMeta>,
+    /// A DML scan: the schema gains `_slice` and `_rowid` after the user
+    /// columns, so UPDATE and DELETE know which rows of which slice to delete.
+    dml: Option<SchemaRef>,
 }
 
 impl fmt::Debug for SliceTable {
@@ -66,14 +87,35 @@ impl fmt::Debug for SliceTable {
 
 impl SliceTable {
     pub fn new(shared: Arc<Shared>, meta: Arc<TableMeta>) -> Self {
-        SliceTable { shared, meta }
+        SliceTable {
+            shared,
+            meta,
+            dml: None,
+        }
+    }
+
+    /// The table as UPDATE and DELETE scan it: user columns, `_slice`, `_rowid`.
+    pub fn for_dml(shared: Arc<Shared>, meta: Arc<TableMeta>) -> Self {
+        let mut fields: Vec<_> = meta.schema.fields().iter().cloned().collect();
+        fields.push(Arc::new(arrow::datatypes::Field::new(
+            DML_SLICE,
+            arrow::datatypes::DataType::UInt32,
+            false,
+        )));
+        fields.push(Arc::new(arrow::datatypes::Field::new(
+            slicedb_engine::HIDDEN_ROWID,
+            arrow::datatypes::DataType::Int64,
+            false,
+        )));
+        let dml = Some(Arc::new(arrow::datatypes::Schema::new(fields)));
+        SliceTable { shared, meta, dml }
     }
 }
 
 #[async_trait]
 impl TableProvider for SliceTable {
     fn schema(&self) -> SchemaRef {
-        self.meta.schema.clone()
+        self.dml.clone().unwrap_or_else(|| self.meta.schema.clone())
     }
 
     fn table_type(&self) -> TableType {
@@ -102,9 +144,19 @@ impl TableProvider for SliceTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let map = self.shared.map();
         let schema = match projection {
-            Some(p) => Arc::new(self.meta.schema.project(p)?),
-            None => self.meta.schema.clone(),
+            Some(p) => Arc::new(self.schema().project(p)?),
+            None => self.schema(),
         };
+        let snapshot = current_txn()
+            .map(|t| t.snapshot.clone())
+            .unwrap_or_else(|| self.shared.read_snapshot());
+        let dml = self.dml.as_ref().map(|_| DmlShape {
+            nuser: self.meta.schema.fields().len(),
+            projection: projection.cloned(),
+        });
+        // A DML scan reads every user column plus the hidden ones and
+        // projects at the coordinator.
+        let projection = if dml.is_some() { None } else { projection };
         let predicates: Vec<pb::Predicate> = filters
             .iter()
             .filter_map(|f| to_predicate(f, &self.meta.schema))
@@ -140,7 +192,8 @@ impl TableProvider for SliceTable {
                     .unwrap_or_default(),
                 all_columns: projection.is_none(),
                 filters: predicates.clone(),
-                include_hidden: false,
+                include_hidden: dml.is_some(),
+                snapshot: Some(pb::Snapshot::from(&snapshot)),
             };
             parts.push(ScanPart {
                 node: self.shared.node(node)?.clone(),
@@ -154,6 +207,7 @@ impl TableProvider for SliceTable {
             schema,
             parts,
             predicates.len(),
+            dml,
         )))
     }
 
@@ -174,6 +228,7 @@ impl TableProvider for SliceTable {
             Arc::new(SliceSink {
                 shared: self.shared.clone(),
                 meta: self.meta.clone(),
+                txn: current_txn(),
             }),
             None,
         )))
@@ -187,6 +242,14 @@ struct ScanPart {
     request: pb::ScanRequest,
 }
 
+/// How a DML scan turns a node's batch (all user columns + hidden) into
+/// its output: user columns, `_slice`, `_rowid`, then the projection.
+#[derive(Debug, Clone)]
+struct DmlShape {
+    nuser: usize,
+    projection: Option<Vec<usize>>,
+}
+
 /// One partition per node; each streams the node's tagged answer.
 pub struct BroadcastScanExec {
     shared: Arc<Shared>,
@@ -194,6 +257,7 @@ pub struct BroadcastScanExec {
     schema: SchemaRef,
     parts: Vec<ScanPart>,
     pushed_filters: usize,
+    dml: Option<DmlShape>,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -205,6 +269,7 @@ impl BroadcastScanExec {
         schema: SchemaRef,
         parts: Vec<ScanPart>,
         pushed_filters: usize,
+        dml: Option<DmlShape>,
     ) -> Self {
         let props = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
@@ -218,6 +283,7 @@ impl BroadcastScanExec {
             schema,
             parts,
             pushed_filters,
+            dml,
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
         }
@@ -313,9 +379,10 @@ impl ExecutionPlan for BroadcastScanExec {
         let shared = self.shared.clone();
         let table = self.table.clone();
         let out_schema = schema.clone();
+        let dml = self.dml.clone();
         tokio::spawn(async move {
             let node = part.node.id;
-            let res = scan_node(part, out_schema, &table, &tx, counters).await;
+            let res = scan_node(part, out_schema, &table, &tx, counters, dml).await;
             if let Err(e) = res {
                 if matches!(e, CoordinatorError::NodeUnreachable { .. }) {
                     shared.mark(node, false);
@@ -347,6 +414,7 @@ async fn scan_node(
     table: &str,
     tx: &mpsc::Sender<DfResult<RecordBatch>>,
     counters: ScanCounters,
+    dml: Option<DmlShape>,
 ) -> Result<(), CoordinatorError> {
     let incomplete = |reason: String| CoordinatorError::IncompleteScan {
         table: table.to_string(),
@@ -410,9 +478,24 @@ async fn scan_node(
         }
         *rows_per_slice.entry(tag.slice).or_default() += batch.num_rows() as u64;
         counters.rows.add(batch.num_rows());
+        let columns = match &dml {
+            None => batch.columns().to_vec(),
+            Some(d) => {
+                let n = batch.num_rows();
+                let mut cols = batch.columns()[..d.nuser].to_vec();
+                cols.push(Arc::new(arrow::array::UInt32Array::from_value(
+                    tag.slice, n,
+                )));
+                cols.push(batch.column(d.nuser).clone());
+                match &d.projection {
+                    Some(p) => p.iter().map(|&i| cols[i].clone()).collect(),
+                    None => cols,
+                }
+            }
+        };
         let batch = RecordBatch::try_new_with_options(
             schema.clone(),
-            batch.columns().to_vec(),
+            columns,
             &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
         )?;
         if tx.send(Ok(batch)).await.is_err() {
@@ -433,6 +516,8 @@ async fn scan_node(
 struct SliceSink {
     shared: Arc<Shared>,
     meta: Arc<TableMeta>,
+    /// The transaction block the INSERT runs in (None: autocommit).
+    txn: Option<Arc<Txn>>,
 }
 
 impl fmt::Debug for SliceSink {
@@ -460,7 +545,10 @@ impl DataSink for SliceSink {
         mut data: SendableRecordBatchStream,
         _context: &Arc<TaskContext>,
     ) -> DfResult<u64> {
-        let mut loader = Loader::new(self.shared.clone(), self.meta.clone())?;
+        let mut loader = match &self.txn {
+            Some(t) => Loader::in_txn(self.shared.clone(), self.meta.clone(), t.clone()),
+            None => Loader::new(self.shared.clone(), self.meta.clone())?,
+        };
         while let Some(batch) = data.next().await {
             let batch = match batch {
                 Ok(b) => b,

@@ -1,5 +1,5 @@
 //! System views: `slicedb_nodes`, `slicedb_slices`, `slicedb_disks`,
-//! `slicedb_table_slices`. Each is computed fresh at scan time from the map,
+//! `slicedb_table_slices`, `slicedb_verify` (primary vs mirror, online). Each is computed fresh at scan time from the map,
 //! the catalog and the nodes' Status answers, like Greenplum's
 //! `gp_segment_configuration` or Netezza's `_v_dslice`.
 //!
@@ -29,6 +29,7 @@ enum View {
     Slices,
     Disks,
     TableSlices,
+    Verify,
 }
 
 impl View {
@@ -38,6 +39,7 @@ impl View {
             View::Slices => "slicedb_slices",
             View::Disks => "slicedb_disks",
             View::TableSlices => "slicedb_table_slices",
+            View::Verify => "slicedb_verify",
         }
     }
 
@@ -65,6 +67,13 @@ impl View {
                 b("rows"),
                 b("bytes"),
             ],
+            View::Verify => vec![
+                s("table_name"),
+                i("slice"),
+                b("primary_rows"),
+                b("mirror_rows"),
+                s("status"),
+            ],
         }))
     }
 }
@@ -82,7 +91,13 @@ impl fmt::Debug for SystemView {
 
 /// Register every system view in `ctx`.
 pub fn register(ctx: &SessionContext, shared: &Arc<Shared>) -> Result<()> {
-    for view in [View::Nodes, View::Slices, View::Disks, View::TableSlices] {
+    for view in [
+        View::Nodes,
+        View::Slices,
+        View::Disks,
+        View::TableSlices,
+        View::Verify,
+    ] {
         ctx.register_table(
             view.name(),
             Arc::new(SystemView {
@@ -226,6 +241,26 @@ impl SystemView {
                     Arc::new(Int32Array::from(disk)),
                     Arc::new(Int64Array::from(rows)),
                     Arc::new(Int64Array::from(bytes)),
+                ]
+            }
+            View::Verify => {
+                let rows = crate::dml::verify(&self.shared).await?;
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        rows.iter().map(|r| r.table.clone()),
+                    )),
+                    Arc::new(Int32Array::from_iter_values(
+                        rows.iter().map(|r| r.slice as i32),
+                    )),
+                    Arc::new(Int64Array::from_iter(
+                        rows.iter().map(|r| r.primary_rows.map(|v| v as i64)),
+                    )),
+                    Arc::new(Int64Array::from_iter(
+                        rows.iter().map(|r| r.mirror_rows.map(|v| v as i64)),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        rows.iter().map(|r| r.status.clone()),
+                    )),
                 ]
             }
         };

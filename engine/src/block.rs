@@ -458,7 +458,11 @@ pub fn verify_block(bytes: &[u8], loc: &BlockLocation) -> Result<BlockHeader> {
 /// Verify an encoded block that arrived over the network (a mirror forward):
 /// CRC, header, sizes, and that it belongs to `table` and `slice`. Returns
 /// the header and the zone map section.
-pub fn inspect_block(bytes: &[u8], table: TableId, slice: SliceId) -> Result<(BlockHeader, Vec<u8>)> {
+pub fn inspect_block(
+    bytes: &[u8],
+    table: TableId,
+    slice: SliceId,
+) -> Result<(BlockHeader, Vec<u8>)> {
     let h = verify_bytes(bytes, 0, 0, table, slice)?;
     if h.table != table || h.slice != slice {
         return Err(EngineError::CorruptBlock {
@@ -823,7 +827,8 @@ pub fn decode_delete_run(
         let _ = r.u32()?;
         Ok((magic, version, count, t, sl))
     })();
-    let (magic, version, count, t, sl) = parse.map_err(|_| corrupt("delete run header truncated".into()))?;
+    let (magic, version, count, t, sl) =
+        parse.map_err(|_| corrupt("delete run header truncated".into()))?;
     if magic != DELETE_RUN_MAGIC || version != 1 {
         return Err(corrupt("bad delete run magic or version".into()));
     }

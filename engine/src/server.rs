@@ -35,9 +35,9 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, instrument, warn};
 
+use crate::failpoint;
 use crate::predicate::Predicate;
 use crate::proto::{self, pb};
-use crate::failpoint;
 use crate::store::{DiskStore, ScanSpec, SegmentKind, Snapshot};
 use crate::{DiskId, EngineError, NodeId, Result, SliceId, TableId, Xid};
 
@@ -477,11 +477,11 @@ impl pb::node_server::Node for NodeServer {
         let segment = proto::segment_from_i32(req.segment).map_err(status)?;
         let disk_id = self.owned_disk(&map, req.slice, segment).map_err(status)?;
         let disk = self.disk(disk_id).map_err(status)?.clone();
-        let snapshot: Snapshot = req
-            .snapshot
-            .as_ref()
-            .map(Snapshot::from)
-            .ok_or_else(|| status(EngineError::InvalidRequest("delete without a snapshot".into())))?;
+        let snapshot: Snapshot = req.snapshot.as_ref().map(Snapshot::from).ok_or_else(|| {
+            status(EngineError::InvalidRequest(
+                "delete without a snapshot".into(),
+            ))
+        })?;
         {
             let mut txns = self.state.txns.lock();
             let t = txns.entry(req.xid).or_default();
@@ -730,9 +730,9 @@ impl pb::node_server::Node for NodeServer {
                         slice,
                         blocks,
                     } => {
-                        let d = disks.get(*disk as usize).ok_or_else(|| {
-                            EngineError::Internal(format!("no disk {disk}"))
-                        })?;
+                        let d = disks
+                            .get(*disk as usize)
+                            .ok_or_else(|| EngineError::Internal(format!("no disk {disk}")))?;
                         for b in blocks {
                             d.append_encoded(SegmentKind::Mirror, *table, *slice, xid, b)?;
                         }
@@ -744,9 +744,9 @@ impl pb::node_server::Node for NodeServer {
                         slice,
                         rowids,
                     } => {
-                        let d = disks.get(*disk as usize).ok_or_else(|| {
-                            EngineError::Internal(format!("no disk {disk}"))
-                        })?;
+                        let d = disks
+                            .get(*disk as usize)
+                            .ok_or_else(|| EngineError::Internal(format!("no disk {disk}")))?;
                         d.delete(SegmentKind::Mirror, *table, *slice, xid, rowids, None)?;
                         touched.insert(*disk);
                     }
@@ -1304,8 +1304,8 @@ mod tests {
             xid: 9,
             requests: 1,
         })
-            .await
-            .unwrap();
+        .await
+        .unwrap();
 
         // Scan both slices: slice 1 has 3 rows, slice 2 none; both end with a done tag.
         let channel = tonic::transport::Endpoint::from_shared(url)

@@ -129,8 +129,7 @@ impl Snapshot {
     /// Whether the effects of `xid` (committed on this disk) are visible.
     pub fn sees(&self, xid: Xid) -> bool {
         xid != 0
-            && (Some(xid) == self.own
-                || (xid < self.xmax && self.xip.binary_search(&xid).is_err()))
+            && (Some(xid) == self.own || (xid < self.xmax && self.xip.binary_search(&xid).is_err()))
     }
 
     /// Whether every xid in `lo..=hi` is seen (so a block needs no row check).
@@ -218,6 +217,9 @@ struct PendingTxn {
     /// Delete runs written (at prepare), with their records.
     runs: Vec<(StreamKey, DeleteRunMeta, Vec<i64>)>,
     prepared: bool,
+    /// Written to since the last prepare (a node that is both a primary and a
+    /// mirror for the same xid prepares the same disk twice).
+    dirty: bool,
 }
 
 impl PendingTxn {
@@ -226,7 +228,13 @@ impl PendingTxn {
     }
 
     fn deleted_in(&self, key: &StreamKey) -> HashSet<i64> {
-        let mut out: HashSet<i64> = self.deletes.get(key).into_iter().flatten().copied().collect();
+        let mut out: HashSet<i64> = self
+            .deletes
+            .get(key)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
         for (k, _, rows) in &self.runs {
             if k == key {
                 out.extend(rows.iter().copied());
@@ -467,7 +475,9 @@ impl DiskStore {
                 pins.entry(*k).or_default().push((b.offset, b.end()));
             }
             for (k, d) in &t.deletes {
-                pins.entry(*k).or_default().push((d.offset, d.offset + d.length));
+                pins.entry(*k)
+                    .or_default()
+                    .push((d.offset, d.offset + d.length));
             }
         }
         let mut alloc =
@@ -547,9 +557,9 @@ impl DiskStore {
                 ..Default::default()
             };
             for (k, b) in t.blocks {
-                let table = tables
-                    .get(&k.table)
-                    .ok_or_else(|| corrupt(format!("prepared block of unknown table {}", k.table)))?;
+                let table = tables.get(&k.table).ok_or_else(|| {
+                    corrupt(format!("prepared block of unknown table {}", k.table))
+                })?;
                 let zones = block::decode_zones(&b.zones, &table.stored, b.rows)?;
                 if let Some(st) = streams.get_mut(&k) {
                     note_block(st, &b);
@@ -878,7 +888,7 @@ impl DiskStore {
             if n == 0 {
                 return Ok((0, Vec::new()));
             }
-            Self::check_open(&inner, xid)?;
+            Self::mark_dirty(&mut inner, xid)?;
             let s = inner.streams.entry(key).or_insert_with(Stream::empty);
             let first = (s.next_rowid, s.next_seq);
             s.next_rowid += n as i64;
@@ -923,13 +933,9 @@ impl DiskStore {
         Ok((n as u64, kept))
     }
 
-    /// A prepared transaction takes no more writes.
-    fn check_open(inner: &Inner, xid: Xid) -> Result<()> {
-        if inner.pending.get(&xid).is_some_and(|t| t.prepared) {
-            return Err(EngineError::InvalidRequest(format!(
-                "transaction {xid} is prepared and takes no more writes"
-            )));
-        }
+    /// Note a write to `xid`: it must be prepared again before it is durable.
+    fn mark_dirty(inner: &mut Inner, xid: Xid) -> Result<()> {
+        inner.pending.entry(xid).or_default().dirty = true;
         Ok(())
     }
 
@@ -1007,7 +1013,7 @@ impl DiskStore {
                 });
             }
             let zones = block::decode_zones(&zone_bytes, &t.stored, h.rows)?;
-            Self::check_open(&inner, xid)?;
+            Self::mark_dirty(&mut inner, xid)?;
             let s = inner.streams.entry(key).or_insert_with(Stream::empty);
             s.next_rowid = s.next_rowid.max(h.rowid_max.saturating_add(1));
             s.next_seq = s.next_seq.max(h.seq + 1);
@@ -1045,7 +1051,7 @@ impl DiskStore {
         if !inner.tables.contains_key(&table) {
             return Err(EngineError::TableNotFound(table));
         }
-        Self::check_open(inner, xid)?;
+        Self::mark_dirty(inner, xid)?;
         let committed = inner
             .streams
             .get(&key)
@@ -1174,18 +1180,21 @@ impl DiskStore {
             let inner = self.inner.lock();
             match inner.pending.get(&xid) {
                 None => return Ok(()),
-                Some(t) if t.prepared || t.is_empty() => return Ok(()),
+                Some(t) if (t.prepared && !t.dirty) || t.is_empty() => return Ok(()),
                 _ => {}
             }
         }
         self.write_runs(xid)?;
         self.dev.sync()?;
+        let was_prepared;
         let (generation, state) = {
             let mut inner = self.inner.lock();
             let Some(t) = inner.pending.get_mut(&xid) else {
                 return Ok(());
             };
+            was_prepared = t.prepared;
             t.prepared = true;
+            t.dirty = false;
             (inner.generation + 1, Self::meta_state(&inner, None))
         };
         let res = self.write_generation(generation, &state);
@@ -1198,7 +1207,8 @@ impl DiskStore {
             }
             Err(e) => {
                 if let Some(t) = inner.pending.get_mut(&xid) {
-                    t.prepared = false;
+                    t.prepared = was_prepared;
+                    t.dirty = true;
                 }
                 Err(e)
             }
@@ -1231,7 +1241,8 @@ impl DiskStore {
                 let inner = self.inner.lock();
                 (inner.generation + 1, Self::meta_state(&inner, Some(xid)))
             };
-            self.write_generation(generation, &state).map(|_| generation)
+            self.write_generation(generation, &state)
+                .map(|_| generation)
         });
         let generation = match res {
             Ok(g) => g,
@@ -1388,9 +1399,10 @@ impl DiskStore {
             read.sort_unstable();
             read.dedup();
             let pos = |c: usize| read.iter().position(|&r| r == c);
-            let predicate = spec.predicate.as_ref().map(|p| {
-                p.remap(&|c| pos(c).expect("predicate column is in the read set"))
-            });
+            let predicate = spec
+                .predicate
+                .as_ref()
+                .map(|p| p.remap(&|c| pos(c).expect("predicate column is in the read set")));
             let mut out_idx: Vec<usize> = out_user
                 .iter()
                 .map(|&c| pos(c).expect("projected column is in the read set"))
@@ -1402,8 +1414,7 @@ impl DiskStore {
                 );
             }
             let vis = pos(rowid_col).zip(pos(createxid_col));
-            let proj = if read.len() == nuser + 3 && read.iter().enumerate().all(|(i, &c)| i == c)
-            {
+            let proj = if read.len() == nuser + 3 && read.iter().enumerate().all(|(i, &c)| i == c) {
                 None
             } else {
                 Some(read)
@@ -1480,7 +1491,8 @@ impl DiskStore {
             for (i, row) in rows.iter().enumerate() {
                 let id = rowids.value(i).to_le_bytes();
                 let lo = crc32c::crc32c_append(crc32c::crc32c(&id), row.as_ref());
-                let hi = crc32c::crc32c_append(crc32c::crc32c_append(0x5bd1_e995, &id), row.as_ref());
+                let hi =
+                    crc32c::crc32c_append(crc32c::crc32c_append(0x5bd1_e995, &id), row.as_ref());
                 out.checksum = out
                     .checksum
                     .wrapping_add((u64::from(hi) << 32) | u64::from(lo));
@@ -1505,13 +1517,16 @@ impl DiskStore {
             let Some(t) = inner.tables.get(&table) else {
                 return Ok(GroomStats::default());
             };
-            let work: Vec<(StreamKey, Arc<Vec<Arc<IndexedBlock>>>, Arc<BTreeMap<i64, Xid>>)> =
-                inner
-                    .streams
-                    .iter()
-                    .filter(|(k, s)| k.table == table && s.deletes.values().any(|&x| x < horizon))
-                    .map(|(k, s)| (*k, s.committed.clone(), s.deletes.clone()))
-                    .collect();
+            let work: Vec<(
+                StreamKey,
+                Arc<Vec<Arc<IndexedBlock>>>,
+                Arc<BTreeMap<i64, Xid>>,
+            )> = inner
+                .streams
+                .iter()
+                .filter(|(k, s)| k.table == table && s.deletes.values().any(|&x| x < horizon))
+                .map(|(k, s)| (*k, s.committed.clone(), s.deletes.clone()))
+                .collect();
             (t.stored.clone(), work)
         };
         let mut stats = GroomStats::default();
@@ -1548,8 +1563,10 @@ impl DiskStore {
                     .as_any()
                     .downcast_ref::<Int64Array>()
                     .ok_or_else(|| EngineError::Internal("_rowid is not Int64".into()))?;
-                let keep: arrow::array::BooleanArray =
-                    rowids.iter().map(|r| Some(!dead.contains(&r.unwrap_or(0)))).collect();
+                let keep: arrow::array::BooleanArray = rowids
+                    .iter()
+                    .map(|r| Some(!dead.contains(&r.unwrap_or(0))))
+                    .collect();
                 let kept = filter_record_batch(&batch, &keep)?;
                 stats.blocks_rewritten += 1;
                 stats.rows_removed += (batch.num_rows() - kept.num_rows()) as u64;
@@ -1637,7 +1654,13 @@ impl DiskStore {
             return Err(e);
         }
         self.inner.lock().generation = generation;
-        info!(table, horizon, blocks = stats.blocks_rewritten, rows = stats.rows_removed, "groomed");
+        info!(
+            table,
+            horizon,
+            blocks = stats.blocks_rewritten,
+            rows = stats.rows_removed,
+            "groomed"
+        );
         Ok(stats)
     }
 
@@ -1796,9 +1819,16 @@ impl BlockScan {
     /// Whether some row of `b` may be invisible to the snapshot.
     fn needs_check(&self, b: &IndexedBlock) -> bool {
         let m = &b.meta;
-        let own_block = self.snapshot.own.is_some_and(|o| m.createxid_min == o && m.createxid_max == o);
+        let own_block = self
+            .snapshot
+            .own
+            .is_some_and(|o| m.createxid_min == o && m.createxid_max == o);
         (!own_block && !self.snapshot.sees_all(m.createxid_min, m.createxid_max))
-            || self.deletes.range(m.rowid_min..=m.rowid_max).next().is_some()
+            || self
+                .deletes
+                .range(m.rowid_min..=m.rowid_max)
+                .next()
+                .is_some()
             || !self.own_deletes.is_empty()
     }
 
@@ -2709,7 +2739,11 @@ mod tests {
             snapshot: snap.clone(),
             ..spec(seg, 1, 0)
         };
-        store.scan(&s).unwrap().map(|b| b.unwrap().num_rows() as u64).sum()
+        store
+            .scan(&s)
+            .unwrap()
+            .map(|b| b.unwrap().num_rows() as u64)
+            .sum()
     }
 
     fn snap(xmax: Xid, xip: &[Xid], own: Option<Xid>) -> Snapshot {
@@ -2723,7 +2757,8 @@ mod tests {
     #[test]
     fn snapshots_see_only_committed_and_own_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DiskStore::create(&dir.path().join("d.img"), IDS, small_init(), opts(100)).unwrap();
+        let store =
+            DiskStore::create(&dir.path().join("d.img"), IDS, small_init(), opts(100)).unwrap();
         store.create_table(1, schema()).unwrap();
         let p = SegmentKind::Primary;
         store.append(p, 1, 0, 5, &rows(0, 250)).unwrap();
@@ -2740,11 +2775,26 @@ mod tests {
         assert_eq!(count(&store, p, &snap(8, &[], None)), 300);
         // Delete 10 rows in 9; conflicting delete in 10 fails with WriteConflict.
         let ids: Vec<i64> = (1..=10).collect();
-        assert_eq!(store.delete(p, 1, 0, 9, &ids, Some(&snap(9, &[], Some(9)))).unwrap(), 10);
+        assert_eq!(
+            store
+                .delete(p, 1, 0, 9, &ids, Some(&snap(9, &[], Some(9))))
+                .unwrap(),
+            10
+        );
         assert_eq!(count(&store, p, &snap(10, &[9], Some(9))), 290);
         assert_eq!(count(&store, p, &snap(10, &[9], None)), 300);
         let e = store.delete(p, 1, 0, 10, &[5], Some(&snap(10, &[9], Some(10))));
-        assert!(matches!(e, Err(EngineError::WriteConflict { rowid: 5, other: 9, .. })), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                Err(EngineError::WriteConflict {
+                    rowid: 5,
+                    other: 9,
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
         store.commit(9).unwrap();
         // After 9 committed, a snapshot that did not see 9 still conflicts.
         let e = store.delete(p, 1, 0, 10, &[5], Some(&snap(10, &[9], Some(10))));
@@ -2768,7 +2818,9 @@ mod tests {
         store.append(p, 1, 0, 3, &rows(0, 100)).unwrap();
         store.commit(3).unwrap();
         store.append(p, 1, 0, 4, &rows(100, 30)).unwrap();
-        store.delete(p, 1, 0, 4, &[1, 2], Some(&snap(5, &[], Some(4)))).unwrap();
+        store
+            .delete(p, 1, 0, 4, &[1, 2], Some(&snap(5, &[], Some(4))))
+            .unwrap();
         store.prepare(4).unwrap();
         store.append(p, 1, 0, 5, &rows(130, 30)).unwrap(); // never prepared: lost
         store.append(p, 1, 0, 6, &rows(160, 30)).unwrap();
@@ -2777,11 +2829,22 @@ mod tests {
         let store = DiskStore::open(&path, opts(100)).unwrap();
         assert_eq!(
             store.in_doubt(),
-            vec![TxnState { xid: 4, prepared: true }, TxnState { xid: 6, prepared: true }]
+            vec![
+                TxnState {
+                    xid: 4,
+                    prepared: true
+                },
+                TxnState {
+                    xid: 6,
+                    prepared: true
+                }
+            ]
         );
         assert_eq!(count(&store, p, &Snapshot::latest()), 100);
         // Its row locks are back: a conflicting delete fails.
-        assert!(store.delete(p, 1, 0, 7, &[2], Some(&snap(8, &[], Some(7)))).is_err());
+        assert!(store
+            .delete(p, 1, 0, 7, &[2], Some(&snap(8, &[], Some(7))))
+            .is_err());
         store.commit(4).unwrap();
         store.abort(6).unwrap();
         assert_eq!(count(&store, p, &Snapshot::latest()), 128);
@@ -2805,14 +2868,19 @@ mod tests {
             })
             .max()
             .unwrap();
-        assert!(max_rowid > 130, "a new rowid must not reuse a committed one: {max_rowid}");
+        assert!(
+            max_rowid > 130,
+            "a new rowid must not reuse a committed one: {max_rowid}"
+        );
     }
 
     #[test]
     fn forwarded_blocks_make_a_logical_mirror_and_groom_keeps_copies_equal() {
         let dir = tempfile::tempdir().unwrap();
-        let prim = DiskStore::create(&dir.path().join("p.img"), IDS, small_init(), opts(64)).unwrap();
-        let mirr = DiskStore::create(&dir.path().join("m.img"), IDS, small_init(), opts(64)).unwrap();
+        let prim =
+            DiskStore::create(&dir.path().join("p.img"), IDS, small_init(), opts(64)).unwrap();
+        let mirr =
+            DiskStore::create(&dir.path().join("m.img"), IDS, small_init(), opts(64)).unwrap();
         for d in [&prim, &mirr] {
             d.create_table(1, schema()).unwrap();
         }
@@ -2830,11 +2898,15 @@ mod tests {
         assert!(mirr.append_encoded(m, 1, 1, 3, &blocks[0]).is_err());
         let mut bad = blocks[0].clone();
         bad[100] ^= 1;
-        assert!(matches!(mirr.append_encoded(m, 1, 0, 3, &bad), Err(EngineError::ChecksumMismatch { .. })));
+        assert!(matches!(
+            mirr.append_encoded(m, 1, 0, 3, &bad),
+            Err(EngineError::ChecksumMismatch { .. })
+        ));
         prim.commit(3).unwrap();
         mirr.commit(3).unwrap();
         let del: Vec<i64> = (1..=500).filter(|i| i % 3 == 0).collect();
-        prim.delete(p, 1, 0, 4, &del, Some(&snap(5, &[], Some(4)))).unwrap();
+        prim.delete(p, 1, 0, 4, &del, Some(&snap(5, &[], Some(4))))
+            .unwrap();
         mirr.delete(m, 1, 0, 4, &del, None).unwrap();
         prim.commit(4).unwrap();
         mirr.commit(4).unwrap();
@@ -2854,7 +2926,8 @@ mod tests {
         assert_eq!(mirr.checksum(m, 1, 0, &latest).unwrap(), a);
         // A horizon below the deleting xid keeps the rows (a snapshot may need them).
         let dir2 = tempfile::tempdir().unwrap();
-        let s2 = DiskStore::create(&dir2.path().join("x.img"), IDS, small_init(), opts(64)).unwrap();
+        let s2 =
+            DiskStore::create(&dir2.path().join("x.img"), IDS, small_init(), opts(64)).unwrap();
         s2.create_table(1, schema()).unwrap();
         s2.append(p, 1, 0, 3, &rows(0, 100)).unwrap();
         s2.commit(3).unwrap();
@@ -2866,5 +2939,4 @@ mod tests {
         let prim = DiskStore::open(&dir.path().join("p.img"), opts(64)).unwrap();
         assert_eq!(prim.checksum(p, 1, 0, &latest).unwrap(), a);
     }
-
 }

@@ -3,9 +3,11 @@
 //! Built on datafusion-postgres (pg_catalog emulation, type encoding, the
 //! extended protocol, SET/SHOW, BEGIN/COMMIT bookkeeping) with our own routing
 //! in front of it: statements slicedb owns — CREATE TABLE with a distribution
-//! clause, DROP TABLE, COPY FROM STDIN / TO STDOUT, and what is not supported
-//! yet — are handled here; every other statement goes to DataFusion through
-//! datafusion-postgres. Every error leaves as a SQLSTATE.
+//! clause, DROP TABLE, COPY FROM STDIN / TO STDOUT, BEGIN / COMMIT /
+//! ROLLBACK, DELETE, UPDATE, TRUNCATE, GROOM TABLE — are handled here; every
+//! other statement goes to DataFusion through datafusion-postgres, inside
+//! the connection's transaction block when one is open (a task-local the
+//! coordinator's scans and inserts read). Every error leaves as a SQLSTATE.
 //!
 //! It never touches nodes or disks: it only calls the coordinator.
 
@@ -34,7 +36,9 @@ use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone};
 use pgwire::messages::PgWireBackendMessage;
 use slicedb_coordinator::load::Loader;
-use slicedb_coordinator::{Coordinator, Distribution};
+use slicedb_coordinator::provider::CURRENT_TXN;
+use slicedb_coordinator::txn::Txn;
+use slicedb_coordinator::{Coordinator, CoordinatorError, Distribution};
 use tokio::sync::Mutex;
 use tracing::{debug, info};
 
@@ -129,7 +133,227 @@ fn is_ours(s: &Statement) -> bool {
             | Statement::Truncate(_)
             | Statement::Update(_)
             | Statement::Delete(_)
+            | Statement::StartTransaction { .. }
+            | Statement::Commit { .. }
+            | Statement::Rollback { .. }
     )
+}
+
+/// `GROOM TABLE name` (Netezza): the table name, if `sql` is one.
+fn parse_groom(sql: &str) -> Option<String> {
+    let t = sql.trim().trim_end_matches(';').trim();
+    let mut words = t.split_whitespace();
+    let (g, k, name) = (words.next()?, words.next()?, words.next()?);
+    if !g.eq_ignore_ascii_case("groom")
+        || !k.eq_ignore_ascii_case("table")
+        || words.next().is_some()
+    {
+        return None;
+    }
+    let quoted = name.starts_with('"') && name.ends_with('"') && name.len() >= 2;
+    let raw = if quoted {
+        &name[1..name.len() - 1]
+    } else {
+        name
+    };
+    Some(normalize(raw, quoted))
+}
+
+/// The connection's open transaction block, if any.
+async fn conn_txn<C: ClientInfo>(client: &C) -> Option<Arc<Txn>> {
+    let state = client.session_extensions().get::<ConnState>()?;
+    let g = state.txn.lock().await;
+    g.clone()
+}
+
+async fn set_conn_txn<C: ClientInfo>(client: &C, txn: Option<Arc<Txn>>) {
+    let state = client
+        .session_extensions()
+        .get_or_insert_with(ConnState::default);
+    *state.txn.lock().await = txn;
+}
+
+/// Run `f` in the connection's transaction (inside BEGIN ... COMMIT: that
+/// block, which a failure marks failed) or in a transaction of its own
+/// (autocommit: committed on success, aborted on failure).
+async fn in_txn<C, T, F, Fut>(fe: &Frontend, client: &C, f: F) -> Result<T, SqlError>
+where
+    C: ClientInfo,
+    F: FnOnce(Arc<Txn>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, SqlError>>,
+{
+    let shared = fe.coord.shared();
+    match conn_txn(client).await {
+        Some(txn) => {
+            if let Some(why) = txn.failed() {
+                return Err(CoordinatorError::TransactionAborted(why).into());
+            }
+            let r = f(txn.clone()).await;
+            if let Err(e) = &r {
+                txn.mark_failed(e.to_string());
+            }
+            r
+        }
+        None => {
+            let txn = shared.begin()?;
+            match f(txn.clone()).await {
+                Ok(v) => {
+                    shared.commit(&txn).await?;
+                    Ok(v)
+                }
+                Err(e) => {
+                    shared.abort(&txn).await;
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
+fn expr_sql(e: &SqlExpr) -> String {
+    e.to_string()
+}
+
+fn table_of(
+    t: &datafusion::sql::sqlparser::ast::TableWithJoins,
+) -> Result<(String, Option<String>), SqlError> {
+    use datafusion::sql::sqlparser::ast::TableFactor;
+    if !t.joins.is_empty() {
+        return Err(SqlError::not_supported("UPDATE or DELETE with joins"));
+    }
+    match &t.relation {
+        TableFactor::Table { name, alias, .. } => Ok((
+            object_name(name)?,
+            alias
+                .as_ref()
+                .map(|a| normalize(&a.name.value, a.name.quote_style.is_some())),
+        )),
+        other => Err(SqlError::not_supported(format!(
+            "UPDATE or DELETE of {other}"
+        ))),
+    }
+}
+
+/// DELETE, UPDATE, TRUNCATE.
+async fn run_dml<C: ClientInfo>(
+    fe: &Frontend,
+    client: &C,
+    st: Statement,
+) -> Result<Response, SqlError> {
+    use datafusion::sql::sqlparser::ast::{AssignmentTarget, FromTable};
+    let coord = fe.coord.clone();
+    match st {
+        Statement::Delete(d) => {
+            if d.using.is_some()
+                || d.returning.is_some()
+                || !d.order_by.is_empty()
+                || d.limit.is_some()
+            {
+                return Err(SqlError::not_supported(
+                    "DELETE with USING, RETURNING, ORDER BY or LIMIT",
+                ));
+            }
+            let tables = match &d.from {
+                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
+            };
+            let [t] = tables.as_slice() else {
+                return Err(SqlError::not_supported("DELETE from several tables"));
+            };
+            let (name, alias) = table_of(t)?;
+            let sel = d.selection.as_ref().map(expr_sql);
+            let n = in_txn(fe, client, |txn| async move {
+                Ok(coord
+                    .delete(&txn, &name, alias.as_deref(), sel.as_deref())
+                    .await?)
+            })
+            .await?;
+            Ok(Response::Execution(
+                Tag::new("DELETE").with_rows(n as usize),
+            ))
+        }
+        Statement::Update(u) => {
+            if u.from.is_some() || u.returning.is_some() {
+                return Err(SqlError::not_supported("UPDATE with FROM or RETURNING"));
+            }
+            let (name, alias) = table_of(&u.table)?;
+            let mut assignments = Vec::new();
+            for a in &u.assignments {
+                let AssignmentTarget::ColumnName(c) = &a.target else {
+                    return Err(SqlError::not_supported("UPDATE of a column tuple"));
+                };
+                let ident =
+                    c.0.last().and_then(|p| p.as_ident()).ok_or_else(|| {
+                        SqlError::user("42601", format!("bad column {c} in UPDATE"))
+                    })?;
+                assignments.push((
+                    normalize(&ident.value, ident.quote_style.is_some()),
+                    expr_sql(&a.value),
+                ));
+            }
+            let sel = u.selection.as_ref().map(expr_sql);
+            let n = in_txn(fe, client, |txn| async move {
+                Ok(coord
+                    .update(&txn, &name, alias.as_deref(), &assignments, sel.as_deref())
+                    .await?)
+            })
+            .await?;
+            Ok(Response::Execution(
+                Tag::new("UPDATE").with_rows(n as usize),
+            ))
+        }
+        Statement::Truncate(t) => {
+            let names: Vec<String> = t
+                .table_names
+                .iter()
+                .map(|n| object_name(&n.name))
+                .collect::<Result<_, _>>()?;
+            in_txn(fe, client, |txn| async move {
+                for n in &names {
+                    coord.delete(&txn, n, None, None).await?;
+                }
+                Ok(())
+            })
+            .await?;
+            Ok(Response::Execution(Tag::new("TRUNCATE TABLE")))
+        }
+        other => Err(SqlError::not_supported(format!("statement {other}"))),
+    }
+}
+
+/// BEGIN, COMMIT, ROLLBACK.
+async fn run_txn_control<C: ClientInfo>(
+    fe: &Frontend,
+    client: &C,
+    st: &Statement,
+) -> Result<Response, SqlError> {
+    let shared = fe.coord.shared();
+    match st {
+        Statement::StartTransaction { .. } => {
+            if conn_txn(client).await.is_none() {
+                set_conn_txn(client, Some(shared.begin()?)).await;
+            }
+            Ok(Response::TransactionStart(Tag::new("BEGIN")))
+        }
+        Statement::Commit { .. } => {
+            let Some(txn) = conn_txn(client).await else {
+                return Ok(Response::TransactionEnd(Tag::new("COMMIT")));
+            };
+            set_conn_txn(client, None).await;
+            if txn.failed().is_some() {
+                shared.abort(&txn).await;
+                return Ok(Response::TransactionEnd(Tag::new("ROLLBACK")));
+            }
+            shared.commit(&txn).await?;
+            Ok(Response::TransactionEnd(Tag::new("COMMIT")))
+        }
+        _ => {
+            if let Some(txn) = conn_txn(client).await {
+                set_conn_txn(client, None).await;
+                shared.abort(&txn).await;
+            }
+            Ok(Response::TransactionEnd(Tag::new("ROLLBACK")))
+        }
+    }
 }
 
 fn object_name(n: &ObjectName) -> Result<String, SqlError> {
@@ -199,11 +423,12 @@ where
                 )),
             }
         }
-        Statement::Truncate(_) | Statement::Update(_) | Statement::Delete(_) => {
-            Err(SqlError::not_supported(
-                "UPDATE, DELETE and TRUNCATE arrive with mirrored transactional writes",
-            ))
+        st @ (Statement::Truncate(_) | Statement::Update(_) | Statement::Delete(_)) => {
+            run_dml(fe, client, st).await
         }
+        st @ (Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }) => run_txn_control(fe, client, &st).await,
         other => Err(SqlError::not_supported(format!("statement {other}"))),
     }
 }
@@ -313,6 +538,8 @@ async fn create_table(
 #[derive(Default)]
 struct ConnState {
     copy: Mutex<Option<ActiveCopy>>,
+    /// The open transaction block (BEGIN ... COMMIT/ROLLBACK).
+    txn: Mutex<Option<Arc<Txn>>>,
 }
 
 struct ActiveCopy {
@@ -397,9 +624,18 @@ where
             .map_err(datafusion::error::DataFusionError::from)?,
     );
     let ncols = targets.len();
+    let loader = match conn_txn(client).await {
+        Some(txn) => {
+            if let Some(why) = txn.failed() {
+                return Err(CoordinatorError::TransactionAborted(why).into());
+            }
+            Loader::in_txn(fe.coord.shared().clone(), fe.coord.table(&name)?, txn)
+        }
+        None => fe.coord.loader(&name)?,
+    };
     let active = ActiveCopy {
         decoder: CopyDecoder::new(decode_schema, opts, COPY_BATCH_ROWS),
-        loader: fe.coord.loader(&name)?,
+        loader,
         table,
         targets,
         error: None,
@@ -484,6 +720,14 @@ impl SimpleQueryHandler for Simple {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if let Some(table) = parse_groom(query) {
+            let (blocks, rows) = self.fe.coord.groom(&table).await.map_err(SqlError::from)?;
+            info!(table = %table, blocks, rows, "groomed");
+            return Ok(vec![Response::Execution(
+                Tag::new("GROOM").with_rows(rows as usize),
+            )]);
+        }
+        let txn = conn_txn(client).await;
         let parsed = match dialect::parse_statements(query) {
             Ok(p) => p,
             Err(ours) => {
@@ -497,7 +741,7 @@ impl SimpleQueryHandler for Simple {
                 };
             }
         };
-        if !parsed.iter().any(|p| is_ours(&p.statement)) {
+        if txn.is_none() && !parsed.iter().any(|p| is_ours(&p.statement)) {
             return fix_responses(SimpleQueryHandler::do_query(&*self.fe.df, client, query).await);
         }
         let mut out = Vec::new();
@@ -511,12 +755,42 @@ impl SimpleQueryHandler for Simple {
                 }
             } else {
                 let text = p.statement.to_string();
-                out.extend(fix_responses(
-                    SimpleQueryHandler::do_query(&*self.fe.df, client, &text).await,
-                )?);
+                out.extend(self.df_in_txn(client, &text).await?);
             }
         }
         Ok(out)
+    }
+}
+
+impl Simple {
+    /// A statement DataFusion plans, inside the connection's transaction
+    /// block if one is open.
+    async fn df_in_txn<C>(&self, client: &mut C, text: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match conn_txn(client).await {
+            None => fix_responses(SimpleQueryHandler::do_query(&*self.fe.df, client, text).await),
+            Some(txn) => {
+                if let Some(why) = txn.failed() {
+                    return Err(SqlError::from(CoordinatorError::TransactionAborted(why)).into());
+                }
+                let r = CURRENT_TXN
+                    .scope(txn.clone(), async {
+                        fix_responses(
+                            SimpleQueryHandler::do_query(&*self.fe.df, client, text).await,
+                        )
+                    })
+                    .await;
+                if let Err(e) = &r {
+                    txn.mark_failed(e.to_string());
+                }
+                r
+            }
+        }
     }
 }
 
@@ -644,7 +918,7 @@ impl QueryParser for OurParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        if parse_ours(sql).is_some() {
+        if parse_ours(sql).is_some() || parse_groom(sql).is_some() {
             return Ok(Some((sql.to_string(), None)));
         }
         self.fe
@@ -702,10 +976,34 @@ impl ExtendedQueryHandler for Extended {
             if let Some(p) = parse_ours(sql) {
                 return Ok(run_ours(&self.fe, client, p).await?);
             }
+            if let Some(table) = parse_groom(sql) {
+                let (_, rows) = self.fe.coord.groom(&table).await.map_err(SqlError::from)?;
+                return Ok(Response::Execution(
+                    Tag::new("GROOM").with_rows(rows as usize),
+                ));
+            }
         }
-        ExtendedQueryHandler::do_query(&*self.fe.df, client, portal, max_rows)
-            .await
-            .map_err(to_pg)
+        match conn_txn(client).await {
+            None => ExtendedQueryHandler::do_query(&*self.fe.df, client, portal, max_rows)
+                .await
+                .map_err(to_pg),
+            Some(txn) => {
+                if let Some(why) = txn.failed() {
+                    return Err(SqlError::from(CoordinatorError::TransactionAborted(why)).into());
+                }
+                let r = CURRENT_TXN
+                    .scope(txn.clone(), async {
+                        ExtendedQueryHandler::do_query(&*self.fe.df, client, portal, max_rows)
+                            .await
+                            .map_err(to_pg)
+                    })
+                    .await;
+                if let Err(e) = &r {
+                    txn.mark_failed(e.to_string());
+                }
+                r
+            }
+        }
     }
 }
 
@@ -739,7 +1037,7 @@ impl Frontend {
                 }
                 s if is_ours(s) => {
                     return Err(SqlError::not_supported(
-                        "UPDATE, DELETE and TRUNCATE arrive with mirrored transactional writes",
+                        "UPDATE, DELETE, TRUNCATE and transaction blocks in the embedded API; use the PostgreSQL wire protocol",
                     ))
                 }
                 s => {
