@@ -67,6 +67,18 @@ pub struct TableMeta {
     pub mirrored: bool,
 }
 
+impl TableMeta {
+    /// Where the table's rows live on a slice's primary node: the primary
+    /// segment (forwarded to the mirror) or, unmirrored, the temp segment.
+    pub fn segment(&self) -> slicedb_engine::proto::pb::Segment {
+        if self.mirrored {
+            slicedb_engine::proto::pb::Segment::Primary
+        } else {
+            slicedb_engine::proto::pb::Segment::Temp
+        }
+    }
+}
+
 /// The in-memory catalog plus where it is persisted.
 #[derive(Debug)]
 pub struct Catalog {

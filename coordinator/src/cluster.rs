@@ -149,7 +149,9 @@ impl Shared {
         map.persist(&self.config.data_dir)?;
         warn!(epoch = map.epoch, slices = ?slices, "mirror unreachable: slices degraded");
         *self.map.write() = Arc::new(map);
-        install_map(self).await
+        // A node that cannot be reached (often the very mirror that failed)
+        // gets the map when it is back; it refuses commands until then.
+        install_map_on(self, true).await
     }
 
     pub fn mark(&self, node: NodeId, up: bool) {
@@ -401,6 +403,12 @@ async fn wait_for_nodes(shared: &Shared) -> Result<()> {
 /// Send every node its part of the map, with its peers' addresses and, for
 /// each primary slice, whether to forward writes to the mirror.
 pub async fn install_map(shared: &Shared) -> Result<()> {
+    install_map_on(shared, false).await
+}
+
+/// [`install_map`]; with `skip_unreachable`, a node that does not answer is
+/// logged and skipped instead of failing the call.
+pub async fn install_map_on(shared: &Shared, skip_unreachable: bool) -> Result<()> {
     let map = shared.map();
     let peers: Vec<pb::Peer> = shared
         .nodes
@@ -434,15 +442,36 @@ pub async fn install_map(shared: &Shared) -> Result<()> {
             }
         }
         let mut c = n.grpc.clone();
-        c.install_map(pb::InstallMapRequest {
+        let call = c.install_map(pb::InstallMapRequest {
             epoch: map.epoch,
             node: n.id,
             slices,
             peers: peers.clone(),
             mirror_timeout_ms: shared.config.mirror_timeout.as_millis() as u64,
-        })
-        .await
-        .map_err(|s| n.err(s))?;
+        });
+        match tokio::time::timeout(shared.config.mirror_timeout, call).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(s)) if !skip_unreachable => return Err(n.err(s)),
+            Err(_) if !skip_unreachable => {
+                return Err(CoordinatorError::NodeUnreachable {
+                    node: n.id,
+                    address: n.address.clone(),
+                    message: "no answer to InstallMap".into(),
+                })
+            }
+            Ok(Err(s)) => {
+                shared.mark(n.id, false);
+                warn!(node = n.id, error = %s, epoch = map.epoch, "map not installed on an unreachable node");
+            }
+            Err(_) => {
+                shared.mark(n.id, false);
+                warn!(
+                    node = n.id,
+                    epoch = map.epoch,
+                    "map not installed: node did not answer"
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -120,7 +120,7 @@ impl Coordinator {
                     xid: txn.xid,
                     table: meta.id,
                     slice,
-                    segment: pb::Segment::Primary as i32,
+                    segment: meta.segment() as i32,
                     rowids,
                     snapshot: Some(snapshot.clone()),
                 })
@@ -265,8 +265,9 @@ pub async fn verify(shared: &crate::cluster::Shared) -> Result<Vec<VerifyRow>> {
                         .map_err(|s| n.err(s))
                     }
                 };
-                let p = ask(e.primary.node, pb::Segment::Primary).await;
+                let p = ask(e.primary.node, t.segment()).await;
                 let (m, status) = match (e.mirror, e.state) {
+                    _ if !t.mirrored => (None, "unmirrored".to_string()),
                     (None, _) | (_, SliceState::PrimaryOnly) => (None, "unmirrored".to_string()),
                     (Some(_), SliceState::Degraded) => (None, "degraded".to_string()),
                     (Some(loc), SliceState::InSync) => {

@@ -187,7 +187,7 @@ impl Loader {
             xid: self.txn.xid,
             table: self.table.id,
             slice: entry.slice,
-            segment: pb::Segment::Primary as i32,
+            segment: self.table.segment() as i32,
             batches: proto::batches_to_ipc(&self.table.schema, &[batch])?,
         };
         self.inflight.spawn(async move {

@@ -184,7 +184,7 @@ impl TableProvider for SliceTable {
                     .iter()
                     .map(|&slice| pb::SliceScan {
                         slice,
-                        segment: pb::Segment::Primary as i32,
+                        segment: self.meta.segment() as i32,
                     })
                     .collect(),
                 projection: projection
@@ -313,9 +313,18 @@ impl DisplayAs for BroadcastScanExec {
                 .map(|p| format!(
                     "node{}:{}",
                     p.node.id,
-                    p.slices
+                    p.request
+                        .slices
                         .iter()
-                        .map(|s| format!("({s},primary)"))
+                        .map(|s| format!(
+                            "({},{})",
+                            s.slice,
+                            match pb::Segment::try_from(s.segment) {
+                                Ok(pb::Segment::Mirror) => "mirror",
+                                Ok(pb::Segment::Temp) => "temp",
+                                _ => "primary",
+                            }
+                        ))
                         .collect::<Vec<_>>()
                         .join("")
                 ))

@@ -188,9 +188,15 @@ impl NodeServer {
         Ok(map.clone())
     }
 
+    /// The disk holding this node's copy of `slice` in `segment`. Unmirrored
+    /// data (the temp segment) lives on the disk of the slice's primary.
     fn owned_disk(&self, map: &NodeMap, slice: SliceId, segment: SegmentKind) -> Result<DiskId> {
+        let lookup = match segment {
+            SegmentKind::Temp => SegmentKind::Primary,
+            s => s,
+        };
         map.slices
-            .get(&(slice, segment))
+            .get(&(slice, lookup))
             .copied()
             .ok_or_else(|| EngineError::SliceNotOwned {
                 node: self.state.node,

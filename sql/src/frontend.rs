@@ -487,11 +487,6 @@ async fn create_table(
     } else if !matches!(options, CreateTableOptions::None) {
         return Err(SqlError::not_supported(format!("table options {options}")));
     }
-    if !mirrored {
-        return Err(SqlError::not_supported(
-            "WITH (mirrored = false): unmirrored tables arrive with mirrored writes",
-        ));
-    }
     let if_not_exists = ct.if_not_exists;
     // Let DataFusion turn the column definitions into an Arrow schema.
     let ctx = fe.coord.session();

@@ -180,12 +180,23 @@ impl Proc {
     /// Spawn `slicedb args...`, stderr to a log file, and wait for the first
     /// stdout line starting with `ready: `. Returns the process and that line.
     pub async fn spawn_ready(env: &TestEnv, name: &str, args: &[String]) -> Result<(Proc, String)> {
+        Self::spawn_ready_with(env, name, args, &[]).await
+    }
+
+    /// [`Proc::spawn_ready`] with extra environment variables.
+    pub async fn spawn_ready_with(
+        env: &TestEnv,
+        name: &str,
+        args: &[String],
+        vars: &[(&str, &str)],
+    ) -> Result<(Proc, String)> {
         let stderr_log = env.new_log(&format!("{name}.stderr"));
         let stdout_log = env.new_log(&format!("{name}.stdout"));
         let stderr = File::create(&stderr_log).context("creating the stderr log")?;
         let mut child = Command::new(BIN)
             .args(args)
             .env("RUST_BACKTRACE", "1")
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
@@ -271,7 +282,7 @@ impl Proc {
         }
     }
 
-    async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;
         loop {
             let child = self.child.as_mut()?;
@@ -378,6 +389,16 @@ fn parse_ready_url(line: &str) -> Result<String> {
 impl Slicedb {
     /// `slicedb local --nodes N --data DIR --listen 127.0.0.1:0`.
     pub async fn local(env: &TestEnv, nodes: u32, data_dir: &Path) -> Result<Slicedb> {
+        Self::local_with(env, nodes, data_dir, &[]).await
+    }
+
+    /// [`Slicedb::local`] with extra environment variables (failpoints).
+    pub async fn local_with(
+        env: &TestEnv,
+        nodes: u32,
+        data_dir: &Path,
+        vars: &[(&str, &str)],
+    ) -> Result<Slicedb> {
         let args = vec![
             "local".to_string(),
             "--nodes".to_string(),
@@ -387,7 +408,7 @@ impl Slicedb {
             "--listen".to_string(),
             "127.0.0.1:0".to_string(),
         ];
-        let (proc, line) = Proc::spawn_ready(env, "local", &args).await?;
+        let (proc, line) = Proc::spawn_ready_with(env, "local", &args, vars).await?;
         let url = parse_ready_url(&line)?;
         ensure!(
             !url.ends_with(":0/slicedb"),
@@ -507,6 +528,25 @@ impl Slicedb {
 
     pub async fn connect(&self) -> Result<Client> {
         connect(&self.url).await
+    }
+
+    /// Wait for the SQL-serving process to exit on its own (a failpoint).
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        self.procs.last_mut()?.wait_exit(limit).await
+    }
+
+    /// kill -9 every process.
+    pub fn kill(mut self) {
+        for p in &mut self.procs {
+            p.kill();
+        }
+    }
+
+    /// kill -9 the process at `index` (start order: nodes, then coordinator).
+    pub fn kill_proc(&mut self, index: usize) {
+        if let Some(p) = self.procs.get_mut(index) {
+            p.kill();
+        }
     }
 }
 

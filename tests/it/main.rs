@@ -9,6 +9,7 @@ mod copy_csv;
 mod data;
 mod disk_cli;
 mod harness;
+mod mirror;
 mod multiprocess;
 mod psql;
 mod python;
