@@ -191,7 +191,7 @@ impl Coordinator {
         let mut loader = Loader::in_txn(self.shared().clone(), meta.clone(), txn.clone());
         for b in &batches {
             let cols: Vec<Arc<dyn Array>> = b.columns()[2..].to_vec();
-            let fields: Vec<_> = b.schema().fields()[2..].iter().cloned().collect();
+            let fields: Vec<_> = b.schema().fields()[2..].to_vec();
             let batch =
                 RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), cols)?;
             if let Err(e) = loader.push(batch).await {

@@ -633,6 +633,90 @@ pub fn stored_schema(user: &Schema) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(fields, user.metadata().clone()))
 }
 
+/// Magic of a delete run: delete records (rowid, xid) of one stream.
+pub const DELETE_RUN_MAGIC: [u8; 4] = *b"SLDR";
+const DELETE_RUN_HEADER_LEN: usize = 32;
+
+/// Encode delete records of one (table, slice) as a delete run (docs/disk-format.md).
+pub fn encode_delete_run(table: TableId, slice: SliceId, records: &[(i64, u64)]) -> Vec<u8> {
+    let mut w = ByteWriter::with_capacity(DELETE_RUN_HEADER_LEN + records.len() * 16 + 4);
+    w.bytes(&DELETE_RUN_MAGIC);
+    w.u16(1);
+    w.u16(0);
+    w.u64(records.len() as u64);
+    w.u64(table);
+    w.u32(slice);
+    w.u32(0);
+    for (rowid, xid) in records {
+        w.i64(*rowid);
+        w.u64(*xid);
+    }
+    let crc = crc32c::crc32c(&w.buf);
+    w.u32(crc);
+    w.buf
+}
+
+/// Length in bytes of a delete run of `count` records.
+pub fn delete_run_len(count: u64) -> u64 {
+    DELETE_RUN_HEADER_LEN as u64 + count * 16 + 4
+}
+
+/// Verify and decode a delete run read from `offset` of `disk`.
+pub fn decode_delete_run(
+    bytes: &[u8],
+    disk: DiskId,
+    offset: u64,
+    table: TableId,
+    slice: SliceId,
+) -> Result<Vec<(i64, u64)>> {
+    let corrupt = |reason: String| EngineError::CorruptBlock { offset, reason };
+    if bytes.len() < DELETE_RUN_HEADER_LEN + 4 {
+        return Err(corrupt("delete run too short".into()));
+    }
+    let (body, tail) = bytes.split_at(bytes.len() - 4);
+    let expected = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+    let found = crc32c::crc32c(body);
+    if expected != found {
+        return Err(EngineError::ChecksumMismatch {
+            disk,
+            offset,
+            table,
+            slice,
+            expected,
+            found,
+        });
+    }
+    let mut r = ByteReader::new(body);
+    let parse = (|| -> std::result::Result<_, Truncated> {
+        let magic = r.take(4)?.to_vec();
+        let version = r.u16()?;
+        let _ = r.u16()?;
+        let count = r.u64()?;
+        let t = r.u64()?;
+        let sl = r.u32()?;
+        let _ = r.u32()?;
+        Ok((magic, version, count, t, sl))
+    })();
+    let (magic, version, count, t, sl) =
+        parse.map_err(|_| corrupt("delete run header truncated".into()))?;
+    if magic != DELETE_RUN_MAGIC || version != 1 {
+        return Err(corrupt("bad delete run magic or version".into()));
+    }
+    if t != table || sl != slice || delete_run_len(count) != bytes.len() as u64 {
+        return Err(corrupt(format!(
+            "delete run says table {t} slice {sl} count {count}, expected table {table} slice {slice} in {} bytes",
+            bytes.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let rec = (|| -> std::result::Result<_, Truncated> { Ok((r.i64()?, r.u64()?)) })()
+            .map_err(|_| corrupt("delete run truncated".into()))?;
+        out.push(rec);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -761,88 +845,4 @@ mod tests {
             Err(EngineError::CorruptBlock { .. })
         ));
     }
-}
-
-/// Magic of a delete run: delete records (rowid, xid) of one stream.
-pub const DELETE_RUN_MAGIC: [u8; 4] = *b"SLDR";
-const DELETE_RUN_HEADER_LEN: usize = 32;
-
-/// Encode delete records of one (table, slice) as a delete run (docs/disk-format.md).
-pub fn encode_delete_run(table: TableId, slice: SliceId, records: &[(i64, u64)]) -> Vec<u8> {
-    let mut w = ByteWriter::with_capacity(DELETE_RUN_HEADER_LEN + records.len() * 16 + 4);
-    w.bytes(&DELETE_RUN_MAGIC);
-    w.u16(1);
-    w.u16(0);
-    w.u64(records.len() as u64);
-    w.u64(table);
-    w.u32(slice);
-    w.u32(0);
-    for (rowid, xid) in records {
-        w.i64(*rowid);
-        w.u64(*xid);
-    }
-    let crc = crc32c::crc32c(&w.buf);
-    w.u32(crc);
-    w.buf
-}
-
-/// Length in bytes of a delete run of `count` records.
-pub fn delete_run_len(count: u64) -> u64 {
-    DELETE_RUN_HEADER_LEN as u64 + count * 16 + 4
-}
-
-/// Verify and decode a delete run read from `offset` of `disk`.
-pub fn decode_delete_run(
-    bytes: &[u8],
-    disk: DiskId,
-    offset: u64,
-    table: TableId,
-    slice: SliceId,
-) -> Result<Vec<(i64, u64)>> {
-    let corrupt = |reason: String| EngineError::CorruptBlock { offset, reason };
-    if bytes.len() < DELETE_RUN_HEADER_LEN + 4 {
-        return Err(corrupt("delete run too short".into()));
-    }
-    let (body, tail) = bytes.split_at(bytes.len() - 4);
-    let expected = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
-    let found = crc32c::crc32c(body);
-    if expected != found {
-        return Err(EngineError::ChecksumMismatch {
-            disk,
-            offset,
-            table,
-            slice,
-            expected,
-            found,
-        });
-    }
-    let mut r = ByteReader::new(body);
-    let parse = (|| -> std::result::Result<_, Truncated> {
-        let magic = r.take(4)?.to_vec();
-        let version = r.u16()?;
-        let _ = r.u16()?;
-        let count = r.u64()?;
-        let t = r.u64()?;
-        let sl = r.u32()?;
-        let _ = r.u32()?;
-        Ok((magic, version, count, t, sl))
-    })();
-    let (magic, version, count, t, sl) =
-        parse.map_err(|_| corrupt("delete run header truncated".into()))?;
-    if magic != DELETE_RUN_MAGIC || version != 1 {
-        return Err(corrupt("bad delete run magic or version".into()));
-    }
-    if t != table || sl != slice || delete_run_len(count) != bytes.len() as u64 {
-        return Err(corrupt(format!(
-            "delete run says table {t} slice {sl} count {count}, expected table {table} slice {slice} in {} bytes",
-            bytes.len()
-        )));
-    }
-    let mut out = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        let rec = (|| -> std::result::Result<_, Truncated> { Ok((r.i64()?, r.u64()?)) })()
-            .map_err(|_| corrupt("delete run truncated".into()))?;
-        out.push(rec);
-    }
-    Ok(out)
 }

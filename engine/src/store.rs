@@ -163,6 +163,13 @@ pub struct SliceChecksum {
     pub checksum: u64,
 }
 
+/// One stream a groom rewrites: its key, blocks and deletes as read.
+type GroomWork = (
+    StreamKey,
+    Arc<Vec<Arc<IndexedBlock>>>,
+    Arc<BTreeMap<i64, Xid>>,
+);
+
 /// What a groom did on one disk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct GroomStats {
@@ -1517,11 +1524,7 @@ impl DiskStore {
             let Some(t) = inner.tables.get(&table) else {
                 return Ok(GroomStats::default());
             };
-            let work: Vec<(
-                StreamKey,
-                Arc<Vec<Arc<IndexedBlock>>>,
-                Arc<BTreeMap<i64, Xid>>,
-            )> = inner
+            let work: Vec<GroomWork> = inner
                 .streams
                 .iter()
                 .filter(|(k, s)| k.table == table && s.deletes.values().any(|&x| x < horizon))
