@@ -407,6 +407,9 @@ impl Slicedb {
             data_dir.display().to_string(),
             "--listen".to_string(),
             "127.0.0.1:0".to_string(),
+            // Small sparse images: test data is small, and copies stay cheap.
+            "--disk-size".to_string(),
+            "512MiB".to_string(),
         ];
         let (proc, line) = Proc::spawn_ready_with(env, "local", &args, vars).await?;
         let url = parse_ready_url(&line)?;

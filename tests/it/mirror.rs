@@ -189,6 +189,17 @@ fn mixed_workload_verifies_and_each_copy_rebuilds_the_table() {
             segs.len() == 2 && segs[0][1] == segs[1][1],
             "mirror and primary row counts: {segs:?}"
         );
+        // The CLI says the same, and exits 0.
+        let out = std::process::Command::new(harness::BIN)
+            .args(["verify", "--url", db.url()])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success() && text.contains("in_sync") && !text.contains("diverged"),
+            "slicedb verify: {:?}\n{text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
         drop(c);
         // kill -9: nothing after an acknowledged COMMIT may be lost.
         db.kill();
