@@ -41,6 +41,12 @@ pub struct CoordinatorSection {
     /// the slice is marked degraded, e.g. "2s".
     #[serde(default = "default_mirror_timeout")]
     pub mirror_timeout: String,
+    /// Heartbeat period of the failure detector, e.g. "200ms".
+    #[serde(default = "default_heartbeat_interval")]
+    pub heartbeat_interval: String,
+    /// How long one heartbeat or probe may take, e.g. "300ms".
+    #[serde(default = "default_probe_timeout")]
+    pub probe_timeout: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -71,6 +77,12 @@ fn default_listen() -> String {
 }
 fn default_connect_timeout() -> String {
     "30s".into()
+}
+fn default_heartbeat_interval() -> String {
+    "200ms".into()
+}
+fn default_probe_timeout() -> String {
+    "300ms".into()
 }
 fn default_mirror_timeout() -> String {
     "2s".into()
@@ -111,6 +123,8 @@ impl ClusterConfig {
         }
         parse_duration(&self.coordinator.connect_timeout)?;
         parse_duration(&self.coordinator.mirror_timeout)?;
+        parse_duration(&self.coordinator.heartbeat_interval)?;
+        parse_duration(&self.coordinator.probe_timeout)?;
         let mut ids = BTreeSet::new();
         let mut addrs = BTreeSet::new();
         for n in &self.nodes {

@@ -172,6 +172,8 @@ impl LocalCluster {
             connect_timeout: Duration::from_secs(30),
             target_partitions: 0,
             mirror_timeout: Duration::from_secs(2),
+            heartbeat_interval: CoordinatorConfig::DEFAULT_HEARTBEAT_INTERVAL,
+            probe_timeout: CoordinatorConfig::DEFAULT_PROBE_TIMEOUT,
         })
         .await?;
         let frontend = Frontend::new(Arc::new(coord))?;
@@ -301,6 +303,8 @@ pub async fn run_coordinator(
         connect_timeout: config::parse_duration(&cfg.coordinator.connect_timeout)?,
         target_partitions: 0,
         mirror_timeout: config::parse_duration(&cfg.coordinator.mirror_timeout)?,
+        heartbeat_interval: config::parse_duration(&cfg.coordinator.heartbeat_interval)?,
+        probe_timeout: config::parse_duration(&cfg.coordinator.probe_timeout)?,
     })
     .await?;
     let frontend = Frontend::new(Arc::new(coord))?;

@@ -213,7 +213,14 @@ async fn verify(url: &str, all: bool) -> Result<()> {
         *counts.entry(key).or_default() += 1;
     }
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
-    println!("slices: {}", if summary.is_empty() { "none".into() } else { summary.join(", ") });
+    println!(
+        "slices: {}",
+        if summary.is_empty() {
+            "none".into()
+        } else {
+            summary.join(", ")
+        }
+    );
     if bad > 0 {
         anyhow::bail!("{bad} slice(s) diverged or could not be checked");
     }

@@ -68,6 +68,27 @@ pub struct TableMeta {
 }
 
 impl TableMeta {
+    /// The segment to read and write a slice in, given where it is served
+    /// (`from_mirror`: failed over to its mirror). Unmirrored data has no
+    /// second copy: once its primary failed, the slice is unavailable.
+    pub fn segment_for(
+        &self,
+        slice: u32,
+        from_mirror: bool,
+    ) -> crate::Result<slicedb_engine::proto::pb::Segment> {
+        match (from_mirror, self.mirrored) {
+            (false, _) => Ok(self.segment()),
+            (true, true) => Ok(slicedb_engine::proto::pb::Segment::Mirror),
+            (true, false) => Err(crate::CoordinatorError::SliceUnavailable {
+                slice,
+                reason: format!(
+                    "table \"{}\" is unmirrored and the slice's primary node failed",
+                    self.name
+                ),
+            }),
+        }
+    }
+
     /// Where the table's rows live on a slice's primary node: the primary
     /// segment (forwarded to the mirror) or, unmirrored, the temp segment.
     pub fn segment(&self) -> slicedb_engine::proto::pb::Segment {

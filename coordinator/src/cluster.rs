@@ -48,6 +48,16 @@ pub struct CoordinatorConfig {
     pub target_partitions: usize,
     /// How long a primary waits for its mirror before the slice is degraded.
     pub mirror_timeout: Duration,
+    /// Heartbeat period; a node that misses one is probed at once and, if the
+    /// probe fails too, declared failed (detection <= interval + 2 x timeout).
+    pub heartbeat_interval: Duration,
+    /// How long one heartbeat or probe may take.
+    pub probe_timeout: Duration,
+}
+
+impl CoordinatorConfig {
+    pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
+    pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 }
 
 /// One node's clients. Channels reconnect by themselves.
@@ -145,7 +155,9 @@ impl Shared {
         if !changed {
             return Ok(());
         }
-        map.epoch += 1;
+        map.bump(format!(
+            "mirror unreachable at commit: slices {slices:?} degraded"
+        ));
         map.persist(&self.config.data_dir)?;
         warn!(epoch = map.epoch, slices = ?slices, "mirror unreachable: slices degraded");
         *self.map.write() = Arc::new(map);
@@ -154,7 +166,33 @@ impl Shared {
         install_map_on(self, true).await
     }
 
+    /// Declare `node` failed: change the map first (epoch + 1: its primaries
+    /// fail over to in-sync mirrors, its mirrors' primaries become
+    /// unprotected), persist it, install it on every surviving node. A node
+    /// that comes back is fenced by the epoch and stays out.
+    pub async fn fail_node(&self, node: NodeId, cause: &str) -> Result<()> {
+        let _g = self.map_lock.lock().await;
+        let mut map = (*self.map()).clone();
+        if !map.fail_node(node, cause) {
+            return Ok(());
+        }
+        map.persist(&self.config.data_dir)?;
+        warn!(node, epoch = map.epoch, cause, "node failed: map changed");
+        *self.map.write() = Arc::new(map);
+        self.mark(node, false);
+        self.txns.forget_node(node);
+        install_map_on(self, true).await
+    }
+
+    /// Whether the map has declared `node` failed.
+    pub fn is_down(&self, node: NodeId) -> bool {
+        self.map().down.contains(&node)
+    }
+
     pub fn mark(&self, node: NodeId, up: bool) {
+        // A node the map declared failed stays down (fenced) even if it
+        // answers again, until it is regenerated.
+        let up = up && !self.is_down(node);
         self.node_state
             .lock()
             .insert(node, if up { "up" } else { "down" }.to_string());
@@ -211,6 +249,7 @@ impl Coordinator {
             info!(resolved, "resolved in-doubt transactions at startup");
         }
         crate::txn::spawn_resolver(shared.clone(), Duration::from_millis(500));
+        spawn_heartbeats(shared.clone());
         // Make sure every node knows every table (a node may have been
         // initialised after the table was created, or missed a DDL).
         let tables = shared.catalog.lock().tables();
@@ -331,7 +370,12 @@ impl Coordinator {
         };
         self.ctx.deregister_table(name)?;
         let epoch = self.shared.map().epoch;
-        for n in self.shared.nodes.values() {
+        for n in self
+            .shared
+            .nodes
+            .values()
+            .filter(|n| !self.shared.is_down(n.id))
+        {
             let mut c = n.grpc.clone();
             if let Err(s) = c
                 .drop_table(pb::DropTableRequest {
@@ -352,25 +396,72 @@ impl Coordinator {
 async fn create_on_nodes(shared: &Shared, meta: &TableMeta) -> Result<()> {
     let epoch = shared.map().epoch;
     let schema = proto::schema_to_bytes(&meta.schema)?;
-    let calls = shared.nodes.values().map(|n| {
-        let mut c = n.grpc.clone();
-        let req = pb::CreateTableRequest {
-            epoch,
-            table: meta.id,
-            schema: schema.clone(),
-            mirrored: meta.mirrored,
-        };
-        async move { c.create_table(req).await.map_err(|s| n.err(s)) }
-    });
+    let calls = shared
+        .nodes
+        .values()
+        .filter(|n| !shared.is_down(n.id))
+        .map(|n| {
+            let mut c = n.grpc.clone();
+            let req = pb::CreateTableRequest {
+                epoch,
+                table: meta.id,
+                schema: schema.clone(),
+                mirrored: meta.mirrored,
+            };
+            async move { c.create_table(req).await.map_err(|s| n.err(s)) }
+        });
     for r in futures::future::join_all(calls).await {
         r?;
     }
     Ok(())
 }
 
+/// The system manager's failure detector: a Status heartbeat to every live
+/// node each interval; a miss is probed again at once; two misses in a row
+/// fail the node.
+fn spawn_heartbeats(shared: Arc<Shared>) {
+    tokio::spawn(async move {
+        let interval = shared.config.heartbeat_interval;
+        let timeout = shared.config.probe_timeout;
+        loop {
+            tokio::time::sleep(interval).await;
+            let live: Vec<NodeClient> = shared
+                .nodes
+                .values()
+                .filter(|n| !shared.is_down(n.id))
+                .cloned()
+                .collect();
+            let probes = live.into_iter().map(|n| {
+                let shared = shared.clone();
+                async move {
+                    let mut last = String::new();
+                    for _ in 0..2 {
+                        let mut c = n.grpc.clone();
+                        match tokio::time::timeout(timeout, c.status(pb::StatusRequest {})).await {
+                            Ok(Ok(_)) => {
+                                shared.mark(n.id, true);
+                                return;
+                            }
+                            Ok(Err(s)) => last = s.message().to_string(),
+                            Err(_) => last = format!("no answer in {timeout:?}"),
+                        }
+                    }
+                    if let Err(e) = shared
+                        .fail_node(n.id, &format!("missed heartbeat and probe: {last}"))
+                        .await
+                    {
+                        warn!(node = n.id, error = %e, "failover failed");
+                    }
+                }
+            });
+            futures::future::join_all(probes).await;
+        }
+    });
+}
+
 async fn wait_for_nodes(shared: &Shared) -> Result<()> {
     let deadline = Instant::now() + shared.config.connect_timeout;
-    for n in shared.nodes.values() {
+    for n in shared.nodes.values().filter(|n| !shared.is_down(n.id)) {
         loop {
             let mut c = n.grpc.clone();
             match c.status(pb::StatusRequest {}).await {
@@ -418,7 +509,14 @@ pub async fn install_map_on(shared: &Shared, skip_unreachable: bool) -> Result<(
             address: n.address.clone(),
         })
         .collect();
-    for n in shared.nodes.values() {
+    let calls = shared
+        .nodes
+        .values()
+        .filter(|n| !map.down.contains(&n.id))
+        .map(|n| {
+            let map = map.clone();
+            let peers = peers.clone();
+            async move {
         let mut slices = Vec::new();
         for e in &map.slices {
             if e.primary.node == n.id {
@@ -446,32 +544,33 @@ pub async fn install_map_on(shared: &Shared, skip_unreachable: bool) -> Result<(
             epoch: map.epoch,
             node: n.id,
             slices,
-            peers: peers.clone(),
+            peers,
             mirror_timeout_ms: shared.config.mirror_timeout.as_millis() as u64,
         });
         match tokio::time::timeout(shared.config.mirror_timeout, call).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(s)) if !skip_unreachable => return Err(n.err(s)),
-            Err(_) if !skip_unreachable => {
-                return Err(CoordinatorError::NodeUnreachable {
-                    node: n.id,
-                    address: n.address.clone(),
-                    message: "no answer to InstallMap".into(),
-                })
-            }
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(s)) if !skip_unreachable => Err(n.err(s)),
+            Err(_) if !skip_unreachable => Err(CoordinatorError::NodeUnreachable {
+                node: n.id,
+                address: n.address.clone(),
+                message: "no answer to InstallMap".into(),
+            }),
             Ok(Err(s)) => {
                 shared.mark(n.id, false);
                 warn!(node = n.id, error = %s, epoch = map.epoch, "map not installed on an unreachable node");
+                Ok(())
             }
             Err(_) => {
                 shared.mark(n.id, false);
-                warn!(
-                    node = n.id,
-                    epoch = map.epoch,
-                    "map not installed: node did not answer"
-                );
+                warn!(node = n.id, epoch = map.epoch, "map not installed: node did not answer");
+                Ok(())
             }
         }
+            }
+        });
+    // In parallel: the window where nodes disagree on the epoch stays short.
+    for r in futures::future::join_all(calls).await {
+        r?;
     }
     Ok(())
 }

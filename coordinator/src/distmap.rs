@@ -34,6 +34,14 @@ pub enum SliceState {
     /// primary holds rows the mirror does not. Writes are no longer
     /// forwarded; never promote the mirror until it is resynced.
     Degraded,
+    /// The primary's node failed: the mirror is the acting primary and serves
+    /// the slice from its mirror segment. Unprotected until regenerated.
+    FailedOver,
+    /// The mirror's node failed: the primary serves alone, unprotected.
+    Unprotected,
+    /// Both copies are gone, or the surviving one was not in sync (a double
+    /// fault): the slice is refused rather than answered wrong.
+    Unavailable,
 }
 
 impl SliceState {
@@ -42,6 +50,9 @@ impl SliceState {
             SliceState::PrimaryOnly => "primary_only",
             SliceState::InSync => "in_sync",
             SliceState::Degraded => "degraded",
+            SliceState::FailedOver => "failed_over",
+            SliceState::Unprotected => "unprotected",
+            SliceState::Unavailable => "unavailable",
         }
     }
 }
@@ -54,11 +65,87 @@ pub struct SliceEntry {
     pub state: SliceState,
 }
 
+impl SliceEntry {
+    /// Where the slice is served now: the primary, or (failed over) the
+    /// mirror's location, read from its mirror segment (`true`).
+    pub fn serving(&self) -> Result<(Location, bool)> {
+        match (self.state, self.mirror) {
+            (SliceState::FailedOver, Some(m)) => Ok((m, true)),
+            (SliceState::Unavailable, _) | (SliceState::FailedOver, None) => {
+                Err(CoordinatorError::SliceUnavailable {
+                    slice: self.slice,
+                    reason:
+                        "both copies are lost or the surviving copy was not in sync (double fault)"
+                            .into(),
+                })
+            }
+            _ => Ok((self.primary, false)),
+        }
+    }
+}
+
+/// One change of the map, for `slicedb_map_history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapChange {
+    pub epoch: u64,
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+    pub cause: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DistMap {
     pub version: u32,
     pub epoch: u64,
     pub slices: Vec<SliceEntry>,
+    /// Nodes declared failed: out of the cluster until regenerated.
+    #[serde(default)]
+    pub down: Vec<NodeId>,
+    #[serde(default)]
+    pub history: Vec<MapChange>,
+}
+
+impl DistMap {
+    /// Record a change: epoch + 1 and a history entry.
+    pub fn bump(&mut self, cause: impl Into<String>) {
+        self.epoch += 1;
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.history.push(MapChange {
+            epoch: self.epoch,
+            at_ms,
+            cause: cause.into(),
+        });
+    }
+
+    /// Fail `node`: its primaries fail over to their mirrors if those are in
+    /// sync (else they become unavailable), its mirrors leave their
+    /// primaries unprotected. Returns false if it was already down.
+    pub fn fail_node(&mut self, node: NodeId, cause: &str) -> bool {
+        if self.down.contains(&node) {
+            return false;
+        }
+        self.down.push(node);
+        for e in &mut self.slices {
+            let primary_here = e.primary.node == node;
+            let mirror_here = e.mirror.is_some_and(|m| m.node == node);
+            e.state = match (e.state, primary_here, mirror_here) {
+                (SliceState::InSync, true, _) => SliceState::FailedOver,
+                (SliceState::InSync, false, true) => SliceState::Unprotected,
+                (SliceState::FailedOver, _, true) => SliceState::Unavailable,
+                (SliceState::FailedOver, _, false) => SliceState::FailedOver,
+                (s, true, _) => {
+                    let _ = s;
+                    SliceState::Unavailable
+                }
+                (s, false, _) => s,
+            };
+        }
+        self.bump(format!("node {node} failed: {cause}"));
+        true
+    }
 }
 
 const MAP_VERSION: u32 = 1;
@@ -127,6 +214,8 @@ impl DistMap {
             version: MAP_VERSION,
             epoch: 1,
             slices,
+            down: Vec::new(),
+            history: Vec::new(),
         })
     }
 

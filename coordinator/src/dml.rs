@@ -111,7 +111,9 @@ impl Coordinator {
             let entry = map.slices.get(slice as usize).ok_or_else(|| {
                 CoordinatorError::Catalog(format!("slice {slice} is not in the map"))
             })?;
-            let node = shared.node(entry.primary.node)?.clone();
+            let (loc, from_mirror) = entry.serving()?;
+            let segment = meta.segment_for(slice, from_mirror)?;
+            let node = shared.node(loc.node)?.clone();
             txn.note_request(node.id, &[]);
             let mut c = node.grpc.clone();
             let r = c
@@ -120,7 +122,7 @@ impl Coordinator {
                     xid: txn.xid,
                     table: meta.id,
                     slice,
-                    segment: meta.segment() as i32,
+                    segment: segment as i32,
                     rowids,
                     snapshot: Some(snapshot.clone()),
                 })
@@ -265,11 +267,21 @@ pub async fn verify(shared: &crate::cluster::Shared) -> Result<Vec<VerifyRow>> {
                         .map_err(|s| n.err(s))
                     }
                 };
-                let p = ask(e.primary.node, t.segment()).await;
+                let p = match e.serving() {
+                    Ok((loc, true)) => ask(loc.node, pb::Segment::Mirror).await,
+                    Ok((loc, false)) => ask(loc.node, t.segment()).await,
+                    Err(err) => Err(err),
+                };
                 let (m, status) = match (e.mirror, e.state) {
                     _ if !t.mirrored => (None, "unmirrored".to_string()),
                     (None, _) | (_, SliceState::PrimaryOnly) => (None, "unmirrored".to_string()),
-                    (Some(_), SliceState::Degraded) => (None, "degraded".to_string()),
+                    (
+                        Some(_),
+                        s @ (SliceState::Degraded
+                        | SliceState::FailedOver
+                        | SliceState::Unprotected
+                        | SliceState::Unavailable),
+                    ) => (None, s.as_str().to_string()),
                     (Some(loc), SliceState::InSync) => {
                         let m = ask(loc.node, pb::Segment::Mirror).await;
                         let status = match (&p, &m) {
@@ -288,7 +300,7 @@ pub async fn verify(shared: &crate::cluster::Shared) -> Result<Vec<VerifyRow>> {
                     primary_rows: p.as_ref().ok().map(|r| r.rows),
                     mirror_rows: m.map(|r| r.rows),
                     status: match (&p, status.as_str()) {
-                        (Err(e), "unmirrored" | "degraded") => format!("error: {e}"),
+                        (Err(e), s) if s != "in_sync" && s != "diverged" => format!("error: {e}"),
                         _ => status,
                     },
                 });

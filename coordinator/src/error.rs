@@ -36,6 +36,8 @@ pub enum CoordinatorError {
         address: String,
         message: String,
     },
+    #[error("slice {slice} is unavailable: {reason}")]
+    SliceUnavailable { slice: u32, reason: String },
     #[error("scan of table {table} is incomplete: {reason}")]
     IncompleteScan { table: String, reason: String },
     #[error("cluster configuration error: {0}")]
@@ -83,6 +85,7 @@ impl CoordinatorError {
                 _ => "XX000",
             },
             CoordinatorError::NodeUnreachable { .. } => "08006",
+            CoordinatorError::SliceUnavailable { .. } => "58000",
             CoordinatorError::IncompleteScan { .. } => "XX000",
             CoordinatorError::Config(_) => "F0000",
             CoordinatorError::TransactionAborted(_) => "25P02",

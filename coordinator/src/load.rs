@@ -177,8 +177,13 @@ impl Loader {
         while self.inflight.len() >= MAX_IN_FLIGHT {
             self.join_one().await?;
         }
-        let entry = &self.map.slices[slice];
-        let node = self.shared.node(entry.primary.node)?.clone();
+        // Writes go where the slice is served now (after a failover: the
+        // acting primary, into its mirror segment).
+        let map = self.shared.map();
+        let entry = &map.slices[slice];
+        let (loc, from_mirror) = entry.serving()?;
+        let segment = self.table.segment_for(entry.slice, from_mirror)?;
+        let node = self.shared.node(loc.node)?.clone();
         let batch = concat_batches(&self.table.schema, &buf.batches)?;
         self.txn.note_request(node.id, &[]);
         let txn = self.txn.clone();
@@ -187,7 +192,7 @@ impl Loader {
             xid: self.txn.xid,
             table: self.table.id,
             slice: entry.slice,
-            segment: self.table.segment() as i32,
+            segment: segment as i32,
             batches: proto::batches_to_ipc(&self.table.schema, &[batch])?,
         };
         self.inflight.spawn(async move {

@@ -162,52 +162,28 @@ impl TableProvider for SliceTable {
             .filter_map(|f| to_predicate(f, &self.meta.schema))
             .map(|p| pb::Predicate::from(&p))
             .collect();
-        // Who answers for what: every slice exactly once, from its primary.
-        let mut per_node: BTreeMap<NodeId, Vec<SliceId>> = BTreeMap::new();
-        let mut seen = BTreeSet::new();
-        for e in &map.slices {
-            if !seen.insert(e.slice) {
-                return Err(CoordinatorError::IncompleteScan {
-                    table: self.meta.name.clone(),
-                    reason: format!("slice {} appears twice in the map", e.slice),
-                }
-                .into());
-            }
-            per_node.entry(e.primary.node).or_default().push(e.slice);
-        }
-        let mut parts = Vec::new();
-        for (node, slices) in per_node {
-            let req = pb::ScanRequest {
-                epoch: map.epoch,
-                table: self.meta.id,
-                slices: slices
-                    .iter()
-                    .map(|&slice| pb::SliceScan {
-                        slice,
-                        segment: self.meta.segment() as i32,
-                    })
-                    .collect(),
-                projection: projection
-                    .map(|p| p.iter().map(|&i| i as u32).collect())
-                    .unwrap_or_default(),
-                all_columns: projection.is_none(),
-                filters: predicates.clone(),
-                include_hidden: dml.is_some(),
-                snapshot: Some(pb::Snapshot::from(&snapshot)),
-            };
-            parts.push(ScanPart {
-                node: self.shared.node(node)?.clone(),
-                slices,
-                request: req,
-            });
-        }
+        let base = pb::ScanRequest {
+            epoch: map.epoch,
+            table: self.meta.id,
+            slices: Vec::new(),
+            projection: projection
+                .map(|p| p.iter().map(|&i| i as u32).collect())
+                .unwrap_or_default(),
+            all_columns: projection.is_none(),
+            filters: predicates.clone(),
+            include_hidden: dml.is_some(),
+            snapshot: Some(pb::Snapshot::from(&snapshot)),
+        };
+        let all: Vec<SliceId> = map.slices.iter().map(|e| e.slice).collect();
+        let parts = plan_parts(&self.shared, &self.meta, &map, &all, &base)?;
         Ok(Arc::new(BroadcastScanExec::new(
             self.shared.clone(),
-            self.meta.name.clone(),
+            self.meta.clone(),
             schema,
             parts,
             predicates.len(),
             dml,
+            base,
         )))
     }
 
@@ -235,6 +211,80 @@ impl TableProvider for SliceTable {
     }
 }
 
+/// Who answers for `slices` under `map`: each slice exactly once, from where
+/// it is served now (its primary, or after a failover its mirror's node
+/// from the mirror segment, so a survivor may answer twice, once per
+/// segment). A slice that cannot be served fails the plan, naming it.
+fn plan_parts(
+    shared: &Arc<Shared>,
+    meta: &TableMeta,
+    map: &crate::distmap::DistMap,
+    slices: &[SliceId],
+    base: &pb::ScanRequest,
+) -> DfResult<Vec<ScanPart>> {
+    let mut per_node: BTreeMap<NodeId, Vec<pb::SliceScan>> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for &slice in slices {
+        if !seen.insert(slice) {
+            return Err(CoordinatorError::IncompleteScan {
+                table: meta.name.clone(),
+                reason: format!("slice {slice} planned twice"),
+            }
+            .into());
+        }
+        let e = map
+            .slices
+            .get(slice as usize)
+            .ok_or_else(|| CoordinatorError::IncompleteScan {
+                table: meta.name.clone(),
+                reason: format!("slice {slice} is not in the map"),
+            })?;
+        let (loc, from_mirror) = e.serving()?;
+        let segment = meta.segment_for(slice, from_mirror)?;
+        per_node.entry(loc.node).or_default().push(pb::SliceScan {
+            slice,
+            segment: segment as i32,
+        });
+    }
+    let mut parts = Vec::new();
+    for (node, scans) in per_node {
+        let mut request = base.clone();
+        request.epoch = map.epoch;
+        request.slices = scans;
+        parts.push(ScanPart {
+            node: shared.node(node)?.clone(),
+            slices: request.slices.iter().map(|s| s.slice).collect(),
+            request,
+        });
+    }
+    Ok(parts)
+}
+
+/// Resolves once the map declares `node` failed.
+async fn wait_until_down(shared: &Arc<Shared>, node: NodeId) {
+    while !shared.is_down(node) {
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// How long a scan waits for a failover before it gives up on a node.
+const FAILOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether a scan error may be cured by a map change (a node died or was
+/// fenced): then the scan waits for the new map and asks again.
+fn retryable(e: &CoordinatorError) -> bool {
+    match e {
+        CoordinatorError::NodeUnreachable { .. } => true,
+        CoordinatorError::Node { kind, .. } => {
+            matches!(
+                kind.as_str(),
+                "stale_epoch" | "slice_not_owned" | "internal" | "protocol"
+            )
+        }
+        _ => false,
+    }
+}
+
 #[derive(Clone)]
 struct ScanPart {
     node: NodeClient,
@@ -250,10 +300,15 @@ struct DmlShape {
     projection: Option<Vec<usize>>,
 }
 
-/// One partition per node; each streams the node's tagged answer.
+/// One partition per node; each streams the node's tagged answer. A slice's
+/// rows are passed on only once its `done` tag arrived, so when a node dies
+/// mid-answer the slices it had not finished are asked again, after the
+/// failover, from where the new map serves them: nothing twice, nothing lost.
 pub struct BroadcastScanExec {
     shared: Arc<Shared>,
+    meta: Arc<TableMeta>,
     table: String,
+    base: pb::ScanRequest,
     schema: SchemaRef,
     parts: Vec<ScanPart>,
     pushed_filters: usize,
@@ -265,12 +320,14 @@ pub struct BroadcastScanExec {
 impl BroadcastScanExec {
     fn new(
         shared: Arc<Shared>,
-        table: String,
+        meta: Arc<TableMeta>,
         schema: SchemaRef,
         parts: Vec<ScanPart>,
         pushed_filters: usize,
         dml: Option<DmlShape>,
+        base: pb::ScanRequest,
     ) -> Self {
+        let table = meta.name.clone();
         let props = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
             Partitioning::UnknownPartitioning(parts.len().max(1)),
@@ -279,6 +336,8 @@ impl BroadcastScanExec {
         );
         BroadcastScanExec {
             shared,
+            meta,
+            base,
             table,
             schema,
             parts,
@@ -389,14 +448,15 @@ impl ExecutionPlan for BroadcastScanExec {
         let table = self.table.clone();
         let out_schema = schema.clone();
         let dml = self.dml.clone();
+        let meta = self.meta.clone();
+        let base = self.base.clone();
         tokio::spawn(async move {
-            let node = part.node.id;
-            let res = scan_node(part, out_schema, &table, &tx, counters, dml).await;
+            let res = scan_with_failover(
+                &shared, &meta, &base, part, out_schema, &table, &tx, &counters, &dml,
+            )
+            .await;
             if let Err(e) = res {
-                if matches!(e, CoordinatorError::NodeUnreachable { .. }) {
-                    shared.mark(node, false);
-                }
-                let _ = tx.send(Err(e.into())).await;
+                let _ = tx.send(Err(e)).await;
             }
         });
         let stream = tokio_stream_from(rx);
@@ -417,13 +477,83 @@ struct ScanCounters {
     slices: Count,
 }
 
+/// Scan one part; on a node failure wait for the failover and ask the new
+/// owners for the slices not yet finished.
+#[allow(clippy::too_many_arguments)]
+async fn scan_with_failover(
+    shared: &Arc<Shared>,
+    meta: &Arc<TableMeta>,
+    base: &pb::ScanRequest,
+    part: ScanPart,
+    schema: SchemaRef,
+    table: &str,
+    tx: &mpsc::Sender<DfResult<RecordBatch>>,
+    counters: &ScanCounters,
+    dml: &Option<DmlShape>,
+) -> DfResult<()> {
+    let all: Vec<SliceId> = part.slices.clone();
+    let mut done: BTreeSet<SliceId> = BTreeSet::new();
+    let mut parts = vec![part];
+    let deadline = tokio::time::Instant::now() + FAILOVER_WAIT;
+    loop {
+        let mut failure = None;
+        for p in &parts {
+            let (node, epoch) = (p.node.id, p.request.epoch);
+            // A hung node never errors: race its answer against the system
+            // manager declaring it failed.
+            let res = tokio::select! {
+                r = scan_node(p.clone(), schema.clone(), table, tx, counters, dml, &mut done) => r,
+                _ = wait_until_down(shared, node) => Err(CoordinatorError::NodeUnreachable {
+                    node,
+                    address: p.node.address.clone(),
+                    message: "declared failed while answering a scan".into(),
+                }),
+            };
+            if let Err(e) = res {
+                if !retryable(&e) {
+                    return Err(e.into());
+                }
+                failure = Some((node, epoch, e));
+                break;
+            }
+        }
+        let Some((node, epoch, err)) = failure else {
+            return Ok(());
+        };
+        // Wait for the system manager to change the map (it probes the node
+        // at once), then re-plan what is left. A node still at the previous
+        // epoch (the new map is being installed) is simply asked again.
+        let behind = matches!(&err, CoordinatorError::Node { kind, .. } if kind == "stale_epoch");
+        let asked = tokio::time::Instant::now();
+        loop {
+            let map = shared.map();
+            if map.epoch > epoch
+                || (behind && asked.elapsed() >= std::time::Duration::from_millis(50))
+            {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(err.into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        let left: Vec<SliceId> = all.iter().copied().filter(|s| !done.contains(s)).collect();
+        tracing::info!(table, node, slices = ?left, "scan retried on the new map after a node failure");
+        if left.is_empty() {
+            return Ok(());
+        }
+        parts = plan_parts(shared, meta, &shared.map(), &left, base)?;
+    }
+}
+
 async fn scan_node(
     part: ScanPart,
     schema: SchemaRef,
     table: &str,
     tx: &mpsc::Sender<DfResult<RecordBatch>>,
-    counters: ScanCounters,
-    dml: Option<DmlShape>,
+    counters: &ScanCounters,
+    dml: &Option<DmlShape>,
+    finished: &mut BTreeSet<SliceId>,
 ) -> Result<(), CoordinatorError> {
     let incomplete = |reason: String| CoordinatorError::IncompleteScan {
         table: table.to_string(),
@@ -441,6 +571,8 @@ async fn scan_node(
     let expected: BTreeSet<SliceId> = part.slices.iter().copied().collect();
     let mut done: BTreeSet<SliceId> = BTreeSet::new();
     let mut rows_per_slice: BTreeMap<SliceId, u64> = BTreeMap::new();
+    // A slice's batches, held until its `done` tag: then they are final.
+    let mut held: BTreeMap<SliceId, Vec<RecordBatch>> = BTreeMap::new();
     while let Some(msg) = decoder.next().await {
         let msg = msg.map_err(|e| match e {
             FlightError::Tonic(s) => node_for_err.err(*s),
@@ -480,14 +612,20 @@ async fn scan_node(
             counters.slices.add(1);
             counters.blocks_total.add(tag.blocks_total as usize);
             counters.blocks_pruned.add(tag.blocks_pruned as usize);
+            for batch in held.remove(&tag.slice).unwrap_or_default() {
+                counters.rows.add(batch.num_rows());
+                if tx.send(Ok(batch)).await.is_err() {
+                    return Ok(()); // the query stopped reading (LIMIT, cancel)
+                }
+            }
+            finished.insert(tag.slice);
             continue;
         }
         if batch.num_rows() == 0 {
             continue;
         }
         *rows_per_slice.entry(tag.slice).or_default() += batch.num_rows() as u64;
-        counters.rows.add(batch.num_rows());
-        let columns = match &dml {
+        let columns = match dml {
             None => batch.columns().to_vec(),
             Some(d) => {
                 let n = batch.num_rows();
@@ -507,9 +645,7 @@ async fn scan_node(
             columns,
             &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
         )?;
-        if tx.send(Ok(batch)).await.is_err() {
-            return Ok(()); // the query stopped reading (LIMIT, cancel)
-        }
+        held.entry(tag.slice).or_default().push(batch);
     }
     if done != expected {
         let missing: Vec<_> = expected.difference(&done).collect();

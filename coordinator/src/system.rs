@@ -30,6 +30,7 @@ enum View {
     Disks,
     TableSlices,
     Verify,
+    History,
 }
 
 impl View {
@@ -40,6 +41,7 @@ impl View {
             View::Disks => "slicedb_disks",
             View::TableSlices => "slicedb_table_slices",
             View::Verify => "slicedb_verify",
+            View::History => "slicedb_map_history",
         }
     }
 
@@ -67,6 +69,7 @@ impl View {
                 b("rows"),
                 b("bytes"),
             ],
+            View::History => vec![b("epoch"), b("at_unix_ms"), s("cause")],
             View::Verify => vec![
                 s("table_name"),
                 i("slice"),
@@ -97,6 +100,7 @@ pub fn register(ctx: &SessionContext, shared: &Arc<Shared>) -> Result<()> {
         View::Disks,
         View::TableSlices,
         View::Verify,
+        View::History,
     ] {
         ctx.register_table(
             view.name(),
@@ -241,6 +245,21 @@ impl SystemView {
                     Arc::new(Int32Array::from(disk)),
                     Arc::new(Int64Array::from(rows)),
                     Arc::new(Int64Array::from(bytes)),
+                ]
+            }
+            View::History => {
+                let map = self.shared.map();
+                let h = &map.history;
+                vec![
+                    Arc::new(Int64Array::from_iter_values(
+                        h.iter().map(|c| c.epoch as i64),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(
+                        h.iter().map(|c| c.at_ms as i64),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        h.iter().map(|c| c.cause.clone()),
+                    )),
                 ]
             }
             View::Verify => {

@@ -170,6 +170,23 @@ impl TxnManager {
         Ok(())
     }
 
+    /// A failed node will never acknowledge: stop waiting for it (its
+    /// mirrors hold the transactions prepared; the resolver commits them).
+    pub fn forget_node(&self, node: NodeId) {
+        let mut u = self.unfinished.lock();
+        let mut done = Vec::new();
+        for (x, nodes) in u.iter_mut() {
+            nodes.remove(&node);
+            if nodes.is_empty() {
+                done.push(*x);
+            }
+        }
+        for x in done {
+            u.remove(&x);
+            self.end(x);
+        }
+    }
+
     fn end(&self, xid: Xid) {
         self.active.lock().remove(&xid);
     }
@@ -329,13 +346,16 @@ impl Shared {
     pub async fn resolve_once(&self) -> usize {
         let mut resolved = 0;
         let epoch = self.map().epoch;
-        for node in self.nodes.values() {
+        for node in self.nodes.values().filter(|n| !self.is_down(n.id)) {
             let mut c = node.grpc.clone();
             let Ok(st) = c.status(pb::StatusRequest {}).await else {
                 continue;
             };
             for t in st.into_inner().txns {
-                if self.txns.is_active(t.xid) {
+                // A commit decision is final: finish it even while the
+                // transaction still waits for another node. Only aborts wait
+                // for the owner to be gone.
+                if self.txns.is_active(t.xid) && !(t.prepared && self.txns.is_committed(t.xid)) {
                     continue;
                 }
                 let req = pb::TxnRequest {

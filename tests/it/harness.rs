@@ -429,7 +429,12 @@ impl Slicedb {
     /// `nodes` `slicedb node` processes (one disk each) then `slicedb
     /// coordinator`, from a cluster file written under the test dir.
     pub async fn multiprocess(env: &TestEnv, nodes: u32) -> Result<Slicedb> {
-        let root = env.path().join("cluster");
+        Self::multiprocess_in(env, nodes, "cluster").await
+    }
+
+    /// [`Slicedb::multiprocess`] under `env/<dir>` (several clusters per test).
+    pub async fn multiprocess_in(env: &TestEnv, nodes: u32, dir: &str) -> Result<Slicedb> {
+        let root = env.path().join(dir);
         fs::create_dir_all(&root)?;
         let pg_port = free_port()?;
         let mut toml = format!(

@@ -8,6 +8,7 @@ mod bad_input;
 mod copy_csv;
 mod data;
 mod disk_cli;
+mod failover;
 mod harness;
 mod mirror;
 mod multiprocess;
