@@ -187,3 +187,129 @@ fn hung_node_is_failed_over_and_stays_out_after_it_wakes() {
         Ok(())
     });
 }
+
+#[test]
+fn double_fault_refuses_the_slice_by_name() {
+    harness::run("failover_double", |env| async move {
+        let mut db = Slicedb::multiprocess(&env, NODES).await?;
+        let (totals, _) = load(&db).await?;
+        let c = db.connect().await?;
+        db.kill_proc(0);
+        ensure!(
+            query(&c, TOTALS).await? == totals,
+            "one failure is survived"
+        );
+        // Node 1 held the mirrors of node 0's slices, now acting primaries.
+        db.kill_proc(1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let msg = loop {
+            match c.simple_query(TOTALS).await {
+                Err(e) => break harness::describe(&e),
+                Ok(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Ok(_) => anyhow::bail!("a double fault must not be answered"),
+            }
+        };
+        ensure!(
+            msg.contains("is unavailable") && msg.contains("slice "),
+            "the error must name the unavailable slice: {msg}"
+        );
+        let n = scalar(
+            &c,
+            "SELECT count(*) FROM slicedb_slices WHERE state = 'unavailable'",
+        )
+        .await?;
+        ensure!(n != "0", "slicedb_slices shows the unavailable slices");
+        drop(c);
+        db.kill();
+        Ok(())
+    });
+}
+
+#[test]
+fn seeded_random_trials_of_load_queries_and_one_kill() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    harness::run("failover_trials", |env| async move {
+        let base = crate::data::seed("failover_trials");
+        let trials: u64 = std::env::var("SLICEDB_FAILOVER_TRIALS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20);
+        let (mut lost, mut wrong) = (0, 0);
+        for t in 0..trials {
+            let seed = base.wrapping_add(t);
+            let mut rng = StdRng::seed_from_u64(seed);
+            let victim = rng.random_range(0..NODES) as usize;
+            let batches = rng.random_range(3..7u64);
+            let kill_at = rng.random_range(0..batches);
+            eprintln!("[failover_trials] trial {t} seed {seed}: {batches} batches, kill node {victim} after batch {kill_at}");
+            let mut db = Slicedb::multiprocess_in(&env, NODES, &format!("trial{t}")).await?;
+            let c = db.connect().await?;
+            exec(&c, "CREATE TABLE r (k bigint, b bigint) DISTRIBUTE ON (k)").await?;
+            let mut acked: Vec<u64> = Vec::new();
+            let mut failed: Vec<u64> = Vec::new();
+            for b in 0..batches {
+                let n = rng.random_range(100..2000u64);
+                let lo = b * 10_000;
+                let r = c
+                    .simple_query(&format!(
+                        "INSERT INTO r SELECT i, {b} FROM generate_series({lo}, {}) AS g(i)",
+                        lo + n - 1
+                    ))
+                    .await;
+                match r {
+                    Ok(_) => acked.push(b),
+                    Err(e) => {
+                        eprintln!(
+                            "[failover_trials]   batch {b} failed: {}",
+                            harness::describe(&e)
+                        );
+                        failed.push(b);
+                    }
+                }
+                if b == kill_at {
+                    db.kill_proc(victim);
+                }
+                // Each acknowledged batch is whole; no batch is half there.
+                let rows = query(
+                    &c,
+                    "SELECT b, count(*), min(k), max(k) FROM r GROUP BY b ORDER BY b",
+                )
+                .await?;
+                for row in &rows {
+                    let bb: u64 = row[0].as_deref().unwrap_or("0").parse()?;
+                    let cnt: u64 = row[1].as_deref().unwrap_or("0").parse()?;
+                    let min: u64 = row[2].as_deref().unwrap_or("0").parse()?;
+                    let max: u64 = row[3].as_deref().unwrap_or("0").parse()?;
+                    if cnt != max - min + 1 || min != bb * 10_000 {
+                        wrong += 1;
+                        eprintln!(
+                            "[failover_trials]   seed {seed}: batch {bb} is partial: {row:?}"
+                        );
+                    }
+                }
+                for a in &acked {
+                    if !rows
+                        .iter()
+                        .any(|r| r[0].as_deref() == Some(a.to_string().as_str()))
+                    {
+                        lost += 1;
+                        eprintln!(
+                            "[failover_trials]   seed {seed}: acknowledged batch {a} is missing"
+                        );
+                    }
+                }
+            }
+            drop(c);
+            db.kill();
+        }
+        eprintln!("[failover_trials] {trials} trials from seed {base}: {lost} acknowledged batches lost, {wrong} wrong answers");
+        ensure!(
+            lost == 0 && wrong == 0,
+            "{lost} lost, {wrong} wrong (replay with SLICEDB_TEST_SEED={base})"
+        );
+        Ok(())
+    });
+}
