@@ -30,7 +30,7 @@ pub enum CoordinatorError {
         kind: String,
         message: String,
     },
-    #[error("node {node} at {address} is unreachable: {message}")]
+    #[error("node {node} at {address} is unreachable: {message}; the cluster fails the node over, retry the transaction")]
     NodeUnreachable {
         node: NodeId,
         address: String,
@@ -84,7 +84,7 @@ impl CoordinatorError {
                 "stale_epoch" | "slice_not_owned" | "write_conflict" => "40001",
                 _ => "XX000",
             },
-            CoordinatorError::NodeUnreachable { .. } => "08006",
+            CoordinatorError::NodeUnreachable { .. } => "40001",
             CoordinatorError::SliceUnavailable { .. } => "58000",
             CoordinatorError::IncompleteScan { .. } => "XX000",
             CoordinatorError::Config(_) => "F0000",

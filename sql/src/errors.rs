@@ -104,8 +104,11 @@ fn reclassify(info: &mut ErrorInfo) {
 /// DataFusion's message; recover the SQLSTATE a PostgreSQL client expects.
 fn classify_message(m: &str) -> Option<&'static str> {
     Some(if m.contains("is unreachable") {
-        // Errors raised while a result streams reach us only as text.
-        "08006"
+        // Errors raised while a result streams reach us only as text. A node
+        // died under the statement: the cluster fails it over; retry.
+        "40001"
+    } else if m.contains("is unavailable: both copies") {
+        "58000"
     } else if m.contains("checksum mismatch") || m.contains("corrupt block") {
         "XX001"
     } else if m.contains("stale map epoch") {
