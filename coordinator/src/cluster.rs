@@ -184,6 +184,25 @@ impl Shared {
         install_map_on(self, true).await
     }
 
+    /// Declare one disk of a running node failed: only its slices move.
+    pub async fn fail_disk(&self, node: NodeId, disk: u32, cause: &str) -> Result<()> {
+        let _g = self.map_lock.lock().await;
+        let mut map = (*self.map()).clone();
+        if !map.fail_disk(crate::distmap::Location { node, disk }, cause) {
+            return Ok(());
+        }
+        map.persist(&self.config.data_dir)?;
+        warn!(
+            node,
+            disk,
+            epoch = map.epoch,
+            cause,
+            "disk failed: map changed"
+        );
+        *self.map.write() = Arc::new(map);
+        install_map_on(self, true).await
+    }
+
     /// Whether the map has declared `node` failed.
     pub fn is_down(&self, node: NodeId) -> bool {
         self.map().down.contains(&node)
@@ -438,8 +457,15 @@ fn spawn_heartbeats(shared: Arc<Shared>) {
                     for _ in 0..2 {
                         let mut c = n.grpc.clone();
                         match tokio::time::timeout(timeout, c.status(pb::StatusRequest {})).await {
-                            Ok(Ok(_)) => {
+                            Ok(Ok(st)) => {
                                 shared.mark(n.id, true);
+                                for d in &st.get_ref().disks {
+                                    if !d.failed.is_empty() {
+                                        if let Err(e) = shared.fail_disk(n.id, d.disk, &d.failed).await {
+                                            warn!(node = n.id, disk = d.disk, error = %e, "disk failover failed");
+                                        }
+                                    }
+                                }
                                 return;
                             }
                             Ok(Err(s)) => last = s.message().to_string(),

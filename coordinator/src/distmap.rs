@@ -101,6 +101,9 @@ pub struct DistMap {
     /// Nodes declared failed: out of the cluster until regenerated.
     #[serde(default)]
     pub down: Vec<NodeId>,
+    /// Disks declared failed while their node runs.
+    #[serde(default)]
+    pub down_disks: Vec<Location>,
     #[serde(default)]
     pub history: Vec<MapChange>,
 }
@@ -128,9 +131,29 @@ impl DistMap {
             return false;
         }
         self.down.push(node);
+        self.fail_where(|l| l.node == node);
+        self.bump(format!("node {node} failed: {cause}"));
+        true
+    }
+
+    /// Fail one disk of a running node: only the slices on it move.
+    pub fn fail_disk(&mut self, at: Location, cause: &str) -> bool {
+        if self.down_disks.contains(&at) || self.down.contains(&at.node) {
+            return false;
+        }
+        self.down_disks.push(at);
+        self.fail_where(|l| l == at);
+        self.bump(format!(
+            "disk {} of node {} failed: {cause}",
+            at.disk, at.node
+        ));
+        true
+    }
+
+    fn fail_where(&mut self, lost: impl Fn(Location) -> bool) {
         for e in &mut self.slices {
-            let primary_here = e.primary.node == node;
-            let mirror_here = e.mirror.is_some_and(|m| m.node == node);
+            let primary_here = lost(e.primary);
+            let mirror_here = e.mirror.is_some_and(&lost);
             e.state = match (e.state, primary_here, mirror_here) {
                 (SliceState::InSync, true, _) => SliceState::FailedOver,
                 (SliceState::InSync, false, true) => SliceState::Unprotected,
@@ -143,8 +166,6 @@ impl DistMap {
                 (s, false, _) => s,
             };
         }
-        self.bump(format!("node {node} failed: {cause}"));
-        true
     }
 }
 
@@ -215,6 +236,7 @@ impl DistMap {
             epoch: 1,
             slices,
             down: Vec::new(),
+            down_disks: Vec::new(),
             history: Vec::new(),
         })
     }

@@ -278,7 +278,7 @@ fn retryable(e: &CoordinatorError) -> bool {
         CoordinatorError::Node { kind, .. } => {
             matches!(
                 kind.as_str(),
-                "stale_epoch" | "slice_not_owned" | "internal" | "protocol"
+                "stale_epoch" | "slice_not_owned" | "internal" | "protocol" | "checksum" | "io"
             )
         }
         _ => false,

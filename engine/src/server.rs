@@ -101,6 +101,8 @@ struct NodeState {
     txns: Mutex<HashMap<Xid, NodeTxn>>,
     staged: Mutex<HashMap<Xid, HashMap<NodeId, Staged>>>,
     peers: Mutex<HashMap<(NodeId, String), PeerClient>>,
+    /// Disks that failed (I/O error, checksum mismatch, image gone), with why.
+    failed_disks: Mutex<HashMap<DiskId, String>>,
 }
 
 /// A running node's shared state; cheap to clone.
@@ -120,6 +122,7 @@ impl NodeServer {
                 txns: Mutex::new(HashMap::new()),
                 staged: Mutex::new(HashMap::new()),
                 peers: Mutex::new(HashMap::new()),
+                failed_disks: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -331,6 +334,43 @@ fn status(e: EngineError) -> Status {
     proto::to_status(&e)
 }
 
+/// Whether an error means the disk itself is bad (not the request).
+fn disk_fault(e: &EngineError) -> bool {
+    matches!(
+        e,
+        EngineError::Io { .. }
+            | EngineError::ChecksumMismatch { .. }
+            | EngineError::CorruptBlock { .. }
+    )
+}
+
+impl NodeServer {
+    /// Remember that `disk` failed; the next Status reports it.
+    fn note_disk_fault(&self, disk: DiskId, e: &EngineError) {
+        if disk_fault(e) {
+            let mut f = self.state.failed_disks.lock();
+            if !f.contains_key(&disk) {
+                warn!(node = self.state.node, disk, error = %e, "disk failed");
+                f.insert(disk, e.to_string());
+            }
+        }
+    }
+
+    /// Why `disk` is failed, if it is (its image file vanished counts).
+    fn disk_failure(&self, disk: DiskId) -> Option<String> {
+        if let Some(why) = self.state.failed_disks.lock().get(&disk) {
+            return Some(why.clone());
+        }
+        let d = self.state.disks.get(disk as usize)?;
+        if !d.path().exists() {
+            let why = format!("image {} vanished", d.path().display());
+            self.state.failed_disks.lock().insert(disk, why.clone());
+            return Some(why);
+        }
+        None
+    }
+}
+
 #[tonic::async_trait]
 impl pb::node_server::Node for NodeServer {
     #[instrument(skip_all, fields(node = self.state.node, epoch = request.get_ref().epoch))]
@@ -459,7 +499,10 @@ impl pb::node_server::Node for NodeServer {
             Ok((rows, blocks))
         })
         .await
-        .map_err(status)?;
+        .map_err(|e| {
+            self.note_disk_fault(disk_id, &e);
+            status(e)
+        })?;
         if mirror && !blocks.is_empty() {
             self.forward_write(&map, xid, table, slice, blocks, Vec::new())
                 .await;
@@ -884,6 +927,7 @@ impl pb::node_server::Node for NodeServer {
             let report = d.report();
             out.disks.push(pb::DiskStatus {
                 disk,
+                failed: self.disk_failure(disk).unwrap_or_default(),
                 path: d.path().display().to_string(),
                 segments: report
                     .segments
@@ -1005,6 +1049,7 @@ impl NodeServer {
     }
 }
 
+/// Run a scan; an error names the disk it came from (None: not a disk's).
 fn run_scan(
     table: TableId,
     parts: ScanParts,
@@ -1013,9 +1058,10 @@ fn run_scan(
     include_hidden: bool,
     snapshot: Snapshot,
     tx: mpsc::Sender<Result<FlightData, Status>>,
-) -> Result<()> {
+) -> std::result::Result<(), (Option<DiskId>, EngineError)> {
     let mut enc = TaggedEncoder::new();
     for (slice, segment, disk) in parts {
+        let disk_id = Some(disk.ids().disk_id);
         let spec = ScanSpec {
             segment,
             table,
@@ -1025,7 +1071,7 @@ fn run_scan(
             include_hidden,
             snapshot: snapshot.clone(),
         };
-        let mut scan = disk.scan(&spec)?;
+        let mut scan = disk.scan(&spec).map_err(|e| (disk_id, e))?;
         let mut tag = pb::StreamTag {
             slice,
             segment: pb::Segment::from(segment) as i32,
@@ -1034,9 +1080,9 @@ fn run_scan(
         let mut rows = 0u64;
         let schema = scan.schema();
         for batch in scan.by_ref() {
-            let batch = batch?;
+            let batch = batch.map_err(|e| (disk_id, e))?;
             rows += batch.num_rows() as u64;
-            for fd in enc.batch(&batch, &tag)? {
+            for fd in enc.batch(&batch, &tag).map_err(|e| (None, e))? {
                 if tx.blocking_send(Ok(fd)).is_err() {
                     return Ok(()); // the client went away
                 }
@@ -1048,7 +1094,7 @@ fn run_scan(
         tag.blocks_total = stats.blocks_total;
         tag.blocks_pruned = stats.blocks_pruned;
         let end = RecordBatch::new_empty(schema);
-        for fd in enc.batch(&end, &tag)? {
+        for fd in enc.batch(&end, &tag).map_err(|e| (None, e))? {
             if tx.blocking_send(Ok(fd)).is_err() {
                 return Ok(());
             }
@@ -1103,8 +1149,9 @@ impl FlightService for NodeServer {
             .map(Snapshot::from)
             .unwrap_or_default();
         let node = self.state.node;
+        let me = self.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = run_scan(
+            if let Err((disk, e)) = run_scan(
                 table,
                 parts,
                 projection,
@@ -1114,6 +1161,9 @@ impl FlightService for NodeServer {
                 tx.clone(),
             ) {
                 warn!(node, table, error = %e, "scan failed");
+                if let Some(d) = disk {
+                    me.note_disk_fault(d, &e);
+                }
                 let _ = tx.blocking_send(Err(status(e)));
             }
         });

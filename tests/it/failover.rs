@@ -313,3 +313,75 @@ fn seeded_random_trials_of_load_queries_and_one_kill() {
         Ok(())
     });
 }
+
+#[test]
+fn a_corrupted_or_vanished_disk_fails_over_only_its_slices() {
+    use slicedb_engine::store::SegmentKind;
+    harness::run("failover_disk", |env| async move {
+        let db = Slicedb::multiprocess(&env, NODES).await?;
+        let (totals, groups) = load(&db).await?;
+        let c = db.connect().await?;
+        let image = |n: u32| {
+            env.path()
+                .join("cluster")
+                .join(format!("node{n}"))
+                .join("disk-0.img")
+        };
+        // Flip the bytes of every primary extent of node 0's disk under the
+        // running node: the scan hits checksum mismatches, the node reports
+        // the disk failed, its slices fail over, the query is asked again.
+        let n = crate::mirror::garble(&image(0), SegmentKind::Primary)?;
+        ensure!(n > 0, "node 0 has primary extents");
+        let t0 = Instant::now();
+        let got = query(&c, TOTALS).await?;
+        ensure!(
+            got == totals,
+            "after corrupting node 0's disk: {got:?} != {totals:?}"
+        );
+        eprintln!(
+            "[failover_disk] corrupted disk: right answer after {:?}",
+            t0.elapsed()
+        );
+        let hist = scalar(
+            &c,
+            "SELECT count(*) FROM slicedb_map_history WHERE cause LIKE 'disk 0 of node 0 failed%'",
+        )
+        .await?;
+        ensure!(hist == "1", "history records the disk failure: {hist}");
+        let up = scalar(&c, "SELECT state FROM slicedb_nodes WHERE node = 0").await?;
+        ensure!(up == "up", "only the disk failed, node 0 is {up}");
+        // Delete node 1's image under it: the heartbeat notices.
+        std::fs::remove_file(image(1))?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let h = scalar(&c, "SELECT count(*) FROM slicedb_map_history WHERE cause LIKE 'disk 0 of node 1 failed%'").await?;
+            if h == "1" {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "a vanished image must be detected"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Node 0's and node 1's disks are both gone: the slices with primary on
+        // node 0 and mirror on node 1 are a double fault now; node 2's are fine.
+        let bad = scalar(
+            &c,
+            "SELECT count(*) FROM slicedb_slices WHERE state = 'unavailable'",
+        )
+        .await?;
+        ensure!(
+            bad != "0",
+            "slices whose both copies are lost are unavailable"
+        );
+        ensure!(
+            query(&c, GROUPS).await.is_err(),
+            "a double fault is refused, not answered"
+        );
+        let _ = groups;
+        drop(c);
+        db.kill();
+        Ok(())
+    });
+}

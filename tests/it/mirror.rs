@@ -67,7 +67,7 @@ fn rows_from_images(paths: &[PathBuf], segment: SegmentKind) -> Result<BTreeMap<
 }
 
 /// Overwrite every extent of `segment` in the image with garbage.
-fn garble(path: &Path, segment: SegmentKind) -> Result<u64> {
+pub(crate) fn garble(path: &Path, segment: SegmentKind) -> Result<u64> {
     let extents: Vec<(u64, u64)> = {
         let store = DiskStore::open_read_only(path)?;
         store
