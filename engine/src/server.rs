@@ -348,10 +348,11 @@ impl NodeServer {
     /// Remember that `disk` failed; the next Status reports it.
     fn note_disk_fault(&self, disk: DiskId, e: &EngineError) {
         if disk_fault(e) {
-            let mut f = self.state.failed_disks.lock();
-            if !f.contains_key(&disk) {
+            if let std::collections::hash_map::Entry::Vacant(v) =
+                self.state.failed_disks.lock().entry(disk)
+            {
                 warn!(node = self.state.node, disk, error = %e, "disk failed");
-                f.insert(disk, e.to_string());
+                v.insert(e.to_string());
             }
         }
     }
