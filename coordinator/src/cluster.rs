@@ -441,7 +441,6 @@ async fn create_on_nodes(shared: &Shared, meta: &TableMeta) -> Result<()> {
 fn spawn_heartbeats(shared: Arc<Shared>) {
     tokio::spawn(async move {
         let interval = shared.config.heartbeat_interval;
-        let timeout = shared.config.probe_timeout;
         loop {
             tokio::time::sleep(interval).await;
             let live: Vec<NodeClient> = shared
@@ -450,39 +449,55 @@ fn spawn_heartbeats(shared: Arc<Shared>) {
                 .filter(|n| !shared.is_down(n.id))
                 .cloned()
                 .collect();
-            let probes = live.into_iter().map(|n| {
-                let shared = shared.clone();
-                async move {
-                    let mut last = String::new();
-                    for _ in 0..2 {
-                        let mut c = n.grpc.clone();
-                        match tokio::time::timeout(timeout, c.status(pb::StatusRequest {})).await {
-                            Ok(Ok(st)) => {
-                                shared.mark(n.id, true);
-                                for d in &st.get_ref().disks {
-                                    if !d.failed.is_empty() {
-                                        if let Err(e) = shared.fail_disk(n.id, d.disk, &d.failed).await {
-                                            warn!(node = n.id, disk = d.disk, error = %e, "disk failover failed");
-                                        }
-                                    }
-                                }
-                                return;
-                            }
-                            Ok(Err(s)) => last = s.message().to_string(),
-                            Err(_) => last = format!("no answer in {timeout:?}"),
-                        }
-                    }
-                    if let Err(e) = shared
-                        .fail_node(n.id, &format!("missed heartbeat and probe: {last}"))
-                        .await
-                    {
-                        warn!(node = n.id, error = %e, "failover failed");
-                    }
-                }
-            });
+            let probes = live.into_iter().map(|n| probe(shared.clone(), n));
             futures::future::join_all(probes).await;
         }
     });
+}
+
+/// Heartbeat one node: a Status within the probe timeout, retried once at
+/// once; two misses fail the node. A node that answers but reports a failed
+/// disk has that disk failed over.
+async fn probe(shared: Arc<Shared>, n: NodeClient) {
+    let timeout = shared.config.probe_timeout;
+    let mut last = String::new();
+    for _ in 0..2 {
+        let mut c = n.grpc.clone();
+        match tokio::time::timeout(timeout, c.status(pb::StatusRequest {})).await {
+            Ok(Ok(st)) => {
+                shared.mark(n.id, true);
+                for d in &st.get_ref().disks {
+                    if !d.failed.is_empty() {
+                        if let Err(e) = shared.fail_disk(n.id, d.disk, &d.failed).await {
+                            warn!(node = n.id, disk = d.disk, error = %e, "disk failover failed");
+                        }
+                    }
+                }
+                return;
+            }
+            Ok(Err(s)) => last = s.message().to_string(),
+            Err(_) => last = format!("no answer in {timeout:?}"),
+        }
+    }
+    if let Err(e) = shared
+        .fail_node(n.id, &format!("missed heartbeat and probe: {last}"))
+        .await
+    {
+        warn!(node = n.id, error = %e, "failover failed");
+    }
+}
+
+impl Shared {
+    /// A query or a forward could not reach `node`: probe it now rather
+    /// than at the next heartbeat.
+    pub fn probe_now(self: &Arc<Self>, node: NodeId) {
+        if self.is_down(node) {
+            return;
+        }
+        if let Some(n) = self.nodes.get(&node).cloned() {
+            tokio::spawn(probe(self.clone(), n));
+        }
+    }
 }
 
 async fn wait_for_nodes(shared: &Shared) -> Result<()> {

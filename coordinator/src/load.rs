@@ -195,9 +195,20 @@ impl Loader {
             segment: segment as i32,
             batches: proto::batches_to_ipc(&self.table.schema, &[batch])?,
         };
+        let shared = self.shared.clone();
         self.inflight.spawn(async move {
             let mut c = node.grpc.clone();
-            let r = c.write(req).await.map_err(|s| node.err(s))?.into_inner();
+            let r = c
+                .write(req)
+                .await
+                .map_err(|s| {
+                    let e = node.err(s);
+                    if matches!(e, CoordinatorError::NodeUnreachable { .. }) {
+                        shared.probe_now(node.id);
+                    }
+                    e
+                })?
+                .into_inner();
             txn.note_request_result(&r.degraded_slices);
             Ok(r.rows)
         });

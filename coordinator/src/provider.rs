@@ -520,6 +520,7 @@ async fn scan_with_failover(
         let Some((node, epoch, err)) = failure else {
             return Ok(());
         };
+        shared.probe_now(node);
         // Wait for the system manager to change the map (it probes the node
         // at once), then re-plan what is left. A node still at the previous
         // epoch (the new map is being installed) is simply asked again.
