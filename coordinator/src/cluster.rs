@@ -108,9 +108,21 @@ pub struct Shared {
     xid_limit: AtomicU64,
     xid_lock: Mutex<()>,
     map_lock: tokio::sync::Mutex<()>,
+    me: std::sync::Weak<Shared>,
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
+    /// Stop the failure detector: the cluster is being shut down on purpose.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// This `Shared` as an `Arc` (for tasks it spawns).
+    pub fn self_arc(&self) -> Option<Arc<Shared>> {
+        self.me.upgrade()
+    }
+
     pub fn map(&self) -> Arc<DistMap> {
         self.map.read().clone()
     }
@@ -172,6 +184,9 @@ impl Shared {
     /// that comes back is fenced by the epoch and stays out.
     pub async fn fail_node(&self, node: NodeId, cause: &str) -> Result<()> {
         let _g = self.map_lock.lock().await;
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let mut map = (*self.map()).clone();
         if !map.fail_node(node, cause) {
             return Ok(());
@@ -180,13 +195,21 @@ impl Shared {
         warn!(node, epoch = map.epoch, cause, "node failed: map changed");
         *self.map.write() = Arc::new(map);
         self.mark(node, false);
+        let installed = install_map_on(self, true).await;
+        // Transactions decided as committed that the dead node never
+        // acknowledged: finish them on the survivors (the mirrors hold them
+        // prepared) before they count as done, so no reader misses them.
+        self.resolve_once().await;
         self.txns.forget_node(node);
-        install_map_on(self, true).await
+        installed
     }
 
     /// Declare one disk of a running node failed: only its slices move.
     pub async fn fail_disk(&self, node: NodeId, disk: u32, cause: &str) -> Result<()> {
         let _g = self.map_lock.lock().await;
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let mut map = (*self.map()).clone();
         if !map.fail_disk(crate::distmap::Location { node, disk }, cause) {
             return Ok(());
@@ -248,13 +271,16 @@ impl Coordinator {
             }
         }
         let hw = catalog.xid_high_water();
-        let shared = Arc::new(Shared {
+        let txns = crate::txn::TxnManager::open(&config.data_dir)?;
+        let shared = Arc::new_cyclic(|me| Shared {
+            me: me.clone(),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
             config: config.clone(),
             catalog: Mutex::new(catalog),
             map: RwLock::new(Arc::new(map)),
             nodes,
             node_state: Mutex::new(BTreeMap::new()),
-            txns: crate::txn::TxnManager::open(&config.data_dir)?,
+            txns,
             next_xid: AtomicU64::new(hw),
             xid_limit: AtomicU64::new(hw),
             xid_lock: Mutex::new(()),

@@ -307,7 +307,20 @@ impl Shared {
         if left.is_empty() {
             self.txns.end(xid);
         } else {
-            self.txns.unfinished.lock().insert(xid, left);
+            // Decided but not yet published everywhere: a node that did not
+            // answer is probed at once; if it is dead its mirrors finish the
+            // transaction during the failover. Acknowledge only once the
+            // rows are visible (bounded: the decision is durable anyway).
+            self.txns.unfinished.lock().insert(xid, left.clone());
+            if let Some(me) = self.self_arc() {
+                for id in &left {
+                    me.probe_now(*id);
+                }
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while self.txns.is_active(xid) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         debug!(xid, "committed");
         Ok(())

@@ -771,39 +771,44 @@ impl pb::node_server::Node for NodeServer {
         }
         let disks = self.state.disks.clone();
         Self::blocking(move || {
-            let mut touched = HashSet::new();
+            let mut per_disk: HashMap<DiskId, Vec<&StagedItem>> = HashMap::new();
             for item in &st.items {
-                match item {
-                    StagedItem::Blocks {
-                        disk,
-                        table,
-                        slice,
-                        blocks,
-                    } => {
-                        let d = disks
-                            .get(*disk as usize)
-                            .ok_or_else(|| EngineError::Internal(format!("no disk {disk}")))?;
-                        for b in blocks {
-                            d.append_encoded(SegmentKind::Mirror, *table, *slice, xid, b)?;
-                        }
-                        touched.insert(*disk);
-                    }
-                    StagedItem::Delete {
-                        disk,
-                        table,
-                        slice,
-                        rowids,
-                    } => {
-                        let d = disks
-                            .get(*disk as usize)
-                            .ok_or_else(|| EngineError::Internal(format!("no disk {disk}")))?;
-                        d.delete(SegmentKind::Mirror, *table, *slice, xid, rowids, None)?;
-                        touched.insert(*disk);
-                    }
-                }
+                let disk = match item {
+                    StagedItem::Blocks { disk, .. } | StagedItem::Delete { disk, .. } => *disk,
+                };
+                per_disk.entry(disk).or_default().push(item);
             }
-            for id in touched {
-                disks[id as usize].prepare(xid)?;
+            for (disk, items) in per_disk {
+                let d = disks
+                    .get(disk as usize)
+                    .ok_or_else(|| EngineError::Internal(format!("no disk {disk}")))?;
+                // Apply and prepare under the disk's commit lock, so the
+                // node's own prepare of the same xid cannot interleave.
+                d.prepare_after(xid, |d| {
+                    for item in items {
+                        match item {
+                            StagedItem::Blocks {
+                                table,
+                                slice,
+                                blocks,
+                                ..
+                            } => {
+                                for b in blocks {
+                                    d.append_encoded(SegmentKind::Mirror, *table, *slice, xid, b)?;
+                                }
+                            }
+                            StagedItem::Delete {
+                                table,
+                                slice,
+                                rowids,
+                                ..
+                            } => {
+                                d.delete(SegmentKind::Mirror, *table, *slice, xid, rowids, None)?;
+                            }
+                        }
+                    }
+                    Ok(())
+                })?;
             }
             Ok(())
         })

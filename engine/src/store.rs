@@ -1179,10 +1179,22 @@ impl DiskStore {
     /// prepared) without making it visible. After a crash it comes back as
     /// in-doubt until [`DiskStore::commit`] or [`DiskStore::abort`].
     pub fn prepare(&self, xid: Xid) -> Result<()> {
+        self.prepare_after(xid, |_| Ok(()))
+    }
+
+    /// Run `writes` (a mirror applying what it staged for `xid`) and then
+    /// prepare, with no other prepare or commit of this disk in between: a
+    /// prepare must never mark as durable writes it did not sync.
+    pub fn prepare_after(
+        &self,
+        xid: Xid,
+        writes: impl FnOnce(&DiskStore) -> Result<()>,
+    ) -> Result<()> {
         if self.read_only {
             return Err(read_only_err());
         }
         let _c = self.commit_lock.lock();
+        writes(self)?;
         {
             let inner = self.inner.lock();
             match inner.pending.get(&xid) {

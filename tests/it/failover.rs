@@ -385,3 +385,42 @@ fn a_corrupted_or_vanished_disk_fails_over_only_its_slices() {
         Ok(())
     });
 }
+
+#[test]
+fn a_transaction_prepared_before_its_primary_died_completes_through_the_mirror() {
+    harness::run("failover_prepared", |env| async move {
+        // Node 0 dies (failpoint exit) when told to commit: every participant
+        // has prepared and the commit record is written.
+        let db = Slicedb::multiprocess_with(
+            &env,
+            NODES,
+            "cluster",
+            &[(0, "SLICEDB_FAILPOINTS", "node.commit.before=exit")],
+        )
+        .await?;
+        let c = db.connect().await?;
+        exec(&c, "CREATE TABLE p (k bigint, v bigint) DISTRIBUTE ON (k)").await?;
+        let r = c
+            .simple_query("INSERT INTO p SELECT i, i * 2 FROM generate_series(1, 3000) AS g(i)")
+            .await;
+        ensure!(
+            r.is_ok(),
+            "the commit decision was recorded: the client is acknowledged ({r:?})"
+        );
+        // The acknowledged rows are all there, node 0's share from the mirrors.
+        let got = query(&c, "SELECT count(*), sum(k) FROM p").await?;
+        ensure!(
+            got == vec![vec![Some("3000".to_string()), Some("4501500".to_string())]],
+            "acknowledged rows after the primary died: {got:?}"
+        );
+        let failed = scalar(
+            &c,
+            "SELECT count(*) FROM slicedb_slices WHERE primary_node = 0 AND state = 'failed_over'",
+        )
+        .await?;
+        ensure!(failed != "0", "node 0's slices failed over");
+        drop(c);
+        db.kill();
+        Ok(())
+    });
+}

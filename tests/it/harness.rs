@@ -434,6 +434,17 @@ impl Slicedb {
 
     /// [`Slicedb::multiprocess`] under `env/<dir>` (several clusters per test).
     pub async fn multiprocess_in(env: &TestEnv, nodes: u32, dir: &str) -> Result<Slicedb> {
+        Self::multiprocess_with(env, nodes, dir, &[]).await
+    }
+
+    /// [`Slicedb::multiprocess_in`] with environment variables for some
+    /// node processes: `(node id, name, value)` (failpoints).
+    pub async fn multiprocess_with(
+        env: &TestEnv,
+        nodes: u32,
+        dir: &str,
+        node_vars: &[(u32, &str, &str)],
+    ) -> Result<Slicedb> {
         let root = env.path().join(dir);
         fs::create_dir_all(&root)?;
         let pg_port = free_port()?;
@@ -465,7 +476,13 @@ impl Slicedb {
                 "--id".to_string(),
                 id.to_string(),
             ];
-            let (proc, line) = Proc::spawn_ready(env, &format!("node{id}"), &args).await?;
+            let vars: Vec<(&str, &str)> = node_vars
+                .iter()
+                .filter(|v| v.0 == id as u32)
+                .map(|v| (v.1, v.2))
+                .collect();
+            let (proc, line) =
+                Proc::spawn_ready_with(env, &format!("node{id}"), &args, &vars).await?;
             let want = format!("ready: node {id} at ");
             ensure!(
                 line.starts_with(&want),
