@@ -316,6 +316,23 @@ impl NodeServer {
         v
     }
 
+    /// Commit or abort `xid` on every disk (a no-op where it has nothing).
+    async fn on_all_disks(
+        &self,
+        xid: Xid,
+        f: fn(&DiskStore, Xid) -> Result<()>,
+    ) -> Result<(), Status> {
+        let disks = self.state.disks.clone();
+        Self::blocking(move || {
+            for d in &disks {
+                f(d, xid)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(status)
+    }
+
     /// The map, without an epoch check (commit/abort finish at any epoch).
     fn current_map(&self) -> NodeMap {
         self.state.map.read().clone().unwrap_or_default()
@@ -635,15 +652,7 @@ impl pb::node_server::Node for NodeServer {
         let req = request.into_inner();
         let xid = req.xid;
         failpoint::hit("node.commit.before");
-        let disks = self.state.disks.clone();
-        Self::blocking(move || {
-            for d in &disks {
-                d.commit(xid)?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(status)?;
+        self.on_all_disks(xid, DiskStore::commit).await?;
         failpoint::hit("node.commit.after_local");
         let txn = self.state.txns.lock().remove(&xid);
         let map = self.current_map();
@@ -679,15 +688,7 @@ impl pb::node_server::Node for NodeServer {
         // Abort is allowed at any epoch: discarding never serves stale data.
         let txn = self.state.txns.lock().remove(&xid);
         self.state.staged.lock().remove(&xid);
-        let disks = self.state.disks.clone();
-        Self::blocking(move || {
-            for d in &disks {
-                d.abort(xid)?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(status)?;
+        self.on_all_disks(xid, DiskStore::abort).await?;
         if let Some(t) = txn {
             let map = self.current_map();
             for mirror in t.mirrored.keys() {
@@ -824,15 +825,7 @@ impl pb::node_server::Node for NodeServer {
     ) -> Result<Response<pb::Ack>, Status> {
         let xid = request.into_inner().xid;
         failpoint::hit("mirror.commit.before");
-        let disks = self.state.disks.clone();
-        Self::blocking(move || {
-            for d in &disks {
-                d.commit(xid)?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(status)?;
+        self.on_all_disks(xid, DiskStore::commit).await?;
         Ok(Response::new(pb::Ack {}))
     }
 
@@ -842,15 +835,7 @@ impl pb::node_server::Node for NodeServer {
     ) -> Result<Response<pb::Ack>, Status> {
         let xid = request.into_inner().xid;
         self.state.staged.lock().remove(&xid);
-        let disks = self.state.disks.clone();
-        Self::blocking(move || {
-            for d in &disks {
-                d.abort(xid)?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(status)?;
+        self.on_all_disks(xid, DiskStore::abort).await?;
         Ok(Response::new(pb::Ack {}))
     }
 

@@ -139,6 +139,31 @@ fn is_ours(s: &Statement) -> bool {
     )
 }
 
+/// Run DataFusion work inside the transaction block `txn`: refused (25P02)
+/// if the block already failed; a failure marks it failed.
+async fn in_block<T>(
+    txn: Arc<Txn>,
+    work: impl std::future::Future<Output = PgWireResult<T>>,
+) -> PgWireResult<T> {
+    if let Some(why) = txn.failed() {
+        return Err(SqlError::from(CoordinatorError::TransactionAborted(why)).into());
+    }
+    let r = CURRENT_TXN.scope(txn.clone(), work).await;
+    if let Err(e) = &r {
+        txn.mark_failed(e.to_string());
+    }
+    r
+}
+
+/// GROOM TABLE, answered with the rows it removed.
+async fn groom(fe: &Frontend, table: &str) -> Result<Response, SqlError> {
+    let (blocks, rows) = fe.coord.groom(table).await?;
+    info!(table = %table, blocks, rows, "groomed");
+    Ok(Response::Execution(
+        Tag::new("GROOM").with_rows(rows as usize),
+    ))
+}
+
 /// `GROOM TABLE name` (Netezza): the table name, if `sql` is one.
 fn parse_groom(sql: &str) -> Option<String> {
     let t = sql.trim().trim_end_matches(';').trim();
@@ -716,11 +741,7 @@ impl SimpleQueryHandler for Simple {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         if let Some(table) = parse_groom(query) {
-            let (blocks, rows) = self.fe.coord.groom(&table).await.map_err(SqlError::from)?;
-            info!(table = %table, blocks, rows, "groomed");
-            return Ok(vec![Response::Execution(
-                Tag::new("GROOM").with_rows(rows as usize),
-            )]);
+            return Ok(vec![groom(&self.fe, &table).await?]);
         }
         let txn = conn_txn(client).await;
         let parsed = match dialect::parse_statements(query) {
@@ -770,20 +791,10 @@ impl Simple {
         match conn_txn(client).await {
             None => fix_responses(SimpleQueryHandler::do_query(&*self.fe.df, client, text).await),
             Some(txn) => {
-                if let Some(why) = txn.failed() {
-                    return Err(SqlError::from(CoordinatorError::TransactionAborted(why)).into());
-                }
-                let r = CURRENT_TXN
-                    .scope(txn.clone(), async {
-                        fix_responses(
-                            SimpleQueryHandler::do_query(&*self.fe.df, client, text).await,
-                        )
-                    })
-                    .await;
-                if let Err(e) = &r {
-                    txn.mark_failed(e.to_string());
-                }
-                r
+                in_block(txn, async {
+                    fix_responses(SimpleQueryHandler::do_query(&*self.fe.df, client, text).await)
+                })
+                .await
             }
         }
     }
@@ -972,10 +983,7 @@ impl ExtendedQueryHandler for Extended {
                 return Ok(run_ours(&self.fe, client, p).await?);
             }
             if let Some(table) = parse_groom(sql) {
-                let (_, rows) = self.fe.coord.groom(&table).await.map_err(SqlError::from)?;
-                return Ok(Response::Execution(
-                    Tag::new("GROOM").with_rows(rows as usize),
-                ));
+                return Ok(groom(&self.fe, &table).await?);
             }
         }
         match conn_txn(client).await {
@@ -983,20 +991,12 @@ impl ExtendedQueryHandler for Extended {
                 .await
                 .map_err(to_pg),
             Some(txn) => {
-                if let Some(why) = txn.failed() {
-                    return Err(SqlError::from(CoordinatorError::TransactionAborted(why)).into());
-                }
-                let r = CURRENT_TXN
-                    .scope(txn.clone(), async {
-                        ExtendedQueryHandler::do_query(&*self.fe.df, client, portal, max_rows)
-                            .await
-                            .map_err(to_pg)
-                    })
-                    .await;
-                if let Err(e) = &r {
-                    txn.mark_failed(e.to_string());
-                }
-                r
+                in_block(txn, async {
+                    ExtendedQueryHandler::do_query(&*self.fe.df, client, portal, max_rows)
+                        .await
+                        .map_err(to_pg)
+                })
+                .await
             }
         }
     }
