@@ -60,6 +60,12 @@ impl CoordinatorConfig {
     pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 }
 
+/// Receive window of one scan stream: what a node may send ahead of the
+/// plan reading it.
+const SCAN_STREAM_WINDOW: u32 = 4 << 20;
+/// Receive window of the scan connection to one node (HTTP/2's largest).
+const SCAN_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+
 /// One node's clients. Channels reconnect by themselves.
 #[derive(Clone)]
 pub struct NodeClient {
@@ -70,21 +76,34 @@ pub struct NodeClient {
 }
 
 impl NodeClient {
+    /// Two HTTP/2 connections per node: one for control and writes, one for
+    /// scans. HTTP/2 flow control is per stream and per connection; a scan
+    /// stream that the plan does not read yet (the probe side of a hash
+    /// join waits for its build side) keeps its data unacknowledged. On a
+    /// shared connection that would use up the connection's window, stall
+    /// every other stream on it, including the one the plan is waiting for,
+    /// and the heartbeats: a deadlock that looks like a dead node. So scans
+    /// get their own connection, whose window is far larger than the sum of
+    /// the stream windows of the scans a plan can open at once.
     fn new(ep: &NodeEndpoint) -> Result<NodeClient> {
-        let channel = Endpoint::from_shared(format!("http://{}", ep.address))
+        let endpoint = Endpoint::from_shared(format!("http://{}", ep.address))
             .map_err(|e| {
                 CoordinatorError::Config(format!("node {} address {}: {e}", ep.id, ep.address))
             })?
             .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        let control = endpoint.clone().connect_lazy();
+        let scans = endpoint
+            .initial_stream_window_size(Some(SCAN_STREAM_WINDOW))
+            .initial_connection_window_size(Some(SCAN_CONNECTION_WINDOW))
             .connect_lazy();
         Ok(NodeClient {
             id: ep.id,
             address: ep.address.clone(),
-            grpc: pb::node_client::NodeClient::new(channel.clone())
+            grpc: pb::node_client::NodeClient::new(control)
                 .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
-            flight: FlightServiceClient::new(channel)
+            flight: FlightServiceClient::new(scans)
                 .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
         })
@@ -103,6 +122,9 @@ pub struct Shared {
     pub nodes: BTreeMap<NodeId, NodeClient>,
     /// Last known state per node ("up" / "down").
     pub node_state: Mutex<BTreeMap<NodeId, String>>,
+    /// Rows per table on each node's primary and temp segments, as its last
+    /// Status answer (every heartbeat) said: the optimizer's row counts.
+    table_rows: Mutex<BTreeMap<NodeId, BTreeMap<u64, u64>>>,
     pub txns: crate::txn::TxnManager,
     next_xid: AtomicU64,
     xid_limit: AtomicU64,
@@ -231,6 +253,27 @@ impl Shared {
         self.map().down.contains(&node)
     }
 
+    /// Remember the row counts a node's Status reported.
+    pub fn note_status(&self, node: NodeId, st: &pb::StatusResponse) {
+        let mut rows: BTreeMap<u64, u64> = BTreeMap::new();
+        for s in &st.slices {
+            if s.segment != pb::Segment::Mirror as i32 {
+                *rows.entry(s.table).or_default() += s.rows;
+            }
+        }
+        self.table_rows.lock().insert(node, rows);
+    }
+
+    /// About how many rows `table` holds (stored rows, deleted ones
+    /// included, as of the last heartbeat); `None` before any node reported.
+    pub fn table_rows(&self, table: u64) -> Option<u64> {
+        let all = self.table_rows.lock();
+        if all.is_empty() {
+            return None;
+        }
+        Some(all.values().filter_map(|t| t.get(&table)).sum())
+    }
+
     pub fn mark(&self, node: NodeId, up: bool) {
         // A node the map declared failed stays down (fenced) even if it
         // answers again, until it is regenerated.
@@ -280,6 +323,7 @@ impl Coordinator {
             map: RwLock::new(Arc::new(map)),
             nodes,
             node_state: Mutex::new(BTreeMap::new()),
+            table_rows: Mutex::new(BTreeMap::new()),
             txns,
             next_xid: AtomicU64::new(hw),
             xid_limit: AtomicU64::new(hw),
@@ -492,6 +536,7 @@ async fn probe(shared: Arc<Shared>, n: NodeClient) {
         match tokio::time::timeout(timeout, c.status(pb::StatusRequest {})).await {
             Ok(Ok(st)) => {
                 shared.mark(n.id, true);
+                shared.note_status(n.id, st.get_ref());
                 for d in &st.get_ref().disks {
                     if !d.failed.is_empty() {
                         if let Err(e) = shared.fail_disk(n.id, d.disk, &d.failed).await {
@@ -532,8 +577,9 @@ async fn wait_for_nodes(shared: &Shared) -> Result<()> {
         loop {
             let mut c = n.grpc.clone();
             match c.status(pb::StatusRequest {}).await {
-                Ok(_) => {
+                Ok(st) => {
                     shared.mark(n.id, true);
+                    shared.note_status(n.id, st.get_ref());
                     break;
                 }
                 Err(s) if Instant::now() < deadline => {

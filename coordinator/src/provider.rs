@@ -22,7 +22,9 @@ use arrow_flight::error::FlightError;
 use arrow_flight::Ticket;
 use async_trait::async_trait;
 use datafusion::catalog::Session;
+use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::Statistics;
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result as DfResult};
@@ -400,6 +402,21 @@ impl ExecutionPlan for BroadcastScanExec {
 
     fn properties(&self) -> &Arc<PlanProperties> {
         &self.props
+    }
+
+    /// Row counts from the nodes' last heartbeat (inexact): what lets the
+    /// optimizer build hash joins on the small side, and broadcast a small
+    /// side instead of repartitioning a large one.
+    fn partition_statistics(&self, partition: Option<usize>) -> DfResult<Arc<Statistics>> {
+        let mut st = Statistics::new_unknown(&self.schema);
+        if let Some(rows) = self.shared.table_rows(self.meta.id) {
+            let rows = match partition {
+                None => rows,
+                Some(_) => rows / self.parts.len().max(1) as u64,
+            };
+            st.num_rows = Precision::Inexact(rows as usize);
+        }
+        Ok(Arc::new(st))
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
