@@ -424,3 +424,56 @@ fn a_transaction_prepared_before_its_primary_died_completes_through_the_mirror()
         Ok(())
     });
 }
+
+/// A plan opens every scan at once, but reads the probe side of a hash join
+/// only after its build side. The unread scan streams must not stall the
+/// ones being read, nor the heartbeats. (At TPC-H SF 1, Q21 once hung this
+/// way: scans and heartbeats shared one HTTP/2 connection per node, unread
+/// streams used up its flow-control window, and a live node was declared
+/// failed. This smaller join checks the same promise; it did not hang on
+/// the old code, so the SF 1 run in docs/benchmarks.md is the reproducer.)
+#[test]
+fn unread_scan_streams_neither_stall_a_join_nor_fail_a_node() {
+    harness::run("unread_scan_streams", |env| async move {
+        let dir = env.path().join("data");
+        let db = Slicedb::local(&env, 2, &dir).await?;
+        let c = db.connect().await?;
+        exec(&c, "CREATE TABLE w (k bigint, pad text) DISTRIBUTE ON (k)").await?;
+        // 60k rows of 120-byte strings: about 7 MB per scan, 3.5 MB per node.
+        exec(
+            &c,
+            "INSERT INTO w SELECT i, repeat(chr(65 + i % 26), 120) \
+             FROM generate_series(1, 60000) AS g(i)",
+        )
+        .await?;
+        // Four scans of w; each join's probe side waits, unread, for its build side.
+        let sql =
+            "SELECT count(*), sum(length(a.pad) + length(b.pad) + length(c.pad) + length(d.pad)) \
+                   FROM w a JOIN w b ON a.k = b.k JOIN w c ON b.k = c.k JOIN w d ON c.k = d.k";
+        let got = tokio::time::timeout(Duration::from_secs(120), query(&c, sql))
+            .await
+            .map_err(|_| anyhow!("the four-way join did not answer within 120 s"))??;
+        ensure!(
+            got == vec![vec![
+                Some("60000".to_string()),
+                Some((60000 * 480).to_string())
+            ]],
+            "four-way join answered {got:?}"
+        );
+        let down = scalar(&c, "SELECT count(*) FROM slicedb_nodes WHERE state <> 'up'").await?;
+        ensure!(
+            down == "0",
+            "{down} node(s) declared failed during the join"
+        );
+        ensure!(
+            scalar(
+                &c,
+                "SELECT count(*) FROM slicedb_slices WHERE state <> 'in_sync'"
+            )
+            .await?
+                == "0",
+            "a slice left in_sync during the join"
+        );
+        db.stop().await
+    });
+}
