@@ -77,6 +77,9 @@ pub struct Options {
     pub query_timeout: Duration,
     /// Draw progress bars on stderr.
     pub progress: bool,
+    /// Also write the generated tables here as `<table>.parquet` (for other
+    /// engines, e.g. `benchmarks/duckdb_tpch.py`).
+    pub dump_parquet: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -93,8 +96,26 @@ impl Default for Options {
             skip_load: false,
             query_timeout: Duration::from_secs(600),
             progress: false,
+            dump_parquet: None,
         }
     }
+}
+
+/// Write every generated table to `dir/<table>.parquet`.
+pub fn dump_parquet(data: &gen::TpchData, dir: &std::path::Path) -> Result<()> {
+    use datafusion::parquet::arrow::ArrowWriter;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for t in &data.tables {
+        let path = dir.join(format!("{}.parquet", t.table.name()));
+        let file =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let mut w = ArrowWriter::try_new(file, t.schema.clone(), None)?;
+        for b in &t.batches {
+            w.write(b)?;
+        }
+        w.close()?;
+    }
+    Ok(())
 }
 
 /// The number of cores (at least 1).
@@ -187,6 +208,11 @@ pub async fn run(opts: &Options) -> Result<Report> {
             opts.sf,
             data.elapsed.as_secs_f64()
         );
+    }
+
+    if let Some(dir) = &opts.dump_parquet {
+        dump_parquet(&data, dir)?;
+        eprintln!("wrote the tables as Parquet to {}", dir.display());
     }
 
     let mut embedded = None;

@@ -55,6 +55,10 @@ struct Args {
     /// whose server takes no data for this long.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Also write the generated tables to DIR/<table>.parquet, e.g. for
+    /// `benchmarks/duckdb_tpch.py --parquet DIR`.
+    #[arg(long, value_name = "DIR")]
+    dump_parquet: Option<PathBuf>,
     /// Never draw progress bars (they are drawn only on a terminal anyway).
     #[arg(long)]
     no_progress: bool,
@@ -84,6 +88,7 @@ async fn main() -> Result<()> {
         skip_load: args.skip_load,
         query_timeout: Duration::from_secs(args.timeout),
         progress: !args.no_progress && std::io::stderr().is_terminal(),
+        dump_parquet: args.dump_parquet,
     };
     // On Ctrl-C or SIGTERM, drop the run: that stops the embedded cluster
     // and removes its temporary data directory.
