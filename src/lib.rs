@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod allocator;
 pub mod config;
 
 use std::net::SocketAddr;

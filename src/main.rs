@@ -10,6 +10,11 @@ use clap::{Parser, Subcommand};
 use slicedb::config::{parse_size, ClusterConfig};
 use slicedb::{LocalCluster, LocalOptions};
 
+// glibc malloc hands large buffers back to the kernel and faults them in
+// again on every COPY batch and scan block; mimalloc keeps them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// slicedb: a shared-nothing parallel SQL database with mirrored data slices.
 #[derive(Parser)]
 #[command(name = "slicedb", version, about, long_about = None)]
@@ -110,6 +115,7 @@ fn ready_line(line: &str) {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    slicedb::allocator::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

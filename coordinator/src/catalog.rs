@@ -40,6 +40,10 @@ struct TableDef {
     columns: Vec<ColumnDef>,
     distribution: Distribution,
     mirrored: bool,
+    /// A temporary table: the SQL session that owns it. Recorded so that a
+    /// coordinator that restarts can drop what its dead sessions left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    session: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,7 +55,8 @@ struct CatalogFile {
     tables: Vec<TableDef>,
 }
 
-const CATALOG_VERSION: u32 = 1;
+/// Version 2 added temporary tables (`session`); version 1 files are read.
+const CATALOG_VERSION: u32 = 2;
 /// How many xids are reserved by one catalog write.
 pub const XID_RESERVATION: u64 = 4096;
 
@@ -65,6 +70,9 @@ pub struct TableMeta {
     /// Indices of the distribution key columns (empty for random).
     pub key: Vec<usize>,
     pub mirrored: bool,
+    /// A temporary table (CREATE TEMP TABLE): the session that owns it and
+    /// alone sees it. Temporary tables are never mirrored.
+    pub session: Option<u64>,
 }
 
 impl TableMeta {
@@ -107,6 +115,8 @@ pub struct Catalog {
     next_table_id: TableId,
     xid_high_water: u64,
     tables: BTreeMap<String, Arc<TableMeta>>,
+    /// Temporary tables by (session, name).
+    temps: BTreeMap<(u64, String), Arc<TableMeta>>,
 }
 
 impl Catalog {
@@ -120,6 +130,7 @@ impl Catalog {
             next_table_id: 1,
             xid_high_water: 1,
             tables: BTreeMap::new(),
+            temps: BTreeMap::new(),
         };
         if !path.exists() {
             cat.persist()?;
@@ -129,7 +140,7 @@ impl Catalog {
             .map_err(|e| CoordinatorError::io(path.display().to_string(), e))?;
         let file: CatalogFile = serde_json::from_str(&text)
             .map_err(|e| CoordinatorError::Catalog(format!("{}: {e}", path.display())))?;
-        if file.version != CATALOG_VERSION {
+        if !(1..=CATALOG_VERSION).contains(&file.version) {
             return Err(CoordinatorError::Catalog(format!(
                 "{}: catalog version {} is not supported (this build reads {CATALOG_VERSION})",
                 path.display(),
@@ -139,8 +150,11 @@ impl Catalog {
         cat.next_table_id = file.next_table_id;
         cat.xid_high_water = file.xid_high_water;
         for t in file.tables {
-            let meta = table_meta(t)?;
-            cat.tables.insert(meta.name.clone(), Arc::new(meta));
+            let meta = Arc::new(table_meta(t)?);
+            match meta.session {
+                Some(s) => cat.temps.insert((s, meta.name.clone()), meta),
+                None => cat.tables.insert(meta.name.clone(), meta),
+            };
         }
         Ok(cat)
     }
@@ -150,7 +164,12 @@ impl Catalog {
             version: CATALOG_VERSION,
             next_table_id: self.next_table_id,
             xid_high_water: self.xid_high_water,
-            tables: self.tables.values().map(|t| table_def(t)).collect(),
+            tables: self
+                .tables
+                .values()
+                .chain(self.temps.values())
+                .map(|t| table_def(t))
+                .collect(),
         };
         let text = serde_json::to_vec_pretty(&file)
             .map_err(|e| CoordinatorError::Catalog(e.to_string()))?;
@@ -161,19 +180,40 @@ impl Catalog {
         self.tables.get(name).cloned()
     }
 
+    /// The permanent tables.
     pub fn tables(&self) -> Vec<Arc<TableMeta>> {
         self.tables.values().cloned().collect()
     }
 
-    /// Add a table durably; returns its metadata with a fresh id.
+    /// A temporary table of `session`.
+    pub fn get_temp(&self, session: u64, name: &str) -> Option<Arc<TableMeta>> {
+        self.temps.get(&(session, name.to_string())).cloned()
+    }
+
+    /// The temporary tables of `session`, or of every session.
+    pub fn temps(&self, session: Option<u64>) -> Vec<Arc<TableMeta>> {
+        self.temps
+            .iter()
+            .filter(|((s, _), _)| session.is_none_or(|want| *s == want))
+            .map(|(_, t)| t.clone())
+            .collect()
+    }
+
+    /// Add a table durably; returns its metadata with a fresh id. With
+    /// `session`, a temporary table of that session (unmirrored).
     pub fn add(
         &mut self,
         name: &str,
         schema: SchemaRef,
         distribution: Distribution,
         mirrored: bool,
+        session: Option<u64>,
     ) -> Result<Arc<TableMeta>> {
-        if self.tables.contains_key(name) {
+        let exists = match session {
+            Some(s) => self.temps.contains_key(&(s, name.to_string())),
+            None => self.tables.contains_key(name),
+        };
+        if exists {
             return Err(CoordinatorError::TableExists(name.to_string()));
         }
         let def = TableDef {
@@ -181,26 +221,48 @@ impl Catalog {
             name: name.to_string(),
             columns: column_defs(&schema),
             distribution,
-            mirrored,
+            mirrored: mirrored && session.is_none(),
+            session,
         };
         let meta = Arc::new(table_meta(def)?);
         self.next_table_id += 1;
-        self.tables.insert(name.to_string(), meta.clone());
+        self.insert(meta.clone());
         if let Err(e) = self.persist() {
-            self.tables.remove(name);
+            self.take(&meta);
             return Err(e);
         }
         Ok(meta)
     }
 
-    /// Remove a table durably.
+    fn insert(&mut self, meta: Arc<TableMeta>) {
+        match meta.session {
+            Some(s) => self.temps.insert((s, meta.name.clone()), meta),
+            None => self.tables.insert(meta.name.clone(), meta),
+        };
+    }
+
+    fn take(&mut self, meta: &TableMeta) -> Option<Arc<TableMeta>> {
+        match meta.session {
+            Some(s) => self.temps.remove(&(s, meta.name.clone())),
+            None => self.tables.remove(&meta.name),
+        }
+    }
+
+    /// Remove a permanent table durably.
     pub fn remove(&mut self, name: &str) -> Result<Arc<TableMeta>> {
         let meta = self
-            .tables
-            .remove(name)
+            .get(name)
             .ok_or_else(|| CoordinatorError::TableNotFound(name.to_string()))?;
+        self.remove_meta(&meta)
+    }
+
+    /// Remove this table (permanent or temporary) durably.
+    pub fn remove_meta(&mut self, meta: &TableMeta) -> Result<Arc<TableMeta>> {
+        let meta = self
+            .take(meta)
+            .ok_or_else(|| CoordinatorError::TableNotFound(meta.name.clone()))?;
         if let Err(e) = self.persist() {
-            self.tables.insert(name.to_string(), meta);
+            self.insert(meta);
             return Err(e);
         }
         Ok(meta)
@@ -239,6 +301,7 @@ fn table_def(t: &TableMeta) -> TableDef {
         columns: column_defs(&t.schema),
         distribution: t.distribution.clone(),
         mirrored: t.mirrored,
+        session: t.session,
     }
 }
 
@@ -277,7 +340,8 @@ fn table_meta(t: TableDef) -> Result<TableMeta> {
         schema,
         distribution: t.distribution,
         key,
-        mirrored: t.mirrored,
+        mirrored: t.mirrored && t.session.is_none(),
+        session: t.session,
     })
 }
 
@@ -320,10 +384,11 @@ mod tests {
                 schema.clone(),
                 Distribution::Hash(vec!["k".into()]),
                 true,
+                None,
             )
             .unwrap();
             assert!(matches!(
-                c.add("t", schema.clone(), Distribution::Random, true),
+                c.add("t", schema.clone(), Distribution::Random, true, None),
                 Err(CoordinatorError::TableExists(_))
             ));
             first_xid = c.reserve_xids(1).unwrap();
@@ -344,8 +409,76 @@ mod tests {
         let mut c = Catalog::open(dir.path()).unwrap();
         let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
         let e = c
-            .add("t", schema, Distribution::Hash(vec!["nope".into()]), true)
+            .add(
+                "t",
+                schema,
+                Distribution::Hash(vec!["nope".into()]),
+                true,
+                None,
+            )
             .unwrap_err();
         assert_eq!(e.sqlstate(), "42703");
+    }
+
+    #[test]
+    fn temporary_tables_are_per_session_unmirrored_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
+        let (perm, temp) = {
+            let mut c = Catalog::open(dir.path()).unwrap();
+            let perm = c
+                .add("t", schema.clone(), Distribution::Random, true, None)
+                .unwrap();
+            // The same name as a permanent table and as another session's.
+            let temp = c
+                .add("t", schema.clone(), Distribution::Random, true, Some(7))
+                .unwrap();
+            c.add("t", schema.clone(), Distribution::Random, true, Some(8))
+                .unwrap();
+            assert!(matches!(
+                c.add("t", schema.clone(), Distribution::Random, false, Some(7)),
+                Err(CoordinatorError::TableExists(_))
+            ));
+            (perm, temp)
+        };
+        assert!(perm.mirrored);
+        assert!(!temp.mirrored, "temporary tables are never mirrored");
+        assert_ne!(perm.id, temp.id);
+        let mut c = Catalog::open(dir.path()).unwrap();
+        assert_eq!(c.tables().len(), 1);
+        assert_eq!(c.get("t").unwrap().id, perm.id);
+        assert_eq!(c.get_temp(7, "t").unwrap().id, temp.id);
+        assert!(c.get_temp(9, "t").is_none());
+        assert_eq!(c.temps(None).len(), 2);
+        assert_eq!(c.temps(Some(8)).len(), 1);
+        c.remove_meta(&temp).unwrap();
+        let c = Catalog::open(dir.path()).unwrap();
+        assert!(c.get_temp(7, "t").is_none());
+        assert!(c.get("t").is_some());
+    }
+
+    #[test]
+    fn version_1_catalogs_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("catalog.json"),
+            r#"{ "version": 1, "next_table_id": 3, "xid_high_water": 8193,
+                 "tables": [ { "id": 2, "name": "t",
+                   "columns": [ {"name": "k", "data_type": "Int64", "nullable": true} ],
+                   "distribution": {"hash": ["k"]}, "mirrored": false } ] }"#,
+        )
+        .unwrap();
+        let c = Catalog::open(dir.path()).unwrap();
+        let t = c.get("t").unwrap();
+        assert_eq!((t.id, t.mirrored, t.session), (2, false, None));
+        std::fs::write(
+            dir.path().join("catalog.json"),
+            r#"{ "version": 3, "next_table_id": 1, "xid_high_water": 1, "tables": [] }"#,
+        )
+        .unwrap();
+        assert!(
+            Catalog::open(dir.path()).is_err(),
+            "a newer version is refused"
+        );
     }
 }

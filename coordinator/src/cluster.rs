@@ -19,11 +19,12 @@ use parking_lot::{Mutex, RwLock};
 use slicedb_engine::proto::{self, pb};
 use slicedb_engine::{NodeId, SliceId, Xid};
 use tonic::transport::{Channel, Endpoint};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::catalog::{Catalog, Distribution, TableMeta};
 use crate::distmap::{DistMap, NodeShape, SliceState};
 use crate::provider::SliceTable;
+use crate::session::current_session;
 use crate::{CoordinatorError, Result};
 
 /// A node as the coordinator's configuration names it.
@@ -91,7 +92,8 @@ impl NodeClient {
                 CoordinatorError::Config(format!("node {} address {}: {e}", ep.id, ep.address))
             })?
             .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .max_frame_size(Some(proto::MAX_FRAME_BYTES));
         let control = endpoint.clone().connect_lazy();
         let scans = endpoint
             .initial_stream_window_size(Some(SCAN_STREAM_WINDOW))
@@ -345,6 +347,14 @@ impl Coordinator {
         for t in &tables {
             create_on_nodes(&shared, t).await?;
         }
+        // Temporary tables of the previous process's sessions: those
+        // sessions are gone, and so are their tables.
+        let leftovers = shared.catalog.lock().temps(None);
+        for t in leftovers {
+            info!(table = %t.name, id = t.id, "dropping a temporary table left by a previous run");
+            shared.catalog.lock().remove_meta(&t)?;
+            drop_on_nodes(&shared, &t).await;
+        }
 
         let mut session = SessionConfig::new()
             .with_information_schema(true)
@@ -359,6 +369,17 @@ impl Coordinator {
             session = session.with_target_partitions(config.target_partitions);
         }
         let ctx = Arc::new(SessionContext::new_with_config(session));
+        // Names resolve through the session's temporary tables first.
+        let catalog = ctx
+            .catalog("datafusion")
+            .ok_or_else(|| CoordinatorError::Catalog("no default catalog".into()))?;
+        let public = catalog
+            .schema("public")
+            .ok_or_else(|| CoordinatorError::Catalog("no public schema".into()))?;
+        catalog.register_schema(
+            "public",
+            Arc::new(crate::session::SessionSchema::new(public, shared.clone())),
+        )?;
         for t in tables {
             let name = t.name.clone();
             ctx.register_table(name.as_str(), Arc::new(SliceTable::new(shared.clone(), t)))?;
@@ -381,11 +402,14 @@ impl Coordinator {
         &self.shared
     }
 
+    /// The table `name` as the current session sees it: its temporary
+    /// table of that name, else the permanent one.
     pub fn table(&self, name: &str) -> Result<Arc<TableMeta>> {
-        self.shared
-            .catalog
-            .lock()
-            .get(name)
+        let cat = self.shared.catalog.lock();
+        if let Some(t) = current_session().and_then(|s| cat.get_temp(s, name)) {
+            return Ok(t);
+        }
+        cat.get(name)
             .ok_or_else(|| CoordinatorError::TableNotFound(name.to_string()))
     }
 
@@ -394,15 +418,36 @@ impl Coordinator {
     }
 
     /// CREATE TABLE: durable in the catalog, then created on every node.
+    /// `temporary`: a table of the current session (CREATE TEMP TABLE),
+    /// unmirrored, dropped when the session ends.
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_table(
         &self,
         name: &str,
         schema: SchemaRef,
         distribution: Distribution,
         mirrored: bool,
+        temporary: bool,
         if_not_exists: bool,
     ) -> Result<()> {
-        if self.ctx.table_exist(name)? && self.shared.catalog.lock().get(name).is_none() {
+        let session = match (temporary, current_session()) {
+            (false, _) => None,
+            (true, Some(s)) => Some(s),
+            (true, None) => {
+                return Err(CoordinatorError::NotSupported(
+                    "a temporary table outside a SQL session".into(),
+                ))
+            }
+        };
+        // A system view has the name (a session's temporary table may
+        // shadow a permanent one, as in PostgreSQL, but not a view).
+        let shadowed = current_session()
+            .and_then(|s| self.shared.catalog.lock().get_temp(s, name))
+            .is_some();
+        if !shadowed
+            && self.ctx.table_exist(name)?
+            && self.shared.catalog.lock().get(name).is_none()
+        {
             return Err(CoordinatorError::TableExists(name.to_string()));
         }
         for f in schema.fields() {
@@ -431,54 +476,85 @@ impl Coordinator {
         }
         let meta = {
             let mut cat = self.shared.catalog.lock();
-            if cat.get(name).is_some() {
+            let exists = match session {
+                Some(s) => cat.get_temp(s, name).is_some(),
+                None => cat.get(name).is_some(),
+            };
+            if exists {
                 if if_not_exists {
                     return Ok(());
                 }
                 return Err(CoordinatorError::TableExists(name.to_string()));
             }
-            cat.add(name, schema, distribution, mirrored)?
+            cat.add(name, schema, distribution, mirrored, session)?
         };
         if let Err(e) = create_on_nodes(&self.shared, &meta).await {
             // Leave no half-created table behind in the catalog.
-            let _ = self.shared.catalog.lock().remove(name);
+            let _ = self.shared.catalog.lock().remove_meta(&meta);
             return Err(e);
         }
-        self.ctx
-            .register_table(name, Arc::new(SliceTable::new(self.shared.clone(), meta)))?;
+        // Temporary tables resolve through the session schema, never here.
+        if session.is_none() {
+            self.ctx
+                .register_table(name, Arc::new(SliceTable::new(self.shared.clone(), meta)))?;
+        }
         Ok(())
+    }
+
+    /// Whether the session has temporary tables.
+    pub fn has_temp_tables(&self, session: u64) -> bool {
+        !self.shared.catalog.lock().temps(Some(session)).is_empty()
+    }
+
+    /// A session ended: drop its temporary tables.
+    pub async fn end_session(&self, session: u64) {
+        let temps = self.shared.catalog.lock().temps(Some(session));
+        for t in temps {
+            match self.shared.catalog.lock().remove_meta(&t) {
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(table = %t.name, error = %e, "temporary table not dropped at session end");
+                    continue;
+                }
+            }
+            drop_on_nodes(&self.shared, &t).await;
+            debug!(table = %t.name, session, "temporary table dropped at session end");
+        }
     }
 
     /// DROP TABLE: out of the catalog first (so nothing new reaches it), then
     /// off every node.
+    /// The session's temporary table of that name comes first.
     pub async fn drop_table(&self, name: &str, if_exists: bool) -> Result<()> {
-        let meta = match self.shared.catalog.lock().remove(name) {
+        let found = match self.table(name) {
             Ok(m) => m,
             Err(CoordinatorError::TableNotFound(_)) if if_exists => return Ok(()),
             Err(e) => return Err(e),
         };
-        self.ctx.deregister_table(name)?;
-        let epoch = self.shared.map().epoch;
-        for n in self
-            .shared
-            .nodes
-            .values()
-            .filter(|n| !self.shared.is_down(n.id))
-        {
-            let mut c = n.grpc.clone();
-            if let Err(s) = c
-                .drop_table(pb::DropTableRequest {
-                    epoch,
-                    table: meta.id,
-                })
-                .await
-            {
-                // The catalog no longer names the table; its blocks are
-                // orphaned on that node until it is reached again.
-                warn!(node = n.id, table = meta.id, error = %s, "drop on node failed");
-            }
+        let meta = self.shared.catalog.lock().remove_meta(&found)?;
+        if meta.session.is_none() {
+            self.ctx.deregister_table(name)?;
         }
+        drop_on_nodes(&self.shared, &meta).await;
         Ok(())
+    }
+}
+
+/// Drop a table's blocks on every live node (the catalog no longer names it).
+async fn drop_on_nodes(shared: &Shared, meta: &TableMeta) {
+    let epoch = shared.map().epoch;
+    for n in shared.nodes.values().filter(|n| !shared.is_down(n.id)) {
+        let mut c = n.grpc.clone();
+        if let Err(s) = c
+            .drop_table(pb::DropTableRequest {
+                epoch,
+                table: meta.id,
+            })
+            .await
+        {
+            // Its blocks are orphaned on that node until it is reached again.
+            warn!(node = n.id, table = meta.id, error = %s, "drop on node failed");
+        }
     }
 }
 

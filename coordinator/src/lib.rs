@@ -19,6 +19,7 @@ pub mod filter;
 pub mod hash;
 pub mod load;
 pub mod provider;
+pub mod session;
 pub mod system;
 pub mod txn;
 

@@ -12,8 +12,6 @@
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::array::UInt32Array;
-use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::DataType;
 use slicedb_engine::proto::{self, pb};
 use slicedb_engine::Xid;
@@ -28,8 +26,13 @@ use crate::{CoordinatorError, Result};
 
 /// Rows buffered per slice before they are shipped.
 const FLUSH_ROWS: usize = 65_536;
-/// Writes in flight at once per loader.
-const MAX_IN_FLIGHT: usize = 4;
+/// Input batches held for slice buffers that point into them, at most.
+const MAX_HELD_BATCHES: usize = 64;
+/// Writes in flight at once per loader, at least (one per slice, up to
+/// `MAX_IN_FLIGHT`): slices fill at about the same pace, so their flushes
+/// come in bursts, and a burst should not stall the decoding behind it.
+const MIN_IN_FLIGHT: usize = 4;
+const MAX_IN_FLIGHT: usize = 32;
 
 /// Whether slicedb can store a column of this type.
 pub fn storable(dt: &DataType) -> bool {
@@ -37,10 +40,11 @@ pub fn storable(dt: &DataType) -> bool {
         || matches!(dt, DataType::Binary | DataType::LargeBinary)
 }
 
+/// Rows bound for one slice: (batch, row) pairs into `Loader::batches`,
+/// gathered with one `interleave` per flush (one copy of the rows).
 #[derive(Default)]
 struct SliceBuf {
-    batches: Vec<RecordBatch>,
-    rows: usize,
+    rows: Vec<(usize, usize)>,
 }
 
 pub struct Loader {
@@ -51,7 +55,12 @@ pub struct Loader {
     /// Autocommit: the loader commits or aborts its own transaction.
     own: bool,
     bufs: Vec<SliceBuf>,
+    /// Batches some slice buffer still points into, by id (`first_batch` +
+    /// position); dropped once no buffer does.
+    batches: std::collections::VecDeque<RecordBatch>,
+    first_batch: usize,
     inflight: JoinSet<Result<u64>>,
+    max_in_flight: usize,
     rows_in: u64,
     rows_stored: u64,
     round_robin: u32,
@@ -81,8 +90,11 @@ impl Loader {
             txn,
             own,
             bufs: (0..n).map(|_| SliceBuf::default()).collect(),
+            batches: std::collections::VecDeque::new(),
+            first_batch: 0,
             map,
             inflight: JoinSet::new(),
+            max_in_flight: n.clamp(MIN_IN_FLIGHT, MAX_IN_FLIGHT),
             rows_in: 0,
             rows_stored: 0,
             round_robin: rand_start(xid),
@@ -114,26 +126,26 @@ impl Loader {
         } else {
             crate::hash::slices_for_batch(&batch, &self.table.key, nslices)?
         };
-        // Group row indices by slice, then take each group once.
-        let mut groups: Vec<Vec<u32>> = vec![Vec::new(); nslices as usize];
+        let id = self.first_batch + self.batches.len();
+        self.batches.push_back(batch.clone());
         for (row, s) in slices.iter().enumerate() {
-            groups[*s as usize].push(row as u32);
+            self.bufs[*s as usize].rows.push((id, row));
         }
-        for (slice, idx) in groups.into_iter().enumerate() {
-            if idx.is_empty() {
-                continue;
-            }
-            let part = if idx.len() == batch.num_rows() {
-                batch.clone()
-            } else {
-                take_record_batch(&batch, &UInt32Array::from(idx))?
-            };
-            let buf = &mut self.bufs[slice];
-            buf.rows += part.num_rows();
-            buf.batches.push(part);
-            if buf.rows >= FLUSH_ROWS {
+        for slice in 0..self.bufs.len() {
+            if self.bufs[slice].rows.len() >= FLUSH_ROWS {
                 self.flush_slice(slice).await?;
             }
+        }
+        self.release_batches();
+        // A slice that rarely gets rows (a skewed key) would pin every batch
+        // after its oldest row: ship it early instead.
+        while self.batches.len() > MAX_HELD_BATCHES {
+            let oldest = (0..self.bufs.len())
+                .filter_map(|s| self.bufs[s].rows.first().map(|r| (r.0, s)))
+                .min();
+            let Some((_, slice)) = oldest else { break };
+            self.flush_slice(slice).await?;
+            self.release_batches();
         }
         self.rows_in += batch.num_rows() as u64;
         Ok(())
@@ -169,12 +181,26 @@ impl Loader {
         Ok(RecordBatch::try_new(schema.clone(), cols)?)
     }
 
+    /// Drop the batches no slice buffer points into any more.
+    fn release_batches(&mut self) {
+        let oldest = self
+            .bufs
+            .iter()
+            .filter_map(|b| b.rows.first().map(|r| r.0))
+            .min()
+            .unwrap_or(self.first_batch + self.batches.len());
+        while self.first_batch < oldest {
+            self.batches.pop_front();
+            self.first_batch += 1;
+        }
+    }
+
     async fn flush_slice(&mut self, slice: usize) -> Result<()> {
         let buf = std::mem::take(&mut self.bufs[slice]);
-        if buf.rows == 0 {
+        if buf.rows.is_empty() {
             return Ok(());
         }
-        while self.inflight.len() >= MAX_IN_FLIGHT {
+        while self.inflight.len() >= self.max_in_flight {
             self.join_one().await?;
         }
         // Writes go where the slice is served now (after a failover: the
@@ -184,7 +210,7 @@ impl Loader {
         let (loc, from_mirror) = entry.serving()?;
         let segment = self.table.segment_for(entry.slice, from_mirror)?;
         let node = self.shared.node(loc.node)?.clone();
-        let batch = concat_batches(&self.table.schema, &buf.batches)?;
+        let batch = self.gather(&buf.rows)?;
         self.txn.note_request(node.id, &[]);
         let txn = self.txn.clone();
         let req = pb::WriteRequest {
@@ -213,6 +239,27 @@ impl Loader {
             Ok(r.rows)
         });
         Ok(())
+    }
+
+    /// The rows `rows` points at, as one batch.
+    fn gather(&self, rows: &[(usize, usize)]) -> Result<RecordBatch> {
+        let first = rows[0].0;
+        let last = rows[rows.len() - 1].0;
+        let (a, b) = (first - self.first_batch, last - self.first_batch);
+        let sources: Vec<&RecordBatch> = self.batches.range(a..=b).collect();
+        // All rows of one batch, in order: no copy at all.
+        if a == b && rows.len() == sources[0].num_rows() {
+            return Ok(sources[0].clone());
+        }
+        let idx: Vec<(usize, usize)> = rows.iter().map(|&(id, r)| (id - first, r)).collect();
+        let cols = (0..self.table.schema.fields().len())
+            .map(|c| {
+                let arrays: Vec<&dyn arrow::array::Array> =
+                    sources.iter().map(|b| b.column(c).as_ref()).collect();
+                arrow::compute::interleave(&arrays, &idx)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(RecordBatch::try_new(self.table.schema.clone(), cols)?)
     }
 
     async fn join_one(&mut self) -> Result<()> {

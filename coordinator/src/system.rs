@@ -68,6 +68,7 @@ impl View {
                 i("disk"),
                 b("rows"),
                 b("bytes"),
+                s("persistence"),
             ],
             View::History => vec![b("epoch"), b("at_unix_ms"), s("cause")],
             View::Verify => vec![
@@ -111,6 +112,17 @@ pub fn register(ctx: &SessionContext, shared: &Arc<Shared>) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// How a table is kept: `mirrored` (two copies), `unmirrored` (WITH
+/// (mirrored = false): the temp segment, one copy) or `temporary` (CREATE
+/// TEMP TABLE: the temp segment, gone with its session).
+fn persistence(t: &crate::catalog::TableMeta) -> &'static str {
+    match (t.session, t.mirrored) {
+        (Some(_), _) => "temporary",
+        (None, true) => "mirrored",
+        (None, false) => "unmirrored",
+    }
 }
 
 fn segment_name(v: i32) -> &'static str {
@@ -212,23 +224,30 @@ impl SystemView {
                 ]
             }
             View::TableSlices => {
-                let names: std::collections::HashMap<u64, String> = self
-                    .shared
-                    .catalog
-                    .lock()
-                    .tables()
-                    .iter()
-                    .map(|t| (t.id, t.name.clone()))
-                    .collect();
+                // Permanent tables, and the current session's temporary ones.
+                let names: std::collections::HashMap<u64, (String, &'static str)> = {
+                    let cat = self.shared.catalog.lock();
+                    let temps = match crate::session::current_session() {
+                        Some(sid) => cat.temps(Some(sid)),
+                        None => Vec::new(),
+                    };
+                    cat.tables()
+                        .iter()
+                        .chain(temps.iter())
+                        .map(|t| (t.id, (t.name.clone(), persistence(t))))
+                        .collect()
+                };
                 let (mut tn, mut slice, mut seg, mut node, mut disk, mut rows, mut bytes) =
                     (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+                let mut pers = vec![];
                 for st in self.statuses().await {
                     for s in &st.slices {
                         // Blocks of dropped tables are not shown.
-                        let Some(name) = names.get(&s.table) else {
+                        let Some((name, p)) = names.get(&s.table) else {
                             continue;
                         };
                         tn.push(name.clone());
+                        pers.push(*p);
                         slice.push(s.slice as i32);
                         seg.push(segment_name(s.segment));
                         node.push(st.node as i32);
@@ -245,6 +264,7 @@ impl SystemView {
                     Arc::new(Int32Array::from(disk)),
                     Arc::new(Int64Array::from(rows)),
                     Arc::new(Int64Array::from(bytes)),
+                    Arc::new(StringArray::from(pers)),
                 ]
             }
             View::History => {

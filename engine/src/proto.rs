@@ -22,6 +22,15 @@ use crate::{EngineError, Result};
 /// Largest gRPC message either side accepts. Writes are chunked well below it.
 pub const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 
+/// HTTP/2 receive windows of a node's server. Writes and mirror forwards
+/// are megabytes each; with hyper's 1 MiB defaults every request waits for
+/// WINDOW_UPDATEs several times over. Bounded memory per connection.
+pub const RECEIVE_STREAM_WINDOW: u32 = 16 << 20;
+pub const RECEIVE_CONNECTION_WINDOW: u32 = 64 << 20;
+/// Largest HTTP/2 frame a node or the coordinator accepts (the default is
+/// 16 KiB: a 4 MiB write would be 256 frames, each handled on its own).
+pub const MAX_FRAME_BYTES: u32 = 1 << 20;
+
 /// gRPC metadata key carrying the typed error kind across the network.
 pub const ERROR_KIND_KEY: &str = "slicedb-error";
 
@@ -66,7 +75,9 @@ pub fn schema_from_bytes(bytes: &[u8]) -> Result<SchemaRef> {
 /// Encode batches as one Arrow IPC stream (uncompressed: it is on loopback or
 /// a LAN, and the node compresses into blocks itself).
 pub fn batches_to_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
+    // Presized: growing a multi-megabyte Vec copies it several times over.
+    let data: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+    let mut out = Vec::with_capacity(data + 4096);
     {
         let mut w =
             StreamWriter::try_new_with_options(&mut out, schema, IpcWriteOptions::default())?;

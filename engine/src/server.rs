@@ -139,6 +139,9 @@ impl NodeServer {
         info!(node = self.state.node, %addr, "node serving");
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         tonic::transport::Server::builder()
+            .initial_stream_window_size(Some(proto::RECEIVE_STREAM_WINDOW))
+            .initial_connection_window_size(Some(proto::RECEIVE_CONNECTION_WINDOW))
+            .max_frame_size(Some(proto::MAX_FRAME_BYTES))
             .add_service(
                 pb::node_server::NodeServer::new(self.clone())
                     .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)

@@ -14,13 +14,13 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{new_null_array, ArrayRef, RecordBatch};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
-    CopySource, CopyTarget, CreateTableOptions, Expr as SqlExpr, ObjectName, ObjectType, SqlOption,
-    Statement, Value,
+    CopySource, CopyTarget, CreateTableOptions, Expr as SqlExpr, ObjectName, ObjectType, OnCommit,
+    SqlOption, Statement, Value,
 };
 use datafusion_postgres::DfSessionService;
 use futures::{Sink, SinkExt};
@@ -37,12 +37,14 @@ use pgwire::messages::copy::{CopyData, CopyDone};
 use pgwire::messages::PgWireBackendMessage;
 use slicedb_coordinator::load::Loader;
 use slicedb_coordinator::provider::CURRENT_TXN;
+use slicedb_coordinator::session::{new_session_id, CURRENT_SESSION};
 use slicedb_coordinator::txn::Txn;
 use slicedb_coordinator::{Coordinator, CoordinatorError, Distribution};
 use tokio::sync::Mutex;
 use tracing::{debug, info};
 
 use crate::copy::{encode_rows, CopyDecoder, CopyOptions};
+use crate::copyin::{CopyPipeline, Widen};
 use crate::dialect::{self, ParsedStatement};
 use crate::errors::{fix_responses, to_pg, SqlError};
 
@@ -53,6 +55,9 @@ const COPY_BATCH_ROWS: usize = 65_536;
 pub struct Frontend {
     coord: Arc<Coordinator>,
     df: Arc<DfSessionService>,
+    /// The session of the embedded API ([`Frontend::execute`]): one for
+    /// the life of the front end.
+    embedded_session: u64,
 }
 
 impl Frontend {
@@ -65,8 +70,13 @@ impl Frontend {
             Arc::new(datafusion_postgres::auth::AuthManager::default()),
         )
         .map_err(|e| SqlError::DataFusion(*e))?;
+        crate::pgcatalog::install(&ctx, coord.clone())?;
         let df = Arc::new(DfSessionService::new(ctx));
-        Ok(Arc::new(Frontend { coord, df }))
+        Ok(Arc::new(Frontend {
+            coord,
+            df,
+            embedded_session: new_session_id(),
+        }))
     }
 
     pub fn coordinator(&self) -> &Arc<Coordinator> {
@@ -191,11 +201,8 @@ async fn conn_txn<C: ClientInfo>(client: &C) -> Option<Arc<Txn>> {
     g.clone()
 }
 
-async fn set_conn_txn<C: ClientInfo>(client: &C, txn: Option<Arc<Txn>>) {
-    let state = client
-        .session_extensions()
-        .get_or_insert_with(ConnState::default);
-    *state.txn.lock().await = txn;
+async fn set_conn_txn<C: ClientInfo>(fe: &Frontend, client: &C, txn: Option<Arc<Txn>>) {
+    *conn_state(fe, client).txn.lock().await = txn;
 }
 
 /// Run `f` in the connection's transaction (inside BEGIN ... COMMIT: that
@@ -355,7 +362,7 @@ async fn run_txn_control<C: ClientInfo>(
     match st {
         Statement::StartTransaction { .. } => {
             if conn_txn(client).await.is_none() {
-                set_conn_txn(client, Some(shared.begin()?)).await;
+                set_conn_txn(fe, client, Some(shared.begin()?)).await;
             }
             Ok(Response::TransactionStart(Tag::new("BEGIN")))
         }
@@ -363,7 +370,7 @@ async fn run_txn_control<C: ClientInfo>(
             let Some(txn) = conn_txn(client).await else {
                 return Ok(Response::TransactionEnd(Tag::new("COMMIT")));
             };
-            set_conn_txn(client, None).await;
+            set_conn_txn(fe, client, None).await;
             if txn.failed().is_some() {
                 shared.abort(&txn).await;
                 return Ok(Response::TransactionEnd(Tag::new("ROLLBACK")));
@@ -373,7 +380,7 @@ async fn run_txn_control<C: ClientInfo>(
         }
         _ => {
             if let Some(txn) = conn_txn(client).await {
-                set_conn_txn(client, None).await;
+                set_conn_txn(fe, client, None).await;
                 shared.abort(&txn).await;
             }
             Ok(Response::TransactionEnd(Tag::new("ROLLBACK")))
@@ -469,12 +476,22 @@ async fn create_table(
             "CREATE TABLE ... AS SELECT; create the table, then INSERT ... SELECT",
         ));
     }
-    if ct.temporary {
-        return Err(SqlError::not_supported(
-            "CREATE TEMP TABLE (unmirrored, session-scoped tables arrive with mirrored writes)",
-        ));
+    // DataFusion plans the column definitions below and refuses TEMP.
+    let temporary = std::mem::take(&mut ct.temporary);
+    match ct.on_commit {
+        None | Some(OnCommit::PreserveRows) => {}
+        Some(other) => {
+            return Err(SqlError::not_supported(format!(
+                "ON COMMIT {}; temporary tables last until the session ends",
+                match other {
+                    OnCommit::DeleteRows => "DELETE ROWS",
+                    _ => "DROP",
+                }
+            )))
+        }
     }
     let mut mirrored = true;
+    let mut explicit_mirrored = false;
     let options = std::mem::take(&mut ct.table_options);
     if let CreateTableOptions::With(opts) = &options {
         for o in opts {
@@ -482,6 +499,7 @@ async fn create_table(
                 SqlOption::KeyValue { key, value }
                     if key.value.eq_ignore_ascii_case("mirrored") =>
                 {
+                    explicit_mirrored = true;
                     mirrored = match value {
                         SqlExpr::Value(v) => match &v.value {
                             Value::Boolean(b) => *b,
@@ -546,61 +564,74 @@ async fn create_table(
             }
         }
     };
-    info!(table = %name, ?distribution, "create table");
+    if temporary && mirrored && explicit_mirrored {
+        return Err(SqlError::not_supported(
+            "a mirrored temporary table; temporary tables live in the temp segment, unmirrored",
+        ));
+    }
+    info!(table = %name, ?distribution, temporary, "create table");
     fe.coord
-        .create_table(&name, schema, distribution, mirrored, if_not_exists)
+        .create_table(
+            &name,
+            schema,
+            distribution,
+            mirrored,
+            temporary,
+            if_not_exists,
+        )
         .await?;
     Ok(Response::Execution(Tag::new("CREATE TABLE")))
 }
 
-/// Per-connection state: an unfinished COPY FROM STDIN. Dropped with the
-/// connection, which drops the loader, which aborts the load.
-#[derive(Default)]
+/// Per-connection state, dropped with the connection: an unfinished COPY
+/// FROM STDIN (dropping it aborts the load), the open transaction block, and
+/// the session (dropping it drops the session's temporary tables).
 struct ConnState {
-    copy: Mutex<Option<ActiveCopy>>,
+    copy: Mutex<Option<CopyPipeline>>,
     /// The open transaction block (BEGIN ... COMMIT/ROLLBACK).
     txn: Mutex<Option<Arc<Txn>>>,
+    session: SessionGuard,
 }
 
-struct ActiveCopy {
-    decoder: CopyDecoder,
-    loader: Loader,
-    table: SchemaRef,
-    /// For each decoded column, its index in the table.
-    targets: Vec<usize>,
-    error: Option<SqlError>,
-}
-
-impl ActiveCopy {
-    /// Widen decoded rows to the table's columns (unlisted columns are NULL).
-    fn widen(&self, b: RecordBatch) -> Result<RecordBatch, SqlError> {
-        if self.targets.len() == self.table.fields().len()
-            && self.targets.iter().enumerate().all(|(i, t)| i == *t)
-        {
-            return Ok(
-                RecordBatch::try_new(self.table.clone(), b.columns().to_vec())
-                    .map_err(datafusion::error::DataFusionError::from)?,
-            );
+impl ConnState {
+    fn new(fe: &Frontend) -> ConnState {
+        ConnState {
+            copy: Mutex::new(None),
+            txn: Mutex::new(None),
+            session: SessionGuard {
+                id: new_session_id(),
+                coord: fe.coord.clone(),
+            },
         }
-        let mut cols: Vec<ArrayRef> = self
-            .table
-            .fields()
-            .iter()
-            .map(|f| new_null_array(f.data_type(), b.num_rows()))
-            .collect();
-        for (i, t) in self.targets.iter().enumerate() {
-            cols[*t] = b.column(i).clone();
-        }
-        Ok(RecordBatch::try_new(self.table.clone(), cols)
-            .map_err(datafusion::error::DataFusionError::from)?)
     }
+}
 
-    async fn push(&mut self, batches: Vec<RecordBatch>) -> Result<(), SqlError> {
-        for b in batches {
-            let b = self.widen(b)?;
-            self.loader.push(b).await?;
+/// The connection's state, created at its first statement.
+fn conn_state<C: ClientInfo>(fe: &Frontend, client: &C) -> Arc<ConnState> {
+    client
+        .session_extensions()
+        .get_or_insert_with(|| ConnState::new(fe))
+}
+
+/// Ends the session when the connection goes away.
+struct SessionGuard {
+    id: u64,
+    coord: Arc<Coordinator>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        if !self.coord.has_temp_tables(self.id) {
+            return;
         }
-        Ok(())
+        let (coord, id) = (self.coord.clone(), self.id);
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn(async move { coord.end_session(id).await });
+            }
+            // No runtime (shutdown): the next coordinator start drops them.
+            Err(_) => debug!(session = id, "temporary tables left for the next start"),
+        }
     }
 }
 
@@ -653,18 +684,10 @@ where
         }
         None => fe.coord.loader(&name)?,
     };
-    let active = ActiveCopy {
-        decoder: CopyDecoder::new(decode_schema, opts, COPY_BATCH_ROWS),
-        loader,
-        table,
-        targets,
-        error: None,
-    };
-    debug!(table = %name, xid = active.loader.xid(), "copy in started");
-    let state = client
-        .session_extensions()
-        .get_or_insert_with(ConnState::default);
-    *state.copy.lock().await = Some(active);
+    debug!(table = %name, xid = loader.xid(), "copy in started");
+    let decoder = CopyDecoder::new(decode_schema, opts, COPY_BATCH_ROWS);
+    let pipeline = CopyPipeline::start(decoder, loader, Widen { table, targets });
+    *conn_state(fe, client).copy.lock().await = Some(pipeline);
     Ok(Response::CopyIn(CopyResponse::new(
         0,
         ncols,
@@ -740,6 +763,22 @@ impl SimpleQueryHandler for Simple {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let session = conn_state(&self.fe, client).session.id;
+        CURRENT_SESSION
+            .scope(session, self.simple_query(client, query))
+            .await
+    }
+}
+
+impl Simple {
+    /// The simple-query protocol, in the connection's session.
+    async fn simple_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
         if let Some(table) = parse_groom(query) {
             return Ok(vec![groom(&self.fe, &table).await?]);
         }
@@ -805,7 +844,7 @@ pub struct CopyIn {
 }
 
 impl CopyIn {
-    async fn take<C: ClientInfo>(client: &C) -> Option<ActiveCopy> {
+    async fn take<C: ClientInfo>(client: &C) -> Option<CopyPipeline> {
         let state = client.session_extensions().get::<ConnState>()?;
         let mut g = state.copy.lock().await;
         g.take()
@@ -825,19 +864,8 @@ impl CopyHandler for CopyIn {
             return Ok(());
         };
         let mut g = state.copy.lock().await;
-        let Some(active) = g.as_mut() else {
-            return Ok(());
-        };
-        if active.error.is_some() {
-            // Like PostgreSQL: after an error, swallow data until CopyDone.
-            return Ok(());
-        }
-        let res = match active.decoder.push(&copy_data.data) {
-            Ok(batches) => active.push(batches).await,
-            Err(e) => Err(e.into()),
-        };
-        if let Err(e) = res {
-            active.error = Some(e);
+        if let Some(pipeline) = g.as_mut() {
+            pipeline.send(copy_data.data).await;
         }
         Ok(())
     }
@@ -848,25 +876,10 @@ impl CopyHandler for CopyIn {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let Some(mut active) = Self::take(client).await else {
+        let Some(pipeline) = Self::take(client).await else {
             return Err(SqlError::user("08P01", "CopyDone without COPY in progress").into());
         };
-        if let Some(e) = active.error.take() {
-            active.loader.abort().await;
-            return Err(e.into());
-        }
-        let tail = match active.decoder.finish() {
-            Ok(b) => b,
-            Err(e) => {
-                active.loader.abort().await;
-                return Err(SqlError::from(e).into());
-            }
-        };
-        if let Err(e) = active.push(tail).await {
-            active.loader.abort().await;
-            return Err(e.into());
-        }
-        let rows = active.loader.finish().await.map_err(SqlError::from)?;
+        let rows = pipeline.finish().await?;
         client
             .send(PgWireBackendMessage::CommandComplete(
                 Tag::new("COPY").with_rows(rows as usize).into(),
@@ -885,8 +898,8 @@ impl CopyHandler for CopyIn {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        if let Some(active) = Self::take(client).await {
-            active.loader.abort().await;
+        if let Some(pipeline) = Self::take(client).await {
+            pipeline.abort().await;
         }
         SqlError::user("57014", format!("COPY from stdin failed: {}", fail.message)).into()
     }
@@ -927,12 +940,18 @@ impl QueryParser for OurParser {
         if parse_ours(sql).is_some() || parse_groom(sql).is_some() {
             return Ok(Some((sql.to_string(), None)));
         }
-        self.fe
-            .df
-            .query_parser()
-            .parse_sql(client, sql, types)
+        // Planning resolves table names: in the connection's session.
+        let session = conn_state(&self.fe, client).session.id;
+        CURRENT_SESSION
+            .scope(session, async {
+                self.fe
+                    .df
+                    .query_parser()
+                    .parse_sql(client, sql, types)
+                    .await
+                    .map_err(to_pg)
+            })
             .await
-            .map_err(to_pg)
     }
 
     fn get_parameter_types(&self, stmt: &DfStmt) -> PgWireResult<Vec<Type>> {
@@ -977,6 +996,27 @@ impl ExtendedQueryHandler for Extended {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let session = conn_state(&self.fe, client).session.id;
+        CURRENT_SESSION
+            .scope(session, self.extended_query(client, portal, max_rows))
+            .await
+    }
+}
+
+impl Extended {
+    /// The extended protocol's Execute, in the connection's session.
+    async fn extended_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<DfStmt>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = DfStmt>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
         let (sql, plan) = &portal.statement.statement;
         if plan.is_none() {
             if let Some(p) = parse_ours(sql) {
@@ -1007,6 +1047,12 @@ impl Frontend {
     /// routing as the wire protocol, minus COPY. Returns the batches of the
     /// last statement.
     pub async fn execute(&self, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
+        CURRENT_SESSION
+            .scope(self.embedded_session, self.execute_in_session(sql))
+            .await
+    }
+
+    async fn execute_in_session(&self, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
         let mut last = Vec::new();
         for p in dialect::parse_statements(sql)? {
             last = match &p.statement {

@@ -1,8 +1,10 @@
 //! slicedb-sql: the PostgreSQL front end (dialect, COPY, pgwire server, system views).
 pub mod copy;
+pub mod copyin;
 pub mod dialect;
 pub mod errors;
 pub mod frontend;
+pub mod pgcatalog;
 pub mod server;
 
 pub use errors::SqlError;

@@ -14,4 +14,5 @@ mod mirror;
 mod multiprocess;
 mod psql;
 mod python;
+mod temp;
 mod wire;

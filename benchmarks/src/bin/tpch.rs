@@ -11,6 +11,11 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use slicedb_benchmarks::{run, Engine, Options};
 
+// The same allocator for both engines in this process (the embedded
+// cluster and DataFusion in-process); datafusion-cli uses it too.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// TPC-H on slicedb, verified against DataFusion in-process.
 #[derive(Debug, Parser)]
 #[command(name = "tpch", version, about, long_about = None)]
@@ -67,6 +72,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    slicedb::allocator::keep_freed_memory();
     // The embedded cluster logs through tracing: warnings and errors (a node
     // declared failed, a failover) go to stderr; RUST_LOG=info shows more.
     tracing_subscriber::fmt()
