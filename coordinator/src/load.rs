@@ -294,6 +294,11 @@ impl Loader {
                 self.rows_stored, self.rows_in
             )));
         }
+        debug!(
+            xid = self.txn.xid,
+            rows = self.rows_in,
+            "load written, committing"
+        );
         if self.own {
             self.shared.commit(&self.txn).await?;
             debug!(xid = self.txn.xid, rows = self.rows_in, "load committed");

@@ -261,6 +261,7 @@ impl Shared {
                 }
             }
         }
+        debug!(xid, "prepared");
         failpoint::hit("coord.commit.after_prepare");
         // Slices whose mirror missed the transaction lose their protection
         // before the commit is acknowledged: the map must never claim a

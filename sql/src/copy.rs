@@ -265,8 +265,6 @@ enum ConvErr {
     Invalid,
     /// Out of range (22003, 22008 for date/time).
     Range,
-    /// Invalid UTF-8 (22021).
-    Utf8,
 }
 
 #[inline]
@@ -592,6 +590,24 @@ fn parse_date_prefix(b: &[u8]) -> Result<(i64, usize), ConvErr> {
     Ok((days_from_civil(y, m, d), i))
 }
 
+/// `parse_date` for the canonical `YYYY-MM-DD`; anything else takes the
+/// general path (which also produces the errors).
+#[inline]
+fn parse_date_fast(b: &[u8]) -> Result<i32, ConvErr> {
+    if let &[y0, y1, y2, y3, b'-', m0, m1, b'-', d0, d1] = b {
+        let x = [y0, y1, y2, y3, m0, m1, d0, d1].map(|c| c.wrapping_sub(b'0'));
+        if x.iter().all(|&v| v <= 9) {
+            let y = x[0] as i64 * 1000 + x[1] as i64 * 100 + x[2] as i64 * 10 + x[3] as i64;
+            let m = (x[4] * 10 + x[5]) as u32;
+            let d = (x[6] * 10 + x[7]) as u32;
+            if (1..=12).contains(&m) && d >= 1 && d <= days_in_month(y, m) {
+                return Ok(days_from_civil(y, m, d) as i32);
+            }
+        }
+    }
+    parse_date(b)
+}
+
 #[inline]
 fn parse_date(b: &[u8]) -> Result<i32, ConvErr> {
     let b = trim_ws(b);
@@ -807,8 +823,17 @@ impl Col {
         fn unarrow<T: TryFrom<u64>>(v: u64) -> Result<T, ConvErr> {
             T::try_from(v).map_err(|_| ConvErr::Range)
         }
+        #[inline]
         fn utf8(v: &[u8]) -> Result<&str, ConvErr> {
-            std::str::from_utf8(v).map_err(|_| ConvErr::Utf8)
+            debug_assert!(std::str::from_utf8(v).is_ok(), "fields are valid UTF-8");
+            // SAFETY: every row is checked as UTF-8 before it is split
+            // (`CopyDecoder::line_in`, or its whole chunk in `push_inner`);
+            // fields are split at ASCII bytes (delimiter, quote, backslash),
+            // which never fall inside a multi-byte character, and removing
+            // ASCII quote or escape bytes keeps UTF-8 valid; a text field
+            // whose escapes produced non-ASCII bytes is checked on its own
+            // (`split_text`).
+            Ok(unsafe { std::str::from_utf8_unchecked(v) })
         }
         match self {
             Col::I8(b) => b.append_value(narrow(parse_i64(v)?)?),
@@ -826,7 +851,7 @@ impl Col {
             Col::LargeUtf8(b) => b.append_value(utf8(v)?),
             Col::Utf8View(b) => b.append_value(utf8(v)?),
             Col::Bool(b) => b.append_value(parse_bool(v)?),
-            Col::Date32(b) => b.append_value(parse_date(v)?),
+            Col::Date32(b) => b.append_value(parse_date_fast(v)?),
             Col::Ts(b, unit, tz) => {
                 let (secs, nanos) = parse_timestamp(v, tz.is_some())?;
                 b.append_value(timestamp_in_unit(secs, nanos, *unit)?)
@@ -943,13 +968,6 @@ fn conv_error(kind: ConvErr, dt: &DataType, value: &[u8], line: u64, column: &st
                 format!("value \"{v}\" is out of range for type {ty}"),
             ),
         },
-        ConvErr::Utf8 => (
-            CHARACTER_NOT_IN_REPERTOIRE,
-            format!(
-                "invalid byte sequence for encoding \"UTF8\": {}",
-                bad_utf8_bytes(value)
-            ),
-        ),
     };
     CopyError::new(state, format!("{msg}, line {line}, column {column}"))
 }
@@ -1045,6 +1063,27 @@ impl CopyDecoder {
         }
     }
 
+    /// A decoder for the same table and options that starts past the header:
+    /// for decoding other parts of the same input in parallel.
+    pub fn fork(&self) -> CopyDecoder {
+        let mut d = CopyDecoder::new(self.schema.clone(), self.opts.clone(), self.batch_rows);
+        d.header_pending = false;
+        d
+    }
+
+    /// Whether the input can be cut at any unescaped newline into parts that
+    /// decode independently: text format (a CSV quoted field may hold a
+    /// newline, so CSV is decoded in one piece).
+    pub fn splits_at_newlines(&self) -> bool {
+        self.opts.format == CopyFormat::Text
+    }
+
+    /// The next row starts on input line `line + 1` (for error messages of
+    /// a part of the input decoded on its own).
+    pub fn set_line(&mut self, line: u64) {
+        self.line = line;
+    }
+
     /// Data rows decoded so far (header and end marker excluded).
     pub fn rows(&self) -> u64 {
         self.rows
@@ -1102,6 +1141,12 @@ impl CopyDecoder {
                 }
             }
         }
+        // Check the chunk's UTF-8 once; rows inside the valid prefix skip
+        // their own check (a chunk may end inside a character).
+        let valid = match std::str::from_utf8(&data[pos..]) {
+            Ok(_) => data.len(),
+            Err(e) => pos + e.valid_up_to(),
+        };
         while !self.ended {
             match self.find_row_end(data, pos) {
                 None => {
@@ -1109,7 +1154,7 @@ impl CopyDecoder {
                     break;
                 }
                 Some(e) => {
-                    self.line_in(&data[pos..e], &mut out)?;
+                    self.line_checked(&data[pos..e], e <= valid, &mut out)?;
                     pos = e + 1;
                 }
             }
@@ -1192,6 +1237,17 @@ impl CopyDecoder {
 
     /// One input line (without its '\n').
     fn line_in(&mut self, line: &[u8], out: &mut Vec<RecordBatch>) -> Result<(), CopyError> {
+        self.line_checked(line, false, out)
+    }
+
+    /// One input line; `utf8_ok`: already known to be valid UTF-8.
+    #[inline]
+    fn line_checked(
+        &mut self,
+        line: &[u8],
+        utf8_ok: bool,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<(), CopyError> {
         let line = match line {
             [rest @ .., b'\r'] => rest,
             l => l,
@@ -1205,7 +1261,7 @@ impl CopyDecoder {
             self.ended = true;
             return Ok(());
         }
-        if std::str::from_utf8(line).is_err() {
+        if !utf8_ok && std::str::from_utf8(line).is_err() {
             return Err(CopyError::new(
                 CHARACTER_NOT_IN_REPERTOIRE,
                 format!(
@@ -2210,6 +2266,37 @@ mod tests {
         assert_eq!(col_of(&b, 1, 0), None);
         let out = encode_rows(std::slice::from_ref(&b), &o).unwrap();
         assert_eq!(out, b"a\\|b|\nx|y\n");
+    }
+
+    #[test]
+    fn date_fast_path_agrees_with_the_general_parser() {
+        // Every day of 1899..=2101, and other shapes (which the general
+        // parser decides).
+        for days in -25_600..48_300i64 {
+            let (y, m, d) = civil_from_days(days);
+            let text = format!("{y:04}-{m:02}-{d:02}");
+            assert_eq!(parse_date_fast(text.as_bytes()), Ok(days as i32), "{text}");
+            assert_eq!(parse_date(text.as_bytes()), Ok(days as i32), "{text}");
+        }
+        for bad in [
+            "2023-02-29",
+            "2024-02-30",
+            "2024-13-01",
+            "2024-00-10",
+            "2024-01-00",
+            "2024-04-31",
+            "2024-1-01",
+            "20x4-01-01",
+            " 2024-01-01",
+            "2024/01/01",
+            "",
+        ] {
+            assert_eq!(
+                parse_date_fast(bad.as_bytes()),
+                parse_date(bad.as_bytes()),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -134,32 +134,200 @@ impl CopyPipeline {
 // Dropped without finish or abort (the connection went away): closing the
 // input channel without Done aborts the load in the background.
 
-/// The decode thread. Ok(()) only after Done was received and the last
-/// partial batch was handed on.
+/// Bytes of text-format input per part handed to a decode worker.
+const PART_BYTES: usize = 1 << 20;
+
+/// What a decode worker is given.
+enum Part {
+    /// Rows starting at input line `first_line + 1` (a text-format part
+    /// ends at a row end; CSV data is passed as it comes, to worker 0).
+    Rows {
+        bytes: Bytes,
+        first_line: Option<u64>,
+    },
+    Done,
+}
+
+/// The decode stage: a splitter (this blocking thread) and decode workers
+/// (scoped threads, one per core). Text-format input is cut at row ends into
+/// parts of about [`PART_BYTES`] that the workers decode at once; CSV goes
+/// to one worker whole. Ok(()) only after Done was received and every
+/// worker handed on its last partial batch.
 fn decode(
-    mut decoder: CopyDecoder,
+    decoder: CopyDecoder,
     mut raw: mpsc::Receiver<Raw>,
     batches: mpsc::Sender<RecordBatch>,
 ) -> Result<(), SqlError> {
-    let send = |out: Vec<RecordBatch>| -> Result<(), SqlError> {
-        for b in out {
-            // The load task is gone: it stopped on an error it reports itself.
-            batches
-                .blocking_send(b)
-                .map_err(|_| SqlError::user("XX000", "COPY load stopped"))?;
+    let parallel = decoder.splits_at_newlines();
+    let workers = if parallel {
+        std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
+    } else {
+        1
+    };
+    let mut decoders = vec![decoder];
+    while decoders.len() < workers {
+        let d = decoders[0].fork();
+        decoders.push(d);
+    }
+    std::thread::scope(|scope| {
+        let mut senders = Vec::new();
+        let mut handles = Vec::new();
+        for d in decoders {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Part>(2);
+            let out = batches.clone();
+            senders.push(tx);
+            handles.push(scope.spawn(move || decode_worker(d, rx, out)));
         }
-        Ok(())
+        let split = split_input(&mut raw, &senders, parallel);
+        drop(senders);
+        // A worker's own error explains a splitter that could not send, and
+        // the other workers that were cut off.
+        let mut first: Option<SqlError> = None;
+        let mut cut = false;
+        for h in handles {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(Stop::Cut)) => cut = true,
+                Ok(Err(Stop::Failed(e))) => {
+                    first.get_or_insert(e);
+                }
+                Err(_) => {
+                    first.get_or_insert(SqlError::user("XX000", "COPY decoder panicked"));
+                }
+            }
+        }
+        match (first, split) {
+            (Some(e), _) => Err(e),
+            (None, Err(e)) => Err(e),
+            // Cut off with nothing to say: the load task stopped, on an
+            // error it reports itself.
+            (None, Ok(())) if cut => Err(SqlError::user("XX000", "COPY load stopped")),
+            (None, Ok(())) => Ok(()),
+        }
+    })
+}
+
+/// The splitter: hand the input to the workers in parts, then Done.
+fn split_input(
+    raw: &mut mpsc::Receiver<Raw>,
+    workers: &[std::sync::mpsc::SyncSender<Part>],
+    parallel: bool,
+) -> Result<(), SqlError> {
+    let stopped = || SqlError::user("XX000", "COPY decoder stopped");
+    let mut pending = bytes::BytesMut::new();
+    // Lines handed on so far, and the next worker.
+    let mut lines: u64 = 0;
+    let mut next = 0;
+    // After an end marker ("\.") may have been seen, one worker decodes
+    // the rest in order, so nothing after the marker is loaded.
+    let mut in_order = !parallel;
+    // Worker 0 is told the line it resumes at when it takes over in order.
+    let mut resync = parallel;
+    let mut send = |bytes: Bytes, lines: &mut u64, in_order: bool| -> Result<(), SqlError> {
+        let (w, first_line) = if in_order {
+            let first = resync.then_some(*lines);
+            resync = false;
+            (0, first)
+        } else {
+            let first = *lines;
+            *lines += memchr::memchr_iter(b'\n', &bytes).count() as u64;
+            let w = next;
+            next = (next + 1) % workers.len();
+            (w, Some(first))
+        };
+        workers[w]
+            .send(Part::Rows { bytes, first_line })
+            .map_err(|_| stopped())
     };
     while let Some(msg) = raw.blocking_recv() {
         match msg {
-            Raw::Data(d) => send(decoder.push(&d)?)?,
-            Raw::Done => return send(decoder.finish()?),
+            Raw::Data(d) if in_order => send(d, &mut lines, true)?,
+            Raw::Data(d) => {
+                pending.extend_from_slice(&d);
+                if pending.len() < PART_BYTES {
+                    continue;
+                }
+                if memchr::memmem::find(&pending, b"\\.").is_some() {
+                    // Possibly the end marker: the rest goes in order, after
+                    // the parts already handed on (which come before it).
+                    in_order = true;
+                    send(pending.split().freeze(), &mut lines, true)?;
+                    continue;
+                }
+                if let Some(end) = last_row_end(&pending) {
+                    send(pending.split_to(end + 1).freeze(), &mut lines, false)?;
+                }
+            }
+            Raw::Done => {
+                if !pending.is_empty() {
+                    send(pending.split().freeze(), &mut lines, in_order)?;
+                }
+                for w in workers {
+                    w.send(Part::Done).map_err(|_| stopped())?;
+                }
+                return Ok(());
+            }
         }
     }
     Err(SqlError::user(
         "57014",
         "COPY from stdin ended without CopyDone",
     ))
+}
+
+/// The position of the last newline in `b` that ends a text-format row
+/// (one not escaped by an odd run of backslashes).
+fn last_row_end(b: &[u8]) -> Option<usize> {
+    let mut end = b.len();
+    while let Some(i) = memchr::memrchr(b'\n', &b[..end]) {
+        let backslashes = b[..i].iter().rev().take_while(|&&c| c == b'\\').count();
+        if backslashes % 2 == 0 {
+            return Some(i);
+        }
+        end = i;
+    }
+    None
+}
+
+/// Why a decode worker stopped early.
+enum Stop {
+    /// Its part of the input is bad.
+    Failed(SqlError),
+    /// Cut off: the splitter or the load task went away first, and the one
+    /// that did reports why.
+    Cut,
+}
+
+impl From<crate::copy::CopyError> for Stop {
+    fn from(e: crate::copy::CopyError) -> Stop {
+        Stop::Failed(e.into())
+    }
+}
+
+/// One decode worker: decode the parts it is given, hand on the batches.
+fn decode_worker(
+    mut decoder: CopyDecoder,
+    parts: std::sync::mpsc::Receiver<Part>,
+    batches: mpsc::Sender<RecordBatch>,
+) -> Result<(), Stop> {
+    let send = |out: Vec<RecordBatch>| -> Result<(), Stop> {
+        for b in out {
+            batches.blocking_send(b).map_err(|_| Stop::Cut)?;
+        }
+        Ok(())
+    };
+    while let Ok(part) = parts.recv() {
+        match part {
+            Part::Rows { bytes, first_line } => {
+                if let Some(l) = first_line {
+                    decoder.set_line(l);
+                }
+                send(decoder.push(&bytes)?)?;
+            }
+            Part::Done => return send(decoder.finish()?),
+        }
+    }
+    Err(Stop::Cut)
 }
 
 /// The load task: push batches until the decode thread ends, then commit
@@ -199,5 +367,127 @@ async fn load(
             Err(e)
         }
         None => Ok(loader.finish().await?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::copy::CopyOptions;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, true),
+        ]))
+    }
+
+    /// Run the decode stage on `input` sent in 8 KiB messages (plus Done
+    /// unless `cut`); returns the rows decoded, or the stage's error.
+    fn run(opts: CopyOptions, input: &[u8], cut: bool) -> Result<u64, SqlError> {
+        let decoder = CopyDecoder::new(schema(), opts, 4096);
+        let (raw_tx, raw_rx) = mpsc::channel::<Raw>(RAW_QUEUE);
+        let (batch_tx, mut batch_rx) = mpsc::channel::<RecordBatch>(BATCH_QUEUE);
+        let stage = std::thread::spawn(move || decode(decoder, raw_rx, batch_tx));
+        let owned = input.to_vec();
+        let feeder = std::thread::spawn(move || {
+            for c in owned.chunks(8192) {
+                if raw_tx
+                    .blocking_send(Raw::Data(Bytes::copy_from_slice(c)))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if !cut {
+                let _ = raw_tx.blocking_send(Raw::Done);
+            }
+        });
+        let mut rows = 0u64;
+        while let Some(b) = batch_rx.blocking_recv() {
+            rows += b.num_rows() as u64;
+        }
+        feeder.join().unwrap();
+        stage.join().unwrap().map(|()| rows)
+    }
+
+    /// `n` text rows "i\tvalue i\n", i from 1; row `bad` (if any) has a
+    /// non-number id.
+    fn rows(n: u64, bad: Option<u64>) -> Vec<u8> {
+        let mut s = String::new();
+        for i in 1..=n {
+            if Some(i) == bad {
+                s.push_str("oops\tx\n");
+            } else {
+                s.push_str(&format!("{i}\tvalue {i}\n"));
+            }
+        }
+        s.into_bytes()
+    }
+
+    fn message(e: SqlError) -> String {
+        match e {
+            SqlError::User { message, .. } => message,
+            other => panic!("not a user error: {other}"),
+        }
+    }
+
+    #[test]
+    fn a_row_ends_at_a_newline_not_escaped_by_an_odd_backslash_run() {
+        assert_eq!(last_row_end(b"a\nb"), Some(1));
+        assert_eq!(last_row_end(b"a\nb\n"), Some(3));
+        assert_eq!(last_row_end(b"a\nb\\\n"), Some(1));
+        assert_eq!(last_row_end(b"a\nb\\\\\n"), Some(5));
+        assert_eq!(last_row_end(b"a\nb\\\\\\\nc"), Some(1));
+        assert_eq!(last_row_end(b"\\\n"), None);
+        assert_eq!(last_row_end(b"abc"), None);
+        assert_eq!(last_row_end(b""), None);
+    }
+
+    #[test]
+    fn parallel_text_decoding_keeps_every_row() {
+        // About 5 parts of PART_BYTES.
+        let n = 300_000;
+        let input = rows(n, None);
+        assert!(input.len() > 4 * PART_BYTES);
+        assert_eq!(run(CopyOptions::text(), &input, false).unwrap(), n);
+        // A last row without newline still counts.
+        let mut input = input;
+        input.extend_from_slice(b"0\tlast");
+        assert_eq!(run(CopyOptions::text(), &input, false).unwrap(), n + 1);
+    }
+
+    #[test]
+    fn an_error_in_a_later_part_names_its_input_line() {
+        let input = rows(300_000, Some(250_001));
+        let e = run(CopyOptions::text(), &input, false).expect_err("bad row");
+        let m = message(e);
+        assert!(m.contains("line 250001"), "{m}");
+    }
+
+    #[test]
+    fn nothing_after_the_end_marker_is_loaded_and_lines_stay_right() {
+        let mut input = rows(200_000, None);
+        input.extend_from_slice(b"\\.\n");
+        input.extend_from_slice(&rows(50_000, None));
+        assert_eq!(run(CopyOptions::text(), &input, false).unwrap(), 200_000);
+        // An error after the switch to in-order decoding still names its line.
+        let mut input = rows(200_000, Some(199_999));
+        input.extend_from_slice(b"\\.\n");
+        let m = message(run(CopyOptions::text(), &input, false).expect_err("bad row"));
+        assert!(m.contains("line 199999"), "{m}");
+    }
+
+    #[test]
+    fn csv_decodes_whole_and_input_without_done_is_an_error() {
+        let input: Vec<u8> = rows(100_000, None)
+            .into_iter()
+            .map(|b| if b == b'\t' { b',' } else { b })
+            .collect();
+        assert_eq!(run(CopyOptions::csv(), &input, false).unwrap(), 100_000);
+        let e = run(CopyOptions::text(), &rows(300_000, None), true).expect_err("cut");
+        assert!(message(e).contains("without CopyDone"));
     }
 }

@@ -351,9 +351,24 @@ impl Drop for Proc {
     }
 }
 
-/// A free TCP port on loopback (bind port 0 and release it). Racy by nature;
-/// only the multi-process cluster needs fixed ports in its config file.
+/// A free TCP port on loopback; only the multi-process cluster needs fixed
+/// ports in its config file. Racy by nature, so it keeps out of the way of
+/// the likely racers: ports come from below the kernel's ephemeral range
+/// (32768 and up by default), where outgoing connections never take them,
+/// and each test process starts at its own place in that range.
 pub fn free_port() -> Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id().wrapping_mul(7919)) % SPAN;
+    for _ in 0..SPAN {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + k) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
