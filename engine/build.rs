@@ -2,6 +2,11 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/node.proto");
     let fds = protox::compile(["proto/node.proto"], ["proto"])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // The bulk payloads decode as `bytes::Bytes`: a view of the received
+    // buffer instead of a copy into a new Vec.
+    tonic_prost_build::configure()
+        .bytes(".slicedb.node.v2.WriteRequest.batches")
+        .bytes(".slicedb.node.v2.MirrorWriteRequest.blocks")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -219,7 +219,7 @@ impl Loader {
             table: self.table.id,
             slice: entry.slice,
             segment: segment as i32,
-            batches: proto::batches_to_ipc(&self.table.schema, &[batch])?,
+            batches: proto::batches_to_ipc(&self.table.schema, &[batch])?.into(),
         };
         let shared = self.shared.clone();
         self.inflight.spawn(async move {

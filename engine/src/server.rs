@@ -285,7 +285,7 @@ impl NodeServer {
             xid,
             table,
             slice,
-            blocks,
+            blocks: blocks.into_iter().map(bytes::Bytes::from).collect(),
             deleted_rowids,
             seq,
             from_node: self.state.node,
@@ -734,7 +734,7 @@ impl pb::node_server::Node for NodeServer {
                 disk,
                 table: req.table,
                 slice: req.slice,
-                blocks: req.blocks.into_iter().map(bytes::Bytes::from).collect(),
+                blocks: req.blocks,
             }
         };
         let mut staged = self.state.staged.lock();
@@ -1342,7 +1342,9 @@ mod tests {
             table: 1,
             slice,
             segment: pb::Segment::Primary as i32,
-            batches: proto::batches_to_ipc(&schema, std::slice::from_ref(&batch)).unwrap(),
+            batches: proto::batches_to_ipc(&schema, std::slice::from_ref(&batch))
+                .unwrap()
+                .into(),
         };
         let e = node.write(write(4, 1)).await.unwrap_err();
         assert_eq!(kind(&e), "stale_epoch", "{e}");

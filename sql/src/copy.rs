@@ -791,6 +791,16 @@ impl Col {
         }
     }
 
+    /// Like [`Col::new`], with room for `text_bytes` of string data.
+    fn sized(dt: &DataType, cap: usize, text_bytes: usize) -> Col {
+        let bytes = text_bytes.max(cap * 4);
+        match dt {
+            DataType::Utf8 => Col::Utf8(StringBuilder::with_capacity(cap, bytes)),
+            DataType::LargeUtf8 => Col::LargeUtf8(LargeStringBuilder::with_capacity(cap, bytes)),
+            _ => Col::new(dt, cap),
+        }
+    }
+
     #[inline]
     fn append_null(&mut self) {
         match self {
@@ -1193,20 +1203,22 @@ impl CopyDecoder {
                     st.skip = false;
                     i += 1;
                 }
+                // Jump from one newline or backslash to the next (SIMD).
                 while i < n {
-                    let b = data[i];
-                    if b == b'\n' {
+                    let Some(k) = memchr::memchr2(b'\n', b'\\', &data[i..]) else {
+                        break;
+                    };
+                    let j = i + k;
+                    if data[j] == b'\n' {
                         self.scan = ScanState::default();
-                        return Some(i);
+                        return Some(j);
                     }
-                    if b == b'\\' {
-                        if i + 1 < n {
-                            i += 2;
-                            continue;
-                        }
+                    if j + 1 < n {
+                        i = j + 2;
+                    } else {
                         st.skip = true;
+                        break;
                     }
-                    i += 1;
                 }
             }
             CopyFormat::Csv => {
@@ -1288,6 +1300,10 @@ impl CopyDecoder {
         let delim = self.opts.delimiter;
         let null = self.opts.null.as_bytes();
         self.scratch.clear();
+        self.spans.clear();
+        if split_plain(row, delim, null, &mut self.spans) {
+            return Ok(());
+        }
         self.spans.clear();
         let n = row.len();
         let mut start = 0;
@@ -1451,14 +1467,79 @@ impl CopyDecoder {
 
     fn flush(&mut self) -> Result<RecordBatch, CopyError> {
         self.in_batch = 0;
+        let cap = self.batch_rows.min(1 << 16);
         let mut arrays = Vec::with_capacity(self.cols.len());
         for (i, col) in self.cols.iter_mut().enumerate() {
             let f = self.schema.field(i);
-            arrays.push(col.finish(f.data_type(), f.name())?);
+            let a = col.finish(f.data_type(), f.name())?;
+            // finish() leaves empty builders that would grow by doubling, a
+            // copy each time: start the next batch at this one's size.
+            let text_bytes = match a.data_type() {
+                DataType::Utf8 => a.as_string::<i32>().value_data().len(),
+                DataType::LargeUtf8 => a.as_string::<i64>().value_data().len(),
+                _ => 0,
+            };
+            *col = Col::sized(f.data_type(), cap, text_bytes + text_bytes / 8);
+            arrays.push(a);
         }
         RecordBatch::try_new(self.schema.clone(), arrays)
             .map_err(|e| CopyError::new("XX000", format!("COPY: cannot build batch: {e}")))
     }
+}
+
+/// Split a text-format row without backslashes into field spans, finding
+/// the delimiters 16 bytes at a time. Returns false (spans half done) as soon
+/// as it meets a backslash: that row needs the escape-aware split.
+#[inline]
+fn split_plain(row: &[u8], delim: u8, null: &[u8], spans: &mut Vec<Span>) -> bool {
+    let n = row.len();
+    let mut start = 0;
+    let mut field = |end: usize, spans: &mut Vec<Span>| {
+        let raw = &row[start..end];
+        spans.push(if raw == null {
+            Span::Null
+        } else {
+            Span::Row(start, end)
+        });
+        start = end + 1;
+    };
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
+        };
+        // SAFETY: SSE2 is part of the x86_64 baseline, and every load reads
+        // the 16 bytes at row[i..i + 16], which are in bounds (i + 16 <= n).
+        unsafe {
+            let vd = _mm_set1_epi8(delim as i8);
+            let vb = _mm_set1_epi8(b'\\' as i8);
+            while i + 16 <= n {
+                let v = _mm_loadu_si128(row.as_ptr().add(i) as *const __m128i);
+                if _mm_movemask_epi8(_mm_cmpeq_epi8(v, vb)) != 0 {
+                    return false;
+                }
+                let mut m = _mm_movemask_epi8(_mm_cmpeq_epi8(v, vd)) as u32;
+                while m != 0 {
+                    field(i + m.trailing_zeros() as usize, spans);
+                    m &= m - 1;
+                }
+                i += 16;
+            }
+        }
+    }
+    while i < n {
+        let b = row[i];
+        if b == b'\\' {
+            return false;
+        }
+        if b == delim {
+            field(i, spans);
+        }
+        i += 1;
+    }
+    field(n, spans);
+    true
 }
 
 /// Unescape a text-format field into `out`. Returns true if an octal or hex

@@ -137,6 +137,9 @@ impl CopyPipeline {
 /// Bytes of text-format input per part handed to a decode worker.
 const PART_BYTES: usize = 1 << 20;
 
+/// CopyData messages queued per decode worker: two parts of psql's 8 KiB.
+const PART_QUEUE: usize = 2 * PART_BYTES / 8192;
+
 /// What a decode worker is given.
 enum Part {
     /// Rows starting at input line `first_line + 1` (a text-format part
@@ -173,7 +176,7 @@ fn decode(
         let mut senders = Vec::new();
         let mut handles = Vec::new();
         for d in decoders {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Part>(2);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Part>(PART_QUEUE);
             let out = batches.clone();
             senders.push(tx);
             handles.push(scope.spawn(move || decode_worker(d, rx, out)));
@@ -207,61 +210,70 @@ fn decode(
     })
 }
 
-/// The splitter: hand the input to the workers in parts, then Done.
+/// The splitter: hand the input to the workers in parts, then Done. The
+/// CopyData messages are passed on as they are (no copy); a part ends inside
+/// the first message after [`PART_BYTES`] that holds a row end, which is cut
+/// there.
 fn split_input(
     raw: &mut mpsc::Receiver<Raw>,
     workers: &[std::sync::mpsc::SyncSender<Part>],
     parallel: bool,
 ) -> Result<(), SqlError> {
     let stopped = || SqlError::user("XX000", "COPY decoder stopped");
-    let mut pending = bytes::BytesMut::new();
-    // Lines handed on so far, and the next worker.
-    let mut lines: u64 = 0;
-    let mut next = 0;
-    // After an end marker ("\.") may have been seen, one worker decodes
-    // the rest in order, so nothing after the marker is loaded.
+    // Input lines handed on so far; the worker of the current part, its
+    // size, and whether nothing of it was sent yet.
+    struct Cursor {
+        lines: u64,
+        w: usize,
+        part_bytes: usize,
+        part_start: bool,
+    }
+    let mut at = Cursor {
+        lines: 0,
+        w: 0,
+        part_bytes: 0,
+        part_start: true,
+    };
+    // Once an end marker ("\.") may have been seen, the current worker
+    // decodes the rest in order, so nothing after the marker is loaded.
     let mut in_order = !parallel;
-    // Worker 0 is told the line it resumes at when it takes over in order.
-    let mut resync = parallel;
-    let mut send = |bytes: Bytes, lines: &mut u64, in_order: bool| -> Result<(), SqlError> {
-        let (w, first_line) = if in_order {
-            let first = resync.then_some(*lines);
-            resync = false;
-            (0, first)
-        } else {
-            let first = *lines;
-            *lines += memchr::memchr_iter(b'\n', &bytes).count() as u64;
-            let w = next;
-            next = (next + 1) % workers.len();
-            (w, Some(first))
-        };
-        workers[w]
+    let mut last_was_backslash = false;
+    let send = |at: &mut Cursor, bytes: Bytes| -> Result<(), SqlError> {
+        let first_line = std::mem::take(&mut at.part_start).then_some(at.lines);
+        at.lines += memchr::memchr_iter(b'\n', &bytes).count() as u64;
+        at.part_bytes += bytes.len();
+        workers[at.w]
             .send(Part::Rows { bytes, first_line })
             .map_err(|_| stopped())
     };
     while let Some(msg) = raw.blocking_recv() {
         match msg {
-            Raw::Data(d) if in_order => send(d, &mut lines, true)?,
             Raw::Data(d) => {
-                pending.extend_from_slice(&d);
-                if pending.len() < PART_BYTES {
-                    continue;
-                }
-                if memchr::memmem::find(&pending, b"\\.").is_some() {
-                    // Possibly the end marker: the rest goes in order, after
-                    // the parts already handed on (which come before it).
+                if !in_order
+                    && (memchr::memmem::find(&d, b"\\.").is_some()
+                        || (last_was_backslash && d.first() == Some(&b'.')))
+                {
                     in_order = true;
-                    send(pending.split().freeze(), &mut lines, true)?;
+                }
+                last_was_backslash = d.last() == Some(&b'\\');
+                if in_order || at.part_bytes < PART_BYTES {
+                    send(&mut at, d)?;
                     continue;
                 }
-                if let Some(end) = last_row_end(&pending) {
-                    send(pending.split_to(end + 1).freeze(), &mut lines, false)?;
+                match last_row_end(&d) {
+                    None => send(&mut at, d)?,
+                    Some(end) => {
+                        send(&mut at, d.slice(..end + 1))?;
+                        at.w = (at.w + 1) % workers.len();
+                        at.part_bytes = 0;
+                        at.part_start = true;
+                        if end + 1 < d.len() {
+                            send(&mut at, d.slice(end + 1..))?;
+                        }
+                    }
                 }
             }
             Raw::Done => {
-                if !pending.is_empty() {
-                    send(pending.split().freeze(), &mut lines, in_order)?;
-                }
                 for w in workers {
                     w.send(Part::Done).map_err(|_| stopped())?;
                 }
@@ -275,12 +287,16 @@ fn split_input(
     ))
 }
 
-/// The position of the last newline in `b` that ends a text-format row
-/// (one not escaped by an odd run of backslashes).
+/// The position of the last newline in `b` that surely ends a text-format
+/// row: one not escaped by an odd run of backslashes, and not preceded by a
+/// run that reaches the start of `b` (it may go on in the bytes before).
 fn last_row_end(b: &[u8]) -> Option<usize> {
     let mut end = b.len();
     while let Some(i) = memchr::memrchr(b'\n', &b[..end]) {
         let backslashes = b[..i].iter().rev().take_while(|&&c| c == b'\\').count();
+        if backslashes == i {
+            return None;
+        }
         if backslashes % 2 == 0 {
             return Some(i);
         }
@@ -442,6 +458,10 @@ mod tests {
         assert_eq!(last_row_end(b"a\nb\\\\\n"), Some(5));
         assert_eq!(last_row_end(b"a\nb\\\\\\\nc"), Some(1));
         assert_eq!(last_row_end(b"\\\n"), None);
+        // A newline whose backslash run reaches the start may be escaped by
+        // bytes before it.
+        assert_eq!(last_row_end(b"\nabc"), None);
+        assert_eq!(last_row_end(b"\\\\\nabc"), None);
         assert_eq!(last_row_end(b"abc"), None);
         assert_eq!(last_row_end(b""), None);
     }
@@ -457,6 +477,19 @@ mod tests {
         let mut input = input;
         input.extend_from_slice(b"0\tlast");
         assert_eq!(run(CopyOptions::text(), &input, false).unwrap(), n + 1);
+    }
+
+    #[test]
+    fn parts_are_never_cut_at_an_escaped_newline() {
+        // Every row holds an escaped newline and an escaped backslash, so
+        // many 8 KiB messages end or start inside an escape.
+        let n = 200_000u64;
+        let mut input = Vec::new();
+        for i in 1..=n {
+            input.extend_from_slice(format!("{i}\tx\\\ny\\\\\n").as_bytes());
+        }
+        assert!(input.len() > 2 * PART_BYTES);
+        assert_eq!(run(CopyOptions::text(), &input, false).unwrap(), n);
     }
 
     #[test]
