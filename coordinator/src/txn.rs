@@ -305,6 +305,9 @@ impl Shared {
             .flatten()
             .collect();
         failpoint::hit("coord.commit.after_nodes");
+        if let Some(d) = failpoint::delay("coord.commit.before_unfinished") {
+            tokio::time::sleep(d).await;
+        }
         if left.is_empty() {
             self.txns.end(xid);
         } else {
@@ -360,9 +363,31 @@ impl Shared {
     pub async fn resolve_once(&self) -> usize {
         let mut resolved = 0;
         let epoch = self.map().epoch;
+        // Taken before this pass finishes transactions on the live nodes: a
+        // committed transaction still waiting for a node that was already
+        // down then is finished by that node's mirrors below, so it stops
+        // waiting for it (unless some live node could not be reached). A
+        // node can fail after the failover's own pass but before its commit
+        // is recorded as unfinished; without this, that transaction would
+        // wait for the dead node, and stay invisible, forever.
+        let unfinished: Vec<(Xid, BTreeSet<NodeId>)> = self
+            .txns
+            .unfinished
+            .lock()
+            .iter()
+            .map(|(x, n)| (*x, n.clone()))
+            .collect();
+        let down_before: BTreeSet<NodeId> = self
+            .nodes
+            .keys()
+            .copied()
+            .filter(|id| self.is_down(*id))
+            .collect();
+        let mut live_all_finished = true;
         for node in self.nodes.values().filter(|n| !self.is_down(n.id)) {
             let mut c = node.grpc.clone();
             let Ok(st) = c.status(pb::StatusRequest {}).await else {
+                live_all_finished = false;
                 continue;
             };
             for t in st.into_inner().txns {
@@ -392,20 +417,19 @@ impl Shared {
                             "resolved in-doubt transaction"
                         );
                     }
-                    Err(s) => warn!(node = node.id, xid = t.xid, error = %s, "could not resolve"),
+                    Err(s) => {
+                        live_all_finished = false;
+                        warn!(node = node.id, xid = t.xid, error = %s, "could not resolve")
+                    }
                 }
             }
         }
-        let unfinished: Vec<(Xid, BTreeSet<NodeId>)> = self
-            .txns
-            .unfinished
-            .lock()
-            .iter()
-            .map(|(x, n)| (*x, n.clone()))
-            .collect();
         for (xid, nodes) in unfinished {
             let mut left = BTreeSet::new();
             for id in nodes {
+                if live_all_finished && down_before.contains(&id) {
+                    continue;
+                }
                 let Ok(node) = self.node(id) else { continue };
                 let mut c = node.grpc.clone();
                 if c.commit(pb::TxnRequest {

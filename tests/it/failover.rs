@@ -425,6 +425,58 @@ fn a_transaction_prepared_before_its_primary_died_completes_through_the_mirror()
     });
 }
 
+/// The same, when the failover finishes before the commit notes which node
+/// did not acknowledge (a race seen under load in CI): the transaction must
+/// not wait for the dead node, and stay invisible, forever.
+#[test]
+fn a_commit_noted_unfinished_after_the_failover_still_becomes_visible() {
+    harness::run("failover_late_unfinished", |env| async move {
+        let db = Slicedb::multiprocess_with(
+            &env,
+            NODES,
+            "cluster",
+            &[
+                (0, "SLICEDB_FAILPOINTS", "node.commit.before=exit"),
+                (
+                    harness::COORDINATOR,
+                    "SLICEDB_FAILPOINTS",
+                    "coord.commit.before_unfinished=delay:4000",
+                ),
+            ],
+        )
+        .await?;
+        let c = db.connect().await?;
+        exec(&c, "CREATE TABLE q (k bigint, v bigint) DISTRIBUTE ON (k)").await?;
+        let started = Instant::now();
+        c.simple_query("INSERT INTO q SELECT i, i * 2 FROM generate_series(1, 3000) AS g(i)")
+            .await
+            .map_err(|e| anyhow!("the commit decision was recorded, yet: {e}"))?;
+        let took = started.elapsed();
+        // The failover happened during the delay.
+        let failed = scalar(
+            &c,
+            "SELECT count(*) FROM slicedb_slices WHERE primary_node = 0 AND state = 'failed_over'",
+        )
+        .await?;
+        ensure!(
+            failed != "0",
+            "node 0's slices failed over during the delay"
+        );
+        let got = query(&c, "SELECT count(*), sum(k) FROM q").await?;
+        ensure!(
+            got == vec![vec![Some("3000".to_string()), Some("4501500".to_string())]],
+            "acknowledged rows after the primary died (INSERT took {took:?}): {got:?}"
+        );
+        ensure!(
+            took < Duration::from_secs(10),
+            "the commit waited {took:?} for a dead node"
+        );
+        drop(c);
+        db.kill();
+        Ok(())
+    });
+}
+
 /// A plan opens every scan at once, but reads the probe side of a hash join
 /// only after its build side. The unread scan streams must not stall the
 /// ones being read, nor the heartbeats. (At TPC-H SF 1, Q21 once hung this

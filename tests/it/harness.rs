@@ -177,13 +177,9 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Spawn `slicedb args...`, stderr to a log file, and wait for the first
-    /// stdout line starting with `ready: `. Returns the process and that line.
-    pub async fn spawn_ready(env: &TestEnv, name: &str, args: &[String]) -> Result<(Proc, String)> {
-        Self::spawn_ready_with(env, name, args, &[]).await
-    }
-
-    /// [`Proc::spawn_ready`] with extra environment variables.
+    /// Spawn `slicedb args...` with extra environment variables, stderr to a
+    /// log file, and wait for the first stdout line starting with `ready: `.
+    /// Returns the process and that line.
     pub async fn spawn_ready_with(
         env: &TestEnv,
         name: &str,
@@ -351,6 +347,9 @@ impl Drop for Proc {
     }
 }
 
+/// The "node id" of the coordinator in [`Slicedb::multiprocess_with`].
+pub const COORDINATOR: u32 = u32::MAX;
+
 /// A free TCP port on loopback; only the multi-process cluster needs fixed
 /// ports in its config file. Racy by nature, so it keeps out of the way of
 /// the likely racers: ports come from below the kernel's ephemeral range
@@ -453,7 +452,8 @@ impl Slicedb {
     }
 
     /// [`Slicedb::multiprocess_in`] with environment variables for some
-    /// node processes: `(node id, name, value)` (failpoints).
+    /// node processes: `(node id, name, value)` (failpoints); node id
+    /// [`COORDINATOR`] means the coordinator process.
     pub async fn multiprocess_with(
         env: &TestEnv,
         nodes: u32,
@@ -514,7 +514,12 @@ impl Slicedb {
             "--config".to_string(),
             config.display().to_string(),
         ];
-        let (proc, line) = Proc::spawn_ready(env, "coordinator", &args).await?;
+        let vars: Vec<(&str, &str)> = node_vars
+            .iter()
+            .filter(|v| v.0 == COORDINATOR)
+            .map(|v| (v.1, v.2))
+            .collect();
+        let (proc, line) = Proc::spawn_ready_with(env, "coordinator", &args, &vars).await?;
         let url = parse_ready_url(&line)?;
         ensure!(
             url.contains(&format!(":{pg_port}/")),
