@@ -2,12 +2,14 @@
 //! decoding text and shipping rows to nodes overlap instead of taking turns.
 //!
 //! ```text
-//! connection task --raw CopyData--> decode thread --RecordBatch--> load task --gRPC--> primaries
+//! connection task --raw CopyData--> splitter --parts--> decode workers --RecordBatch--> load task --gRPC--> primaries
 //! ```
 //!
 //! - The connection task only hands each CopyData message on ([`CopyPipeline::send`]).
-//! - The decode thread (a blocking-pool thread) turns bytes into batches of
-//!   the table's columns.
+//! - The splitter (a blocking-pool thread) deals text-format input out to
+//!   the decode workers (one thread per core) in parts cut at row ends,
+//!   without copying it; the workers turn bytes into batches of the table's
+//!   columns. CSV, whose quoted fields may hold newlines, goes to one worker.
 //! - The load task hashes rows to slices and ships them ([`Loader`]).
 //!
 //! Both channels are bounded, so a slow stage holds the client back (TCP
@@ -142,8 +144,9 @@ const PART_QUEUE: usize = 2 * PART_BYTES / 8192;
 
 /// What a decode worker is given.
 enum Part {
-    /// Rows starting at input line `first_line + 1` (a text-format part
-    /// ends at a row end; CSV data is passed as it comes, to worker 0).
+    /// Input bytes as they came (CSV: all of it, to worker 0). With
+    /// `first_line`: the first bytes of a text-format part, whose first row
+    /// is input line `first_line + 1`; a part ends at a row end.
     Rows {
         bytes: Bytes,
         first_line: Option<u64>,
