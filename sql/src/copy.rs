@@ -1094,6 +1094,11 @@ impl CopyDecoder {
         self.line = line;
     }
 
+    /// Input lines read so far (the line of the last error, after one).
+    pub fn line(&self) -> u64 {
+        self.line
+    }
+
     /// Data rows decoded so far (header and end marker excluded).
     pub fn rows(&self) -> u64 {
         self.rows

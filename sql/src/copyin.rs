@@ -187,21 +187,25 @@ fn decode(
         let split = split_input(&mut raw, &senders, parallel);
         drop(senders);
         // A worker's own error explains a splitter that could not send, and
-        // the other workers that were cut off.
-        let mut first: Option<SqlError> = None;
+        // the other workers that were cut off. Of several, the earliest in
+        // the input is reported, as PostgreSQL does.
+        let mut first: Option<(u64, SqlError)> = None;
         let mut cut = false;
         for h in handles {
-            match h.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(Stop::Cut)) => cut = true,
-                Ok(Err(Stop::Failed(e))) => {
-                    first.get_or_insert(e);
+            let (line, e) = match h.join() {
+                Ok(Ok(())) => continue,
+                Ok(Err(Stop::Cut)) => {
+                    cut = true;
+                    continue;
                 }
-                Err(_) => {
-                    first.get_or_insert(SqlError::user("XX000", "COPY decoder panicked"));
-                }
+                Ok(Err(Stop::Failed(line, e))) => (line, e),
+                Err(_) => (0, SqlError::user("XX000", "COPY decoder panicked")),
+            };
+            if first.as_ref().is_none_or(|(l, _)| line < *l) {
+                first = Some((line, e));
             }
         }
+        let first = first.map(|(_, e)| e);
         match (first, split) {
             (Some(e), _) => Err(e),
             (None, Err(e)) => Err(e),
@@ -310,17 +314,11 @@ fn last_row_end(b: &[u8]) -> Option<usize> {
 
 /// Why a decode worker stopped early.
 enum Stop {
-    /// Its part of the input is bad.
-    Failed(SqlError),
+    /// Its part of the input is bad, at about this input line.
+    Failed(u64, SqlError),
     /// Cut off: the splitter or the load task went away first, and the one
     /// that did reports why.
     Cut,
-}
-
-impl From<crate::copy::CopyError> for Stop {
-    fn from(e: crate::copy::CopyError) -> Stop {
-        Stop::Failed(e.into())
-    }
 }
 
 /// One decode worker: decode the parts it is given, hand on the batches.
@@ -335,15 +333,25 @@ fn decode_worker(
         }
         Ok(())
     };
+    // After a worker fails, the others still decode the parts already
+    // queued for them (a closed channel hands out what it holds first):
+    // every part before the failing one was dealt before it, so the first
+    // bad row of the input is always found.
     while let Ok(part) = parts.recv() {
-        match part {
+        let done = matches!(part, Part::Done);
+        let out = match part {
             Part::Rows { bytes, first_line } => {
                 if let Some(l) = first_line {
                     decoder.set_line(l);
                 }
-                send(decoder.push(&bytes)?)?;
+                decoder.push(&bytes)
             }
-            Part::Done => return send(decoder.finish()?),
+            Part::Done => decoder.finish(),
+        };
+        let out = out.map_err(|e| Stop::Failed(decoder.line(), e.into()))?;
+        send(out)?;
+        if done {
+            return Ok(());
         }
     }
     Err(Stop::Cut)
@@ -501,6 +509,30 @@ mod tests {
         let e = run(CopyOptions::text(), &input, false).expect_err("bad row");
         let m = message(e);
         assert!(m.contains("line 250001"), "{m}");
+    }
+
+    #[test]
+    fn of_bad_rows_on_two_workers_the_first_in_the_input_is_reported() {
+        // Rows at about 1.5 MiB (part 1, worker 1) and 2.5 MiB (part 2,
+        // worker 0, which is joined first) are bad: the error names the first.
+        let good = rows(300_000, None);
+        let line_at =
+            |offset: usize| memchr::memchr_iter(b'\n', &good[..offset]).count() as u64 + 1;
+        let (early, late) = (line_at(3 * PART_BYTES / 2), line_at(5 * PART_BYTES / 2));
+        let mut input = Vec::new();
+        for (i, l) in good.split_inclusive(|&b| b == b'\n').enumerate() {
+            let line = i as u64 + 1;
+            if line == early || line == late {
+                input.extend_from_slice(b"oops\tx\n");
+            } else {
+                input.extend_from_slice(l);
+            }
+        }
+        let m = message(run(CopyOptions::text(), &input, false).expect_err("bad rows"));
+        assert!(
+            m.contains(&format!("line {early},")),
+            "{m} (bad lines {early}, {late})"
+        );
     }
 
     #[test]
