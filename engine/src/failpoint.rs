@@ -15,60 +15,61 @@ mod imp {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
+    use std::time::Duration;
 
     /// Exit code of a process killed by a failpoint.
     pub const EXIT_CODE: i32 = 86;
 
-    /// `name=delay:MS` entries.
-    pub fn delays() -> &'static HashMap<String, std::time::Duration> {
-        static D: OnceLock<HashMap<String, std::time::Duration>> = OnceLock::new();
-        D.get_or_init(|| {
+    /// What a named point does.
+    enum Action {
+        /// Exit on the Nth hit (counted).
+        Exit(u64, AtomicU64),
+        /// The caller of `delay` waits this long.
+        Delay(Duration),
+    }
+
+    /// The points named in `SLICEDB_FAILPOINTS`, parsed once.
+    fn points() -> &'static HashMap<String, Action> {
+        static P: OnceLock<HashMap<String, Action>> = OnceLock::new();
+        P.get_or_init(|| {
             let mut m = HashMap::new();
-            if let Ok(v) = std::env::var("SLICEDB_FAILPOINTS") {
-                for item in v.split(',').map(str::trim) {
-                    let Some((name, action)) = item.split_once('=') else {
-                        continue;
-                    };
-                    if let Some(ms) = action.trim().strip_prefix("delay:") {
-                        if let Ok(ms) = ms.parse() {
-                            m.insert(
-                                name.trim().to_string(),
-                                std::time::Duration::from_millis(ms),
-                            );
-                        }
+            let Ok(v) = std::env::var("SLICEDB_FAILPOINTS") else {
+                return m;
+            };
+            for item in v.split(',').map(str::trim) {
+                let Some((name, action)) = item.split_once('=') else {
+                    continue;
+                };
+                let action = action.trim();
+                let parsed = if let Some(ms) = action.strip_prefix("delay:") {
+                    ms.parse()
+                        .ok()
+                        .map(|ms| Action::Delay(Duration::from_millis(ms)))
+                } else {
+                    match action.strip_prefix("exit") {
+                        Some("") => Some(1),
+                        Some(rest) => rest.strip_prefix('@').and_then(|n| n.parse().ok()),
+                        None => None,
                     }
+                    .map(|nth| Action::Exit(nth, AtomicU64::new(0)))
+                };
+                if let Some(a) = parsed {
+                    m.insert(name.trim().to_string(), a);
                 }
             }
             m
         })
     }
 
-    fn points() -> &'static HashMap<String, (u64, AtomicU64)> {
-        static P: OnceLock<HashMap<String, (u64, AtomicU64)>> = OnceLock::new();
-        P.get_or_init(|| {
-            let mut m = HashMap::new();
-            if let Ok(v) = std::env::var("SLICEDB_FAILPOINTS") {
-                for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                    let Some((name, action)) = item.split_once('=') else {
-                        continue;
-                    };
-                    let nth = match action.trim().strip_prefix("exit") {
-                        Some("") => 1,
-                        Some(rest) => match rest.strip_prefix('@').and_then(|n| n.parse().ok()) {
-                            Some(n) => n,
-                            None => continue,
-                        },
-                        None => continue,
-                    };
-                    m.insert(name.trim().to_string(), (nth, AtomicU64::new(0)));
-                }
-            }
-            m
-        })
+    pub fn delay(name: &str) -> Option<Duration> {
+        match points().get(name) {
+            Some(Action::Delay(d)) => Some(*d),
+            _ => None,
+        }
     }
 
     pub fn hit(name: &str) {
-        if let Some((nth, count)) = points().get(name) {
+        if let Some(Action::Exit(nth, count)) = points().get(name) {
             if count.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
                 eprintln!("failpoint {name}: exiting");
                 // SAFETY: _exit ends the process at once, like a crash.
@@ -98,7 +99,7 @@ pub fn hit(_name: &str) {}
 /// says `name=delay:MS` (the caller sleeps: in async code, without blocking).
 #[cfg(feature = "failpoints")]
 pub fn delay(name: &str) -> Option<std::time::Duration> {
-    let d = imp::delays().get(name).copied();
+    let d = imp::delay(name);
     if let Some(d) = d {
         eprintln!("failpoint {name}: waiting {d:?}");
     }
