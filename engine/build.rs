@@ -8,8 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // growth per message instead of a doubling series).
     tonic_prost_build::configure()
         .codec_path("crate::codec::SizedCodec")
-        .bytes(".slicedb.node.v2.WriteRequest.batches")
-        .bytes(".slicedb.node.v2.MirrorWriteRequest.blocks")
+        .bytes(".slicedb.node.v3.WriteRequest.batches")
+        .bytes(".slicedb.node.v3.MirrorWriteRequest.blocks")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -47,6 +47,14 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+/// A node server that runs query fragments with the coordinator's
+/// DataFusion runner (partial aggregates next to the data).
+pub fn node_server(id: u32, disks: Vec<Arc<DiskStore>>) -> NodeServer {
+    let server = NodeServer::new(id, disks);
+    server.set_fragment_runner(Arc::new(slicedb_coordinator::fragment::Runner::default()));
+    server
+}
+
 /// 16-byte cluster id written into every disk image.
 pub fn cluster_uuid(name: &str) -> [u8; 16] {
     let a = crc32c::crc32c(name.as_bytes());
@@ -149,7 +157,7 @@ impl LocalCluster {
         for id in 0..opts.nodes {
             let dir = opts.data_dir.join(format!("node-{id}"));
             let disks = open_disks("local", id, &dir, 1, opts.disk_size)?;
-            let (addr, task) = NodeServer::new(id, disks)
+            let (addr, task) = node_server(id, disks)
                 .spawn(
                     "127.0.0.1:0".parse().expect("literal address"),
                     stopped(rx.clone()),
@@ -279,7 +287,7 @@ pub async fn run_node(
         .address
         .parse()
         .map_err(|e| Error::Config(format!("node {id} address {}: {e}", n.address)))?;
-    let (bound, task) = NodeServer::new(id, disks).spawn(addr, shutdown).await?;
+    let (bound, task) = node_server(id, disks).spawn(addr, shutdown).await?;
     ready(bound);
     task.await
         .map_err(|e| Error::Config(format!("node task failed: {e}")))??;

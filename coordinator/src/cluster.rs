@@ -368,7 +368,13 @@ impl Coordinator {
         if config.target_partitions > 0 {
             session = session.with_target_partitions(config.target_partitions);
         }
-        let ctx = Arc::new(SessionContext::new_with_config(session));
+        // Partial aggregates over a scan run on the nodes (crate::fragment).
+        let state = datafusion::execution::SessionStateBuilder::new()
+            .with_config(session)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(crate::fragment::PushDownFragments))
+            .build();
+        let ctx = Arc::new(SessionContext::new_with_state(state));
         // Names resolve through the session's temporary tables first.
         let catalog = ctx
             .catalog("datafusion")

@@ -126,6 +126,12 @@ impl From<CoordinatorError> for DataFusionError {
     fn from(e: CoordinatorError) -> Self {
         match e {
             CoordinatorError::DataFusion(inner) => inner,
+            // A node's query fragment failed on the statement's own terms
+            // (division by zero, overflow): the same error as if the
+            // coordinator had computed it.
+            CoordinatorError::Node { kind, message, .. } if kind == "query" => {
+                DataFusionError::Execution(message)
+            }
             other => DataFusionError::External(Box::new(other)),
         }
     }

@@ -16,6 +16,7 @@ pub mod distmap;
 pub mod dml;
 mod error;
 pub mod filter;
+pub mod fragment;
 pub mod hash;
 pub mod load;
 pub mod provider;

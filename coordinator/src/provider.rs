@@ -175,6 +175,7 @@ impl TableProvider for SliceTable {
             filters: predicates.clone(),
             include_hidden: dml.is_some(),
             snapshot: Some(pb::Snapshot::from(&snapshot)),
+            fragment: Vec::new(),
         };
         let all: Vec<SliceId> = map.slices.iter().map(|e| e.slice).collect();
         let parts = plan_parts(&self.shared, &self.meta, &map, &all, &base)?;
@@ -315,6 +316,9 @@ pub struct BroadcastScanExec {
     parts: Vec<ScanPart>,
     pushed_filters: usize,
     dml: Option<DmlShape>,
+    /// What the nodes run over each slice's rows (`base.fragment`), shown
+    /// as its operators from the top down; None: a plain scan.
+    fragment: Option<String>,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -345,9 +349,55 @@ impl BroadcastScanExec {
             parts,
             pushed_filters,
             dml,
+            fragment: None,
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
         }
+    }
+
+    /// Whether the nodes could run a fragment over this scan: not a DML
+    /// scan (its hidden columns are for the coordinator), not one already
+    /// carrying a fragment.
+    pub(crate) fn accepts_fragment(&self) -> bool {
+        self.dml.is_none() && self.fragment.is_none()
+    }
+
+    /// The fragment the nodes run over each slice, if any (see
+    /// [`crate::fragment`]).
+    pub fn fragment_summary(&self) -> Option<&str> {
+        self.fragment.as_deref()
+    }
+
+    /// This scan with the nodes running `fragment` (an encoded plan whose
+    /// output schema is `schema`) over each slice's rows.
+    pub(crate) fn with_fragment(
+        &self,
+        fragment: Vec<u8>,
+        schema: SchemaRef,
+        summary: String,
+    ) -> BroadcastScanExec {
+        let mut base = self.base.clone();
+        base.fragment = fragment.clone();
+        let parts = self
+            .parts
+            .iter()
+            .map(|p| {
+                let mut p = p.clone();
+                p.request.fragment = fragment.clone();
+                p
+            })
+            .collect();
+        let mut exec = BroadcastScanExec::new(
+            self.shared.clone(),
+            self.meta.clone(),
+            schema,
+            parts,
+            self.pushed_filters,
+            None,
+            base,
+        );
+        exec.fragment = Some(summary);
+        exec
     }
 }
 
@@ -364,11 +414,15 @@ impl DisplayAs for BroadcastScanExec {
         let slices: usize = self.parts.iter().map(|p| p.slices.len()).sum();
         write!(
             f,
-            "BroadcastScanExec: table={}, nodes={}, slices={}, pushed_filters={}, tags=[{}]",
+            "BroadcastScanExec: table={}, nodes={}, slices={}, pushed_filters={}, {}tags=[{}]",
             self.table,
             self.parts.len(),
             slices,
             self.pushed_filters,
+            match &self.fragment {
+                Some(fragment) => format!("fragment=[{fragment}], "),
+                None => String::new(),
+            },
             self.parts
                 .iter()
                 .map(|p| format!(
@@ -409,6 +463,10 @@ impl ExecutionPlan for BroadcastScanExec {
     /// side instead of repartitioning a large one.
     fn partition_statistics(&self, partition: Option<usize>) -> DfResult<Arc<Statistics>> {
         let mut st = Statistics::new_unknown(&self.schema);
+        if self.fragment.is_some() {
+            // A fragment's output size is not the table's.
+            return Ok(Arc::new(st));
+        }
         if let Some(rows) = self.shared.table_rows(self.meta.id) {
             let rows = match partition {
                 None => rows,

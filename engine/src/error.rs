@@ -62,6 +62,11 @@ pub enum EngineError {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A query fragment's own work failed (division by zero, overflow, a
+    /// cast): the statement's error, not the node's; retrying elsewhere
+    /// would fail the same way.
+    #[error("{0}")]
+    Query(String),
 }
 
 impl EngineError {

@@ -14,6 +14,7 @@ pub mod block;
 pub mod codec;
 pub mod disk;
 pub mod failpoint;
+pub mod fragment;
 pub mod predicate;
 pub mod store;
 

@@ -6,7 +6,7 @@
 
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
-    tonic::include_proto!("slicedb.node.v2");
+    tonic::include_proto!("slicedb.node.v3");
 }
 
 use arrow::array::RecordBatch;
@@ -284,6 +284,7 @@ pub fn error_kind(e: &EngineError) -> &'static str {
         EngineError::SegmentFull { .. } | EngineError::MetadataFull { .. } => "disk_full",
         EngineError::Io { .. } => "io",
         EngineError::WriteConflict { .. } => "write_conflict",
+        EngineError::Query(_) => "query",
         _ => "internal",
     }
 }
@@ -304,6 +305,7 @@ pub fn to_status(e: &EngineError) -> tonic::Status {
             Code::ResourceExhausted
         }
         EngineError::WriteConflict { .. } => Code::Aborted,
+        EngineError::Query(_) => Code::InvalidArgument,
         _ => Code::Internal,
     };
     let mut status = tonic::Status::new(code, e.to_string());

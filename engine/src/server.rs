@@ -36,9 +36,10 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, instrument, warn};
 
 use crate::failpoint;
+use crate::fragment::{FragmentRunner, ScanBatches};
 use crate::predicate::Predicate;
 use crate::proto::{self, pb};
-use crate::store::{DiskStore, ScanSpec, SegmentKind, Snapshot};
+use crate::store::{BlockScan, DiskStore, ScanSpec, ScanStats, SegmentKind, Snapshot};
 use crate::{DiskId, EngineError, NodeId, Result, SliceId, TableId, Xid};
 
 /// What the installed map says this node holds.
@@ -103,6 +104,9 @@ struct NodeState {
     peers: Mutex<HashMap<(NodeId, String), PeerClient>>,
     /// Disks that failed (I/O error, checksum mismatch, image gone), with why.
     failed_disks: Mutex<HashMap<DiskId, String>>,
+    /// Runs the query fragments scans may carry (None: scans with a
+    /// fragment are refused).
+    fragments: RwLock<Option<Arc<dyn FragmentRunner>>>,
 }
 
 /// A running node's shared state; cheap to clone.
@@ -123,8 +127,15 @@ impl NodeServer {
                 staged: Mutex::new(HashMap::new()),
                 peers: Mutex::new(HashMap::new()),
                 failed_disks: Mutex::new(HashMap::new()),
+                fragments: RwLock::new(None),
             }),
         }
+    }
+
+    /// Run the query fragments of scans with `runner` (the query engine the
+    /// process links); without one, a scan carrying a fragment is refused.
+    pub fn set_fragment_runner(&self, runner: Arc<dyn FragmentRunner>) {
+        *self.state.fragments.write() = Some(runner);
     }
 
     /// Serve gRPC + Flight on `listener` until `shutdown` resolves.
@@ -1043,32 +1054,64 @@ impl NodeServer {
     }
 }
 
-/// Run a scan; an error names the disk it came from (None: not a disk's).
-fn run_scan(
+/// What a scan request asks of each of its slices.
+struct ScanJob {
     table: TableId,
     parts: ScanParts,
     projection: Option<Vec<usize>>,
     predicate: Option<Predicate>,
     include_hidden: bool,
     snapshot: Snapshot,
-    tx: mpsc::Sender<Result<FlightData, Status>>,
-) -> std::result::Result<(), (Option<DiskId>, EngineError)> {
-    let mut enc = TaggedEncoder::new();
-    for (slice, segment, disk) in parts {
-        let disk_id = Some(disk.ids().disk_id);
-        let spec = ScanSpec {
+}
+
+impl ScanJob {
+    fn spec(&self, slice: SliceId, segment: SegmentKind) -> ScanSpec {
+        ScanSpec {
             segment,
-            table,
+            table: self.table,
             slice,
-            projection: projection.clone(),
-            predicate: predicate.clone(),
-            include_hidden,
-            snapshot: snapshot.clone(),
-        };
-        let mut scan = disk.scan(&spec).map_err(|e| (disk_id, e))?;
-        let mut tag = pb::StreamTag {
-            slice,
-            segment: pb::Segment::from(segment) as i32,
+            projection: self.projection.clone(),
+            predicate: self.predicate.clone(),
+            include_hidden: self.include_hidden,
+            snapshot: self.snapshot.clone(),
+        }
+    }
+}
+
+/// An error of a scan, with the disk it came from (None: not a disk's).
+type ScanFailure = (Option<DiskId>, EngineError);
+
+/// The messages that end a slice's answer: an empty batch tagged `done`
+/// with the slice's totals.
+fn done_messages(
+    enc: &mut TaggedEncoder,
+    schema: SchemaRef,
+    mut tag: pb::StreamTag,
+    rows: u64,
+    stats: ScanStats,
+) -> std::result::Result<Vec<FlightData>, ScanFailure> {
+    tag.done = true;
+    tag.rows = rows;
+    tag.blocks_total = stats.blocks_total;
+    tag.blocks_pruned = stats.blocks_pruned;
+    enc.batch(&RecordBatch::new_empty(schema), &tag)
+        .map_err(|e| (None, e))
+}
+
+/// Run a scan on a blocking thread, slice after slice.
+fn run_scan(
+    job: ScanJob,
+    tx: mpsc::Sender<Result<FlightData, Status>>,
+) -> std::result::Result<(), ScanFailure> {
+    let mut enc = TaggedEncoder::new();
+    for (slice, segment, disk) in &job.parts {
+        let disk_id = Some(disk.ids().disk_id);
+        let mut scan = disk
+            .scan(&job.spec(*slice, *segment))
+            .map_err(|e| (disk_id, e))?;
+        let tag = pb::StreamTag {
+            slice: *slice,
+            segment: pb::Segment::from(*segment) as i32,
             ..Default::default()
         };
         let mut rows = 0u64;
@@ -1082,14 +1125,79 @@ fn run_scan(
                 }
             }
         }
-        let stats = scan.stats();
-        tag.done = true;
-        tag.rows = rows;
-        tag.blocks_total = stats.blocks_total;
-        tag.blocks_pruned = stats.blocks_pruned;
-        let end = RecordBatch::new_empty(schema);
-        for fd in enc.batch(&end, &tag).map_err(|e| (None, e))? {
+        for fd in done_messages(&mut enc, schema, tag, rows, scan.stats())? {
             if tx.blocking_send(Ok(fd)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A slice's scan handed to a fragment: its counters are read back when the
+/// fragment has let go of it.
+struct CountedScan {
+    scan: BlockScan,
+    stats: Arc<Mutex<ScanStats>>,
+}
+
+impl Iterator for CountedScan {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.scan.next()
+    }
+}
+
+impl Drop for CountedScan {
+    fn drop(&mut self) {
+        *self.stats.lock() = self.scan.stats();
+    }
+}
+
+/// Run a scan's fragment over each slice in turn; `schema` is the
+/// fragment's output schema.
+async fn run_fragment(
+    runner: Arc<dyn FragmentRunner>,
+    fragment: Vec<u8>,
+    schema: SchemaRef,
+    job: ScanJob,
+    tx: mpsc::Sender<Result<FlightData, Status>>,
+) -> std::result::Result<(), ScanFailure> {
+    use futures::StreamExt;
+    let mut enc = TaggedEncoder::new();
+    for (slice, segment, disk) in &job.parts {
+        let disk_id = disk.ids().disk_id;
+        let blame = |e: EngineError| (disk_fault(&e).then_some(disk_id), e);
+        let scan = disk.scan(&job.spec(*slice, *segment)).map_err(blame)?;
+        let stats = Arc::new(Mutex::new(ScanStats::default()));
+        let input: ScanBatches = Box::new(CountedScan {
+            scan,
+            stats: stats.clone(),
+        });
+        let mut out = runner.run(&fragment, input).map_err(blame)?;
+        let tag = pb::StreamTag {
+            slice: *slice,
+            segment: pb::Segment::from(*segment) as i32,
+            ..Default::default()
+        };
+        let mut rows = 0u64;
+        while let Some(batch) = out.next().await {
+            let batch = batch.map_err(blame)?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            rows += batch.num_rows() as u64;
+            for fd in enc.batch(&batch, &tag).map_err(|e| (None, e))? {
+                if tx.send(Ok(fd)).await.is_err() {
+                    return Ok(()); // the client went away
+                }
+            }
+        }
+        drop(out);
+        let stats = *stats.lock();
+        for fd in done_messages(&mut enc, schema.clone(), tag, rows, stats)? {
+            if tx.send(Ok(fd)).await.is_err() {
                 return Ok(());
             }
         }
@@ -1113,7 +1221,25 @@ impl FlightService for NodeServer {
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let req = pb::ScanRequest::decode(request.into_inner().ticket)
             .map_err(|e| status(EngineError::InvalidRequest(format!("bad scan ticket: {e}"))))?;
-        let (schema, parts) = self.plan_scan(&req).map_err(status)?;
+        let (scan_schema, parts) = self.plan_scan(&req).map_err(status)?;
+        let runner = if req.fragment.is_empty() {
+            None
+        } else if req.include_hidden {
+            return Err(status(EngineError::InvalidRequest(
+                "a scan with a fragment cannot return hidden columns".into(),
+            )));
+        } else {
+            let runner = self.state.fragments.read().clone().ok_or_else(|| {
+                status(EngineError::InvalidRequest(
+                    "this node runs no query fragments".into(),
+                ))
+            })?;
+            Some(runner)
+        };
+        let schema = match &runner {
+            Some(r) => r.schema(&req.fragment).map_err(status)?,
+            None => scan_schema,
+        };
         let predicate = if req.filters.is_empty() {
             None
         } else {
@@ -1136,31 +1262,44 @@ impl FlightService for NodeServer {
             .await
             .map_err(|_| Status::internal("scan channel closed"))?;
         let table = req.table;
-        let include_hidden = req.include_hidden;
-        let snapshot = req
-            .snapshot
-            .as_ref()
-            .map(Snapshot::from)
-            .unwrap_or_default();
+        let job = ScanJob {
+            table,
+            parts,
+            projection,
+            predicate,
+            include_hidden: req.include_hidden,
+            snapshot: req
+                .snapshot
+                .as_ref()
+                .map(Snapshot::from)
+                .unwrap_or_default(),
+        };
         let node = self.state.node;
         let me = self.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err((disk, e)) = run_scan(
-                table,
-                parts,
-                projection,
-                predicate,
-                include_hidden,
-                snapshot,
-                tx.clone(),
-            ) {
-                warn!(node, table, error = %e, "scan failed");
-                if let Some(d) = disk {
-                    me.note_disk_fault(d, &e);
-                }
-                let _ = tx.blocking_send(Err(status(e)));
+        let fail = move |(disk, e): ScanFailure| {
+            warn!(node, table, error = %e, "scan failed");
+            if let Some(d) = disk {
+                me.note_disk_fault(d, &e);
             }
-        });
+            status(e)
+        };
+        match runner {
+            Some(runner) => {
+                tokio::spawn(async move {
+                    let res = run_fragment(runner, req.fragment, schema, job, tx.clone()).await;
+                    if let Err(f) = res {
+                        let _ = tx.send(Err(fail(f))).await;
+                    }
+                });
+            }
+            None => {
+                tokio::task::spawn_blocking(move || {
+                    if let Err(f) = run_scan(job, tx.clone()) {
+                        let _ = tx.blocking_send(Err(fail(f)));
+                    }
+                });
+            }
+        }
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

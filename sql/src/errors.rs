@@ -81,14 +81,36 @@ pub fn to_pg(e: PgWireError) -> PgWireError {
 pub fn fix_responses(
     r: pgwire::error::PgWireResult<Vec<pgwire::api::results::Response>>,
 ) -> pgwire::error::PgWireResult<Vec<pgwire::api::results::Response>> {
-    use pgwire::api::results::Response;
     let mut out = r.map_err(to_pg)?;
     for resp in out.iter_mut() {
-        if let Response::Error(info) = resp {
-            reclassify(info);
-        }
+        fix_one(resp);
     }
     Ok(out)
+}
+
+/// [`fix_responses`] for the extended protocol's single response.
+pub fn fix_response(
+    r: pgwire::error::PgWireResult<pgwire::api::results::Response>,
+) -> pgwire::error::PgWireResult<pgwire::api::results::Response> {
+    let mut resp = r.map_err(to_pg)?;
+    fix_one(&mut resp);
+    Ok(resp)
+}
+
+/// An error response gets its SQLSTATE; so does an error raised while a
+/// result's rows stream (a division by zero met at the millionth row),
+/// which would otherwise reach the client as XX000.
+fn fix_one(resp: &mut pgwire::api::results::Response) {
+    use futures::StreamExt;
+    use pgwire::api::results::Response;
+    match resp {
+        Response::Error(info) => reclassify(info),
+        Response::Query(q) => {
+            let rows = std::mem::replace(&mut q.data_rows, Box::pin(futures::stream::empty()));
+            q.data_rows = Box::pin(rows.map(|r| r.map_err(to_pg)));
+        }
+        _ => {}
+    }
 }
 
 /// Replace an internal-error code by the one the message implies.

@@ -46,7 +46,7 @@ use tracing::{debug, info};
 use crate::copy::{encode_rows, CopyDecoder, CopyOptions};
 use crate::copyin::{CopyPipeline, Widen};
 use crate::dialect::{self, ParsedStatement};
-use crate::errors::{fix_responses, to_pg, SqlError};
+use crate::errors::{fix_response, fix_responses, to_pg, SqlError};
 
 /// Rows per batch when decoding COPY input.
 const COPY_BATCH_ROWS: usize = 65_536;
@@ -1027,14 +1027,15 @@ impl Extended {
             }
         }
         match conn_txn(client).await {
-            None => ExtendedQueryHandler::do_query(&*self.fe.df, client, portal, max_rows)
-                .await
-                .map_err(to_pg),
+            None => fix_response(
+                ExtendedQueryHandler::do_query(&*self.fe.df, client, portal, max_rows).await,
+            ),
             Some(txn) => {
                 in_block(txn, async {
-                    ExtendedQueryHandler::do_query(&*self.fe.df, client, portal, max_rows)
-                        .await
-                        .map_err(to_pg)
+                    fix_response(
+                        ExtendedQueryHandler::do_query(&*self.fe.df, client, portal, max_rows)
+                            .await,
+                    )
                 })
                 .await
             }

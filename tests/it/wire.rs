@@ -71,6 +71,22 @@ const QUERIES: &[(&str, &str, f64)] = &[
         "SELECT count(*) FROM t WHERE v IS NULL OR s IS NULL",
         0.0,
     ),
+    // Partial aggregates the nodes run (fragments): expressions, CASE,
+    // functions, DISTINCT, a grouping expression, a filter on a computed
+    // value.
+    (
+        "aggregates of expressions on the nodes",
+        "SELECT g % 7, count(DISTINCT s), sum(k * 2 + g), avg(n * 2), max(upper(s)), \
+         sum(CASE WHEN v > 0 THEN 1 ELSE 0 END), min(extract(year FROM d)), count(v) \
+         FROM t WHERE length(s) > 3 OR g < 10 GROUP BY g % 7 ORDER BY 1",
+        1e-9,
+    ),
+    (
+        "group by text",
+        "SELECT s, count(*), min(k), max(n) FROM t WHERE g BETWEEN 100 AND 200 \
+         GROUP BY s ORDER BY s NULLS FIRST LIMIT 40",
+        0.0,
+    ),
 ];
 
 #[test]
@@ -209,7 +225,29 @@ async fn check_answers(client: &Client, ctx: &SessionContext, rows: &[Row]) -> R
         );
     }
 
+    check_fragments(client).await?;
     check_system_views(client).await
+}
+
+/// Partial aggregates run on the nodes, and a fragment's error reaches the
+/// client with the statement's SQLSTATE.
+async fn check_fragments(client: &Client) -> Result<()> {
+    let plan = query(
+        client,
+        "EXPLAIN SELECT g, count(*), sum(k) FROM t GROUP BY g",
+    )
+    .await?;
+    let text = format!("{plan:?}");
+    ensure!(
+        text.contains("fragment=[AggregateExec: mode=Partial"),
+        "the partial aggregate does not run on the nodes: {text}"
+    );
+    let msg = expect_error(client, "SELECT sum(k / (g - g)) FROM t", &["22012"]).await?;
+    ensure!(
+        msg.contains("Divide by zero"),
+        "division by zero on a node reported as: {msg}"
+    );
+    Ok(())
 }
 
 async fn check_system_views(client: &Client) -> Result<()> {
