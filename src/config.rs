@@ -64,6 +64,10 @@ pub struct NodeSection {
     /// Size of each disk image (sparse), e.g. "4GiB".
     #[serde(default = "default_disk_size")]
     pub disk_size: String,
+    /// Memory for decoded block columns, per disk, e.g. "1GiB"; "0" reads
+    /// every scan from the disk.
+    #[serde(default = "default_cache_size")]
+    pub cache_size: String,
 }
 
 fn default_cluster_id() -> String {
@@ -92,6 +96,9 @@ fn default_disks() -> u32 {
 }
 fn default_disk_size() -> String {
     "4GiB".into()
+}
+fn default_cache_size() -> String {
+    "1GiB".into()
 }
 
 /// Smallest disk image that holds the metadata slots and some extents.

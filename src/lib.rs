@@ -75,7 +75,12 @@ pub fn open_disks(
     dir: &Path,
     disks: u32,
     disk_size: u64,
+    cache_bytes: u64,
 ) -> Result<Vec<Arc<DiskStore>>, Error> {
+    let opts = StoreOptions {
+        cache_bytes,
+        ..StoreOptions::default()
+    };
     std::fs::create_dir_all(dir)?;
     let mut out = Vec::new();
     for d in 0..disks {
@@ -86,7 +91,7 @@ pub fn open_disks(
             disk_id: d,
         };
         let store = if path.exists() {
-            let s = DiskStore::open(&path, StoreOptions::default())?;
+            let s = DiskStore::open(&path, opts.clone())?;
             let found = s.ids();
             if found.cluster_id != ids.cluster_id || found.node_id != node || found.disk_id != d {
                 return Err(Error::Config(format!(
@@ -99,7 +104,7 @@ pub fn open_disks(
             s
         } else {
             let init = InitOptions::new(disk_size);
-            DiskStore::create(&path, ids, init, StoreOptions::default())?
+            DiskStore::create(&path, ids, init, opts.clone())?
         };
         out.push(Arc::new(store));
     }
@@ -116,6 +121,8 @@ pub struct LocalOptions {
     pub listen: Option<SocketAddr>,
     pub disk_size: u64,
     pub slices_per_disk: u32,
+    /// Memory for decoded block columns of each node's disk (0: none).
+    pub cache_size: u64,
 }
 
 impl LocalOptions {
@@ -126,6 +133,7 @@ impl LocalOptions {
             listen: None,
             disk_size: 4 << 30,
             slices_per_disk: 4,
+            cache_size: 1 << 30,
         }
     }
 }
@@ -156,7 +164,7 @@ impl LocalCluster {
         let mut endpoints = Vec::new();
         for id in 0..opts.nodes {
             let dir = opts.data_dir.join(format!("node-{id}"));
-            let disks = open_disks("local", id, &dir, 1, opts.disk_size)?;
+            let disks = open_disks("local", id, &dir, 1, opts.disk_size, opts.cache_size)?;
             let (addr, task) = node_server(id, disks)
                 .spawn(
                     "127.0.0.1:0".parse().expect("literal address"),
@@ -282,6 +290,7 @@ pub async fn run_node(
         &n.data_dir,
         n.disks,
         config::parse_size(&n.disk_size)?,
+        config::parse_size(&n.cache_size)?,
     )?;
     let addr: SocketAddr = n
         .address

@@ -44,6 +44,10 @@ enum Command {
         /// Data slices per disk when the cluster is first created.
         #[arg(long, default_value_t = 4)]
         slices_per_disk: u32,
+        /// Memory for decoded block columns of each node, e.g. 1GiB; 0 reads
+        /// every scan from the disk images.
+        #[arg(long, default_value = "1GiB")]
+        cache_size: String,
     },
     /// Run one node of a multi-process cluster. Prints `ready: node N at ADDR`.
     Node {
@@ -144,6 +148,7 @@ async fn serve(cmd: Command) -> Result<()> {
             listen,
             disk_size,
             slices_per_disk,
+            cache_size,
         } => {
             let opts = LocalOptions {
                 nodes,
@@ -151,6 +156,7 @@ async fn serve(cmd: Command) -> Result<()> {
                 listen: Some(listen),
                 disk_size: parse_size(&disk_size)?,
                 slices_per_disk,
+                cache_size: parse_size(&cache_size)?,
             };
             let cluster = LocalCluster::start(opts).await?;
             ready_line(&format!(

@@ -11,6 +11,7 @@
 //! thing the coordinator needs from here to talk to a node.
 
 pub mod block;
+pub mod cache;
 pub mod codec;
 pub mod disk;
 pub mod failpoint;

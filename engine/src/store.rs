@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 
 pub use crate::block::Compression;
 use crate::block::{self, BlockLocation, ZoneMap};
+use crate::cache::{BlockCache, BlockKey};
 use crate::disk::alloc::SegmentAllocator;
 use crate::disk::meta::{
     self, BlockMeta, DeleteRunMeta, ExtentRun, MetaState, PreparedMeta, SlotStatus, StreamKey,
@@ -52,6 +53,9 @@ pub struct StoreOptions {
     pub block_rows: usize,
     /// Payload compression of new blocks. Default LZ4.
     pub compression: Compression,
+    /// Bytes of decoded block columns kept in memory for later scans
+    /// ([`crate::cache`]). Default 0: every scan reads the disk.
+    pub cache_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -59,6 +63,7 @@ impl Default for StoreOptions {
         StoreOptions {
             block_rows: 16384,
             compression: Compression::Lz4,
+            cache_bytes: 0,
         }
     }
 }
@@ -301,6 +306,8 @@ pub struct DiskStore {
     inner: Mutex<Inner>,
     commit_lock: Mutex<()>,
     io_gate: RwLock<()>,
+    /// Decoded columns of blocks read before (None: no cache).
+    cache: Option<Arc<BlockCache>>,
 }
 
 fn schema_to_ipc(schema: &Schema) -> Result<Vec<u8>> {
@@ -417,6 +424,7 @@ impl DiskStore {
         let (generation, state, slots) = meta::read_latest(dev.as_ref(), &sb)?;
         let inner = Self::recover(dev.as_ref(), &sb, state, generation, slots)?;
         debug!(path = %path.display(), generation, tables = inner.tables.len(), "opened disk image");
+        let cache = (opts.cache_bytes > 0).then(|| Arc::new(BlockCache::new(opts.cache_bytes)));
         Ok(DiskStore {
             dev,
             path: path.to_path_buf(),
@@ -426,6 +434,7 @@ impl DiskStore {
             inner: Mutex::new(inner),
             commit_lock: Mutex::new(()),
             io_gate: RwLock::new(()),
+            cache,
         })
     }
 
@@ -736,6 +745,9 @@ impl DiskStore {
     pub fn drop_table(&self, table: TableId) -> Result<()> {
         if self.read_only {
             return Err(read_only_err());
+        }
+        if let Some(c) = &self.cache {
+            c.remove_table(table);
         }
         let _c = self.commit_lock.lock();
         // Wait for appends still writing into this table's extents.
@@ -1362,6 +1374,7 @@ impl DiskStore {
             table: spec.table,
             slice: spec.slice,
         };
+        let committed;
         let (user, blocks, deletes, own_deletes) = {
             let inner = self.inner.lock();
             let t = inner
@@ -1373,6 +1386,7 @@ impl DiskStore {
                 .get(&key)
                 .map(|s| (s.committed.clone(), s.deletes.clone()))
                 .unwrap_or_default();
+            committed = blocks.len();
             let mut own_deletes = HashSet::new();
             if let Some(own) = spec.snapshot.own.and_then(|x| inner.pending.get(&x)) {
                 let mine: Vec<Arc<IndexedBlock>> = own
@@ -1469,7 +1483,16 @@ impl DiskStore {
             own_deletes,
             schema,
             failed: false,
+            segment: spec.segment,
+            stored: nuser + 3,
+            committed,
+            cache: self.cache.clone(),
         })
+    }
+
+    /// Counters of the decoded-block cache (None: no cache).
+    pub fn cache_stats(&self) -> Option<crate::cache::CacheStats> {
+        self.cache.as_ref().map(|c| c.stats())
     }
 
     /// Checksum of the rows of one copy of a slice visible at `snapshot`:
@@ -1819,6 +1842,14 @@ pub struct BlockScan {
     schema: SchemaRef,
     stats: ScanStats,
     failed: bool,
+    segment: SegmentKind,
+    /// Stored columns of the table: user columns and the hidden ones.
+    stored: usize,
+    /// `blocks[..committed]` are committed; the rest are the reader's own
+    /// uncommitted blocks, which are never cached (an abort may give their
+    /// place and sequence number to another block).
+    committed: usize,
+    cache: Option<Arc<BlockCache>>,
 }
 
 impl BlockScan {
@@ -1850,18 +1881,37 @@ impl BlockScan {
     fn read_block(&mut self, b: &IndexedBlock) -> Result<Option<RecordBatch>> {
         let check = self.needs_check(b);
         let plan = if check { &self.checked } else { &self.fast };
-        let mut buf = vec![0u8; b.meta.length as usize];
-        self.dev.read_at(b.meta.offset, &mut buf)?;
-        let loc = BlockLocation {
-            disk: self.disk,
-            offset: b.meta.offset,
+        let key = BlockKey {
+            segment: self.segment,
             table: self.table,
             slice: self.slice,
             seq: b.meta.seq,
-            rows: b.meta.rows,
+            offset: b.meta.offset,
         };
-        let batch = block::decode_block(&buf, &loc, plan.proj.clone())?;
-        drop(buf);
+        // The block being read is `self.next - 1`.
+        let cache = self.cache.as_ref().filter(|_| self.next <= self.committed);
+        let cached = cache.and_then(|c| c.get(&key, plan.proj.as_deref(), self.stored));
+        let batch = match cached {
+            Some(batch) => batch,
+            None => {
+                let mut buf = vec![0u8; b.meta.length as usize];
+                self.dev.read_at(b.meta.offset, &mut buf)?;
+                let loc = BlockLocation {
+                    disk: self.disk,
+                    offset: b.meta.offset,
+                    table: self.table,
+                    slice: self.slice,
+                    seq: b.meta.seq,
+                    rows: b.meta.rows,
+                };
+                let batch = block::decode_block(&buf, &loc, plan.proj.clone())?;
+                drop(buf);
+                if let Some(c) = cache {
+                    c.insert(key, plan.proj.as_deref(), &batch);
+                }
+                batch
+            }
+        };
         self.stats.blocks_read += 1;
         self.stats.rows_read += batch.num_rows() as u64;
         let cols: Vec<ArrayRef> = plan
@@ -2141,6 +2191,7 @@ mod tests {
         StoreOptions {
             block_rows,
             compression: Compression::Lz4,
+            cache_bytes: 0,
         }
     }
 
@@ -2767,6 +2818,83 @@ mod tests {
             xip: xip.to_vec(),
             own,
         }
+    }
+
+    #[test]
+    fn cached_blocks_answer_like_the_disk_and_keep_visibility() {
+        let (_dev, store) = {
+            let dev = Arc::new(MemDevice::new(small_init().size));
+            let cached = StoreOptions {
+                cache_bytes: 64 << 20,
+                ..opts(100)
+            };
+            let store = DiskStore::create_with_device(
+                dev.clone(),
+                Path::new("mem"),
+                IDS,
+                small_init(),
+                cached,
+            )
+            .unwrap();
+            (dev, store)
+        };
+        let p = SegmentKind::Primary;
+        store.create_table(1, schema()).unwrap();
+        store.append(p, 1, 0, 5, &rows(0, 1000)).unwrap();
+        store.commit(5).unwrap();
+        let first = scan_all(&store, &spec(p, 1, 0)).unwrap();
+        let st = store.cache_stats().unwrap();
+        assert_eq!((st.hits, st.blocks), (0, 10), "{st:?}");
+        let again = scan_all(&store, &spec(p, 1, 0)).unwrap();
+        assert_eq!(first, again);
+        assert_eq!(store.cache_stats().unwrap().hits, 10);
+        // A projection of cached columns, with a filter, from the cache.
+        let some = ScanSpec {
+            projection: Some(vec![2]),
+            predicate: Some(Predicate::Compare {
+                column: 0,
+                op: crate::predicate::CmpOp::Lt,
+                value: crate::predicate::Literal::Int(250),
+            }),
+            ..spec(p, 1, 0)
+        };
+        assert_eq!(scan_all(&store, &some).unwrap().num_rows(), 250);
+        // Zone maps prune 7 blocks; the 3 read come from the cache.
+        assert_eq!(store.cache_stats().unwrap().hits, 13);
+
+        // Committed deletes hide cached rows.
+        let ids: Vec<i64> = (1..=10).collect();
+        store
+            .delete(p, 1, 0, 6, &ids, Some(&snap(6, &[], Some(6))))
+            .unwrap();
+        store.commit(6).unwrap();
+        assert_eq!(count(&store, p, &Snapshot::latest()), 990);
+
+        // The reader's own uncommitted rows, read once, do not come back
+        // after an abort, not even where a later block was written.
+        store.append(p, 1, 0, 7, &rows(1000, 100)).unwrap();
+        assert_eq!(count(&store, p, &snap(8, &[7], Some(7))), 1090);
+        store.abort(7).unwrap();
+        store.append(p, 1, 0, 8, &rows(5000, 100)).unwrap();
+        store.commit(8).unwrap();
+        let all = scan_all(&store, &spec(p, 1, 0)).unwrap();
+        let k = all.column(0).as_primitive::<Int64Type>();
+        assert_eq!(all.num_rows(), 1090);
+        assert!(
+            k.values().iter().all(|&v| !(1000..5000).contains(&v)),
+            "aborted rows came back"
+        );
+        assert!(k.values().contains(&5099));
+
+        // A dropped table takes its cached blocks with it.
+        store.drop_table(1).unwrap();
+        assert_eq!(store.cache_stats().unwrap().blocks, 0);
+        store.create_table(1, schema()).unwrap();
+        store.append(p, 1, 0, 9, &rows(7000, 100)).unwrap();
+        store.commit(9).unwrap();
+        let fresh = scan_all(&store, &spec(p, 1, 0)).unwrap();
+        assert_eq!(fresh, scan_all(&store, &spec(p, 1, 0)).unwrap());
+        assert_eq!(fresh.column(0).as_primitive::<Int64Type>().value(0), 7000);
     }
 
     #[test]

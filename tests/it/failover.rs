@@ -318,7 +318,11 @@ fn seeded_random_trials_of_load_queries_and_one_kill() {
 fn a_corrupted_or_vanished_disk_fails_over_only_its_slices() {
     use slicedb_engine::store::SegmentKind;
     harness::run("failover_disk", |env| async move {
-        let db = Slicedb::multiprocess(&env, NODES).await?;
+        // No block cache: the corruption must be met by a read of the disk
+        // (a cached block would answer from memory, rightly, and never look).
+        let db =
+            Slicedb::multiprocess_configured(&env, NODES, "cluster", &[], "cache_size = \"0\"\n")
+                .await?;
         let (totals, groups) = load(&db).await?;
         let c = db.connect().await?;
         let image = |n: u32| {

@@ -460,6 +460,18 @@ impl Slicedb {
         dir: &str,
         node_vars: &[(u32, &str, &str)],
     ) -> Result<Slicedb> {
+        Self::multiprocess_configured(env, nodes, dir, node_vars, "").await
+    }
+
+    /// [`Slicedb::multiprocess_with`] with `node_toml` (lines such as
+    /// `cache_size = "0"`) added to every node's section of the cluster file.
+    pub async fn multiprocess_configured(
+        env: &TestEnv,
+        nodes: u32,
+        dir: &str,
+        node_vars: &[(u32, &str, &str)],
+        node_toml: &str,
+    ) -> Result<Slicedb> {
         let root = env.path().join(dir);
         fs::create_dir_all(&root)?;
         let pg_port = free_port()?;
@@ -473,7 +485,7 @@ impl Slicedb {
             let addr = format!("127.0.0.1:{}", free_port()?);
             toml.push_str(&format!(
                 "\n[[nodes]]\nid = {id}\naddress = \"{addr}\"\ndata_dir = \"{}\"\n\
-                 disks = 1\ndisk_size = \"256MiB\"\n",
+                 disks = 1\ndisk_size = \"256MiB\"\n{node_toml}",
                 root.join(format!("node{id}")).display()
             ));
             node_addrs.push(addr);
