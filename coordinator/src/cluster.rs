@@ -368,11 +368,12 @@ impl Coordinator {
         if config.target_partitions > 0 {
             session = session.with_target_partitions(config.target_partitions);
         }
-        // Partial aggregates over a scan run on the nodes (crate::fragment).
+        // Co-located joins and partial aggregates run on the nodes
+        // (crate::fragment).
         let state = datafusion::execution::SessionStateBuilder::new()
             .with_config(session)
             .with_default_features()
-            .with_physical_optimizer_rule(Arc::new(crate::fragment::PushDownFragments))
+            .with_physical_optimizer_rules(crate::fragment::optimizer_rules())
             .build();
         let ctx = Arc::new(SessionContext::new_with_state(state));
         // Names resolve through the session's temporary tables first.

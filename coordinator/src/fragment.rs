@@ -1,19 +1,22 @@
 //! Query fragments: the part of a plan that runs on the nodes, next to the
 //! data, so that a node ships its result instead of its rows.
 //!
-//! [`PushDownFragments`] is a physical optimizer rule. It finds a partial
-//! aggregate whose input is a chain of row-local operators (filters,
-//! projections, round-robin repartitioning) over a
-//! [`BroadcastScanExec`], and replaces that whole subtree with the scan
-//! carrying the chain as a fragment (DataFusion's protobuf encoding of the
-//! physical plan, with [`SliceInputExec`] as its leaf). Each node runs the
-//! fragment over each of its slices on its own, and the coordinator's final
-//! aggregate merges the per-slice partial states as it would have merged
-//! its own. What the rule cannot encode it leaves alone: the plan is then
-//! the one DataFusion made.
+//! [`PushDownFragments`] is a physical optimizer rule. It replaces with a
+//! [`BroadcastScanExec`] carrying a fragment (DataFusion's protobuf
+//! encoding of the physical plan, with [`SliceInputExec`] leaves):
+//! - a hash join of two scans, through filters and projections, whose
+//!   tables are distributed on the join key and placed alike (a co-located
+//!   join: equal keys live in the same slice);
+//! - a partial aggregate over a chain of filters and projections over a scan,
+//!   or over such a join.
 //!
+//! Each node runs the fragment over each of its slices on its own; the
+//! coordinator's final aggregate merges the per-slice partial states, and a
+//! join's rows are the union of the slices' joins. What the rule cannot
+//! encode it leaves alone: the plan is then the one DataFusion made.
+
 //! [`Runner`] is the node's side: it decodes a fragment, binds the slice's
-//! scan to its leaf and runs it. It is handed to the engine's node server as
+//! scans to its leaves and runs it. It is handed to the engine's node server as
 //! its [`FragmentRunner`]; the engine never sees DataFusion.
 //!
 //! This module must never change what a query answers: a fragment computes
@@ -25,9 +28,11 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::common::NullEquality;
 use datafusion::config::ConfigOptions;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
@@ -35,6 +40,7 @@ use datafusion::physical_plan::execution_plan::{
     Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
 };
 use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -58,6 +64,8 @@ use crate::provider::BroadcastScanExec;
 /// only stands for the scan (it is never run there); on a node it is bound
 /// to the slice's scan when the fragment is decoded.
 pub struct SliceInputExec {
+    /// Which of the request's scans: 0 its table, i + 1 its `inputs[i]`.
+    index: usize,
     schema: SchemaRef,
     input: Mutex<Option<ScanBatches>>,
     /// Where the input's own (engine) error is left, so that it reaches the
@@ -68,6 +76,7 @@ pub struct SliceInputExec {
 
 impl SliceInputExec {
     fn new(
+        index: usize,
         schema: SchemaRef,
         input: Option<ScanBatches>,
         failure: Arc<Mutex<Option<EngineError>>>,
@@ -79,6 +88,7 @@ impl SliceInputExec {
             Boundedness::Bounded,
         );
         SliceInputExec {
+            index,
             schema,
             input: Mutex::new(input),
             failure,
@@ -95,7 +105,7 @@ impl fmt::Debug for SliceInputExec {
 
 impl DisplayAs for SliceInputExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "SliceInputExec")
+        write!(f, "SliceInputExec: input={}", self.index)
     }
 }
 
@@ -169,11 +179,11 @@ impl ExecutionPlan for SliceInputExec {
     }
 }
 
-/// Encodes [`SliceInputExec`] (its schema) inside a fragment; decoding binds
-/// the scan it was built with.
+/// Encodes [`SliceInputExec`] (its input index, then its schema) inside a
+/// fragment; decoding binds the scan of that index it was built with.
 #[derive(Default)]
 struct FragmentCodec {
-    input: Mutex<Option<ScanBatches>>,
+    inputs: Mutex<Vec<Option<ScanBatches>>>,
     failure: Arc<Mutex<Option<EngineError>>>,
 }
 
@@ -196,12 +206,18 @@ impl PhysicalExtensionCodec for FragmentCodec {
                 "a fragment's slice input has no children".into(),
             ));
         }
-        let schema = datafusion_proto::protobuf::Schema::decode(buf)
+        let (index, schema) = buf
+            .split_first_chunk::<4>()
+            .ok_or_else(|| DataFusionError::Internal("fragment leaf: truncated".into()))?;
+        let index = u32::from_le_bytes(*index) as usize;
+        let schema = datafusion_proto::protobuf::Schema::decode(schema)
             .map_err(|e| DataFusionError::Internal(format!("fragment leaf schema: {e}")))?;
         let schema: Schema = (&schema).try_into()?;
+        let input = self.inputs.lock().get_mut(index).and_then(Option::take);
         Ok(Arc::new(SliceInputExec::new(
+            index,
             Arc::new(schema),
-            self.input.lock().take(),
+            input,
             self.failure.clone(),
         )))
     }
@@ -219,6 +235,7 @@ impl PhysicalExtensionCodec for FragmentCodec {
             )));
         };
         let schema: datafusion_proto::protobuf::Schema = leaf.schema.as_ref().try_into()?;
+        buf.extend_from_slice(&(leaf.index as u32).to_le_bytes());
         schema
             .encode(buf)
             .map_err(|e| DataFusionError::Internal(format!("fragment leaf schema: {e}")))
@@ -261,9 +278,13 @@ impl FragmentRunner for Runner {
         Ok(self.decode(fragment, &FragmentCodec::default())?.schema())
     }
 
-    fn run(&self, fragment: &[u8], input: ScanBatches) -> Result<FragmentStream, EngineError> {
+    fn run(
+        &self,
+        fragment: &[u8],
+        inputs: Vec<ScanBatches>,
+    ) -> Result<FragmentStream, EngineError> {
         let codec = FragmentCodec {
-            input: Mutex::new(Some(input)),
+            inputs: Mutex::new(inputs.into_iter().map(Some).collect()),
             failure: Arc::new(Mutex::new(None)),
         };
         let failure = codec.failure.clone();
@@ -280,8 +301,10 @@ impl FragmentRunner for Runner {
     }
 }
 
-/// The physical optimizer rule that moves partial aggregates to the nodes
-/// (see the module docs).
+/// The physical optimizer rule that moves work to the nodes (see the module
+/// docs). It runs before DataFusion's `EnsureRequirements`, so the
+/// repartitioning that the rewritten plan needs is added afterwards, from
+/// the fragment scan's own (unknown) partitioning.
 #[derive(Debug, Default)]
 pub struct PushDownFragments;
 
@@ -292,7 +315,7 @@ impl PhysicalOptimizerRule for PushDownFragments {
         _config: &ConfigOptions,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         plan.transform_up(|node| {
-            Ok(match push_down(&node) {
+            Ok(match push_join(&node).or_else(|| push_aggregate(&node)) {
                 Some(pushed) => Transformed::yes(pushed),
                 None => Transformed::no(node),
             })
@@ -309,19 +332,30 @@ impl PhysicalOptimizerRule for PushDownFragments {
     }
 }
 
-/// `node` rewritten as a scan carrying it as a fragment, if it can run on
-/// the nodes.
-fn push_down(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
-    let agg = node.downcast_ref::<AggregateExec>()?;
-    if *agg.mode() != AggregateMode::Partial {
-        return None;
-    }
-    // Walk down to the scan through row-local operators.
-    let mut chain: Vec<Arc<dyn ExecutionPlan>> = vec![node.clone()];
-    let mut cur = agg.input().clone();
-    let scan = loop {
+/// DataFusion's physical optimizer rules with [`PushDownFragments`] placed
+/// before `EnsureRequirements` (or last, should that rule be renamed).
+pub fn optimizer_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
+    let mut rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
+    let at = rules
+        .iter()
+        .position(|r| r.name() == "EnsureRequirements")
+        .unwrap_or(rules.len());
+    rules.insert(at, Arc::new(PushDownFragments));
+    rules
+}
+
+/// Row-local operators over a scan, top first.
+type Chain = Vec<Arc<dyn ExecutionPlan>>;
+
+/// From `top` down through row-local operators (filters, projections,
+/// round-robin repartitions) to a scan: the filters and projections, top
+/// first, and the scan.
+fn chain_to_scan(top: &Arc<dyn ExecutionPlan>) -> Option<(Chain, Arc<dyn ExecutionPlan>)> {
+    let mut chain = Vec::new();
+    let mut cur = top.clone();
+    loop {
         if cur.is::<BroadcastScanExec>() {
-            break cur;
+            return Some((chain, cur));
         }
         let keep = cur.is::<FilterExec>() || cur.is::<ProjectionExec>();
         let skip = cur
@@ -335,18 +369,15 @@ fn push_down(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
             chain.push(cur.clone());
         }
         cur = next;
-    };
-    let scan = scan.downcast_ref::<BroadcastScanExec>()?;
-    if !scan.accepts_fragment() {
-        return None;
     }
-    // Rebuild the chain bottom-up over the slice input.
-    let mut plan: Arc<dyn ExecutionPlan> = Arc::new(SliceInputExec::new(
-        scan.schema(),
-        None,
-        Arc::new(Mutex::new(None)),
-    ));
-    let mut summary = Vec::new();
+}
+
+/// `chain` (top first) rebuilt over `leaf`.
+fn rebuild(
+    chain: &[Arc<dyn ExecutionPlan>],
+    leaf: Arc<dyn ExecutionPlan>,
+) -> Option<Arc<dyn ExecutionPlan>> {
+    let mut plan = leaf;
     for op in chain.iter().rev() {
         plan = op
             .clone()
@@ -355,30 +386,140 @@ fn push_down(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
                 ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
             )
             .ok()?;
-        summary.push(
-            displayable(op.as_ref())
-                .one_line()
-                .to_string()
-                .trim()
-                .to_string(),
-        );
     }
+    Some(plan)
+}
+
+/// A leaf for input `index` of a fragment, standing for `scan`'s rows.
+fn leaf(index: usize, scan: &BroadcastScanExec) -> Arc<dyn ExecutionPlan> {
+    Arc::new(SliceInputExec::new(
+        index,
+        scan.schema(),
+        None,
+        Arc::new(Mutex::new(None)),
+    ))
+}
+
+/// `plan` (which replaces `node`) encoded onto `scan`, reading `inputs`
+/// next to the scan's own table.
+fn finish(
+    node: &Arc<dyn ExecutionPlan>,
+    scan: &BroadcastScanExec,
+    plan: Arc<dyn ExecutionPlan>,
+    inputs: Vec<slicedb_engine::proto::pb::ScanInput>,
+) -> Option<Arc<dyn ExecutionPlan>> {
     if plan.schema().fields() != node.schema().fields() {
         return None;
     }
-    let bytes = match physical_plan_to_bytes_with_extension_codec(plan, &FragmentCodec::default()) {
+    let bytes = match physical_plan_to_bytes_with_extension_codec(
+        plan.clone(),
+        &FragmentCodec::default(),
+    ) {
         Ok(b) => b,
         Err(e) => {
-            tracing::debug!(error = %e, "partial aggregate stays at the coordinator: not encodable");
+            tracing::debug!(error = %e, "not encodable: stays at the coordinator");
             return None;
         }
     };
-    summary.reverse();
+    let summary = displayable(plan.as_ref())
+        .indent(false)
+        .to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" <- ");
     Some(Arc::new(scan.with_fragment(
+        plan,
         bytes.to_vec(),
         node.schema(),
-        summary.join(" <- "),
+        summary,
+        inputs,
     )))
+}
+
+/// A partial aggregate over a scan (or over a fragment already on the
+/// nodes), moved to the nodes.
+fn push_aggregate(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+    let agg = node.downcast_ref::<AggregateExec>()?;
+    if *agg.mode() != AggregateMode::Partial {
+        return None;
+    }
+    let (mut chain, scan) = chain_to_scan(agg.input())?;
+    let scan = scan.downcast_ref::<BroadcastScanExec>()?;
+    let base = match scan.fragment_plan() {
+        Some(plan) => plan.clone(),
+        None if scan.accepts_fragment() => leaf(0, scan),
+        None => return None,
+    };
+    chain.insert(0, node.clone());
+    let plan = rebuild(&chain, base)?;
+    finish(node, scan, plan, scan.inputs().to_vec())
+}
+
+/// The table column (of the scan at the bottom of `top`'s row-local chain)
+/// that `top`'s output column `col` is, if it is one unchanged.
+fn table_column(top: &Arc<dyn ExecutionPlan>, mut col: usize) -> Option<usize> {
+    let mut cur = top.clone();
+    loop {
+        if let Some(scan) = cur.downcast_ref::<BroadcastScanExec>() {
+            return scan.table_column(col);
+        }
+        if let Some(p) = cur.downcast_ref::<ProjectionExec>() {
+            col = p.expr().get(col)?.expr.downcast_ref::<Column>()?.index();
+        } else if let Some(f) = cur.downcast_ref::<FilterExec>() {
+            if let Some(proj) = f.projection() {
+                col = *proj.get(col)?;
+            }
+        } else if !cur.is::<RepartitionExec>() {
+            return None;
+        }
+        let next = cur.children().first().map(|c| (*c).clone())?;
+        cur = next;
+    }
+}
+
+/// A hash join of two scans whose tables are distributed on the join key,
+/// moved to the nodes: equal keys live in the same slice, so each slice
+/// joins its own rows of both tables, and the union of the slices' joins is
+/// the join.
+fn push_join(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+    let join = node.downcast_ref::<HashJoinExec>()?;
+    if join.null_equality() != NullEquality::NullEqualsNothing {
+        return None;
+    }
+    let (lchain, lscan) = chain_to_scan(join.left())?;
+    let (rchain, rscan) = chain_to_scan(join.right())?;
+    let l = lscan.downcast_ref::<BroadcastScanExec>()?;
+    let r = rscan.downcast_ref::<BroadcastScanExec>()?;
+    if !(l.accepts_fragment() && r.accepts_fragment() && l.colocated_with(r)) {
+        return None;
+    }
+    let (lkey, rkey) = (l.distribution_column()?, r.distribution_column()?);
+    let on_keys = join.on().iter().any(|(a, b)| {
+        let a = a.downcast_ref::<Column>().map(|c| c.index());
+        let b = b.downcast_ref::<Column>().map(|c| c.index());
+        match (a, b) {
+            (Some(a), Some(b)) => {
+                table_column(join.left(), a) == Some(lkey)
+                    && table_column(join.right(), b) == Some(rkey)
+            }
+            _ => false,
+        }
+    });
+    if !on_keys {
+        return None;
+    }
+    let left = rebuild(&lchain, leaf(0, l))?;
+    let right = rebuild(&rchain, leaf(1, r))?;
+    let plan = node
+        .clone()
+        .replace_children(
+            vec![left, right],
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+        .ok()?;
+    finish(node, l, plan, vec![r.as_input()])
 }
 
 /// How a plan shows which of its parts run on the nodes (for tests and

@@ -176,6 +176,7 @@ impl TableProvider for SliceTable {
             include_hidden: dml.is_some(),
             snapshot: Some(pb::Snapshot::from(&snapshot)),
             fragment: Vec::new(),
+            inputs: Vec::new(),
         };
         let all: Vec<SliceId> = map.slices.iter().map(|e| e.slice).collect();
         let parts = plan_parts(&self.shared, &self.meta, &map, &all, &base)?;
@@ -319,6 +320,8 @@ pub struct BroadcastScanExec {
     /// What the nodes run over each slice's rows (`base.fragment`), shown
     /// as its operators from the top down; None: a plain scan.
     fragment: Option<String>,
+    /// The fragment's plan (with `SliceInputExec` leaves), to build on.
+    fragment_plan: Option<Arc<dyn ExecutionPlan>>,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -350,6 +353,7 @@ impl BroadcastScanExec {
             pushed_filters,
             dml,
             fragment: None,
+            fragment_plan: None,
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
         }
@@ -368,22 +372,82 @@ impl BroadcastScanExec {
         self.fragment.as_deref()
     }
 
-    /// This scan with the nodes running `fragment` (an encoded plan whose
-    /// output schema is `schema`) over each slice's rows.
+    /// The fragment's plan, if the nodes run one (see [`crate::fragment`]).
+    pub(crate) fn fragment_plan(&self) -> Option<&Arc<dyn ExecutionPlan>> {
+        self.fragment_plan.as_ref()
+    }
+
+    /// The other tables a fragment reads, slice by slice.
+    pub(crate) fn inputs(&self) -> &[pb::ScanInput] {
+        &self.base.inputs
+    }
+
+    /// This plain scan as another input of a fragment over a scan it is
+    /// [`Self::colocated_with`].
+    pub(crate) fn as_input(&self) -> pb::ScanInput {
+        pb::ScanInput {
+            table: self.base.table,
+            projection: self.base.projection.clone(),
+            all_columns: self.base.all_columns,
+            filters: self.base.filters.clone(),
+        }
+    }
+
+    /// Whether each slice of both scans is read on the same node, from the
+    /// same segment: then a fragment can read both side by side.
+    pub(crate) fn colocated_with(&self, other: &BroadcastScanExec) -> bool {
+        self.meta.mirrored == other.meta.mirrored
+            && self.base.epoch == other.base.epoch
+            && self.parts.len() == other.parts.len()
+            && self
+                .parts
+                .iter()
+                .zip(&other.parts)
+                .all(|(a, b)| a.node.id == b.node.id && a.request.slices == b.request.slices)
+    }
+
+    /// The table's one distribution column (index into its columns), if it
+    /// is hash distributed on a single column.
+    pub(crate) fn distribution_column(&self) -> Option<usize> {
+        match (&self.meta.distribution, self.meta.key.as_slice()) {
+            (crate::Distribution::Hash(_), [k]) => Some(*k),
+            _ => None,
+        }
+    }
+
+    /// The table column a plain scan's output column `col` is.
+    pub(crate) fn table_column(&self, col: usize) -> Option<usize> {
+        if self.fragment.is_some() || self.dml.is_some() {
+            return None;
+        }
+        if self.base.all_columns {
+            Some(col)
+        } else {
+            self.base.projection.get(col).map(|&c| c as usize)
+        }
+    }
+
+    /// This scan with the nodes running `plan` (encoded as `fragment`, its
+    /// output schema `schema`) over each slice's rows of this table and of
+    /// `inputs`.
     pub(crate) fn with_fragment(
         &self,
+        plan: Arc<dyn ExecutionPlan>,
         fragment: Vec<u8>,
         schema: SchemaRef,
         summary: String,
+        inputs: Vec<pb::ScanInput>,
     ) -> BroadcastScanExec {
         let mut base = self.base.clone();
         base.fragment = fragment.clone();
+        base.inputs = inputs.clone();
         let parts = self
             .parts
             .iter()
             .map(|p| {
                 let mut p = p.clone();
                 p.request.fragment = fragment.clone();
+                p.request.inputs = inputs.clone();
                 p
             })
             .collect();
@@ -397,6 +461,7 @@ impl BroadcastScanExec {
             base,
         );
         exec.fragment = Some(summary);
+        exec.fragment_plan = Some(plan);
         exec
     }
 }

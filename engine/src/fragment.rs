@@ -1,7 +1,8 @@
 //! Query fragments a node runs over its slices' scans.
 //!
-//! A scan request may carry a fragment: an opaque plan whose one leaf is the
-//! scan (for example a filter, a projection and a partial aggregate). The
+//! A scan request may carry a fragment: an opaque plan whose leaves are the
+//! scans (for example a filter, a projection and a partial aggregate over
+//! one table, or a join of two tables distributed on the join key). The
 //! engine does not know how to plan or run it; whoever starts the node hands
 //! it a [`FragmentRunner`] that does. The engine owns only the contract: the
 //! runner gets one slice's scan at a time, and whatever it yields is that
@@ -31,9 +32,10 @@ pub trait FragmentRunner: Send + Sync {
     /// decode (then nothing is scanned).
     fn schema(&self, fragment: &[u8]) -> Result<SchemaRef>;
 
-    /// Run `fragment` with `input` as its scan leaf. An error the input
-    /// yields must come out of the stream as that same [`crate::EngineError`]
-    /// (so a checksum failure is still one); an error of the fragment's own
-    /// work is [`crate::EngineError::Query`].
-    fn run(&self, fragment: &[u8], input: ScanBatches) -> Result<FragmentStream>;
+    /// Run `fragment` with `inputs[i]` as its leaf `i` (one slice's scan of
+    /// each table it reads). An error an input yields must come out of the
+    /// stream as that same [`crate::EngineError`] (so a checksum failure is
+    /// still one); an error of the fragment's own work is
+    /// [`crate::EngineError::Query`].
+    fn run(&self, fragment: &[u8], inputs: Vec<ScanBatches>) -> Result<FragmentStream>;
 }

@@ -1054,24 +1054,55 @@ impl NodeServer {
     }
 }
 
-/// What a scan request asks of each of its slices.
-struct ScanJob {
+/// One table's read of each slice: which columns, which rows.
+struct TableRead {
     table: TableId,
-    parts: ScanParts,
     projection: Option<Vec<usize>>,
     predicate: Option<Predicate>,
+}
+
+impl TableRead {
+    fn from_request(
+        table: TableId,
+        all_columns: bool,
+        projection: &[u32],
+        filters: &[pb::Predicate],
+    ) -> Result<TableRead> {
+        let predicate = if filters.is_empty() {
+            None
+        } else {
+            let filters = filters
+                .iter()
+                .map(Predicate::try_from)
+                .collect::<Result<Vec<_>>>()?;
+            Some(Predicate::And(filters))
+        };
+        let projection = (!all_columns).then(|| projection.iter().map(|&i| i as usize).collect());
+        Ok(TableRead {
+            table,
+            projection,
+            predicate,
+        })
+    }
+}
+
+/// What a scan request asks of each of its slices.
+struct ScanJob {
+    /// The request's table; with a fragment, then its other `inputs`.
+    reads: Vec<TableRead>,
+    parts: ScanParts,
     include_hidden: bool,
     snapshot: Snapshot,
 }
 
 impl ScanJob {
-    fn spec(&self, slice: SliceId, segment: SegmentKind) -> ScanSpec {
+    fn spec(&self, read: &TableRead, slice: SliceId, segment: SegmentKind) -> ScanSpec {
         ScanSpec {
             segment,
-            table: self.table,
+            table: read.table,
             slice,
-            projection: self.projection.clone(),
-            predicate: self.predicate.clone(),
+            projection: read.projection.clone(),
+            predicate: read.predicate.clone(),
             include_hidden: self.include_hidden,
             snapshot: self.snapshot.clone(),
         }
@@ -1107,7 +1138,7 @@ fn run_scan(
     for (slice, segment, disk) in &job.parts {
         let disk_id = Some(disk.ids().disk_id);
         let mut scan = disk
-            .scan(&job.spec(*slice, *segment))
+            .scan(&job.spec(&job.reads[0], *slice, *segment))
             .map_err(|e| (disk_id, e))?;
         let tag = pb::StreamTag {
             slice: *slice,
@@ -1169,13 +1200,17 @@ async fn run_fragment(
     for (slice, segment, disk) in &job.parts {
         let disk_id = disk.ids().disk_id;
         let blame = |e: EngineError| (disk_fault(&e).then_some(disk_id), e);
-        let scan = disk.scan(&job.spec(*slice, *segment)).map_err(blame)?;
-        let stats = Arc::new(Mutex::new(ScanStats::default()));
-        let input: ScanBatches = Box::new(CountedScan {
-            scan,
-            stats: stats.clone(),
-        });
-        let mut out = runner.run(&fragment, input).map_err(blame)?;
+        let mut inputs: Vec<ScanBatches> = Vec::with_capacity(job.reads.len());
+        let mut counters = Vec::with_capacity(job.reads.len());
+        for read in &job.reads {
+            let scan = disk
+                .scan(&job.spec(read, *slice, *segment))
+                .map_err(blame)?;
+            let stats = Arc::new(Mutex::new(ScanStats::default()));
+            counters.push(stats.clone());
+            inputs.push(Box::new(CountedScan { scan, stats }));
+        }
+        let mut out = runner.run(&fragment, inputs).map_err(blame)?;
         let tag = pb::StreamTag {
             slice: *slice,
             segment: pb::Segment::from(*segment) as i32,
@@ -1195,7 +1230,12 @@ async fn run_fragment(
             }
         }
         drop(out);
-        let stats = *stats.lock();
+        let mut stats = ScanStats::default();
+        for c in &counters {
+            let c = *c.lock();
+            stats.blocks_total += c.blocks_total;
+            stats.blocks_pruned += c.blocks_pruned;
+        }
         for fd in done_messages(&mut enc, schema.clone(), tag, rows, stats)? {
             if tx.send(Ok(fd)).await.is_err() {
                 return Ok(());
@@ -1240,22 +1280,29 @@ impl FlightService for NodeServer {
             Some(r) => r.schema(&req.fragment).map_err(status)?,
             None => scan_schema,
         };
-        let predicate = if req.filters.is_empty() {
-            None
-        } else {
-            let filters = req
-                .filters
-                .iter()
-                .map(Predicate::try_from)
-                .collect::<Result<Vec<_>>>()
-                .map_err(status)?;
-            Some(Predicate::And(filters))
-        };
-        let projection = if req.all_columns {
-            None
-        } else {
-            Some(req.projection.iter().map(|&i| i as usize).collect())
-        };
+        if runner.is_none() && !req.inputs.is_empty() {
+            return Err(status(EngineError::InvalidRequest(
+                "a scan without a fragment reads one table".into(),
+            )));
+        }
+        let mut reads = vec![TableRead::from_request(
+            req.table,
+            req.all_columns,
+            &req.projection,
+            &req.filters,
+        )
+        .map_err(status)?];
+        for input in &req.inputs {
+            reads.push(
+                TableRead::from_request(
+                    input.table,
+                    input.all_columns,
+                    &input.projection,
+                    &input.filters,
+                )
+                .map_err(status)?,
+            );
+        }
         let (tx, rx) = mpsc::channel(16);
         let first = TaggedEncoder::new().schema(&schema);
         tx.send(Ok(first))
@@ -1263,10 +1310,8 @@ impl FlightService for NodeServer {
             .map_err(|_| Status::internal("scan channel closed"))?;
         let table = req.table;
         let job = ScanJob {
-            table,
+            reads,
             parts,
-            projection,
-            predicate,
             include_hidden: req.include_hidden,
             snapshot: req
                 .snapshot

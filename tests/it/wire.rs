@@ -13,6 +13,9 @@ use crate::data::{self, Row};
 use crate::harness::{self, assert_rows_match, exec, expect_error, query, scalar, Slicedb};
 
 const ROWS: usize = 100_000;
+/// t2 = these columns of these rows of t, distributed on k like t.
+const T2_COLUMNS: &str = "k, s, n";
+const T2_FILTER: &str = "g % 3 = 0";
 const NODES: u32 = 4;
 const SLICES: usize = 16;
 
@@ -81,6 +84,30 @@ const QUERIES: &[(&str, &str, f64)] = &[
          FROM t WHERE length(s) > 3 OR g < 10 GROUP BY g % 7 ORDER BY 1",
         1e-9,
     ),
+    // Joins of t and t2 on their distribution key run on the nodes, slice
+    // by slice (co-located), partial aggregates on top.
+    (
+        "co-located inner join",
+        "SELECT count(*), sum(t.g), sum(t2.n), min(t2.s), max(t.d) FROM t JOIN t2 ON t.k = t2.k \
+         WHERE t.g < 700",
+        1e-9,
+    ),
+    (
+        "co-located left join, grouped",
+        "SELECT t.g % 5, count(*), count(t2.k), sum(t2.n) FROM t LEFT JOIN t2 ON t.k = t2.k \
+         GROUP BY t.g % 5 ORDER BY 1",
+        1e-9,
+    ),
+    (
+        "co-located semi join",
+        "SELECT count(*), sum(g) FROM t WHERE EXISTS (SELECT 1 FROM t2 WHERE t2.k = t.k AND t2.n > 0)",
+        0.0,
+    ),
+    (
+        "co-located anti join",
+        "SELECT count(*), sum(g) FROM t WHERE NOT EXISTS (SELECT 1 FROM t2 WHERE t2.k = t.k)",
+        0.0,
+    ),
     (
         "group by text",
         "SELECT s, count(*), min(k), max(n) FROM t WHERE g BETWEEN 100 AND 200 \
@@ -131,6 +158,22 @@ fn wire_matches_datafusion_and_survives_restart() {
             )
             .await?;
         }
+
+        // t2: a third of t's rows, distributed like t (co-located joins).
+        exec(
+            &client,
+            "CREATE TABLE t2 (k bigint, s text, n numeric(12,2)) DISTRIBUTE ON (k)",
+        )
+        .await?;
+        exec(
+            &client,
+            &format!("INSERT INTO t2 SELECT {T2_COLUMNS} FROM t WHERE {T2_FILTER}"),
+        )
+        .await?;
+        ctx.sql(&format!(
+            "CREATE VIEW t2 AS SELECT {T2_COLUMNS} FROM t WHERE {T2_FILTER}"
+        ))
+        .await?;
 
         check_answers(&client, &ctx, &rows)
             .await
@@ -229,19 +272,27 @@ async fn check_answers(client: &Client, ctx: &SessionContext, rows: &[Row]) -> R
     check_system_views(client).await
 }
 
-/// Partial aggregates run on the nodes, and a fragment's error reaches the
-/// client with the statement's SQLSTATE.
+/// Partial aggregates and co-located joins run on the nodes, and a
+/// fragment's error reaches the client with the statement's SQLSTATE.
 async fn check_fragments(client: &Client) -> Result<()> {
-    let plan = query(
-        client,
-        "EXPLAIN SELECT g, count(*), sum(k) FROM t GROUP BY g",
-    )
-    .await?;
-    let text = format!("{plan:?}");
-    ensure!(
-        text.contains("fragment=[AggregateExec: mode=Partial"),
-        "the partial aggregate does not run on the nodes: {text}"
-    );
+    for (sql, want, what) in [
+        (
+            "EXPLAIN SELECT g, count(*), sum(k) FROM t GROUP BY g",
+            "fragment=[AggregateExec: mode=Partial",
+            "the partial aggregate",
+        ),
+        (
+            "EXPLAIN SELECT count(*) FROM t JOIN t2 ON t.k = t2.k WHERE t.g < 700",
+            "SliceInputExec: input=1",
+            "the join of t and t2 on their distribution key",
+        ),
+    ] {
+        let text = format!("{:?}", query(client, sql).await?);
+        ensure!(
+            text.contains(want),
+            "{what} does not run on the nodes: {text}"
+        );
+    }
     let msg = expect_error(client, "SELECT sum(k / (g - g)) FROM t", &["22012"]).await?;
     ensure!(
         msg.contains("Divide by zero"),
