@@ -242,6 +242,9 @@ impl PhysicalExtensionCodec for FragmentCodec {
     }
 }
 
+/// Decodes fragments at the coordinator, to check them.
+static DECODER: std::sync::LazyLock<Runner> = std::sync::LazyLock::new(Runner::default);
+
 /// Runs fragments on a node (see the module docs).
 pub struct Runner {
     ctx: Arc<TaskContext>,
@@ -315,7 +318,10 @@ impl PhysicalOptimizerRule for PushDownFragments {
         _config: &ConfigOptions,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         plan.transform_up(|node| {
-            Ok(match push_join(&node).or_else(|| push_aggregate(&node)) {
+            let pushed = push_join(&node)
+                .or_else(|| push_aggregate(&node))
+                .or_else(|| push_row_local(&node));
+            Ok(match pushed {
                 Some(pushed) => Transformed::yes(pushed),
                 None => Transformed::no(node),
             })
@@ -421,6 +427,13 @@ fn finish(
             return None;
         }
     };
+    // Some plans encode but do not decode on their own (a scalar subquery's
+    // expression needs its surrounding ScalarSubqueryExec): check here, as
+    // the node will.
+    if let Err(e) = DECODER.decode(&bytes, &FragmentCodec::default()) {
+        tracing::debug!(error = %e, "does not decode: stays at the coordinator");
+        return None;
+    }
     let summary = displayable(plan.as_ref())
         .indent(false)
         .to_string()
@@ -438,6 +451,28 @@ fn finish(
     )))
 }
 
+/// The plan a fragment over `scan` builds on: its fragment so far, or a leaf
+/// for a plain scan (None: a DML scan, whose rows the coordinator needs).
+fn fragment_base(scan: &BroadcastScanExec) -> Option<Arc<dyn ExecutionPlan>> {
+    match scan.fragment_plan() {
+        Some(plan) => Some(plan.clone()),
+        None if scan.accepts_fragment() => Some(leaf(0, scan)),
+        None => None,
+    }
+}
+
+/// A filter or projection right over a scan (or a fragment), moved to the
+/// nodes: what is filtered out or projected away is never shipped.
+fn push_row_local(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+    if !(node.is::<FilterExec>() || node.is::<ProjectionExec>()) {
+        return None;
+    }
+    let child = node.children().first().map(|c| (*c).clone())?;
+    let scan = child.downcast_ref::<BroadcastScanExec>()?;
+    let plan = rebuild(&[node.clone()], fragment_base(scan)?)?;
+    finish(node, scan, plan, scan.inputs().to_vec())
+}
+
 /// A partial aggregate over a scan (or over a fragment already on the
 /// nodes), moved to the nodes.
 fn push_aggregate(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
@@ -447,23 +482,51 @@ fn push_aggregate(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan
     }
     let (mut chain, scan) = chain_to_scan(agg.input())?;
     let scan = scan.downcast_ref::<BroadcastScanExec>()?;
-    let base = match scan.fragment_plan() {
-        Some(plan) => plan.clone(),
-        None if scan.accepts_fragment() => leaf(0, scan),
-        None => return None,
-    };
+    let base = fragment_base(scan)?;
     chain.insert(0, node.clone());
     let plan = rebuild(&chain, base)?;
     finish(node, scan, plan, scan.inputs().to_vec())
+}
+
+/// `plan` reading input 1 where it read input 0.
+fn as_input_one(plan: Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|n| {
+        Ok(match n.downcast_ref::<SliceInputExec>() {
+            Some(l) if l.index == 0 => Transformed::yes(Arc::new(SliceInputExec::new(
+                1,
+                l.schema.clone(),
+                None,
+                Arc::new(Mutex::new(None)),
+            )) as Arc<dyn ExecutionPlan>),
+            _ => Transformed::no(n),
+        })
+    })
+    .data()
+    .ok()
 }
 
 /// The table column (of the scan at the bottom of `top`'s row-local chain)
 /// that `top`'s output column `col` is, if it is one unchanged.
 fn table_column(top: &Arc<dyn ExecutionPlan>, mut col: usize) -> Option<usize> {
     let mut cur = top.clone();
+    let mut scan_below: Option<Arc<dyn ExecutionPlan>> = None;
     loop {
         if let Some(scan) = cur.downcast_ref::<BroadcastScanExec>() {
-            return scan.table_column(col);
+            match scan.fragment_plan() {
+                None => return scan.table_column(col),
+                Some(plan) if scan.inputs().is_empty() => {
+                    // Follow the column down the fragment to its leaf.
+                    let plan = plan.clone();
+                    scan_below = Some(cur.clone());
+                    cur = plan;
+                    continue;
+                }
+                Some(_) => return None,
+            }
+        }
+        if cur.is::<SliceInputExec>() {
+            let scan = scan_below?;
+            return scan.downcast_ref::<BroadcastScanExec>()?.table_column(col);
         }
         if let Some(p) = cur.downcast_ref::<ProjectionExec>() {
             col = p.expr().get(col)?.expr.downcast_ref::<Column>()?.index();
@@ -492,7 +555,9 @@ fn push_join(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
     let (rchain, rscan) = chain_to_scan(join.right())?;
     let l = lscan.downcast_ref::<BroadcastScanExec>()?;
     let r = rscan.downcast_ref::<BroadcastScanExec>()?;
-    if !(l.accepts_fragment() && r.accepts_fragment() && l.colocated_with(r)) {
+    // Each side reads one table: a plain scan, or filters and projections
+    // of one already on the nodes.
+    if !(l.inputs().is_empty() && r.inputs().is_empty() && l.colocated_with(r)) {
         return None;
     }
     let (lkey, rkey) = (l.distribution_column()?, r.distribution_column()?);
@@ -510,8 +575,8 @@ fn push_join(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
     if !on_keys {
         return None;
     }
-    let left = rebuild(&lchain, leaf(0, l))?;
-    let right = rebuild(&rchain, leaf(1, r))?;
+    let left = rebuild(&lchain, fragment_base(l)?)?;
+    let right = rebuild(&rchain, as_input_one(fragment_base(r)?)?)?;
     let plan = node
         .clone()
         .replace_children(

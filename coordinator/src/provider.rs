@@ -396,7 +396,9 @@ impl BroadcastScanExec {
     /// Whether each slice of both scans is read on the same node, from the
     /// same segment: then a fragment can read both side by side.
     pub(crate) fn colocated_with(&self, other: &BroadcastScanExec) -> bool {
-        self.meta.mirrored == other.meta.mirrored
+        self.dml.is_none()
+            && other.dml.is_none()
+            && self.meta.mirrored == other.meta.mirrored
             && self.base.epoch == other.base.epoch
             && self.parts.len() == other.parts.len()
             && self
@@ -415,9 +417,10 @@ impl BroadcastScanExec {
         }
     }
 
-    /// The table column a plain scan's output column `col` is.
+    /// The table column that column `col` of the scanned rows is (the
+    /// scan's output, or its fragment's leaf 0).
     pub(crate) fn table_column(&self, col: usize) -> Option<usize> {
-        if self.fragment.is_some() || self.dml.is_some() {
+        if self.dml.is_some() {
             return None;
         }
         if self.base.all_columns {
