@@ -469,7 +469,7 @@ fn push_row_local(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan
     }
     let child = node.children().first().map(|c| (*c).clone())?;
     let scan = child.downcast_ref::<BroadcastScanExec>()?;
-    let plan = rebuild(&[node.clone()], fragment_base(scan)?)?;
+    let plan = rebuild(std::slice::from_ref(node), fragment_base(scan)?)?;
     finish(node, scan, plan, scan.inputs().to_vec())
 }
 
