@@ -14,6 +14,9 @@ use crate::harness::{self, exec, query, scalar, Rows, Slicedb};
 const NODES: u32 = 3;
 const TOTALS: &str = "SELECT count(*), sum(k), sum(v), min(k), max(v) FROM f";
 const GROUPS: &str = "SELECT k % 7 AS g, count(*), sum(v) FROM f GROUP BY k % 7 ORDER BY g";
+/// A join on the distribution key: it runs on the nodes, two scans per
+/// slice (a co-located join), so a failover re-asks slices of both tables.
+const JOINED: &str = "SELECT count(*), sum(a.v + b.v) FROM f a JOIN f b ON a.k = b.k";
 
 async fn load(db: &Slicedb) -> Result<(Rows, Rows)> {
     let c = db.connect().await?;
@@ -77,6 +80,23 @@ fn kill_each_node_in_turn_and_every_answer_stays_the_same() {
             ensure!(
                 query(&c, GROUPS).await? == groups,
                 "victim {victim}: group-by changed"
+            );
+            // Every row joins itself: the count of f, twice the sum of v.
+            let plan = format!("{:?}", query(&c, &format!("EXPLAIN {JOINED}")).await?);
+            ensure!(
+                plan.contains("SliceInputExec: input=1"),
+                "the self-join does not run on the nodes: {plan}"
+            );
+            let joined = query(&c, JOINED).await?;
+            let want_sum = totals[0][2]
+                .as_deref()
+                .and_then(|v| v.parse::<i64>().ok())
+                .map(|v| (2 * v).to_string());
+            ensure!(
+                joined.len() == 1
+                    && joined[0][0] == totals[0][0]
+                    && joined[0][1] == want_sum,
+                "victim {victim}: co-located self-join after the kill: {joined:?}, totals {totals:?}"
             );
             stop.store(true, Ordering::SeqCst);
             let n = bg.await??;
