@@ -8,7 +8,10 @@
 //!   tables are distributed on the join key and placed alike (a co-located
 //!   join: equal keys live in the same slice);
 //! - a partial aggregate over a chain of filters and projections over a scan,
-//!   or over such a join.
+//!   or over such a join;
+//! - the final step of an aggregate grouped by the distribution key (each
+//!   slice's groups are whole), and filters and projections over any of
+//!   these.
 //!
 //! Each node runs the fragment over each of its slices on its own; the
 //! coordinator's final aggregate merges the per-slice partial states, and a
@@ -319,6 +322,7 @@ impl PhysicalOptimizerRule for PushDownFragments {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         plan.transform_up(|node| {
             let pushed = push_join(&node)
+                .or_else(|| push_final(&node))
                 .or_else(|| push_aggregate(&node))
                 .or_else(|| push_row_local(&node));
             Ok(match pushed {
@@ -534,12 +538,63 @@ fn table_column(top: &Arc<dyn ExecutionPlan>, mut col: usize) -> Option<usize> {
             if let Some(proj) = f.projection() {
                 col = *proj.get(col)?;
             }
+        } else if let Some(a) = cur.downcast_ref::<AggregateExec>() {
+            // A grouping column passes through unchanged.
+            if !a.group_expr().is_single() {
+                return None;
+            }
+            col = a
+                .group_expr()
+                .expr()
+                .get(col)?
+                .0
+                .downcast_ref::<Column>()?
+                .index();
         } else if !cur.is::<RepartitionExec>() {
             return None;
         }
         let next = cur.children().first().map(|c| (*c).clone())?;
         cur = next;
     }
+}
+
+/// Whether `scan` answers partial aggregate states (its fragment ends in a
+/// partial aggregate): rows that only a final aggregate may consume.
+fn partial_states(scan: &BroadcastScanExec) -> bool {
+    scan.fragment_plan()
+        .and_then(|p| p.downcast_ref::<AggregateExec>())
+        .is_some_and(|a| *a.mode() == AggregateMode::Partial)
+}
+
+/// The final step of an aggregate grouped by the distribution key, moved
+/// onto its partial step on the nodes: all rows of a group are in one
+/// slice, so each slice's groups are final. A HAVING filter over it then
+/// runs on the nodes too, and only the groups it keeps are shipped.
+fn push_final(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+    let agg = node.downcast_ref::<AggregateExec>()?;
+    if !matches!(
+        agg.mode(),
+        AggregateMode::Final | AggregateMode::FinalPartitioned
+    ) || !agg.group_expr().is_single()
+    {
+        return None;
+    }
+    let child = agg.input();
+    let scan = child.downcast_ref::<BroadcastScanExec>()?;
+    if !(partial_states(scan) && scan.inputs().is_empty()) {
+        return None;
+    }
+    let dist = scan.distribution_column()?;
+    let by_key = agg.group_expr().expr().iter().any(|(e, _)| {
+        e.downcast_ref::<Column>()
+            .and_then(|c| table_column(child, c.index()))
+            == Some(dist)
+    });
+    if !by_key {
+        return None;
+    }
+    let plan = rebuild(std::slice::from_ref(node), scan.fragment_plan()?.clone())?;
+    finish(node, scan, plan, Vec::new())
 }
 
 /// A hash join of two scans whose tables are distributed on the join key,
@@ -557,7 +612,10 @@ fn push_join(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
     let r = rscan.downcast_ref::<BroadcastScanExec>()?;
     // Each side reads one table: a plain scan, or filters and projections
     // of one already on the nodes.
-    if !(l.inputs().is_empty() && r.inputs().is_empty() && l.colocated_with(r)) {
+    if !(l.inputs().is_empty() && r.inputs().is_empty() && l.colocated_with(r))
+        || partial_states(l)
+        || partial_states(r)
+    {
         return None;
     }
     let (lkey, rkey) = (l.distribution_column()?, r.distribution_column()?);

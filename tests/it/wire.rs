@@ -108,6 +108,18 @@ const QUERIES: &[(&str, &str, f64)] = &[
         "SELECT count(*), sum(g) FROM t WHERE NOT EXISTS (SELECT 1 FROM t2 WHERE t2.k = t.k)",
         0.0,
     ),
+    // Grouped by the distribution key: finished on the nodes, HAVING there.
+    (
+        "group by the distribution key, having",
+        "SELECT k, count(*), sum(n), max(s) FROM t2 GROUP BY k HAVING sum(n) > 100 \
+         ORDER BY k LIMIT 30",
+        1e-9,
+    ),
+    (
+        "join with an aggregate grouped by the distribution key",
+        "SELECT count(*), sum(g) FROM t WHERE k IN (SELECT k FROM t2 GROUP BY k HAVING sum(n) > 100)",
+        0.0,
+    ),
     (
         "group by text",
         "SELECT s, count(*), min(k), max(n) FROM t WHERE g BETWEEN 100 AND 200 \
@@ -285,6 +297,11 @@ async fn check_fragments(client: &Client) -> Result<()> {
             "EXPLAIN SELECT count(*) FROM t JOIN t2 ON t.k = t2.k WHERE t.g < 700",
             "SliceInputExec: input=1",
             "the join of t and t2 on their distribution key",
+        ),
+        (
+            "EXPLAIN SELECT k, sum(n) FROM t2 GROUP BY k HAVING sum(n) > 100",
+            "fragment=[FilterExec",
+            "the HAVING of an aggregate grouped by the distribution key",
         ),
     ] {
         let text = format!("{:?}", query(client, sql).await?);
