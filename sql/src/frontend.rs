@@ -47,6 +47,7 @@ use crate::copy::{encode_rows, CopyDecoder, CopyOptions};
 use crate::copyin::{CopyPipeline, Widen};
 use crate::dialect::{self, ParsedStatement};
 use crate::errors::{fix_response, fix_responses, to_pg, SqlError};
+use crate::shield;
 
 /// Rows per batch when decoding COPY input.
 const COPY_BATCH_ROWS: usize = 65_536;
@@ -783,7 +784,7 @@ impl Simple {
             return Ok(vec![groom(&self.fe, &table).await?]);
         }
         let txn = conn_txn(client).await;
-        let parsed = match dialect::parse_statements(query) {
+        let mut parsed = match dialect::parse_statements(query) {
             Ok(p) => p,
             Err(ours) => {
                 // Something sqlparser's PostgreSQL dialect cannot read (psql's
@@ -796,7 +797,14 @@ impl Simple {
                 };
             }
         };
-        if txn.is_none() && !parsed.iter().any(|p| is_ours(&p.statement)) {
+        // Scalar subqueries in SELECT lists, kept from a datafusion-postgres
+        // rewrite that is wrong for user queries (crate::shield): then the
+        // statements go on as we print them, not as the client wrote them.
+        let mut shielded = false;
+        for p in &mut parsed {
+            shielded |= shield::shield_scalar_subqueries(&mut p.statement);
+        }
+        if txn.is_none() && !shielded && !parsed.iter().any(|p| is_ours(&p.statement)) {
             return fix_responses(SimpleQueryHandler::do_query(&*self.fe.df, client, query).await);
         }
         let mut out = Vec::new();
@@ -940,6 +948,8 @@ impl QueryParser for OurParser {
         if parse_ours(sql).is_some() || parse_groom(sql).is_some() {
             return Ok(Some((sql.to_string(), None)));
         }
+        let shielded = shield::shield_sql(sql);
+        let sql = shielded.as_deref().unwrap_or(sql);
         // Planning resolves table names: in the connection's session.
         let session = conn_state(&self.fe, client).session.id;
         CURRENT_SESSION

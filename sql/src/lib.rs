@@ -6,5 +6,6 @@ pub mod errors;
 pub mod frontend;
 pub mod pgcatalog;
 pub mod server;
+pub mod shield;
 
 pub use errors::SqlError;

@@ -120,6 +120,14 @@ const QUERIES: &[(&str, &str, f64)] = &[
         "SELECT count(*), sum(g) FROM t WHERE k IN (SELECT k FROM t2 GROUP BY k HAVING sum(n) > 100)",
         0.0,
     ),
+    // Scalar subqueries in the SELECT list (datafusion-postgres used to turn
+    // the first into NULL and add LIMIT 1 to the second).
+    (
+        "scalar subqueries in the select list",
+        "SELECT (SELECT count(*) FROM t WHERE EXISTS (SELECT 1 FROM t2 WHERE t2.k = t.k)) AS semi, \
+         (SELECT max(k) FROM t2) AS top",
+        0.0,
+    ),
     (
         "group by text",
         "SELECT s, count(*), min(k), max(n) FROM t WHERE g BETWEEN 100 AND 200 \

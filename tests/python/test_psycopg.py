@@ -44,6 +44,16 @@ def main(url):
         cur.execute("SELECT count(*), count(s), count(v) FROM py_t")
         check(cur.fetchone() == (4, 3, 3), "counts after INSERTs (NULLs not counted)")
 
+        # A scalar subquery in the SELECT list, over the extended protocol
+        # with a parameter: the same count as the query without it (it once
+        # came back NULL from a catalog-query rewrite).
+        exists = "SELECT 1 FROM py_t b WHERE b.k = a.k AND b.g >= %s"
+        cur.execute(f"SELECT count(*) FROM py_t a WHERE EXISTS ({exists})", (10,))
+        direct = cur.fetchone()[0]
+        cur.execute(f"SELECT (SELECT count(*) FROM py_t a WHERE EXISTS ({exists})) AS n", (10,))
+        got = cur.fetchone()[0]
+        check(got == direct and direct > 0, f"scalar subquery in the select list: {got} == {direct}")
+
         # COPY FROM STDIN writing rows.
         copied = [(100 + i, i % 7, f"copy {i}" if i % 5 else None, i / 4) for i in range(500)]
         with cur.copy("COPY py_t FROM STDIN") as copy:
