@@ -644,18 +644,3 @@ fn push_join(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
         .ok()?;
     finish(node, l, plan, vec![r.as_input()])
 }
-
-/// How a plan shows which of its parts run on the nodes (for tests and
-/// EXPLAIN readers): the fragment summaries of its scans.
-pub fn fragments_of(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
-    let mut out = Vec::new();
-    let _ = plan.apply(|p| {
-        if let Some(scan) = p.downcast_ref::<BroadcastScanExec>() {
-            if let Some(s) = scan.fragment_summary() {
-                out.push(s.to_string());
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    out
-}

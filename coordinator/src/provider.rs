@@ -366,12 +366,6 @@ impl BroadcastScanExec {
         self.dml.is_none() && self.fragment.is_none()
     }
 
-    /// The fragment the nodes run over each slice, if any (see
-    /// [`crate::fragment`]).
-    pub fn fragment_summary(&self) -> Option<&str> {
-        self.fragment.as_deref()
-    }
-
     /// The fragment's plan, if the nodes run one (see [`crate::fragment`]).
     pub(crate) fn fragment_plan(&self) -> Option<&Arc<dyn ExecutionPlan>> {
         self.fragment_plan.as_ref()
