@@ -16,7 +16,7 @@ use crate::{CoordinatorError, Result};
 const NULL_TAG: [u8; 1] = [0xff];
 
 /// Seed of the chain; also what a row of only NULL keys starts from.
-const SEED: u32 = 0x5_11ce;
+pub const SEED: u32 = 0x5_11ce;
 
 /// Slice of every row of `batch`, hashing the columns at `key`.
 pub fn slices_for_batch(batch: &RecordBatch, key: &[usize], slices: u32) -> Result<Vec<u32>> {
@@ -24,9 +24,60 @@ pub fn slices_for_batch(batch: &RecordBatch, key: &[usize], slices: u32) -> Resu
     for &k in key {
         hash_column(batch.column(k), &mut hashes)?;
     }
-    Ok(hashes.into_iter().map(|h| h % slices).collect())
+    Ok(hashes.into_iter().map(|h| slice_of(h, slices)).collect())
 }
 
+// One key value at a time, for writers that hash values as they parse them
+// (COPY): chain each key column's value onto a hash that starts at [`SEED`],
+// then take [`slice_of`]. `slices_for_batch` is built from the same steps.
+
+/// The slice of a row whose key values were chained into `hash`.
+#[inline]
+pub fn slice_of(hash: u32, slices: u32) -> u32 {
+    hash % slices
+}
+
+/// Chain a NULL key value.
+#[inline]
+pub fn chain_null(h: &mut u32) {
+    chain(h, &NULL_TAG);
+}
+
+/// Chain an integer, date, timestamp (in its column's unit) or decimal
+/// (unscaled) key value.
+#[inline]
+pub fn chain_int(h: &mut u32, v: i128) {
+    chain(h, &v.to_le_bytes());
+}
+
+/// Chain a float key value (`f32` values widened to `f64` first).
+#[inline]
+pub fn chain_f64(h: &mut u32, v: f64) {
+    // -0.0 == 0.0 and every NaN is one value for grouping.
+    let v = if v == 0.0 {
+        0.0
+    } else if v.is_nan() {
+        f64::NAN
+    } else {
+        v
+    };
+    chain(h, &v.to_bits().to_le_bytes());
+}
+
+/// Chain a boolean key value.
+#[inline]
+pub fn chain_bool(h: &mut u32, v: bool) {
+    chain(h, &[v as u8]);
+}
+
+/// Chain a string key value.
+#[inline]
+pub fn chain_str(h: &mut u32, s: &[u8]) {
+    chain(h, s);
+    chain(h, &[0]);
+}
+
+#[inline]
 fn chain(h: &mut u32, bytes: &[u8]) {
     *h = crc32c::crc32c_append(*h, bytes);
 }
@@ -36,9 +87,9 @@ macro_rules! int_like {
         let a = $arr.as_primitive::<$t>();
         for (i, h) in $hashes.iter_mut().enumerate() {
             if a.is_null(i) {
-                chain(h, &NULL_TAG);
+                chain_null(h);
             } else {
-                chain(h, &(a.value(i) as i128).to_le_bytes());
+                chain_int(h, a.value(i) as i128);
             }
         }
     }};
@@ -70,9 +121,9 @@ fn hash_column(col: &ArrayRef, hashes: &mut [u32]) -> Result<()> {
             let a = col.as_primitive::<Decimal128Type>();
             for (i, h) in hashes.iter_mut().enumerate() {
                 if a.is_null(i) {
-                    chain(h, &NULL_TAG);
+                    chain_null(h);
                 } else {
-                    chain(h, &a.value(i).to_le_bytes());
+                    chain_int(h, a.value(i));
                 }
             }
         }
@@ -81,18 +132,9 @@ fn hash_column(col: &ArrayRef, hashes: &mut [u32]) -> Result<()> {
             let a = f64s.as_primitive::<Float64Type>();
             for (i, h) in hashes.iter_mut().enumerate() {
                 if a.is_null(i) {
-                    chain(h, &NULL_TAG);
+                    chain_null(h);
                 } else {
-                    let v = a.value(i);
-                    // -0.0 == 0.0 and every NaN is one value for grouping.
-                    let v = if v == 0.0 {
-                        0.0
-                    } else if v.is_nan() {
-                        f64::NAN
-                    } else {
-                        v
-                    };
-                    chain(h, &v.to_bits().to_le_bytes());
+                    chain_f64(h, a.value(i));
                 }
             }
         }
@@ -100,9 +142,9 @@ fn hash_column(col: &ArrayRef, hashes: &mut [u32]) -> Result<()> {
             let a = col.as_boolean();
             for (i, h) in hashes.iter_mut().enumerate() {
                 if a.is_null(i) {
-                    chain(h, &NULL_TAG);
+                    chain_null(h);
                 } else {
-                    chain(h, &[a.value(i) as u8]);
+                    chain_bool(h, a.value(i));
                 }
             }
         }
@@ -121,11 +163,8 @@ fn hash_column(col: &ArrayRef, hashes: &mut [u32]) -> Result<()> {
 fn hash_strings<'a>(values: impl Iterator<Item = Option<&'a str>>, hashes: &mut [u32]) {
     for (v, h) in values.zip(hashes.iter_mut()) {
         match v {
-            None => chain(h, &NULL_TAG),
-            Some(s) => {
-                chain(h, s.as_bytes());
-                chain(h, &[0]);
-            }
+            None => chain_null(h),
+            Some(s) => chain_str(h, s.as_bytes()),
         }
     }
 }

@@ -110,6 +110,40 @@ impl Loader {
         self.rows_in
     }
 
+    /// The table's distribution key (column indices, in key order); empty
+    /// for a round-robin table.
+    pub fn key_columns(&self) -> &[usize] {
+        &self.table.key
+    }
+
+    /// Slices rows are hashed across ([`crate::hash::slice_of`]).
+    pub fn slice_count(&self) -> u32 {
+        self.map.slice_count()
+    }
+
+    /// Add rows that all belong to `slice` (the writer hashed them with
+    /// [`crate::hash`], columns in table order). Ships them as they are: no
+    /// regathering.
+    pub async fn push_slice(&mut self, slice: u32, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if self.table.key.is_empty() || slice >= self.map.slice_count() {
+            return Err(CoordinatorError::Catalog(format!(
+                "rows for slice {slice} of table \"{}\", which is not split that way",
+                self.table.name
+            )));
+        }
+        let batch = self.conform(batch)?;
+        debug_assert!(
+            crate::hash::slices_for_batch(&batch, &self.table.key, self.map.slice_count())
+                .is_ok_and(|s| s.iter().all(|&x| x == slice)),
+            "rows handed to push_slice({slice}) hash elsewhere"
+        );
+        self.rows_in += batch.num_rows() as u64;
+        self.ship(slice as usize, batch).await
+    }
+
     /// Add rows (columns in table order). Ships full slice buffers.
     pub async fn push(&mut self, batch: RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
@@ -200,6 +234,13 @@ impl Loader {
         if buf.rows.is_empty() {
             return Ok(());
         }
+        let batch = self.gather(&buf.rows)?;
+        self.ship(slice, batch).await
+    }
+
+    /// Send `batch` to the node serving `slice` (without waiting for it,
+    /// unless too many writes are in flight).
+    async fn ship(&mut self, slice: usize, batch: RecordBatch) -> Result<()> {
         while self.inflight.len() >= self.max_in_flight {
             self.join_one().await?;
         }
@@ -210,7 +251,6 @@ impl Loader {
         let (loc, from_mirror) = entry.serving()?;
         let segment = self.table.segment_for(entry.slice, from_mirror)?;
         let node = self.shared.node(loc.node)?.clone();
-        let batch = self.gather(&buf.rows)?;
         self.txn.note_request(node.id, &[]);
         let txn = self.txn.clone();
         let req = pb::WriteRequest {

@@ -29,6 +29,7 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::sql::sqlparser::ast::{
     CopyLegacyCsvOption, CopyLegacyOption, CopyOption, Statement,
 };
+use slicedb_coordinator::hash;
 
 /// An error of the COPY path, with its PostgreSQL SQLSTATE.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -1018,12 +1019,40 @@ struct ScanState {
     skip: bool,
 }
 
+/// Column builders of the rows bound for one output (one slice, or all
+/// rows when the decoder does not split by slice).
+struct Builders {
+    cols: Vec<Col>,
+    rows: usize,
+}
+
+/// How a decoder splits rows by slice: the decoded columns that make up the
+/// distribution key and the slice count (see `slicedb_coordinator::hash`).
+#[derive(Clone)]
+struct KeySplit {
+    cols: Vec<usize>,
+    slices: u32,
+}
+
+/// A batch of decoded rows; `slice` is set when the decoder splits by slice
+/// ([`CopyDecoder::split_by_slice`]) and then every row belongs to it.
+pub struct Decoded {
+    pub slice: Option<u32>,
+    pub batch: RecordBatch,
+}
+
+/// Most slices a decoder splits rows into; above this, builders for every
+/// slice would hold too much, and the loader hashes rows itself.
+pub const MAX_SPLIT_SLICES: u32 = 64;
+
 /// Decodes COPY FROM STDIN data (text or CSV) into record batches.
 pub struct CopyDecoder {
     schema: SchemaRef,
     opts: CopyOptions,
     batch_rows: usize,
-    cols: Vec<Col>,
+    /// One per slice when splitting by slice, else one.
+    outs: Vec<Builders>,
+    split: Option<KeySplit>,
     names: Vec<String>,
     nullable: Vec<bool>,
     /// bytes of an incomplete row
@@ -1034,7 +1063,6 @@ pub struct CopyDecoder {
     /// input lines consumed (header included), for error messages
     line: u64,
     rows: u64,
-    in_batch: usize,
     header_pending: bool,
     ended: bool,
     failed: bool,
@@ -1044,11 +1072,7 @@ impl CopyDecoder {
     pub fn new(schema: SchemaRef, options: CopyOptions, batch_rows: usize) -> Self {
         let batch_rows = batch_rows.max(1);
         let cap = batch_rows.min(1 << 16);
-        let cols = schema
-            .fields()
-            .iter()
-            .map(|f| Col::new(f.data_type(), cap))
-            .collect();
+        let outs = vec![Builders::new(&schema, cap)];
         let names = schema.fields().iter().map(|f| f.name().clone()).collect();
         let nullable = schema.fields().iter().map(|f| f.is_nullable()).collect();
         let header_pending = options.header;
@@ -1057,7 +1081,8 @@ impl CopyDecoder {
             schema,
             opts: options,
             batch_rows,
-            cols,
+            outs,
+            split: None,
             names,
             nullable,
             buf: Vec::new(),
@@ -1066,7 +1091,6 @@ impl CopyDecoder {
             spans: Vec::with_capacity(n + 1),
             line: 0,
             rows: 0,
-            in_batch: 0,
             header_pending,
             ended: false,
             failed: false,
@@ -1078,7 +1102,33 @@ impl CopyDecoder {
     pub fn fork(&self) -> CopyDecoder {
         let mut d = CopyDecoder::new(self.schema.clone(), self.opts.clone(), self.batch_rows);
         d.header_pending = false;
+        if let Some(k) = &self.split {
+            d.split_by_slice(k.cols.clone(), k.slices);
+        }
         d
+    }
+
+    /// Hand out rows split by slice: `key` are the decoded columns of the
+    /// distribution key, in key order, hashed as
+    /// `slicedb_coordinator::hash::slices_for_batch` does. Saves the loader
+    /// hashing and regathering every row. Returns false, and changes nothing,
+    /// if a key column's type has no direct parser here, there are no key
+    /// columns or more than [`MAX_SPLIT_SLICES`] slices. Call before input.
+    pub fn split_by_slice(&mut self, key: Vec<usize>, slices: u32) -> bool {
+        let ok = !key.is_empty()
+            && (1..=MAX_SPLIT_SLICES).contains(&slices)
+            && key.iter().all(|&c| {
+                c < self.schema.fields().len() && key_hashable(self.schema.field(c).data_type())
+            });
+        if ok {
+            // Per slice, start smaller: slices fill at about the same pace.
+            let cap = (self.batch_rows / slices as usize).clamp(1, 1 << 16);
+            self.outs = (0..slices)
+                .map(|_| Builders::new(&self.schema, cap))
+                .collect();
+            self.split = Some(KeySplit { cols: key, slices });
+        }
+        ok
     }
 
     /// Whether the input can be cut at any unescaped newline into parts that
@@ -1107,15 +1157,26 @@ impl CopyDecoder {
     /// Feed raw CopyData bytes (chunks may split anywhere). Returns the
     /// batches of `batch_rows` rows that filled up.
     pub fn push(&mut self, data: &[u8]) -> Result<Vec<RecordBatch>, CopyError> {
+        Ok(untag(self.push_sliced(data)?))
+    }
+
+    /// End of input: decodes a last row without newline and returns the last
+    /// partial batch, if any.
+    pub fn finish(&mut self) -> Result<Vec<RecordBatch>, CopyError> {
+        Ok(untag(self.finish_sliced()?))
+    }
+
+    /// [`push`](Self::push), with each batch's slice when splitting by slice.
+    pub fn push_sliced(&mut self, data: &[u8]) -> Result<Vec<Decoded>, CopyError> {
         self.guard()?;
         let r = self.push_inner(data);
         self.failed = r.is_err();
         r
     }
 
-    /// End of input: decodes a last row without newline and returns the last
-    /// partial batch, if any.
-    pub fn finish(&mut self) -> Result<Vec<RecordBatch>, CopyError> {
+    /// [`finish`](Self::finish), with each batch's slice when splitting by
+    /// slice (then one partial batch per slice that has rows left).
+    pub fn finish_sliced(&mut self) -> Result<Vec<Decoded>, CopyError> {
         self.guard()?;
         let r = self.finish_inner();
         self.failed = r.is_err();
@@ -1133,7 +1194,7 @@ impl CopyDecoder {
         }
     }
 
-    fn push_inner(&mut self, data: &[u8]) -> Result<Vec<RecordBatch>, CopyError> {
+    fn push_inner(&mut self, data: &[u8]) -> Result<Vec<Decoded>, CopyError> {
         let mut out = Vec::new();
         if self.ended {
             return Ok(out);
@@ -1177,7 +1238,7 @@ impl CopyDecoder {
         Ok(out)
     }
 
-    fn finish_inner(&mut self) -> Result<Vec<RecordBatch>, CopyError> {
+    fn finish_inner(&mut self) -> Result<Vec<Decoded>, CopyError> {
         let mut out = Vec::new();
         if !self.ended && !self.buf.is_empty() {
             if self.scan.in_quote {
@@ -1190,8 +1251,10 @@ impl CopyDecoder {
             self.line_in(&row, &mut out)?;
         }
         self.ended = true;
-        if self.in_batch > 0 {
-            out.push(self.flush()?);
+        for o in 0..self.outs.len() {
+            if self.outs[o].rows > 0 {
+                out.push(self.flush(o)?);
+            }
         }
         Ok(out)
     }
@@ -1253,7 +1316,7 @@ impl CopyDecoder {
     }
 
     /// One input line (without its '\n').
-    fn line_in(&mut self, line: &[u8], out: &mut Vec<RecordBatch>) -> Result<(), CopyError> {
+    fn line_in(&mut self, line: &[u8], out: &mut Vec<Decoded>) -> Result<(), CopyError> {
         self.line_checked(line, false, out)
     }
 
@@ -1263,7 +1326,7 @@ impl CopyDecoder {
         &mut self,
         line: &[u8],
         utf8_ok: bool,
-        out: &mut Vec<RecordBatch>,
+        out: &mut Vec<Decoded>,
     ) -> Result<(), CopyError> {
         let line = match line {
             [rest @ .., b'\r'] => rest,
@@ -1292,11 +1355,11 @@ impl CopyDecoder {
             CopyFormat::Text => self.split_text(line)?,
             CopyFormat::Csv => self.split_csv(line)?,
         }
-        self.append_row(line)?;
+        let o = self.append_row(line)?;
         self.rows += 1;
-        self.in_batch += 1;
-        if self.in_batch >= self.batch_rows {
-            out.push(self.flush()?);
+        self.outs[o].rows += 1;
+        if self.outs[o].rows >= self.batch_rows {
+            out.push(self.flush(o)?);
         }
         Ok(())
     }
@@ -1421,8 +1484,33 @@ impl CopyDecoder {
         Ok(())
     }
 
-    fn append_row(&mut self, row: &[u8]) -> Result<(), CopyError> {
-        let ncols = self.cols.len();
+    /// The output a split row goes to: its slice, or 0 when not splitting.
+    /// A key value that does not parse picks output 0: `append_row` then
+    /// reports the row's first bad field, in column order.
+    #[inline]
+    fn output_of(&self, row: &[u8]) -> usize {
+        let Some(k) = &self.split else { return 0 };
+        let mut h = hash::SEED;
+        for &c in &k.cols {
+            let v = match self.spans.get(c) {
+                None => return 0,
+                Some(Span::Null) => {
+                    hash::chain_null(&mut h);
+                    continue;
+                }
+                Some(&Span::Row(a, b)) => &row[a..b],
+                Some(&Span::Scratch(a, b)) => &self.scratch[a..b],
+            };
+            if chain_key(self.schema.field(c).data_type(), v, &mut h).is_err() {
+                return 0;
+            }
+        }
+        hash::slice_of(h, k.slices) as usize
+    }
+
+    /// Append the split row to its output's builders; returns the output.
+    fn append_row(&mut self, row: &[u8]) -> Result<usize, CopyError> {
+        let ncols = self.schema.fields().len();
         if self.spans.len() > ncols {
             return Err(CopyError::new(
                 BAD_COPY_FILE_FORMAT,
@@ -1439,6 +1527,8 @@ impl CopyDecoder {
                 ),
             ));
         }
+        let o = self.output_of(row);
+        let cols = &mut self.outs[o].cols;
         for (c, span) in self.spans.iter().enumerate() {
             let v = match *span {
                 Span::Null => {
@@ -1451,13 +1541,13 @@ impl CopyDecoder {
                             ),
                         ));
                     }
-                    self.cols[c].append_null();
+                    cols[c].append_null();
                     continue;
                 }
                 Span::Row(a, b) => &row[a..b],
                 Span::Scratch(a, b) => &self.scratch[a..b],
             };
-            if let Err(k) = self.cols[c].append(v) {
+            if let Err(k) = cols[c].append(v) {
                 return Err(conv_error(
                     k,
                     self.schema.field(c).data_type(),
@@ -1467,14 +1557,16 @@ impl CopyDecoder {
                 ));
             }
         }
-        Ok(())
+        Ok(o)
     }
 
-    fn flush(&mut self) -> Result<RecordBatch, CopyError> {
-        self.in_batch = 0;
+    /// Finish output `o`'s batch and start its next one.
+    fn flush(&mut self, o: usize) -> Result<Decoded, CopyError> {
         let cap = self.batch_rows.min(1 << 16);
-        let mut arrays = Vec::with_capacity(self.cols.len());
-        for (i, col) in self.cols.iter_mut().enumerate() {
+        let out = &mut self.outs[o];
+        out.rows = 0;
+        let mut arrays = Vec::with_capacity(out.cols.len());
+        for (i, col) in out.cols.iter_mut().enumerate() {
             let f = self.schema.field(i);
             let a = col.finish(f.data_type(), f.name())?;
             // finish() leaves empty builders that would grow by doubling, a
@@ -1487,9 +1579,71 @@ impl CopyDecoder {
             *col = Col::sized(f.data_type(), cap, text_bytes + text_bytes / 8);
             arrays.push(a);
         }
-        RecordBatch::try_new(self.schema.clone(), arrays)
-            .map_err(|e| CopyError::new("XX000", format!("COPY: cannot build batch: {e}")))
+        let batch = RecordBatch::try_new(self.schema.clone(), arrays)
+            .map_err(|e| CopyError::new("XX000", format!("COPY: cannot build batch: {e}")))?;
+        Ok(Decoded {
+            slice: self.split.as_ref().map(|_| o as u32),
+            batch,
+        })
     }
+}
+
+impl Builders {
+    fn new(schema: &SchemaRef, cap: usize) -> Builders {
+        Builders {
+            cols: schema
+                .fields()
+                .iter()
+                .map(|f| Col::new(f.data_type(), cap))
+                .collect(),
+            rows: 0,
+        }
+    }
+}
+
+fn untag(out: Vec<Decoded>) -> Vec<RecordBatch> {
+    out.into_iter().map(|d| d.batch).collect()
+}
+
+/// Whether [`chain_key`] parses this type (the decoder can split by it):
+/// every distribution key type but Date64, which COPY decodes through a cast.
+fn key_hashable(dt: &DataType) -> bool {
+    hash::hashable(dt) && *dt != DataType::Date64
+}
+
+/// Chain the key value `v` (a field's text) onto `h`: parsed exactly as
+/// [`Col::append`] parses it, then hashed as the loader hashes the stored
+/// value.
+#[inline]
+fn chain_key(dt: &DataType, v: &[u8], h: &mut u32) -> Result<(), ConvErr> {
+    fn narrow<T: TryFrom<i64> + Into<i128>>(v: i64) -> Result<i128, ConvErr> {
+        T::try_from(v).map(Into::into).map_err(|_| ConvErr::Range)
+    }
+    fn unarrow<T: TryFrom<u64> + Into<i128>>(v: u64) -> Result<i128, ConvErr> {
+        T::try_from(v).map(Into::into).map_err(|_| ConvErr::Range)
+    }
+    match dt {
+        DataType::Int8 => hash::chain_int(h, narrow::<i8>(parse_i64(v)?)?),
+        DataType::Int16 => hash::chain_int(h, narrow::<i16>(parse_i64(v)?)?),
+        DataType::Int32 => hash::chain_int(h, narrow::<i32>(parse_i64(v)?)?),
+        DataType::Int64 => hash::chain_int(h, parse_i64(v)? as i128),
+        DataType::UInt8 => hash::chain_int(h, unarrow::<u8>(parse_u64(v)?)?),
+        DataType::UInt16 => hash::chain_int(h, unarrow::<u16>(parse_u64(v)?)?),
+        DataType::UInt32 => hash::chain_int(h, unarrow::<u32>(parse_u64(v)?)?),
+        DataType::UInt64 => hash::chain_int(h, parse_u64(v)? as i128),
+        DataType::Float32 => hash::chain_f64(h, parse_f32(v)? as f64),
+        DataType::Float64 => hash::chain_f64(h, parse_f64(v)?),
+        DataType::Decimal128(p, s) => hash::chain_int(h, parse_decimal(v, *p, *s)?),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => hash::chain_str(h, v),
+        DataType::Boolean => hash::chain_bool(h, parse_bool(v)?),
+        DataType::Date32 => hash::chain_int(h, parse_date_fast(v)? as i128),
+        DataType::Timestamp(unit, tz) => {
+            let (secs, nanos) = parse_timestamp(v, tz.is_some())?;
+            hash::chain_int(h, timestamp_in_unit(secs, nanos, *unit)? as i128)
+        }
+        _ => return Err(ConvErr::Invalid),
+    }
+    Ok(())
 }
 
 /// Split a text-format row without backslashes into field spans, finding
@@ -2046,6 +2200,94 @@ mod tests {
         assert!(out_s.contains("\n,,,,,,,,,,,,,,,,,\n"), "{out_s}");
         let back = concat(&decode_chunks(&s, &opts, &[&out], 3).unwrap());
         assert_eq!(back, text);
+    }
+
+    /// Decode with the rows split by slice on `key`; every batch's rows
+    /// must hash, as the loader hashes stored rows, to the batch's slice.
+    fn decode_split(
+        schema: &SchemaRef,
+        input: &str,
+        key: &[usize],
+        slices: u32,
+    ) -> Result<Vec<Decoded>, CopyError> {
+        let mut d = CopyDecoder::new(schema.clone(), CopyOptions::text(), 3);
+        assert!(d.split_by_slice(key.to_vec(), slices), "key {key:?}");
+        let mut out = d.fork().push_sliced(b"").unwrap();
+        assert!(out.is_empty());
+        out.extend(d.push_sliced(input.as_bytes())?);
+        out.extend(d.finish_sliced()?);
+        Ok(out)
+    }
+
+    fn assert_rows_on_their_slices(out: &[Decoded], key: &[usize], slices: u32) -> usize {
+        let mut rows = 0;
+        for d in out {
+            let slice = d.slice.expect("split batches carry their slice");
+            let want = slicedb_coordinator::hash::slices_for_batch(&d.batch, key, slices).unwrap();
+            assert!(
+                want.iter().all(|&s| s == slice),
+                "key {key:?}: batch tagged {slice}, rows hash to {want:?}"
+            );
+            rows += d.batch.num_rows();
+        }
+        rows
+    }
+
+    #[test]
+    fn rows_split_by_slice_land_where_the_loader_would_put_them() {
+        let s = all_types();
+        // Every column type, alone and with another column after it.
+        for c in 0..s.fields().len() {
+            for key in [vec![c], vec![c, (c + 11) % s.fields().len()]] {
+                let out = decode_split(&s, TEXT_ROWS, &key, 7).unwrap();
+                assert_eq!(assert_rows_on_their_slices(&out, &key, 7), 5, "key {key:?}");
+            }
+        }
+        // Many keys, in text the parser must normalise (signs, spaces,
+        // leading zeros, exponents): rows spread over every slice.
+        let s = schema(vec![
+            ("k", DataType::Int64, true),
+            ("d", DataType::Decimal128(12, 2), true),
+            ("f", DataType::Float64, true),
+        ]);
+        let mut input = String::new();
+        for i in 0..2000 {
+            input.push_str(&format!("{:+06}\t{i}.5\t{}e0\n", i, i as f64 / 4.0));
+        }
+        input.push_str("\\N\t-0.00\t-0\n");
+        for key in [vec![0], vec![1], vec![2], vec![1, 0]] {
+            let out = decode_split(&s, &input, &key, 16).unwrap();
+            assert_eq!(assert_rows_on_their_slices(&out, &key, 16), 2001);
+            let used: std::collections::BTreeSet<u32> =
+                out.iter().filter_map(|d| d.slice).collect();
+            assert_eq!(used.len(), 16, "key {key:?}");
+        }
+    }
+
+    #[test]
+    fn a_split_row_with_a_bad_key_reports_its_first_bad_field() {
+        let s = schema(vec![
+            ("a", DataType::Int32, true),
+            ("k", DataType::Int32, true),
+        ]);
+        let e = decode_split(&s, "1\t2\nzz\tyy\n", &[1], 4).err().unwrap();
+        assert!(e.message.contains("column a"), "{e}");
+        assert!(e.message.contains("line 2"), "{e}");
+        let e = decode_split(&s, "1\t99999999999\n", &[1], 4).err().unwrap();
+        assert_eq!(e.sqlstate, "22003", "{e}");
+        // Only types with a parser of their own can split; the rest leave
+        // the decoder as it was.
+        let other = schema(vec![("t", DataType::Time64(TimeUnit::Microsecond), true)]);
+        let mut d = CopyDecoder::new(other, CopyOptions::text(), 3);
+        assert!(!d.split_by_slice(vec![0], 4));
+        assert!(!d.split_by_slice(vec![], 4));
+        let mut d = CopyDecoder::new(s, CopyOptions::text(), 3);
+        assert!(!d.split_by_slice(vec![0], MAX_SPLIT_SLICES + 1));
+        assert!(!d.split_by_slice(vec![5], 4));
+        let out = d.push_sliced(b"1\t2\n").unwrap();
+        assert!(out.is_empty());
+        let out = d.finish_sliced().unwrap();
+        assert_eq!(out[0].slice, None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! decoding text and shipping rows to nodes overlap instead of taking turns.
 //!
 //! ```text
-//! connection task --raw CopyData--> splitter --parts--> decode workers --RecordBatch--> load task --gRPC--> primaries
+//! connection task --raw CopyData--> splitter --parts--> decode workers --batches--> load task --gRPC--> primaries
 //! ```
 //!
 //! - The connection task only hands each CopyData message on ([`CopyPipeline::send`]).
@@ -10,7 +10,10 @@
 //!   the decode workers (one thread per core) in parts cut at row ends,
 //!   without copying it; the workers turn bytes into batches of the table's
 //!   columns. CSV, whose quoted fields may hold newlines, goes to one worker.
-//! - The load task hashes rows to slices and ships them ([`Loader`]).
+//! - When the table is hash-distributed, the workers also hash each row's
+//!   key as they parse it and build each slice's batches apart
+//!   ([`CopyDecoder::split_by_slice`]), so the load task only ships them.
+//!   Otherwise the load task hashes rows to slices itself ([`Loader`]).
 //!
 //! Both channels are bounded, so a slow stage holds the client back (TCP
 //! backpressure) instead of buffering the whole input. The first error stops
@@ -29,7 +32,7 @@ use slicedb_coordinator::load::Loader;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::copy::CopyDecoder;
+use crate::copy::{CopyDecoder, Decoded};
 use crate::errors::SqlError;
 
 /// CopyData messages queued for the decode thread (psql sends about 8 KiB each).
@@ -85,7 +88,7 @@ impl CopyPipeline {
     /// Start the decode thread and the load task. Needs a tokio runtime.
     pub fn start(decoder: CopyDecoder, loader: Loader, widen: Widen) -> CopyPipeline {
         let (raw_tx, raw_rx) = mpsc::channel::<Raw>(RAW_QUEUE);
-        let (batch_tx, batch_rx) = mpsc::channel::<RecordBatch>(BATCH_QUEUE);
+        let (batch_tx, batch_rx) = mpsc::channel::<Decoded>(BATCH_QUEUE);
         let decode = tokio::task::spawn_blocking(move || decode(decoder, raw_rx, batch_tx));
         let load = tokio::spawn(load(loader, widen, batch_rx, decode));
         CopyPipeline {
@@ -162,7 +165,7 @@ enum Part {
 fn decode(
     decoder: CopyDecoder,
     mut raw: mpsc::Receiver<Raw>,
-    batches: mpsc::Sender<RecordBatch>,
+    batches: mpsc::Sender<Decoded>,
 ) -> Result<(), SqlError> {
     let parallel = decoder.splits_at_newlines();
     let workers = if parallel {
@@ -325,9 +328,9 @@ enum Stop {
 fn decode_worker(
     mut decoder: CopyDecoder,
     parts: std::sync::mpsc::Receiver<Part>,
-    batches: mpsc::Sender<RecordBatch>,
+    batches: mpsc::Sender<Decoded>,
 ) -> Result<(), Stop> {
-    let send = |out: Vec<RecordBatch>| -> Result<(), Stop> {
+    let send = |out: Vec<Decoded>| -> Result<(), Stop> {
         for b in out {
             batches.blocking_send(b).map_err(|_| Stop::Cut)?;
         }
@@ -344,9 +347,9 @@ fn decode_worker(
                 if let Some(l) = first_line {
                     decoder.set_line(l);
                 }
-                decoder.push(&bytes)
+                decoder.push_sliced(&bytes)
             }
-            Part::Done => decoder.finish(),
+            Part::Done => decoder.finish_sliced(),
         };
         let out = out.map_err(|e| Stop::Failed(decoder.line(), e.into()))?;
         send(out)?;
@@ -362,14 +365,15 @@ fn decode_worker(
 async fn load(
     mut loader: Loader,
     widen: Widen,
-    mut batches: mpsc::Receiver<RecordBatch>,
+    mut batches: mpsc::Receiver<Decoded>,
     decode: JoinHandle<Result<(), SqlError>>,
 ) -> Result<u64, SqlError> {
     let mut failed: Option<SqlError> = None;
-    while let Some(b) = batches.recv().await {
-        let r = match widen.apply(b) {
-            Ok(b) => loader.push(b).await.map_err(SqlError::from),
-            Err(e) => Err(e),
+    while let Some(d) = batches.recv().await {
+        let r = match (widen.apply(d.batch), d.slice) {
+            (Ok(b), None) => loader.push(b).await.map_err(SqlError::from),
+            (Ok(b), Some(slice)) => loader.push_slice(slice, b).await.map_err(SqlError::from),
+            (Err(e), _) => Err(e),
         };
         if let Err(e) = r {
             failed = Some(e);
@@ -414,9 +418,11 @@ mod tests {
     /// Run the decode stage on `input` sent in 8 KiB messages (plus Done
     /// unless `cut`); returns the rows decoded, or the stage's error.
     fn run(opts: CopyOptions, input: &[u8], cut: bool) -> Result<u64, SqlError> {
-        let decoder = CopyDecoder::new(schema(), opts, 4096);
+        let mut decoder = CopyDecoder::new(schema(), opts, 4096);
+        // Split by slice, as COPY into a table distributed on `id` does.
+        assert!(decoder.split_by_slice(vec![0], 8));
         let (raw_tx, raw_rx) = mpsc::channel::<Raw>(RAW_QUEUE);
-        let (batch_tx, mut batch_rx) = mpsc::channel::<RecordBatch>(BATCH_QUEUE);
+        let (batch_tx, mut batch_rx) = mpsc::channel::<Decoded>(BATCH_QUEUE);
         let stage = std::thread::spawn(move || decode(decoder, raw_rx, batch_tx));
         let owned = input.to_vec();
         let feeder = std::thread::spawn(move || {
@@ -433,8 +439,9 @@ mod tests {
             }
         });
         let mut rows = 0u64;
-        while let Some(b) = batch_rx.blocking_recv() {
-            rows += b.num_rows() as u64;
+        while let Some(d) = batch_rx.blocking_recv() {
+            assert!(d.slice.is_some_and(|s| s < 8));
+            rows += d.batch.num_rows() as u64;
         }
         feeder.join().unwrap();
         stage.join().unwrap().map(|()| rows)

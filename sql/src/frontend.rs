@@ -686,7 +686,17 @@ where
         None => fe.coord.loader(&name)?,
     };
     debug!(table = %name, xid = loader.xid(), "copy in started");
-    let decoder = CopyDecoder::new(decode_schema, opts, COPY_BATCH_ROWS);
+    let mut decoder = CopyDecoder::new(decode_schema, opts, COPY_BATCH_ROWS);
+    // The decoders hash rows to slices themselves when every key column is
+    // in the column list (a missing one is NULL, which the loader hashes).
+    let key: Option<Vec<usize>> = loader
+        .key_columns()
+        .iter()
+        .map(|k| targets.iter().position(|t| t == k))
+        .collect();
+    if let Some(key) = key {
+        decoder.split_by_slice(key, loader.slice_count());
+    }
     let pipeline = CopyPipeline::start(decoder, loader, Widen { table, targets });
     *conn_state(fe, client).copy.lock().await = Some(pipeline);
     Ok(Response::CopyIn(CopyResponse::new(
