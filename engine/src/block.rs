@@ -14,7 +14,7 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch, RecordBatchOptions};
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, RecordBatchOptions};
 use arrow::compute::kernels::aggregate;
 use arrow::datatypes::*;
 use arrow::ipc::reader::StreamReader;
@@ -26,7 +26,13 @@ use crate::{DiskId, EngineError, Result, SliceId, TableId};
 
 pub const BLOCK_MAGIC: [u8; 4] = *b"SLBK";
 /// Version of the block encoding (header, zone maps, payload framing).
-pub const BLOCK_VERSION: u16 = 1;
+/// Version 2 (disk format 3) added [`FLAG_IMPLICIT_HIDDEN`].
+pub const BLOCK_VERSION: u16 = 2;
+/// Header flag: the payload holds only the user columns; the hidden ones
+/// follow from the header (`_rowid` = rowid min + row, `_createxid` =
+/// createxid min = max, `_deletexid` = 0). Rows appended by one write are
+/// stored so; rewritten rows (GROOM) carry their hidden columns.
+pub const FLAG_IMPLICIT_HIDDEN: u8 = 1;
 pub const BLOCK_HEADER_LEN: usize = 88;
 /// Longest string kept as a zone map bound; longer ones mark the zone absent.
 pub const MAX_ZONE_STRING: usize = 64;
@@ -311,6 +317,8 @@ pub fn decode_zones(bytes: &[u8], schema: &Schema, rows: u64) -> Result<Vec<Zone
 pub struct BlockHeader {
     pub version: u16,
     pub codec: Compression,
+    /// [`FLAG_IMPLICIT_HIDDEN`] or 0.
+    pub flags: u8,
     pub table: TableId,
     pub slice: SliceId,
     pub columns: u32,
@@ -345,7 +353,7 @@ fn hidden_range(batch: &RecordBatch, idx: usize) -> Result<(i64, i64)> {
 }
 
 /// Encode one stored batch (user columns, then `_rowid`, `_createxid`,
-/// `_deletexid`) as a block.
+/// `_deletexid`) as a block that carries its hidden columns.
 pub fn encode_block(
     table: TableId,
     slice: SliceId,
@@ -366,10 +374,10 @@ pub fn encode_block(
         .iter()
         .map(|c| ZoneMap::compute(c.as_ref()))
         .collect();
-    let zone_bytes = encode_zones(&zones);
-    let mut header = BlockHeader {
+    let header = BlockHeader {
         version: BLOCK_VERSION,
         codec: compression,
+        flags: 0,
         table,
         slice,
         columns: ncols as u32,
@@ -379,19 +387,82 @@ pub fn encode_block(
         rowid_max,
         createxid_min: xmin as u64,
         createxid_max: xmax as u64,
-        zones_len: zone_bytes.len() as u32,
+        zones_len: 0,
         payload_len: 0,
     };
+    encode(header, zones, batch)
+}
+
+/// Encode rows appended by transaction `xid` (user columns only; they get
+/// rowids `rowid0..`) as a block whose hidden columns are implicit
+/// ([`FLAG_IMPLICIT_HIDDEN`]): nothing of them is built, compressed or
+/// stored.
+pub fn encode_new_rows(
+    table: TableId,
+    slice: SliceId,
+    seq: u64,
+    user: &RecordBatch,
+    rowid0: i64,
+    xid: i64,
+    compression: Compression,
+) -> Result<EncodedBlock> {
+    let rows = user.num_rows();
+    if rows == 0 || xid <= 0 || rowid0.checked_add(rows as i64).is_none() {
+        return Err(EngineError::Internal(format!(
+            "cannot encode {rows} new rows from rowid {rowid0} for xid {xid}"
+        )));
+    }
+    let rowid_max = rowid0 + rows as i64 - 1;
+    let mut zones: Vec<ZoneMap> = user
+        .columns()
+        .iter()
+        .map(|c| ZoneMap::compute(c.as_ref()))
+        .collect();
+    for (lo, hi) in [(rowid0, rowid_max), (xid, xid), (0, 0)] {
+        zones.push(ZoneMap {
+            data_type: DataType::Int64,
+            rows: rows as u64,
+            null_count: 0,
+            min_max: Some((ZoneValue::Int(lo), ZoneValue::Int(hi))),
+        });
+    }
+    let header = BlockHeader {
+        version: BLOCK_VERSION,
+        codec: compression,
+        flags: FLAG_IMPLICIT_HIDDEN,
+        table,
+        slice,
+        columns: user.num_columns() as u32 + 3,
+        seq,
+        rows: rows as u64,
+        rowid_min: rowid0,
+        rowid_max,
+        createxid_min: xid as u64,
+        createxid_max: xid as u64,
+        zones_len: 0,
+        payload_len: 0,
+    };
+    encode(header, zones, user)
+}
+
+/// Header, zone maps, `payload` as an Arrow IPC stream, CRC.
+fn encode(
+    mut header: BlockHeader,
+    zones: Vec<ZoneMap>,
+    payload: &RecordBatch,
+) -> Result<EncodedBlock> {
+    let zone_bytes = encode_zones(&zones);
+    header.zones_len = zone_bytes.len() as u32;
     let mut buf = Vec::with_capacity(
-        BLOCK_HEADER_LEN + zone_bytes.len() + batch.get_array_memory_size() / 2 + 4,
+        BLOCK_HEADER_LEN + zone_bytes.len() + payload.get_array_memory_size() / 2 + 4,
     );
     buf.resize(BLOCK_HEADER_LEN, 0);
     buf.extend_from_slice(&zone_bytes);
     let payload_start = buf.len();
-    let opts = IpcWriteOptions::default().try_with_compression(compression.ipc())?;
+    let opts = IpcWriteOptions::default().try_with_compression(header.codec.ipc())?;
     {
-        let mut w = StreamWriter::try_new_with_options(&mut buf, &batch.schema(), opts)?;
-        w.write(batch)?;
+        let mut w = StreamWriter::try_new_with_options(&mut buf, &payload.schema(), opts)?;
+        w.write(payload)?;
         w.finish()?;
     }
     header.payload_len = (buf.len() - payload_start) as u64;
@@ -411,7 +482,7 @@ fn encode_header(h: &BlockHeader) -> Vec<u8> {
     w.bytes(&BLOCK_MAGIC); // 0
     w.u16(h.version); // 4
     w.u8(h.codec.code()); // 6
-    w.u8(0); // 7: flags
+    w.u8(h.flags); // 7
     w.u64(h.table); // 8
     w.u32(h.slice); // 16
     w.u32(h.columns); // 20
@@ -533,7 +604,10 @@ fn parse_header(body: &[u8]) -> std::result::Result<ParsedHeader, Truncated> {
     let Some(codec) = Compression::from_code(code) else {
         return Ok(Err(format!("unknown codec {code}")));
     };
-    let _flags = r.u8()?;
+    let flags = r.u8()?;
+    if flags & !FLAG_IMPLICIT_HIDDEN != 0 {
+        return Ok(Err(format!("unknown block flags {flags:#x}")));
+    }
     let table = r.u64()?;
     let slice = r.u32()?;
     let columns = r.u32()?;
@@ -546,9 +620,25 @@ fn parse_header(body: &[u8]) -> std::result::Result<ParsedHeader, Truncated> {
     let zones_len = r.u32()?;
     let _ = r.u32()?;
     let payload_len = r.u64()?;
+    if columns < 3 {
+        return Ok(Err(format!(
+            "{columns} stored columns, fewer than the hidden 3"
+        )));
+    }
+    let implicit = flags & FLAG_IMPLICIT_HIDDEN != 0;
+    if implicit
+        && (rows == 0
+            || createxid_min != createxid_max
+            || rowid_max.checked_sub(rowid_min) != Some(rows as i64 - 1))
+    {
+        return Ok(Err(format!(
+            "implicit hidden columns, but rows {rows}, rowids {rowid_min}..={rowid_max}, createxids {createxid_min}..={createxid_max}"
+        )));
+    }
     Ok(Ok(BlockHeader {
         version,
         codec,
+        flags,
         table,
         slice,
         columns,
@@ -580,6 +670,9 @@ pub fn decode_block(
     let payload = bytes
         .get(start..start + h.payload_len as usize)
         .ok_or_else(|| corrupt("payload out of range".into()))?;
+    if h.flags & FLAG_IMPLICIT_HIDDEN != 0 {
+        return decode_implicit(&h, payload, projection, &corrupt);
+    }
     let empty_projection = projection.as_ref().is_some_and(|p| p.is_empty());
     // An empty projection still needs the batch's row count; read one cheap column.
     let projection = if empty_projection {
@@ -587,13 +680,7 @@ pub fn decode_block(
     } else {
         projection
     };
-    let mut reader = StreamReader::try_new(Cursor::new(payload), projection)
-        .map_err(|e| corrupt(format!("IPC stream: {e}")))?;
-    let batch = match reader.next() {
-        Some(Ok(b)) => b,
-        Some(Err(e)) => return Err(corrupt(format!("IPC batch: {e}"))),
-        None => return Err(corrupt("IPC stream holds no batch".into())),
-    };
+    let batch = read_payload(payload, projection, &corrupt)?;
     if batch.num_rows() as u64 != h.rows {
         return Err(corrupt(format!(
             "batch has {} rows, header says {}",
@@ -602,14 +689,94 @@ pub fn decode_block(
         )));
     }
     if empty_projection {
-        let opts = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-        return Ok(RecordBatch::try_new_with_options(
-            Arc::new(Schema::empty()),
-            vec![],
-            &opts,
-        )?);
+        return only_rows(batch.num_rows());
     }
     Ok(batch)
+}
+
+fn read_payload(
+    payload: &[u8],
+    projection: Option<Vec<usize>>,
+    corrupt: &dyn Fn(String) -> EngineError,
+) -> Result<RecordBatch> {
+    let mut reader = StreamReader::try_new(Cursor::new(payload), projection)
+        .map_err(|e| corrupt(format!("IPC stream: {e}")))?;
+    match reader.next() {
+        Some(Ok(b)) => Ok(b),
+        Some(Err(e)) => Err(corrupt(format!("IPC batch: {e}"))),
+        None => Err(corrupt("IPC stream holds no batch".into())),
+    }
+}
+
+fn only_rows(rows: usize) -> Result<RecordBatch> {
+    let opts = RecordBatchOptions::new().with_row_count(Some(rows));
+    Ok(RecordBatch::try_new_with_options(
+        Arc::new(Schema::empty()),
+        vec![],
+        &opts,
+    )?)
+}
+
+/// [`decode_block`] of a block with implicit hidden columns: the user
+/// columns asked for come from the payload, the hidden ones from the header.
+fn decode_implicit(
+    h: &BlockHeader,
+    payload: &[u8],
+    projection: Option<Vec<usize>>,
+    corrupt: &dyn Fn(String) -> EngineError,
+) -> Result<RecordBatch> {
+    let nuser = h.columns as usize - 3;
+    let rows = h.rows as usize;
+    let wanted: Vec<usize> = projection.unwrap_or_else(|| (0..nuser + 3).collect());
+    if let Some(&bad) = wanted.iter().find(|&&c| c >= nuser + 3) {
+        return Err(corrupt(format!(
+            "column {bad} asked of a block of {} columns",
+            h.columns
+        )));
+    }
+    if wanted.is_empty() {
+        return only_rows(rows);
+    }
+    let user: Vec<usize> = wanted.iter().copied().filter(|&c| c < nuser).collect();
+    let from_payload = if user.is_empty() {
+        None
+    } else {
+        let b = read_payload(payload, Some(user.clone()), corrupt)?;
+        if b.num_rows() != rows {
+            return Err(corrupt(format!(
+                "batch has {} rows, header says {rows}",
+                b.num_rows()
+            )));
+        }
+        Some(b)
+    };
+    let hidden = hidden_fields();
+    let mut fields = Vec::with_capacity(wanted.len());
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(wanted.len());
+    for &c in &wanted {
+        if c < nuser {
+            let b = from_payload.as_ref().expect("user columns were read");
+            let i = user.iter().position(|&u| u == c).expect("asked for");
+            fields.push(b.schema().fields()[i].clone());
+            cols.push(b.column(i).clone());
+            continue;
+        }
+        fields.push(hidden[c - nuser].clone());
+        cols.push(match c - nuser {
+            0 => Arc::new(Int64Array::from_iter_values(
+                h.rowid_min..h.rowid_min + rows as i64,
+            )),
+            1 => Arc::new(Int64Array::from_value(h.createxid_min as i64, rows)),
+            _ => Arc::new(Int64Array::from_value(0, rows)),
+        });
+    }
+    let metadata = from_payload
+        .map(|b| b.schema().metadata().clone())
+        .unwrap_or_default();
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new_with_metadata(fields, metadata)),
+        cols,
+    )?)
 }
 
 /// The stored column to read for each hidden column, given the user column count.
@@ -720,7 +887,7 @@ pub fn decode_delete_run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+    use arrow::array::{Float64Array, StringArray};
 
     fn stored_batch(n: i64) -> RecordBatch {
         let user = Schema::new(vec![
@@ -780,6 +947,88 @@ mod tests {
         }
     }
 
+    /// `bytes` with header byte range `at` replaced and the CRC redone.
+    fn patched(bytes: &[u8], at: usize, with: &[u8]) -> Vec<u8> {
+        let mut b = bytes[..bytes.len() - 4].to_vec();
+        b[at..at + with.len()].copy_from_slice(with);
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn new_rows_store_no_hidden_columns_and_read_back_the_same() {
+        let b = stored_batch(1000);
+        let user = b.project(&[0, 1, 2]).unwrap();
+        for c in [Compression::None, Compression::Lz4, Compression::Zstd] {
+            let exp = encode_block(5, 2, 9, &b, c).unwrap();
+            let imp = encode_new_rows(5, 2, 9, &user, 100, 7, c).unwrap();
+            assert_eq!(
+                (exp.header.flags, imp.header.flags),
+                (0, FLAG_IMPLICIT_HIDDEN)
+            );
+            assert!(
+                imp.bytes.len() < exp.bytes.len(),
+                "{c:?}: {} bytes, not fewer than {}",
+                imp.bytes.len(),
+                exp.bytes.len()
+            );
+            assert_eq!(imp.zones, exp.zones);
+            assert_eq!(imp.zone_bytes, exp.zone_bytes);
+            let same = |h: &BlockHeader| {
+                (
+                    h.columns,
+                    h.rows,
+                    h.rowid_min,
+                    h.rowid_max,
+                    h.createxid_min,
+                    h.createxid_max,
+                )
+            };
+            assert_eq!(same(&imp.header), same(&exp.header));
+            for proj in [
+                None,
+                Some(vec![]),
+                Some(vec![2, 3]),
+                Some(vec![4]),
+                Some(vec![5, 0]),
+                Some(vec![0, 1, 2, 3, 4, 5]),
+            ] {
+                let want = decode_block(&exp.bytes, &loc(1000), proj.clone()).unwrap();
+                let got = decode_block(&imp.bytes, &loc(1000), proj.clone()).unwrap();
+                assert_eq!(got, want, "{c:?} {proj:?}");
+            }
+            assert!(matches!(
+                decode_block(&imp.bytes, &loc(1000), Some(vec![6])),
+                Err(EngineError::CorruptBlock { .. })
+            ));
+        }
+        assert!(encode_new_rows(5, 2, 9, &user.slice(0, 0), 100, 7, Compression::Lz4).is_err());
+        assert!(encode_new_rows(5, 2, 9, &user, i64::MAX - 5, 7, Compression::Lz4).is_err());
+    }
+
+    #[test]
+    fn other_block_versions_and_bad_flags_are_corrupt() {
+        let b = stored_batch(100);
+        let user = b.project(&[0, 1, 2]).unwrap();
+        let exp = encode_block(5, 2, 9, &b, Compression::Lz4).unwrap();
+        assert_eq!(decode_block(&exp.bytes, &loc(100), None).unwrap(), b);
+        let corrupt = |bytes: &[u8]| {
+            matches!(
+                decode_block(bytes, &loc(100), None),
+                Err(EngineError::CorruptBlock { .. })
+            )
+        };
+        assert!(corrupt(&patched(&exp.bytes, 4, &1u16.to_le_bytes())));
+        assert!(corrupt(&patched(&exp.bytes, 4, &3u16.to_le_bytes())));
+        assert!(corrupt(&patched(&exp.bytes, 7, &[0x80])));
+        // Implicit hidden columns need contiguous rowids and one createxid.
+        let imp = encode_new_rows(5, 2, 9, &user, 100, 7, Compression::Lz4).unwrap();
+        assert!(!corrupt(&imp.bytes));
+        assert!(corrupt(&patched(&imp.bytes, 48, &500i64.to_le_bytes())));
+        assert!(corrupt(&patched(&imp.bytes, 64, &8u64.to_le_bytes())));
+    }
+
     #[test]
     fn zone_maps_per_type() {
         let b = stored_batch(10);
@@ -826,6 +1075,19 @@ mod tests {
     fn every_flipped_byte_is_detected() {
         let b = stored_batch(50);
         let enc = encode_block(5, 2, 9, &b, Compression::Lz4).unwrap();
+        let user = b.project(&[0, 1, 2]).unwrap();
+        let imp = encode_new_rows(5, 2, 9, &user, 100, 7, Compression::Lz4).unwrap();
+        for i in 0..imp.bytes.len() {
+            let mut bad = imp.bytes.clone();
+            bad[i] ^= 0x40;
+            assert!(
+                matches!(
+                    decode_block(&bad, &loc(50), None),
+                    Err(EngineError::ChecksumMismatch { .. })
+                ),
+                "implicit block, flip at {i}"
+            );
+        }
         for i in 0..enc.bytes.len() {
             let mut bad = enc.bytes.clone();
             bad[i] ^= 0x40;

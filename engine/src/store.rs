@@ -896,14 +896,14 @@ impl DiskStore {
             slice,
         };
         let nblocks = n.div_ceil(self.opts.block_rows);
-        let (stored, first_rowid, first_seq) = {
+        let (user, first_rowid, first_seq) = {
             let mut inner = self.inner.lock();
             let t = inner
                 .tables
                 .get(&table)
                 .ok_or(EngineError::TableNotFound(table))?;
             Self::check_batch(table, &t.user, batch)?;
-            let stored = t.stored.clone();
+            let user = t.user.clone();
             if n == 0 {
                 return Ok((0, Vec::new()));
             }
@@ -912,31 +912,36 @@ impl DiskStore {
             let first = (s.next_rowid, s.next_seq);
             s.next_rowid += n as i64;
             s.next_seq += nblocks as u64;
-            (stored, first.0, first.1)
+            (user, first.0, first.1)
         };
         let mut kept = Vec::new();
         for b in 0..nblocks {
             let start = b * self.opts.block_rows;
             let len = self.opts.block_rows.min(n - start);
-            let mut cols: Vec<ArrayRef> = batch
+            let cols: Vec<ArrayRef> = batch
                 .columns()
                 .iter()
                 .map(|c| c.slice(start, len))
                 .collect();
             let rowid0 = first_rowid + start as i64;
-            cols.push(Arc::new(Int64Array::from_iter_values(
-                rowid0..rowid0 + len as i64,
-            )));
-            cols.push(Arc::new(Int64Array::from_value(xid_i, len)));
-            cols.push(Arc::new(Int64Array::from_value(0, len)));
-            let stored_batch = RecordBatch::try_new(stored.clone(), cols).map_err(|e| {
+            let user_batch = RecordBatch::try_new(user.clone(), cols).map_err(|e| {
                 EngineError::SchemaMismatch {
                     table,
                     reason: e.to_string(),
                 }
             })?;
             let seq = first_seq + b as u64;
-            let enc = block::encode_block(table, slice, seq, &stored_batch, self.opts.compression)?;
+            // Hidden columns implicit: this write's rowids are contiguous,
+            // all rows are created by `xid` and none is deleted.
+            let enc = block::encode_new_rows(
+                table,
+                slice,
+                seq,
+                &user_batch,
+                rowid0,
+                xid_i,
+                self.opts.compression,
+            )?;
             self.write_pending(
                 key,
                 xid,
@@ -2695,10 +2700,11 @@ mod tests {
             DiskStore::open(&path, opts(100)),
             Err(EngineError::UnsupportedVersion {
                 found: 99,
-                supported: 2
+                supported: crate::disk::FORMAT_VERSION
             })
         ));
-        dev.write_at(8, &2u32.to_le_bytes()).unwrap();
+        dev.write_at(8, &crate::disk::FORMAT_VERSION.to_le_bytes())
+            .unwrap();
         DiskStore::open(&path, opts(100)).unwrap();
         dev.write_at(50, &[0xff]).unwrap();
         assert!(matches!(

@@ -10,7 +10,7 @@ pub const SUPERBLOCK_SIZE: u64 = 4096;
 pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"SLCDBDSK";
 /// The one format version this build reads and writes. Any change to the
 /// superblock, metadata slots or block encoding bumps it.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Bytes of the superblock covered by its CRC (the CRC is stored right after).
 const SB_BODY_LEN: usize = 160;
 
