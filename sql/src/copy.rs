@@ -403,7 +403,54 @@ const POW10: [i128; 39] = {
 
 /// Parse a decimal literal ("123.45", "-0.5", "1e3") into the unscaled value
 /// of a Decimal128(precision, scale), rounding half away from zero.
+#[inline]
 fn parse_decimal(b: &[u8], precision: u8, scale: i8) -> Result<i128, ConvErr> {
+    match parse_decimal_plain(b, precision, scale) {
+        Some(r) => r,
+        None => parse_decimal_general(b, precision, scale),
+    }
+}
+
+/// The common shape, `[-]digits[.digits]` with at most 18 digits and no
+/// more fractional digits than the scale (no rounding), summed in a u64.
+/// None: anything else, which the general parser decides.
+#[inline]
+fn parse_decimal_plain(b: &[u8], precision: u8, scale: i8) -> Option<Result<i128, ConvErr>> {
+    let (neg, body) = match b.first() {
+        Some(b'-') => (true, &b[1..]),
+        _ => (false, b),
+    };
+    if body.is_empty() || body.len() > 19 || scale < 0 {
+        return None;
+    }
+    let mut acc: u64 = 0;
+    let mut digits = 0usize;
+    let mut frac: Option<usize> = None;
+    for &c in body {
+        if c.is_ascii_digit() {
+            acc = acc * 10 + (c - b'0') as u64;
+            digits += 1;
+            if frac.is_some() {
+                frac = frac.map(|f| f + 1);
+            }
+        } else if c == b'.' && frac.is_none() {
+            frac = Some(0);
+        } else {
+            return None;
+        }
+    }
+    let frac = frac.unwrap_or(0);
+    if digits == 0 || digits > 18 || frac > scale as usize {
+        return None;
+    }
+    let v = acc as i128 * POW10[scale as usize - frac];
+    if v >= POW10[precision.min(38) as usize] {
+        return Some(Err(ConvErr::Range));
+    }
+    Some(Ok(if neg { -v } else { v }))
+}
+
+fn parse_decimal_general(b: &[u8], precision: u8, scale: i8) -> Result<i128, ConvErr> {
     let b = trim_ws(b);
     let mut i = 0;
     let neg = match b.first() {
@@ -2594,6 +2641,62 @@ mod tests {
         assert_eq!(col_of(&b, 1, 0), None);
         let out = encode_rows(std::slice::from_ref(&b), &o).unwrap();
         assert_eq!(out, b"a\\|b|\nx|y\n");
+    }
+
+    #[test]
+    fn decimal_fast_path_agrees_with_the_general_parser() {
+        let mut cases: Vec<String> = [
+            "0",
+            "-0",
+            "5.",
+            ".5",
+            "-.5",
+            ".",
+            "-",
+            "",
+            "1.2.3",
+            "1e3",
+            " 1.5",
+            "1.5 ",
+            "+1.5",
+            "12.345",
+            "99999999999.99",
+            "100000000000.00",
+            "-99999999999.99",
+            "123456789012345678",
+            "1234567890123456789",
+            "0.000000000000000001",
+            "00000000000000000012.5",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for i in 0..3000u64 {
+            let v = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (i % 60);
+            let f = i % 7;
+            let text = format!("{}{}", if i % 3 == 0 { "-" } else { "" }, v);
+            let (a, b) = text.split_at(
+                text.len()
+                    .saturating_sub(f as usize)
+                    .max(text.starts_with('-') as usize),
+            );
+            cases.push(format!("{a}.{b}"));
+            cases.push(text);
+        }
+        for (p, sc) in [(12, 2), (38, 0), (18, 6), (5, 5), (38, 10)] {
+            for c in &cases {
+                let b = c.as_bytes();
+                assert_eq!(
+                    parse_decimal(b, p, sc),
+                    parse_decimal_general(b, p, sc),
+                    "{c:?} as numeric({p},{sc})"
+                );
+            }
+        }
+        assert!(
+            parse_decimal_plain(b"12.34", 12, 2).is_some(),
+            "the fast path is taken"
+        );
     }
 
     #[test]
