@@ -974,6 +974,9 @@ impl DiskStore {
     ) -> Result<()> {
         let offset = self.allocate(key, bytes.len() as u64)?;
         self.dev.write_at(offset, bytes)?;
+        // The prepare's sync then finds most of the transaction's data on
+        // its way to the disk already, instead of all of it at once.
+        self.dev.start_writeback(offset, bytes.len() as u64);
         let indexed = IndexedBlock {
             meta: BlockMeta {
                 offset,
