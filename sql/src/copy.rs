@@ -430,8 +430,8 @@ fn parse_decimal_plain(b: &[u8], precision: u8, scale: i8) -> Option<Result<i128
         if c.is_ascii_digit() {
             acc = acc * 10 + (c - b'0') as u64;
             digits += 1;
-            if frac.is_some() {
-                frac = frac.map(|f| f + 1);
+            if let Some(f) = frac.as_mut() {
+                *f += 1;
             }
         } else if c == b'.' && frac.is_none() {
             frac = Some(0);
@@ -875,12 +875,6 @@ impl Col {
 
     #[inline]
     fn append(&mut self, v: &[u8]) -> Result<(), ConvErr> {
-        fn narrow<T: TryFrom<i64>>(v: i64) -> Result<T, ConvErr> {
-            T::try_from(v).map_err(|_| ConvErr::Range)
-        }
-        fn unarrow<T: TryFrom<u64>>(v: u64) -> Result<T, ConvErr> {
-            T::try_from(v).map_err(|_| ConvErr::Range)
-        }
         #[inline]
         fn utf8(v: &[u8]) -> Result<&str, ConvErr> {
             debug_assert!(std::str::from_utf8(v).is_ok(), "fields are valid UTF-8");
@@ -1652,6 +1646,18 @@ fn untag(out: Vec<Decoded>) -> Vec<RecordBatch> {
     out.into_iter().map(|d| d.batch).collect()
 }
 
+/// An i64 parsed from text, narrowed to a smaller column type.
+#[inline]
+fn narrow<T: TryFrom<i64>>(v: i64) -> Result<T, ConvErr> {
+    T::try_from(v).map_err(|_| ConvErr::Range)
+}
+
+/// A u64 parsed from text, narrowed to a smaller column type.
+#[inline]
+fn unarrow<T: TryFrom<u64>>(v: u64) -> Result<T, ConvErr> {
+    T::try_from(v).map_err(|_| ConvErr::Range)
+}
+
 /// Whether [`chain_key`] parses this type (the decoder can split by it):
 /// every distribution key type but Date64, which COPY decodes through a cast.
 fn key_hashable(dt: &DataType) -> bool {
@@ -1663,20 +1669,14 @@ fn key_hashable(dt: &DataType) -> bool {
 /// value.
 #[inline]
 fn chain_key(dt: &DataType, v: &[u8], h: &mut u32) -> Result<(), ConvErr> {
-    fn narrow<T: TryFrom<i64> + Into<i128>>(v: i64) -> Result<i128, ConvErr> {
-        T::try_from(v).map(Into::into).map_err(|_| ConvErr::Range)
-    }
-    fn unarrow<T: TryFrom<u64> + Into<i128>>(v: u64) -> Result<i128, ConvErr> {
-        T::try_from(v).map(Into::into).map_err(|_| ConvErr::Range)
-    }
     match dt {
-        DataType::Int8 => hash::chain_int(h, narrow::<i8>(parse_i64(v)?)?),
-        DataType::Int16 => hash::chain_int(h, narrow::<i16>(parse_i64(v)?)?),
-        DataType::Int32 => hash::chain_int(h, narrow::<i32>(parse_i64(v)?)?),
+        DataType::Int8 => hash::chain_int(h, narrow::<i8>(parse_i64(v)?)?.into()),
+        DataType::Int16 => hash::chain_int(h, narrow::<i16>(parse_i64(v)?)?.into()),
+        DataType::Int32 => hash::chain_int(h, narrow::<i32>(parse_i64(v)?)?.into()),
         DataType::Int64 => hash::chain_int(h, parse_i64(v)? as i128),
-        DataType::UInt8 => hash::chain_int(h, unarrow::<u8>(parse_u64(v)?)?),
-        DataType::UInt16 => hash::chain_int(h, unarrow::<u16>(parse_u64(v)?)?),
-        DataType::UInt32 => hash::chain_int(h, unarrow::<u32>(parse_u64(v)?)?),
+        DataType::UInt8 => hash::chain_int(h, unarrow::<u8>(parse_u64(v)?)?.into()),
+        DataType::UInt16 => hash::chain_int(h, unarrow::<u16>(parse_u64(v)?)?.into()),
+        DataType::UInt32 => hash::chain_int(h, unarrow::<u32>(parse_u64(v)?)?.into()),
         DataType::UInt64 => hash::chain_int(h, parse_u64(v)? as i128),
         DataType::Float32 => hash::chain_f64(h, parse_f32(v)? as f64),
         DataType::Float64 => hash::chain_f64(h, parse_f64(v)?),
