@@ -74,11 +74,13 @@ pub struct NodeClient {
     pub address: String,
     pub grpc: pb::node_client::NodeClient<Channel>,
     pub flight: FlightServiceClient<Channel>,
+    /// The failure detector's own connection (see [`NodeClient::new`]).
+    pub health: pb::node_client::NodeClient<Channel>,
 }
 
 impl NodeClient {
-    /// Two HTTP/2 connections per node: one for control and writes, one for
-    /// scans. HTTP/2 flow control is per stream and per connection; a scan
+    /// Three HTTP/2 connections per node: one for control and writes, one
+    /// for scans, one for heartbeats. HTTP/2 flow control is per stream and per connection; a scan
     /// stream that the plan does not read yet (the probe side of a hash
     /// join waits for its build side) keeps its data unacknowledged. On a
     /// shared connection that would use up the connection's window, stall
@@ -86,6 +88,13 @@ impl NodeClient {
     /// and the heartbeats: a deadlock that looks like a dead node. So scans
     /// get their own connection, whose window is far larger than the sum of
     /// the stream windows of the scans a plan can open at once.
+    ///
+    /// Heartbeats get a connection of their own for the same reason: during
+    /// a large COPY, megabyte Write bodies queue on the control connection
+    /// for its flow-control window, and a Status request behind them waited
+    /// for the node to read them. Under load that took longer than the
+    /// probe timeout twice in a row, and a live node was failed over
+    /// mid-load (seen at TPC-H SF 1 on the 4-node local cluster).
     fn new(ep: &NodeEndpoint) -> Result<NodeClient> {
         let endpoint = Endpoint::from_shared(format!("http://{}", ep.address))
             .map_err(|e| {
@@ -95,6 +104,7 @@ impl NodeClient {
             .tcp_nodelay(true)
             .max_frame_size(Some(proto::MAX_FRAME_BYTES));
         let control = endpoint.clone().connect_lazy();
+        let health = endpoint.clone().connect_lazy();
         let scans = endpoint
             .initial_stream_window_size(Some(SCAN_STREAM_WINDOW))
             .initial_connection_window_size(Some(SCAN_CONNECTION_WINDOW))
@@ -108,6 +118,8 @@ impl NodeClient {
             flight: FlightServiceClient::new(scans)
                 .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
+            health: pb::node_client::NodeClient::new(health)
+                .max_decoding_message_size(proto::MAX_MESSAGE_BYTES),
         })
     }
 
@@ -615,7 +627,7 @@ async fn probe(shared: Arc<Shared>, n: NodeClient) {
     let timeout = shared.config.probe_timeout;
     let mut last = String::new();
     for _ in 0..2 {
-        let mut c = n.grpc.clone();
+        let mut c = n.health.clone();
         match tokio::time::timeout(timeout, c.status(pb::StatusRequest {})).await {
             Ok(Ok(st)) => {
                 shared.mark(n.id, true);
