@@ -47,6 +47,11 @@ pub struct CoordinatorSection {
     /// How long one heartbeat or probe may take, e.g. "300ms".
     #[serde(default = "default_probe_timeout")]
     pub probe_timeout: String,
+    /// Tables with fewer rows take no runtime join filters (they are read
+    /// at once, whole); larger ones wait for the join's build side and get
+    /// its key bounds and keys.
+    #[serde(default = "default_runtime_filter_min_rows")]
+    pub runtime_filter_min_rows: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -87,6 +92,9 @@ fn default_heartbeat_interval() -> String {
 }
 fn default_probe_timeout() -> String {
     "300ms".into()
+}
+fn default_runtime_filter_min_rows() -> u64 {
+    slicedb_coordinator::CoordinatorConfig::DEFAULT_RUNTIME_FILTER_MIN_ROWS
 }
 fn default_mirror_timeout() -> String {
     "2s".into()

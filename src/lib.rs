@@ -123,6 +123,8 @@ pub struct LocalOptions {
     pub slices_per_disk: u32,
     /// Memory for decoded block columns of each node's disk (0: none).
     pub cache_size: u64,
+    /// Tables with fewer rows take no runtime join filters.
+    pub runtime_filter_min_rows: u64,
 }
 
 impl LocalOptions {
@@ -134,6 +136,7 @@ impl LocalOptions {
             disk_size: 4 << 30,
             slices_per_disk: 4,
             cache_size: 1 << 30,
+            runtime_filter_min_rows: CoordinatorConfig::DEFAULT_RUNTIME_FILTER_MIN_ROWS,
         }
     }
 }
@@ -191,6 +194,7 @@ impl LocalCluster {
             mirror_timeout: Duration::from_secs(2),
             heartbeat_interval: CoordinatorConfig::DEFAULT_HEARTBEAT_INTERVAL,
             probe_timeout: CoordinatorConfig::DEFAULT_PROBE_TIMEOUT,
+            runtime_filter_min_rows: opts.runtime_filter_min_rows,
         })
         .await?;
         let frontend = Frontend::new(Arc::new(coord))?;
@@ -326,6 +330,7 @@ pub async fn run_coordinator(
         mirror_timeout: config::parse_duration(&cfg.coordinator.mirror_timeout)?,
         heartbeat_interval: config::parse_duration(&cfg.coordinator.heartbeat_interval)?,
         probe_timeout: config::parse_duration(&cfg.coordinator.probe_timeout)?,
+        runtime_filter_min_rows: cfg.coordinator.runtime_filter_min_rows,
     })
     .await?;
     let frontend = Frontend::new(Arc::new(coord))?;

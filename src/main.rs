@@ -48,6 +48,10 @@ enum Command {
         /// every scan from the disk images.
         #[arg(long, default_value = "1GiB")]
         cache_size: String,
+        /// Tables with fewer rows take no runtime join filters: they are
+        /// read whole and at once, not after the join's build side.
+        #[arg(long, default_value_t = slicedb_coordinator::CoordinatorConfig::DEFAULT_RUNTIME_FILTER_MIN_ROWS)]
+        runtime_filter_min_rows: u64,
     },
     /// Run one node of a multi-process cluster. Prints `ready: node N at ADDR`.
     Node {
@@ -149,6 +153,7 @@ async fn serve(cmd: Command) -> Result<()> {
             disk_size,
             slices_per_disk,
             cache_size,
+            runtime_filter_min_rows,
         } => {
             let opts = LocalOptions {
                 nodes,
@@ -157,6 +162,7 @@ async fn serve(cmd: Command) -> Result<()> {
                 disk_size: parse_size(&disk_size)?,
                 slices_per_disk,
                 cache_size: parse_size(&cache_size)?,
+                runtime_filter_min_rows,
             };
             let cluster = LocalCluster::start(opts).await?;
             ready_line(&format!(

@@ -54,11 +54,15 @@ pub struct CoordinatorConfig {
     pub heartbeat_interval: Duration,
     /// How long one heartbeat or probe may take.
     pub probe_timeout: Duration,
+    /// Tables with fewer rows take no runtime join filters (see
+    /// `provider::BroadcastScanExec`): they are shipped whole, at once.
+    pub runtime_filter_min_rows: u64,
 }
 
 impl CoordinatorConfig {
     pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
     pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+    pub const DEFAULT_RUNTIME_FILTER_MIN_ROWS: u64 = 1_000_000;
 }
 
 /// Receive window of one scan stream: what a node may send ahead of the
@@ -380,6 +384,14 @@ impl Coordinator {
         if config.target_partitions > 0 {
             session = session.with_target_partitions(config.target_partitions);
         }
+        // A join's runtime filter reaches the nodes as bounds plus, for an
+        // integer key, the build side's keys as an IN list
+        // (`crate::filter::implied_by`): allow lists far longer than
+        // DataFusion's default (150 values, meant for statistics pruning).
+        // Shipping a probe side costs far more than a few thousand keys.
+        let opts = &mut session.options_mut().optimizer;
+        opts.hash_join_inlist_pushdown_max_distinct_values = crate::filter::MAX_RUNTIME_IN_LIST;
+        opts.hash_join_inlist_pushdown_max_size = crate::filter::MAX_RUNTIME_IN_LIST * 16;
         // Co-located joins and partial aggregates run on the nodes
         // (crate::fragment).
         let state = datafusion::execution::SessionStateBuilder::new()

@@ -5,10 +5,19 @@
 //! in DataFusion. Pushed filters are reported as `Inexact`, so DataFusion
 //! re-applies them and a node that filters less never changes an answer.
 
+use std::sync::Arc;
+
 use arrow::datatypes::Schema;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator};
+use datafusion::physical_expr::expressions as phys;
+use datafusion::physical_expr::PhysicalExpr;
 use slicedb_engine::predicate::{CmpOp, Literal, Predicate};
+
+/// Most values of an IN list pushed to the nodes from a join's runtime
+/// filter: integer columns only (a node tests them with one hash lookup per
+/// row); longer lists are left out, and the bounds still apply.
+pub const MAX_RUNTIME_IN_LIST: usize = 65_536;
 
 /// Translate `expr` for a table with `schema`, or `None` if a node cannot
 /// evaluate it exactly.
@@ -23,24 +32,11 @@ pub fn to_predicate(expr: &Expr, schema: &Schema) -> Option<Predicate> {
                 to_predicate(left, schema)?,
                 to_predicate(right, schema)?,
             ])),
-            _ => {
-                let op = cmp(*op)?;
-                if let (Some(c), Some(v)) = (column(left, schema), literal(right)) {
-                    Some(Predicate::Compare {
-                        column: c,
-                        op,
-                        value: v,
-                    })
-                } else if let (Some(v), Some(c)) = (literal(left), column(right, schema)) {
-                    Some(Predicate::Compare {
-                        column: c,
-                        op: flip(op),
-                        value: v,
-                    })
-                } else {
-                    None
-                }
-            }
+            _ => compare(
+                cmp(*op)?,
+                (column(left, schema), literal(right)),
+                (literal(left), column(right, schema)),
+            ),
         },
         Expr::Not(inner) => Some(Predicate::Not(Box::new(to_predicate(inner, schema)?))),
         Expr::IsNull(inner) => Some(Predicate::IsNull(column(inner, schema)?)),
@@ -86,6 +82,24 @@ fn column(e: &Expr, schema: &Schema) -> Option<usize> {
     }
 }
 
+/// `column op value` from either spelling: `col op lit` (the first pair)
+/// or `lit op col` (the second).
+fn compare(
+    op: CmpOp,
+    col_lit: (Option<usize>, Option<Literal>),
+    lit_col: (Option<Literal>, Option<usize>),
+) -> Option<Predicate> {
+    match (col_lit, lit_col) {
+        ((Some(column), Some(value)), _) => Some(Predicate::Compare { column, op, value }),
+        (_, (Some(value), Some(column))) => Some(Predicate::Compare {
+            column,
+            op: flip(op),
+            value,
+        }),
+        _ => None,
+    }
+}
+
 fn cmp(op: Operator) -> Option<CmpOp> {
     Some(match op {
         Operator::Eq => CmpOp::Eq,
@@ -112,6 +126,10 @@ fn literal(e: &Expr) -> Option<Literal> {
     let Expr::Literal(v, _) = e else {
         return None;
     };
+    scalar(v)
+}
+
+fn scalar(v: &ScalarValue) -> Option<Literal> {
     Some(match v {
         v if v.is_null() => Literal::Null,
         ScalarValue::Boolean(Some(b)) => Literal::Bool(*b),
@@ -139,6 +157,105 @@ fn literal(e: &Expr) -> Option<Literal> {
     })
 }
 
+/// A predicate that holds for every row the physical filter `expr` (a
+/// snapshot of a join's dynamic filter: bounds, an IN list, per-partition
+/// CASE) selects; it may select more. `None`: nothing can be said.
+/// `column` maps a column of the scan's output to the table's user column.
+/// Only ever a weaker filter, so a node applying it drops no row the join
+/// would keep.
+pub fn implied_by(
+    expr: &Arc<dyn PhysicalExpr>,
+    column: &dyn Fn(usize) -> Option<usize>,
+) -> Option<Predicate> {
+    let any = expr;
+    if let Some(b) = any.downcast_ref::<phys::BinaryExpr>() {
+        return match b.op() {
+            Operator::And => {
+                let mut parts: Vec<Predicate> = [b.left(), b.right()]
+                    .into_iter()
+                    .filter_map(|e| implied_by(e, column))
+                    .flat_map(|p| match p {
+                        Predicate::And(items) => items,
+                        p => vec![p],
+                    })
+                    .collect();
+                match parts.len() {
+                    0 => None,
+                    1 => parts.pop(),
+                    _ => Some(Predicate::And(parts)),
+                }
+            }
+            Operator::Or => Some(Predicate::Or(vec![
+                implied_by(b.left(), column)?,
+                implied_by(b.right(), column)?,
+            ])),
+            op => {
+                let op = cmp(*op)?;
+                let col_of = |e: &Arc<dyn PhysicalExpr>| {
+                    e.downcast_ref::<phys::Column>()
+                        .and_then(|c| column(c.index()))
+                };
+                let lit_of = |e: &Arc<dyn PhysicalExpr>| {
+                    e.downcast_ref::<phys::Literal>()
+                        .and_then(|l| scalar(l.value()))
+                };
+                compare(
+                    op,
+                    (col_of(b.left()), lit_of(b.right())),
+                    (lit_of(b.left()), col_of(b.right())),
+                )
+            }
+        };
+    }
+    if let Some(l) = any.downcast_ref::<phys::InListExpr>() {
+        let c = l
+            .expr()
+            .downcast_ref::<phys::Column>()
+            .and_then(|c| column(c.index()))?;
+        if l.negated() || l.list().len() > MAX_RUNTIME_IN_LIST {
+            return None;
+        }
+        let values = l
+            .list()
+            .iter()
+            .map(|e| {
+                let v = e.downcast_ref::<phys::Literal>()?.value();
+                // Integers only: other types are tested value by value on
+                // the nodes, too slow for a long list.
+                v.data_type()
+                    .is_integer()
+                    .then(|| scalar(v))
+                    .flatten()
+                    .filter(|l| !matches!(l, Literal::Null))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        return Some(Predicate::InList {
+            column: c,
+            values,
+            negated: false,
+        });
+    }
+    if let Some(case) = any.downcast_ref::<phys::CaseExpr>() {
+        // CASE <partition> WHEN i THEN <filter i> ... ELSE false: a selected
+        // row satisfies one of the branches.
+        if let Some(e) = case.else_expr() {
+            let falsy = e
+                .downcast_ref::<phys::Literal>()
+                .is_some_and(|l| matches!(l.value(), ScalarValue::Boolean(Some(false) | None)));
+            if !falsy {
+                return None;
+            }
+        }
+        let branches = case
+            .when_then_expr()
+            .iter()
+            .map(|(_, then)| implied_by(then, column))
+            .collect::<Option<Vec<_>>>()?;
+        return (!branches.is_empty()).then_some(Predicate::Or(branches));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +267,90 @@ mod tests {
             Field::new("k", DataType::Int64, true),
             Field::new("s", DataType::Utf8, true),
         ])
+    }
+
+    #[test]
+    fn runtime_filters_imply_weaker_node_filters() {
+        use arrow::array::{Int64Array, StringArray};
+        use datafusion::physical_expr::expressions::{lit as plit, BinaryExpr as PB};
+        let s = schema();
+        let k: Arc<dyn PhysicalExpr> = Arc::new(phys::Column::new("k", 0));
+        let st: Arc<dyn PhysicalExpr> = Arc::new(phys::Column::new("s", 1));
+        let bin = |l: Arc<dyn PhysicalExpr>,
+                   op,
+                   r: Arc<dyn PhysicalExpr>|
+         -> Arc<dyn PhysicalExpr> { Arc::new(PB::new(l, op, r)) };
+        // The scan's output column c is the table's column c here.
+        let same = |c: usize| Some(c);
+        let bounds = bin(
+            bin(k.clone(), Operator::GtEq, plit(3i64)),
+            Operator::And,
+            bin(k.clone(), Operator::LtEq, plit(9i64)),
+        );
+        let keys = Arc::new(Int64Array::from(vec![3, 5, 9]));
+        let list: Arc<dyn PhysicalExpr> =
+            Arc::new(phys::InListExpr::try_new_from_array(k.clone(), keys, false, &s).unwrap());
+        let both = bin(bounds.clone(), Operator::And, list.clone());
+        let p = implied_by(&both, &same).expect("bounds and list");
+        let want_list = Predicate::InList {
+            column: 0,
+            values: vec![Literal::Int(3), Literal::Int(5), Literal::Int(9)],
+            negated: false,
+        };
+        assert_eq!(
+            p,
+            Predicate::And(vec![
+                Predicate::Compare {
+                    column: 0,
+                    op: CmpOp::GtEq,
+                    value: Literal::Int(3)
+                },
+                Predicate::Compare {
+                    column: 0,
+                    op: CmpOp::LtEq,
+                    value: Literal::Int(9)
+                },
+                want_list.clone(),
+            ])
+        );
+        // An AND keeps what it can translate (a weaker filter); an OR needs
+        // both sides; the scan's columns are mapped to the table's.
+        let opaque = bin(st.clone(), Operator::LikeMatch, plit("x"));
+        assert_eq!(
+            implied_by(&bin(opaque.clone(), Operator::And, list.clone()), &same),
+            Some(want_list.clone())
+        );
+        assert_eq!(
+            implied_by(&bin(opaque.clone(), Operator::Or, list.clone()), &same),
+            None
+        );
+        assert_eq!(implied_by(&list, &|_| None), None);
+        assert!(matches!(
+            implied_by(&list, &|_| Some(4)),
+            Some(Predicate::InList { column: 4, .. })
+        ));
+        // A string list is not sent (nodes test strings value by value).
+        let names = Arc::new(StringArray::from(vec!["a", "b"]));
+        let slist: Arc<dyn PhysicalExpr> =
+            Arc::new(phys::InListExpr::try_new_from_array(st.clone(), names, false, &s).unwrap());
+        assert_eq!(implied_by(&slist, &same), None);
+        // Partitioned joins: CASE partition WHEN i THEN filter_i ELSE false
+        // implies the OR of the branches, and nothing if a branch is opaque.
+        let case = |then1: Arc<dyn PhysicalExpr>| -> Arc<dyn PhysicalExpr> {
+            Arc::new(
+                phys::CaseExpr::try_new(
+                    Some(k.clone()),
+                    vec![(plit(0i64), bounds.clone()), (plit(1i64), then1)],
+                    Some(plit(false)),
+                )
+                .unwrap(),
+            )
+        };
+        assert!(matches!(
+            implied_by(&case(list.clone()), &same),
+            Some(Predicate::Or(v)) if v.len() == 2
+        ));
+        assert_eq!(implied_by(&case(opaque), &same), None);
     }
 
     #[test]

@@ -23,16 +23,22 @@ use arrow_flight::Ticket;
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::stats::Precision;
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::Statistics;
+use datafusion::config::ConfigOptions;
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::expressions::DynamicFilterPhysicalExpr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_expr_common::physical_expr::snapshot_physical_expr;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::filter_pushdown::{
+    ChildPushdownResult, FilterPushdownPhase, FilterPushdownPropagation, PushedDown,
+};
 use datafusion::physical_plan::metrics::{
     Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
 };
@@ -48,7 +54,7 @@ use tokio::sync::mpsc;
 
 use crate::catalog::TableMeta;
 use crate::cluster::{NodeClient, Shared};
-use crate::filter::to_predicate;
+use crate::filter::{implied_by, to_predicate};
 use crate::load::Loader;
 use crate::txn::Txn;
 use crate::CoordinatorError;
@@ -322,6 +328,12 @@ pub struct BroadcastScanExec {
     fragment: Option<String>,
     /// The fragment's plan (with `SliceInputExec` leaves), to build on.
     fragment_plan: Option<Arc<dyn ExecutionPlan>>,
+    /// Runtime filters of the hash joins this scan is the probe side of
+    /// (DataFusion's dynamic filters: the build side's key bounds and, when
+    /// short, its keys). Read once, when the scan is first polled, which a
+    /// join does only after its build side is complete; what of them a node
+    /// can evaluate is added to the request's filters.
+    runtime: Vec<Arc<dyn PhysicalExpr>>,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -354,6 +366,7 @@ impl BroadcastScanExec {
             dml,
             fragment: None,
             fragment_plan: None,
+            runtime: Vec::new(),
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
         }
@@ -476,11 +489,15 @@ impl DisplayAs for BroadcastScanExec {
         let slices: usize = self.parts.iter().map(|p| p.slices.len()).sum();
         write!(
             f,
-            "BroadcastScanExec: table={}, nodes={}, slices={}, pushed_filters={}, {}tags=[{}]",
+            "BroadcastScanExec: table={}, nodes={}, slices={}, pushed_filters={}, {}{}tags=[{}]",
             self.table,
             self.parts.len(),
             slices,
             self.pushed_filters,
+            match self.runtime.len() {
+                0 => String::new(),
+                n => format!("runtime_filters={n}, "),
+            },
             match &self.fragment {
                 Some(fragment) => format!("fragment=[{fragment}], "),
                 None => String::new(),
@@ -545,8 +562,15 @@ impl ExecutionPlan for BroadcastScanExec {
 
     fn apply_expressions(
         &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
     ) -> DfResult<TreeNodeRecursion> {
+        // The runtime filters it consumes: a join computes its dynamic filter
+        // only if some node below it reports using it.
+        for e in &self.runtime {
+            if f(e)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
         Ok(TreeNodeRecursion::Continue)
     }
 
@@ -555,6 +579,56 @@ impl ExecutionPlan for BroadcastScanExec {
         _children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         Ok(self)
+    }
+
+    /// Keep the dynamic filters of the joins above (a plain scan only; a
+    /// fragment's output is not the table's rows). They are reported as not
+    /// pushed down: the nodes apply a weaker form at most, and the join
+    /// still checks every row.
+    fn handle_child_pushdown_result(
+        &self,
+        phase: FilterPushdownPhase,
+        child_pushdown_result: ChildPushdownResult,
+        _config: &ConfigOptions,
+    ) -> DfResult<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
+        let filters = child_pushdown_result.parent_filters;
+        let res = FilterPushdownPropagation::with_parent_pushdown_result(vec![
+            PushedDown::No;
+            filters.len()
+        ]);
+        // A table with fewer rows than `runtime_filter_min_rows` (as the
+        // nodes last reported) is read at once instead: a scan with runtime
+        // filters starts only once the join's build side is complete, and a
+        // small table costs less to ship than to wait for.
+        let large = self
+            .shared
+            .table_rows(self.meta.id)
+            .is_some_and(|rows| rows >= self.shared.config.runtime_filter_min_rows);
+        if phase != FilterPushdownPhase::Post || !self.accepts_fragment() || !large {
+            return Ok(res);
+        }
+        let dynamic: Vec<Arc<dyn PhysicalExpr>> = filters
+            .into_iter()
+            .map(|f| f.filter)
+            .filter(|f| {
+                f.exists(|e| Ok(e.downcast_ref::<DynamicFilterPhysicalExpr>().is_some()))
+                    .unwrap_or(false)
+            })
+            .collect();
+        if dynamic.is_empty() {
+            return Ok(res);
+        }
+        let mut exec = BroadcastScanExec::new(
+            self.shared.clone(),
+            self.meta.clone(),
+            self.schema.clone(),
+            self.parts.clone(),
+            self.pushed_filters,
+            None,
+            self.base.clone(),
+        );
+        exec.runtime = self.runtime.iter().cloned().chain(dynamic).collect();
+        Ok(res.with_updated_node(Arc::new(exec)))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -580,25 +654,59 @@ impl ExecutionPlan for BroadcastScanExec {
             blocks_pruned: MetricBuilder::new(&self.metrics).counter("blocks_pruned", partition),
             slices: MetricBuilder::new(&self.metrics).counter("slices_answered", partition),
         };
-        let (tx, rx) = mpsc::channel::<DfResult<RecordBatch>>(4);
         let shared = self.shared.clone();
         let table = self.table.clone();
         let out_schema = schema.clone();
         let dml = self.dml.clone();
         let meta = self.meta.clone();
         let base = self.base.clone();
-        tokio::spawn(async move {
-            let res = scan_with_failover(
-                &shared, &meta, &base, part, out_schema, &table, &tx, &counters, &dml,
-            )
-            .await;
-            if let Err(e) = res {
-                let _ = tx.send(Err(e)).await;
-            }
-        });
-        let stream = tokio_stream_from(rx);
+        let start = move |extra: Vec<pb::Predicate>| {
+            let (tx, rx) = mpsc::channel::<DfResult<RecordBatch>>(4);
+            let (mut base, mut part) = (base, part);
+            base.filters.extend(extra.iter().cloned());
+            part.request.filters.extend(extra);
+            tokio::spawn(async move {
+                let res = scan_with_failover(
+                    &shared, &meta, &base, part, out_schema, &table, &tx, &counters, &dml,
+                )
+                .await;
+                if let Err(e) = res {
+                    let _ = tx.send(Err(e)).await;
+                }
+            });
+            tokio_stream_from(rx)
+        };
+        if self.runtime.is_empty() {
+            // Start at once: the nodes read while the plan sets up.
+            let stream = start(Vec::new());
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
+        }
+        // Start when first polled: the join's build side is complete then,
+        // and so are its runtime filters.
+        let runtime = self.runtime.clone();
+        let columns: Vec<Option<usize>> = (0..self.schema.fields().len())
+            .map(|c| self.table_column(c))
+            .collect();
+        let stream =
+            futures::stream::once(async move { start(runtime_predicates(&runtime, &columns)) })
+                .flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
+}
+
+/// The node filters implied by `runtime` filters as they are now; `columns`
+/// maps the scan's output columns to the table's.
+fn runtime_predicates(
+    runtime: &[Arc<dyn PhysicalExpr>],
+    columns: &[Option<usize>],
+) -> Vec<pb::Predicate> {
+    let column = |c: usize| columns.get(c).copied().flatten();
+    runtime
+        .iter()
+        .filter_map(|e| snapshot_physical_expr(e.clone()).ok())
+        .filter_map(|e| implied_by(&e, &column))
+        .map(|p| pb::Predicate::from(&p))
+        .collect()
 }
 
 fn tokio_stream_from(

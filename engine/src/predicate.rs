@@ -130,6 +130,15 @@ impl Predicate {
                 negated,
             } => {
                 let col = column(*c)?;
+                if values.len() > SHORT_LIST {
+                    if let Some(member) = int_in_list(col, values) {
+                        return Ok(if *negated {
+                            boolean::not(&member)?
+                        } else {
+                            member
+                        });
+                    }
+                }
                 let mut acc = BooleanArray::from(vec![false; n]);
                 for v in values {
                     acc = boolean::or_kleene(&acc, &compare(col, CmpOp::Eq, v)?)?;
@@ -194,6 +203,13 @@ impl Predicate {
                 if *negated {
                     // x NOT IN (a, b) == x <> a AND x <> b
                     values.iter().all(|v| compare_may_match(z, CmpOp::NotEq, v))
+                } else if let Some((lo, hi)) = int_values(values)
+                    .filter(|_| values.len() > SHORT_LIST)
+                    .and_then(|v| Some((*v.iter().min()?, *v.iter().max()?)))
+                {
+                    // A long list: does the block's range meet the list's?
+                    compare_may_match(z, CmpOp::GtEq, &Literal::Int(lo))
+                        && compare_may_match(z, CmpOp::LtEq, &Literal::Int(hi))
                 } else {
                     values.iter().any(|v| compare_may_match(z, CmpOp::Eq, v))
                 }
@@ -250,6 +266,85 @@ impl Predicate {
 }
 
 // ---------------------------------------------------------------- evaluation
+
+/// IN lists longer than this are tested with a hash set when the column and
+/// the values are integers (a join's runtime filter can carry thousands).
+const SHORT_LIST: usize = 8;
+
+/// The values as i64, if every one is an integer that fits.
+fn int_values(values: &[Literal]) -> Option<Vec<i64>> {
+    values
+        .iter()
+        .map(|v| match v {
+            Literal::Int(x) => Some(*x),
+            Literal::UInt(x) => i64::try_from(*x).ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `col IN (values)` with one hash lookup per row, for a signed (or small
+/// unsigned) integer column and integer values; NULL where `col` is NULL.
+/// `None` for any other column or value type.
+fn int_in_list(col: &ArrayRef, values: &[Literal]) -> Option<BooleanArray> {
+    let set: std::collections::HashSet<i64, IntHash> = int_values(values)?.into_iter().collect();
+    fn member<T>(
+        a: &PrimitiveArray<T>,
+        set: &std::collections::HashSet<i64, IntHash>,
+    ) -> BooleanArray
+    where
+        T: arrow::datatypes::ArrowPrimitiveType,
+        T::Native: Into<i64>,
+    {
+        let bits = arrow::buffer::BooleanBuffer::collect_bool(a.len(), |i| {
+            set.contains(&a.values()[i].into())
+        });
+        BooleanArray::new(bits, a.nulls().cloned())
+    }
+    use arrow::datatypes::*;
+    Some(match col.data_type() {
+        DataType::Int64 => member(col.as_primitive::<Int64Type>(), &set),
+        DataType::Int32 => member(col.as_primitive::<Int32Type>(), &set),
+        DataType::Int16 => member(col.as_primitive::<Int16Type>(), &set),
+        DataType::Int8 => member(col.as_primitive::<Int8Type>(), &set),
+        DataType::UInt32 => member(col.as_primitive::<UInt32Type>(), &set),
+        DataType::UInt16 => member(col.as_primitive::<UInt16Type>(), &set),
+        DataType::UInt8 => member(col.as_primitive::<UInt8Type>(), &set),
+        _ => return None,
+    })
+}
+
+/// A multiplicative hash for integer keys (SipHash is several times slower
+/// and its DoS resistance buys nothing for a filter's own values).
+#[derive(Default, Clone, Copy)]
+struct IntHash;
+
+impl std::hash::BuildHasher for IntHash {
+    type Hasher = IntHasher;
+    fn build_hasher(&self) -> IntHasher {
+        IntHasher(0)
+    }
+}
+
+struct IntHasher(u64);
+
+impl std::hash::Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_i64(&mut self, v: i64) {
+        // Fold the high bits down: hashbrown takes its bucket from the top
+        // bits and its tag from the top seven.
+        let h = (v as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = h ^ (h >> 29);
+    }
+}
 
 fn compare(col: &ArrayRef, op: CmpOp, value: &Literal) -> Result<BooleanArray> {
     if matches!(value, Literal::Null) {
@@ -736,6 +831,57 @@ mod tests {
 
     fn cmpp(column: usize, op: CmpOp, value: Literal) -> Predicate {
         Predicate::Compare { column, op, value }
+    }
+
+    #[test]
+    fn long_in_lists_answer_like_short_ones_with_nulls_and_negation() {
+        // Columns i (Int32 with a NULL) and u (UInt8 with a NULL); a list of
+        // 40 values is tested with the hash set, the same list split into
+        // ORs of short lists value by value: same three-valued answers.
+        let b = batch();
+        for column in [0usize, 6] {
+            let mut values: Vec<Literal> = (100..138).map(Literal::Int).collect();
+            values.push(Literal::Int(5));
+            values.push(Literal::UInt(7));
+            for negated in [false, true] {
+                let long = Predicate::InList {
+                    column,
+                    values: values.clone(),
+                    negated,
+                };
+                let short: Vec<Predicate> = values
+                    .chunks(SHORT_LIST)
+                    .map(|c| Predicate::InList {
+                        column,
+                        values: c.to_vec(),
+                        negated: false,
+                    })
+                    .collect();
+                let short = if negated {
+                    Predicate::Not(Box::new(Predicate::Or(short)))
+                } else {
+                    Predicate::Or(short)
+                };
+                let (l, s) = (long.evaluate(&b).unwrap(), short.evaluate(&b).unwrap());
+                assert_eq!(l, s, "column {column} negated {negated}");
+                assert!(l.null_count() == 1, "a NULL key stays NULL");
+            }
+        }
+        let long = |values: Vec<i64>| Predicate::InList {
+            column: 0,
+            values: values.into_iter().map(Literal::Int).collect(),
+            negated: false,
+        };
+        assert_eq!(sel(&long((100..140).chain([5, -3]).collect())), vec![1, 3]);
+        // Zone maps: the block's i spans -3..=10; a long list entirely above
+        // it prunes the block, one that reaches into it does not.
+        let zones: Vec<ZoneMap> = b
+            .columns()
+            .iter()
+            .map(|c| ZoneMap::compute(c.as_ref()))
+            .collect();
+        assert!(!long((100..140).collect()).may_match(&zones));
+        assert!(long((9..49).collect()).may_match(&zones));
     }
 
     #[test]

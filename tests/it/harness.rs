@@ -424,6 +424,10 @@ impl Slicedb {
             // Small sparse images: test data is small, and copies stay cheap.
             "--disk-size".to_string(),
             "512MiB".to_string(),
+            // Test tables are small: give every join's probe side its
+            // runtime filter, so that every test runs through them.
+            "--runtime-filter-min-rows".to_string(),
+            "0".to_string(),
         ];
         let (proc, line) = Proc::spawn_ready_with(env, "local", &args, vars).await?;
         let url = parse_ready_url(&line)?;
