@@ -82,6 +82,40 @@ pub enum Predicate {
         values: Vec<Literal>,
         negated: bool,
     },
+    /// A long integer `InList` made ready by [`Predicate::prepared`] (a
+    /// node's scan, never the wire: it is sent as the list it came from).
+    #[serde(skip)]
+    IntSet(Arc<IntSet>),
+}
+
+/// An integer IN list as a hash set and its range, built once per scan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntSet {
+    pub column: usize,
+    pub negated: bool,
+    /// The list as it came (for the wire, and for a non-integer column).
+    pub values: Vec<Literal>,
+    set: std::collections::HashSet<i64, IntHash>,
+    lo: i64,
+    hi: i64,
+}
+
+impl IntSet {
+    fn as_list(&self) -> Predicate {
+        Predicate::InList {
+            column: self.column,
+            values: self.values.clone(),
+            negated: self.negated,
+        }
+    }
+
+    fn with(&self, column: usize, negated: bool) -> Predicate {
+        Predicate::IntSet(Arc::new(IntSet {
+            column,
+            negated,
+            ..self.clone()
+        }))
+    }
 }
 
 fn invalid(m: impl Into<String>) -> EngineError {
@@ -89,6 +123,41 @@ fn invalid(m: impl Into<String>) -> EngineError {
 }
 
 impl Predicate {
+    /// The same predicate, ready to test many batches: IN lists of more
+    /// than a few integers become hash sets ([`Predicate::IntSet`]). A join's
+    /// runtime filter can carry thousands of keys.
+    pub fn prepared(self) -> Predicate {
+        match self {
+            Predicate::InList {
+                column,
+                values,
+                negated,
+            } if values.len() > SHORT_LIST => match int_values(&values) {
+                Some(ints) => Predicate::IntSet(Arc::new(IntSet {
+                    column,
+                    negated,
+                    lo: ints.iter().copied().min().unwrap_or(0),
+                    hi: ints.iter().copied().max().unwrap_or(0),
+                    set: ints.into_iter().collect(),
+                    values,
+                })),
+                None => Predicate::InList {
+                    column,
+                    values,
+                    negated,
+                },
+            },
+            Predicate::And(items) => {
+                Predicate::And(items.into_iter().map(Predicate::prepared).collect())
+            }
+            Predicate::Or(items) => {
+                Predicate::Or(items.into_iter().map(Predicate::prepared).collect())
+            }
+            Predicate::Not(p) => Predicate::Not(Box::new(p.prepared())),
+            p => p,
+        }
+    }
+
     /// Evaluate over `batch` (columns in user schema order). NULL in the
     /// result means "not selected".
     pub fn evaluate(&self, batch: &RecordBatch) -> Result<BooleanArray> {
@@ -130,15 +199,6 @@ impl Predicate {
                 negated,
             } => {
                 let col = column(*c)?;
-                if values.len() > SHORT_LIST {
-                    if let Some(member) = int_in_list(col, values) {
-                        return Ok(if *negated {
-                            boolean::not(&member)?
-                        } else {
-                            member
-                        });
-                    }
-                }
                 let mut acc = BooleanArray::from(vec![false; n]);
                 for v in values {
                     acc = boolean::or_kleene(&acc, &compare(col, CmpOp::Eq, v)?)?;
@@ -149,6 +209,11 @@ impl Predicate {
                     acc
                 }
             }
+            Predicate::IntSet(s) => match int_member(column(s.column)?, &s.set) {
+                Some(member) if s.negated => boolean::not(&member)?,
+                Some(member) => member,
+                None => s.as_list().evaluate(batch)?,
+            },
         })
     }
 
@@ -176,6 +241,7 @@ impl Predicate {
                 values: values.clone(),
                 negated: !negated,
             },
+            Predicate::IntSet(s) => s.with(s.column, !s.negated),
         }
     }
 
@@ -203,16 +269,17 @@ impl Predicate {
                 if *negated {
                     // x NOT IN (a, b) == x <> a AND x <> b
                     values.iter().all(|v| compare_may_match(z, CmpOp::NotEq, v))
-                } else if let Some((lo, hi)) = int_values(values)
-                    .filter(|_| values.len() > SHORT_LIST)
-                    .and_then(|v| Some((*v.iter().min()?, *v.iter().max()?)))
-                {
-                    // A long list: does the block's range meet the list's?
-                    compare_may_match(z, CmpOp::GtEq, &Literal::Int(lo))
-                        && compare_may_match(z, CmpOp::LtEq, &Literal::Int(hi))
                 } else {
                     values.iter().any(|v| compare_may_match(z, CmpOp::Eq, v))
                 }
+            }
+            // Does the block's range meet the list's? (NOT IN: in doubt.)
+            Predicate::IntSet(s) => {
+                s.negated
+                    || zones.get(s.column).is_none_or(|z| {
+                        compare_may_match(z, CmpOp::GtEq, &Literal::Int(s.lo))
+                            && compare_may_match(z, CmpOp::LtEq, &Literal::Int(s.hi))
+                    })
             }
         }
     }
@@ -231,6 +298,7 @@ impl Predicate {
             Predicate::Compare { column, .. } | Predicate::InList { column, .. } => {
                 out.push(*column)
             }
+            Predicate::IntSet(s) => out.push(s.column),
             Predicate::IsNull(c) | Predicate::IsNotNull(c) => out.push(*c),
             Predicate::And(items) | Predicate::Or(items) => {
                 items.iter().for_each(|p| p.collect_columns(out))
@@ -261,6 +329,7 @@ impl Predicate {
                 values: values.clone(),
                 negated: *negated,
             },
+            Predicate::IntSet(s) => s.with(f(s.column), s.negated),
         }
     }
 }
@@ -283,11 +352,13 @@ fn int_values(values: &[Literal]) -> Option<Vec<i64>> {
         .collect()
 }
 
-/// `col IN (values)` with one hash lookup per row, for a signed (or small
-/// unsigned) integer column and integer values; NULL where `col` is NULL.
-/// `None` for any other column or value type.
-fn int_in_list(col: &ArrayRef, values: &[Literal]) -> Option<BooleanArray> {
-    let set: std::collections::HashSet<i64, IntHash> = int_values(values)?.into_iter().collect();
+/// Whether each row's value of an integer column (signed, or unsigned of
+/// at most 32 bits) is in `set`: one hash lookup per row; NULL where the
+/// column is NULL. `None` for any other column type.
+fn int_member(
+    col: &ArrayRef,
+    set: &std::collections::HashSet<i64, IntHash>,
+) -> Option<BooleanArray> {
     fn member<T>(
         a: &PrimitiveArray<T>,
         set: &std::collections::HashSet<i64, IntHash>,
@@ -303,21 +374,21 @@ fn int_in_list(col: &ArrayRef, values: &[Literal]) -> Option<BooleanArray> {
     }
     use arrow::datatypes::*;
     Some(match col.data_type() {
-        DataType::Int64 => member(col.as_primitive::<Int64Type>(), &set),
-        DataType::Int32 => member(col.as_primitive::<Int32Type>(), &set),
-        DataType::Int16 => member(col.as_primitive::<Int16Type>(), &set),
-        DataType::Int8 => member(col.as_primitive::<Int8Type>(), &set),
-        DataType::UInt32 => member(col.as_primitive::<UInt32Type>(), &set),
-        DataType::UInt16 => member(col.as_primitive::<UInt16Type>(), &set),
-        DataType::UInt8 => member(col.as_primitive::<UInt8Type>(), &set),
+        DataType::Int64 => member(col.as_primitive::<Int64Type>(), set),
+        DataType::Int32 => member(col.as_primitive::<Int32Type>(), set),
+        DataType::Int16 => member(col.as_primitive::<Int16Type>(), set),
+        DataType::Int8 => member(col.as_primitive::<Int8Type>(), set),
+        DataType::UInt32 => member(col.as_primitive::<UInt32Type>(), set),
+        DataType::UInt16 => member(col.as_primitive::<UInt16Type>(), set),
+        DataType::UInt8 => member(col.as_primitive::<UInt8Type>(), set),
         _ => return None,
     })
 }
 
 /// A multiplicative hash for integer keys (SipHash is several times slower
 /// and its DoS resistance buys nothing for a filter's own values).
-#[derive(Default, Clone, Copy)]
-struct IntHash;
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IntHash;
 
 impl std::hash::BuildHasher for IntHash {
     type Hasher = IntHasher;
@@ -326,7 +397,7 @@ impl std::hash::BuildHasher for IntHash {
     }
 }
 
-struct IntHasher(u64);
+pub struct IntHasher(u64);
 
 impl std::hash::Hasher for IntHasher {
     fn finish(&self) -> u64 {
@@ -836,19 +907,31 @@ mod tests {
     #[test]
     fn long_in_lists_answer_like_short_ones_with_nulls_and_negation() {
         // Columns i (Int32 with a NULL) and u (UInt8 with a NULL); a list of
-        // 40 values is tested with the hash set, the same list split into
-        // ORs of short lists value by value: same three-valued answers.
+        // 40 values, prepared, is tested with the hash set, the same list
+        // split into ORs of short lists value by value: same three-valued
+        // answers.
         let b = batch();
         for column in [0usize, 6] {
             let mut values: Vec<Literal> = (100..138).map(Literal::Int).collect();
             values.push(Literal::Int(5));
             values.push(Literal::UInt(7));
             for negated in [false, true] {
-                let long = Predicate::InList {
+                let list = Predicate::InList {
                     column,
                     values: values.clone(),
                     negated,
                 };
+                let long = Predicate::Not(Box::new(list.clone())).prepared();
+                let Predicate::Not(long) = long else {
+                    panic!("prepared changed the shape: {long:?}")
+                };
+                let long = *long;
+                assert!(matches!(long, Predicate::IntSet(_)), "{long:?}");
+                // It travels as the list it came from.
+                assert_eq!(
+                    Predicate::try_from(&crate::proto::pb::Predicate::from(&long)).unwrap(),
+                    list
+                );
                 let short: Vec<Predicate> = values
                     .chunks(SHORT_LIST)
                     .map(|c| Predicate::InList {
@@ -867,10 +950,13 @@ mod tests {
                 assert!(l.null_count() == 1, "a NULL key stays NULL");
             }
         }
-        let long = |values: Vec<i64>| Predicate::InList {
-            column: 0,
-            values: values.into_iter().map(Literal::Int).collect(),
-            negated: false,
+        let long = |values: Vec<i64>| {
+            Predicate::InList {
+                column: 0,
+                values: values.into_iter().map(Literal::Int).collect(),
+                negated: false,
+            }
+            .prepared()
         };
         assert_eq!(sel(&long((100..140).chain([5, -3]).collect())), vec![1, 3]);
         // Zone maps: the block's i spans -3..=10; a long list entirely above

@@ -207,6 +207,11 @@ impl From<&Predicate> for pb::Predicate {
                 values: values.iter().map(pb::Literal::from).collect(),
                 negated: *negated,
             }),
+            Predicate::IntSet(s) => Kind::InList(pb::InList {
+                column: s.column as u32,
+                values: s.values.iter().map(pb::Literal::from).collect(),
+                negated: s.negated,
+            }),
         };
         pb::Predicate { kind: Some(kind) }
     }

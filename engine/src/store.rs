@@ -1440,10 +1440,10 @@ impl DiskStore {
             read.sort_unstable();
             read.dedup();
             let pos = |c: usize| read.iter().position(|&r| r == c);
-            let predicate = spec
-                .predicate
-                .as_ref()
-                .map(|p| p.remap(&|c| pos(c).expect("predicate column is in the read set")));
+            let predicate = spec.predicate.as_ref().map(|p| {
+                p.remap(&|c| pos(c).expect("predicate column is in the read set"))
+                    .prepared()
+            });
             let mut out_idx: Vec<usize> = out_user
                 .iter()
                 .map(|&c| pos(c).expect("projected column is in the read set"))
@@ -1483,7 +1483,7 @@ impl DiskStore {
             },
             blocks,
             next: 0,
-            prune: spec.predicate.clone(),
+            prune: spec.predicate.clone().map(Predicate::prepared),
             fast: plan(base),
             checked: plan(with_vis),
             snapshot: spec.snapshot.clone(),

@@ -328,11 +328,11 @@ async fn check_fragments(client: &Client) -> Result<()> {
 }
 
 /// A join whose build side is small sends its keys to the probe side's
-/// scan: the nodes return only t's rows whose g is among the six the
+/// scan: the nodes return only t's rows whose g is among the nine the
 /// filtered dim holds, not all of t.
 async fn check_runtime_filter(client: &Client) -> Result<()> {
     let sql = "SELECT count(*), sum(t.k) FROM t JOIN dim ON t.g = dim.g \
-               WHERE dim.name IN ('name 03', 'name 05')";
+               WHERE dim.name IN ('name 03', 'name 05', 'name 07')";
     let plan = format!(
         "{:?}",
         query(client, &format!("EXPLAIN ANALYZE {sql}")).await?
@@ -365,7 +365,7 @@ async fn check_runtime_filter(client: &Client) -> Result<()> {
         .with_context(|| format!("no output_rows on the scan of t: {line}"))?;
     let matching: f64 = scalar(
         client,
-        "SELECT count(*) FROM t WHERE g IN (3, 40, 77, 5, 42, 79)",
+        "SELECT count(*) FROM t WHERE g IN (3, 40, 77, 5, 42, 79, 7, 44, 81)",
     )
     .await?
     .parse()?;
@@ -377,7 +377,7 @@ async fn check_runtime_filter(client: &Client) -> Result<()> {
         query(client, sql).await?
             == query(
                 client,
-                "SELECT count(*), sum(k) FROM t WHERE g IN (3, 40, 77, 5, 42, 79)"
+                "SELECT count(*), sum(k) FROM t WHERE g IN (3, 40, 77, 5, 42, 79, 7, 44, 81)"
             )
             .await?,
         "the join with a runtime filter answers differently from the plain filter"
