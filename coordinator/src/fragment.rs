@@ -511,50 +511,61 @@ fn as_input_one(plan: Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> 
 
 /// The table column (of the scan at the bottom of `top`'s row-local chain)
 /// that `top`'s output column `col` is, if it is one unchanged.
-fn table_column(top: &Arc<dyn ExecutionPlan>, mut col: usize) -> Option<usize> {
+fn table_column(top: &Arc<dyn ExecutionPlan>, col: usize) -> Option<usize> {
     let mut cur = top.clone();
-    let mut scan_below: Option<Arc<dyn ExecutionPlan>> = None;
+    let mut col = col;
     loop {
         if let Some(scan) = cur.downcast_ref::<BroadcastScanExec>() {
-            match scan.fragment_plan() {
-                None => return scan.table_column(col),
-                Some(plan) if scan.inputs().is_empty() => {
-                    // Follow the column down the fragment to its leaf.
-                    let plan = plan.clone();
-                    scan_below = Some(cur.clone());
-                    cur = plan;
-                    continue;
-                }
-                Some(_) => return None,
-            }
+            return scan.output_table_column(col);
         }
-        if cur.is::<SliceInputExec>() {
-            let scan = scan_below?;
-            return scan.downcast_ref::<BroadcastScanExec>()?.table_column(col);
+        col = column_below(&cur, col)?;
+        let next = cur.children().first().map(|c| (*c).clone())?;
+        cur = next;
+    }
+}
+
+/// The leaf-0 input column (a [`SliceInputExec`] with index 0) that output
+/// column `col` of `plan` (a fragment) is, if it is one unchanged.
+pub(crate) fn leaf_column(plan: &Arc<dyn ExecutionPlan>, col: usize) -> Option<usize> {
+    let mut cur = plan.clone();
+    let mut col = col;
+    loop {
+        if let Some(leaf) = cur.downcast_ref::<SliceInputExec>() {
+            return (leaf.index == 0).then_some(col);
         }
-        if let Some(p) = cur.downcast_ref::<ProjectionExec>() {
-            col = p.expr().get(col)?.expr.downcast_ref::<Column>()?.index();
-        } else if let Some(f) = cur.downcast_ref::<FilterExec>() {
-            if let Some(proj) = f.projection() {
-                col = *proj.get(col)?;
-            }
-        } else if let Some(a) = cur.downcast_ref::<AggregateExec>() {
-            // A grouping column passes through unchanged.
-            if !a.group_expr().is_single() {
-                return None;
-            }
-            col = a
-                .group_expr()
+        col = column_below(&cur, col)?;
+        let next = cur.children().first().map(|c| (*c).clone())?;
+        cur = next;
+    }
+}
+
+/// The column of `node`'s first child that its output column `col` is,
+/// through operators that pass it on unchanged.
+fn column_below(node: &Arc<dyn ExecutionPlan>, col: usize) -> Option<usize> {
+    if let Some(p) = node.downcast_ref::<ProjectionExec>() {
+        Some(p.expr().get(col)?.expr.downcast_ref::<Column>()?.index())
+    } else if let Some(f) = node.downcast_ref::<FilterExec>() {
+        match f.projection() {
+            Some(proj) => proj.get(col).copied(),
+            None => Some(col),
+        }
+    } else if let Some(a) = node.downcast_ref::<AggregateExec>() {
+        // A grouping column passes through unchanged.
+        if !a.group_expr().is_single() {
+            return None;
+        }
+        Some(
+            a.group_expr()
                 .expr()
                 .get(col)?
                 .0
                 .downcast_ref::<Column>()?
-                .index();
-        } else if !cur.is::<RepartitionExec>() {
-            return None;
-        }
-        let next = cur.children().first().map(|c| (*c).clone())?;
-        cur = next;
+                .index(),
+        )
+    } else if node.is::<RepartitionExec>() {
+        Some(col)
+    } else {
+        None
     }
 }
 

@@ -437,6 +437,19 @@ impl BroadcastScanExec {
         }
     }
 
+    /// The table column that output column `col` of this scan is, if it is
+    /// one unchanged: through a fragment's filters, projections and
+    /// grouping, when the fragment reads this table alone.
+    pub(crate) fn output_table_column(&self, col: usize) -> Option<usize> {
+        match &self.fragment_plan {
+            None => self.table_column(col),
+            Some(plan) if self.base.inputs.is_empty() => {
+                crate::fragment::leaf_column(plan, col).and_then(|c| self.table_column(c))
+            }
+            Some(_) => None,
+        }
+    }
+
     /// This scan with the nodes running `plan` (encoded as `fragment`, its
     /// output schema `schema`) over each slice's rows of this table and of
     /// `inputs`.
@@ -581,10 +594,12 @@ impl ExecutionPlan for BroadcastScanExec {
         Ok(self)
     }
 
-    /// Keep the dynamic filters of the joins above (a plain scan only; a
-    /// fragment's output is not the table's rows). They are reported as not
-    /// pushed down: the nodes apply a weaker form at most, and the join
-    /// still checks every row.
+    /// Keep the dynamic filters of the joins above. What they say of output
+    /// columns that are table columns unchanged (see
+    /// [`Self::output_table_column`]) filters the table's rows before any
+    /// fragment runs over them. They are reported as not pushed down: the
+    /// nodes apply a weaker form at most, and the join still checks every
+    /// row.
     fn handle_child_pushdown_result(
         &self,
         phase: FilterPushdownPhase,
@@ -604,7 +619,8 @@ impl ExecutionPlan for BroadcastScanExec {
             .shared
             .table_rows(self.meta.id)
             .is_some_and(|rows| rows >= self.shared.config.runtime_filter_min_rows);
-        if phase != FilterPushdownPhase::Post || !self.accepts_fragment() || !large {
+        let keyed = (0..self.schema.fields().len()).any(|c| self.output_table_column(c).is_some());
+        if phase != FilterPushdownPhase::Post || self.dml.is_some() || !keyed || !large {
             return Ok(res);
         }
         let dynamic: Vec<Arc<dyn PhysicalExpr>> = filters
@@ -627,6 +643,8 @@ impl ExecutionPlan for BroadcastScanExec {
             None,
             self.base.clone(),
         );
+        exec.fragment = self.fragment.clone();
+        exec.fragment_plan = self.fragment_plan.clone();
         exec.runtime = self.runtime.iter().cloned().chain(dynamic).collect();
         Ok(res.with_updated_node(Arc::new(exec)))
     }
@@ -685,7 +703,7 @@ impl ExecutionPlan for BroadcastScanExec {
         // and so are its runtime filters.
         let runtime = self.runtime.clone();
         let columns: Vec<Option<usize>> = (0..self.schema.fields().len())
-            .map(|c| self.table_column(c))
+            .map(|c| self.output_table_column(c))
             .collect();
         let stream =
             futures::stream::once(async move { start(runtime_predicates(&runtime, &columns)) })

@@ -329,59 +329,66 @@ async fn check_fragments(client: &Client) -> Result<()> {
 
 /// A join whose build side is small sends its keys to the probe side's
 /// scan: the nodes return only t's rows whose g is among the nine the
-/// filtered dim holds, not all of t.
+/// filtered dim holds, not all of t. Also when t's scan carries a fragment
+/// (a filter the nodes run with DataFusion): the keys filter its leaf.
 async fn check_runtime_filter(client: &Client) -> Result<()> {
-    let sql = "SELECT count(*), sum(t.k) FROM t JOIN dim ON t.g = dim.g \
-               WHERE dim.name IN ('name 03', 'name 05', 'name 07')";
-    let plan = format!(
-        "{:?}",
-        query(client, &format!("EXPLAIN ANALYZE {sql}")).await?
-    );
-    let line = plan
-        .split("\\n")
-        .flat_map(|l| l.split('\n'))
-        .find(|l| l.contains("table=t,") && l.contains("BroadcastScanExec"))
-        .with_context(|| format!("no scan of t in the plan: {plan}"))?;
-    ensure!(
-        line.contains("runtime_filters=1"),
-        "the scan of t did not get the join's runtime filter: {line}"
-    );
-    // EXPLAIN ANALYZE rounds counts ("4.92 K").
-    let shipped: f64 = line
-        .split("output_rows=")
-        .nth(1)
-        .and_then(|r| {
-            let mut it = r.split([',', ']']);
-            let text = it.next()?.trim();
-            let (num, unit) = text.split_once(' ').unwrap_or((text, ""));
-            let scale = match unit {
-                "" => 1.0,
-                "K" => 1e3,
-                "M" => 1e6,
-                _ => return None,
-            };
-            num.parse::<f64>().ok().map(|n| n * scale)
-        })
-        .with_context(|| format!("no output_rows on the scan of t: {line}"))?;
-    let matching: f64 = scalar(
-        client,
-        "SELECT count(*) FROM t WHERE g IN (3, 40, 77, 5, 42, 79, 7, 44, 81)",
-    )
-    .await?
-    .parse()?;
-    ensure!(
-        (shipped - matching).abs() <= matching * 0.01,
-        "the nodes shipped {shipped} rows of t for a join that needs {matching}"
-    );
-    ensure!(
-        query(client, sql).await?
-            == query(
-                client,
-                "SELECT count(*), sum(k) FROM t WHERE g IN (3, 40, 77, 5, 42, 79, 7, 44, 81)"
-            )
-            .await?,
-        "the join with a runtime filter answers differently from the plain filter"
-    );
+    const KEYS: &str = "g IN (3, 40, 77, 5, 42, 79, 7, 44, 81)";
+    for (t_filter, fragment) in [("", false), (" AND upper(t.s) IS DISTINCT FROM 'zz'", true)] {
+        let sql = format!(
+            "SELECT count(*), sum(t.k) FROM t JOIN dim ON t.g = dim.g \
+             WHERE dim.name IN ('name 03', 'name 05', 'name 07'){t_filter}"
+        );
+        let plan = format!(
+            "{:?}",
+            query(client, &format!("EXPLAIN ANALYZE {sql}")).await?
+        );
+        let line = plan
+            .split("\\n")
+            .flat_map(|l| l.split('\n'))
+            .find(|l| l.contains("table=t,") && l.contains("BroadcastScanExec"))
+            .with_context(|| format!("no scan of t in the plan: {plan}"))?;
+        ensure!(
+            line.contains("runtime_filters=1") && line.contains("fragment=") == fragment,
+            "the scan of t (fragment: {fragment}) did not get the join's runtime filter: {line}"
+        );
+        // EXPLAIN ANALYZE rounds counts ("4.92 K").
+        let shipped: f64 = line
+            .split("output_rows=")
+            .nth(1)
+            .and_then(|r| {
+                let mut it = r.split([',', ']']);
+                let text = it.next()?.trim();
+                let (num, unit) = text.split_once(' ').unwrap_or((text, ""));
+                let scale = match unit {
+                    "" => 1.0,
+                    "K" => 1e3,
+                    "M" => 1e6,
+                    _ => return None,
+                };
+                num.parse::<f64>().ok().map(|n| n * scale)
+            })
+            .with_context(|| format!("no output_rows on the scan of t: {line}"))?;
+        let t_where = t_filter.replace("t.s", "s");
+        let matching: f64 = scalar(
+            client,
+            &format!("SELECT count(*) FROM t WHERE {KEYS}{t_where}"),
+        )
+        .await?
+        .parse()?;
+        ensure!(
+            (shipped - matching).abs() <= matching * 0.01,
+            "the nodes shipped {shipped} rows of t for a join that needs {matching}"
+        );
+        ensure!(
+            query(client, &sql).await?
+                == query(
+                    client,
+                    &format!("SELECT count(*), sum(k) FROM t WHERE {KEYS}{t_where}")
+                )
+                .await?,
+            "the join with a runtime filter answers differently from the plain filter: {sql}"
+        );
+    }
     Ok(())
 }
 
