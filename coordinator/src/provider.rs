@@ -450,6 +450,48 @@ impl BroadcastScanExec {
         }
     }
 
+    /// This scan with these runtime filters.
+    fn with_runtime(&self, runtime: Vec<Arc<dyn PhysicalExpr>>) -> BroadcastScanExec {
+        let mut exec = BroadcastScanExec::new(
+            self.shared.clone(),
+            self.meta.clone(),
+            self.schema.clone(),
+            self.parts.clone(),
+            self.pushed_filters,
+            self.dml.clone(),
+            self.base.clone(),
+        );
+        exec.fragment = self.fragment.clone();
+        exec.fragment_plan = self.fragment_plan.clone();
+        exec.runtime = runtime;
+        exec
+    }
+
+    /// This scan without the runtime filters that contain one of the dynamic
+    /// expressions `ids`; `None` if it has none of them.
+    pub(crate) fn without_runtime(&self, ids: &BTreeSet<u64>) -> Option<Arc<dyn ExecutionPlan>> {
+        let keep: Vec<Arc<dyn PhysicalExpr>> = self
+            .runtime
+            .iter()
+            .filter(|e| {
+                !e.exists(|x| Ok(x.expression_id().is_some_and(|i| ids.contains(&i))))
+                    .unwrap_or(false)
+            })
+            .cloned()
+            .collect();
+        (keep.len() < self.runtime.len())
+            .then(|| Arc::new(self.with_runtime(keep)) as Arc<dyn ExecutionPlan>)
+    }
+
+    /// Rows of the table (as the nodes last reported), and whether the scan
+    /// filters them (pushed filters, or a fragment).
+    pub(crate) fn table_rows_and_filtered(&self) -> (Option<u64>, bool) {
+        (
+            self.shared.table_rows(self.meta.id),
+            self.pushed_filters > 0 || self.fragment_plan.is_some(),
+        )
+    }
+
     /// This scan with the nodes running `plan` (encoded as `fragment`, its
     /// output schema `schema`) over each slice's rows of this table and of
     /// `inputs`.
@@ -634,19 +676,8 @@ impl ExecutionPlan for BroadcastScanExec {
         if dynamic.is_empty() {
             return Ok(res);
         }
-        let mut exec = BroadcastScanExec::new(
-            self.shared.clone(),
-            self.meta.clone(),
-            self.schema.clone(),
-            self.parts.clone(),
-            self.pushed_filters,
-            None,
-            self.base.clone(),
-        );
-        exec.fragment = self.fragment.clone();
-        exec.fragment_plan = self.fragment_plan.clone();
-        exec.runtime = self.runtime.iter().cloned().chain(dynamic).collect();
-        Ok(res.with_updated_node(Arc::new(exec)))
+        let runtime = self.runtime.iter().cloned().chain(dynamic).collect();
+        Ok(res.with_updated_node(Arc::new(self.with_runtime(runtime))))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
