@@ -8,8 +8,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // growth per message instead of a doubling series).
     tonic_prost_build::configure()
         .codec_path("crate::codec::SizedCodec")
-        .bytes(".slicedb.node.v3.WriteRequest.batches")
-        .bytes(".slicedb.node.v3.MirrorWriteRequest.blocks")
+        .bytes(".slicedb.node.v4.WriteRequest.batches")
+        .bytes(".slicedb.node.v4.MirrorWriteRequest.blocks")
+        .bytes(".slicedb.node.v4.ScanRequest.broadcast")
         .compile_fds(fds)?;
     Ok(())
 }

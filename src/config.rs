@@ -52,6 +52,10 @@ pub struct CoordinatorSection {
     /// its key bounds and keys.
     #[serde(default = "default_runtime_filter_min_rows")]
     pub runtime_filter_min_rows: u64,
+    /// Tables with fewer rows are not joined on the nodes with the join's
+    /// small side sent whole; larger ones are (see docs/node-protocol.md).
+    #[serde(default = "default_broadcast_join_min_rows")]
+    pub broadcast_join_min_rows: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -95,6 +99,9 @@ fn default_probe_timeout() -> String {
 }
 fn default_runtime_filter_min_rows() -> u64 {
     slicedb_coordinator::CoordinatorConfig::DEFAULT_RUNTIME_FILTER_MIN_ROWS
+}
+fn default_broadcast_join_min_rows() -> u64 {
+    slicedb_coordinator::CoordinatorConfig::DEFAULT_BROADCAST_JOIN_MIN_ROWS
 }
 fn default_mirror_timeout() -> String {
     "2s".into()

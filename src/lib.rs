@@ -125,6 +125,9 @@ pub struct LocalOptions {
     pub cache_size: u64,
     /// Tables with fewer rows take no runtime join filters.
     pub runtime_filter_min_rows: u64,
+    /// Tables with fewer rows are not joined on the nodes with a build side
+    /// sent whole.
+    pub broadcast_join_min_rows: u64,
 }
 
 impl LocalOptions {
@@ -137,6 +140,7 @@ impl LocalOptions {
             slices_per_disk: 4,
             cache_size: 1 << 30,
             runtime_filter_min_rows: CoordinatorConfig::DEFAULT_RUNTIME_FILTER_MIN_ROWS,
+            broadcast_join_min_rows: CoordinatorConfig::DEFAULT_BROADCAST_JOIN_MIN_ROWS,
         }
     }
 }
@@ -195,6 +199,7 @@ impl LocalCluster {
             heartbeat_interval: CoordinatorConfig::DEFAULT_HEARTBEAT_INTERVAL,
             probe_timeout: CoordinatorConfig::DEFAULT_PROBE_TIMEOUT,
             runtime_filter_min_rows: opts.runtime_filter_min_rows,
+            broadcast_join_min_rows: opts.broadcast_join_min_rows,
         })
         .await?;
         let frontend = Frontend::new(Arc::new(coord))?;
@@ -331,6 +336,7 @@ pub async fn run_coordinator(
         heartbeat_interval: config::parse_duration(&cfg.coordinator.heartbeat_interval)?,
         probe_timeout: config::parse_duration(&cfg.coordinator.probe_timeout)?,
         runtime_filter_min_rows: cfg.coordinator.runtime_filter_min_rows,
+        broadcast_join_min_rows: cfg.coordinator.broadcast_join_min_rows,
     })
     .await?;
     let frontend = Frontend::new(Arc::new(coord))?;

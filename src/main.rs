@@ -52,6 +52,10 @@ enum Command {
         /// read whole and at once, not after the join's build side.
         #[arg(long, default_value_t = slicedb_coordinator::CoordinatorConfig::DEFAULT_RUNTIME_FILTER_MIN_ROWS)]
         runtime_filter_min_rows: u64,
+        /// Tables with fewer rows are never joined on the nodes with the
+        /// join's small side sent to them: their rows go to the coordinator.
+        #[arg(long, default_value_t = slicedb_coordinator::CoordinatorConfig::DEFAULT_BROADCAST_JOIN_MIN_ROWS)]
+        broadcast_join_min_rows: u64,
     },
     /// Run one node of a multi-process cluster. Prints `ready: node N at ADDR`.
     Node {
@@ -154,6 +158,7 @@ async fn serve(cmd: Command) -> Result<()> {
             slices_per_disk,
             cache_size,
             runtime_filter_min_rows,
+            broadcast_join_min_rows,
         } => {
             let opts = LocalOptions {
                 nodes,
@@ -163,6 +168,7 @@ async fn serve(cmd: Command) -> Result<()> {
                 slices_per_disk,
                 cache_size: parse_size(&cache_size)?,
                 runtime_filter_min_rows,
+                broadcast_join_min_rows,
             };
             let cluster = LocalCluster::start(opts).await?;
             ready_line(&format!(

@@ -57,6 +57,10 @@ pub struct CoordinatorConfig {
     /// Tables with fewer rows take no runtime join filters (see
     /// `provider::BroadcastScanExec`): they are shipped whole, at once.
     pub runtime_filter_min_rows: u64,
+    /// Tables with fewer rows are never the probe side of a join run on the
+    /// nodes with its build side sent whole (see `fragment`): they are
+    /// shipped to the coordinator's join instead.
+    pub broadcast_join_min_rows: u64,
 }
 
 impl CoordinatorConfig {
@@ -66,6 +70,10 @@ impl CoordinatorConfig {
     /// at TPC-H SF 1 that paid for lineitem (6 M rows: Q08, Q09, Q17) but
     /// not for orders (1.5 M: Q03 108 -> 200 ms with its runtime filter).
     pub const DEFAULT_RUNTIME_FILTER_MIN_ROWS: u64 = 2_000_000;
+    /// A join run on the nodes starts its probe scan only once its build
+    /// side is computed and sent; below this many rows, shipping the probe
+    /// table costs less than that wait.
+    pub const DEFAULT_BROADCAST_JOIN_MIN_ROWS: u64 = 1_000_000;
 }
 
 /// Receive window of one scan stream: what a node may send ahead of the
@@ -376,6 +384,7 @@ impl Coordinator {
         }
 
         let mut session = SessionConfig::new()
+            .with_option_extension(crate::fragment::SlicedbOptions::default())
             .with_information_schema(true)
             .with_default_catalog_and_schema("datafusion", "public");
         // `text`/`varchar` columns are stored as Utf8 (the type the engine,

@@ -7,6 +7,10 @@
 //! - a hash join of two scans, through filters and projections, whose
 //!   tables are distributed on the join key and placed alike (a co-located
 //!   join: equal keys live in the same slice);
+//! - a hash join whose build side is small (an estimate from the tables'
+//!   row counts) and whose probe side is a scan of a large table: the
+//!   coordinator computes the build side first and sends its rows whole
+//!   with the request, as one more leaf (a broadcast join);
 //! - a partial aggregate over a chain of filters and projections over a scan,
 //!   or over such a join;
 //! - the final step of an aggregate grouped by the distribution key (each
@@ -31,7 +35,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
-use datafusion::common::NullEquality;
+use datafusion::common::{JoinType, NullEquality};
 use datafusion::config::ConfigOptions;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -67,7 +71,8 @@ use crate::provider::BroadcastScanExec;
 /// only stands for the scan (it is never run there); on a node it is bound
 /// to the slice's scan when the fragment is decoded.
 pub struct SliceInputExec {
-    /// Which of the request's scans: 0 its table, i + 1 its `inputs[i]`.
+    /// Which of the request's scans: 0 its table, i + 1 its `inputs[i]`,
+    /// then 1 + inputs + k the relation `broadcast[k]` sent whole.
     index: usize,
     schema: SchemaRef,
     input: Mutex<Option<ScanBatches>>,
@@ -307,6 +312,22 @@ impl FragmentRunner for Runner {
     }
 }
 
+datafusion::common::extensions_options! {
+    /// slicedb's session settings, `SET slicedb.<name> = <value>`.
+    pub struct SlicedbOptions {
+        /// Run hash joins whose build side is small on the nodes, the build
+        /// side sent to them whole (see `push_broadcast_join`).
+        pub broadcast_joins: bool, default = true
+        /// The most rows a build side is estimated to have for it to be
+        /// sent whole: each slice builds its own hash table of them.
+        pub broadcast_max_rows: u64, default = BROADCAST_MAX_ROWS
+    }
+}
+
+impl datafusion::common::config::ConfigExtension for SlicedbOptions {
+    const PREFIX: &'static str = "slicedb";
+}
+
 /// The physical optimizer rule that moves work to the nodes (see the module
 /// docs). It runs before DataFusion's `EnsureRequirements`, so the
 /// repartitioning that the rewritten plan needs is added afterwards, from
@@ -318,10 +339,19 @@ impl PhysicalOptimizerRule for PushDownFragments {
     fn optimize(
         &self,
         plan: Arc<dyn ExecutionPlan>,
-        _config: &ConfigOptions,
+        config: &ConfigOptions,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let options = config
+            .extensions
+            .get::<SlicedbOptions>()
+            .cloned()
+            .unwrap_or_default();
+        let broadcast = options
+            .broadcast_joins
+            .then_some(options.broadcast_max_rows);
         plan.transform_up(|node| {
             let pushed = push_join(&node)
+                .or_else(|| broadcast.and_then(|max| push_broadcast_join(&node, max)))
                 .or_else(|| push_final(&node))
                 .or_else(|| push_aggregate(&node))
                 .or_else(|| push_row_local(&node));
@@ -416,7 +446,7 @@ fn small_build_side(plan: &Arc<dyn ExecutionPlan>) -> bool {
     let mut cur = plan.clone();
     loop {
         if let Some(scan) = cur.downcast_ref::<BroadcastScanExec>() {
-            if !scan.inputs().is_empty() {
+            if !scan.inputs().is_empty() || !scan.broadcast().is_empty() {
                 return false;
             }
             let (rows, filtered) = scan.table_rows_and_filtered();
@@ -493,12 +523,13 @@ fn leaf(index: usize, scan: &BroadcastScanExec) -> Arc<dyn ExecutionPlan> {
 }
 
 /// `plan` (which replaces `node`) encoded onto `scan`, reading `inputs`
-/// next to the scan's own table.
+/// next to the scan's own table, and the rows of `broadcast` whole.
 fn finish(
     node: &Arc<dyn ExecutionPlan>,
     scan: &BroadcastScanExec,
     plan: Arc<dyn ExecutionPlan>,
     inputs: Vec<slicedb_engine::proto::pb::ScanInput>,
+    broadcast: Vec<Arc<dyn ExecutionPlan>>,
 ) -> Option<Arc<dyn ExecutionPlan>> {
     if plan.schema().fields() != node.schema().fields() {
         return None;
@@ -534,6 +565,7 @@ fn finish(
         node.schema(),
         summary,
         inputs,
+        broadcast,
     )))
 }
 
@@ -556,7 +588,13 @@ fn push_row_local(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan
     let child = node.children().first().map(|c| (*c).clone())?;
     let scan = child.downcast_ref::<BroadcastScanExec>()?;
     let plan = rebuild(std::slice::from_ref(node), fragment_base(scan)?)?;
-    finish(node, scan, plan, scan.inputs().to_vec())
+    finish(
+        node,
+        scan,
+        plan,
+        scan.inputs().to_vec(),
+        scan.broadcast().to_vec(),
+    )
 }
 
 /// A partial aggregate over a scan (or over a fragment already on the
@@ -571,19 +609,29 @@ fn push_aggregate(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan
     let base = fragment_base(scan)?;
     chain.insert(0, node.clone());
     let plan = rebuild(&chain, base)?;
-    finish(node, scan, plan, scan.inputs().to_vec())
+    finish(
+        node,
+        scan,
+        plan,
+        scan.inputs().to_vec(),
+        scan.broadcast().to_vec(),
+    )
 }
 
-/// `plan` reading input 1 where it read input 0.
-fn as_input_one(plan: Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+/// `plan` reading input `to(i)` where it read input `i`.
+fn renumber(
+    plan: Arc<dyn ExecutionPlan>,
+    to: impl Fn(usize) -> usize,
+) -> Option<Arc<dyn ExecutionPlan>> {
     plan.transform_up(|n| {
         Ok(match n.downcast_ref::<SliceInputExec>() {
-            Some(l) if l.index == 0 => Transformed::yes(Arc::new(SliceInputExec::new(
-                1,
+            Some(l) if to(l.index) != l.index => Transformed::yes(Arc::new(SliceInputExec::new(
+                to(l.index),
                 l.schema.clone(),
                 None,
                 Arc::new(Mutex::new(None)),
-            )) as Arc<dyn ExecutionPlan>),
+            ))
+                as Arc<dyn ExecutionPlan>),
             _ => Transformed::no(n),
         })
     })
@@ -615,9 +663,45 @@ pub(crate) fn leaf_column(plan: &Arc<dyn ExecutionPlan>, col: usize) -> Option<u
         if let Some(leaf) = cur.downcast_ref::<SliceInputExec>() {
             return (leaf.index == 0).then_some(col);
         }
-        col = column_below(&cur, col)?;
-        let next = cur.children().first().map(|c| (*c).clone())?;
+        let (child, below) = column_source(&cur, col)?;
+        col = below;
+        let next = cur.children().get(child).map(|c| (*c).clone())?;
         cur = next;
+    }
+}
+
+/// Which child of `node`, and which of its columns, `node`'s output column
+/// `col` is, unchanged: [`column_below`], and through a hash join to the
+/// side the column comes from, unless that side is padded with NULLs (an
+/// outer join's optional side), where the values are not all the child's.
+fn column_source(node: &Arc<dyn ExecutionPlan>, col: usize) -> Option<(usize, usize)> {
+    let Some(join) = node.downcast_ref::<HashJoinExec>() else {
+        return column_below(node, col).map(|c| (0, c));
+    };
+    let col = match &join.projection {
+        Some(p) => *p.get(col)?,
+        None => col,
+    };
+    let left = join.left().schema().fields().len();
+    let right = join.right().schema().fields().len();
+    let (from_left, from_right) = match join.join_type() {
+        JoinType::Inner => (col < left, col >= left),
+        JoinType::Left => (col < left, false),
+        JoinType::Right => (false, col >= left),
+        JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => {
+            return (col < left).then_some((0, col))
+        }
+        JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => {
+            return (col < right).then_some((1, col))
+        }
+        JoinType::Full => (false, false),
+    };
+    if from_left {
+        Some((0, col))
+    } else if from_right && col < left + right {
+        Some((1, col - left))
+    } else {
+        None
     }
 }
 
@@ -674,7 +758,7 @@ fn push_final(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
     }
     let child = agg.input();
     let scan = child.downcast_ref::<BroadcastScanExec>()?;
-    if !(partial_states(scan) && scan.inputs().is_empty()) {
+    if !partial_states(scan) {
         return None;
     }
     let dist = scan.distribution_column()?;
@@ -687,7 +771,13 @@ fn push_final(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
         return None;
     }
     let plan = rebuild(std::slice::from_ref(node), scan.fragment_plan()?.clone())?;
-    finish(node, scan, plan, Vec::new())
+    finish(
+        node,
+        scan,
+        plan,
+        scan.inputs().to_vec(),
+        scan.broadcast().to_vec(),
+    )
 }
 
 /// A hash join of two scans whose tables are distributed on the join key,
@@ -703,12 +793,9 @@ fn push_join(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
     let (rchain, rscan) = chain_to_scan(join.right())?;
     let l = lscan.downcast_ref::<BroadcastScanExec>()?;
     let r = rscan.downcast_ref::<BroadcastScanExec>()?;
-    // Each side reads one table: a plain scan, or filters and projections
-    // of one already on the nodes.
-    if !(l.inputs().is_empty() && r.inputs().is_empty() && l.colocated_with(r))
-        || partial_states(l)
-        || partial_states(r)
-    {
+    // Each side is a plain scan or a fragment already on the nodes (which
+    // may read more tables placed like its own, and relations sent whole).
+    if !l.colocated_with(r) || partial_states(l) || partial_states(r) {
         return None;
     }
     let (lkey, rkey) = (l.distribution_column()?, r.distribution_column()?);
@@ -726,8 +813,31 @@ fn push_join(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
     if !on_keys {
         return None;
     }
-    let left = rebuild(&lchain, fragment_base(l)?)?;
-    let right = rebuild(&rchain, as_input_one(fragment_base(r)?)?)?;
+    // Leaves: the left's table and inputs, the right's table and inputs
+    // (the combined inputs), then the left's relations sent whole, then the
+    // right's.
+    let (lin, rin, lb) = (l.inputs().len(), r.inputs().len(), l.broadcast().len());
+    let inputs = 1 + lin + 1 + rin;
+    let left = rebuild(
+        &lchain,
+        renumber(fragment_base(l)?, |i| {
+            if i <= lin {
+                i
+            } else {
+                inputs + (i - 1 - lin)
+            }
+        })?,
+    )?;
+    let right = rebuild(
+        &rchain,
+        renumber(fragment_base(r)?, |i| {
+            if i <= rin {
+                1 + lin + i
+            } else {
+                inputs + lb + (i - 1 - rin)
+            }
+        })?,
+    )?;
     let plan = node
         .clone()
         .replace_children(
@@ -735,5 +845,110 @@ fn push_join(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
             ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
         )
         .ok()?;
-    finish(node, l, plan, vec![r.as_input()])
+    let broadcast = l.broadcast().iter().chain(r.broadcast()).cloned().collect();
+    let inputs = l
+        .inputs()
+        .iter()
+        .cloned()
+        .chain(std::iter::once(r.as_input()))
+        .chain(r.inputs().iter().cloned())
+        .collect();
+    finish(node, l, plan, inputs, broadcast)
+}
+
+/// Rows a build side may have, as estimated, to be sent whole to the nodes
+/// ([`push_broadcast_join`]), unless `SET slicedb.broadcast_max_rows` says
+/// otherwise: each slice builds its own hash table of them.
+pub const BROADCAST_MAX_ROWS: u64 = 100_000;
+
+/// A hash join whose probe side is a scan (or a fragment) of a large table
+/// and whose build side is small, moved to the nodes: the coordinator
+/// computes the build side first and sends its rows whole with the scan
+/// request, and every slice joins its own probe rows with all of them.
+/// Only joins that keep or drop each probe row on its own (inner, right,
+/// right semi, right anti, right mark) are moved: the union of the slices'
+/// joins is then the join. Joins that preserve build rows are not.
+fn push_broadcast_join(
+    node: &Arc<dyn ExecutionPlan>,
+    max_rows: u64,
+) -> Option<Arc<dyn ExecutionPlan>> {
+    let join = node.downcast_ref::<HashJoinExec>()?;
+    if !matches!(
+        join.join_type(),
+        JoinType::Inner
+            | JoinType::Right
+            | JoinType::RightSemi
+            | JoinType::RightAnti
+            | JoinType::RightMark
+    ) {
+        return None;
+    }
+    let (rchain, rscan) = chain_to_scan(join.right())?;
+    let r = rscan.downcast_ref::<BroadcastScanExec>()?;
+    if partial_states(r) {
+        return None;
+    }
+    let (rows, _) = r.table_rows_and_filtered();
+    if rows? < r.broadcast_join_min_rows() {
+        return None;
+    }
+    if estimated_rows(join.left())? > max_rows {
+        return None;
+    }
+    let side = join.left().clone();
+    let index = 1 + r.inputs().len() + r.broadcast().len();
+    let leaf: Arc<dyn ExecutionPlan> = Arc::new(SliceInputExec::new(
+        index,
+        side.schema(),
+        None,
+        Arc::new(Mutex::new(None)),
+    ));
+    let probe = rebuild(&rchain, fragment_base(r)?)?;
+    let plan = node
+        .clone()
+        .replace_children(
+            vec![leaf, probe],
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+        .ok()?;
+    let mut broadcast = r.broadcast().to_vec();
+    broadcast.push(side);
+    finish(node, r, plan, r.inputs().to_vec(), broadcast)
+}
+
+/// A rough estimate of the rows `plan` yields, from the tables' row counts
+/// as the nodes last reported them: a filtered scan keeps a fifth, an inner
+/// join the larger side's estimate (a key join), a semi or anti join its
+/// kept side's. None where it cannot tell.
+fn estimated_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<u64> {
+    if let Some(scan) = plan.downcast_ref::<BroadcastScanExec>() {
+        if !scan.inputs().is_empty() || !scan.broadcast().is_empty() {
+            return None;
+        }
+        let (rows, filtered) = scan.table_rows_and_filtered();
+        return rows.map(|r| if filtered { r / 5 } else { r });
+    }
+    if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
+        let (l, r) = (estimated_rows(join.left())?, estimated_rows(join.right())?);
+        return match join.join_type() {
+            JoinType::Inner => Some(l.max(r)),
+            JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => {
+                Some(l)
+            }
+            JoinType::Right | JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => {
+                Some(r)
+            }
+            JoinType::Full => Some(l + r),
+        };
+    }
+    let passes = plan.is::<FilterExec>()
+        || plan.is::<ProjectionExec>()
+        || plan.is::<RepartitionExec>()
+        || plan.is::<AggregateExec>()
+        || plan.name() == "CoalescePartitionsExec"
+        || plan.name() == "CoalesceBatchesExec";
+    match plan.children().as_slice() {
+        [only] if passes => estimated_rows(only),
+        _ => None,
+    }
 }

@@ -183,6 +183,7 @@ impl TableProvider for SliceTable {
             snapshot: Some(pb::Snapshot::from(&snapshot)),
             fragment: Vec::new(),
             inputs: Vec::new(),
+            broadcast: Vec::new(),
         };
         let all: Vec<SliceId> = map.slices.iter().map(|e| e.slice).collect();
         let parts = plan_parts(&self.shared, &self.meta, &map, &all, &base)?;
@@ -328,6 +329,12 @@ pub struct BroadcastScanExec {
     fragment: Option<String>,
     /// The fragment's plan (with `SliceInputExec` leaves), to build on.
     fragment_plan: Option<Arc<dyn ExecutionPlan>>,
+    /// Relations the coordinator computes first and sends whole with the
+    /// request (`base.broadcast`): the small build sides of hash joins the
+    /// fragment runs on the nodes. These are this plan's children.
+    broadcast: Vec<Arc<dyn ExecutionPlan>>,
+    /// Their rows, encoded once for every partition of one execution.
+    broadcast_rows: Arc<tokio::sync::OnceCell<Vec<bytes::Bytes>>>,
     /// Runtime filters of the hash joins this scan is the probe side of
     /// (DataFusion's dynamic filters: the build side's key bounds and, when
     /// short, its keys). Read once, when the scan is first polled, which a
@@ -366,6 +373,8 @@ impl BroadcastScanExec {
             dml,
             fragment: None,
             fragment_plan: None,
+            broadcast: Vec::new(),
+            broadcast_rows: Arc::default(),
             runtime: Vec::new(),
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
@@ -387,6 +396,17 @@ impl BroadcastScanExec {
     /// The other tables a fragment reads, slice by slice.
     pub(crate) fn inputs(&self) -> &[pb::ScanInput] {
         &self.base.inputs
+    }
+
+    /// Tables with fewer rows are not the probe side of a join run on the
+    /// nodes with its build side sent whole.
+    pub(crate) fn broadcast_join_min_rows(&self) -> u64 {
+        self.shared.config.broadcast_join_min_rows
+    }
+
+    /// The relations a fragment reads whole (see [`Self::broadcast`]).
+    pub(crate) fn broadcast(&self) -> &[Arc<dyn ExecutionPlan>] {
+        &self.broadcast
     }
 
     /// This plain scan as another input of a fragment over a scan it is
@@ -437,16 +457,15 @@ impl BroadcastScanExec {
         }
     }
 
-    /// The table column that output column `col` of this scan is, if it is
-    /// one unchanged: through a fragment's filters, projections and
-    /// grouping, when the fragment reads this table alone.
+    /// The column of this scan's table that output column `col` is, if it
+    /// is one unchanged: through a fragment's filters, projections,
+    /// grouping and joins (from the side that is not padded with NULLs).
     pub(crate) fn output_table_column(&self, col: usize) -> Option<usize> {
         match &self.fragment_plan {
             None => self.table_column(col),
-            Some(plan) if self.base.inputs.is_empty() => {
+            Some(plan) => {
                 crate::fragment::leaf_column(plan, col).and_then(|c| self.table_column(c))
             }
-            Some(_) => None,
         }
     }
 
@@ -463,6 +482,7 @@ impl BroadcastScanExec {
         );
         exec.fragment = self.fragment.clone();
         exec.fragment_plan = self.fragment_plan.clone();
+        exec.broadcast = self.broadcast.clone();
         exec.runtime = runtime;
         exec
     }
@@ -494,7 +514,7 @@ impl BroadcastScanExec {
 
     /// This scan with the nodes running `plan` (encoded as `fragment`, its
     /// output schema `schema`) over each slice's rows of this table and of
-    /// `inputs`.
+    /// `inputs`, and over the rows of `broadcast` (computed here first).
     pub(crate) fn with_fragment(
         &self,
         plan: Arc<dyn ExecutionPlan>,
@@ -502,6 +522,7 @@ impl BroadcastScanExec {
         schema: SchemaRef,
         summary: String,
         inputs: Vec<pb::ScanInput>,
+        broadcast: Vec<Arc<dyn ExecutionPlan>>,
     ) -> BroadcastScanExec {
         let mut base = self.base.clone();
         base.fragment = fragment.clone();
@@ -527,6 +548,7 @@ impl BroadcastScanExec {
         );
         exec.fragment = Some(summary);
         exec.fragment_plan = Some(plan);
+        exec.broadcast = broadcast;
         exec
     }
 }
@@ -544,7 +566,7 @@ impl DisplayAs for BroadcastScanExec {
         let slices: usize = self.parts.iter().map(|p| p.slices.len()).sum();
         write!(
             f,
-            "BroadcastScanExec: table={}, nodes={}, slices={}, pushed_filters={}, {}{}tags=[{}]",
+            "BroadcastScanExec: table={}, nodes={}, slices={}, pushed_filters={}, {}{}{}tags=[{}]",
             self.table,
             self.parts.len(),
             slices,
@@ -552,6 +574,10 @@ impl DisplayAs for BroadcastScanExec {
             match self.runtime.len() {
                 0 => String::new(),
                 n => format!("runtime_filters={n}, "),
+            },
+            match self.broadcast.len() {
+                0 => String::new(),
+                n => format!("broadcast={n}, "),
             },
             match &self.fragment {
                 Some(fragment) => format!("fragment=[{fragment}], "),
@@ -612,7 +638,11 @@ impl ExecutionPlan for BroadcastScanExec {
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
+        self.broadcast.iter().collect()
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false; self.broadcast.len()]
     }
 
     fn apply_expressions(
@@ -631,9 +661,18 @@ impl ExecutionPlan for BroadcastScanExec {
 
     fn with_new_children(
         self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Ok(self)
+        if children.len() != self.broadcast.len() {
+            return Err(DataFusionError::Internal(format!(
+                "BroadcastScanExec has {} children, got {}",
+                self.broadcast.len(),
+                children.len()
+            )));
+        }
+        let mut exec = self.with_runtime(self.runtime.clone());
+        exec.broadcast = children;
+        Ok(Arc::new(exec))
     }
 
     /// Keep the dynamic filters of the joins above. What they say of output
@@ -687,7 +726,7 @@ impl ExecutionPlan for BroadcastScanExec {
     fn execute(
         &self,
         partition: usize,
-        _context: Arc<TaskContext>,
+        context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let schema = self.schema.clone();
         let Some(part) = self.parts.get(partition).cloned() else {
@@ -709,11 +748,13 @@ impl ExecutionPlan for BroadcastScanExec {
         let dml = self.dml.clone();
         let meta = self.meta.clone();
         let base = self.base.clone();
-        let start = move |extra: Vec<pb::Predicate>| {
+        let start = move |extra: Vec<pb::Predicate>, broadcast: Vec<bytes::Bytes>| {
             let (tx, rx) = mpsc::channel::<DfResult<RecordBatch>>(4);
             let (mut base, mut part) = (base, part);
             base.filters.extend(extra.iter().cloned());
             part.request.filters.extend(extra);
+            base.broadcast.clone_from(&broadcast);
+            part.request.broadcast = broadcast;
             tokio::spawn(async move {
                 let res = scan_with_failover(
                     &shared, &meta, &base, part, out_schema, &table, &tx, &counters, &dml,
@@ -725,22 +766,56 @@ impl ExecutionPlan for BroadcastScanExec {
             });
             tokio_stream_from(rx)
         };
-        if self.runtime.is_empty() {
+        if self.runtime.is_empty() && self.broadcast.is_empty() {
             // Start at once: the nodes read while the plan sets up.
-            let stream = start(Vec::new());
+            let stream = start(Vec::new(), Vec::new());
             return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
         }
         // Start when first polled: the join's build side is complete then,
-        // and so are its runtime filters.
+        // and so are its runtime filters. Relations sent whole are computed
+        // first, once for all partitions.
         let runtime = self.runtime.clone();
         let columns: Vec<Option<usize>> = (0..self.schema.fields().len())
             .map(|c| self.output_table_column(c))
             .collect();
-        let stream =
-            futures::stream::once(async move { start(runtime_predicates(&runtime, &columns)) })
-                .flatten();
+        let sides = self.broadcast.clone();
+        let cell = self.broadcast_rows.clone();
+        let sent = MetricBuilder::new(&self.metrics).counter("broadcast_rows", partition);
+        let stream = futures::stream::once(async move {
+            let encoded = if sides.is_empty() {
+                Vec::new()
+            } else {
+                match cell
+                    .get_or_try_init(|| compute_broadcast(sides, context, sent))
+                    .await
+                {
+                    Ok(rows) => rows.clone(),
+                    Err(e) => return futures::stream::once(async { Err(e) }).boxed(),
+                }
+            };
+            start(runtime_predicates(&runtime, &columns), encoded).boxed()
+        })
+        .flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
+}
+
+/// Run the relations a fragment reads whole, each encoded as one Arrow IPC
+/// stream for the request; `sent` counts their rows.
+async fn compute_broadcast(
+    sides: Vec<Arc<dyn ExecutionPlan>>,
+    context: Arc<TaskContext>,
+    sent: Count,
+) -> DfResult<Vec<bytes::Bytes>> {
+    let mut out = Vec::with_capacity(sides.len());
+    for side in sides {
+        let batches = datafusion::physical_plan::collect(side.clone(), context.clone()).await?;
+        sent.add(batches.iter().map(RecordBatch::num_rows).sum());
+        let ipc = slicedb_engine::proto::batches_to_ipc(&side.schema(), &batches)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        out.push(bytes::Bytes::from(ipc));
+    }
+    Ok(out)
 }
 
 /// The node filters implied by `runtime` filters as they are now; `columns`

@@ -6,7 +6,7 @@
 
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
-    tonic::include_proto!("slicedb.node.v3");
+    tonic::include_proto!("slicedb.node.v4");
 }
 
 use arrow::array::RecordBatch;

@@ -1090,6 +1090,8 @@ impl TableRead {
 struct ScanJob {
     /// The request's table; with a fragment, then its other `inputs`.
     reads: Vec<TableRead>,
+    /// With a fragment: the relations sent whole, read after `reads`.
+    broadcast: Vec<Vec<RecordBatch>>,
     parts: ScanParts,
     include_hidden: bool,
     snapshot: Snapshot,
@@ -1210,6 +1212,9 @@ async fn run_fragment(
             counters.push(stats.clone());
             inputs.push(Box::new(CountedScan { scan, stats }));
         }
+        for rel in &job.broadcast {
+            inputs.push(Box::new(rel.clone().into_iter().map(Ok)));
+        }
         let mut out = runner.run(&fragment, inputs).map_err(blame)?;
         let tag = pb::StreamTag {
             slice: *slice,
@@ -1280,11 +1285,17 @@ impl FlightService for NodeServer {
             Some(r) => r.schema(&req.fragment).map_err(status)?,
             None => scan_schema,
         };
-        if runner.is_none() && !req.inputs.is_empty() {
+        if runner.is_none() && !(req.inputs.is_empty() && req.broadcast.is_empty()) {
             return Err(status(EngineError::InvalidRequest(
                 "a scan without a fragment reads one table".into(),
             )));
         }
+        let broadcast = req
+            .broadcast
+            .iter()
+            .map(|b| proto::ipc_to_batches(b).map(|(_, batches)| batches))
+            .collect::<Result<Vec<_>>>()
+            .map_err(status)?;
         let mut reads = vec![TableRead::from_request(
             req.table,
             req.all_columns,
@@ -1311,6 +1322,7 @@ impl FlightService for NodeServer {
         let table = req.table;
         let job = ScanJob {
             reads,
+            broadcast,
             parts,
             include_hidden: req.include_hidden,
             snapshot: req

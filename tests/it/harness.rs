@@ -428,6 +428,9 @@ impl Slicedb {
             // runtime filter, so that every test runs through them.
             "--runtime-filter-min-rows".to_string(),
             "0".to_string(),
+            // Likewise every join with a small side may run on the nodes.
+            "--broadcast-join-min-rows".to_string(),
+            "0".to_string(),
         ];
         let (proc, line) = Proc::spawn_ready_with(env, "local", &args, vars).await?;
         let url = parse_ready_url(&line)?;

@@ -38,6 +38,58 @@ const QUERIES: &[(&str, &str, f64)] = &[
          FROM t JOIN dim ON t.g = dim.g GROUP BY dim.name ORDER BY dim.name",
         0.0,
     ),
+    // Joins with the small dim as build side run on the nodes, dim's rows
+    // sent whole (broadcast joins): probe-preserving outer, semi, anti and
+    // null-aware anti joins, one under a co-located join and a final
+    // aggregate; a join preserving dim's rows stays at the coordinator.
+    (
+        "broadcast join, filtered build side",
+        "SELECT dim.name, count(*), sum(t.k), sum(t.n) FROM t JOIN dim ON t.g = dim.g \
+         WHERE dim.name < 'name 30' AND t.s LIKE 'a%' GROUP BY dim.name ORDER BY dim.name",
+        1e-9,
+    ),
+    (
+        "broadcast left join keeping t",
+        "SELECT count(*), count(dim.name), sum(t.k) FROM t LEFT JOIN dim \
+         ON t.g = dim.g AND dim.name < 'name 20'",
+        0.0,
+    ),
+    (
+        "dim left join t keeps dim's rows once",
+        "SELECT dim.g, dim.name, count(t.k), sum(t.k) FROM dim LEFT JOIN t \
+         ON t.g = dim.g AND t.k > 0 GROUP BY dim.g, dim.name ORDER BY dim.g",
+        0.0,
+    ),
+    (
+        "broadcast semi and anti joins",
+        "SELECT (SELECT count(*) FROM t WHERE EXISTS \
+         (SELECT 1 FROM dim WHERE dim.g = t.g AND dim.name < 'name 20')) AS semi, \
+         (SELECT count(*) FROM t WHERE NOT EXISTS \
+         (SELECT 1 FROM dim WHERE dim.g = t.g AND dim.name < 'name 20')) AS anti, \
+         (SELECT count(*) FROM t WHERE t.g NOT IN \
+         (SELECT g FROM dim WHERE name < 'name 20')) AS not_in",
+        0.0,
+    ),
+    (
+        "broadcast join under a co-located join, grouped by the key",
+        "SELECT t.k, dim.name, t2.s, t2.n FROM t JOIN dim ON t.g = dim.g \
+         JOIN t2 ON t.k = t2.k WHERE dim.name < 'name 12' ORDER BY t.k LIMIT 40",
+        1e-9,
+    ),
+    (
+        "co-located semi and anti joins over a broadcast join",
+        "SELECT dim.name, count(*), sum(t2.n) FROM t JOIN t2 ON t.k = t2.k JOIN dim ON t.g = dim.g \
+         WHERE dim.name < 'name 20' AND NOT EXISTS (SELECT 1 FROM t x WHERE x.k = t.k AND x.g <> t.g) \
+         AND EXISTS (SELECT 1 FROM t2 y WHERE y.k = t.k AND y.n <> t.n) \
+         GROUP BY dim.name ORDER BY dim.name",
+        1e-9,
+    ),
+    (
+        "broadcast join grouped by the distribution key",
+        "SELECT t.k, count(*), max(dim.name) FROM t JOIN dim ON t.g = dim.g \
+         WHERE dim.name > 'name 30' GROUP BY t.k HAVING count(*) > 0 ORDER BY t.k DESC LIMIT 30",
+        0.0,
+    ),
     (
         "range filter on k",
         "SELECT count(*), sum(k), min(k), max(k), sum(g) FROM t \
@@ -318,11 +370,71 @@ async fn check_fragments(client: &Client) -> Result<()> {
             "{what} does not run on the nodes: {text}"
         );
     }
-    check_runtime_filter(client).await?;
+    check_broadcast_join(client).await?;
+    // Broadcast joins off: the join is then left where runtime filters
+    // apply. (SET is seen by every session.)
+    exec(client, "SET slicedb.broadcast_joins = false").await?;
+    let checked = check_runtime_filter(client).await;
+    exec(client, "SET slicedb.broadcast_joins = true").await?;
+    checked?;
     let msg = expect_error(client, "SELECT sum(k / (g - g)) FROM t", &["22012"]).await?;
     ensure!(
         msg.contains("Divide by zero"),
         "division by zero on a node reported as: {msg}"
+    );
+    Ok(())
+}
+
+/// A join of t with a filtered dim runs on the nodes: dim's rows are sent
+/// to them whole, and what leaves the nodes is the aggregate's partial
+/// states. `SET slicedb.broadcast_joins = false` leaves the join at the
+/// coordinator, with the same answer.
+async fn check_broadcast_join(client: &Client) -> Result<()> {
+    let sql = "SELECT dim.name, count(*), sum(t.k) FROM t JOIN dim ON t.g = dim.g \
+               WHERE dim.name IN ('name 03', 'name 05') GROUP BY dim.name ORDER BY 1";
+    let plan = format!(
+        "{:?}",
+        query(client, &format!("EXPLAIN ANALYZE {sql}")).await?
+    );
+    let line = plan
+        .split("\\n")
+        .flat_map(|l| l.split('\n'))
+        .find(|l| l.contains("table=t,") && l.contains("BroadcastScanExec"))
+        .with_context(|| format!("no scan of t in the plan: {plan}"))?;
+    ensure!(
+        line.contains("broadcast=1")
+            && line.contains("HashJoinExec")
+            && line.contains("AggregateExec: mode=Partial"),
+        "the join with dim does not run on the nodes: {plan}"
+    );
+    // dim's rows whose name matches (a few of its 100), sent once.
+    let sent: u64 = line
+        .split("broadcast_rows=")
+        .nth(1)
+        .and_then(|r| r.split([',', ']']).next()?.trim().parse().ok())
+        .with_context(|| format!("no broadcast_rows on the scan of t: {line}"))?;
+    let want: u64 = scalar(
+        client,
+        "SELECT count(*) FROM dim WHERE name IN ('name 03', 'name 05')",
+    )
+    .await?
+    .parse()?;
+    ensure!(
+        sent == want && want > 0,
+        "the nodes got {sent} rows of dim, {want} match"
+    );
+    let on = query(client, sql).await?;
+    exec(client, "SET slicedb.broadcast_joins = false").await?;
+    let off_plan = format!("{:?}", query(client, &format!("EXPLAIN {sql}")).await);
+    let off = query(client, sql).await;
+    exec(client, "SET slicedb.broadcast_joins = true").await?;
+    ensure!(
+        !off_plan.contains("broadcast="),
+        "SET slicedb.broadcast_joins = false still sends dim: {off_plan}"
+    );
+    ensure!(
+        on == off? && !on.is_empty(),
+        "the join answers differently on the nodes: {on:?}"
     );
     Ok(())
 }
