@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use arrow::array::{ArrayRef, AsArray};
 use arrow::datatypes::Schema;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator};
@@ -256,6 +257,68 @@ pub fn implied_by(
     None
 }
 
+/// A predicate that holds for every probe row an inner (or semi) hash join
+/// can match with a build side whose key values are `keys` (one array per
+/// batch): the keys' bounds and, for integer keys with at most
+/// [`MAX_RUNTIME_IN_LIST`] distinct values, the list of them; `column` is the
+/// probe table's column the key is. `None` when no key is known (no
+/// non-NULL key, or a type the nodes cannot compare).
+pub fn implied_by_keys(keys: &[ArrayRef], column: usize) -> Option<Predicate> {
+    use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
+    use datafusion::logical_expr::Accumulator;
+    let dt = keys.first()?.data_type().clone();
+    let mut min = MinAccumulator::try_new(&dt).ok()?;
+    let mut max = MaxAccumulator::try_new(&dt).ok()?;
+    for k in keys {
+        min.update_batch(std::slice::from_ref(k)).ok()?;
+        max.update_batch(std::slice::from_ref(k)).ok()?;
+    }
+    let (lo, hi) = (min.evaluate().ok()?, max.evaluate().ok()?);
+    if lo.is_null() || hi.is_null() {
+        return None;
+    }
+    let mut parts = vec![
+        Predicate::Compare {
+            column,
+            op: CmpOp::GtEq,
+            value: scalar(&lo)?,
+        },
+        Predicate::Compare {
+            column,
+            op: CmpOp::LtEq,
+            value: scalar(&hi)?,
+        },
+    ];
+    if dt.is_integer() {
+        let mut distinct = std::collections::BTreeSet::new();
+        'keys: for k in keys {
+            let Ok(k) = arrow::compute::cast(k, &arrow::datatypes::DataType::Int64) else {
+                break;
+            };
+            for v in k
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .iter()
+                .flatten()
+            {
+                distinct.insert(v);
+                if distinct.len() > MAX_RUNTIME_IN_LIST {
+                    distinct.clear();
+                    break 'keys;
+                }
+            }
+        }
+        // Unsigned keys past i64 do not cast: then only the bounds.
+        if !distinct.is_empty() && !matches!(lo, ScalarValue::UInt64(_)) {
+            parts.push(Predicate::InList {
+                column,
+                values: distinct.into_iter().map(Literal::Int).collect(),
+                negated: false,
+            });
+        }
+    }
+    Some(Predicate::And(parts))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +330,51 @@ mod tests {
             Field::new("k", DataType::Int64, true),
             Field::new("s", DataType::Utf8, true),
         ])
+    }
+
+    #[test]
+    fn build_keys_imply_their_bounds_and_short_integer_lists() {
+        use arrow::array::{Int32Array, StringArray};
+        let keys: Vec<ArrayRef> = vec![
+            Arc::new(Int32Array::from(vec![Some(3), None, Some(-1), Some(3)])),
+            Arc::new(Int32Array::from(vec![7])),
+        ];
+        let want = Predicate::And(vec![
+            Predicate::Compare {
+                column: 2,
+                op: CmpOp::GtEq,
+                value: Literal::Int(-1),
+            },
+            Predicate::Compare {
+                column: 2,
+                op: CmpOp::LtEq,
+                value: Literal::Int(7),
+            },
+            Predicate::InList {
+                column: 2,
+                values: vec![Literal::Int(-1), Literal::Int(3), Literal::Int(7)],
+                negated: false,
+            },
+        ]);
+        assert_eq!(implied_by_keys(&keys, 2), Some(want));
+        // Strings: the bounds alone.
+        let names: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vec!["b", "a", "c"]))];
+        let Some(Predicate::And(parts)) = implied_by_keys(&names, 0) else {
+            panic!("no bounds for string keys");
+        };
+        assert_eq!(parts.len(), 2);
+        // Too many distinct integers: the bounds alone.
+        let many: Vec<ArrayRef> = vec![Arc::new(Int32Array::from_iter_values(
+            0..(MAX_RUNTIME_IN_LIST as i32 + 1),
+        ))];
+        let Some(Predicate::And(parts)) = implied_by_keys(&many, 0) else {
+            panic!("no bounds for many keys");
+        };
+        assert_eq!(parts.len(), 2);
+        // No key at all (only NULLs, or no rows): nothing to say.
+        let nulls: Vec<ArrayRef> = vec![Arc::new(Int32Array::from(vec![None, None]))];
+        assert_eq!(implied_by_keys(&nulls, 0), None);
+        assert_eq!(implied_by_keys(&[], 0), None);
     }
 
     #[test]

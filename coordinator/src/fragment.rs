@@ -47,7 +47,7 @@ use datafusion::physical_plan::execution_plan::{
     Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
 };
 use datafusion::physical_plan::filter::FilterExec;
-use datafusion::physical_plan::joins::HashJoinExec;
+use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -65,17 +65,20 @@ use prost::Message;
 use slicedb_engine::fragment::{FragmentRunner, FragmentStream, ScanBatches};
 use slicedb_engine::EngineError;
 
-use crate::provider::BroadcastScanExec;
+use crate::provider::{Broadcast, BroadcastKey, BroadcastScanExec};
 
-/// The leaf of a fragment: one slice's scanned rows. At the coordinator it
-/// only stands for the scan (it is never run there); on a node it is bound
-/// to the slice's scan when the fragment is decoded.
+/// A leaf of a fragment: the scanned rows of a table, one partition per
+/// slice, or a relation sent whole (one partition). At the coordinator it
+/// only stands for the scan (it is never run there, and has one
+/// partition); on a node it is bound to the slices' scans when the
+/// fragment is decoded.
 pub struct SliceInputExec {
     /// Which of the request's scans: 0 its table, i + 1 its `inputs[i]`,
     /// then 1 + inputs + k the relation `broadcast[k]` sent whole.
     index: usize,
     schema: SchemaRef,
-    input: Mutex<Option<ScanBatches>>,
+    /// Partition i reads `inputs[i]`, once.
+    inputs: Mutex<Vec<Option<ScanBatches>>>,
     /// Where the input's own (engine) error is left, so that it reaches the
     /// node as itself and not as a query error.
     failure: Arc<Mutex<Option<EngineError>>>,
@@ -86,19 +89,19 @@ impl SliceInputExec {
     fn new(
         index: usize,
         schema: SchemaRef,
-        input: Option<ScanBatches>,
+        inputs: Vec<ScanBatches>,
         failure: Arc<Mutex<Option<EngineError>>>,
     ) -> Self {
         let props = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(1),
+            Partitioning::UnknownPartitioning(inputs.len().max(1)),
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
         SliceInputExec {
             index,
             schema,
-            input: Mutex::new(input),
+            inputs: Mutex::new(inputs.into_iter().map(Some).collect()),
             failure,
             props: Arc::new(props),
         }
@@ -149,37 +152,33 @@ impl ExecutionPlan for SliceInputExec {
         partition: usize,
         _context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        let input = match (partition, self.input.lock().take()) {
-            (0, Some(input)) => input,
-            (0, None) => {
-                return Err(DataFusionError::Internal(
-                    "a fragment's slice input has no scan bound to it (or was run twice)".into(),
-                ))
-            }
-            (p, _) => {
-                return Err(DataFusionError::Internal(format!(
-                    "a fragment's slice input has one partition, not {}",
-                    p + 1
-                )))
-            }
+        let Some(input) = self.inputs.lock().get_mut(partition).and_then(Option::take) else {
+            return Err(DataFusionError::Internal(format!(
+                "fragment leaf {}: no scan bound to partition {partition} (or it was run twice)",
+                self.index
+            )));
         };
-        // The scan reads the disk: pull it on a blocking thread.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);
+        // The scan reads the disk: pull it on a blocking thread, from the
+        // first poll on (the slices of a fragment are answered in turn).
         let failure = self.failure.clone();
-        tokio::task::spawn_blocking(move || {
-            for batch in input {
-                let item = batch.map_err(|e| {
-                    let message = e.to_string();
-                    *failure.lock() = Some(e);
-                    DataFusionError::Execution(message)
-                });
-                let stop = item.is_err();
-                if tx.blocking_send(item).is_err() || stop {
-                    return;
+        let stream = futures::stream::once(async move {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);
+            tokio::task::spawn_blocking(move || {
+                for batch in input {
+                    let item = batch.map_err(|e| {
+                        let message = e.to_string();
+                        *failure.lock() = Some(e);
+                        DataFusionError::Execution(message)
+                    });
+                    let stop = item.is_err();
+                    if tx.blocking_send(item).is_err() || stop {
+                        return;
+                    }
                 }
-            }
-        });
-        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+            });
+            futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+        })
+        .flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
             stream,
@@ -188,10 +187,10 @@ impl ExecutionPlan for SliceInputExec {
 }
 
 /// Encodes [`SliceInputExec`] (its input index, then its schema) inside a
-/// fragment; decoding binds the scan of that index it was built with.
+/// fragment; decoding binds the scans of that index it was built with.
 #[derive(Default)]
 struct FragmentCodec {
-    inputs: Mutex<Vec<Option<ScanBatches>>>,
+    inputs: Mutex<Vec<Option<Vec<ScanBatches>>>>,
     failure: Arc<Mutex<Option<EngineError>>>,
 }
 
@@ -221,11 +220,16 @@ impl PhysicalExtensionCodec for FragmentCodec {
         let schema = datafusion_proto::protobuf::Schema::decode(schema)
             .map_err(|e| DataFusionError::Internal(format!("fragment leaf schema: {e}")))?;
         let schema: Schema = (&schema).try_into()?;
-        let input = self.inputs.lock().get_mut(index).and_then(Option::take);
+        let inputs = self
+            .inputs
+            .lock()
+            .get_mut(index)
+            .and_then(Option::take)
+            .unwrap_or_default();
         Ok(Arc::new(SliceInputExec::new(
             index,
             Arc::new(schema),
-            input,
+            inputs,
             self.failure.clone(),
         )))
     }
@@ -267,17 +271,20 @@ impl Default for Runner {
 }
 
 impl Runner {
+    /// Decode `fragment` with the leaves bound to `codec`'s inputs; it
+    /// must answer `slices` partitions, one per slice.
     fn decode(
         &self,
         fragment: &[u8],
         codec: &FragmentCodec,
+        slices: usize,
     ) -> Result<Arc<dyn ExecutionPlan>, EngineError> {
         let plan = physical_plan_from_bytes_with_extension_codec(fragment, &self.ctx, codec)
             .map_err(|e| EngineError::InvalidRequest(format!("bad query fragment: {e}")))?;
         let parts = plan.properties().output_partitioning().partition_count();
-        if parts != 1 {
+        if parts != slices {
             return Err(EngineError::InvalidRequest(format!(
-                "a query fragment must have one output partition, not {parts}"
+                "a query fragment over {slices} slice(s) must have as many output partitions, not {parts}"
             )));
         }
         Ok(plan)
@@ -286,29 +293,36 @@ impl Runner {
 
 impl FragmentRunner for Runner {
     fn schema(&self, fragment: &[u8]) -> Result<SchemaRef, EngineError> {
-        Ok(self.decode(fragment, &FragmentCodec::default())?.schema())
+        Ok(self
+            .decode(fragment, &FragmentCodec::default(), 1)?
+            .schema())
     }
 
     fn run(
         &self,
         fragment: &[u8],
-        inputs: Vec<ScanBatches>,
-    ) -> Result<FragmentStream, EngineError> {
+        slices: usize,
+        inputs: Vec<Vec<ScanBatches>>,
+    ) -> Result<Vec<FragmentStream>, EngineError> {
         let codec = FragmentCodec {
             inputs: Mutex::new(inputs.into_iter().map(Some).collect()),
             failure: Arc::new(Mutex::new(None)),
         };
-        let failure = codec.failure.clone();
-        let plan = self.decode(fragment, &codec)?;
-        let stream = plan
-            .execute(0, self.ctx.clone())
-            .map_err(|e| EngineError::Query(e.to_string()))?;
-        Ok(Box::pin(stream.map(move |item| {
-            item.map_err(|e| match failure.lock().take() {
-                Some(engine) => engine,
-                None => EngineError::Query(e.to_string()),
+        let plan = self.decode(fragment, &codec, slices)?;
+        (0..slices)
+            .map(|slice| {
+                let failure = codec.failure.clone();
+                let stream = plan
+                    .execute(slice, self.ctx.clone())
+                    .map_err(|e| EngineError::Query(e.to_string()))?;
+                Ok(Box::pin(stream.map(move |item| {
+                    item.map_err(|e| match failure.lock().take() {
+                        Some(engine) => engine,
+                        None => EngineError::Query(e.to_string()),
+                    })
+                })) as FragmentStream)
             })
-        })))
+            .collect()
     }
 }
 
@@ -319,8 +333,10 @@ datafusion::common::extensions_options! {
         /// side sent to them whole (see `push_broadcast_join`).
         pub broadcast_joins: bool, default = true
         /// The most rows a build side is estimated to have for it to be
-        /// sent whole: each slice builds its own hash table of them.
+        /// sent whole: each node builds one hash table of them.
         pub broadcast_max_rows: u64, default = BROADCAST_MAX_ROWS
+        /// The most bytes (estimated) a build side sent whole may have.
+        pub broadcast_max_bytes: u64, default = BROADCAST_MAX_BYTES
     }
 }
 
@@ -346,12 +362,13 @@ impl PhysicalOptimizerRule for PushDownFragments {
             .get::<SlicedbOptions>()
             .cloned()
             .unwrap_or_default();
-        let broadcast = options
-            .broadcast_joins
-            .then_some(options.broadcast_max_rows);
+        let broadcast = options.broadcast_joins.then_some(BroadcastLimits {
+            rows: options.broadcast_max_rows,
+            bytes: options.broadcast_max_bytes,
+        });
         plan.transform_up(|node| {
             let pushed = push_join(&node)
-                .or_else(|| broadcast.and_then(|max| push_broadcast_join(&node, max)))
+                .or_else(|| broadcast.and_then(|limits| push_broadcast_join(&node, limits)))
                 .or_else(|| push_final(&node))
                 .or_else(|| push_aggregate(&node))
                 .or_else(|| push_row_local(&node));
@@ -446,7 +463,7 @@ fn small_build_side(plan: &Arc<dyn ExecutionPlan>) -> bool {
     let mut cur = plan.clone();
     loop {
         if let Some(scan) = cur.downcast_ref::<BroadcastScanExec>() {
-            if !scan.inputs().is_empty() || !scan.broadcast().is_empty() {
+            if !scan.inputs().is_empty() || !scan.broadcast().sides.is_empty() {
                 return false;
             }
             let (rows, filtered) = scan.table_rows_and_filtered();
@@ -517,7 +534,7 @@ fn leaf(index: usize, scan: &BroadcastScanExec) -> Arc<dyn ExecutionPlan> {
     Arc::new(SliceInputExec::new(
         index,
         scan.schema(),
-        None,
+        Vec::new(),
         Arc::new(Mutex::new(None)),
     ))
 }
@@ -529,7 +546,7 @@ fn finish(
     scan: &BroadcastScanExec,
     plan: Arc<dyn ExecutionPlan>,
     inputs: Vec<slicedb_engine::proto::pb::ScanInput>,
-    broadcast: Vec<Arc<dyn ExecutionPlan>>,
+    broadcast: Broadcast,
 ) -> Option<Arc<dyn ExecutionPlan>> {
     if plan.schema().fields() != node.schema().fields() {
         return None;
@@ -547,7 +564,7 @@ fn finish(
     // Some plans encode but do not decode on their own (a scalar subquery's
     // expression needs its surrounding ScalarSubqueryExec): check here, as
     // the node will.
-    if let Err(e) = DECODER.decode(&bytes, &FragmentCodec::default()) {
+    if let Err(e) = DECODER.decode(&bytes, &FragmentCodec::default(), 1) {
         tracing::debug!(error = %e, "does not decode: stays at the coordinator");
         return None;
     }
@@ -593,7 +610,7 @@ fn push_row_local(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan
         scan,
         plan,
         scan.inputs().to_vec(),
-        scan.broadcast().to_vec(),
+        scan.broadcast().clone(),
     )
 }
 
@@ -614,7 +631,7 @@ fn push_aggregate(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan
         scan,
         plan,
         scan.inputs().to_vec(),
-        scan.broadcast().to_vec(),
+        scan.broadcast().clone(),
     )
 }
 
@@ -628,7 +645,7 @@ fn renumber(
             Some(l) if to(l.index) != l.index => Transformed::yes(Arc::new(SliceInputExec::new(
                 to(l.index),
                 l.schema.clone(),
-                None,
+                Vec::new(),
                 Arc::new(Mutex::new(None)),
             ))
                 as Arc<dyn ExecutionPlan>),
@@ -684,6 +701,17 @@ fn column_source(node: &Arc<dyn ExecutionPlan>, col: usize) -> Option<(usize, us
     };
     let left = join.left().schema().fields().len();
     let right = join.right().schema().fields().len();
+    // A probe key of an inner join equals its build key: follow the build
+    // side, where the table a fragment is over (its leaf 0) usually is.
+    if *join.join_type() == JoinType::Inner && col >= left {
+        let build_key = join.on().iter().find_map(|(b, p)| {
+            let p = p.downcast_ref::<Column>()?;
+            (p.index() == col - left).then(|| b.downcast_ref::<Column>().map(Column::index))?
+        });
+        if let Some(b) = build_key {
+            return Some((0, b));
+        }
+    }
     let (from_left, from_right) = match join.join_type() {
         JoinType::Inner => (col < left, col >= left),
         JoinType::Left => (col < left, false),
@@ -776,7 +804,7 @@ fn push_final(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
         scan,
         plan,
         scan.inputs().to_vec(),
-        scan.broadcast().to_vec(),
+        scan.broadcast().clone(),
     )
 }
 
@@ -816,7 +844,11 @@ fn push_join(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
     // Leaves: the left's table and inputs, the right's table and inputs
     // (the combined inputs), then the left's relations sent whole, then the
     // right's.
-    let (lin, rin, lb) = (l.inputs().len(), r.inputs().len(), l.broadcast().len());
+    let (lin, rin, lb) = (
+        l.inputs().len(),
+        r.inputs().len(),
+        l.broadcast().sides.len(),
+    );
     let inputs = 1 + lin + 1 + rin;
     let left = rebuild(
         &lchain,
@@ -838,6 +870,8 @@ fn push_join(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
             }
         })?,
     )?;
+    // Slice i of one side joins slice i of the other: on a node each side
+    // has one partition per slice.
     let plan = node
         .clone()
         .replace_children(
@@ -845,7 +879,20 @@ fn push_join(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
             ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
         )
         .ok()?;
-    let broadcast = l.broadcast().iter().chain(r.broadcast()).cloned().collect();
+    let plan = with_mode(&plan, PartitionMode::Partitioned)?;
+    // The keys of the left's relations still filter the left's table (the
+    // request's own); the right's table becomes an input, which is read as
+    // it is.
+    let broadcast = Broadcast {
+        sides: l
+            .broadcast()
+            .sides
+            .iter()
+            .chain(&r.broadcast().sides)
+            .cloned()
+            .collect(),
+        keys: l.broadcast().keys.clone(),
+    };
     let inputs = l
         .inputs()
         .iter()
@@ -856,10 +903,46 @@ fn push_join(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
     finish(node, l, plan, inputs, broadcast)
 }
 
+/// `plan` (a hash join) in partition mode `mode`.
+fn with_mode(plan: &Arc<dyn ExecutionPlan>, mode: PartitionMode) -> Option<Arc<dyn ExecutionPlan>> {
+    plan.downcast_ref::<HashJoinExec>()?
+        .builder()
+        .with_partition_mode(mode)
+        .build_exec()
+        .ok()
+}
+
 /// Rows a build side may have, as estimated, to be sent whole to the nodes
 /// ([`push_broadcast_join`]), unless `SET slicedb.broadcast_max_rows` says
-/// otherwise: each slice builds its own hash table of them.
-pub const BROADCAST_MAX_ROWS: u64 = 100_000;
+/// otherwise: each node builds one hash table of them, which its slices
+/// share.
+pub const BROADCAST_MAX_ROWS: u64 = 200_000;
+/// Bytes a build side may have, as estimated (its rows times a width from
+/// its column types, 32 bytes per string), to be sent whole to every node,
+/// unless `SET slicedb.broadcast_max_bytes` says otherwise.
+pub const BROADCAST_MAX_BYTES: u64 = 4 << 20;
+
+/// When a build side is small enough to be sent whole.
+#[derive(Debug, Clone, Copy)]
+struct BroadcastLimits {
+    rows: u64,
+    bytes: u64,
+}
+
+impl BroadcastLimits {
+    fn admit(&self, side: &Arc<dyn ExecutionPlan>) -> bool {
+        let Some(rows) = estimated_rows(side) else {
+            return false;
+        };
+        let width: u64 = side
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.data_type().primitive_width().map_or(32, |w| w as u64))
+            .sum();
+        rows <= self.rows && rows.saturating_mul(width.max(1)) <= self.bytes
+    }
+}
 
 /// A hash join whose probe side is a scan (or a fragment) of a large table
 /// and whose build side is small, moved to the nodes: the coordinator
@@ -868,9 +951,65 @@ pub const BROADCAST_MAX_ROWS: u64 = 100_000;
 /// Only joins that keep or drop each probe row on its own (inner, right,
 /// right semi, right anti, right mark) are moved: the union of the slices'
 /// joins is then the join. Joins that preserve build rows are not.
+///
+/// A join whose build side is the large table's (DataFusion chose it with
+/// no row count for a fragment below it) and whose probe side is small is
+/// swapped first, when the swap gives such a join (inner, left, left semi,
+/// left anti, left mark).
 fn push_broadcast_join(
     node: &Arc<dyn ExecutionPlan>,
-    max_rows: u64,
+    limits: BroadcastLimits,
+) -> Option<Arc<dyn ExecutionPlan>> {
+    let join = node.downcast_ref::<HashJoinExec>()?;
+    if let Some(pushed) = broadcast_build_side(node, limits) {
+        return Some(pushed);
+    }
+    if join.null_aware
+        || !matches!(
+            join.join_type(),
+            JoinType::Inner
+                | JoinType::Left
+                | JoinType::LeftSemi
+                | JoinType::LeftAnti
+                | JoinType::LeftMark
+        )
+        || large_scan(join.left()).is_none()
+        || !limits.admit(join.right())
+    {
+        return None;
+    }
+    let swapped = join.swap_inputs(PartitionMode::CollectLeft).ok()?;
+    match swapped.downcast_ref::<ProjectionExec>() {
+        // The swap puts the columns back in order with a projection.
+        Some(projection) => {
+            let pushed = broadcast_build_side(projection.input(), limits)?;
+            let plan = swapped
+                .clone()
+                .replace_children(
+                    vec![pushed],
+                    ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+                )
+                .ok()?;
+            push_row_local(&plan).or(Some(plan))
+        }
+        None => broadcast_build_side(&swapped, limits),
+    }
+}
+
+/// The scan at the bottom of `plan`'s row-local chain, if it is of a table
+/// of at least `broadcast_join_min_rows` rows and answers rows (not
+/// partial aggregate states).
+fn large_scan(plan: &Arc<dyn ExecutionPlan>) -> Option<(Chain, Arc<dyn ExecutionPlan>)> {
+    let (chain, scan) = chain_to_scan(plan)?;
+    let s = scan.downcast_ref::<BroadcastScanExec>()?;
+    let (rows, _) = s.table_rows_and_filtered();
+    (!partial_states(s) && rows? >= s.broadcast_join_min_rows()).then_some((chain, scan))
+}
+
+/// [`push_broadcast_join`] of `node` as it is: its build side sent whole.
+fn broadcast_build_side(
+    node: &Arc<dyn ExecutionPlan>,
+    limits: BroadcastLimits,
 ) -> Option<Arc<dyn ExecutionPlan>> {
     let join = node.downcast_ref::<HashJoinExec>()?;
     if !matches!(
@@ -883,36 +1022,47 @@ fn push_broadcast_join(
     ) {
         return None;
     }
-    let (rchain, rscan) = chain_to_scan(join.right())?;
+    let (rchain, rscan) = large_scan(join.right())?;
     let r = rscan.downcast_ref::<BroadcastScanExec>()?;
-    if partial_states(r) {
-        return None;
-    }
-    let (rows, _) = r.table_rows_and_filtered();
-    if rows? < r.broadcast_join_min_rows() {
-        return None;
-    }
-    if estimated_rows(join.left())? > max_rows {
+    if !limits.admit(join.left()) {
         return None;
     }
     let side = join.left().clone();
-    let index = 1 + r.inputs().len() + r.broadcast().len();
+    let index = 1 + r.inputs().len() + r.broadcast().sides.len();
     let leaf: Arc<dyn ExecutionPlan> = Arc::new(SliceInputExec::new(
         index,
         side.schema(),
-        None,
+        Vec::new(),
         Arc::new(Mutex::new(None)),
     ));
     let probe = rebuild(&rchain, fragment_base(r)?)?;
+    // One hash table of the build side per node, shared by its slices.
     let plan = node
         .clone()
         .replace_children(
-            vec![leaf, probe],
+            vec![leaf, probe.clone()],
             ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
         )
         .ok()?;
-    let mut broadcast = r.broadcast().to_vec();
-    broadcast.push(side);
+    let plan = with_mode(&plan, PartitionMode::CollectLeft)?;
+    let mut broadcast = r.broadcast().clone();
+    // A probe row whose key is none of the build side's drops out of an
+    // inner or semi join: the side's keys filter the table's scan.
+    if matches!(join.join_type(), JoinType::Inner | JoinType::RightSemi) {
+        for (b, p) in join.on() {
+            let key = b.downcast_ref::<Column>().zip(p.downcast_ref::<Column>());
+            let Some((b, p)) = key else { continue };
+            let table_column = leaf_column(&probe, p.index()).and_then(|c| r.table_column(c));
+            if let Some(table_column) = table_column {
+                broadcast.keys.push(BroadcastKey {
+                    side: broadcast.sides.len(),
+                    column: b.index(),
+                    table_column,
+                });
+            }
+        }
+    }
+    broadcast.sides.push(side);
     finish(node, r, plan, r.inputs().to_vec(), broadcast)
 }
 
@@ -922,7 +1072,7 @@ fn push_broadcast_join(
 /// kept side's. None where it cannot tell.
 fn estimated_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<u64> {
     if let Some(scan) = plan.downcast_ref::<BroadcastScanExec>() {
-        if !scan.inputs().is_empty() || !scan.broadcast().is_empty() {
+        if !scan.inputs().is_empty() || !scan.broadcast().sides.is_empty() {
             return None;
         }
         let (rows, filtered) = scan.table_rows_and_filtered();

@@ -332,9 +332,10 @@ pub struct BroadcastScanExec {
     /// Relations the coordinator computes first and sends whole with the
     /// request (`base.broadcast`): the small build sides of hash joins the
     /// fragment runs on the nodes. These are this plan's children.
-    broadcast: Vec<Arc<dyn ExecutionPlan>>,
-    /// Their rows, encoded once for every partition of one execution.
-    broadcast_rows: Arc<tokio::sync::OnceCell<Vec<bytes::Bytes>>>,
+    broadcast: Broadcast,
+    /// Their rows, encoded once for every partition of one execution, and
+    /// the filters their keys imply for this scan's table.
+    broadcast_rows: Arc<tokio::sync::OnceCell<(Vec<bytes::Bytes>, Vec<pb::Predicate>)>>,
     /// Runtime filters of the hash joins this scan is the probe side of
     /// (DataFusion's dynamic filters: the build side's key bounds and, when
     /// short, its keys). Read once, when the scan is first polled, which a
@@ -373,7 +374,7 @@ impl BroadcastScanExec {
             dml,
             fragment: None,
             fragment_plan: None,
-            broadcast: Vec::new(),
+            broadcast: Broadcast::default(),
             broadcast_rows: Arc::default(),
             runtime: Vec::new(),
             props: Arc::new(props),
@@ -405,7 +406,7 @@ impl BroadcastScanExec {
     }
 
     /// The relations a fragment reads whole (see [`Self::broadcast`]).
-    pub(crate) fn broadcast(&self) -> &[Arc<dyn ExecutionPlan>] {
+    pub(crate) fn broadcast(&self) -> &Broadcast {
         &self.broadcast
     }
 
@@ -522,7 +523,7 @@ impl BroadcastScanExec {
         schema: SchemaRef,
         summary: String,
         inputs: Vec<pb::ScanInput>,
-        broadcast: Vec<Arc<dyn ExecutionPlan>>,
+        broadcast: Broadcast,
     ) -> BroadcastScanExec {
         let mut base = self.base.clone();
         base.fragment = fragment.clone();
@@ -575,7 +576,7 @@ impl DisplayAs for BroadcastScanExec {
                 0 => String::new(),
                 n => format!("runtime_filters={n}, "),
             },
-            match self.broadcast.len() {
+            match self.broadcast.sides.len() {
                 0 => String::new(),
                 n => format!("broadcast={n}, "),
             },
@@ -638,11 +639,11 @@ impl ExecutionPlan for BroadcastScanExec {
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        self.broadcast.iter().collect()
+        self.broadcast.sides.iter().collect()
     }
 
     fn benefits_from_input_partitioning(&self) -> Vec<bool> {
-        vec![false; self.broadcast.len()]
+        vec![false; self.broadcast.sides.len()]
     }
 
     fn apply_expressions(
@@ -663,15 +664,15 @@ impl ExecutionPlan for BroadcastScanExec {
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        if children.len() != self.broadcast.len() {
+        if children.len() != self.broadcast.sides.len() {
             return Err(DataFusionError::Internal(format!(
                 "BroadcastScanExec has {} children, got {}",
-                self.broadcast.len(),
+                self.broadcast.sides.len(),
                 children.len()
             )));
         }
         let mut exec = self.with_runtime(self.runtime.clone());
-        exec.broadcast = children;
+        exec.broadcast.sides = children;
         Ok(Arc::new(exec))
     }
 
@@ -766,7 +767,7 @@ impl ExecutionPlan for BroadcastScanExec {
             });
             tokio_stream_from(rx)
         };
-        if self.runtime.is_empty() && self.broadcast.is_empty() {
+        if self.runtime.is_empty() && self.broadcast.sides.is_empty() {
             // Start at once: the nodes read while the plan sets up.
             let stream = start(Vec::new(), Vec::new());
             return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
@@ -778,44 +779,84 @@ impl ExecutionPlan for BroadcastScanExec {
         let columns: Vec<Option<usize>> = (0..self.schema.fields().len())
             .map(|c| self.output_table_column(c))
             .collect();
-        let sides = self.broadcast.clone();
+        let broadcast = self.broadcast.clone();
         let cell = self.broadcast_rows.clone();
         let sent = MetricBuilder::new(&self.metrics).counter("broadcast_rows", partition);
         let stream = futures::stream::once(async move {
-            let encoded = if sides.is_empty() {
-                Vec::new()
+            let (encoded, mut implied) = if broadcast.sides.is_empty() {
+                (Vec::new(), Vec::new())
             } else {
                 match cell
-                    .get_or_try_init(|| compute_broadcast(sides, context, sent))
+                    .get_or_try_init(|| compute_broadcast(broadcast, context, sent))
                     .await
                 {
                     Ok(rows) => rows.clone(),
                     Err(e) => return futures::stream::once(async { Err(e) }).boxed(),
                 }
             };
-            start(runtime_predicates(&runtime, &columns), encoded).boxed()
+            implied.extend(runtime_predicates(&runtime, &columns));
+            start(implied, encoded).boxed()
         })
         .flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 }
 
-/// Run the relations a fragment reads whole, each encoded as one Arrow IPC
-/// stream for the request; `sent` counts their rows.
+/// Relations a fragment reads whole ([`BroadcastScanExec`]'s children),
+/// and which of their columns are keys of hash joins with the scan's table.
+#[derive(Clone, Default)]
+pub(crate) struct Broadcast {
+    pub sides: Vec<Arc<dyn ExecutionPlan>>,
+    pub keys: Vec<BroadcastKey>,
+}
+
+/// Column `column` of side `side` is the build key of an inner or semi join
+/// whose probe key is the scan's table column `table_column`: a probe row
+/// whose key is none of the side's keys is dropped by the join.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BroadcastKey {
+    pub side: usize,
+    pub column: usize,
+    pub table_column: usize,
+}
+
+/// Run the relations a fragment reads whole, all at once, each encoded as
+/// one Arrow IPC stream for the request; `sent` counts their rows. Also
+/// what their join keys imply for the scan's table (bounds, and short
+/// integer key lists).
 async fn compute_broadcast(
-    sides: Vec<Arc<dyn ExecutionPlan>>,
+    broadcast: Broadcast,
     context: Arc<TaskContext>,
     sent: Count,
-) -> DfResult<Vec<bytes::Bytes>> {
-    let mut out = Vec::with_capacity(sides.len());
-    for side in sides {
-        let batches = datafusion::physical_plan::collect(side.clone(), context.clone()).await?;
+) -> DfResult<(Vec<bytes::Bytes>, Vec<pb::Predicate>)> {
+    let rows = futures::future::try_join_all(
+        broadcast
+            .sides
+            .iter()
+            .map(|side| datafusion::physical_plan::collect(side.clone(), context.clone())),
+    )
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (side, batches) in broadcast.sides.iter().zip(&rows) {
         sent.add(batches.iter().map(RecordBatch::num_rows).sum());
-        let ipc = slicedb_engine::proto::batches_to_ipc(&side.schema(), &batches)
+        let ipc = slicedb_engine::proto::batches_to_ipc(&side.schema(), batches)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         out.push(bytes::Bytes::from(ipc));
     }
-    Ok(out)
+    let implied = broadcast
+        .keys
+        .iter()
+        .filter_map(|k| {
+            let keys: Vec<arrow::array::ArrayRef> = rows
+                .get(k.side)?
+                .iter()
+                .filter_map(|b| b.columns().get(k.column).cloned())
+                .collect();
+            crate::filter::implied_by_keys(&keys, k.table_column)
+        })
+        .map(|p| pb::Predicate::from(&p))
+        .collect();
+    Ok((out, implied))
 }
 
 /// The node filters implied by `runtime` filters as they are now; `columns`

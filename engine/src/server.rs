@@ -1188,8 +1188,9 @@ impl Drop for CountedScan {
     }
 }
 
-/// Run a scan's fragment over each slice in turn; `schema` is the
-/// fragment's output schema.
+/// Run a scan's fragment over the slices asked for (one plan for all of
+/// them, each slice's answer a stream of its own, sent in turn); `schema`
+/// is the fragment's output schema.
 async fn run_fragment(
     runner: Arc<dyn FragmentRunner>,
     fragment: Vec<u8>,
@@ -1198,24 +1199,40 @@ async fn run_fragment(
     tx: mpsc::Sender<Result<FlightData, Status>>,
 ) -> std::result::Result<(), ScanFailure> {
     use futures::StreamExt;
+    if job.parts.is_empty() {
+        return Ok(());
+    }
     let mut enc = TaggedEncoder::new();
+    let mut inputs: Vec<Vec<ScanBatches>> = job
+        .reads
+        .iter()
+        .map(|_| Vec::with_capacity(job.parts.len()))
+        .collect();
+    // Per slice, the counters of its scans.
+    let mut counters: Vec<Vec<Arc<Mutex<ScanStats>>>> = Vec::with_capacity(job.parts.len());
     for (slice, segment, disk) in &job.parts {
         let disk_id = disk.ids().disk_id;
         let blame = |e: EngineError| (disk_fault(&e).then_some(disk_id), e);
-        let mut inputs: Vec<ScanBatches> = Vec::with_capacity(job.reads.len());
-        let mut counters = Vec::with_capacity(job.reads.len());
-        for read in &job.reads {
+        let mut mine = Vec::with_capacity(job.reads.len());
+        for (leaf, read) in job.reads.iter().enumerate() {
             let scan = disk
                 .scan(&job.spec(read, *slice, *segment))
                 .map_err(blame)?;
             let stats = Arc::new(Mutex::new(ScanStats::default()));
-            counters.push(stats.clone());
-            inputs.push(Box::new(CountedScan { scan, stats }));
+            mine.push(stats.clone());
+            inputs[leaf].push(Box::new(CountedScan { scan, stats }));
         }
-        for rel in &job.broadcast {
-            inputs.push(Box::new(rel.clone().into_iter().map(Ok)));
-        }
-        let mut out = runner.run(&fragment, inputs).map_err(blame)?;
+        counters.push(mine);
+    }
+    for rel in &job.broadcast {
+        inputs.push(vec![Box::new(rel.clone().into_iter().map(Ok))]);
+    }
+    let outs = runner
+        .run(&fragment, job.parts.len(), inputs)
+        .map_err(|e| (None, e))?;
+    for (((slice, segment, disk), mut out), counters) in job.parts.iter().zip(outs).zip(counters) {
+        let disk_id = disk.ids().disk_id;
+        let blame = |e: EngineError| (disk_fault(&e).then_some(disk_id), e);
         let tag = pb::StreamTag {
             slice: *slice,
             segment: pb::Segment::from(*segment) as i32,
