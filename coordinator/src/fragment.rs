@@ -674,17 +674,35 @@ fn table_column(top: &Arc<dyn ExecutionPlan>, col: usize) -> Option<usize> {
 /// The leaf-0 input column (a [`SliceInputExec`] with index 0) that output
 /// column `col` of `plan` (a fragment) is, if it is one unchanged.
 pub(crate) fn leaf_column(plan: &Arc<dyn ExecutionPlan>, col: usize) -> Option<usize> {
-    let mut cur = plan.clone();
-    let mut col = col;
-    loop {
-        if let Some(leaf) = cur.downcast_ref::<SliceInputExec>() {
-            return (leaf.index == 0).then_some(col);
-        }
-        let (child, below) = column_source(&cur, col)?;
-        col = below;
-        let next = cur.children().get(child).map(|c| (*c).clone())?;
-        cur = next;
+    if let Some(leaf) = plan.downcast_ref::<SliceInputExec>() {
+        return (leaf.index == 0).then_some(col);
     }
+    let below = |(child, c): (usize, usize)| {
+        let next = plan.children().get(child).map(|p| (*p).clone())?;
+        leaf_column(&next, c)
+    };
+    column_source(plan, col)
+        .and_then(below)
+        .or_else(|| join_key_twin(plan, col).and_then(below))
+}
+
+/// For an inner hash join's output column `col` that is a probe key: the
+/// build key it equals on every joined row, as (0, the left's column).
+fn join_key_twin(node: &Arc<dyn ExecutionPlan>, col: usize) -> Option<(usize, usize)> {
+    let join = node.downcast_ref::<HashJoinExec>()?;
+    if *join.join_type() != JoinType::Inner {
+        return None;
+    }
+    let col = match &join.projection {
+        Some(p) => *p.get(col)?,
+        None => col,
+    };
+    let probe = col.checked_sub(join.left().schema().fields().len())?;
+    join.on().iter().find_map(|(b, p)| {
+        let p = p.downcast_ref::<Column>()?;
+        let b = b.downcast_ref::<Column>()?;
+        (p.index() == probe).then_some((0, b.index()))
+    })
 }
 
 /// Which child of `node`, and which of its columns, `node`'s output column
@@ -701,17 +719,6 @@ fn column_source(node: &Arc<dyn ExecutionPlan>, col: usize) -> Option<(usize, us
     };
     let left = join.left().schema().fields().len();
     let right = join.right().schema().fields().len();
-    // A probe key of an inner join equals its build key: follow the build
-    // side, where the table a fragment is over (its leaf 0) usually is.
-    if *join.join_type() == JoinType::Inner && col >= left {
-        let build_key = join.on().iter().find_map(|(b, p)| {
-            let p = p.downcast_ref::<Column>()?;
-            (p.index() == col - left).then(|| b.downcast_ref::<Column>().map(Column::index))?
-        });
-        if let Some(b) = build_key {
-            return Some((0, b));
-        }
-    }
     let (from_left, from_right) = match join.join_type() {
         JoinType::Inner => (col < left, col >= left),
         JoinType::Left => (col < left, false),
