@@ -392,15 +392,7 @@ async fn check_fragments(client: &Client) -> Result<()> {
 async fn check_broadcast_join(client: &Client) -> Result<()> {
     let sql = "SELECT dim.name, count(*), sum(t.k) FROM t JOIN dim ON t.g = dim.g \
                WHERE dim.name IN ('name 03', 'name 05') GROUP BY dim.name ORDER BY 1";
-    let plan = format!(
-        "{:?}",
-        query(client, &format!("EXPLAIN ANALYZE {sql}")).await?
-    );
-    let line = plan
-        .split("\\n")
-        .flat_map(|l| l.split('\n'))
-        .find(|l| l.contains("table=t,") && l.contains("BroadcastScanExec"))
-        .with_context(|| format!("no scan of t in the plan: {plan}"))?;
+    let (plan, line) = scan_of_t(client, &format!("EXPLAIN ANALYZE {sql}")).await?;
     ensure!(
         line.contains("broadcast=1")
             && line.contains("HashJoinExec")
@@ -450,15 +442,7 @@ async fn check_runtime_filter(client: &Client) -> Result<()> {
             "SELECT count(*), sum(t.k) FROM t JOIN dim ON t.g = dim.g \
              WHERE dim.name IN ('name 03', 'name 05', 'name 07'){t_filter}"
         );
-        let plan = format!(
-            "{:?}",
-            query(client, &format!("EXPLAIN ANALYZE {sql}")).await?
-        );
-        let line = plan
-            .split("\\n")
-            .flat_map(|l| l.split('\n'))
-            .find(|l| l.contains("table=t,") && l.contains("BroadcastScanExec"))
-            .with_context(|| format!("no scan of t in the plan: {plan}"))?;
+        let (_, line) = scan_of_t(client, &format!("EXPLAIN ANALYZE {sql}")).await?;
         ensure!(
             line.contains("runtime_filters=1") && line.contains("fragment=") == fragment,
             "the scan of t (fragment: {fragment}) did not get the join's runtime filter: {line}"
@@ -506,17 +490,25 @@ async fn check_runtime_filter(client: &Client) -> Result<()> {
     let sql = "EXPLAIN SELECT count(*) FROM t JOIN \
                (SELECT a.g FROM dim a JOIN dim b ON a.g = b.g WHERE a.name = 'name 03') x \
                ON t.g = x.g";
-    let plan = format!("{:?}", query(client, sql).await?);
-    let line = plan
-        .split("\\n")
-        .flat_map(|l| l.split('\n'))
-        .find(|l| l.contains("table=t,") && l.contains("BroadcastScanExec"))
-        .with_context(|| format!("no scan of t in the plan: {plan}"))?;
+    let (plan, line) = scan_of_t(client, sql).await?;
     ensure!(
         !line.contains("runtime_filters"),
         "t's scan waits for a join's output: {plan}"
     );
     Ok(())
+}
+
+/// The plan `explain` (an EXPLAIN statement) prints, and its line of the
+/// scan of t.
+async fn scan_of_t(client: &Client, explain: &str) -> Result<(String, String)> {
+    let plan = format!("{:?}", query(client, explain).await?);
+    let line = plan
+        .split("\\n")
+        .flat_map(|l| l.split('\n'))
+        .find(|l| l.contains("table=t,") && l.contains("BroadcastScanExec"))
+        .with_context(|| format!("no scan of t in the plan: {plan}"))?
+        .to_string();
+    Ok((plan, line))
 }
 
 async fn check_system_views(client: &Client) -> Result<()> {
