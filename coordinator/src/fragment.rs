@@ -463,8 +463,21 @@ fn small_build_side(plan: &Arc<dyn ExecutionPlan>) -> bool {
     let mut cur = plan.clone();
     loop {
         if let Some(scan) = cur.downcast_ref::<BroadcastScanExec>() {
-            if !scan.inputs().is_empty() || !scan.broadcast().sides.is_empty() {
+            if !scan.inputs().is_empty() {
                 return false;
+            }
+            let broadcast = scan.broadcast();
+            if !broadcast.sides.is_empty() {
+                // Rows kept by an inner join with a small relation sent
+                // whole (TPC-H Q17: lineitem of 200 parts): few, if that
+                // relation's keys are.
+                return broadcast.keys.iter().any(|k| {
+                    broadcast
+                        .sides
+                        .get(k.side)
+                        .and_then(estimated_rows)
+                        .is_some_and(|r| r <= crate::filter::MAX_RUNTIME_IN_LIST as u64)
+                });
             }
             let (rows, filtered) = scan.table_rows_and_filtered();
             let limit = crate::filter::MAX_RUNTIME_IN_LIST as u64 * if filtered { 8 } else { 1 };
