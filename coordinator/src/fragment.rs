@@ -542,11 +542,12 @@ fn rebuild(
     Some(plan)
 }
 
-/// A leaf for input `index` of a fragment, standing for `scan`'s rows.
-fn leaf(index: usize, scan: &BroadcastScanExec) -> Arc<dyn ExecutionPlan> {
+/// A leaf for input `index` of a fragment (rows of `schema`), as the
+/// coordinator builds it: bound to no scan.
+fn leaf(index: usize, schema: SchemaRef) -> Arc<dyn ExecutionPlan> {
     Arc::new(SliceInputExec::new(
         index,
-        scan.schema(),
+        schema,
         Vec::new(),
         Arc::new(Mutex::new(None)),
     ))
@@ -604,7 +605,7 @@ fn finish(
 fn fragment_base(scan: &BroadcastScanExec) -> Option<Arc<dyn ExecutionPlan>> {
     match scan.fragment_plan() {
         Some(plan) => Some(plan.clone()),
-        None if scan.accepts_fragment() => Some(leaf(0, scan)),
+        None if scan.accepts_fragment() => Some(leaf(0, scan.schema())),
         None => None,
     }
 }
@@ -655,13 +656,9 @@ fn renumber(
 ) -> Option<Arc<dyn ExecutionPlan>> {
     plan.transform_up(|n| {
         Ok(match n.downcast_ref::<SliceInputExec>() {
-            Some(l) if to(l.index) != l.index => Transformed::yes(Arc::new(SliceInputExec::new(
-                to(l.index),
-                l.schema.clone(),
-                Vec::new(),
-                Arc::new(Mutex::new(None)),
-            ))
-                as Arc<dyn ExecutionPlan>),
+            Some(l) if to(l.index) != l.index => {
+                Transformed::yes(leaf(to(l.index), l.schema.clone()))
+            }
             _ => Transformed::no(n),
         })
     })
@@ -1049,18 +1046,13 @@ fn broadcast_build_side(
     }
     let side = join.left().clone();
     let index = 1 + r.inputs().len() + r.broadcast().sides.len();
-    let leaf: Arc<dyn ExecutionPlan> = Arc::new(SliceInputExec::new(
-        index,
-        side.schema(),
-        Vec::new(),
-        Arc::new(Mutex::new(None)),
-    ));
+    let build = leaf(index, side.schema());
     let probe = rebuild(&rchain, fragment_base(r)?)?;
     // One hash table of the build side per node, shared by its slices.
     let plan = node
         .clone()
         .replace_children(
-            vec![leaf, probe.clone()],
+            vec![build, probe.clone()],
             ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
         )
         .ok()?;
