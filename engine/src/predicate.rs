@@ -12,6 +12,7 @@ use std::cmp::Ordering;
 use std::sync::Arc;
 
 use arrow::array::*;
+use arrow::buffer::BooleanBuffer;
 use arrow::compute::kernels::{boolean, cmp};
 use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::{DataType, TimeUnit};
@@ -88,16 +89,50 @@ pub enum Predicate {
     IntSet(Arc<IntSet>),
 }
 
-/// An integer IN list as a hash set and its range, built once per scan.
+/// An integer IN list as a set and its range, built once per scan.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IntSet {
     pub column: usize,
     pub negated: bool,
     /// The list as it came (for the wire, and for a non-integer column).
     pub values: Vec<Literal>,
-    set: std::collections::HashSet<i64, IntHash>,
+    members: Members,
     lo: i64,
     hi: i64,
+}
+
+/// How an [`IntSet`] answers "is v one of the keys": a bit per value of
+/// its range when the range is compact (a join's keys usually are: one bit
+/// test per row), else a hash set.
+#[derive(Debug, Clone, PartialEq)]
+enum Members {
+    /// Bit `v - lo` is set for each key `v`.
+    Bits(Vec<u64>),
+    Hash(std::collections::HashSet<i64, IntHash>),
+}
+
+/// The widest range an [`IntSet`] keeps as a bitmap: 2^26 bits, 8 MiB,
+/// and at most [`MAX_BITS_PER_KEY`] bits per key (a hash set takes about
+/// 128 bits per key).
+const MAX_BITMAP_RANGE: u64 = 1 << 26;
+const MAX_BITS_PER_KEY: u64 = 256;
+
+impl Members {
+    fn new(ints: &[i64], lo: i64, hi: i64) -> Members {
+        let range = (hi as i128 - lo as i128 + 1) as u128;
+        let compact = range <= MAX_BITMAP_RANGE as u128
+            && range <= (ints.len() as u128).max(1) * MAX_BITS_PER_KEY as u128;
+        if !ints.is_empty() && compact {
+            let mut bits = vec![0u64; (range as usize).div_ceil(64)];
+            for &v in ints {
+                let i = (v - lo) as usize;
+                bits[i / 64] |= 1 << (i % 64);
+            }
+            Members::Bits(bits)
+        } else {
+            Members::Hash(ints.iter().copied().collect())
+        }
+    }
 }
 
 impl IntSet {
@@ -133,14 +168,18 @@ impl Predicate {
                 values,
                 negated,
             } if values.len() > SHORT_LIST => match int_values(&values) {
-                Some(ints) => Predicate::IntSet(Arc::new(IntSet {
-                    column,
-                    negated,
-                    lo: ints.iter().copied().min().unwrap_or(0),
-                    hi: ints.iter().copied().max().unwrap_or(0),
-                    set: ints.into_iter().collect(),
-                    values,
-                })),
+                Some(ints) => {
+                    let lo = ints.iter().copied().min().unwrap_or(0);
+                    let hi = ints.iter().copied().max().unwrap_or(0);
+                    Predicate::IntSet(Arc::new(IntSet {
+                        column,
+                        negated,
+                        members: Members::new(&ints, lo, hi),
+                        lo,
+                        hi,
+                        values,
+                    }))
+                }
                 None => Predicate::InList {
                     column,
                     values,
@@ -177,15 +216,26 @@ impl Predicate {
                 value,
             } => compare(column(*c)?, *op, value)?,
             Predicate::And(items) => {
-                let mut acc = BooleanArray::from(vec![true; n]);
-                for p in items {
+                let Some((first, rest)) = items.split_first() else {
+                    return Ok(BooleanArray::new(BooleanBuffer::new_set(n), None));
+                };
+                let mut acc = first.evaluate(batch)?;
+                for p in rest {
+                    // Nothing left to select (no row true, none unknown):
+                    // the rest cannot change that.
+                    if acc.null_count() == 0 && acc.true_count() == 0 {
+                        break;
+                    }
                     acc = boolean::and_kleene(&acc, &p.evaluate(batch)?)?;
                 }
                 acc
             }
             Predicate::Or(items) => {
-                let mut acc = BooleanArray::from(vec![false; n]);
-                for p in items {
+                let Some((first, rest)) = items.split_first() else {
+                    return Ok(BooleanArray::new(BooleanBuffer::new_unset(n), None));
+                };
+                let mut acc = first.evaluate(batch)?;
+                for p in rest {
                     acc = boolean::or_kleene(&acc, &p.evaluate(batch)?)?;
                 }
                 acc
@@ -199,17 +249,23 @@ impl Predicate {
                 negated,
             } => {
                 let col = column(*c)?;
-                let mut acc = BooleanArray::from(vec![false; n]);
+                let mut acc: Option<BooleanArray> = None;
                 for v in values {
-                    acc = boolean::or_kleene(&acc, &compare(col, CmpOp::Eq, v)?)?;
+                    let eq = compare(col, CmpOp::Eq, v)?;
+                    acc = Some(match acc {
+                        None => eq,
+                        Some(a) => boolean::or_kleene(&a, &eq)?,
+                    });
                 }
+                let acc =
+                    acc.unwrap_or_else(|| BooleanArray::new(BooleanBuffer::new_unset(n), None));
                 if *negated {
                     boolean::not(&acc)?
                 } else {
                     acc
                 }
             }
-            Predicate::IntSet(s) => match int_member(column(s.column)?, &s.set) {
+            Predicate::IntSet(s) => match int_member(column(s.column)?, s) {
                 Some(member) if s.negated => boolean::not(&member)?,
                 Some(member) => member,
                 None => s.as_list().evaluate(batch)?,
@@ -353,23 +409,27 @@ fn int_values(values: &[Literal]) -> Option<Vec<i64>> {
 }
 
 /// Whether each row's value of an integer column (signed, or unsigned of
-/// at most 32 bits) is in `set`: one hash lookup per row; NULL where the
-/// column is NULL. `None` for any other column type.
-fn int_member(
-    col: &ArrayRef,
-    set: &std::collections::HashSet<i64, IntHash>,
-) -> Option<BooleanArray> {
-    fn member<T>(
-        a: &PrimitiveArray<T>,
-        set: &std::collections::HashSet<i64, IntHash>,
-    ) -> BooleanArray
+/// at most 32 bits) is in `set`: one bit test or hash lookup per row; NULL
+/// where the column is NULL. `None` for any other column type.
+fn int_member(col: &ArrayRef, set: &IntSet) -> Option<BooleanArray> {
+    fn member<T>(a: &PrimitiveArray<T>, set: &IntSet) -> BooleanArray
     where
         T: arrow::datatypes::ArrowPrimitiveType,
         T::Native: Into<i64>,
     {
-        let bits = arrow::buffer::BooleanBuffer::collect_bool(a.len(), |i| {
-            set.contains(&a.values()[i].into())
-        });
+        let (lo, hi, values) = (set.lo, set.hi, a.values());
+        let bits = match &set.members {
+            Members::Bits(b) => BooleanBuffer::collect_bool(a.len(), |i| {
+                let v: i64 = values[i].into();
+                v >= lo && v <= hi && {
+                    let k = (v - lo) as usize;
+                    b[k / 64] & (1 << (k % 64)) != 0
+                }
+            }),
+            Members::Hash(h) => {
+                BooleanBuffer::collect_bool(a.len(), |i| h.contains(&values[i].into()))
+            }
+        };
         BooleanArray::new(bits, a.nulls().cloned())
     }
     use arrow::datatypes::*;
@@ -910,11 +970,16 @@ mod tests {
         // 40 values, prepared, is tested with the hash set, the same list
         // split into ORs of short lists value by value: same three-valued
         // answers.
+        // Both set shapes: a compact range (a bitmap) and one spread over
+        // a range far wider than the list (a hash set).
         let b = batch();
-        for column in [0usize, 6] {
+        for (column, sparse) in [(0usize, false), (6, false), (0, true), (6, true)] {
             let mut values: Vec<Literal> = (100..138).map(Literal::Int).collect();
             values.push(Literal::Int(5));
             values.push(Literal::UInt(7));
+            if sparse {
+                values.push(Literal::Int(1 << 40));
+            }
             for negated in [false, true] {
                 let list = Predicate::InList {
                     column,
@@ -926,7 +991,10 @@ mod tests {
                     panic!("prepared changed the shape: {long:?}")
                 };
                 let long = *long;
-                assert!(matches!(long, Predicate::IntSet(_)), "{long:?}");
+                let Predicate::IntSet(set) = &long else {
+                    panic!("not prepared as a set: {long:?}")
+                };
+                assert_eq!(matches!(set.members, Members::Hash(_)), sparse);
                 // It travels as the list it came from.
                 assert_eq!(
                     Predicate::try_from(&crate::proto::pb::Predicate::from(&long)).unwrap(),
