@@ -20,6 +20,7 @@ pub mod fragment;
 pub mod hash;
 pub mod load;
 pub mod provider;
+pub mod semijoin;
 pub mod session;
 pub mod system;
 pub mod txn;
