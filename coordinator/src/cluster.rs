@@ -404,11 +404,13 @@ impl Coordinator {
         let opts = &mut session.options_mut().optimizer;
         opts.hash_join_inlist_pushdown_max_distinct_values = crate::filter::MAX_RUNTIME_IN_LIST;
         opts.hash_join_inlist_pushdown_max_size = crate::filter::MAX_RUNTIME_IN_LIST * 16;
-        // Semi joins move below inner joins (crate::semijoin); co-located
+        // Joins of co-located tables are made adjacent (crate::colocate),
+        // semi joins move below inner joins (crate::semijoin); co-located
         // joins and partial aggregates run on the nodes (crate::fragment).
         let state = datafusion::execution::SessionStateBuilder::new()
             .with_config(session)
             .with_default_features()
+            .with_optimizer_rule(Arc::new(crate::colocate::CoLocateJoins))
             .with_optimizer_rule(Arc::new(crate::semijoin::PushSemiJoinDown))
             .with_physical_optimizer_rules(crate::fragment::optimizer_rules())
             .build();

@@ -12,6 +12,7 @@
 
 pub mod catalog;
 pub mod cluster;
+pub mod colocate;
 pub mod distmap;
 pub mod dml;
 mod error;

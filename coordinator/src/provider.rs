@@ -16,7 +16,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, RecordBatchOptions};
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::error::FlightError;
 use arrow_flight::Ticket;
@@ -103,6 +103,22 @@ impl SliceTable {
     }
 
     /// The table as UPDATE and DELETE scan it: user columns, `_slice`, `_rowid`.
+    /// A table hash distributed on one column: that column's name and type,
+    /// and whether the table is mirrored (its slices in the primary
+    /// segments) or not (the temp segments). None for a DML scan.
+    pub(crate) fn distribution(&self) -> Option<(String, DataType, bool)> {
+        if self.dml.is_some() {
+            return None;
+        }
+        match (&self.meta.distribution, self.meta.key.as_slice()) {
+            (crate::Distribution::Hash(_), [k]) => {
+                let f = self.meta.schema.fields().get(*k)?;
+                Some((f.name().clone(), f.data_type().clone(), self.meta.mirrored))
+            }
+            _ => None,
+        }
+    }
+
     pub fn for_dml(shared: Arc<Shared>, meta: Arc<TableMeta>) -> Self {
         let mut fields: Vec<_> = meta.schema.fields().iter().cloned().collect();
         fields.push(Arc::new(arrow::datatypes::Field::new(
