@@ -22,8 +22,8 @@
 
 use std::sync::Arc;
 
-use datafusion::common::tree_node::Transformed;
 use datafusion::arrow::datatypes::DataType;
+use datafusion::common::tree_node::Transformed;
 use datafusion::common::{Column, Result as DfResult};
 use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::{
@@ -75,14 +75,13 @@ fn co_locate(plan: &LogicalPlan) -> DfResult<Option<LogicalPlan>> {
     if j.join_type != JoinType::Inner || j.filter.is_some() || j.on.is_empty() || j.null_aware {
         return Ok(None);
     }
-    let Some(pairs) = j
-        .on
-        .iter()
-        .map(|(l, r)| match (l, r) {
-            (Expr::Column(l), Expr::Column(r)) => Some((l.clone(), r.clone())),
-            _ => None,
-        })
-        .collect::<Option<Vec<_>>>()
+    let Some(pairs) =
+        j.on.iter()
+            .map(|(l, r)| match (l, r) {
+                (Expr::Column(l), Expr::Column(r)) => Some((l.clone(), r.clone())),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
     else {
         return Ok(None);
     };
@@ -146,11 +145,13 @@ fn distributed_scan(plan: &LogicalPlan) -> Option<DistributedScan> {
             let table = provider.downcast_ref::<SliceTable>()?;
             let (name, key_type, mirrored) = table.distribution()?;
             let column = Column::new(Some(t.table_name.clone()), name);
-            t.projected_schema.has_column(&column).then_some(DistributedScan {
-                column,
-                key_type,
-                mirrored,
-            })
+            t.projected_schema
+                .has_column(&column)
+                .then_some(DistributedScan {
+                    column,
+                    key_type,
+                    mirrored,
+                })
         }
         LogicalPlan::Filter(f) => distributed_scan(&f.input),
         // Only if the column passes through as itself.

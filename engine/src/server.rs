@@ -148,19 +148,7 @@ impl NodeServer {
             .local_addr()
             .map_err(|e| EngineError::io("listener", e))?;
         info!(node = self.state.node, %addr, "node serving");
-        // Every accepted connection without Nagle's algorithm: a scan's
-        // last small message (its `done` tag) would otherwise wait for the
-        // peer's delayed ACK, 40 ms on Linux, on every query.
-        let incoming = futures::StreamExt::map(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            |conn| {
-                conn.inspect(|socket| {
-                    if let Err(e) = socket.set_nodelay(true) {
-                        warn!(error = %e, "could not set TCP_NODELAY on a node connection");
-                    }
-                })
-            },
-        );
+        let incoming = without_nagle(listener);
         tonic::transport::Server::builder()
             .initial_stream_window_size(Some(proto::RECEIVE_STREAM_WINDOW))
             .initial_connection_window_size(Some(proto::RECEIVE_CONNECTION_WINDOW))
@@ -973,6 +961,24 @@ impl pb::node_server::Node for NodeServer {
     }
 }
 
+/// The connections `listener` accepts, each without Nagle's algorithm: a
+/// scan's last small message (its `done` tag) would otherwise wait for the
+/// peer's delayed ACK, 40 ms on Linux, on every query.
+fn without_nagle(
+    listener: tokio::net::TcpListener,
+) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            conn.inspect(|socket| {
+                if let Err(e) = socket.set_nodelay(true) {
+                    warn!(error = %e, "could not set TCP_NODELAY on a node connection");
+                }
+            })
+        },
+    )
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// Encodes batches as Flight messages, each tagged with its (slice, segment).
@@ -1464,6 +1470,16 @@ mod tests {
     use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
     use arrow_flight::flight_service_client::FlightServiceClient;
     use futures::{StreamExt, TryStreamExt};
+
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = Box::pin(without_nagle(listener));
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(accepted.nodelay().unwrap(), "TCP_NODELAY is off");
+    }
 
     async fn start() -> (
         tempfile::TempDir,
