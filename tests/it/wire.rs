@@ -180,6 +180,22 @@ const QUERIES: &[(&str, &str, f64)] = &[
          (SELECT max(k) FROM t2) AS top",
         0.0,
     ),
+    // A co-located pair (t and t2 on k) that the FROM list does not put
+    // next to each other: made adjacent, it joins on the nodes.
+    (
+        "co-located pair apart in the FROM list",
+        "SELECT dim.name, count(*), sum(t2.n) FROM dim JOIN t ON dim.g = t.g \
+         JOIN t2 ON t.k = t2.k WHERE dim.name < 'name 50' GROUP BY dim.name ORDER BY 1",
+        1e-9,
+    ),
+    // A semi join over joins that multiply rows moves below them.
+    (
+        "semi join below inner joins",
+        "SELECT count(*), sum(t2.n), max(dim.name) FROM t JOIN t2 ON t.k = t2.k \
+         JOIN dim ON dim.g = t.g \
+         WHERE t.k IN (SELECT k FROM t2 GROUP BY k HAVING sum(n) > 100)",
+        1e-9,
+    ),
     (
         "group by text",
         "SELECT s, count(*), min(k), max(n) FROM t WHERE g BETWEEN 100 AND 200 \
@@ -375,8 +391,10 @@ async fn check_fragments(client: &Client) -> Result<()> {
     // apply. (SET is seen by every session.)
     exec(client, "SET slicedb.broadcast_joins = false").await?;
     let checked = check_runtime_filter(client).await;
+    let colocated = check_colocated_apart(client).await;
     exec(client, "SET slicedb.broadcast_joins = true").await?;
     checked?;
+    colocated?;
     let msg = expect_error(client, "SELECT sum(k / (g - g)) FROM t", &["22012"]).await?;
     ensure!(
         msg.contains("Divide by zero"),
@@ -427,6 +445,21 @@ async fn check_broadcast_join(client: &Client) -> Result<()> {
     ensure!(
         on == off? && !on.is_empty(),
         "the join answers differently on the nodes: {on:?}"
+    );
+    Ok(())
+}
+
+/// `dim JOIN t JOIN t2`: DataFusion joins dim and t first, then t2 at the
+/// coordinator; t and t2 are co-located on k, so the joins are reordered
+/// and t JOIN t2 runs on the nodes (broadcast joins are off here, so dim
+/// cannot carry t's scan onto the nodes by itself).
+async fn check_colocated_apart(client: &Client) -> Result<()> {
+    let sql = "EXPLAIN SELECT count(*) FROM dim JOIN t ON dim.g = t.g JOIN t2 ON t.k = t2.k \
+               WHERE dim.name < 'name 50'";
+    let text = format!("{:?}", query(client, sql).await?);
+    ensure!(
+        text.contains("SliceInputExec: input=1") && text.contains("HashJoinExec"),
+        "the join of t and t2 does not run on the nodes: {text}"
     );
     Ok(())
 }
