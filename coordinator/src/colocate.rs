@@ -32,6 +32,7 @@ use datafusion::logical_expr::{
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 
 use crate::provider::SliceTable;
+use crate::semijoin::passes_through;
 
 /// See the module docs.
 #[derive(Debug, Default)]
@@ -155,11 +156,9 @@ fn distributed_scan(plan: &LogicalPlan) -> Option<DistributedScan> {
         }
         LogicalPlan::Filter(f) => distributed_scan(&f.input),
         // Only if the column passes through as itself.
-        LogicalPlan::Projection(p) => distributed_scan(&p.input).filter(|d| {
-            p.expr
-                .iter()
-                .any(|e| matches!(e, Expr::Column(x) if *x == d.column))
-        }),
+        LogicalPlan::Projection(p) => {
+            distributed_scan(&p.input).filter(|d| passes_through(p, &d.column))
+        }
         _ => None,
     }
 }
@@ -240,12 +239,7 @@ fn sink(
             .transpose()
             .map(|f| f.map(LogicalPlan::Filter)),
         LogicalPlan::Projection(p)
-            if has_all(&p.input)
-                && cand.keys.iter().all(|(k, _)| {
-                    p.expr
-                        .iter()
-                        .any(|e| matches!(e, Expr::Column(x) if x == k))
-                }) =>
+            if has_all(&p.input) && cand.keys.iter().all(|(k, _)| passes_through(p, k)) =>
         {
             let Some(input) = joined(&p.input)? else {
                 return Ok(None);

@@ -116,12 +116,7 @@ fn push_into(
         // A projection that passes each column through as itself (the ones
         // DataFusion puts between joins to drop unused columns).
         LogicalPlan::Projection(p)
-            if has_all(&p.input)
-                && columns.iter().all(|c| {
-                    p.expr
-                        .iter()
-                        .any(|e| matches!(e, Expr::Column(x) if x == c))
-                }) =>
+            if has_all(&p.input) && columns.iter().all(|c| passes_through(p, c)) =>
         {
             push_into(&p.input, columns, semi)?
                 .map(|input| {
@@ -136,6 +131,14 @@ fn push_into(
         }
         _ => Ok(None),
     }
+}
+
+/// Whether projection `p` passes column `c` through as itself (no
+/// expression, no alias), as DataFusion's projections between joins do.
+pub(crate) fn passes_through(p: &Projection, c: &Column) -> bool {
+    p.expr
+        .iter()
+        .any(|e| matches!(e, Expr::Column(x) if x == c))
 }
 
 /// Whether `plan` likely has fewer rows than its tables: a filter, a scan
@@ -205,6 +208,16 @@ mod tests {
     }
 
     /// c JOIN o ON custkey, then JOIN l ON orderkey, then o.ok IN (s.ok).
+    /// The plan's lines, trimmed, and which of them is the semi join.
+    fn semi_line(text: &str) -> (Vec<&str>, usize) {
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        let semi = lines
+            .iter()
+            .position(|l| l.starts_with("LeftSemi Join"))
+            .unwrap_or_else(|| panic!("no semi join left:\n{text}"));
+        (lines, semi)
+    }
+
     /// With `filter`, o's rows are also filtered above its join with c.
     fn q18_shape(semi_key: &str, filter: bool) -> LogicalPlan {
         let c = scan("c", &["ck", "name"]).build().unwrap();
@@ -235,11 +248,7 @@ mod tests {
         assert!(changed);
         // Through both inner joins, the filter and the projections, right
         // over o.
-        let lines: Vec<&str> = text.lines().map(str::trim).collect();
-        let semi = lines
-            .iter()
-            .position(|l| l.starts_with("LeftSemi Join"))
-            .unwrap_or_else(|| panic!("no semi join left:\n{text}"));
+        let (lines, semi) = semi_line(&text);
         assert_eq!(lines[semi + 1], "TableScan: o", "{text}");
         assert!(
             lines[..semi].iter().any(|l| l.starts_with("Filter")),
@@ -262,11 +271,7 @@ mod tests {
         assert!(!optimize(q18_shape("l.lok", true)).0);
         let (changed, text) = optimize(q18_shape("l.lok", false));
         assert!(changed);
-        let lines: Vec<&str> = text.lines().map(str::trim).collect();
-        let semi = lines
-            .iter()
-            .position(|l| l.starts_with("LeftSemi Join"))
-            .unwrap();
+        let (lines, semi) = semi_line(&text);
         assert_eq!(lines[semi + 1], "TableScan: l", "{text}");
     }
 
