@@ -250,7 +250,7 @@ impl LocalCluster {
     pub async fn shutdown(self) {
         // The failure detector must not mistake our own nodes stopping for
         // failures (and fail them over in the stored map).
-        self.frontend.coordinator().shared().begin_shutdown();
+        self.frontend.coordinator().cluster().begin_shutdown();
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;

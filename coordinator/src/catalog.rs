@@ -1,12 +1,12 @@
 //! The persistent catalog: tables (id, name, columns, distribution key,
 //! mirroring) and the transaction-id high-water mark.
 //!
-//! Stored as `catalog.json` in the coordinator's data dir, replaced atomically
-//! (write temp, fsync, rename, fsync dir) on every change. Format: see
+//! Stored through the persistence seam (`crate::meta`: `catalog.json` in the
+//! coordinator's data dir), replaced atomically on every change. Format: see
 //! docs/coordinator-state.md. It never talks to nodes; the cluster does.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 use slicedb_engine::TableId;
 
+use crate::meta::{Doc, FileMeta, MetaStore};
 use crate::{CoordinatorError, Result};
 
 /// How a table's rows are spread over slices.
@@ -109,9 +110,8 @@ impl TableMeta {
 }
 
 /// The in-memory catalog plus where it is persisted.
-#[derive(Debug)]
 pub struct Catalog {
-    path: PathBuf,
+    meta: Arc<dyn MetaStore>,
     next_table_id: TableId,
     xid_high_water: u64,
     tables: BTreeMap<String, Arc<TableMeta>>,
@@ -122,28 +122,29 @@ pub struct Catalog {
 impl Catalog {
     /// Load `dir/catalog.json`, or start an empty catalog if there is none.
     pub fn open(dir: &Path) -> Result<Catalog> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| CoordinatorError::io(dir.display().to_string(), e))?;
-        let path = dir.join("catalog.json");
+        Catalog::load(Arc::new(FileMeta::open(dir)?))
+    }
+
+    /// Load the catalog from `meta`, or start (and persist) an empty one.
+    pub fn load(meta: Arc<dyn MetaStore>) -> Result<Catalog> {
+        let origin = meta.describe(Doc::Catalog);
+        let stored = meta.read(Doc::Catalog)?;
         let mut cat = Catalog {
-            path: path.clone(),
+            meta,
             next_table_id: 1,
             xid_high_water: 1,
             tables: BTreeMap::new(),
             temps: BTreeMap::new(),
         };
-        if !path.exists() {
+        let Some(bytes) = stored else {
             cat.persist()?;
             return Ok(cat);
-        }
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| CoordinatorError::io(path.display().to_string(), e))?;
-        let file: CatalogFile = serde_json::from_str(&text)
-            .map_err(|e| CoordinatorError::Catalog(format!("{}: {e}", path.display())))?;
+        };
+        let file: CatalogFile = serde_json::from_slice(&bytes)
+            .map_err(|e| CoordinatorError::Catalog(format!("{origin}: {e}")))?;
         if !(1..=CATALOG_VERSION).contains(&file.version) {
             return Err(CoordinatorError::Catalog(format!(
-                "{}: catalog version {} is not supported (this build reads {CATALOG_VERSION})",
-                path.display(),
+                "{origin}: catalog version {} is not supported (this build reads {CATALOG_VERSION})",
                 file.version
             )));
         }
@@ -173,7 +174,7 @@ impl Catalog {
         };
         let text = serde_json::to_vec_pretty(&file)
             .map_err(|e| CoordinatorError::Catalog(e.to_string()))?;
-        write_atomic(&self.path, &text)
+        self.meta.write(Doc::Catalog, &text)
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<TableMeta>> {
@@ -343,25 +344,6 @@ fn table_meta(t: TableDef) -> Result<TableMeta> {
         mirrored: t.mirrored && t.session.is_none(),
         session: t.session,
     })
-}
-
-/// Replace `path` with `bytes` so a crash leaves either the old or the new file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let err = |e| CoordinatorError::io(path.display().to_string(), e);
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(bytes).map_err(err)?;
-        f.sync_all().map_err(err)?;
-    }
-    std::fs::rename(&tmp, path).map_err(err)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

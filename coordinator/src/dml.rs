@@ -19,9 +19,9 @@ use serde::Serialize;
 use slicedb_engine::proto::pb;
 use slicedb_engine::SliceId;
 
-use crate::cluster::Coordinator;
-use crate::distmap::SliceState;
+use crate::coordinator::Coordinator;
 use crate::load::Loader;
+use crate::map::SliceState;
 use crate::provider::{SliceTable, CURRENT_TXN, DML_SLICE};
 use crate::txn::Txn;
 use crate::{CoordinatorError, Result};
@@ -63,7 +63,7 @@ impl Coordinator {
         );
         ctx.register_table(
             name.as_str(),
-            Arc::new(SliceTable::for_dml(self.shared().clone(), meta)),
+            Arc::new(SliceTable::for_dml(self.cluster().clone(), meta)),
         )?;
         let mut sql = format!(
             "SELECT {select} FROM {name} AS {}",
@@ -103,22 +103,22 @@ impl Coordinator {
                     .push(rowids.value(i));
             }
         }
-        let shared = self.shared();
-        let map = shared.map();
+        let cluster = self.cluster();
+        let map = cluster.map();
         let snapshot = pb::Snapshot::from(&txn.snapshot);
         let mut deleted = 0;
         for (slice, rowids) in per_slice {
-            let entry = map.slices.get(slice as usize).ok_or_else(|| {
+            let entry = map.slices().get(slice as usize).ok_or_else(|| {
                 CoordinatorError::Catalog(format!("slice {slice} is not in the map"))
             })?;
             let (loc, from_mirror) = entry.serving()?;
             let segment = meta.segment_for(slice, from_mirror)?;
-            let node = shared.node(loc.node)?.clone();
+            let node = cluster.node(loc.node)?.clone();
             txn.note_request(node.id, &[]);
             let mut c = node.grpc.clone();
             let r = c
                 .delete(pb::DeleteRequest {
-                    epoch: shared.map().epoch,
+                    epoch: cluster.map().epoch(),
                     xid: txn.xid,
                     table: meta.id,
                     slice,
@@ -190,7 +190,7 @@ impl Coordinator {
             .dml_select(txn, table, alias, &select, selection)
             .await?;
         let n = self.delete_rows(txn, table, &batches).await?;
-        let mut loader = Loader::in_txn(self.shared().clone(), meta.clone(), txn.clone());
+        let mut loader = Loader::in_txn(self.cluster().clone(), meta.clone(), txn.clone());
         for b in &batches {
             let cols: Vec<Arc<dyn Array>> = b.columns()[2..].to_vec();
             let fields: Vec<_> = b.schema().fields()[2..].to_vec();
@@ -209,11 +209,11 @@ impl Coordinator {
     /// snapshot, on every node and both copies. Returns (blocks, rows).
     pub async fn groom(&self, table: &str) -> Result<(u64, u64)> {
         let meta = self.table(table)?;
-        let shared = self.shared();
-        let horizon = shared.txns.horizon(shared.peek_xid());
-        let epoch = shared.map().epoch;
+        let cluster = self.cluster();
+        let horizon = cluster.horizon();
+        let epoch = cluster.map().epoch();
         let (mut blocks, mut rows) = (0, 0);
-        for n in shared.nodes.values() {
+        for n in cluster.nodes().values() {
             let mut c = n.grpc.clone();
             let r = c
                 .groom(pb::GroomRequest {
@@ -233,27 +233,27 @@ impl Coordinator {
     /// Compare the primary and mirror of every slice of every table at one
     /// snapshot: row count and checksum over (rowid, row contents).
     pub async fn verify(&self) -> Result<Vec<VerifyRow>> {
-        verify(self.shared()).await
+        verify(self.cluster()).await
     }
 }
 
 /// [`Coordinator::verify`], for the `slicedb_verify` view.
-pub async fn verify(shared: &crate::cluster::Shared) -> Result<Vec<VerifyRow>> {
+pub async fn verify(cluster: &crate::cluster::Cluster) -> Result<Vec<VerifyRow>> {
     {
-        let snapshot = pb::Snapshot::from(&shared.read_snapshot());
-        let map = shared.map();
-        let epoch = map.epoch;
-        let tables = shared.catalog.lock().tables();
+        let snapshot = pb::Snapshot::from(&cluster.read_snapshot());
+        let map = cluster.map();
+        let epoch = map.epoch();
+        let tables = cluster.catalog().lock().tables();
         let mut out = Vec::new();
         for t in tables {
-            for e in &map.slices {
+            for e in map.slices() {
                 let ask = |node: u32, segment: pb::Segment| {
                     let snapshot = snapshot.clone();
                     let table = t.id;
                     let slice = e.slice;
                     async move {
                         let map_epoch = epoch;
-                        let n = shared.node(node)?.clone();
+                        let n = cluster.node(node)?.clone();
                         let mut c = n.grpc.clone();
                         c.checksum(pb::ChecksumRequest {
                             epoch: map_epoch,
@@ -272,7 +272,7 @@ pub async fn verify(shared: &crate::cluster::Shared) -> Result<Vec<VerifyRow>> {
                     Ok((loc, false)) => ask(loc.node, t.segment()).await,
                     Err(err) => Err(err),
                 };
-                let (m, status) = match (e.mirror, e.state) {
+                let (m, status) = match (e.mirror().map(|c| c.at), e.state()) {
                     _ if !t.mirrored => (None, "unmirrored".to_string()),
                     (None, _) | (_, SliceState::PrimaryOnly) => (None, "unmirrored".to_string()),
                     (

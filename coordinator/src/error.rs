@@ -46,6 +46,8 @@ pub enum CoordinatorError {
         "current transaction is aborted, commands ignored until end of transaction block ({0})"
     )]
     TransactionAborted(String),
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
     #[error("catalog error: {0}")]
     Catalog(String),
     #[error("I/O error on {path}: {source}")]
@@ -88,6 +90,7 @@ impl CoordinatorError {
             CoordinatorError::SliceUnavailable { .. } => "58000",
             CoordinatorError::IncompleteScan { .. } => "XX000",
             CoordinatorError::Config(_) => "F0000",
+            CoordinatorError::ShuttingDown => "57P01",
             CoordinatorError::TransactionAborted(_) => "25P02",
             CoordinatorError::Catalog(_) | CoordinatorError::Io { .. } => "58030",
             CoordinatorError::Engine(_) => "XX000",

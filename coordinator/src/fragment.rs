@@ -1048,7 +1048,7 @@ fn broadcast_build_side(
     let index = 1 + r.inputs().len() + r.broadcast().sides.len();
     let build = leaf(index, side.schema());
     let probe = rebuild(&rchain, fragment_base(r)?)?;
-    // One hash table of the build side per node, shared by its slices.
+    // One hash table of the build side per node, cluster by its slices.
     let plan = node
         .clone()
         .replace_children(

@@ -19,8 +19,8 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use crate::catalog::TableMeta;
-use crate::cluster::Shared;
-use crate::distmap::DistMap;
+use crate::cluster::Cluster;
+use crate::map::DistMap;
 use crate::txn::Txn;
 use crate::{CoordinatorError, Result};
 
@@ -48,7 +48,7 @@ struct SliceBuf {
 }
 
 pub struct Loader {
-    shared: Arc<Shared>,
+    cluster: Arc<Cluster>,
     table: Arc<TableMeta>,
     map: Arc<DistMap>,
     txn: Arc<Txn>,
@@ -69,23 +69,23 @@ pub struct Loader {
 
 impl Loader {
     /// A load in its own transaction (autocommit).
-    pub fn new(shared: Arc<Shared>, table: Arc<TableMeta>) -> Result<Loader> {
-        let txn = shared.begin()?;
-        Ok(Self::build(shared, table, txn, true))
+    pub fn new(cluster: Arc<Cluster>, table: Arc<TableMeta>) -> Result<Loader> {
+        let txn = cluster.begin()?;
+        Ok(Self::build(cluster, table, txn, true))
     }
 
     /// A load inside an open transaction block.
-    pub fn in_txn(shared: Arc<Shared>, table: Arc<TableMeta>, txn: Arc<Txn>) -> Loader {
-        Self::build(shared, table, txn, false)
+    pub fn in_txn(cluster: Arc<Cluster>, table: Arc<TableMeta>, txn: Arc<Txn>) -> Loader {
+        Self::build(cluster, table, txn, false)
     }
 
-    fn build(shared: Arc<Shared>, table: Arc<TableMeta>, txn: Arc<Txn>, own: bool) -> Loader {
-        let map = shared.map();
+    fn build(cluster: Arc<Cluster>, table: Arc<TableMeta>, txn: Arc<Txn>, own: bool) -> Loader {
+        let map = cluster.map();
         let xid = txn.xid;
         let n = map.slice_count() as usize;
         debug!(xid, table = %table.name, "load started");
         Loader {
-            shared,
+            cluster,
             table,
             txn,
             own,
@@ -246,22 +246,22 @@ impl Loader {
         }
         // Writes go where the slice is served now (after a failover: the
         // acting primary, into its mirror segment).
-        let map = self.shared.map();
-        let entry = &map.slices[slice];
+        let map = self.cluster.map();
+        let entry = &map.slices()[slice];
         let (loc, from_mirror) = entry.serving()?;
         let segment = self.table.segment_for(entry.slice, from_mirror)?;
-        let node = self.shared.node(loc.node)?.clone();
+        let node = self.cluster.node(loc.node)?.clone();
         self.txn.note_request(node.id, &[]);
         let txn = self.txn.clone();
         let req = pb::WriteRequest {
-            epoch: self.shared.map().epoch,
+            epoch: self.cluster.map().epoch(),
             xid: self.txn.xid,
             table: self.table.id,
             slice: entry.slice,
             segment: segment as i32,
             batches: proto::batches_to_ipc(&self.table.schema, &[batch])?.into(),
         };
-        let shared = self.shared.clone();
+        let cluster = self.cluster.clone();
         self.inflight.spawn(async move {
             let mut c = node.grpc.clone();
             let r = c
@@ -270,7 +270,7 @@ impl Loader {
                 .map_err(|s| {
                     let e = node.err(s);
                     if matches!(e, CoordinatorError::NodeUnreachable { .. }) {
-                        shared.probe_now(node.id);
+                        cluster.report_unreachable(node.id);
                     }
                     e
                 })?
@@ -340,7 +340,7 @@ impl Loader {
             "load written, committing"
         );
         if self.own {
-            self.shared.commit(&self.txn).await?;
+            self.cluster.commit(&self.txn).await?;
             debug!(xid = self.txn.xid, rows = self.rows_in, "load committed");
         }
         Ok(self.rows_in)
@@ -357,7 +357,7 @@ impl Loader {
         self.inflight.abort_all();
         while self.inflight.join_next().await.is_some() {}
         if self.own {
-            self.shared.abort(&self.txn).await;
+            self.cluster.abort(&self.txn).await;
         } else {
             self.txn
                 .mark_failed("a statement of the transaction failed");
@@ -378,10 +378,10 @@ impl Drop for Loader {
                 .mark_failed("a statement of the transaction was cancelled");
             return;
         }
-        let shared = self.shared.clone();
+        let cluster = self.cluster.clone();
         let txn = self.txn.clone();
         if let Ok(h) = tokio::runtime::Handle::try_current() {
-            h.spawn(async move { shared.abort(&txn).await });
+            h.spawn(async move { cluster.abort(&txn).await });
         }
     }
 }

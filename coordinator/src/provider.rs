@@ -53,9 +53,10 @@ use slicedb_engine::{NodeId, SliceId};
 use tokio::sync::mpsc;
 
 use crate::catalog::TableMeta;
-use crate::cluster::{NodeClient, Shared};
+use crate::cluster::Cluster;
 use crate::filter::{implied_by, to_predicate};
 use crate::load::Loader;
+use crate::nodes::NodeClient;
 use crate::txn::Txn;
 use crate::CoordinatorError;
 
@@ -78,7 +79,7 @@ pub const DML_SLICE: &str = "_slice";
 
 /// A distributed table.
 pub struct SliceTable {
-    shared: Arc<Shared>,
+    cluster: Arc<Cluster>,
     meta: Arc<TableMeta>,
     /// A DML scan: the schema gains `_slice` and `_rowid` after the user
     /// columns, so UPDATE and DELETE know which rows of which slice to delete.
@@ -94,9 +95,9 @@ impl fmt::Debug for SliceTable {
 }
 
 impl SliceTable {
-    pub fn new(shared: Arc<Shared>, meta: Arc<TableMeta>) -> Self {
+    pub fn new(cluster: Arc<Cluster>, meta: Arc<TableMeta>) -> Self {
         SliceTable {
-            shared,
+            cluster,
             meta,
             dml: None,
         }
@@ -119,7 +120,7 @@ impl SliceTable {
         }
     }
 
-    pub fn for_dml(shared: Arc<Shared>, meta: Arc<TableMeta>) -> Self {
+    pub fn for_dml(cluster: Arc<Cluster>, meta: Arc<TableMeta>) -> Self {
         let mut fields: Vec<_> = meta.schema.fields().iter().cloned().collect();
         fields.push(Arc::new(arrow::datatypes::Field::new(
             DML_SLICE,
@@ -132,7 +133,7 @@ impl SliceTable {
             false,
         )));
         let dml = Some(Arc::new(arrow::datatypes::Schema::new(fields)));
-        SliceTable { shared, meta, dml }
+        SliceTable { cluster, meta, dml }
     }
 }
 
@@ -166,14 +167,14 @@ impl TableProvider for SliceTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let map = self.shared.map();
+        let map = self.cluster.map();
         let schema = match projection {
             Some(p) => Arc::new(self.schema().project(p)?),
             None => self.schema(),
         };
         let snapshot = current_txn()
             .map(|t| t.snapshot.clone())
-            .unwrap_or_else(|| self.shared.read_snapshot());
+            .unwrap_or_else(|| self.cluster.read_snapshot());
         let dml = self.dml.as_ref().map(|_| DmlShape {
             nuser: self.meta.schema.fields().len(),
             projection: projection.cloned(),
@@ -187,7 +188,7 @@ impl TableProvider for SliceTable {
             .map(|p| pb::Predicate::from(&p))
             .collect();
         let base = pb::ScanRequest {
-            epoch: map.epoch,
+            epoch: map.epoch(),
             table: self.meta.id,
             slices: Vec::new(),
             projection: projection
@@ -201,10 +202,10 @@ impl TableProvider for SliceTable {
             inputs: Vec::new(),
             broadcast: Vec::new(),
         };
-        let all: Vec<SliceId> = map.slices.iter().map(|e| e.slice).collect();
-        let parts = plan_parts(&self.shared, &self.meta, &map, &all, &base)?;
+        let all: Vec<SliceId> = map.slices().iter().map(|e| e.slice).collect();
+        let parts = plan_parts(&self.cluster, &self.meta, &map, &all, &base)?;
         Ok(Arc::new(BroadcastScanExec::new(
-            self.shared.clone(),
+            self.cluster.clone(),
             self.meta.clone(),
             schema,
             parts,
@@ -229,7 +230,7 @@ impl TableProvider for SliceTable {
         Ok(Arc::new(DataSinkExec::new(
             input,
             Arc::new(SliceSink {
-                shared: self.shared.clone(),
+                cluster: self.cluster.clone(),
                 meta: self.meta.clone(),
                 txn: current_txn(),
             }),
@@ -243,9 +244,9 @@ impl TableProvider for SliceTable {
 /// from the mirror segment, so a survivor may answer twice, once per
 /// segment). A slice that cannot be served fails the plan, naming it.
 fn plan_parts(
-    shared: &Arc<Shared>,
+    cluster: &Arc<Cluster>,
     meta: &TableMeta,
-    map: &crate::distmap::DistMap,
+    map: &crate::map::DistMap,
     slices: &[SliceId],
     base: &pb::ScanRequest,
 ) -> DfResult<Vec<ScanPart>> {
@@ -259,13 +260,13 @@ fn plan_parts(
             }
             .into());
         }
-        let e = map
-            .slices
-            .get(slice as usize)
-            .ok_or_else(|| CoordinatorError::IncompleteScan {
-                table: meta.name.clone(),
-                reason: format!("slice {slice} is not in the map"),
-            })?;
+        let e =
+            map.slices()
+                .get(slice as usize)
+                .ok_or_else(|| CoordinatorError::IncompleteScan {
+                    table: meta.name.clone(),
+                    reason: format!("slice {slice} is not in the map"),
+                })?;
         let (loc, from_mirror) = e.serving()?;
         let segment = meta.segment_for(slice, from_mirror)?;
         per_node.entry(loc.node).or_default().push(pb::SliceScan {
@@ -276,10 +277,10 @@ fn plan_parts(
     let mut parts = Vec::new();
     for (node, scans) in per_node {
         let mut request = base.clone();
-        request.epoch = map.epoch;
+        request.epoch = map.epoch();
         request.slices = scans;
         parts.push(ScanPart {
-            node: shared.node(node)?.clone(),
+            node: cluster.node(node)?.clone(),
             slices: request.slices.iter().map(|s| s.slice).collect(),
             request,
         });
@@ -288,8 +289,8 @@ fn plan_parts(
 }
 
 /// Resolves once the map declares `node` failed.
-async fn wait_until_down(shared: &Arc<Shared>, node: NodeId) {
-    while !shared.is_down(node) {
+async fn wait_until_down(cluster: &Arc<Cluster>, node: NodeId) {
+    while !cluster.is_down(node) {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
 }
@@ -332,7 +333,7 @@ struct DmlShape {
 /// mid-answer the slices it had not finished are asked again, after the
 /// failover, from where the new map serves them: nothing twice, nothing lost.
 pub struct BroadcastScanExec {
-    shared: Arc<Shared>,
+    cluster: Arc<Cluster>,
     meta: Arc<TableMeta>,
     table: String,
     base: pb::ScanRequest,
@@ -364,7 +365,7 @@ pub struct BroadcastScanExec {
 
 impl BroadcastScanExec {
     fn new(
-        shared: Arc<Shared>,
+        cluster: Arc<Cluster>,
         meta: Arc<TableMeta>,
         schema: SchemaRef,
         parts: Vec<ScanPart>,
@@ -380,7 +381,7 @@ impl BroadcastScanExec {
             Boundedness::Bounded,
         );
         BroadcastScanExec {
-            shared,
+            cluster,
             meta,
             base,
             table,
@@ -418,7 +419,7 @@ impl BroadcastScanExec {
     /// Tables with fewer rows are not the probe side of a join run on the
     /// nodes with its build side sent whole.
     pub(crate) fn broadcast_join_min_rows(&self) -> u64 {
-        self.shared.config.broadcast_join_min_rows
+        self.cluster.tuning().broadcast_join_min_rows
     }
 
     /// The relations a fragment reads whole (see [`Self::broadcast`]).
@@ -489,7 +490,7 @@ impl BroadcastScanExec {
     /// This scan with these runtime filters.
     fn with_runtime(&self, runtime: Vec<Arc<dyn PhysicalExpr>>) -> BroadcastScanExec {
         let mut exec = BroadcastScanExec::new(
-            self.shared.clone(),
+            self.cluster.clone(),
             self.meta.clone(),
             self.schema.clone(),
             self.parts.clone(),
@@ -524,7 +525,7 @@ impl BroadcastScanExec {
     /// filters them (pushed filters, or a fragment).
     pub(crate) fn table_rows_and_filtered(&self) -> (Option<u64>, bool) {
         (
-            self.shared.table_rows(self.meta.id),
+            self.cluster.table_rows(self.meta.id),
             self.pushed_filters > 0 || self.fragment_plan.is_some(),
         )
     }
@@ -555,7 +556,7 @@ impl BroadcastScanExec {
             })
             .collect();
         let mut exec = BroadcastScanExec::new(
-            self.shared.clone(),
+            self.cluster.clone(),
             self.meta.clone(),
             schema,
             parts,
@@ -644,7 +645,7 @@ impl ExecutionPlan for BroadcastScanExec {
             // A fragment's output size is not the table's.
             return Ok(Arc::new(st));
         }
-        if let Some(rows) = self.shared.table_rows(self.meta.id) {
+        if let Some(rows) = self.cluster.table_rows(self.meta.id) {
             let rows = match partition {
                 None => rows,
                 Some(_) => rows / self.parts.len().max(1) as u64,
@@ -714,9 +715,9 @@ impl ExecutionPlan for BroadcastScanExec {
         // filters starts only once the join's build side is complete, and a
         // small table costs less to ship than to wait for.
         let large = self
-            .shared
+            .cluster
             .table_rows(self.meta.id)
-            .is_some_and(|rows| rows >= self.shared.config.runtime_filter_min_rows);
+            .is_some_and(|rows| rows >= self.cluster.tuning().runtime_filter_min_rows);
         let keyed = (0..self.schema.fields().len()).any(|c| self.output_table_column(c).is_some());
         if phase != FilterPushdownPhase::Post || self.dml.is_some() || !keyed || !large {
             return Ok(res);
@@ -759,7 +760,7 @@ impl ExecutionPlan for BroadcastScanExec {
             blocks_pruned: MetricBuilder::new(&self.metrics).counter("blocks_pruned", partition),
             slices: MetricBuilder::new(&self.metrics).counter("slices_answered", partition),
         };
-        let shared = self.shared.clone();
+        let cluster = self.cluster.clone();
         let table = self.table.clone();
         let out_schema = schema.clone();
         let dml = self.dml.clone();
@@ -774,7 +775,7 @@ impl ExecutionPlan for BroadcastScanExec {
             part.request.broadcast = broadcast;
             tokio::spawn(async move {
                 let res = scan_with_failover(
-                    &shared, &meta, &base, part, out_schema, &table, &tx, &counters, &dml,
+                    &cluster, &meta, &base, part, out_schema, &table, &tx, &counters, &dml,
                 )
                 .await;
                 if let Err(e) = res {
@@ -907,7 +908,7 @@ struct ScanCounters {
 /// owners for the slices not yet finished.
 #[allow(clippy::too_many_arguments)]
 async fn scan_with_failover(
-    shared: &Arc<Shared>,
+    cluster: &Arc<Cluster>,
     meta: &Arc<TableMeta>,
     base: &pb::ScanRequest,
     part: ScanPart,
@@ -929,7 +930,7 @@ async fn scan_with_failover(
             // manager declaring it failed.
             let res = tokio::select! {
                 r = scan_node(p.clone(), schema.clone(), table, tx, counters, dml, &mut done) => r,
-                _ = wait_until_down(shared, node) => Err(CoordinatorError::NodeUnreachable {
+                _ = wait_until_down(cluster, node) => Err(CoordinatorError::NodeUnreachable {
                     node,
                     address: p.node.address.clone(),
                     message: "declared failed while answering a scan".into(),
@@ -946,15 +947,15 @@ async fn scan_with_failover(
         let Some((node, epoch, err)) = failure else {
             return Ok(());
         };
-        shared.probe_now(node);
+        cluster.report_unreachable(node);
         // Wait for the system manager to change the map (it probes the node
         // at once), then re-plan what is left. A node still at the previous
         // epoch (the new map is being installed) is simply asked again.
         let behind = matches!(&err, CoordinatorError::Node { kind, .. } if kind == "stale_epoch");
         let asked = tokio::time::Instant::now();
         loop {
-            let map = shared.map();
-            if map.epoch > epoch
+            let map = cluster.map();
+            if map.epoch() > epoch
                 || (behind && asked.elapsed() >= std::time::Duration::from_millis(50))
             {
                 break;
@@ -969,7 +970,7 @@ async fn scan_with_failover(
         if left.is_empty() {
             return Ok(());
         }
-        parts = plan_parts(shared, meta, &shared.map(), &left, base)?;
+        parts = plan_parts(cluster, meta, &cluster.map(), &left, base)?;
     }
 }
 
@@ -1086,7 +1087,7 @@ async fn scan_node(
 
 /// INSERT into a slicedb table: one loader, committed when the input ends.
 struct SliceSink {
-    shared: Arc<Shared>,
+    cluster: Arc<Cluster>,
     meta: Arc<TableMeta>,
     /// The transaction block the INSERT runs in (None: autocommit).
     txn: Option<Arc<Txn>>,
@@ -1118,8 +1119,8 @@ impl DataSink for SliceSink {
         _context: &Arc<TaskContext>,
     ) -> DfResult<u64> {
         let mut loader = match &self.txn {
-            Some(t) => Loader::in_txn(self.shared.clone(), self.meta.clone(), t.clone()),
-            None => Loader::new(self.shared.clone(), self.meta.clone())?,
+            Some(t) => Loader::in_txn(self.cluster.clone(), self.meta.clone(), t.clone()),
+            None => Loader::new(self.cluster.clone(), self.meta.clone())?,
         };
         while let Some(batch) = data.next().await {
             let batch = match batch {

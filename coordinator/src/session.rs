@@ -19,7 +19,7 @@ use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::error::Result as DfResult;
 
 use crate::catalog::TableMeta;
-use crate::cluster::Shared;
+use crate::cluster::Cluster;
 use crate::provider::SliceTable;
 
 tokio::task_local! {
@@ -45,7 +45,7 @@ pub fn new_session_id() -> u64 {
 /// temporary tables first, then everything registered in `inner`.
 pub struct SessionSchema {
     inner: Arc<dyn SchemaProvider>,
-    shared: Arc<Shared>,
+    cluster: Arc<Cluster>,
 }
 
 impl std::fmt::Debug for SessionSchema {
@@ -57,13 +57,13 @@ impl std::fmt::Debug for SessionSchema {
 }
 
 impl SessionSchema {
-    pub fn new(inner: Arc<dyn SchemaProvider>, shared: Arc<Shared>) -> Self {
-        SessionSchema { inner, shared }
+    pub fn new(inner: Arc<dyn SchemaProvider>, cluster: Arc<Cluster>) -> Self {
+        SessionSchema { inner, cluster }
     }
 
     fn temp(&self, name: &str) -> Option<Arc<TableMeta>> {
         let session = current_session()?;
-        self.shared.catalog.lock().get_temp(session, name)
+        self.cluster.catalog().lock().get_temp(session, name)
     }
 }
 
@@ -72,7 +72,7 @@ impl SchemaProvider for SessionSchema {
     fn table_names(&self) -> Vec<String> {
         let mut names = self.inner.table_names();
         if let Some(session) = current_session() {
-            for t in self.shared.catalog.lock().temps(Some(session)) {
+            for t in self.cluster.catalog().lock().temps(Some(session)) {
                 if !names.contains(&t.name) {
                     names.push(t.name.clone());
                 }
@@ -83,7 +83,7 @@ impl SchemaProvider for SessionSchema {
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         if let Some(meta) = self.temp(name) {
-            return Ok(Some(Arc::new(SliceTable::new(self.shared.clone(), meta))));
+            return Ok(Some(Arc::new(SliceTable::new(self.cluster.clone(), meta))));
         }
         self.inner.table(name).await
     }

@@ -2,17 +2,15 @@
 //! durable commit record, and the resolver that finishes in-doubt
 //! transactions after a crash.
 //!
-//! It owns the set of active transactions (the source of every snapshot) and
-//! `commits.log` in the data dir: one 16-byte record per committed xid
-//! (u64 xid, u32 CRC32C of the xid, u32 magic), fsynced before any node is
-//! told to commit. A transaction whose record is present is committed, even if
+//! It owns xid allocation (reserved in the catalog in ranges), the set of
+//! active transactions (the source of every snapshot) and the commit log
+//! (through the persistence seam, `crate::meta`): a record per committed
+//! xid, durable before any node is told to commit. A transaction whose record is present is committed, even if
 //! no node has published it yet; one without a record is aborted. It never
 //! reads a disk image; nodes are reached through the node protocol only.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,11 +21,11 @@ use slicedb_engine::store::Snapshot;
 use slicedb_engine::{NodeId, SliceId, Xid};
 use tracing::{debug, info, warn};
 
-use crate::cluster::Shared;
+use crate::catalog::Catalog;
+use crate::meta::{CommitLog, MetaStore};
+use crate::nodes::{NodeClient, NodeSet};
+use crate::system::{MapReader, SystemHandle};
 use crate::{CoordinatorError, Result};
-
-const RECORD_MAGIC: u32 = 0x534c_434d; // "SLCM"
-const RECORD_LEN: usize = 16;
 
 /// What a node did for a transaction: requests sent and slices degraded.
 #[derive(Debug, Default)]
@@ -76,53 +74,74 @@ impl Txn {
     }
 }
 
-/// The active set and the commit record.
+/// Transactions: xids, the active set and the commit record.
 pub struct TxnManager {
     /// Active xid -> the lowest xid its snapshot may not see (for GROOM).
     active: Mutex<BTreeMap<Xid, Xid>>,
     /// Committed, but some node has not published yet: xid -> nodes left.
     unfinished: Mutex<BTreeMap<Xid, BTreeSet<NodeId>>>,
     committed: Mutex<HashSet<Xid>>,
-    log: Mutex<File>,
-    path: PathBuf,
+    log: Mutex<Box<dyn CommitLog>>,
+    catalog: Arc<Mutex<Catalog>>,
+    next_xid: AtomicU64,
+    xid_limit: AtomicU64,
+    xid_lock: Mutex<()>,
+    nodes: Arc<NodeSet>,
+    map: MapReader,
+    system: SystemHandle,
 }
 
 impl TxnManager {
-    pub fn open(dir: &Path) -> Result<TxnManager> {
-        let path = dir.join("commits.log");
-        let io = |e| CoordinatorError::Io {
-            path: path.display().to_string(),
-            source: e,
-        };
-        let mut f = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)
-            .map_err(io)?;
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf).map_err(io)?;
-        let mut committed = HashSet::new();
-        for rec in buf.chunks(RECORD_LEN) {
-            if rec.len() < RECORD_LEN {
-                break; // a torn tail: never acknowledged
-            }
-            let xid = u64::from_le_bytes(rec[0..8].try_into().expect("8 bytes"));
-            let crc = u32::from_le_bytes(rec[8..12].try_into().expect("4 bytes"));
-            let magic = u32::from_le_bytes(rec[12..16].try_into().expect("4 bytes"));
-            if magic == RECORD_MAGIC && crc == crc32c::crc32c(&rec[0..8]) {
-                committed.insert(xid);
-            } else {
-                warn!(path = %path.display(), "skipping a torn commit record");
-            }
-        }
+    pub fn open(
+        meta: &dyn MetaStore,
+        catalog: Arc<Mutex<Catalog>>,
+        nodes: Arc<NodeSet>,
+        map: MapReader,
+        system: SystemHandle,
+    ) -> Result<TxnManager> {
+        let (committed, log) = meta.open_commit_log()?;
+        let hw = catalog.lock().xid_high_water();
         Ok(TxnManager {
             active: Mutex::new(BTreeMap::new()),
             unfinished: Mutex::new(BTreeMap::new()),
-            committed: Mutex::new(committed),
-            log: Mutex::new(f),
-            path,
+            committed: Mutex::new(committed.into_iter().collect()),
+            log: Mutex::new(log),
+            catalog,
+            next_xid: AtomicU64::new(hw),
+            xid_limit: AtomicU64::new(hw),
+            xid_lock: Mutex::new(()),
+            nodes,
+            map,
+            system,
         })
+    }
+
+    fn node(&self, id: NodeId) -> Result<&NodeClient> {
+        self.nodes
+            .get(&id)
+            .ok_or_else(|| CoordinatorError::Config(format!("map names unknown node {id}")))
+    }
+
+    fn is_down(&self, node: NodeId) -> bool {
+        self.map.current().is_down(node)
+    }
+
+    /// A fresh transaction id; durable reservation in the catalog in ranges.
+    pub fn next_xid(&self) -> Result<Xid> {
+        let _g = self.xid_lock.lock();
+        let x = self.next_xid.load(Ordering::SeqCst);
+        if x >= self.xid_limit.load(Ordering::SeqCst) {
+            let start = self.catalog.lock().reserve_xids(x)?;
+            self.next_xid.store(start, Ordering::SeqCst);
+            self.xid_limit
+                .store(start + crate::catalog::XID_RESERVATION, Ordering::SeqCst);
+        }
+        Ok(self.next_xid.fetch_add(1, Ordering::SeqCst))
+    }
+
+    /// The next xid `next_xid` would hand out (every xid below it was handed out).
+    pub fn peek_xid(&self) -> Xid {
+        self.next_xid.load(Ordering::SeqCst)
     }
 
     fn snapshot_locked(active: &BTreeMap<Xid, Xid>, xmax: Xid, own: Option<Xid>) -> Snapshot {
@@ -155,17 +174,7 @@ impl TxnManager {
 
     /// Append the commit record for `xid` and make it durable.
     fn record_commit(&self, xid: Xid) -> Result<()> {
-        let mut rec = [0u8; RECORD_LEN];
-        rec[0..8].copy_from_slice(&xid.to_le_bytes());
-        rec[8..12].copy_from_slice(&crc32c::crc32c(&xid.to_le_bytes()).to_le_bytes());
-        rec[12..16].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
-        let mut f = self.log.lock();
-        f.write_all(&rec)
-            .and_then(|_| f.sync_data())
-            .map_err(|e| CoordinatorError::Io {
-                path: self.path.display().to_string(),
-                source: e,
-            })?;
+        self.log.lock().append(xid)?;
         self.committed.lock().insert(xid);
         Ok(())
     }
@@ -190,14 +199,12 @@ impl TxnManager {
     fn end(&self, xid: Xid) {
         self.active.lock().remove(&xid);
     }
-}
 
-impl Shared {
     /// Start a transaction: a fresh xid and a snapshot, atomically, so no
     /// snapshot can see an xid as finished before it started.
     pub fn begin(&self) -> Result<Arc<Txn>> {
         let xid = self.next_xid()?;
-        let mut active = self.txns.active.lock();
+        let mut active = self.active.lock();
         let xmax = self.peek_xid().max(xid + 1);
         let snapshot = TxnManager::snapshot_locked(&active, xmax, Some(xid));
         let xmin = snapshot.xip.first().copied().unwrap_or(xid).min(xid);
@@ -212,7 +219,7 @@ impl Shared {
 
     /// A snapshot for a statement outside any transaction block.
     pub fn read_snapshot(&self) -> Snapshot {
-        let active = self.txns.active.lock();
+        let active = self.active.lock();
         TxnManager::snapshot_locked(&active, self.peek_xid(), None)
     }
 
@@ -233,11 +240,11 @@ impl Shared {
             .map(|(n, r)| (*n, *r))
             .collect();
         if requests.is_empty() {
-            self.txns.end(xid);
+            self.end(xid);
             return Ok(());
         }
         // Phase 1.
-        let epoch = self.map().epoch;
+        let epoch = self.map.current().epoch();
         let calls = requests.iter().map(|&(id, requests)| async move {
             let node = self.node(id)?.clone();
             let mut c = node.grpc.clone();
@@ -267,13 +274,13 @@ impl Shared {
         // before the commit is acknowledged: the map must never claim a
         // mirror holds rows it does not.
         if !degraded.is_empty() {
-            if let Err(e) = self.mark_degraded(&degraded).await {
+            if let Err(e) = self.system.mirrors_missed_commit(degraded.clone()).await {
                 self.abort(txn).await;
                 return Err(e);
             }
         }
         // Decision point.
-        if let Err(e) = self.txns.record_commit(xid) {
+        if let Err(e) = self.record_commit(xid) {
             self.abort(txn).await;
             return Err(e);
         }
@@ -309,20 +316,18 @@ impl Shared {
             tokio::time::sleep(d).await;
         }
         if left.is_empty() {
-            self.txns.end(xid);
+            self.end(xid);
         } else {
             // Decided but not yet published everywhere: a node that did not
             // answer is probed at once; if it is dead its mirrors finish the
             // transaction during the failover. Acknowledge only once the
             // rows are visible (bounded: the decision is durable anyway).
-            self.txns.unfinished.lock().insert(xid, left.clone());
-            if let Some(me) = self.self_arc() {
-                for id in &left {
-                    me.probe_now(*id);
-                }
+            self.unfinished.lock().insert(xid, left.clone());
+            for id in &left {
+                self.system.report_unreachable(*id);
             }
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while self.txns.is_active(xid) && tokio::time::Instant::now() < deadline {
+            while self.is_active(xid) && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -334,7 +339,7 @@ impl Shared {
     /// the resolver, which aborts whatever has no commit record).
     pub async fn abort(&self, txn: &Txn) {
         let xid = txn.xid;
-        let epoch = self.map().epoch;
+        let epoch = self.map.current().epoch();
         let participants = txn.participants();
         let calls = participants.iter().map(|&id| async move {
             if let Ok(node) = self.node(id) {
@@ -352,7 +357,7 @@ impl Shared {
             }
         });
         futures::future::join_all(calls).await;
-        self.txns.end(xid);
+        self.end(xid);
         debug!(xid, "aborted");
     }
 
@@ -362,7 +367,7 @@ impl Shared {
     /// retried. Returns how many were resolved.
     pub async fn resolve_once(&self) -> usize {
         let mut resolved = 0;
-        let epoch = self.map().epoch;
+        let epoch = self.map.current().epoch();
         // Taken before this pass finishes transactions on the live nodes: a
         // committed transaction still waiting for a node that was already
         // down then is finished by that node's mirrors below, so it stops
@@ -371,7 +376,6 @@ impl Shared {
         // is recorded as unfinished; without this, that transaction would
         // wait for the dead node, and stay invisible, forever.
         let unfinished: Vec<(Xid, BTreeSet<NodeId>)> = self
-            .txns
             .unfinished
             .lock()
             .iter()
@@ -394,7 +398,7 @@ impl Shared {
                 // A commit decision is final: finish it even while the
                 // transaction still waits for another node. Only aborts wait
                 // for the owner to be gone.
-                if self.txns.is_active(t.xid) && !(t.prepared && self.txns.is_committed(t.xid)) {
+                if self.is_active(t.xid) && !(t.prepared && self.is_committed(t.xid)) {
                     continue;
                 }
                 let req = pb::TxnRequest {
@@ -402,7 +406,7 @@ impl Shared {
                     xid: t.xid,
                     requests: 0,
                 };
-                let r = if self.txns.is_committed(t.xid) {
+                let r = if self.is_committed(t.xid) {
                     c.commit(req).await.map(|_| ())
                 } else {
                     c.abort(req).await.map(|_| ())
@@ -413,7 +417,7 @@ impl Shared {
                         info!(
                             node = node.id,
                             xid = t.xid,
-                            committed = self.txns.is_committed(t.xid),
+                            committed = self.is_committed(t.xid),
                             "resolved in-doubt transaction"
                         );
                     }
@@ -444,23 +448,37 @@ impl Shared {
                 }
             }
             if left.is_empty() {
-                self.txns.unfinished.lock().remove(&xid);
-                self.txns.end(xid);
+                self.unfinished.lock().remove(&xid);
+                self.end(xid);
                 resolved += 1;
             } else {
-                self.txns.unfinished.lock().insert(xid, left);
+                self.unfinished.lock().insert(xid, left);
             }
         }
         resolved
     }
 }
 
-/// Run the resolver every `every` until the process ends.
-pub fn spawn_resolver(shared: Arc<Shared>, every: Duration) -> tokio::task::JoinHandle<()> {
+/// Run the resolver every `every`, and at once whenever the system manager
+/// installed a new map, until the process ends. A node newly declared
+/// failed will never acknowledge: after the pass that finished its
+/// transactions on the survivors (its mirrors hold them prepared), nothing
+/// waits for it any more.
+pub fn spawn_resolver(txns: Arc<TxnManager>, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut map = txns.map.clone();
+        let mut down: BTreeSet<NodeId> = map.current().down().iter().copied().collect();
         loop {
-            tokio::time::sleep(every).await;
-            shared.resolve_once().await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                r = map.installed() => if r.is_err() { return },
+            }
+            txns.resolve_once().await;
+            let now: BTreeSet<NodeId> = map.current().down().iter().copied().collect();
+            for node in now.difference(&down) {
+                txns.forget_node(*node);
+            }
+            down = now;
         }
     })
 }

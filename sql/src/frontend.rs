@@ -215,7 +215,7 @@ where
     F: FnOnce(Arc<Txn>) -> Fut,
     Fut: std::future::Future<Output = Result<T, SqlError>>,
 {
-    let shared = fe.coord.shared();
+    let cluster = fe.coord.cluster();
     match conn_txn(client).await {
         Some(txn) => {
             if let Some(why) = txn.failed() {
@@ -228,14 +228,14 @@ where
             r
         }
         None => {
-            let txn = shared.begin()?;
+            let txn = cluster.begin()?;
             match f(txn.clone()).await {
                 Ok(v) => {
-                    shared.commit(&txn).await?;
+                    cluster.commit(&txn).await?;
                     Ok(v)
                 }
                 Err(e) => {
-                    shared.abort(&txn).await;
+                    cluster.abort(&txn).await;
                     Err(e)
                 }
             }
@@ -359,11 +359,11 @@ async fn run_txn_control<C: ClientInfo>(
     client: &C,
     st: &Statement,
 ) -> Result<Response, SqlError> {
-    let shared = fe.coord.shared();
+    let cluster = fe.coord.cluster();
     match st {
         Statement::StartTransaction { .. } => {
             if conn_txn(client).await.is_none() {
-                set_conn_txn(fe, client, Some(shared.begin()?)).await;
+                set_conn_txn(fe, client, Some(cluster.begin()?)).await;
             }
             Ok(Response::TransactionStart(Tag::new("BEGIN")))
         }
@@ -373,16 +373,16 @@ async fn run_txn_control<C: ClientInfo>(
             };
             set_conn_txn(fe, client, None).await;
             if txn.failed().is_some() {
-                shared.abort(&txn).await;
+                cluster.abort(&txn).await;
                 return Ok(Response::TransactionEnd(Tag::new("ROLLBACK")));
             }
-            shared.commit(&txn).await?;
+            cluster.commit(&txn).await?;
             Ok(Response::TransactionEnd(Tag::new("COMMIT")))
         }
         _ => {
             if let Some(txn) = conn_txn(client).await {
                 set_conn_txn(fe, client, None).await;
-                shared.abort(&txn).await;
+                cluster.abort(&txn).await;
             }
             Ok(Response::TransactionEnd(Tag::new("ROLLBACK")))
         }
@@ -681,7 +681,7 @@ where
             if let Some(why) = txn.failed() {
                 return Err(CoordinatorError::TransactionAborted(why).into());
             }
-            Loader::in_txn(fe.coord.shared().clone(), fe.coord.table(&name)?, txn)
+            Loader::in_txn(fe.coord.cluster().clone(), fe.coord.table(&name)?, txn)
         }
         None => fe.coord.loader(&name)?,
     };

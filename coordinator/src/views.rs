@@ -20,7 +20,7 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use slicedb_engine::proto::pb;
 
-use crate::cluster::Shared;
+use crate::cluster::Cluster;
 use crate::Result;
 
 #[derive(Debug, Clone, Copy)]
@@ -84,7 +84,7 @@ impl View {
 
 pub struct SystemView {
     view: View,
-    shared: Arc<Shared>,
+    cluster: Arc<Cluster>,
 }
 
 impl fmt::Debug for SystemView {
@@ -94,7 +94,7 @@ impl fmt::Debug for SystemView {
 }
 
 /// Register every system view in `ctx`.
-pub fn register(ctx: &SessionContext, shared: &Arc<Shared>) -> Result<()> {
+pub fn register(ctx: &SessionContext, cluster: &Arc<Cluster>) -> Result<()> {
     for view in [
         View::Nodes,
         View::Slices,
@@ -107,7 +107,7 @@ pub fn register(ctx: &SessionContext, shared: &Arc<Shared>) -> Result<()> {
             view.name(),
             Arc::new(SystemView {
                 view,
-                shared: shared.clone(),
+                cluster: cluster.clone(),
             }),
         )?;
     }
@@ -138,7 +138,7 @@ impl SystemView {
     /// Ask every node for its status; a node that does not answer is marked
     /// down and simply contributes no rows.
     async fn statuses(&self) -> Vec<pb::StatusResponse> {
-        let calls = self.shared.nodes.values().map(|n| {
+        let calls = self.cluster.nodes().values().map(|n| {
             let mut c = n.grpc.clone();
             async move { (n.id, c.status(pb::StatusRequest {}).await) }
         });
@@ -146,10 +146,10 @@ impl SystemView {
         for (id, r) in futures::future::join_all(calls).await {
             match r {
                 Ok(s) => {
-                    self.shared.mark(id, true);
+                    self.cluster.mark(id, true);
                     out.push(s.into_inner());
                 }
-                Err(_) => self.shared.mark(id, false),
+                Err(_) => self.cluster.mark(id, false),
             }
         }
         out
@@ -160,8 +160,8 @@ impl SystemView {
         let cols: Vec<ArrayRef> = match self.view {
             View::Nodes => {
                 let _ = self.statuses().await;
-                let states = self.shared.node_state.lock().clone();
-                let nodes: Vec<_> = self.shared.nodes.values().collect();
+                let states = self.cluster.health().states();
+                let nodes: Vec<_> = self.cluster.nodes().values().collect();
                 vec![
                     Arc::new(Int32Array::from_iter_values(
                         nodes.iter().map(|n| n.id as i32),
@@ -178,26 +178,26 @@ impl SystemView {
                 ]
             }
             View::Slices => {
-                let map = self.shared.map();
-                let e = &map.slices;
+                let map = self.cluster.map();
+                let e = map.slices();
                 vec![
                     Arc::new(Int32Array::from_iter_values(
                         e.iter().map(|s| s.slice as i32),
                     )),
                     Arc::new(Int32Array::from_iter_values(
-                        e.iter().map(|s| s.primary.node as i32),
+                        e.iter().map(|s| s.primary().at.node as i32),
                     )),
                     Arc::new(Int32Array::from_iter_values(
-                        e.iter().map(|s| s.primary.disk as i32),
+                        e.iter().map(|s| s.primary().at.disk as i32),
                     )),
                     Arc::new(Int32Array::from_iter(
-                        e.iter().map(|s| s.mirror.map(|m| m.node as i32)),
+                        e.iter().map(|s| s.mirror().map(|m| m.at.node as i32)),
                     )),
                     Arc::new(Int32Array::from_iter(
-                        e.iter().map(|s| s.mirror.map(|m| m.disk as i32)),
+                        e.iter().map(|s| s.mirror().map(|m| m.at.disk as i32)),
                     )),
                     Arc::new(StringArray::from_iter_values(
-                        e.iter().map(|s| s.state.as_str()),
+                        e.iter().map(|s| s.state().as_str()),
                     )),
                 ]
             }
@@ -226,7 +226,7 @@ impl SystemView {
             View::TableSlices => {
                 // Permanent tables, and the current session's temporary ones.
                 let names: std::collections::HashMap<u64, (String, &'static str)> = {
-                    let cat = self.shared.catalog.lock();
+                    let cat = self.cluster.catalog().lock();
                     let temps = match crate::session::current_session() {
                         Some(sid) => cat.temps(Some(sid)),
                         None => Vec::new(),
@@ -268,8 +268,8 @@ impl SystemView {
                 ]
             }
             View::History => {
-                let map = self.shared.map();
-                let h = &map.history;
+                let map = self.cluster.map();
+                let h = map.history();
                 vec![
                     Arc::new(Int64Array::from_iter_values(
                         h.iter().map(|c| c.epoch as i64),
@@ -283,7 +283,7 @@ impl SystemView {
                 ]
             }
             View::Verify => {
-                let rows = crate::dml::verify(&self.shared).await?;
+                let rows = crate::dml::verify(&self.cluster).await?;
                 vec![
                     Arc::new(StringArray::from_iter_values(
                         rows.iter().map(|r| r.table.clone()),

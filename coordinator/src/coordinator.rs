@@ -1,0 +1,469 @@
+//! The running coordinator: its configuration, startup (the persistence
+//! seam, the map, the node clients, the system manager, the transaction
+//! manager, the DataFusion session), and DDL fan-out to the nodes.
+//!
+//! It wires the parts together and runs DDL; it never changes the map (the
+//! system manager does), never reads or writes disk images (everything on a
+//! node goes through the node protocol), and plans nothing itself (the
+//! query path's rules do).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::execution::context::SessionContext;
+use datafusion::prelude::SessionConfig;
+use parking_lot::Mutex;
+use slicedb_engine::proto::{self, pb};
+use tracing::{debug, info, warn};
+
+use crate::catalog::{Catalog, Distribution, TableMeta};
+use crate::cluster::{Cluster, PlanTuning};
+use crate::map::{DistMap, NodeShape, Ring};
+use crate::meta::{Doc, FileMeta, MetaStore};
+use crate::nodes::{connect_all, NodeEndpoint};
+use crate::provider::SliceTable;
+use crate::session::current_session;
+use crate::system::detector::wait_for_nodes;
+use crate::system::{NodeHealth, SystemConfig};
+use crate::txn::TxnManager;
+use crate::{CoordinatorError, Result};
+
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Where the catalog and the distribution map live.
+    pub data_dir: PathBuf,
+    pub nodes: Vec<NodeEndpoint>,
+    /// Slices per disk when the map is first built.
+    pub slices_per_disk: u32,
+    /// How long startup waits for every node to answer.
+    pub connect_timeout: Duration,
+    /// DataFusion target partitions (0 = number of cores).
+    pub target_partitions: usize,
+    /// How long a primary waits for its mirror before the slice is degraded.
+    pub mirror_timeout: Duration,
+    /// Heartbeat period; a node that misses one is probed at once and, if the
+    /// probe fails too, declared failed (detection <= interval + 2 x timeout).
+    pub heartbeat_interval: Duration,
+    /// How long one heartbeat or probe may take.
+    pub probe_timeout: Duration,
+    /// Tables with fewer rows take no runtime join filters (see
+    /// `provider::BroadcastScanExec`): they are shipped whole, at once.
+    pub runtime_filter_min_rows: u64,
+    /// Tables with fewer rows are never the probe side of a join run on the
+    /// nodes with its build side sent whole (see `fragment`): they are
+    /// shipped to the coordinator's join instead.
+    pub broadcast_join_min_rows: u64,
+}
+
+impl CoordinatorConfig {
+    pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
+    pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+    /// Waiting for a build side puts a scan's latency on the critical path;
+    /// at TPC-H SF 1 that paid for lineitem (6 M rows: Q08, Q09, Q17) but
+    /// not for orders (1.5 M: Q03 108 -> 200 ms with its runtime filter).
+    pub const DEFAULT_RUNTIME_FILTER_MIN_ROWS: u64 = 2_000_000;
+    /// A join run on the nodes starts its probe scan only once its build
+    /// side is computed and sent; below this many rows, shipping the probe
+    /// table costs less than that wait.
+    pub const DEFAULT_BROADCAST_JOIN_MIN_ROWS: u64 = 1_000_000;
+}
+
+/// The running coordinator.
+pub struct Coordinator {
+    cluster: Arc<Cluster>,
+    ctx: Arc<SessionContext>,
+}
+
+impl Coordinator {
+    /// Open (or create) the catalog and map, wait for every node, install the
+    /// map on each, and register every table with a new DataFusion session.
+    pub async fn start(config: CoordinatorConfig) -> Result<Coordinator> {
+        let meta: Arc<dyn MetaStore> = Arc::new(FileMeta::open(&config.data_dir)?);
+        let catalog = Arc::new(Mutex::new(Catalog::load(meta.clone())?));
+        let shapes: Vec<NodeShape> = config
+            .nodes
+            .iter()
+            .map(|n| NodeShape {
+                node: n.id,
+                disks: n.disks,
+            })
+            .collect();
+        let map = open_or_build_map(meta.as_ref(), &shapes, config.slices_per_disk)?;
+        let nodes = Arc::new(connect_all(&config.nodes)?);
+        let health = Arc::new(NodeHealth::default());
+        wait_for_nodes(&nodes, map.down(), &health, config.connect_timeout).await?;
+        let (system, map) = crate::system::start(
+            SystemConfig {
+                heartbeat_interval: config.heartbeat_interval,
+                probe_timeout: config.probe_timeout,
+                mirror_timeout: config.mirror_timeout,
+            },
+            meta.clone(),
+            map,
+            nodes.clone(),
+            health.clone(),
+        )
+        .await?;
+        let txns = Arc::new(TxnManager::open(
+            meta.as_ref(),
+            catalog.clone(),
+            nodes.clone(),
+            map.clone(),
+            system.clone(),
+        )?);
+        let cluster = Arc::new(Cluster::new(
+            catalog,
+            map,
+            nodes,
+            health,
+            txns.clone(),
+            system,
+            PlanTuning {
+                runtime_filter_min_rows: config.runtime_filter_min_rows,
+                broadcast_join_min_rows: config.broadcast_join_min_rows,
+            },
+        ));
+        // Finish whatever a crash left in doubt before serving anyone.
+        let resolved = txns.resolve_once().await;
+        if resolved > 0 {
+            info!(resolved, "resolved in-doubt transactions at startup");
+        }
+        crate::txn::spawn_resolver(txns, Duration::from_millis(500));
+        // Make sure every node knows every table (a node may have been
+        // initialised after the table was created, or missed a DDL).
+        let tables = cluster.catalog().lock().tables();
+        for t in &tables {
+            create_on_nodes(&cluster, t).await?;
+        }
+        // Temporary tables of the previous process's sessions: those
+        // sessions are gone, and so are their tables.
+        let leftovers = cluster.catalog().lock().temps(None);
+        for t in leftovers {
+            info!(table = %t.name, id = t.id, "dropping a temporary table left by a previous run");
+            cluster.catalog().lock().remove_meta(&t)?;
+            drop_on_nodes(&cluster, &t).await;
+        }
+
+        let mut session = SessionConfig::new()
+            .with_option_extension(crate::fragment::SlicedbOptions::default())
+            .with_information_schema(true)
+            .with_default_catalog_and_schema("datafusion", "public");
+        // `text`/`varchar` columns are stored as Utf8 (the type the engine,
+        // the hash and COPY know); Utf8View is an in-memory optimisation.
+        session
+            .options_mut()
+            .sql_parser
+            .map_string_types_to_utf8view = false;
+        if config.target_partitions > 0 {
+            session = session.with_target_partitions(config.target_partitions);
+        }
+        // A join's runtime filter reaches the nodes as bounds plus, for an
+        // integer key, the build side's keys as an IN list
+        // (`crate::filter::implied_by`): allow lists far longer than
+        // DataFusion's default (150 values, meant for statistics pruning).
+        // Shipping a probe side costs far more than a few thousand keys.
+        let opts = &mut session.options_mut().optimizer;
+        opts.hash_join_inlist_pushdown_max_distinct_values = crate::filter::MAX_RUNTIME_IN_LIST;
+        opts.hash_join_inlist_pushdown_max_size = crate::filter::MAX_RUNTIME_IN_LIST * 16;
+        // Joins of co-located tables are made adjacent (crate::colocate),
+        // semi joins move below inner joins (crate::semijoin); co-located
+        // joins and partial aggregates run on the nodes (crate::fragment).
+        let state = datafusion::execution::SessionStateBuilder::new()
+            .with_config(session)
+            .with_default_features()
+            .with_optimizer_rule(Arc::new(crate::colocate::CoLocateJoins))
+            .with_optimizer_rule(Arc::new(crate::semijoin::PushSemiJoinDown))
+            .with_physical_optimizer_rules(crate::fragment::optimizer_rules())
+            .build();
+        let ctx = Arc::new(SessionContext::new_with_state(state));
+        // Names resolve through the session's temporary tables first.
+        let catalog = ctx
+            .catalog("datafusion")
+            .ok_or_else(|| CoordinatorError::Catalog("no default catalog".into()))?;
+        let public = catalog
+            .schema("public")
+            .ok_or_else(|| CoordinatorError::Catalog("no public schema".into()))?;
+        catalog.register_schema(
+            "public",
+            Arc::new(crate::session::SessionSchema::new(public, cluster.clone())),
+        )?;
+        for t in tables {
+            let name = t.name.clone();
+            ctx.register_table(name.as_str(), Arc::new(SliceTable::new(cluster.clone(), t)))?;
+        }
+        crate::views::register(&ctx, &cluster)?;
+        info!(
+            nodes = cluster.nodes().len(),
+            slices = cluster.map().slice_count(),
+            "coordinator ready"
+        );
+        Ok(Coordinator { cluster, ctx })
+    }
+
+    /// The DataFusion session every SQL connection plans in.
+    pub fn session(&self) -> Arc<SessionContext> {
+        self.ctx.clone()
+    }
+
+    /// The cluster as the query and write paths see it.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// The table `name` as the current session sees it: its temporary
+    /// table of that name, else the permanent one.
+    pub fn table(&self, name: &str) -> Result<Arc<TableMeta>> {
+        let cat = self.cluster.catalog().lock();
+        if let Some(t) = current_session().and_then(|s| cat.get_temp(s, name)) {
+            return Ok(t);
+        }
+        cat.get(name)
+            .ok_or_else(|| CoordinatorError::TableNotFound(name.to_string()))
+    }
+
+    pub fn table_schema(&self, name: &str) -> Result<SchemaRef> {
+        Ok(self.table(name)?.schema.clone())
+    }
+
+    /// CREATE TABLE: durable in the catalog, then created on every node.
+    /// `temporary`: a table of the current session (CREATE TEMP TABLE),
+    /// unmirrored, dropped when the session ends.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_table(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        distribution: Distribution,
+        mirrored: bool,
+        temporary: bool,
+        if_not_exists: bool,
+    ) -> Result<()> {
+        let session = match (temporary, current_session()) {
+            (false, _) => None,
+            (true, Some(s)) => Some(s),
+            (true, None) => {
+                return Err(CoordinatorError::NotSupported(
+                    "a temporary table outside a SQL session".into(),
+                ))
+            }
+        };
+        // A system view has the name (a session's temporary table may
+        // shadow a permanent one, as in PostgreSQL, but not a view).
+        let shadowed = current_session()
+            .and_then(|s| self.cluster.catalog().lock().get_temp(s, name))
+            .is_some();
+        if !shadowed
+            && self.ctx.table_exist(name)?
+            && self.cluster.catalog().lock().get(name).is_none()
+        {
+            return Err(CoordinatorError::TableExists(name.to_string()));
+        }
+        for f in schema.fields() {
+            if !crate::load::storable(f.data_type()) {
+                return Err(CoordinatorError::UnsupportedType {
+                    column: f.name().clone(),
+                    data_type: f.data_type().to_string(),
+                });
+            }
+        }
+        if let Distribution::Hash(cols) = &distribution {
+            for c in cols {
+                let idx = schema.index_of(c).map_err(|_| {
+                    CoordinatorError::UnknownDistributionColumn {
+                        table: name.to_string(),
+                        column: c.clone(),
+                    }
+                })?;
+                let dt = schema.field(idx).data_type();
+                if !crate::hash::hashable(dt) {
+                    return Err(CoordinatorError::NotSupported(format!(
+                        "distribution key column \"{c}\" of type {dt}"
+                    )));
+                }
+            }
+        }
+        let meta = {
+            let mut cat = self.cluster.catalog().lock();
+            let exists = match session {
+                Some(s) => cat.get_temp(s, name).is_some(),
+                None => cat.get(name).is_some(),
+            };
+            if exists {
+                if if_not_exists {
+                    return Ok(());
+                }
+                return Err(CoordinatorError::TableExists(name.to_string()));
+            }
+            cat.add(name, schema, distribution, mirrored, session)?
+        };
+        if let Err(e) = create_on_nodes(&self.cluster, &meta).await {
+            // Leave no half-created table behind in the catalog.
+            let _ = self.cluster.catalog().lock().remove_meta(&meta);
+            return Err(e);
+        }
+        // Temporary tables resolve through the session schema, never here.
+        if session.is_none() {
+            self.ctx
+                .register_table(name, Arc::new(SliceTable::new(self.cluster.clone(), meta)))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the session has temporary tables.
+    pub fn has_temp_tables(&self, session: u64) -> bool {
+        !self
+            .cluster
+            .catalog()
+            .lock()
+            .temps(Some(session))
+            .is_empty()
+    }
+
+    /// A session ended: drop its temporary tables.
+    pub async fn end_session(&self, session: u64) {
+        let temps = self.cluster.catalog().lock().temps(Some(session));
+        for t in temps {
+            match self.cluster.catalog().lock().remove_meta(&t) {
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(table = %t.name, error = %e, "temporary table not dropped at session end");
+                    continue;
+                }
+            }
+            drop_on_nodes(&self.cluster, &t).await;
+            debug!(table = %t.name, session, "temporary table dropped at session end");
+        }
+    }
+
+    /// DROP TABLE: out of the catalog first (so nothing new reaches it), then
+    /// off every node.
+    /// The session's temporary table of that name comes first.
+    pub async fn drop_table(&self, name: &str, if_exists: bool) -> Result<()> {
+        let found = match self.table(name) {
+            Ok(m) => m,
+            Err(CoordinatorError::TableNotFound(_)) if if_exists => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let meta = self.cluster.catalog().lock().remove_meta(&found)?;
+        if meta.session.is_none() {
+            self.ctx.deregister_table(name)?;
+        }
+        drop_on_nodes(&self.cluster, &meta).await;
+        Ok(())
+    }
+}
+
+/// Drop a table's blocks on every live node (the catalog no longer names it).
+async fn drop_on_nodes(cluster: &Cluster, meta: &TableMeta) {
+    let epoch = cluster.map().epoch();
+    for n in cluster.live_nodes() {
+        let mut c = n.grpc.clone();
+        if let Err(s) = c
+            .drop_table(pb::DropTableRequest {
+                epoch,
+                table: meta.id,
+            })
+            .await
+        {
+            // Its blocks are orphaned on that node until it is reached again.
+            warn!(node = n.id, table = meta.id, error = %s, "drop on node failed");
+        }
+    }
+}
+
+async fn create_on_nodes(cluster: &Cluster, meta: &TableMeta) -> Result<()> {
+    let epoch = cluster.map().epoch();
+    let schema = proto::schema_to_bytes(&meta.schema)?;
+    let calls = cluster.live_nodes().map(|n| {
+        let mut c = n.grpc.clone();
+        let req = pb::CreateTableRequest {
+            epoch,
+            table: meta.id,
+            schema: schema.clone(),
+            mirrored: meta.mirrored,
+        };
+        async move { c.create_table(req).await.map_err(|s| n.err(s)) }
+    });
+    for r in futures::future::join_all(calls).await {
+        r?;
+    }
+    Ok(())
+}
+
+impl Coordinator {
+    /// Start a load (COPY) into `table`; rows become visible at `finish`.
+    pub fn loader(&self, table: &str) -> Result<crate::load::Loader> {
+        crate::load::Loader::new(self.cluster.clone(), self.table(table)?)
+    }
+}
+
+/// The stored map (a version 1 map is converted, and written back as the
+/// current version), or a new ring map for `nodes`, persisted. A stored map
+/// that does not match the configured nodes is an error: moving slices is a
+/// topology change, not a restart.
+pub fn open_or_build_map(
+    meta: &dyn MetaStore,
+    nodes: &[NodeShape],
+    slices_per_disk: u32,
+) -> Result<DistMap> {
+    if let Some(bytes) = meta.read(Doc::Map)? {
+        let origin = meta.describe(Doc::Map);
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|e| CoordinatorError::Catalog(format!("{origin}: {e}")))?;
+        let (map, converted) = DistMap::from_json(text, &origin)?;
+        map.check_matches(nodes)?;
+        if converted {
+            info!(path = %origin, "distribution map converted to version {}", crate::map::MAP_VERSION);
+            meta.write(Doc::Map, &map.to_json()?)?;
+        }
+        return Ok(map);
+    }
+    let map = DistMap::build(&Ring, nodes, slices_per_disk)?;
+    meta.write(Doc::Map, &map.to_json()?)?;
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::map::Location;
+
+    fn shape(n: u32, disks: u32) -> Vec<NodeShape> {
+        (0..n).map(|node| NodeShape { node, disks }).collect()
+    }
+
+    #[test]
+    fn stored_map_is_reused_and_a_different_topology_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = FileMeta::open(dir.path()).unwrap();
+        let a = open_or_build_map(&meta, &shape(3, 1), 4).unwrap();
+        let b = open_or_build_map(&meta, &shape(3, 1), 4).unwrap();
+        assert_eq!(a, b);
+        let e = open_or_build_map(&meta, &shape(2, 1), 4).unwrap_err();
+        assert!(matches!(e, CoordinatorError::Config(_)), "{e}");
+    }
+
+    #[test]
+    fn a_saved_version_1_map_is_converted_and_written_back_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("distmap.json"),
+            include_str!("map/testdata/distmap-v1.json"),
+        )
+        .unwrap();
+        let meta = FileMeta::open(dir.path()).unwrap();
+        let map = open_or_build_map(&meta, &shape(4, 1), 2).unwrap();
+        assert_eq!(map.epoch(), 7);
+        assert_eq!(
+            map.slices()[3].serving().unwrap(),
+            (Location { node: 0, disk: 0 }, true)
+        );
+        let stored = std::fs::read_to_string(dir.path().join("distmap.json")).unwrap();
+        assert!(stored.contains("\"version\": 2"), "{stored}");
+        assert!(stored.contains("\"copies\""), "{stored}");
+        // Read again: the same map, no longer a conversion.
+        assert_eq!(open_or_build_map(&meta, &shape(4, 1), 2).unwrap(), map);
+    }
+}

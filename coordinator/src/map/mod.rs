@@ -1,0 +1,492 @@
+//! The distribution map: slice -> a list of copies, each with its own
+//! location (node, disk), role (primary or mirror segment) and state (in
+//! sync, stale, rebuilding, lost), with an epoch that grows on every change.
+//!
+//! This module owns the map's shape, the rules every map must keep
+//! ([`placement::check`]), where a slice is served from, and the pure
+//! transitions of a fault (a node or disk lost, a mirror that missed a
+//! commit). It never persists a map, never publishes one and never talks to
+//! a node: only the system manager (`crate::system`) applies the
+//! transitions to the live map, and it alone can publish the result; every
+//! other module reads the map through `crate::system::MapReader`, which
+//! hands out `Arc<DistMap>` (read only).
+//!
+//! The JSON form (version 2) and the reading of version 1 files are
+//! specified in docs/coordinator-state.md; the conversion is in [`v1`].
+
+pub mod placement;
+pub mod v1;
+
+use serde::{Deserialize, Serialize};
+use slicedb_engine::{DiskId, NodeId, SliceId};
+
+use crate::{CoordinatorError, Result};
+
+pub use placement::{NodeShape, Placement, Ring};
+
+/// A disk of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Location {
+    pub node: NodeId,
+    pub disk: DiskId,
+}
+
+/// Which segment of its disk a copy lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The primary segment: the copy writes go to first, which forwards
+    /// them to the mirrors.
+    Primary,
+    /// The mirror segment: a logical copy the primary forwards to.
+    Mirror,
+}
+
+/// The state of one copy of a slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyState {
+    /// Holds every committed row of the slice: may serve it, and a mirror in
+    /// this state may be promoted.
+    InSync,
+    /// Missed a commit (it could not be reached in time): it holds fewer
+    /// rows than the slice has. Never served, never promoted, until resynced.
+    Stale,
+    /// Being rebuilt from a surviving copy (regeneration): not yet usable.
+    Rebuilding,
+    /// Its node or disk failed: nothing on it may be used.
+    Lost,
+}
+
+/// One copy of a slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SliceCopy {
+    #[serde(flatten)]
+    pub at: Location,
+    pub role: Role,
+    pub state: CopyState,
+}
+
+/// The state of a slice as a whole, derived from its copies: what
+/// `slicedb_slices.state` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SliceState {
+    /// One copy only (a one-node cluster): nothing to fail over to.
+    PrimaryOnly,
+    /// The primary and every mirror hold the same committed rows.
+    InSync,
+    /// A mirror missed a commit: writes are no longer forwarded to it and
+    /// it must never be promoted until it is resynced.
+    Degraded,
+    /// The primary copy is lost: an in-sync mirror serves the slice from
+    /// its mirror segment, unprotected.
+    FailedOver,
+    /// A mirror copy is lost: the primary serves alone, unprotected.
+    Unprotected,
+    /// No in-sync copy survives (a double fault): the slice is refused
+    /// rather than answered wrong.
+    Unavailable,
+}
+
+impl SliceState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SliceState::PrimaryOnly => "primary_only",
+            SliceState::InSync => "in_sync",
+            SliceState::Degraded => "degraded",
+            SliceState::FailedOver => "failed_over",
+            SliceState::Unprotected => "unprotected",
+            SliceState::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A slice and its copies. [`placement::check`] guarantees exactly one copy
+/// with the primary role and no two copies on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SliceEntry {
+    pub slice: SliceId,
+    pub copies: Vec<SliceCopy>,
+}
+
+impl SliceEntry {
+    /// The copy in the primary segment.
+    pub fn primary(&self) -> &SliceCopy {
+        self.copies
+            .iter()
+            .find(|c| c.role == Role::Primary)
+            .unwrap_or(&self.copies[0])
+    }
+
+    /// The copies in mirror segments.
+    pub fn mirrors(&self) -> impl Iterator<Item = &SliceCopy> {
+        self.copies.iter().filter(|c| c.role == Role::Mirror)
+    }
+
+    /// The first mirror copy, if the slice has one.
+    pub fn mirror(&self) -> Option<&SliceCopy> {
+        self.mirrors().next()
+    }
+
+    /// The slice's state as a whole.
+    pub fn state(&self) -> SliceState {
+        let primary = self.primary();
+        let in_sync = |c: &SliceCopy| c.state == CopyState::InSync;
+        if self.copies.len() == 1 {
+            return if in_sync(primary) {
+                SliceState::PrimaryOnly
+            } else {
+                SliceState::Unavailable
+            };
+        }
+        if in_sync(primary) {
+            if self.mirrors().all(in_sync) {
+                SliceState::InSync
+            } else if self.mirrors().any(|c| c.state == CopyState::Stale) {
+                SliceState::Degraded
+            } else {
+                SliceState::Unprotected
+            }
+        } else if self.mirrors().any(in_sync) {
+            SliceState::FailedOver
+        } else {
+            SliceState::Unavailable
+        }
+    }
+
+    /// Where the slice is served now: the primary copy, or (failed over)
+    /// the first in-sync mirror copy, read from its mirror segment (`true`).
+    pub fn serving(&self) -> Result<(Location, bool)> {
+        let primary = self.primary();
+        if primary.state == CopyState::InSync {
+            return Ok((primary.at, false));
+        }
+        match self.mirrors().find(|c| c.state == CopyState::InSync) {
+            Some(m) => Ok((m.at, true)),
+            None => Err(CoordinatorError::SliceUnavailable {
+                slice: self.slice,
+                reason: "both copies are lost or the surviving copy was not in sync (double fault)"
+                    .into(),
+            }),
+        }
+    }
+
+    /// Whether the primary forwards writes to its mirrors: every copy is in
+    /// sync. A stale or lost mirror is no longer written; it is brought back
+    /// by resync or regeneration, never by the next write.
+    pub fn forwards(&self) -> bool {
+        self.state() == SliceState::InSync
+    }
+}
+
+/// One change of the map, for `slicedb_map_history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapChange {
+    pub epoch: u64,
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+    pub cause: String,
+}
+
+/// The map's format version: 2 holds copies as a list (version 1 held one
+/// primary, one optional mirror and one state per slice).
+pub const MAP_VERSION: u32 = 2;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DistMap {
+    version: u32,
+    epoch: u64,
+    /// The placement the map was built with (`ring`).
+    placement: String,
+    slices: Vec<SliceEntry>,
+    /// Nodes declared failed: out of the cluster until regenerated.
+    #[serde(default)]
+    down: Vec<NodeId>,
+    /// Disks declared failed while their node runs.
+    #[serde(default)]
+    down_disks: Vec<Location>,
+    #[serde(default)]
+    history: Vec<MapChange>,
+}
+
+/// Reading the map.
+impl DistMap {
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn slices(&self) -> &[SliceEntry] {
+        &self.slices
+    }
+
+    pub fn slice_count(&self) -> u32 {
+        self.slices.len() as u32
+    }
+
+    /// Nodes declared failed (fenced).
+    pub fn down(&self) -> &[NodeId] {
+        &self.down
+    }
+
+    pub fn is_down(&self, node: NodeId) -> bool {
+        self.down.contains(&node)
+    }
+
+    /// Disks declared failed while their node runs.
+    pub fn down_disks(&self) -> &[Location] {
+        &self.down_disks
+    }
+
+    pub fn history(&self) -> &[MapChange] {
+        &self.history
+    }
+
+    /// The placement the map was built with.
+    pub fn placement(&self) -> &str {
+        &self.placement
+    }
+}
+
+/// The transitions of the map. Crate-private: only the system manager
+/// applies them to the live map (see the module docs).
+impl DistMap {
+    /// Record a change: epoch + 1 and a history entry.
+    pub(crate) fn bump(&mut self, cause: impl Into<String>) {
+        self.epoch += 1;
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.history.push(MapChange {
+            epoch: self.epoch,
+            at_ms,
+            cause: cause.into(),
+        });
+    }
+
+    /// Fail `node`: every copy on it is lost, so its primaries fail over to
+    /// in-sync mirrors (else become unavailable) and its mirrors leave their
+    /// primaries unprotected. Returns false if it was already down.
+    pub(crate) fn fail_node(&mut self, node: NodeId, cause: &str) -> bool {
+        if self.down.contains(&node) {
+            return false;
+        }
+        self.down.push(node);
+        self.lose_where(|l| l.node == node);
+        self.bump(format!("node {node} failed: {cause}"));
+        true
+    }
+
+    /// Fail one disk of a running node: only the copies on it are lost.
+    pub(crate) fn fail_disk(&mut self, at: Location, cause: &str) -> bool {
+        if self.down_disks.contains(&at) || self.down.contains(&at.node) {
+            return false;
+        }
+        self.down_disks.push(at);
+        self.lose_where(|l| l == at);
+        self.bump(format!(
+            "disk {} of node {} failed: {cause}",
+            at.disk, at.node
+        ));
+        true
+    }
+
+    fn lose_where(&mut self, lost: impl Fn(Location) -> bool) {
+        for e in &mut self.slices {
+            for c in &mut e.copies {
+                if lost(c.at) {
+                    c.state = CopyState::Lost;
+                }
+            }
+        }
+    }
+
+    /// These slices' mirrors missed a commit: every in-sync mirror of a
+    /// slice that was wholly in sync becomes stale. Returns whether anything
+    /// changed (the caller bumps the epoch).
+    pub(crate) fn mark_mirrors_stale(
+        &mut self,
+        slices: &std::collections::BTreeSet<SliceId>,
+    ) -> bool {
+        let mut changed = false;
+        for e in &mut self.slices {
+            if slices.contains(&e.slice) && e.state() == SliceState::InSync {
+                for c in e.copies.iter_mut().filter(|c| c.role == Role::Mirror) {
+                    c.state = CopyState::Stale;
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+}
+
+impl DistMap {
+    /// A new map (epoch 1) with `placement`'s layout, checked against the
+    /// rules every map keeps.
+    pub fn build(
+        placement: &dyn Placement,
+        nodes: &[NodeShape],
+        slices_per_disk: u32,
+    ) -> Result<DistMap> {
+        let slices = placement.place(nodes, slices_per_disk)?;
+        let map = DistMap {
+            version: MAP_VERSION,
+            epoch: 1,
+            placement: placement.name().to_string(),
+            slices,
+            down: Vec::new(),
+            down_disks: Vec::new(),
+            history: Vec::new(),
+        };
+        placement::check(&map)?;
+        Ok(map)
+    }
+
+    /// Parse a stored map of any version this build reads (1 or 2),
+    /// converted to the current version; `true` if it was converted.
+    /// `origin` names it in errors.
+    pub fn from_json(text: &str, origin: &str) -> Result<(DistMap, bool)> {
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let bad = |e: serde_json::Error| CoordinatorError::Catalog(format!("{origin}: {e}"));
+        let Version { version } = serde_json::from_str(text).map_err(bad)?;
+        let map = match version {
+            1 => v1::convert(serde_json::from_str(text).map_err(bad)?),
+            MAP_VERSION => serde_json::from_str(text).map_err(bad)?,
+            v => return Err(CoordinatorError::Catalog(format!(
+                "{origin}: map version {v} is not supported (this build reads 1 and {MAP_VERSION})"
+            ))),
+        };
+        placement::check(&map).map_err(|e| CoordinatorError::Catalog(format!("{origin}: {e}")))?;
+        Ok((map, version != MAP_VERSION))
+    }
+
+    /// The current version's JSON form.
+    pub fn to_json(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec_pretty(self).map_err(|e| CoordinatorError::Catalog(e.to_string()))
+    }
+
+    /// A stored map must match the configured nodes and disks: moving
+    /// slices is a topology change, not a restart.
+    pub fn check_matches(&self, nodes: &[NodeShape]) -> Result<()> {
+        for e in &self.slices {
+            for c in &e.copies {
+                let known = nodes
+                    .iter()
+                    .any(|n| n.node == c.at.node && c.at.disk < n.disks);
+                if !known {
+                    return Err(CoordinatorError::Config(format!(
+                        "the stored distribution map places slice {} on node {} disk {}, which the configuration does not have; \
+                         start with the same nodes and disks the data directory was created with",
+                        e.slice, c.at.node, c.at.disk
+                    )));
+                }
+            }
+        }
+        let configured: std::collections::BTreeSet<_> = nodes.iter().map(|n| n.node).collect();
+        let used: std::collections::BTreeSet<_> =
+            self.slices.iter().map(|e| e.primary().at.node).collect();
+        if configured != used {
+            return Err(CoordinatorError::Config(format!(
+                "the stored distribution map uses nodes {used:?} but the configuration has {configured:?}; \
+                 start with the nodes the data directory was created with"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn shape(n: u32, disks: u32) -> Vec<NodeShape> {
+        (0..n).map(|node| NodeShape { node, disks }).collect()
+    }
+
+    fn ring(n: u32, d: u32, s: u32) -> DistMap {
+        DistMap::build(&Ring, &shape(n, d), s).unwrap()
+    }
+
+    #[test]
+    fn map_is_even_and_never_mirrors_on_the_primary_node() {
+        for (n, d, s) in [(2, 1, 4), (3, 2, 4), (4, 1, 4), (5, 3, 2)] {
+            let map = ring(n, d, s);
+            assert_eq!(map.slice_count(), n * d * s);
+            for node in 0..n {
+                let prim = map
+                    .slices()
+                    .iter()
+                    .filter(|e| e.primary().at.node == node)
+                    .count();
+                let mirr = map
+                    .slices()
+                    .iter()
+                    .filter(|e| e.mirror().map(|m| m.at.node) == Some(node))
+                    .count();
+                assert_eq!(prim as u32, d * s, "primaries on node {node}");
+                assert_eq!(mirr as u32, d * s, "mirrors on node {node}");
+            }
+            for e in map.slices() {
+                assert_ne!(e.mirror().unwrap().at.node, e.primary().at.node);
+            }
+        }
+    }
+
+    #[test]
+    fn single_node_has_no_mirror() {
+        let map = ring(1, 1, 4);
+        assert!(map.slices().iter().all(|e| e.mirror().is_none()));
+        assert!(map
+            .slices()
+            .iter()
+            .all(|e| e.state() == SliceState::PrimaryOnly));
+    }
+
+    #[test]
+    fn faults_move_slice_states_as_failover_needs() {
+        let mut map = ring(3, 1, 1);
+        let e0 = map.slices()[0].clone();
+        let (p, m) = (e0.primary().at, e0.mirror().unwrap().at);
+        assert_eq!(e0.state(), SliceState::InSync);
+        assert_eq!(e0.serving().unwrap(), (p, false));
+
+        // The mirror misses a commit: degraded, still served by the primary.
+        assert!(map.mark_mirrors_stale(&[e0.slice].into()));
+        assert_eq!(map.slices()[0].state(), SliceState::Degraded);
+        assert!(!map.slices()[0].forwards());
+        // Degraded twice changes nothing.
+        assert!(!map.mark_mirrors_stale(&[e0.slice].into()));
+
+        // Losing the primary of a degraded slice is a double fault.
+        assert!(map.fail_node(p.node, "test"));
+        assert_eq!(map.slices()[0].state(), SliceState::Unavailable);
+        assert!(map.slices()[0].serving().is_err());
+        assert!(!map.fail_node(p.node, "again"), "already down");
+
+        // A slice that was in sync fails over to its mirror's node.
+        let mut map = ring(3, 1, 1);
+        let e0 = map.slices()[0].clone();
+        let (p, m2) = (e0.primary().at, e0.mirror().unwrap().at);
+        assert_eq!(m, m2);
+        let epoch = map.epoch();
+        map.fail_node(p.node, "test");
+        assert_eq!(map.epoch(), epoch + 1);
+        assert_eq!(map.slices()[0].state(), SliceState::FailedOver);
+        assert_eq!(map.slices()[0].serving().unwrap(), (m, true));
+        // The slice whose mirror was on that node is unprotected.
+        let mirrored_there = map
+            .slices()
+            .iter()
+            .find(|e| e.mirror().unwrap().at.node == p.node)
+            .unwrap();
+        assert_eq!(mirrored_there.state(), SliceState::Unprotected);
+        // Then the survivor's disk fails: no copy left.
+        map.fail_disk(m, "test");
+        assert_eq!(map.slices()[0].state(), SliceState::Unavailable);
+        assert_eq!(map.history().len(), 2);
+    }
+}

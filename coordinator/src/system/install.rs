@@ -1,0 +1,92 @@
+//! Installing the map on the nodes: every node not declared failed gets its
+//! part (each copy it holds as (slice, segment) -> disk), its peers'
+//! addresses and, for each primary copy, whether to forward writes to the
+//! mirror. Calls go out in parallel so the window where nodes disagree on
+//! the epoch stays short.
+//!
+//! It only sends what the map says; it never changes the map.
+
+use std::time::Duration;
+
+use slicedb_engine::proto::pb;
+use tracing::warn;
+
+use super::NodeHealth;
+use crate::map::{DistMap, Role};
+use crate::nodes::NodeSet;
+use crate::{CoordinatorError, Result};
+
+/// Send every node its part of `map`. With `skip_unreachable`, a node that
+/// does not answer is marked down, logged and skipped instead of failing
+/// the call (it refuses commands until it has the map).
+pub(super) async fn install_map(
+    nodes: &NodeSet,
+    map: &DistMap,
+    deadline: Duration,
+    skip_unreachable: bool,
+    health: &NodeHealth,
+) -> Result<()> {
+    let peers: Vec<pb::Peer> = nodes
+        .values()
+        .map(|n| pb::Peer {
+            node: n.id,
+            address: n.address.clone(),
+        })
+        .collect();
+    let calls = nodes.values().filter(|n| !map.is_down(n.id)).map(|n| {
+        let peers = peers.clone();
+        async move {
+            let mut slices = Vec::new();
+            for e in map.slices() {
+                for c in e.copies.iter().filter(|c| c.at.node == n.id) {
+                    slices.push(match c.role {
+                        Role::Primary => pb::SliceAssignment {
+                            slice: e.slice,
+                            disk: c.at.disk,
+                            segment: pb::Segment::Primary as i32,
+                            mirror_node: e.mirror().map_or(0, |m| m.at.node),
+                            mirror_active: e.mirror().is_some() && e.forwards(),
+                        },
+                        Role::Mirror => pb::SliceAssignment {
+                            slice: e.slice,
+                            disk: c.at.disk,
+                            segment: pb::Segment::Mirror as i32,
+                            ..Default::default()
+                        },
+                    });
+                }
+            }
+            let mut c = n.grpc.clone();
+            let call = c.install_map(pb::InstallMapRequest {
+                epoch: map.epoch(),
+                node: n.id,
+                slices,
+                peers,
+                mirror_timeout_ms: deadline.as_millis() as u64,
+            });
+            match tokio::time::timeout(deadline, call).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(s)) if !skip_unreachable => Err(n.err(s)),
+                Err(_) if !skip_unreachable => Err(CoordinatorError::NodeUnreachable {
+                    node: n.id,
+                    address: n.address.clone(),
+                    message: "no answer to InstallMap".into(),
+                }),
+                Ok(Err(s)) => {
+                    health.mark(n.id, false, false);
+                    warn!(node = n.id, error = %s, epoch = map.epoch(), "map not installed on an unreachable node");
+                    Ok(())
+                }
+                Err(_) => {
+                    health.mark(n.id, false, false);
+                    warn!(node = n.id, epoch = map.epoch(), "map not installed: node did not answer");
+                    Ok(())
+                }
+            }
+        }
+    });
+    for r in futures::future::join_all(calls).await {
+        r?;
+    }
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! The system manager: the one task that changes the distribution map.
+//!
+//! It takes [`Event`]s over a channel (a heartbeat's outcome, a node a scan
+//! or a write could not reach, a disk fault a node reported, a mirror that
+//! missed a commit; later admin commands), decides, and for every change:
+//! applies it to its own copy of the map (epoch + 1), persists it through
+//! the persistence seam, publishes it to every [`MapReader`], installs it
+//! on every node it can reach, and only then answers whoever waits. It holds
+//! no lock while it calls a node: events simply queue behind the one being
+//! handled.
+//!
+//! It alone owns the [`MapWriter`] (private to this module): nothing else
+//! can publish a map. Everyone else reads through a [`MapReader`] and
+//! reports through a [`SystemHandle`]. Failure detection (`detector`),
+//! failover (`failover`) and map installation (`install`) are a file each;
+//! regeneration, resync, repair scheduling and topology changes will be
+//! further files beside them.
+
+pub mod detector;
+mod failover;
+mod install;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use slicedb_engine::proto::pb;
+use slicedb_engine::{NodeId, SliceId};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::warn;
+
+use crate::map::DistMap;
+use crate::meta::{Doc, MetaStore};
+use crate::nodes::NodeSet;
+use crate::{CoordinatorError, Result};
+
+pub use detector::NodeHealth;
+
+/// What the system manager reacts to.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A heartbeat or probe of `node` finished.
+    Probed { node: NodeId, outcome: Probe },
+    /// A scan or a write could not reach `node`: probe it now.
+    Unreachable { node: NodeId },
+    /// These slices' mirrors missed a commit; answer once every node that
+    /// can be reached knows, before the commit is acknowledged.
+    MirrorsMissedCommit {
+        slices: BTreeSet<SliceId>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+/// The outcome of one probe (a heartbeat, retried once at once).
+#[derive(Debug)]
+pub(crate) enum Probe {
+    Answered(Box<pb::StatusResponse>),
+    /// Two misses in a row, and why.
+    Missed(String),
+}
+
+/// The system manager's settings.
+#[derive(Debug, Clone)]
+pub struct SystemConfig {
+    /// Heartbeat period (detection <= interval + 2 x probe timeout).
+    pub heartbeat_interval: Duration,
+    /// How long one heartbeat or probe may take.
+    pub probe_timeout: Duration,
+    /// How long a primary waits for its mirror; also the deadline of one
+    /// InstallMap call.
+    pub mirror_timeout: Duration,
+}
+
+/// Reads the current map; can wait for the next one installed.
+#[derive(Clone)]
+pub struct MapReader {
+    map: watch::Receiver<Arc<DistMap>>,
+    installed: watch::Receiver<u64>,
+}
+
+impl MapReader {
+    /// The map as last published.
+    pub fn current(&self) -> Arc<DistMap> {
+        self.map.borrow().clone()
+    }
+
+    /// Wait until a newer map has been installed on the nodes (or sent to
+    /// every node that could be reached). Err once the manager is gone.
+    pub async fn installed(&mut self) -> Result<()> {
+        self.installed
+            .changed()
+            .await
+            .map_err(|_| CoordinatorError::ShuttingDown)
+    }
+}
+
+/// The only way to publish a map. Private to the system manager.
+struct MapWriter {
+    map: watch::Sender<Arc<DistMap>>,
+    installed: watch::Sender<u64>,
+}
+
+/// How the rest of the coordinator talks to the system manager.
+#[derive(Clone)]
+pub struct SystemHandle {
+    events: mpsc::UnboundedSender<Event>,
+    shutting_down: Arc<AtomicBool>,
+}
+
+impl SystemHandle {
+    /// A scan or a write could not reach `node`: probe it at once rather
+    /// than at the next heartbeat.
+    pub fn report_unreachable(&self, node: NodeId) {
+        let _ = self.events.send(Event::Unreachable { node });
+    }
+
+    /// These slices' mirrors missed a commit: mark them degraded (epoch +
+    /// 1, persisted, installed on every node so primaries stop forwarding).
+    /// Returns once that is done, so the commit may be acknowledged.
+    pub async fn mirrors_missed_commit(&self, slices: BTreeSet<SliceId>) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.events
+            .send(Event::MirrorsMissedCommit { slices, reply })
+            .map_err(|_| CoordinatorError::ShuttingDown)?;
+        answer.await.map_err(|_| CoordinatorError::ShuttingDown)?
+    }
+
+    /// The cluster is being shut down on purpose: no more failovers.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn send(&self, e: Event) {
+        let _ = self.events.send(e);
+    }
+}
+
+/// The system manager's state: the one mutable map.
+struct SystemManager {
+    config: SystemConfig,
+    meta: Arc<dyn MetaStore>,
+    nodes: Arc<NodeSet>,
+    health: Arc<NodeHealth>,
+    map: DistMap,
+    writer: MapWriter,
+    handle: SystemHandle,
+}
+
+/// Install `map` on every node (each must answer: the cluster starts only
+/// whole), then start the system manager and its failure detector.
+pub async fn start(
+    config: SystemConfig,
+    meta: Arc<dyn MetaStore>,
+    map: DistMap,
+    nodes: Arc<NodeSet>,
+    health: Arc<NodeHealth>,
+) -> Result<(SystemHandle, MapReader)> {
+    install::install_map(&nodes, &map, config.mirror_timeout, false, &health).await?;
+    let (map_tx, map_rx) = watch::channel(Arc::new(map.clone()));
+    let (inst_tx, inst_rx) = watch::channel(map.epoch());
+    let (events, rx) = mpsc::unbounded_channel();
+    let handle = SystemHandle {
+        events,
+        shutting_down: Arc::new(AtomicBool::new(false)),
+    };
+    let reader = MapReader {
+        map: map_rx,
+        installed: inst_rx,
+    };
+    let manager = SystemManager {
+        config: config.clone(),
+        meta,
+        nodes: nodes.clone(),
+        health: health.clone(),
+        map,
+        writer: MapWriter {
+            map: map_tx,
+            installed: inst_tx,
+        },
+        handle: handle.clone(),
+    };
+    tokio::spawn(manager.run(rx));
+    detector::spawn_heartbeats(config, nodes, reader.clone(), handle.clone());
+    Ok((handle, reader))
+}
+
+impl SystemManager {
+    async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
+        while let Some(e) = events.recv().await {
+            match e {
+                Event::Probed { node, outcome } => self.probed(node, outcome).await,
+                Event::Unreachable { node } => {
+                    if !self.map.is_down(node) {
+                        if let Some(n) = self.nodes.get(&node).cloned() {
+                            tokio::spawn(detector::probe(
+                                self.config.probe_timeout,
+                                n,
+                                self.handle.clone(),
+                            ));
+                        }
+                    }
+                }
+                Event::MirrorsMissedCommit { slices, reply } => {
+                    let _ = reply.send(self.mirrors_missed_commit(&slices).await);
+                }
+            }
+        }
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.handle.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Persist and publish `next` as the map, install it on every node that
+    /// answers, then tell those waiting for installs.
+    async fn publish(&mut self, next: DistMap) -> Result<()> {
+        self.meta.write(Doc::Map, &next.to_json()?)?;
+        self.map = next;
+        self.writer.map.send_replace(Arc::new(self.map.clone()));
+        let installed = install::install_map(
+            &self.nodes,
+            &self.map,
+            self.config.mirror_timeout,
+            true,
+            &self.health,
+        )
+        .await;
+        self.writer.installed.send_replace(self.map.epoch());
+        if let Err(e) = &installed {
+            warn!(epoch = self.map.epoch(), error = %e, "map not installed everywhere");
+        }
+        installed
+    }
+}
