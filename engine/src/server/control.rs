@@ -10,13 +10,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
-use tracing::{info, instrument, warn};
+use tracing::{info, instrument};
 
-use super::{status, NodeMap, NodeServer, StagedItem, DEFAULT_MIRROR_TIMEOUT};
+use super::{status, NodeMap, NodeServer};
 use crate::failpoint;
+use crate::mirror::{Routes, DEFAULT_MIRROR_TIMEOUT};
 use crate::proto::{self, pb};
 use crate::store::{DiskStore, SegmentKind, Snapshot};
-use crate::{DiskId, EngineError, SliceId, Xid};
+use crate::{DiskId, EngineError, Xid};
 
 #[tonic::async_trait]
 impl pb::node_server::Node for NodeServer {
@@ -64,9 +65,11 @@ impl pb::node_server::Node for NodeServer {
         *map = Some(NodeMap {
             epoch: req.epoch,
             slices,
-            mirrors,
-            peers,
-            mirror_timeout,
+            routes: Routes {
+                mirrors,
+                peers,
+                timeout: mirror_timeout,
+            },
         });
         Ok(Response::new(pb::Ack {}))
     }
@@ -122,8 +125,10 @@ impl pb::node_server::Node for NodeServer {
         let disk_id = self.owned_disk(&map, req.slice, segment).map_err(status)?;
         let disk = self.disk(disk_id).map_err(status)?.clone();
         let mirror = segment == SegmentKind::Primary
-            && map.mirrors.contains_key(&req.slice)
-            && !self.degraded(req.xid).contains(&req.slice);
+            && self
+                .state
+                .forwarder
+                .forwards(&map.routes, req.xid, req.slice);
         {
             let mut txns = self.state.txns.lock();
             let t = txns.entry(req.xid).or_default();
@@ -151,12 +156,22 @@ impl pb::node_server::Node for NodeServer {
             status(e)
         })?;
         if mirror && !blocks.is_empty() {
-            self.forward_write(&map, xid, table, slice, blocks, Vec::new())
+            self.state
+                .forwarder
+                .write(
+                    map.epoch,
+                    &map.routes,
+                    xid,
+                    table,
+                    slice,
+                    blocks,
+                    Vec::new(),
+                )
                 .await;
         }
         Ok(Response::new(pb::WriteResponse {
             rows,
-            degraded_slices: self.degraded(xid),
+            degraded_slices: self.state.forwarder.degraded(xid),
         }))
     }
 
@@ -192,12 +207,22 @@ impl pb::node_server::Node for NodeServer {
         .await
         .map_err(status)?;
         if segment == SegmentKind::Primary && rows > 0 {
-            self.forward_write(&map, xid, table, slice, Vec::new(), req.rowids)
+            self.state
+                .forwarder
+                .write(
+                    map.epoch,
+                    &map.routes,
+                    xid,
+                    table,
+                    slice,
+                    Vec::new(),
+                    req.rowids,
+                )
                 .await;
         }
         Ok(Response::new(pb::WriteResponse {
             rows,
-            degraded_slices: self.degraded(xid),
+            degraded_slices: self.state.forwarder.degraded(xid),
         }))
     }
 
@@ -209,7 +234,7 @@ impl pb::node_server::Node for NodeServer {
         let req = request.into_inner();
         let map = self.check_epoch(req.epoch).map_err(status)?;
         let xid = req.xid;
-        let (disks, seen, forwards) = {
+        let (disks, seen) = {
             let txns = self.state.txns.lock();
             match txns.get(&xid) {
                 Some(t) => (
@@ -218,9 +243,8 @@ impl pb::node_server::Node for NodeServer {
                         .filter_map(|id| self.state.disks.get(*id as usize).cloned())
                         .collect::<Vec<_>>(),
                     t.requests,
-                    t.forwards.clone(),
                 ),
-                None => (Vec::new(), 0, HashMap::new()),
+                None => (Vec::new(), 0),
             }
         };
         if seen != req.requests {
@@ -239,37 +263,13 @@ impl pb::node_server::Node for NodeServer {
         .await
         .map_err(status)?;
         failpoint::hit("node.prepare.after_local");
-        for (mirror, n) in forwards {
-            let slices: Vec<SliceId> = {
-                let txns = self.state.txns.lock();
-                let Some(t) = txns.get(&xid) else { continue };
-                let all = t.mirrored.get(&mirror).cloned().unwrap_or_default();
-                if all.iter().all(|s| t.degraded.contains(s)) {
-                    continue;
-                }
-                all.into_iter().collect()
-            };
-            let mreq = pb::MirrorPrepareRequest {
-                epoch: map.epoch,
-                xid,
-                from_node: self.state.node,
-                forwards: n,
-            };
-            let res = self
-                .forward(&map, mirror, "prepare", |mut c| async move {
-                    c.mirror_prepare(mreq).await
-                })
-                .await;
-            if let Err(e) = res {
-                warn!(node = self.state.node, xid, mirror, error = %e, "mirror did not prepare: its slices are degraded");
-                let mut txns = self.state.txns.lock();
-                let t = txns.entry(xid).or_default();
-                t.degraded.extend(slices);
-            }
-        }
+        self.state
+            .forwarder
+            .prepare(map.epoch, &map.routes, xid)
+            .await;
         failpoint::hit("node.prepare.after_mirror");
         Ok(Response::new(pb::TxnResponse {
-            degraded_slices: self.degraded(xid),
+            degraded_slices: self.state.forwarder.degraded(xid),
         }))
     }
 
@@ -283,30 +283,12 @@ impl pb::node_server::Node for NodeServer {
         failpoint::hit("node.commit.before");
         self.on_all_disks(xid, DiskStore::commit).await?;
         failpoint::hit("node.commit.after_local");
-        let txn = self.state.txns.lock().remove(&xid);
+        self.state.txns.lock().remove(&xid);
         let map = self.current_map();
-        if let Some(t) = txn {
-            for (mirror, slices) in &t.mirrored {
-                if slices.iter().all(|s| t.degraded.contains(s)) {
-                    continue;
-                }
-                let mreq = pb::TxnRequest {
-                    epoch: map.epoch,
-                    xid,
-                    requests: 0,
-                };
-                // A mirror that misses this has the transaction prepared on
-                // disk; the coordinator's resolver commits it there later.
-                if let Err(e) = self
-                    .forward(&map, *mirror, "commit", |mut c| async move {
-                        c.mirror_commit(mreq).await
-                    })
-                    .await
-                {
-                    warn!(node = self.state.node, xid, mirror, error = %e, "mirror commit deferred to the resolver");
-                }
-            }
-        }
+        self.state
+            .forwarder
+            .commit(map.epoch, &map.routes, xid)
+            .await;
         failpoint::hit("node.commit.after_mirror");
         Ok(Response::new(pb::TxnResponse::default()))
     }
@@ -315,27 +297,15 @@ impl pb::node_server::Node for NodeServer {
         let req = request.into_inner();
         let xid = req.xid;
         // Abort is allowed at any epoch: discarding never serves stale data.
-        let txn = self.state.txns.lock().remove(&xid);
-        self.state.staged.lock().remove(&xid);
+        self.state.txns.lock().remove(&xid);
+        let mirrors = self.state.forwarder.forget(xid);
+        self.state.staging.discard(xid);
         self.on_all_disks(xid, DiskStore::abort).await?;
-        if let Some(t) = txn {
-            let map = self.current_map();
-            for mirror in t.mirrored.keys() {
-                let mreq = pb::TxnRequest {
-                    epoch: map.epoch,
-                    xid,
-                    requests: 0,
-                };
-                if let Err(e) = self
-                    .forward(&map, *mirror, "abort", |mut c| async move {
-                        c.mirror_abort(mreq).await
-                    })
-                    .await
-                {
-                    warn!(node = self.state.node, xid, mirror, error = %e, "mirror abort deferred to the resolver");
-                }
-            }
-        }
+        let map = self.current_map();
+        self.state
+            .forwarder
+            .abort(map.epoch, &map.routes, xid, mirrors)
+            .await;
         Ok(Response::new(pb::Ack {}))
     }
 
@@ -348,29 +318,7 @@ impl pb::node_server::Node for NodeServer {
         let disk = self
             .owned_disk(&map, req.slice, SegmentKind::Mirror)
             .map_err(status)?;
-        let item = if req.blocks.is_empty() {
-            StagedItem::Delete {
-                disk,
-                table: req.table,
-                slice: req.slice,
-                rowids: req.deleted_rowids,
-            }
-        } else {
-            StagedItem::Blocks {
-                disk,
-                table: req.table,
-                slice: req.slice,
-                blocks: req.blocks,
-            }
-        };
-        let mut staged = self.state.staged.lock();
-        let st = staged
-            .entry(req.xid)
-            .or_default()
-            .entry(req.from_node)
-            .or_default();
-        st.received += 1;
-        st.items.push(item);
+        self.state.staging.stage(disk, req);
         Ok(Response::new(pb::Ack {}))
     }
 
@@ -381,66 +329,11 @@ impl pb::node_server::Node for NodeServer {
     ) -> Result<Response<pb::Ack>, Status> {
         let req = request.into_inner();
         self.check_epoch(req.epoch).map_err(status)?;
-        let xid = req.xid;
-        let st = {
-            let mut staged = self.state.staged.lock();
-            let st = staged
-                .get_mut(&xid)
-                .and_then(|m| m.remove(&req.from_node))
-                .unwrap_or_default();
-            if staged.get(&xid).is_some_and(|m| m.is_empty()) {
-                staged.remove(&xid);
-            }
-            st
-        };
-        if st.received != req.forwards {
-            return Err(status(EngineError::InvalidRequest(format!(
-                "transaction {xid}: mirror node {} staged {} of {} forwards from node {} (it restarted?)",
-                self.state.node, st.received, req.forwards, req.from_node
-            ))));
-        }
-        let disks = self.state.disks.clone();
+        let me = self.clone();
         Self::blocking(move || {
-            let mut per_disk: HashMap<DiskId, Vec<&StagedItem>> = HashMap::new();
-            for item in &st.items {
-                let disk = match item {
-                    StagedItem::Blocks { disk, .. } | StagedItem::Delete { disk, .. } => *disk,
-                };
-                per_disk.entry(disk).or_default().push(item);
-            }
-            for (disk, items) in per_disk {
-                let d = disks
-                    .get(disk as usize)
-                    .ok_or_else(|| EngineError::Internal(format!("no disk {disk}")))?;
-                // Apply and prepare under the disk's commit lock, so the
-                // node's own prepare of the same xid cannot interleave.
-                d.prepare_after(xid, |d| {
-                    for item in items {
-                        match item {
-                            StagedItem::Blocks {
-                                table,
-                                slice,
-                                blocks,
-                                ..
-                            } => {
-                                for b in blocks {
-                                    d.append_encoded(SegmentKind::Mirror, *table, *slice, xid, b)?;
-                                }
-                            }
-                            StagedItem::Delete {
-                                table,
-                                slice,
-                                rowids,
-                                ..
-                            } => {
-                                d.delete(SegmentKind::Mirror, *table, *slice, xid, rowids, None)?;
-                            }
-                        }
-                    }
-                    Ok(())
-                })?;
-            }
-            Ok(())
+            me.state
+                .staging
+                .prepare(req.xid, req.from_node, req.forwards)
         })
         .await
         .map_err(status)?;
@@ -463,7 +356,7 @@ impl pb::node_server::Node for NodeServer {
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::Ack>, Status> {
         let xid = request.into_inner().xid;
-        self.state.staged.lock().remove(&xid);
+        self.state.staging.discard(xid);
         self.on_all_disks(xid, DiskStore::abort).await?;
         Ok(Response::new(pb::Ack {}))
     }
@@ -524,14 +417,13 @@ impl pb::node_server::Node for NodeServer {
         };
         let mut txns: std::collections::BTreeMap<Xid, bool> = self
             .state
-            .staged
-            .lock()
-            .keys()
-            .map(|x| (*x, false))
+            .staging
+            .open_xids()
+            .into_iter()
+            .chain(self.state.txns.lock().keys().copied())
+            .chain(self.state.forwarder.open_xids())
+            .map(|x| (x, false))
             .collect();
-        for x in self.state.txns.lock().keys() {
-            txns.entry(*x).or_insert(false);
-        }
         for d in &self.state.disks {
             for t in d.in_doubt() {
                 let e = txns.entry(t.xid).or_insert(false);

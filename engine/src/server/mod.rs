@@ -1,18 +1,19 @@
-//! The node server: `slicedb node`. Serves the tonic `Node` service (map
-//! install, DDL, writes, commit/abort, status) and Arrow Flight `do_get` for
-//! scans, on one port.
+//! The node server: `slicedb node`. One port serves the tonic `Node`
+//! service, the coordinator's control calls (`control.rs`: map install,
+//! DDL, writes, two-phase commit, status), and Arrow Flight `do_get` for
+//! scans (`scans.rs`).
 //!
-//! It owns the node's view of the distribution map (epoch + the slices this
-//! node answers for) and checks every command against it: a stale epoch is
-//! refused with a typed error, and a slice the map does not give this node is
-//! never served. It must never decide placement itself; the coordinator does.
+//! This module holds what they share: the node's view of the distribution
+//! map (epoch, the slices this node answers for, where its primaries
+//! forward), its disks and those found failed, the request counts of open
+//! transactions, and startup (the listener, without Nagle). Every command
+//! is checked against the map: a stale epoch is refused with a typed error,
+//! and a slice the map does not give this node is never served.
 //!
-//! Mirroring is node to node: as a primary it forwards the blocks it encoded
-//! (and the rowids it deleted) to the slice's mirror node, which stages them
-//! in memory, writes them into its mirror segment at prepare and publishes
-//! them at commit. A mirror that does not answer within the map's timeout
-//! is reported back as degraded for that slice; the node never waits
-//! without bound and never decides on its own that a slice is unprotected.
+//! It must never decide placement itself (the coordinator does), and never
+//! forward, stage or apply mirror data itself: the mirror manager
+//! ([`crate::mirror`]) does, called from here once a command has passed
+//! the checks.
 
 mod control;
 mod scans;
@@ -20,18 +21,18 @@ mod scans;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use futures::Stream;
 use parking_lot::{Mutex, RwLock};
-use tonic::{Response, Status};
+use tonic::Status;
 use tracing::{info, warn};
 
 use crate::fragment::FragmentRunner;
+use crate::mirror::{Forwarder, Routes, Staging};
 use crate::proto::{self, pb};
 use crate::store::{DiskStore, SegmentKind};
-use crate::{DiskId, EngineError, NodeId, Result, SliceId, TableId, Xid};
+use crate::{DiskId, EngineError, NodeId, Result, SliceId, Xid};
 
 /// What the installed map says this node holds.
 #[derive(Debug, Default, Clone)]
@@ -39,60 +40,28 @@ struct NodeMap {
     epoch: u64,
     /// (slice, segment) -> disk holding that copy.
     slices: HashMap<(SliceId, SegmentKind), DiskId>,
-    /// Primary slice -> the node its writes are forwarded to.
-    mirrors: HashMap<SliceId, NodeId>,
-    peers: HashMap<NodeId, String>,
-    mirror_timeout: Duration,
+    /// Where this node's primary slices are forwarded.
+    routes: Routes,
 }
 
-/// Default bound on one forward to a mirror.
-pub const DEFAULT_MIRROR_TIMEOUT: Duration = Duration::from_millis(2000);
-
-/// A transaction as this node's primary side sees it.
+/// A transaction as this node's control calls see it (what it forwarded
+/// is the mirror manager's).
 #[derive(Default)]
 struct NodeTxn {
     disks: HashSet<DiskId>,
     /// Write and Delete requests received (checked at prepare).
     requests: u64,
-    /// Mirror node -> forwards sent.
-    forwards: HashMap<NodeId, u64>,
-    /// Mirror node -> slices forwarded to it.
-    mirrored: HashMap<NodeId, HashSet<SliceId>>,
-    /// Slices whose mirror did not answer: primary only for this xid.
-    degraded: HashSet<SliceId>,
 }
-
-enum StagedItem {
-    Blocks {
-        disk: DiskId,
-        table: TableId,
-        slice: SliceId,
-        blocks: Vec<bytes::Bytes>,
-    },
-    Delete {
-        disk: DiskId,
-        table: TableId,
-        slice: SliceId,
-        rowids: Vec<i64>,
-    },
-}
-
-/// What a mirror holds for one (xid, primary node) before prepare.
-#[derive(Default)]
-struct Staged {
-    received: u64,
-    items: Vec<StagedItem>,
-}
-
-type PeerClient = pb::node_client::NodeClient<tonic::transport::Channel>;
 
 struct NodeState {
     node: NodeId,
     disks: Vec<Arc<DiskStore>>,
     map: RwLock<Option<NodeMap>>,
     txns: Mutex<HashMap<Xid, NodeTxn>>,
-    staged: Mutex<HashMap<Xid, HashMap<NodeId, Staged>>>,
-    peers: Mutex<HashMap<(NodeId, String), PeerClient>>,
+    /// The primary's side of mirroring.
+    forwarder: Forwarder,
+    /// The mirror's side of mirroring.
+    staging: Staging,
     /// Disks that failed (I/O error, checksum mismatch, image gone), with why.
     failed_disks: Mutex<HashMap<DiskId, String>>,
     /// Runs the query fragments scans may carry (None: scans with a
@@ -112,11 +81,11 @@ impl NodeServer {
         NodeServer {
             state: Arc::new(NodeState {
                 node,
-                disks,
+                disks: disks.clone(),
                 map: RwLock::new(None),
                 txns: Mutex::new(HashMap::new()),
-                staged: Mutex::new(HashMap::new()),
-                peers: Mutex::new(HashMap::new()),
+                forwarder: Forwarder::new(node),
+                staging: Staging::new(node, disks.clone()),
                 failed_disks: Mutex::new(HashMap::new()),
                 fragments: RwLock::new(None),
             }),
@@ -212,113 +181,6 @@ impl NodeServer {
                 segment: segment.as_str().to_string(),
                 epoch: map.epoch,
             })
-    }
-
-    /// A client for a peer node (connected lazily, reused).
-    fn peer(&self, map: &NodeMap, node: NodeId) -> Result<PeerClient> {
-        let addr = map
-            .peers
-            .get(&node)
-            .ok_or_else(|| EngineError::Internal(format!("no address for node {node}")))?;
-        let key = (node, addr.clone());
-        let mut peers = self.state.peers.lock();
-        if let Some(c) = peers.get(&key) {
-            return Ok(c.clone());
-        }
-        let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| EngineError::Internal(format!("bad peer address {addr}: {e}")))?
-            .connect_timeout(map.mirror_timeout)
-            .tcp_nodelay(true);
-        let c = pb::node_client::NodeClient::new(ep.connect_lazy())
-            .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
-        peers.insert(key, c.clone());
-        Ok(c)
-    }
-
-    /// Send one forward to a mirror, bounded by the map's mirror timeout.
-    async fn forward<T, F, Fut>(&self, map: &NodeMap, node: NodeId, what: &str, f: F) -> Result<T>
-    where
-        F: FnOnce(PeerClient) -> Fut,
-        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
-    {
-        let client = self.peer(map, node)?;
-        match tokio::time::timeout(map.mirror_timeout, f(client)).await {
-            Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(s)) => Err(EngineError::Internal(format!(
-                "{what} to mirror node {node}: {}",
-                s.message()
-            ))),
-            Err(_) => Err(EngineError::Internal(format!(
-                "{what} to mirror node {node}: no answer in {:?}",
-                map.mirror_timeout
-            ))),
-        }
-    }
-
-    /// Forward a slice's new blocks or deleted rowids of `xid` to its mirror,
-    /// unless the slice is already degraded for this transaction. A failure
-    /// marks it degraded (the primary goes on alone); never an error.
-    async fn forward_write(
-        &self,
-        map: &NodeMap,
-        xid: Xid,
-        table: TableId,
-        slice: SliceId,
-        blocks: Vec<Vec<u8>>,
-        deleted_rowids: Vec<i64>,
-    ) {
-        let Some(&mirror) = map.mirrors.get(&slice) else {
-            return;
-        };
-        let seq = {
-            let mut txns = self.state.txns.lock();
-            let t = txns.entry(xid).or_default();
-            if t.degraded.contains(&slice) {
-                return;
-            }
-            let n = t.forwards.entry(mirror).or_default();
-            *n += 1;
-            t.mirrored.entry(mirror).or_default().insert(slice);
-            *n
-        };
-        let req = pb::MirrorWriteRequest {
-            epoch: map.epoch,
-            xid,
-            table,
-            slice,
-            blocks: blocks.into_iter().map(bytes::Bytes::from).collect(),
-            deleted_rowids,
-            seq,
-            from_node: self.state.node,
-        };
-        let res = self
-            .forward(map, mirror, "forward", |mut c| async move {
-                c.mirror_write(req).await
-            })
-            .await;
-        if let Err(e) = res {
-            warn!(node = self.state.node, xid, slice, mirror, error = %e, "mirror unreachable: slice degraded for this transaction");
-            self.state
-                .txns
-                .lock()
-                .entry(xid)
-                .or_default()
-                .degraded
-                .insert(slice);
-        }
-    }
-
-    fn degraded(&self, xid: Xid) -> Vec<SliceId> {
-        let mut v: Vec<SliceId> = self
-            .state
-            .txns
-            .lock()
-            .get(&xid)
-            .map(|t| t.degraded.iter().copied().collect())
-            .unwrap_or_default();
-        v.sort_unstable();
-        v
     }
 
     /// Commit or abort `xid` on every disk (a no-op where it has nothing).
