@@ -8,9 +8,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // growth per message instead of a doubling series).
     tonic_prost_build::configure()
         .codec_path("crate::codec::SizedCodec")
-        .bytes(".slicedb.node.v4.WriteRequest.batches")
-        .bytes(".slicedb.node.v4.MirrorWriteRequest.blocks")
-        .bytes(".slicedb.node.v4.ScanRequest.broadcast")
+        .bytes(".slicedb.node.v5.WriteRequest.batches")
+        .bytes(".slicedb.node.v5.MirrorWriteRequest.blocks")
+        .bytes(".slicedb.node.v5.ScanRequest.broadcast")
         .compile_fds(fds)?;
     Ok(())
 }

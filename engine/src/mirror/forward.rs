@@ -10,7 +10,7 @@ use super::Routes;
 use crate::proto::{self, pb};
 use crate::{EngineError, NodeId, Result, SliceId, TableId, Xid};
 
-type PeerClient = pb::node_client::NodeClient<tonic::transport::Channel>;
+type PeerClient = pb::peer_node_client::PeerNodeClient<tonic::transport::Channel>;
 
 /// What one transaction forwarded.
 #[derive(Default)]

@@ -309,58 +309,6 @@ impl pb::node_server::Node for NodeServer {
         Ok(Response::new(pb::Ack {}))
     }
 
-    async fn mirror_write(
-        &self,
-        request: Request<pb::MirrorWriteRequest>,
-    ) -> Result<Response<pb::Ack>, Status> {
-        let req = request.into_inner();
-        let map = self.check_epoch(req.epoch).map_err(status)?;
-        let disk = self
-            .owned_disk(&map, req.slice, SegmentKind::Mirror)
-            .map_err(status)?;
-        self.state.staging.stage(disk, req);
-        Ok(Response::new(pb::Ack {}))
-    }
-
-    #[instrument(skip_all, fields(node = self.state.node, xid = request.get_ref().xid))]
-    async fn mirror_prepare(
-        &self,
-        request: Request<pb::MirrorPrepareRequest>,
-    ) -> Result<Response<pb::Ack>, Status> {
-        let req = request.into_inner();
-        self.check_epoch(req.epoch).map_err(status)?;
-        let me = self.clone();
-        Self::blocking(move || {
-            me.state
-                .staging
-                .prepare(req.xid, req.from_node, req.forwards)
-        })
-        .await
-        .map_err(status)?;
-        failpoint::hit("mirror.prepare.after");
-        Ok(Response::new(pb::Ack {}))
-    }
-
-    async fn mirror_commit(
-        &self,
-        request: Request<pb::TxnRequest>,
-    ) -> Result<Response<pb::Ack>, Status> {
-        let xid = request.into_inner().xid;
-        failpoint::hit("mirror.commit.before");
-        self.on_all_disks(xid, DiskStore::commit).await?;
-        Ok(Response::new(pb::Ack {}))
-    }
-
-    async fn mirror_abort(
-        &self,
-        request: Request<pb::TxnRequest>,
-    ) -> Result<Response<pb::Ack>, Status> {
-        let xid = request.into_inner().xid;
-        self.state.staging.discard(xid);
-        self.on_all_disks(xid, DiskStore::abort).await?;
-        Ok(Response::new(pb::Ack {}))
-    }
-
     async fn groom(
         &self,
         request: Request<pb::GroomRequest>,

@@ -1,7 +1,8 @@
 //! The node server: `slicedb node`. One port serves the tonic `Node`
 //! service, the coordinator's control calls (`control.rs`: map install,
-//! DDL, writes, two-phase commit, status), and Arrow Flight `do_get` for
-//! scans (`scans.rs`).
+//! DDL, writes, two-phase commit, status), the `PeerNode` service, the
+//! calls other nodes make (`peer.rs`: mirror forwards), and Arrow Flight
+//! `do_get` for scans (`scans.rs`).
 //!
 //! This module holds what they share: the node's view of the distribution
 //! map (epoch, the slices this node answers for, where its primaries
@@ -16,6 +17,7 @@
 //! the checks.
 
 mod control;
+mod peer;
 mod scans;
 
 use std::collections::{HashMap, HashSet};
@@ -119,6 +121,11 @@ impl NodeServer {
                     .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
             )
             .add_service(
+                pb::peer_node_server::PeerNodeServer::new(self.clone())
+                    .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
+            )
+            .add_service(
                 FlightServiceServer::new(self)
                     .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
@@ -215,7 +222,7 @@ impl NodeServer {
 }
 
 fn status(e: EngineError) -> Status {
-    proto::to_status(&e)
+    proto::status_from(&e)
 }
 
 /// Whether an error means the disk itself is bad (not the request).
@@ -277,6 +284,7 @@ fn without_nagle(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::ErrorKind;
     use crate::store::{DiskIds, InitOptions, StoreOptions};
     use arrow::array::Int64Array;
     use arrow::array::RecordBatch;
@@ -325,13 +333,6 @@ mod tests {
         (dir, addr, tx)
     }
 
-    fn kind(s: &Status) -> String {
-        s.metadata()
-            .get(proto::ERROR_KIND_KEY)
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default()
-    }
-
     #[tokio::test]
     async fn stale_epochs_and_foreign_slices_are_refused_and_scans_are_tagged() {
         let (_dir, addr, _stop) = start().await;
@@ -350,7 +351,7 @@ mod tests {
             })
             .await
             .unwrap_err();
-        assert_eq!(kind(&e), "stale_epoch");
+        assert_eq!(proto::error_kind(&e), ErrorKind::StaleEpoch);
 
         let slice = |slice| pb::SliceAssignment {
             slice,
@@ -404,9 +405,9 @@ mod tests {
                 .into(),
         };
         let e = node.write(write(4, 1)).await.unwrap_err();
-        assert_eq!(kind(&e), "stale_epoch", "{e}");
+        assert_eq!(proto::error_kind(&e), ErrorKind::StaleEpoch, "{e}");
         let e = node.write(write(5, 7)).await.unwrap_err();
-        assert_eq!(kind(&e), "slice_not_owned", "{e}");
+        assert_eq!(proto::error_kind(&e), ErrorKind::SliceNotOwned, "{e}");
         assert_eq!(node.write(write(5, 1)).await.unwrap().into_inner().rows, 3);
         node.commit(pb::TxnRequest {
             epoch: 5,
@@ -467,6 +468,6 @@ mod tests {
             .do_get(Ticket::new(stale.encode_to_vec()))
             .await
             .unwrap_err();
-        assert_eq!(kind(&e), "stale_epoch");
+        assert_eq!(proto::error_kind(&e), ErrorKind::StaleEpoch);
     }
 }
