@@ -13,13 +13,18 @@
 
 pub mod block;
 pub mod cache;
-pub mod codec;
 pub mod disk;
 pub mod failpoint;
-pub mod fragment;
+pub mod fragment_runner;
+pub mod grpc_codec;
 pub mod mirror;
 pub mod predicate;
 pub mod store;
+
+/// The old name of [`fragment_runner`], kept until the coordinator imports
+/// the new one (its restructuring renames its own `fragment.rs`).
+#[doc(hidden)]
+pub use fragment_runner as fragment;
 
 mod error;
 pub use error::{EngineError, Result};

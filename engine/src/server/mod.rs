@@ -30,7 +30,7 @@ use parking_lot::{Mutex, RwLock};
 use tonic::Status;
 use tracing::{info, warn};
 
-use crate::fragment::FragmentRunner;
+use crate::fragment_runner::FragmentRunner;
 use crate::mirror::{Forwarder, Routes, Staging};
 use crate::proto::{self, pb};
 use crate::store::{DiskStore, SegmentKind};

@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 
 use super::{disk_fault, status, NodeServer};
-use crate::fragment::{FragmentRunner, ScanBatches};
+use crate::fragment_runner::{FragmentRunner, ScanBatches};
 use crate::predicate::Predicate;
 use crate::proto::{self, pb};
 use crate::store::{BlockScan, DiskStore, ScanSpec, ScanStats, SegmentKind, Snapshot};
