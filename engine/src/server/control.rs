@@ -7,6 +7,7 @@
 //! placement: it does what the installed map says.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
@@ -17,7 +18,37 @@ use crate::failpoint;
 use crate::mirror::{Routes, DEFAULT_MIRROR_TIMEOUT};
 use crate::proto::{self, pb};
 use crate::store::{DiskStore, SegmentKind, Snapshot};
-use crate::{DiskId, EngineError, Xid};
+use crate::{DiskId, EngineError, SliceId, Xid};
+
+impl NodeServer {
+    /// The checks a Write or Delete passes before it touches a disk: the
+    /// epoch, a real xid, a (slice, segment) this node holds; answers the
+    /// map, the segment and the disk holding the copy.
+    fn write_target(
+        &self,
+        epoch: u64,
+        xid: Xid,
+        slice: SliceId,
+        segment: i32,
+    ) -> Result<(NodeMap, SegmentKind, DiskId, Arc<DiskStore>), EngineError> {
+        let map = self.check_epoch(epoch)?;
+        if xid == 0 {
+            return Err(EngineError::InvalidRequest("xid 0".into()));
+        }
+        let segment = proto::segment_from_i32(segment)?;
+        let disk_id = self.owned_disk(&map, slice, segment)?;
+        let disk = self.disk(disk_id)?.clone();
+        Ok((map, segment, disk_id, disk))
+    }
+
+    /// Count a Write or Delete of `xid` on `disk` (checked at prepare).
+    fn count_request(&self, xid: Xid, disk: DiskId) {
+        let mut txns = self.state.txns.lock();
+        let t = txns.entry(xid).or_default();
+        t.disks.insert(disk);
+        t.requests += 1;
+    }
+}
 
 #[tonic::async_trait]
 impl pb::node_server::Node for NodeServer {
@@ -117,24 +148,15 @@ impl pb::node_server::Node for NodeServer {
         request: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
         let req = request.into_inner();
-        let map = self.check_epoch(req.epoch).map_err(status)?;
-        if req.xid == 0 {
-            return Err(status(EngineError::InvalidRequest("xid 0".into())));
-        }
-        let segment = proto::segment_from_i32(req.segment).map_err(status)?;
-        let disk_id = self.owned_disk(&map, req.slice, segment).map_err(status)?;
-        let disk = self.disk(disk_id).map_err(status)?.clone();
+        let (map, segment, disk_id, disk) = self
+            .write_target(req.epoch, req.xid, req.slice, req.segment)
+            .map_err(status)?;
         let mirror = segment == SegmentKind::Primary
             && self
                 .state
                 .forwarder
                 .forwards(&map.routes, req.xid, req.slice);
-        {
-            let mut txns = self.state.txns.lock();
-            let t = txns.entry(req.xid).or_default();
-            t.disks.insert(disk_id);
-            t.requests += 1;
-        }
+        self.count_request(req.xid, disk_id);
         let (xid, table, slice) = (req.xid, req.table, req.slice);
         let (rows, blocks) = Self::blocking(move || {
             let (_, batches) = proto::ipc_to_batches(&req.batches)?;
@@ -181,24 +203,15 @@ impl pb::node_server::Node for NodeServer {
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
         let req = request.into_inner();
-        let map = self.check_epoch(req.epoch).map_err(status)?;
-        if req.xid == 0 {
-            return Err(status(EngineError::InvalidRequest("xid 0".into())));
-        }
-        let segment = proto::segment_from_i32(req.segment).map_err(status)?;
-        let disk_id = self.owned_disk(&map, req.slice, segment).map_err(status)?;
-        let disk = self.disk(disk_id).map_err(status)?.clone();
+        let (map, segment, disk_id, disk) = self
+            .write_target(req.epoch, req.xid, req.slice, req.segment)
+            .map_err(status)?;
         let snapshot: Snapshot = req.snapshot.as_ref().map(Snapshot::from).ok_or_else(|| {
             status(EngineError::InvalidRequest(
                 "delete without a snapshot".into(),
             ))
         })?;
-        {
-            let mut txns = self.state.txns.lock();
-            let t = txns.entry(req.xid).or_default();
-            t.disks.insert(disk_id);
-            t.requests += 1;
-        }
+        self.count_request(req.xid, disk_id);
         let (xid, table, slice) = (req.xid, req.table, req.slice);
         let rowids = req.rowids.clone();
         let rows = Self::blocking(move || {
