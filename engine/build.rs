@@ -4,13 +4,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(["proto/node.proto"], ["proto"])?;
     // The bulk payloads decode as `bytes::Bytes`: a view of the received
     // buffer instead of a copy into a new Vec.
-    // Messages are encoded with `crate::codec::SizedCodec` (one buffer
+    // Messages are encoded with `crate::grpc_codec::SizedCodec` (one buffer
     // growth per message instead of a doubling series).
     tonic_prost_build::configure()
-        .codec_path("crate::codec::SizedCodec")
-        .bytes(".slicedb.node.v4.WriteRequest.batches")
-        .bytes(".slicedb.node.v4.MirrorWriteRequest.blocks")
-        .bytes(".slicedb.node.v4.ScanRequest.broadcast")
+        .codec_path("crate::grpc_codec::SizedCodec")
+        .bytes(".slicedb.node.v5.WriteRequest.batches")
+        .bytes(".slicedb.node.v5.MirrorWriteRequest.blocks")
+        .bytes(".slicedb.node.v5.ScanRequest.broadcast")
         .compile_fds(fds)?;
     Ok(())
 }

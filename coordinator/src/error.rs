@@ -2,6 +2,7 @@
 //! SQL front end can answer a client with a code it can act on.
 
 use datafusion::error::DataFusionError;
+use slicedb_engine::proto::ErrorKind;
 use slicedb_engine::{EngineError, NodeId};
 
 pub type Result<T, E = CoordinatorError> = std::result::Result<T, E>;
@@ -27,7 +28,7 @@ pub enum CoordinatorError {
     #[error("node {node} failed: {message}")]
     Node {
         node: NodeId,
-        kind: String,
+        kind: ErrorKind,
         message: String,
     },
     #[error("node {node} at {address} is unreachable: {message}; the cluster fails the node over, retry the transaction")]
@@ -80,10 +81,12 @@ impl CoordinatorError {
             CoordinatorError::UnknownDistributionColumn { .. } => "42703",
             CoordinatorError::NotNullViolation { .. } => "23502",
             CoordinatorError::UnsupportedType { .. } | CoordinatorError::NotSupported(_) => "0A000",
-            CoordinatorError::Node { kind, .. } => match kind.as_str() {
-                "checksum" => "XX001",
-                "disk_full" => "53100",
-                "stale_epoch" | "slice_not_owned" | "write_conflict" => "40001",
+            CoordinatorError::Node { kind, .. } => match kind {
+                ErrorKind::Checksum => "XX001",
+                ErrorKind::DiskFull => "53100",
+                ErrorKind::StaleEpoch | ErrorKind::SliceNotOwned | ErrorKind::WriteConflict => {
+                    "40001"
+                }
                 _ => "XX000",
             },
             CoordinatorError::NodeUnreachable { .. } => "40001",
@@ -111,15 +114,9 @@ impl CoordinatorError {
                 message: s.message().to_string(),
             };
         }
-        let kind = s
-            .metadata()
-            .get(slicedb_engine::proto::ERROR_KIND_KEY)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("internal")
-            .to_string();
         CoordinatorError::Node {
             node,
-            kind,
+            kind: slicedb_engine::proto::error_kind(&s),
             message: s.message().to_string(),
         }
     }
@@ -132,9 +129,11 @@ impl From<CoordinatorError> for DataFusionError {
             // A node's query fragment failed on the statement's own terms
             // (division by zero, overflow): the same error as if the
             // coordinator had computed it.
-            CoordinatorError::Node { kind, message, .. } if kind == "query" => {
-                DataFusionError::Execution(message)
-            }
+            CoordinatorError::Node {
+                kind: ErrorKind::Query,
+                message,
+                ..
+            } => DataFusionError::Execution(message),
             other => DataFusionError::External(Box::new(other)),
         }
     }

@@ -48,7 +48,7 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
-use slicedb_engine::proto::pb;
+use slicedb_engine::proto::{pb, ErrorKind};
 use slicedb_engine::{NodeId, SliceId};
 use tokio::sync::mpsc;
 
@@ -305,8 +305,13 @@ fn retryable(e: &CoordinatorError) -> bool {
         CoordinatorError::NodeUnreachable { .. } => true,
         CoordinatorError::Node { kind, .. } => {
             matches!(
-                kind.as_str(),
-                "stale_epoch" | "slice_not_owned" | "internal" | "protocol" | "checksum" | "io"
+                kind,
+                ErrorKind::StaleEpoch
+                    | ErrorKind::SliceNotOwned
+                    | ErrorKind::Internal
+                    | ErrorKind::Unspecified
+                    | ErrorKind::Checksum
+                    | ErrorKind::Io
             )
         }
         _ => false,
@@ -951,7 +956,13 @@ async fn scan_with_failover(
         // Wait for the system manager to change the map (it probes the node
         // at once), then re-plan what is left. A node still at the previous
         // epoch (the new map is being installed) is simply asked again.
-        let behind = matches!(&err, CoordinatorError::Node { kind, .. } if kind == "stale_epoch");
+        let behind = matches!(
+            &err,
+            CoordinatorError::Node {
+                kind: ErrorKind::StaleEpoch,
+                ..
+            }
+        );
         let asked = tokio::time::Instant::now();
         loop {
             let map = cluster.map();
@@ -1006,7 +1017,7 @@ async fn scan_node(
             FlightError::Tonic(s) => node_for_err.err(*s),
             other => CoordinatorError::Node {
                 node: node_for_err.id,
-                kind: "protocol".into(),
+                kind: ErrorKind::Unspecified,
                 message: other.to_string(),
             },
         })?;

@@ -3,8 +3,9 @@
 //! Owns the disk image (superblock, metadata slots, segments, extent allocator),
 //! the block format (Arrow IPC + zone maps + CRC32C), the slice store (tables'
 //! blocks per slice and segment, hidden columns, visibility by committed xid),
-//! predicate evaluation with zone-map pruning, and the node server (tonic gRPC
-//! for writes, Arrow Flight for scans).
+//! predicate evaluation with zone-map pruning, the mirror manager (forwarding
+//! on the primary, staging and applying on the mirror), and the node server
+//! (tonic gRPC for control and node-to-node calls, Arrow Flight for scans).
 //!
 //! It must never import the coordinator or the SQL front end: arrows run
 //! `sql -> coordinator -> engine`. The protocol types in [`proto`] are the only
@@ -12,12 +13,18 @@
 
 pub mod block;
 pub mod cache;
-pub mod codec;
 pub mod disk;
 pub mod failpoint;
-pub mod fragment;
+pub mod fragment_runner;
+pub mod grpc_codec;
+pub mod mirror;
 pub mod predicate;
 pub mod store;
+
+/// The old name of [`fragment_runner`], kept until the coordinator imports
+/// the new one (its restructuring renames its own `fragment.rs`).
+#[doc(hidden)]
+pub use fragment_runner as fragment;
 
 mod error;
 pub use error::{EngineError, Result};

@@ -6,13 +6,14 @@
 
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
-    tonic::include_proto!("slicedb.node.v4");
+    tonic::include_proto!("slicedb.node.v5");
 }
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
+use prost::Message;
 use std::sync::Arc;
 
 use crate::predicate::{CmpOp, Literal, Predicate};
@@ -31,8 +32,7 @@ pub const RECEIVE_CONNECTION_WINDOW: u32 = 64 << 20;
 /// 16 KiB: a 4 MiB write would be 256 frames, each handled on its own).
 pub const MAX_FRAME_BYTES: u32 = 1 << 20;
 
-/// gRPC metadata key carrying the typed error kind across the network.
-pub const ERROR_KIND_KEY: &str = "slicedb-error";
+pub use pb::ErrorKind;
 
 impl From<SegmentKind> for pb::Segment {
     fn from(s: SegmentKind) -> Self {
@@ -278,26 +278,30 @@ impl From<&pb::Snapshot> for crate::store::Snapshot {
     }
 }
 
-/// The error kind names carried in [`ERROR_KIND_KEY`].
-pub fn error_kind(e: &EngineError) -> &'static str {
-    match e {
-        EngineError::StaleEpoch { .. } => "stale_epoch",
-        EngineError::SliceNotOwned { .. } => "slice_not_owned",
-        EngineError::ChecksumMismatch { .. } | EngineError::CorruptBlock { .. } => "checksum",
-        EngineError::TableNotFound(_) => "table_not_found",
-        EngineError::SchemaMismatch { .. } | EngineError::InvalidRequest(_) => "invalid",
-        EngineError::SegmentFull { .. } | EngineError::MetadataFull { .. } => "disk_full",
-        EngineError::Io { .. } => "io",
-        EngineError::WriteConflict { .. } => "write_conflict",
-        EngineError::Query(_) => "query",
-        _ => "internal",
+/// The kind of an engine error, as the node protocol carries it.
+pub fn kind_of(err: &EngineError) -> ErrorKind {
+    match err {
+        EngineError::StaleEpoch { .. } => ErrorKind::StaleEpoch,
+        EngineError::SliceNotOwned { .. } => ErrorKind::SliceNotOwned,
+        EngineError::ChecksumMismatch { .. } | EngineError::CorruptBlock { .. } => {
+            ErrorKind::Checksum
+        }
+        EngineError::TableNotFound(_) => ErrorKind::TableNotFound,
+        EngineError::SchemaMismatch { .. } | EngineError::InvalidRequest(_) => ErrorKind::Invalid,
+        EngineError::SegmentFull { .. } | EngineError::MetadataFull { .. } => ErrorKind::DiskFull,
+        EngineError::Io { .. } => ErrorKind::Io,
+        EngineError::WriteConflict { .. } => ErrorKind::WriteConflict,
+        EngineError::Query(_) => ErrorKind::Query,
+        _ => ErrorKind::Internal,
     }
 }
 
-/// Turn an engine error into a gRPC status that keeps its kind.
-pub fn to_status(e: &EngineError) -> tonic::Status {
+/// Turn an engine error into a gRPC status that keeps its kind: the code
+/// says what gRPC clients in general should make of it, the details (an
+/// [`pb::ErrorDetail`]) say what slicedb should.
+pub fn status_from(err: &EngineError) -> tonic::Status {
     use tonic::Code;
-    let code = match e {
+    let code = match err {
         EngineError::StaleEpoch { .. } | EngineError::SliceNotOwned { .. } => {
             Code::FailedPrecondition
         }
@@ -313,11 +317,20 @@ pub fn to_status(e: &EngineError) -> tonic::Status {
         EngineError::Query(_) => Code::InvalidArgument,
         _ => Code::Internal,
     };
-    let mut status = tonic::Status::new(code, e.to_string());
-    if let Ok(v) = error_kind(e).parse() {
-        status.metadata_mut().insert(ERROR_KIND_KEY, v);
-    }
-    status
+    let detail = pb::ErrorDetail {
+        kind: kind_of(err) as i32,
+    };
+    tonic::Status::with_details(code, err.to_string(), detail.encode_to_vec().into())
+}
+
+/// The kind a node put in `status` ([`ErrorKind::Unspecified`] when it
+/// carries none, or one this build does not know: a transport failure, a
+/// call that never reached a node's code, a newer node).
+pub fn error_kind(status: &tonic::Status) -> ErrorKind {
+    pb::ErrorDetail::decode(status.details())
+        .ok()
+        .and_then(|d| ErrorKind::try_from(d.kind).ok())
+        .unwrap_or(ErrorKind::Unspecified)
 }
 
 #[cfg(test)]
@@ -356,5 +369,23 @@ mod tests {
         };
         assert!(Literal::try_from(&bad).is_err());
         assert!(Literal::try_from(&pb::Literal::default()).is_err());
+    }
+
+    #[test]
+    fn error_kinds_survive_a_status_and_a_bare_status_has_none() {
+        let e = EngineError::StaleEpoch { ours: 5, theirs: 4 };
+        let s = status_from(&e);
+        assert_eq!(s.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(s.message(), e.to_string());
+        assert_eq!(error_kind(&s), ErrorKind::StaleEpoch);
+        let full = status_from(&EngineError::SegmentFull {
+            segment: "primary".into(),
+            needed: 1,
+        });
+        assert_eq!(error_kind(&full), ErrorKind::DiskFull);
+        assert_eq!(
+            error_kind(&tonic::Status::unavailable("connection refused")),
+            ErrorKind::Unspecified
+        );
     }
 }

@@ -1,0 +1,274 @@
+//! The primary's side of mirroring: forwards and their bookkeeping.
+
+use std::collections::{HashMap, HashSet};
+
+use parking_lot::Mutex;
+use tonic::{Response, Status};
+use tracing::warn;
+
+use super::Routes;
+use crate::proto::{self, pb};
+use crate::{EngineError, NodeId, Result, SliceId, TableId, Xid};
+
+type PeerClient = pb::peer_node_client::PeerNodeClient<tonic::transport::Channel>;
+
+/// What one transaction forwarded.
+#[derive(Default)]
+struct Forwarded {
+    /// Mirror node -> forwards sent.
+    forwards: HashMap<NodeId, u64>,
+    /// Mirror node -> slices forwarded to it.
+    mirrored: HashMap<NodeId, HashSet<SliceId>>,
+    /// Slices whose mirror did not answer: primary only for this xid.
+    degraded: HashSet<SliceId>,
+}
+
+impl Forwarded {
+    /// Whether every slice sent to `mirror` is degraded (then the mirror
+    /// has nothing it could prepare or commit).
+    fn all_degraded(&self, mirror: NodeId) -> bool {
+        self.mirrored
+            .get(&mirror)
+            .is_none_or(|slices| slices.iter().all(|s| self.degraded.contains(s)))
+    }
+}
+
+/// Forwards a primary's writes and its transaction's outcome to the
+/// mirrors. Failures never come back as errors: they degrade the slices.
+pub struct Forwarder {
+    node: NodeId,
+    clients: Mutex<HashMap<(NodeId, String), PeerClient>>,
+    txns: Mutex<HashMap<Xid, Forwarded>>,
+}
+
+impl Forwarder {
+    /// The forwarder of node `node` (named in every forward it sends).
+    pub fn new(node: NodeId) -> Self {
+        Forwarder {
+            node,
+            clients: Mutex::new(HashMap::new()),
+            txns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether writes of `slice` in `xid` go to a mirror: the map gives it
+    /// an active one and it has not degraded in this transaction.
+    pub fn forwards(&self, routes: &Routes, xid: Xid, slice: SliceId) -> bool {
+        routes.mirrors.contains_key(&slice)
+            && !self
+                .txns
+                .lock()
+                .get(&xid)
+                .is_some_and(|t| t.degraded.contains(&slice))
+    }
+
+    /// The slices degraded in `xid`, in order.
+    pub fn degraded(&self, xid: Xid) -> Vec<SliceId> {
+        let mut v: Vec<SliceId> = self
+            .txns
+            .lock()
+            .get(&xid)
+            .map(|t| t.degraded.iter().copied().collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    }
+
+    /// The transactions with forwarding state (open on this primary).
+    pub fn open_xids(&self) -> Vec<Xid> {
+        self.txns.lock().keys().copied().collect()
+    }
+
+    /// Forward a slice's new blocks or deleted rowids of `xid` to its
+    /// mirror, unless the slice is already degraded for this transaction.
+    /// A failure marks it degraded (the primary goes on alone).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn write(
+        &self,
+        epoch: u64,
+        routes: &Routes,
+        xid: Xid,
+        table: TableId,
+        slice: SliceId,
+        blocks: Vec<Vec<u8>>,
+        deleted_rowids: Vec<i64>,
+    ) {
+        let Some(&mirror) = routes.mirrors.get(&slice) else {
+            return;
+        };
+        let seq = {
+            let mut txns = self.txns.lock();
+            let t = txns.entry(xid).or_default();
+            if t.degraded.contains(&slice) {
+                return;
+            }
+            let n = t.forwards.entry(mirror).or_default();
+            *n += 1;
+            t.mirrored.entry(mirror).or_default().insert(slice);
+            *n
+        };
+        let req = pb::MirrorWriteRequest {
+            epoch,
+            xid,
+            table,
+            slice,
+            blocks: blocks.into_iter().map(bytes::Bytes::from).collect(),
+            deleted_rowids,
+            seq,
+            from_node: self.node,
+        };
+        let res = self
+            .call(routes, mirror, "forward", |mut c| async move {
+                c.mirror_write(req).await
+            })
+            .await;
+        if let Err(e) = res {
+            warn!(node = self.node, xid, slice, mirror, error = %e, "mirror unreachable: slice degraded for this transaction");
+            self.degrade(xid, [slice]);
+        }
+    }
+
+    /// Prepare `xid` on every mirror it was forwarded to (after the
+    /// primary's own prepare). A mirror that refuses or does not answer
+    /// degrades the slices it holds.
+    pub async fn prepare(&self, epoch: u64, routes: &Routes, xid: Xid) {
+        let forwards = match self.txns.lock().get(&xid) {
+            Some(t) => t.forwards.clone(),
+            None => return,
+        };
+        for (mirror, n) in forwards {
+            let slices: Vec<SliceId> = {
+                let txns = self.txns.lock();
+                let Some(t) = txns.get(&xid) else { continue };
+                if t.all_degraded(mirror) {
+                    continue;
+                }
+                t.mirrored[&mirror].iter().copied().collect()
+            };
+            let req = pb::MirrorPrepareRequest {
+                epoch,
+                xid,
+                from_node: self.node,
+                forwards: n,
+            };
+            let res = self
+                .call(routes, mirror, "prepare", |mut c| async move {
+                    c.mirror_prepare(req).await
+                })
+                .await;
+            if let Err(e) = res {
+                warn!(node = self.node, xid, mirror, error = %e, "mirror did not prepare: its slices are degraded");
+                self.degrade(xid, slices);
+            }
+        }
+    }
+
+    /// Commit `xid` on its mirrors (after the primary's own commit) and
+    /// forget it. A mirror that misses this has the transaction prepared
+    /// on disk; the coordinator's resolver commits it there later.
+    pub async fn commit(&self, epoch: u64, routes: &Routes, xid: Xid) {
+        let Some(t) = self.txns.lock().remove(&xid) else {
+            return;
+        };
+        for mirror in t.mirrored.keys() {
+            if t.all_degraded(*mirror) {
+                continue;
+            }
+            let req = pb::TxnRequest {
+                epoch,
+                xid,
+                requests: 0,
+            };
+            if let Err(e) = self
+                .call(routes, *mirror, "commit", |mut c| async move {
+                    c.mirror_commit(req).await
+                })
+                .await
+            {
+                warn!(node = self.node, xid, mirror, error = %e, "mirror commit deferred to the resolver");
+            }
+        }
+    }
+
+    /// Forget `xid` (it is being aborted) and answer the mirrors it was
+    /// forwarded to, for [`Forwarder::abort`].
+    pub fn forget(&self, xid: Xid) -> Vec<NodeId> {
+        self.txns
+            .lock()
+            .remove(&xid)
+            .map(|t| t.mirrored.into_keys().collect())
+            .unwrap_or_default()
+    }
+
+    /// Abort `xid` on `mirrors` (what [`Forwarder::forget`] answered), at
+    /// any epoch: discarding never serves stale data. A mirror that misses
+    /// it is left to the coordinator's resolver.
+    pub async fn abort(&self, epoch: u64, routes: &Routes, xid: Xid, mirrors: Vec<NodeId>) {
+        for mirror in mirrors {
+            let req = pb::TxnRequest {
+                epoch,
+                xid,
+                requests: 0,
+            };
+            if let Err(e) = self
+                .call(routes, mirror, "abort", |mut c| async move {
+                    c.mirror_abort(req).await
+                })
+                .await
+            {
+                warn!(node = self.node, xid, mirror, error = %e, "mirror abort deferred to the resolver");
+            }
+        }
+    }
+
+    fn degrade(&self, xid: Xid, slices: impl IntoIterator<Item = SliceId>) {
+        self.txns
+            .lock()
+            .entry(xid)
+            .or_default()
+            .degraded
+            .extend(slices);
+    }
+
+    /// A client for a peer node (connected lazily, reused).
+    fn client(&self, routes: &Routes, node: NodeId) -> Result<PeerClient> {
+        let addr = routes
+            .peers
+            .get(&node)
+            .ok_or_else(|| EngineError::Internal(format!("no address for node {node}")))?;
+        let key = (node, addr.clone());
+        let mut clients = self.clients.lock();
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| EngineError::Internal(format!("bad peer address {addr}: {e}")))?
+            .connect_timeout(routes.timeout)
+            .tcp_nodelay(true);
+        let c = PeerClient::new(ep.connect_lazy())
+            .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
+        clients.insert(key, c.clone());
+        Ok(c)
+    }
+
+    /// One call to a mirror, bounded by the map's mirror timeout.
+    async fn call<T, F, Fut>(&self, routes: &Routes, node: NodeId, what: &str, f: F) -> Result<T>
+    where
+        F: FnOnce(PeerClient) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        let client = self.client(routes, node)?;
+        match tokio::time::timeout(routes.timeout, f(client)).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(EngineError::Internal(format!(
+                "{what} to mirror node {node}: {}",
+                s.message()
+            ))),
+            Err(_) => Err(EngineError::Internal(format!(
+                "{what} to mirror node {node}: no answer in {:?}",
+                routes.timeout
+            ))),
+        }
+    }
+}

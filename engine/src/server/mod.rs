@@ -1,0 +1,473 @@
+//! The node server: `slicedb node`. One port serves the tonic `Node`
+//! service, the coordinator's control calls (`control.rs`: map install,
+//! DDL, writes, two-phase commit, status), the `PeerNode` service, the
+//! calls other nodes make (`peer.rs`: mirror forwards), and Arrow Flight
+//! `do_get` for scans (`scans.rs`).
+//!
+//! This module holds what they share: the node's view of the distribution
+//! map (epoch, the slices this node answers for, where its primaries
+//! forward), its disks and those found failed, the request counts of open
+//! transactions, and startup (the listener, without Nagle). Every command
+//! is checked against the map: a stale epoch is refused with a typed error,
+//! and a slice the map does not give this node is never served.
+//!
+//! It must never decide placement itself (the coordinator does), and never
+//! forward, stage or apply mirror data itself: the mirror manager
+//! ([`crate::mirror`]) does, called from here once a command has passed
+//! the checks.
+
+mod control;
+mod peer;
+mod scans;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use futures::Stream;
+use parking_lot::{Mutex, RwLock};
+use tonic::Status;
+use tracing::{info, warn};
+
+use crate::fragment_runner::FragmentRunner;
+use crate::mirror::{Forwarder, Routes, Staging};
+use crate::proto::{self, pb};
+use crate::store::{DiskStore, SegmentKind};
+use crate::{DiskId, EngineError, NodeId, Result, SliceId, Xid};
+
+/// What the installed map says this node holds.
+#[derive(Debug, Default, Clone)]
+struct NodeMap {
+    epoch: u64,
+    /// (slice, segment) -> disk holding that copy.
+    slices: HashMap<(SliceId, SegmentKind), DiskId>,
+    /// Where this node's primary slices are forwarded.
+    routes: Routes,
+}
+
+/// A transaction as this node's control calls see it (what it forwarded
+/// is the mirror manager's).
+#[derive(Default)]
+struct NodeTxn {
+    disks: HashSet<DiskId>,
+    /// Write and Delete requests received (checked at prepare).
+    requests: u64,
+}
+
+struct NodeState {
+    node: NodeId,
+    disks: Vec<Arc<DiskStore>>,
+    map: RwLock<Option<NodeMap>>,
+    txns: Mutex<HashMap<Xid, NodeTxn>>,
+    /// The primary's side of mirroring.
+    forwarder: Forwarder,
+    /// The mirror's side of mirroring.
+    staging: Staging,
+    /// Disks that failed (I/O error, checksum mismatch, image gone), with why.
+    failed_disks: Mutex<HashMap<DiskId, String>>,
+    /// Runs the query fragments scans may carry (None: scans with a
+    /// fragment are refused).
+    fragments: RwLock<Option<Arc<dyn FragmentRunner>>>,
+}
+
+/// A running node's shared state; cheap to clone.
+#[derive(Clone)]
+pub struct NodeServer {
+    state: Arc<NodeState>,
+}
+
+impl NodeServer {
+    /// A node serving the given disks (index = disk id).
+    pub fn new(node: NodeId, disks: Vec<Arc<DiskStore>>) -> Self {
+        NodeServer {
+            state: Arc::new(NodeState {
+                node,
+                disks: disks.clone(),
+                map: RwLock::new(None),
+                txns: Mutex::new(HashMap::new()),
+                forwarder: Forwarder::new(node),
+                staging: Staging::new(node, disks.clone()),
+                failed_disks: Mutex::new(HashMap::new()),
+                fragments: RwLock::new(None),
+            }),
+        }
+    }
+
+    /// Run the query fragments of scans with `runner` (the query engine the
+    /// process links); without one, a scan carrying a fragment is refused.
+    pub fn set_fragment_runner(&self, runner: Arc<dyn FragmentRunner>) {
+        *self.state.fragments.write() = Some(runner);
+    }
+
+    /// Serve gRPC + Flight on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let addr = listener
+            .local_addr()
+            .map_err(|e| EngineError::io("listener", e))?;
+        info!(node = self.state.node, %addr, "node serving");
+        let incoming = without_nagle(listener);
+        tonic::transport::Server::builder()
+            .initial_stream_window_size(Some(proto::RECEIVE_STREAM_WINDOW))
+            .initial_connection_window_size(Some(proto::RECEIVE_CONNECTION_WINDOW))
+            .max_frame_size(Some(proto::MAX_FRAME_BYTES))
+            .add_service(
+                pb::node_server::NodeServer::new(self.clone())
+                    .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                pb::peer_node_server::PeerNodeServer::new(self.clone())
+                    .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                FlightServiceServer::new(self)
+                    .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
+            )
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+            .map_err(|e| EngineError::Internal(format!("node server on {addr}: {e}")))
+    }
+
+    /// Bind `addr` and serve; returns the bound address and the server task.
+    pub async fn spawn(
+        self,
+        addr: SocketAddr,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(SocketAddr, tokio::task::JoinHandle<Result<()>>)> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| EngineError::io(addr.to_string(), e))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| EngineError::io(addr.to_string(), e))?;
+        Ok((bound, tokio::spawn(self.serve(listener, shutdown))))
+    }
+
+    fn disk(&self, id: DiskId) -> Result<&Arc<DiskStore>> {
+        self.state
+            .disks
+            .get(id as usize)
+            .ok_or_else(|| EngineError::InvalidRequest(format!("node has no disk {id}")))
+    }
+
+    /// Check the epoch of a command against the installed map.
+    fn check_epoch(&self, theirs: u64) -> Result<NodeMap> {
+        let map = self.state.map.read();
+        let Some(map) = map.as_ref() else {
+            return Err(EngineError::StaleEpoch { ours: 0, theirs });
+        };
+        if theirs != map.epoch {
+            return Err(EngineError::StaleEpoch {
+                ours: map.epoch,
+                theirs,
+            });
+        }
+        Ok(map.clone())
+    }
+
+    /// The disk holding this node's copy of `slice` in `segment`. Unmirrored
+    /// data (the temp segment) lives on the disk of the slice's primary.
+    fn owned_disk(&self, map: &NodeMap, slice: SliceId, segment: SegmentKind) -> Result<DiskId> {
+        let lookup = match segment {
+            SegmentKind::Temp => SegmentKind::Primary,
+            s => s,
+        };
+        map.slices
+            .get(&(slice, lookup))
+            .copied()
+            .ok_or_else(|| EngineError::SliceNotOwned {
+                node: self.state.node,
+                slice,
+                segment: segment.as_str().to_string(),
+                epoch: map.epoch,
+            })
+    }
+
+    /// Commit or abort `xid` on every disk (a no-op where it has nothing).
+    async fn on_all_disks(
+        &self,
+        xid: Xid,
+        f: fn(&DiskStore, Xid) -> Result<()>,
+    ) -> Result<(), Status> {
+        let disks = self.state.disks.clone();
+        Self::blocking(move || {
+            for d in &disks {
+                f(d, xid)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(status)
+    }
+
+    /// The map, without an epoch check (commit/abort finish at any epoch).
+    fn current_map(&self) -> NodeMap {
+        self.state.map.read().clone().unwrap_or_default()
+    }
+
+    async fn blocking<T: Send + 'static>(
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| EngineError::Internal(format!("blocking task failed: {e}")))?
+    }
+}
+
+fn status(e: EngineError) -> Status {
+    proto::status_from(&e)
+}
+
+/// Whether an error means the disk itself is bad (not the request).
+fn disk_fault(e: &EngineError) -> bool {
+    matches!(
+        e,
+        EngineError::Io { .. }
+            | EngineError::ChecksumMismatch { .. }
+            | EngineError::CorruptBlock { .. }
+    )
+}
+
+impl NodeServer {
+    /// Remember that `disk` failed; the next Status reports it.
+    fn note_disk_fault(&self, disk: DiskId, e: &EngineError) {
+        if disk_fault(e) {
+            if let std::collections::hash_map::Entry::Vacant(v) =
+                self.state.failed_disks.lock().entry(disk)
+            {
+                warn!(node = self.state.node, disk, error = %e, "disk failed");
+                v.insert(e.to_string());
+            }
+        }
+    }
+
+    /// Why `disk` is failed, if it is (its image file vanished counts).
+    fn disk_failure(&self, disk: DiskId) -> Option<String> {
+        if let Some(why) = self.state.failed_disks.lock().get(&disk) {
+            return Some(why.clone());
+        }
+        let d = self.state.disks.get(disk as usize)?;
+        if !d.path().exists() {
+            let why = format!("image {} vanished", d.path().display());
+            self.state.failed_disks.lock().insert(disk, why.clone());
+            return Some(why);
+        }
+        None
+    }
+}
+
+/// The connections `listener` accepts, each without Nagle's algorithm: a
+/// scan's last small message (its `done` tag) would otherwise wait for the
+/// peer's delayed ACK, 40 ms on Linux, on every query.
+fn without_nagle(
+    listener: tokio::net::TcpListener,
+) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            conn.inspect(|socket| {
+                if let Err(e) = socket.set_nodelay(true) {
+                    warn!(error = %e, "could not set TCP_NODELAY on a node connection");
+                }
+            })
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::ErrorKind;
+    use crate::store::{DiskIds, InitOptions, StoreOptions};
+    use arrow::array::Int64Array;
+    use arrow::array::RecordBatch;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
+    use arrow_flight::flight_service_client::FlightServiceClient;
+    use arrow_flight::Ticket;
+    use futures::{StreamExt, TryStreamExt};
+    use prost::Message;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = Box::pin(without_nagle(listener));
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(accepted.nodelay().unwrap(), "TCP_NODELAY is off");
+    }
+
+    async fn start() -> (
+        tempfile::TempDir,
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = DiskIds {
+            cluster_id: [7; 16],
+            node_id: 3,
+            disk_id: 0,
+        };
+        let store = DiskStore::create(
+            &dir.path().join("d.img"),
+            ids,
+            InitOptions::new(64 << 20),
+            StoreOptions::default(),
+        )
+        .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (addr, _task) = NodeServer::new(3, vec![Arc::new(store)])
+            .spawn("127.0.0.1:0".parse().unwrap(), async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        (dir, addr, tx)
+    }
+
+    #[tokio::test]
+    async fn stale_epochs_and_foreign_slices_are_refused_and_scans_are_tagged() {
+        let (_dir, addr, _stop) = start().await;
+        let url = format!("http://{addr}");
+        let mut node = pb::node_client::NodeClient::connect(url.clone())
+            .await
+            .unwrap();
+
+        // No map yet: everything is refused as stale.
+        let e = node
+            .create_table(pb::CreateTableRequest {
+                epoch: 1,
+                table: 1,
+                schema: vec![],
+                mirrored: true,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(proto::error_kind(&e), ErrorKind::StaleEpoch);
+
+        let slice = |slice| pb::SliceAssignment {
+            slice,
+            disk: 0,
+            segment: pb::Segment::Primary as i32,
+            ..Default::default()
+        };
+        node.install_map(pb::InstallMapRequest {
+            epoch: 5,
+            node: 3,
+            slices: vec![slice(1), slice(2)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        // A lower epoch cannot replace the map.
+        let e = node
+            .install_map(pb::InstallMapRequest {
+                epoch: 4,
+                node: 3,
+                slices: vec![],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
+        let schema_bytes = proto::schema_to_bytes(&schema).unwrap();
+        node.create_table(pb::CreateTableRequest {
+            epoch: 5,
+            table: 1,
+            schema: schema_bytes,
+            mirrored: true,
+        })
+        .await
+        .unwrap();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from(vec![1, 2, 3]))],
+        )
+        .unwrap();
+        let write = |epoch, slice| pb::WriteRequest {
+            epoch,
+            xid: 9,
+            table: 1,
+            slice,
+            segment: pb::Segment::Primary as i32,
+            batches: proto::batches_to_ipc(&schema, std::slice::from_ref(&batch))
+                .unwrap()
+                .into(),
+        };
+        let e = node.write(write(4, 1)).await.unwrap_err();
+        assert_eq!(proto::error_kind(&e), ErrorKind::StaleEpoch, "{e}");
+        let e = node.write(write(5, 7)).await.unwrap_err();
+        assert_eq!(proto::error_kind(&e), ErrorKind::SliceNotOwned, "{e}");
+        assert_eq!(node.write(write(5, 1)).await.unwrap().into_inner().rows, 3);
+        node.commit(pb::TxnRequest {
+            epoch: 5,
+            xid: 9,
+            requests: 1,
+        })
+        .await
+        .unwrap();
+
+        // Scan both slices: slice 1 has 3 rows, slice 2 none; both end with a done tag.
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut flight = FlightServiceClient::new(channel);
+        let req = pb::ScanRequest {
+            epoch: 5,
+            table: 1,
+            slices: [1, 2]
+                .iter()
+                .map(|&s| pb::SliceScan {
+                    slice: s,
+                    segment: pb::Segment::Primary as i32,
+                })
+                .collect(),
+            all_columns: true,
+            ..Default::default()
+        };
+        let stream = flight
+            .do_get(Ticket::new(req.encode_to_vec()))
+            .await
+            .unwrap()
+            .into_inner()
+            .map_err(|s| arrow_flight::error::FlightError::Tonic(Box::new(s)));
+        let mut decoder = FlightDataDecoder::new(stream);
+        let mut done = vec![];
+        let mut rows = 0;
+        while let Some(m) = decoder.next().await {
+            let m = m.unwrap();
+            if let DecodedPayload::RecordBatch(b) = m.payload {
+                let tag = pb::StreamTag::decode(m.inner.app_metadata.as_ref()).unwrap();
+                if tag.done {
+                    done.push((tag.slice, tag.rows));
+                } else {
+                    assert_eq!(tag.slice, 1);
+                    rows += b.num_rows();
+                }
+            }
+        }
+        assert_eq!(rows, 3);
+        assert_eq!(done, vec![(1, 3), (2, 0)]);
+
+        // A stale scan is refused too.
+        let mut stale = req.clone();
+        stale.epoch = 4;
+        let e = flight
+            .do_get(Ticket::new(stale.encode_to_vec()))
+            .await
+            .unwrap_err();
+        assert_eq!(proto::error_kind(&e), ErrorKind::StaleEpoch);
+    }
+}
