@@ -12,8 +12,9 @@ use arrow::compute::filter_record_batch;
 use serde::Serialize;
 use tracing::info;
 
+use super::repair::{self, StoredBlock};
 use super::{read_only_err, DiskStore, IndexedBlock, Stream};
-use crate::block::{self, BlockLocation};
+use crate::block;
 use crate::disk::meta::{BlockMeta, DeleteRunMeta, StreamKey};
 use crate::{EngineError, Result, TableId, Xid};
 
@@ -73,17 +74,14 @@ impl DiskStore {
                     new_blocks.push(b.clone());
                     continue;
                 }
-                let mut buf = vec![0u8; b.meta.length as usize];
-                self.dev.read_at(b.meta.offset, &mut buf)?;
-                let loc = BlockLocation {
-                    disk: self.sb.disk_id,
-                    offset: b.meta.offset,
-                    table,
-                    slice: key.slice,
-                    seq: b.meta.seq,
-                    rows: b.meta.rows,
-                };
-                let batch = block::decode_block(&buf, &loc, None)?;
+                let on_disk =
+                    StoredBlock::new(self.sb.disk_id, key.segment, table, key.slice, &b.meta);
+                let batch = repair::read_block(
+                    self.dev.as_ref(),
+                    self.opts.repair.as_ref(),
+                    &on_disk,
+                    None,
+                )?;
                 let rowids = batch
                     .column(batch.num_columns() - 3)
                     .as_any()

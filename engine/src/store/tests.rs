@@ -31,6 +31,7 @@ pub(super) fn opts(block_rows: usize) -> StoreOptions {
         block_rows,
         compression: Compression::Lz4,
         cache_bytes: 0,
+        ..StoreOptions::default()
     }
 }
 
