@@ -62,7 +62,7 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 use futures::StreamExt;
 use parking_lot::Mutex;
 use prost::Message;
-use slicedb_engine::fragment::{FragmentRunner, FragmentStream, ScanBatches};
+use slicedb_engine::fragment_runner::{FragmentRunner, FragmentStream, ScanBatches};
 use slicedb_engine::EngineError;
 
 use crate::provider::{Broadcast, BroadcastKey, BroadcastScanExec};

@@ -21,11 +21,6 @@ pub mod mirror;
 pub mod predicate;
 pub mod store;
 
-/// The old name of [`fragment_runner`], kept until the coordinator imports
-/// the new one (its restructuring renames its own `fragment.rs`).
-#[doc(hidden)]
-pub use fragment_runner as fragment;
-
 mod error;
 pub use error::{EngineError, Result};
 

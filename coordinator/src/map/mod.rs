@@ -356,9 +356,11 @@ impl DistMap {
         let map = match version {
             1 => v1::convert(serde_json::from_str(text).map_err(bad)?),
             MAP_VERSION => serde_json::from_str(text).map_err(bad)?,
-            v => return Err(CoordinatorError::Catalog(format!(
+            v => {
+                return Err(CoordinatorError::Catalog(format!(
                 "{origin}: map version {v} is not supported (this build reads 1 and {MAP_VERSION})"
-            ))),
+            )))
+            }
         };
         placement::check(&map).map_err(|e| CoordinatorError::Catalog(format!("{origin}: {e}")))?;
         Ok((map, version != MAP_VERSION))
