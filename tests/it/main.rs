@@ -10,6 +10,7 @@ mod data;
 mod disk_cli;
 mod failover;
 mod harness;
+mod map_upgrade;
 mod mirror;
 mod multiprocess;
 mod psql;
