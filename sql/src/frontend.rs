@@ -43,8 +43,7 @@ use slicedb_coordinator::{Coordinator, CoordinatorError, Distribution};
 use tokio::sync::Mutex;
 use tracing::{debug, info};
 
-use crate::copy::{encode_rows, CopyDecoder, CopyOptions};
-use crate::copyin::{CopyPipeline, Widen};
+use crate::copy::{encode_rows, CopyDecoder, CopyOptions, CopyPipeline, Widen};
 use crate::dialect::{self, ParsedStatement};
 use crate::errors::{fix_response, fix_responses, to_pg, SqlError};
 use crate::shield;

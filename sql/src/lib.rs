@@ -1,6 +1,5 @@
 //! slicedb-sql: the PostgreSQL front end (dialect, COPY, pgwire server, system views).
 pub mod copy;
-pub mod copyin;
 pub mod dialect;
 pub mod errors;
 pub mod frontend;

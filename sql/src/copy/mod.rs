@@ -1,0 +1,54 @@
+//! `COPY ... FROM STDIN` decoding and `COPY ... TO STDOUT` encoding, in
+//! PostgreSQL's text and CSV formats, and the pipeline that runs a
+//! `COPY ... FROM STDIN` on many cores at once.
+//!
+//! The decoder is on the bulk-load path: it splits rows and fields without
+//! allocating per field (fields without escapes are parsed in place, the rest
+//! are unescaped into one reusable scratch buffer) and appends straight into
+//! Arrow builders.
+//!
+//! It owns the COPY formats: which options are accepted, how a row and its
+//! fields are found, how a field's text becomes a value (and the SQLSTATE
+//! when it does not), and how a value is written back out. It must never
+//! load, commit or reach a node itself: the codec files below do no I/O and
+//! start no thread, and `from_stdin.rs` only hands batches to the
+//! coordinator's `Loader`, which decides what is written and committed.
+//! When it splits rows by slice, it must hash them exactly as the loader
+//! hashes stored rows (`slicedb_coordinator::hash`), or rows land on the
+//! wrong slice.
+//!
+//! - `options.rs`: `CopyOptions` read from a `COPY` statement and checked.
+//! - `parse.rs`: one field's text to a typed value.
+//! - `columns.rs`: the Arrow builder per column, and conversion errors.
+//! - `fields.rs`: field spans, the text format's fast split and escapes.
+//! - `slice_key.rs`: hashing a row's distribution key from its text.
+//! - `decode.rs`: `CopyDecoder`, bytes to record batches.
+//! - `encode.rs`: `encode_rows`, record batches to COPY TO output.
+//! - `from_stdin.rs`: `CopyPipeline`, the threads that decode and load at
+//!   once (the only file here that starts threads or talks to the loader).
+//! - `error.rs`: `CopyError` and the SQLSTATEs of the COPY path.
+//!
+//! ```text
+//! from_stdin ──> decode ──> options, fields, columns, slice_key
+//! encode ──> options
+//! columns, slice_key, encode ──> parse
+//! options, columns, decode, encode ──> error
+//! ```
+
+mod columns;
+mod decode;
+mod encode;
+mod error;
+mod fields;
+mod from_stdin;
+mod options;
+mod parse;
+mod slice_key;
+#[cfg(test)]
+mod testing;
+
+pub use decode::{CopyDecoder, Decoded, MAX_SPLIT_SLICES};
+pub use encode::encode_rows;
+pub use error::CopyError;
+pub use from_stdin::{CopyPipeline, Widen};
+pub use options::{CopyFormat, CopyOptions};

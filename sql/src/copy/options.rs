@@ -1,0 +1,257 @@
+//! COPY options: the format (text or CSV) and its delimiter, NULL string,
+//! header, quote and escape, read from a `COPY` statement and checked.
+
+use datafusion::sql::sqlparser::ast::{
+    CopyLegacyCsvOption, CopyLegacyOption, CopyOption, Statement,
+};
+
+use super::error::{CopyError, FEATURE_NOT_SUPPORTED, INVALID_PARAMETER_VALUE, SYNTAX_ERROR};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyFormat {
+    Text,
+    Csv,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyOptions {
+    pub format: CopyFormat,
+    pub delimiter: u8,
+    pub null: String,
+    pub header: bool,
+    pub quote: u8,
+    pub escape: u8,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        Self::text()
+    }
+}
+
+fn one_byte(c: char, what: &str) -> Result<u8, CopyError> {
+    if c.is_ascii() {
+        Ok(c as u8)
+    } else {
+        Err(CopyError::new(
+            FEATURE_NOT_SUPPORTED,
+            format!("COPY {what} must be a single one-byte character"),
+        ))
+    }
+}
+
+impl CopyOptions {
+    /// PostgreSQL's defaults for the text format.
+    pub fn text() -> Self {
+        Self {
+            format: CopyFormat::Text,
+            delimiter: b'\t',
+            null: "\\N".to_string(),
+            header: false,
+            quote: b'"',
+            escape: b'"',
+        }
+    }
+
+    /// PostgreSQL's defaults for the CSV format.
+    pub fn csv() -> Self {
+        Self {
+            format: CopyFormat::Csv,
+            delimiter: b',',
+            null: String::new(),
+            header: false,
+            quote: b'"',
+            escape: b'"',
+        }
+    }
+
+    /// Read the options of a `Statement::Copy` (new-style `WITH (...)` and
+    /// legacy `CSV HEADER DELIMITER ','` forms).
+    pub fn from_statement(stmt: &Statement) -> Result<CopyOptions, CopyError> {
+        let Statement::Copy {
+            options,
+            legacy_options,
+            ..
+        } = stmt
+        else {
+            return Err(CopyError::new(SYNTAX_ERROR, "not a COPY statement"));
+        };
+        let mut format = CopyFormat::Text;
+        let mut delimiter = None;
+        let mut null = None;
+        let mut header = false;
+        let mut quote = None;
+        let mut escape = None;
+        let unsupported = |what: &str| {
+            CopyError::new(
+                FEATURE_NOT_SUPPORTED,
+                format!("COPY {what} is not supported"),
+            )
+        };
+        for opt in options {
+            match opt {
+                CopyOption::Format(f) => match f.value.to_ascii_lowercase().as_str() {
+                    "text" => format = CopyFormat::Text,
+                    "csv" => format = CopyFormat::Csv,
+                    "binary" => return Err(unsupported("format binary")),
+                    other => {
+                        return Err(CopyError::new(
+                            INVALID_PARAMETER_VALUE,
+                            format!("COPY format \"{other}\" not recognized"),
+                        ))
+                    }
+                },
+                CopyOption::Freeze(_) => {}
+                CopyOption::Delimiter(c) => delimiter = Some(one_byte(*c, "delimiter")?),
+                CopyOption::Null(s) => null = Some(s.clone()),
+                CopyOption::Header(h) => header = *h,
+                CopyOption::Quote(c) => quote = Some(one_byte(*c, "quote")?),
+                CopyOption::Escape(c) => escape = Some(one_byte(*c, "escape")?),
+                CopyOption::Encoding(e) => {
+                    let e = e.to_ascii_lowercase().replace(['-', '_'], "");
+                    if e != "utf8" && e != "unicode" {
+                        return Err(unsupported("encoding other than UTF8"));
+                    }
+                }
+                CopyOption::ForceQuote(_) => return Err(unsupported("FORCE_QUOTE")),
+                CopyOption::ForceNotNull(_) => return Err(unsupported("FORCE_NOT_NULL")),
+                CopyOption::ForceNull(_) => return Err(unsupported("FORCE_NULL")),
+            }
+        }
+        for opt in legacy_options {
+            match opt {
+                CopyLegacyOption::Binary => return Err(unsupported("format binary")),
+                CopyLegacyOption::Delimiter(c) => delimiter = Some(one_byte(*c, "delimiter")?),
+                CopyLegacyOption::Null(s) => null = Some(s.clone()),
+                CopyLegacyOption::Header => header = true,
+                CopyLegacyOption::Csv(csv) => {
+                    format = CopyFormat::Csv;
+                    for o in csv {
+                        match o {
+                            CopyLegacyCsvOption::Header => header = true,
+                            CopyLegacyCsvOption::Quote(c) => quote = Some(one_byte(*c, "quote")?),
+                            CopyLegacyCsvOption::Escape(c) => {
+                                escape = Some(one_byte(*c, "escape")?)
+                            }
+                            CopyLegacyCsvOption::ForceQuote(_) => {
+                                return Err(unsupported("FORCE QUOTE"))
+                            }
+                            CopyLegacyCsvOption::ForceNotNull(_) => {
+                                return Err(unsupported("FORCE NOT NULL"))
+                            }
+                        }
+                    }
+                }
+                other => return Err(unsupported(&format!("option {other}"))),
+            }
+        }
+        let mut o = match format {
+            CopyFormat::Text => Self::text(),
+            CopyFormat::Csv => Self::csv(),
+        };
+        o.header = header;
+        if let Some(d) = delimiter {
+            o.delimiter = d;
+        }
+        if let Some(n) = null {
+            o.null = n;
+        }
+        if format == CopyFormat::Text && (quote.is_some() || escape.is_some()) {
+            return Err(CopyError::new(
+                FEATURE_NOT_SUPPORTED,
+                "COPY quote and escape are available only in CSV mode",
+            ));
+        }
+        if let Some(q) = quote {
+            o.quote = q;
+            o.escape = q;
+        }
+        if let Some(e) = escape {
+            o.escape = e;
+        }
+        o.validate()?;
+        Ok(o)
+    }
+
+    fn validate(&self) -> Result<(), CopyError> {
+        let bad = |m: &str| Err(CopyError::new(INVALID_PARAMETER_VALUE, m.to_string()));
+        if matches!(self.delimiter, b'\n' | b'\r') || !self.delimiter.is_ascii() {
+            return bad("COPY delimiter cannot be newline or carriage return");
+        }
+        if self.null.contains(['\n', '\r']) {
+            return bad("COPY null representation cannot use newline or carriage return");
+        }
+        match self.format {
+            CopyFormat::Text => {
+                if self.delimiter == b'\\' {
+                    return bad("COPY delimiter cannot be \"\\\"");
+                }
+            }
+            CopyFormat::Csv => {
+                if self.delimiter == self.quote {
+                    return bad("COPY delimiter and quote must be different");
+                }
+                if matches!(self.quote, b'\n' | b'\r') || matches!(self.escape, b'\n' | b'\r') {
+                    return bad("COPY quote and escape cannot be newline or carriage return");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_from_statement() {
+        let opts = |sql: &str| {
+            let p = crate::dialect::parse_statements(sql).unwrap();
+            CopyOptions::from_statement(&p[0].statement)
+        };
+        assert_eq!(opts("COPY t FROM STDIN").unwrap(), CopyOptions::text());
+        let o = opts("COPY t (a,b) FROM STDIN WITH (FORMAT csv, HEADER true)").unwrap();
+        assert_eq!(
+            o,
+            CopyOptions {
+                header: true,
+                ..CopyOptions::csv()
+            }
+        );
+        let o = opts("COPY t FROM STDIN CSV HEADER").unwrap();
+        assert_eq!(
+            (o.format, o.header, o.delimiter),
+            (CopyFormat::Csv, true, b',')
+        );
+        let o = opts("COPY t FROM STDIN DELIMITER ',' NULL 'x'").unwrap();
+        assert_eq!(
+            (o.format, o.delimiter, o.null.as_str()),
+            (CopyFormat::Text, b',', "x")
+        );
+        let o = opts(
+            "COPY t TO STDOUT WITH (FORMAT csv, DELIMITER '|', QUOTE '''', ESCAPE '\\', NULL 'N')",
+        )
+        .unwrap();
+        assert_eq!(
+            (o.delimiter, o.quote, o.escape, o.null.as_str()),
+            (b'|', b'\'', b'\\', "N")
+        );
+        let o = opts("COPY t FROM STDIN WITH (FORMAT csv, QUOTE '''')").unwrap();
+        assert_eq!((o.quote, o.escape), (b'\'', b'\''));
+        assert_eq!(
+            opts("COPY t FROM STDIN WITH (FORMAT binary)")
+                .unwrap_err()
+                .sqlstate,
+            "0A000"
+        );
+        assert_eq!(
+            opts("COPY t FROM STDIN BINARY").unwrap_err().sqlstate,
+            "0A000"
+        );
+        assert!(opts("COPY t FROM STDIN WITH (FORMAT text, QUOTE '''')").is_err());
+        assert!(opts("COPY t FROM STDIN WITH (FORMAT csv, DELIMITER '\"')").is_err());
+        let sel = crate::dialect::parse_statements("SELECT 1").unwrap();
+        assert!(CopyOptions::from_statement(&sel[0].statement).is_err());
+    }
+}
