@@ -51,7 +51,7 @@ pub enum Error {
 /// DataFusion runner (partial aggregates next to the data).
 pub fn node_server(id: u32, disks: Vec<Arc<DiskStore>>) -> NodeServer {
     let server = NodeServer::new(id, disks);
-    server.set_fragment_runner(Arc::new(slicedb_coordinator::fragment::Runner::default()));
+    server.set_fragment_runner(Arc::new(slicedb_coordinator::query::Runner::default()));
     server
 }
 

@@ -23,11 +23,12 @@ use crate::cluster::{Cluster, PlanTuning};
 use crate::map::{DistMap, NodeShape, Ring};
 use crate::meta::{Doc, FileMeta, MetaStore};
 use crate::nodes::{connect_all, NodeEndpoint};
-use crate::provider::SliceTable;
+use crate::query::SliceTable;
 use crate::session::current_session;
 use crate::system::detector::wait_for_nodes;
 use crate::system::{NodeHealth, SystemConfig};
-use crate::txn::TxnManager;
+use crate::txn::{Txn, TxnManager};
+use crate::write::TableSinks;
 use crate::{CoordinatorError, Result};
 
 #[derive(Debug, Clone)]
@@ -147,7 +148,7 @@ impl Coordinator {
         }
 
         let mut session = SessionConfig::new()
-            .with_option_extension(crate::fragment::SlicedbOptions::default())
+            .with_option_extension(crate::query::SlicedbOptions::default())
             .with_information_schema(true)
             .with_default_catalog_and_schema("datafusion", "public");
         // `text`/`varchar` columns are stored as Utf8 (the type the engine,
@@ -161,21 +162,22 @@ impl Coordinator {
         }
         // A join's runtime filter reaches the nodes as bounds plus, for an
         // integer key, the build side's keys as an IN list
-        // (`crate::filter::implied_by`): allow lists far longer than
+        // (`crate::query::filter::implied_by`): allow lists far longer than
         // DataFusion's default (150 values, meant for statistics pruning).
         // Shipping a probe side costs far more than a few thousand keys.
         let opts = &mut session.options_mut().optimizer;
-        opts.hash_join_inlist_pushdown_max_distinct_values = crate::filter::MAX_RUNTIME_IN_LIST;
-        opts.hash_join_inlist_pushdown_max_size = crate::filter::MAX_RUNTIME_IN_LIST * 16;
-        // Joins of co-located tables are made adjacent (crate::colocate),
-        // semi joins move below inner joins (crate::semijoin); co-located
-        // joins and partial aggregates run on the nodes (crate::fragment).
+        opts.hash_join_inlist_pushdown_max_distinct_values =
+            crate::query::filter::MAX_RUNTIME_IN_LIST;
+        opts.hash_join_inlist_pushdown_max_size = crate::query::filter::MAX_RUNTIME_IN_LIST * 16;
+        // Joins of co-located tables are made adjacent (crate::query::colocate),
+        // semi joins move below inner joins (crate::query::semijoin); co-located
+        // joins and partial aggregates run on the nodes (crate::query::pushdown).
         let state = datafusion::execution::SessionStateBuilder::new()
             .with_config(session)
             .with_default_features()
-            .with_optimizer_rule(Arc::new(crate::colocate::CoLocateJoins))
-            .with_optimizer_rule(Arc::new(crate::semijoin::PushSemiJoinDown))
-            .with_physical_optimizer_rules(crate::fragment::optimizer_rules())
+            .with_optimizer_rule(Arc::new(crate::query::colocate::CoLocateJoins))
+            .with_optimizer_rule(Arc::new(crate::query::semijoin::PushSemiJoinDown))
+            .with_physical_optimizer_rules(crate::query::optimizer_rules())
             .build();
         let ctx = Arc::new(SessionContext::new_with_state(state));
         // Names resolve through the session's temporary tables first.
@@ -191,7 +193,14 @@ impl Coordinator {
         )?;
         for t in tables {
             let name = t.name.clone();
-            ctx.register_table(name.as_str(), Arc::new(SliceTable::new(cluster.clone(), t)))?;
+            ctx.register_table(
+                name.as_str(),
+                Arc::new(SliceTable::new(
+                    cluster.clone(),
+                    t,
+                    TableSinks::new(cluster.clone()),
+                )),
+            )?;
         }
         crate::views::register(&ctx, &cluster)?;
         info!(
@@ -261,7 +270,7 @@ impl Coordinator {
             return Err(CoordinatorError::TableExists(name.to_string()));
         }
         for f in schema.fields() {
-            if !crate::load::storable(f.data_type()) {
+            if !crate::write::load::storable(f.data_type()) {
                 return Err(CoordinatorError::UnsupportedType {
                     column: f.name().clone(),
                     data_type: f.data_type().to_string(),
@@ -277,7 +286,7 @@ impl Coordinator {
                     }
                 })?;
                 let dt = schema.field(idx).data_type();
-                if !crate::hash::hashable(dt) {
+                if !crate::write::hash::hashable(dt) {
                     return Err(CoordinatorError::NotSupported(format!(
                         "distribution key column \"{c}\" of type {dt}"
                     )));
@@ -305,8 +314,14 @@ impl Coordinator {
         }
         // Temporary tables resolve through the session schema, never here.
         if session.is_none() {
-            self.ctx
-                .register_table(name, Arc::new(SliceTable::new(self.cluster.clone(), meta)))?;
+            self.ctx.register_table(
+                name,
+                Arc::new(SliceTable::new(
+                    self.cluster.clone(),
+                    meta,
+                    TableSinks::new(self.cluster.clone()),
+                )),
+            )?;
         }
         Ok(())
     }
@@ -394,8 +409,54 @@ async fn create_on_nodes(cluster: &Cluster, meta: &TableMeta) -> Result<()> {
 
 impl Coordinator {
     /// Start a load (COPY) into `table`; rows become visible at `finish`.
-    pub fn loader(&self, table: &str) -> Result<crate::load::Loader> {
-        crate::load::Loader::new(self.cluster.clone(), self.table(table)?)
+    pub fn loader(&self, table: &str) -> Result<crate::write::Loader> {
+        crate::write::Loader::new(self.cluster.clone(), self.table(table)?)
+    }
+
+    /// DELETE FROM table [AS alias] [WHERE selection], in `txn`.
+    pub async fn delete(
+        &self,
+        txn: &Arc<Txn>,
+        table: &str,
+        alias: Option<&str>,
+        selection: Option<&str>,
+    ) -> Result<u64> {
+        let meta = self.table(table)?;
+        crate::write::dml::delete(&self.cluster, &self.ctx, txn, &meta, alias, selection).await
+    }
+
+    /// UPDATE table [AS alias] SET col = expr, ... [WHERE selection], in
+    /// `txn`. `assignments` are (column, SQL expression) pairs.
+    pub async fn update(
+        &self,
+        txn: &Arc<Txn>,
+        table: &str,
+        alias: Option<&str>,
+        assignments: &[(String, String)],
+        selection: Option<&str>,
+    ) -> Result<u64> {
+        let meta = self.table(table)?;
+        crate::write::dml::update(
+            &self.cluster,
+            &self.ctx,
+            txn,
+            &meta,
+            alias,
+            assignments,
+            selection,
+        )
+        .await
+    }
+
+    /// GROOM TABLE on every node and both copies. Returns (blocks, rows).
+    pub async fn groom(&self, table: &str) -> Result<(u64, u64)> {
+        let meta = self.table(table)?;
+        crate::write::maintenance::groom(&self.cluster, &meta).await
+    }
+
+    /// Compare the primary and mirror of every slice of every table.
+    pub async fn verify(&self) -> Result<Vec<crate::write::VerifyRow>> {
+        crate::write::maintenance::verify(&self.cluster).await
     }
 }
 

@@ -14,23 +14,17 @@
 
 pub mod catalog;
 pub mod cluster;
-pub mod colocate;
 pub mod coordinator;
-pub mod dml;
 mod error;
-pub mod filter;
-pub mod fragment;
-pub mod hash;
-pub mod load;
 pub mod map;
 pub mod meta;
 pub mod nodes;
-pub mod provider;
-pub mod semijoin;
+pub mod query;
 pub mod session;
 pub mod system;
 pub mod txn;
 pub mod views;
+pub mod write;
 
 pub use catalog::Distribution;
 pub use cluster::Cluster;

@@ -20,7 +20,8 @@ use datafusion::error::Result as DfResult;
 
 use crate::catalog::TableMeta;
 use crate::cluster::Cluster;
-use crate::provider::SliceTable;
+use crate::query::SliceTable;
+use crate::write::TableSinks;
 
 tokio::task_local! {
     /// The SQL session the statement on this task runs for.
@@ -83,7 +84,11 @@ impl SchemaProvider for SessionSchema {
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         if let Some(meta) = self.temp(name) {
-            return Ok(Some(Arc::new(SliceTable::new(self.cluster.clone(), meta))));
+            return Ok(Some(Arc::new(SliceTable::new(
+                self.cluster.clone(),
+                meta,
+                TableSinks::new(self.cluster.clone()),
+            ))));
         }
         self.inner.table(name).await
     }

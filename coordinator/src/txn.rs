@@ -74,6 +74,20 @@ impl Txn {
     }
 }
 
+tokio::task_local! {
+    /// The transaction block of the statement being planned on this task, if
+    /// any. The SQL front end sets it around a statement inside BEGIN ...
+    /// COMMIT; scans then read the block's snapshot (and its own writes) and
+    /// inserts write under its xid. Without it, a scan takes a fresh snapshot
+    /// and an insert is its own transaction.
+    pub static CURRENT_TXN: Arc<Txn>;
+}
+
+/// The transaction block the current task runs in, if any.
+pub fn current_txn() -> Option<Arc<Txn>> {
+    CURRENT_TXN.try_with(|t| t.clone()).ok()
+}
+
 /// Transactions: xids, the active set and the commit record.
 pub struct TxnManager {
     /// Active xid -> the lowest xid its snapshot may not see (for GROOM).

@@ -283,7 +283,7 @@ impl SystemView {
                 ]
             }
             View::Verify => {
-                let rows = crate::dml::verify(&self.cluster).await?;
+                let rows = crate::write::maintenance::verify(&self.cluster).await?;
                 vec![
                     Arc::new(StringArray::from_iter_values(
                         rows.iter().map(|r| r.table.clone()),

@@ -21,7 +21,7 @@ use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use arrow::ipc::CompressionType;
 
-use crate::disk::codec::{ByteReader, ByteWriter, Truncated};
+use crate::disk::le_bytes::{ByteReader, ByteWriter, Truncated};
 use crate::{DiskId, EngineError, Result, SliceId, TableId};
 
 pub const BLOCK_MAGIC: [u8; 4] = *b"SLBK";

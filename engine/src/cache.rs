@@ -18,7 +18,7 @@ use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::datatypes::{FieldRef, Schema};
 use parking_lot::Mutex;
 
-use crate::store::SegmentKind;
+use crate::disk::SegmentKind;
 use crate::{SliceId, TableId};
 
 /// Which block: its stream, its sequence number in it and where it lies.

@@ -37,15 +37,6 @@ impl SqlError {
     }
 }
 
-impl From<crate::copy::CopyError> for SqlError {
-    fn from(e: crate::copy::CopyError) -> Self {
-        SqlError::User {
-            sqlstate: e.sqlstate,
-            message: e.message,
-        }
-    }
-}
-
 impl From<SqlError> for PgWireError {
     fn from(e: SqlError) -> Self {
         let (code, message) = classify(&e);

@@ -35,10 +35,10 @@ use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone};
 use pgwire::messages::PgWireBackendMessage;
-use slicedb_coordinator::load::Loader;
-use slicedb_coordinator::provider::CURRENT_TXN;
 use slicedb_coordinator::session::{new_session_id, CURRENT_SESSION};
 use slicedb_coordinator::txn::Txn;
+use slicedb_coordinator::txn::CURRENT_TXN;
+use slicedb_coordinator::write::load::Loader;
 use slicedb_coordinator::{Coordinator, CoordinatorError, Distribution};
 use tokio::sync::Mutex;
 use tracing::{debug, info};
@@ -557,7 +557,7 @@ async fn create_table(
         // Greenplum's default: the first column, if it can be hashed.
         None => {
             let first = schema.field(0);
-            if slicedb_coordinator::hash::hashable(first.data_type()) {
+            if slicedb_coordinator::write::hash::hashable(first.data_type()) {
                 Distribution::Hash(vec![first.name().clone()])
             } else {
                 Distribution::Random

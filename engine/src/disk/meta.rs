@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
-use super::codec::{ByteReader, ByteWriter, Truncated};
 use super::device::BlockDevice;
+use super::le_bytes::{ByteReader, ByteWriter, Truncated};
 use super::superblock::{Superblock, FORMAT_VERSION};
 use super::SegmentKind;
 use crate::{EngineError, Result, SliceId, TableId};

@@ -12,8 +12,8 @@
 //! The format is specified byte by byte in `docs/disk-format.md`.
 
 pub mod alloc;
-pub mod codec;
 pub mod device;
+pub mod le_bytes;
 pub mod meta;
 pub mod superblock;
 

@@ -2,7 +2,7 @@
 //! the disk (cluster, node, disk ids) and fixes the layout: extent size, the
 //! metadata slots and the segment table. See docs/disk-format.md.
 
-use super::codec::{ByteReader, ByteWriter};
+use super::le_bytes::{ByteReader, ByteWriter};
 use super::SegmentKind;
 use crate::{DiskId, EngineError, NodeId, Result};
 

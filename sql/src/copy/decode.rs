@@ -4,7 +4,7 @@
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use slicedb_coordinator::hash;
+use slicedb_coordinator::write::hash;
 
 use super::columns::{bad_utf8_bytes, conv_error, Col};
 use super::error::{
@@ -104,7 +104,7 @@ impl CopyDecoder {
 
     /// Hand out rows split by slice: `key` are the decoded columns of the
     /// distribution key, in key order, hashed as
-    /// `slicedb_coordinator::hash::slices_for_batch` does. Saves the loader
+    /// `slicedb_coordinator::write::hash::slices_for_batch` does. Saves the loader
     /// hashing and regathering every row. Returns false, and changes nothing,
     /// if a key column's type has no direct parser here, there are no key
     /// columns or more than [`MAX_SPLIT_SLICES`] slices. Call before input.

@@ -1,4 +1,7 @@
-//! The COPY path's error and the SQLSTATEs it reports.
+//! The COPY path's error and the SQLSTATEs it reports, and how it becomes
+//! the front end's [`SqlError`].
+
+use crate::errors::SqlError;
 
 /// An error of the COPY path, with its PostgreSQL SQLSTATE.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -13,6 +16,15 @@ impl CopyError {
         Self {
             sqlstate,
             message: message.into(),
+        }
+    }
+}
+
+impl From<CopyError> for SqlError {
+    fn from(e: CopyError) -> Self {
+        SqlError::User {
+            sqlstate: e.sqlstate,
+            message: e.message,
         }
     }
 }

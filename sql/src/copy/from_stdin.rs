@@ -28,7 +28,7 @@
 use bytes::{Bytes, BytesMut};
 use datafusion::arrow::array::{new_null_array, ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
-use slicedb_coordinator::load::Loader;
+use slicedb_coordinator::write::load::Loader;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 

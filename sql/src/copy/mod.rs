@@ -14,7 +14,7 @@
 //! start no thread, and `from_stdin.rs` only hands batches to the
 //! coordinator's `Loader`, which decides what is written and committed.
 //! When it splits rows by slice, it must hash them exactly as the loader
-//! hashes stored rows (`slicedb_coordinator::hash`), or rows land on the
+//! hashes stored rows (`slicedb_coordinator::write::hash`), or rows land on the
 //! wrong slice.
 //!
 //! - `options.rs`: `CopyOptions` read from a `COPY` statement and checked.

@@ -2,7 +2,7 @@
 //! from their text and hashed as the loader hashes stored rows.
 
 use datafusion::arrow::datatypes::DataType;
-use slicedb_coordinator::hash;
+use slicedb_coordinator::write::hash;
 
 use super::parse::{
     narrow, parse_bool, parse_date_fast, parse_decimal, parse_f32, parse_f64, parse_i64,
@@ -10,7 +10,7 @@ use super::parse::{
 };
 
 /// How a decoder splits rows by slice: the decoded columns that make up the
-/// distribution key and the slice count (see `slicedb_coordinator::hash`).
+/// distribution key and the slice count (see `slicedb_coordinator::write::hash`).
 #[derive(Clone)]
 pub(super) struct KeySplit {
     pub(super) cols: Vec<usize>,
@@ -82,7 +82,8 @@ mod tests {
         let mut rows = 0;
         for d in out {
             let slice = d.slice.expect("split batches carry their slice");
-            let want = slicedb_coordinator::hash::slices_for_batch(&d.batch, key, slices).unwrap();
+            let want =
+                slicedb_coordinator::write::hash::slices_for_batch(&d.batch, key, slices).unwrap();
             assert!(
                 want.iter().all(|&s| s == slice),
                 "key {key:?}: batch tagged {slice}, rows hash to {want:?}"

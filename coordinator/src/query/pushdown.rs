@@ -21,310 +21,35 @@
 //! coordinator's final aggregate merges the per-slice partial states, and a
 //! join's rows are the union of the slices' joins. What the rule cannot
 //! encode it leaves alone: the plan is then the one DataFusion made.
-
-//! [`Runner`] is the node's side: it decodes a fragment, binds the slice's
-//! scans to its leaves and runs it. It is handed to the engine's node server as
-//! its [`FragmentRunner`]; the engine never sees DataFusion.
+//!
+//! [`super::node_fragment`] holds the fragment's encoding and the node's
+//! runner; [`super::lineage`] follows columns through plans.
 //!
 //! This module must never change what a query answers: a fragment computes
 //! exactly what the replaced subtree would have computed over the same rows.
 
-use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
 use datafusion::common::{JoinType, NullEquality};
 use datafusion::config::ConfigOptions;
-use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::error::Result as DfResult;
 use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
-use datafusion::physical_plan::execution_plan::{
-    Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
-};
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    displayable, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
-};
-use datafusion::prelude::SessionContext;
-use datafusion_proto::bytes::{
-    physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
-};
-use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
-use futures::StreamExt;
+use datafusion::physical_plan::{displayable, ExecutionPlan, Partitioning};
+use datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec;
 use parking_lot::Mutex;
-use prost::Message;
-use slicedb_engine::fragment_runner::{FragmentRunner, FragmentStream, ScanBatches};
-use slicedb_engine::EngineError;
 
-use crate::provider::{Broadcast, BroadcastKey, BroadcastScanExec};
-
-/// A leaf of a fragment: the scanned rows of a table, one partition per
-/// slice, or a relation sent whole (one partition). At the coordinator it
-/// only stands for the scan (it is never run there, and has one
-/// partition); on a node it is bound to the slices' scans when the
-/// fragment is decoded.
-pub struct SliceInputExec {
-    /// Which of the request's scans: 0 its table, i + 1 its `inputs[i]`,
-    /// then 1 + inputs + k the relation `broadcast[k]` sent whole.
-    index: usize,
-    schema: SchemaRef,
-    /// Partition i reads `inputs[i]`, once.
-    inputs: Mutex<Vec<Option<ScanBatches>>>,
-    /// Where the input's own (engine) error is left, so that it reaches the
-    /// node as itself and not as a query error.
-    failure: Arc<Mutex<Option<EngineError>>>,
-    props: Arc<PlanProperties>,
-}
-
-impl SliceInputExec {
-    fn new(
-        index: usize,
-        schema: SchemaRef,
-        inputs: Vec<ScanBatches>,
-        failure: Arc<Mutex<Option<EngineError>>>,
-    ) -> Self {
-        let props = PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(inputs.len().max(1)),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        );
-        SliceInputExec {
-            index,
-            schema,
-            inputs: Mutex::new(inputs.into_iter().map(Some).collect()),
-            failure,
-            props: Arc::new(props),
-        }
-    }
-}
-
-impl fmt::Debug for SliceInputExec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SliceInputExec").finish()
-    }
-}
-
-impl DisplayAs for SliceInputExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "SliceInputExec: input={}", self.index)
-    }
-}
-
-impl ExecutionPlan for SliceInputExec {
-    fn name(&self) -> &str {
-        "SliceInputExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.props
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
-    ) -> DfResult<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Ok(self)
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
-        _context: Arc<TaskContext>,
-    ) -> DfResult<SendableRecordBatchStream> {
-        let Some(input) = self.inputs.lock().get_mut(partition).and_then(Option::take) else {
-            return Err(DataFusionError::Internal(format!(
-                "fragment leaf {}: no scan bound to partition {partition} (or it was run twice)",
-                self.index
-            )));
-        };
-        // The scan reads the disk: pull it on a blocking thread, from the
-        // first poll on (the slices of a fragment are answered in turn).
-        let failure = self.failure.clone();
-        let stream = futures::stream::once(async move {
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);
-            tokio::task::spawn_blocking(move || {
-                for batch in input {
-                    let item = batch.map_err(|e| {
-                        let message = e.to_string();
-                        *failure.lock() = Some(e);
-                        DataFusionError::Execution(message)
-                    });
-                    let stop = item.is_err();
-                    if tx.blocking_send(item).is_err() || stop {
-                        return;
-                    }
-                }
-            });
-            futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-        })
-        .flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.schema.clone(),
-            stream,
-        )))
-    }
-}
-
-/// Encodes [`SliceInputExec`] (its input index, then its schema) inside a
-/// fragment; decoding binds the scans of that index it was built with.
-#[derive(Default)]
-struct FragmentCodec {
-    inputs: Mutex<Vec<Option<Vec<ScanBatches>>>>,
-    failure: Arc<Mutex<Option<EngineError>>>,
-}
-
-impl fmt::Debug for FragmentCodec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FragmentCodec").finish()
-    }
-}
-
-impl PhysicalExtensionCodec for FragmentCodec {
-    fn try_decode(
-        &self,
-        buf: &[u8],
-        inputs: &[Arc<dyn ExecutionPlan>],
-        _ctx: &TaskContext,
-        _proto_converter: &dyn PhysicalProtoConverterExtension,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        if !inputs.is_empty() {
-            return Err(DataFusionError::Internal(
-                "a fragment's slice input has no children".into(),
-            ));
-        }
-        let (index, schema) = buf
-            .split_first_chunk::<4>()
-            .ok_or_else(|| DataFusionError::Internal("fragment leaf: truncated".into()))?;
-        let index = u32::from_le_bytes(*index) as usize;
-        let schema = datafusion_proto::protobuf::Schema::decode(schema)
-            .map_err(|e| DataFusionError::Internal(format!("fragment leaf schema: {e}")))?;
-        let schema: Schema = (&schema).try_into()?;
-        let inputs = self
-            .inputs
-            .lock()
-            .get_mut(index)
-            .and_then(Option::take)
-            .unwrap_or_default();
-        Ok(Arc::new(SliceInputExec::new(
-            index,
-            Arc::new(schema),
-            inputs,
-            self.failure.clone(),
-        )))
-    }
-
-    fn try_encode(
-        &self,
-        node: Arc<dyn ExecutionPlan>,
-        buf: &mut Vec<u8>,
-        _proto_converter: &dyn PhysicalProtoConverterExtension,
-    ) -> DfResult<()> {
-        let Some(leaf) = node.downcast_ref::<SliceInputExec>() else {
-            return Err(DataFusionError::NotImplemented(format!(
-                "{} cannot run on a node",
-                node.name()
-            )));
-        };
-        let schema: datafusion_proto::protobuf::Schema = leaf.schema.as_ref().try_into()?;
-        buf.extend_from_slice(&(leaf.index as u32).to_le_bytes());
-        schema
-            .encode(buf)
-            .map_err(|e| DataFusionError::Internal(format!("fragment leaf schema: {e}")))
-    }
-}
-
-/// Decodes fragments at the coordinator, to check them.
-static DECODER: std::sync::LazyLock<Runner> = std::sync::LazyLock::new(Runner::default);
-
-/// Runs fragments on a node (see the module docs).
-pub struct Runner {
-    ctx: Arc<TaskContext>,
-}
-
-impl Default for Runner {
-    fn default() -> Self {
-        Runner {
-            ctx: SessionContext::new().task_ctx(),
-        }
-    }
-}
-
-impl Runner {
-    /// Decode `fragment` with the leaves bound to `codec`'s inputs; it
-    /// must answer `slices` partitions, one per slice.
-    fn decode(
-        &self,
-        fragment: &[u8],
-        codec: &FragmentCodec,
-        slices: usize,
-    ) -> Result<Arc<dyn ExecutionPlan>, EngineError> {
-        let plan = physical_plan_from_bytes_with_extension_codec(fragment, &self.ctx, codec)
-            .map_err(|e| EngineError::InvalidRequest(format!("bad query fragment: {e}")))?;
-        let parts = plan.properties().output_partitioning().partition_count();
-        if parts != slices {
-            return Err(EngineError::InvalidRequest(format!(
-                "a query fragment over {slices} slice(s) must have as many output partitions, not {parts}"
-            )));
-        }
-        Ok(plan)
-    }
-}
-
-impl FragmentRunner for Runner {
-    fn schema(&self, fragment: &[u8]) -> Result<SchemaRef, EngineError> {
-        Ok(self
-            .decode(fragment, &FragmentCodec::default(), 1)?
-            .schema())
-    }
-
-    fn run(
-        &self,
-        fragment: &[u8],
-        slices: usize,
-        inputs: Vec<Vec<ScanBatches>>,
-    ) -> Result<Vec<FragmentStream>, EngineError> {
-        let codec = FragmentCodec {
-            inputs: Mutex::new(inputs.into_iter().map(Some).collect()),
-            failure: Arc::new(Mutex::new(None)),
-        };
-        let plan = self.decode(fragment, &codec, slices)?;
-        (0..slices)
-            .map(|slice| {
-                let failure = codec.failure.clone();
-                let stream = plan
-                    .execute(slice, self.ctx.clone())
-                    .map_err(|e| EngineError::Query(e.to_string()))?;
-                Ok(Box::pin(stream.map(move |item| {
-                    item.map_err(|e| match failure.lock().take() {
-                        Some(engine) => engine,
-                        None => EngineError::Query(e.to_string()),
-                    })
-                })) as FragmentStream)
-            })
-            .collect()
-    }
-}
+use super::broadcast::{Broadcast, BroadcastKey, BroadcastScanExec};
+use super::lineage::{column_below, leaf_column};
+use super::node_fragment::{FragmentCodec, SliceInputExec, DECODER};
 
 datafusion::common::extensions_options! {
     /// slicedb's session settings, `SET slicedb.<name> = <value>`.
@@ -405,7 +130,7 @@ pub fn optimizer_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
 /// Runs after DataFusion's filter pushdown: takes back a join's runtime
 /// filter from the scans of its probe side unless its build side is one
 /// table's scan small enough that its keys likely fit an IN list
-/// ([`crate::filter::MAX_RUNTIME_IN_LIST`]). A scan with runtime filters
+/// ([`super::filter::MAX_RUNTIME_IN_LIST`]). A scan with runtime filters
 /// waits for the build side; for a join's output, or a large table, what it
 /// would get is the keys' bounds alone, which rarely pay for the wait
 /// (TPC-H SF 1, lineitem waiting for a join's output: Q03 118 -> 212 ms,
@@ -476,11 +201,11 @@ fn small_build_side(plan: &Arc<dyn ExecutionPlan>) -> bool {
                         .sides
                         .get(k.side)
                         .and_then(estimated_rows)
-                        .is_some_and(|r| r <= crate::filter::MAX_RUNTIME_IN_LIST as u64)
+                        .is_some_and(|r| r <= super::filter::MAX_RUNTIME_IN_LIST as u64)
                 });
             }
             let (rows, filtered) = scan.table_rows_and_filtered();
-            let limit = crate::filter::MAX_RUNTIME_IN_LIST as u64 * if filtered { 8 } else { 1 };
+            let limit = super::filter::MAX_RUNTIME_IN_LIST as u64 * if filtered { 8 } else { 1 };
             return rows.is_some_and(|r| r <= limit);
         }
         let passes = cur.is::<FilterExec>()
@@ -678,105 +403,6 @@ fn table_column(top: &Arc<dyn ExecutionPlan>, col: usize) -> Option<usize> {
         col = column_below(&cur, col)?;
         let next = cur.children().first().map(|c| (*c).clone())?;
         cur = next;
-    }
-}
-
-/// The leaf-0 input column (a [`SliceInputExec`] with index 0) that output
-/// column `col` of `plan` (a fragment) is, if it is one unchanged.
-pub(crate) fn leaf_column(plan: &Arc<dyn ExecutionPlan>, col: usize) -> Option<usize> {
-    if let Some(leaf) = plan.downcast_ref::<SliceInputExec>() {
-        return (leaf.index == 0).then_some(col);
-    }
-    let below = |(child, c): (usize, usize)| {
-        let next = plan.children().get(child).map(|p| (*p).clone())?;
-        leaf_column(&next, c)
-    };
-    column_source(plan, col)
-        .and_then(below)
-        .or_else(|| join_key_twin(plan, col).and_then(below))
-}
-
-/// For an inner hash join's output column `col` that is a probe key: the
-/// build key it equals on every joined row, as (0, the left's column).
-fn join_key_twin(node: &Arc<dyn ExecutionPlan>, col: usize) -> Option<(usize, usize)> {
-    let join = node.downcast_ref::<HashJoinExec>()?;
-    if *join.join_type() != JoinType::Inner {
-        return None;
-    }
-    let col = match &join.projection {
-        Some(p) => *p.get(col)?,
-        None => col,
-    };
-    let probe = col.checked_sub(join.left().schema().fields().len())?;
-    join.on().iter().find_map(|(b, p)| {
-        let p = p.downcast_ref::<Column>()?;
-        let b = b.downcast_ref::<Column>()?;
-        (p.index() == probe).then_some((0, b.index()))
-    })
-}
-
-/// Which child of `node`, and which of its columns, `node`'s output column
-/// `col` is, unchanged: [`column_below`], and through a hash join to the
-/// side the column comes from, unless that side is padded with NULLs (an
-/// outer join's optional side), where the values are not all the child's.
-fn column_source(node: &Arc<dyn ExecutionPlan>, col: usize) -> Option<(usize, usize)> {
-    let Some(join) = node.downcast_ref::<HashJoinExec>() else {
-        return column_below(node, col).map(|c| (0, c));
-    };
-    let col = match &join.projection {
-        Some(p) => *p.get(col)?,
-        None => col,
-    };
-    let left = join.left().schema().fields().len();
-    let right = join.right().schema().fields().len();
-    let (from_left, from_right) = match join.join_type() {
-        JoinType::Inner => (col < left, col >= left),
-        JoinType::Left => (col < left, false),
-        JoinType::Right => (false, col >= left),
-        JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => {
-            return (col < left).then_some((0, col))
-        }
-        JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => {
-            return (col < right).then_some((1, col))
-        }
-        JoinType::Full => (false, false),
-    };
-    if from_left {
-        Some((0, col))
-    } else if from_right && col < left + right {
-        Some((1, col - left))
-    } else {
-        None
-    }
-}
-
-/// The column of `node`'s first child that its output column `col` is,
-/// through operators that pass it on unchanged.
-fn column_below(node: &Arc<dyn ExecutionPlan>, col: usize) -> Option<usize> {
-    if let Some(p) = node.downcast_ref::<ProjectionExec>() {
-        Some(p.expr().get(col)?.expr.downcast_ref::<Column>()?.index())
-    } else if let Some(f) = node.downcast_ref::<FilterExec>() {
-        match f.projection() {
-            Some(proj) => proj.get(col).copied(),
-            None => Some(col),
-        }
-    } else if let Some(a) = node.downcast_ref::<AggregateExec>() {
-        // A grouping column passes through unchanged.
-        if !a.group_expr().is_single() {
-            return None;
-        }
-        Some(
-            a.group_expr()
-                .expr()
-                .get(col)?
-                .0
-                .downcast_ref::<Column>()?
-                .index(),
-        )
-    } else if node.is::<RepartitionExec>() {
-        Some(col)
-    } else {
-        None
     }
 }
 

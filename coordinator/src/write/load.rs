@@ -36,7 +36,7 @@ const MAX_IN_FLIGHT: usize = 32;
 
 /// Whether slicedb can store a column of this type.
 pub fn storable(dt: &DataType) -> bool {
-    crate::hash::hashable(dt) && !matches!(dt, DataType::Utf8View)
+    super::hash::hashable(dt) && !matches!(dt, DataType::Utf8View)
         || matches!(dt, DataType::Binary | DataType::LargeBinary)
 }
 
@@ -116,7 +116,7 @@ impl Loader {
         &self.table.key
     }
 
-    /// Slices rows are hashed across ([`crate::hash::slice_of`]).
+    /// Slices rows are hashed across ([`super::hash::slice_of`]).
     pub fn slice_count(&self) -> u32 {
         self.map.slice_count()
     }
@@ -136,7 +136,7 @@ impl Loader {
         }
         let batch = self.conform(batch)?;
         debug_assert!(
-            crate::hash::slices_for_batch(&batch, &self.table.key, self.map.slice_count())
+            super::hash::slices_for_batch(&batch, &self.table.key, self.map.slice_count())
                 .is_ok_and(|s| s.iter().all(|&x| x == slice)),
             "rows handed to push_slice({slice}) hash elsewhere"
         );
@@ -158,7 +158,7 @@ impl Loader {
                 .map(|i| start.wrapping_add(i) % nslices)
                 .collect()
         } else {
-            crate::hash::slices_for_batch(&batch, &self.table.key, nslices)?
+            super::hash::slices_for_batch(&batch, &self.table.key, nslices)?
         };
         let id = self.first_batch + self.batches.len();
         self.batches.push_back(batch.clone());

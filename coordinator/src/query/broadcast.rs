@@ -1,37 +1,25 @@
-//! A slicedb table inside DataFusion.
+//! The broadcast scan: one Flight `do_get` per node holding slices, each
+//! carrying the map epoch, the slices that node must answer for, the
+//! projection, the pushed-down filters and, when the nodes run part of the
+//! plan, its fragment and the relations it reads whole.
 //!
-//! [`SliceTable`] is the `TableProvider`: its scan is a broadcast — one Flight
-//! `do_get` per node holding slices, each carrying the map epoch, the slices
-//! that node must answer for, the projection and the pushed-down filters —
-//! and its insert hashes rows to slices through a [`Loader`].
-//!
-//! [`BroadcastScanExec`] checks that every slice of the map is requested from
-//! exactly one node, and that every node answered each of its slices exactly
-//! once (a `done` tag per slice, with a row count that must match what
-//! arrived). A missing, repeated or foreign slice fails the query: a partial
-//! answer is never returned.
+//! [`BroadcastScanExec`] checks that every slice of the map is requested
+//! from exactly one node, and (through [`super::node_scan`]) that every
+//! node answered each of its slices exactly once. A missing, repeated or
+//! foreign slice fails the query: a partial answer is never returned.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, RecordBatchOptions};
-use arrow::datatypes::{DataType, SchemaRef};
-use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
-use arrow_flight::error::FlightError;
-use arrow_flight::Ticket;
-use async_trait::async_trait;
-use datafusion::catalog::Session;
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::Statistics;
 use datafusion::config::ConfigOptions;
-use datafusion::datasource::sink::{DataSink, DataSinkExec};
-use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::dml::InsertOp;
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::expressions::DynamicFilterPhysicalExpr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_expr_common::physical_expr::snapshot_physical_expr;
@@ -46,292 +34,14 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
-use futures::{StreamExt, TryStreamExt};
-use prost::Message;
-use slicedb_engine::proto::{pb, ErrorKind};
-use slicedb_engine::{NodeId, SliceId};
+use futures::StreamExt;
+use slicedb_engine::proto::pb;
 use tokio::sync::mpsc;
 
+use super::filter::implied_by;
+use super::node_scan::{scan_with_failover, DmlShape, ScanCounters, ScanPart};
 use crate::catalog::TableMeta;
 use crate::cluster::Cluster;
-use crate::filter::{implied_by, to_predicate};
-use crate::load::Loader;
-use crate::nodes::NodeClient;
-use crate::txn::Txn;
-use crate::CoordinatorError;
-
-tokio::task_local! {
-    /// The transaction block of the statement being planned on this task, if
-    /// any. The SQL front end sets it around a statement inside BEGIN ...
-    /// COMMIT; scans then read the block's snapshot (and its own writes) and
-    /// inserts write under its xid. Without it, a scan takes a fresh snapshot
-    /// and an insert is its own transaction.
-    pub static CURRENT_TXN: Arc<Txn>;
-}
-
-/// The transaction block the current task runs in, if any.
-pub fn current_txn() -> Option<Arc<Txn>> {
-    CURRENT_TXN.try_with(|t| t.clone()).ok()
-}
-
-/// Name of the slice column of a DML scan.
-pub const DML_SLICE: &str = "_slice";
-
-/// A distributed table.
-pub struct SliceTable {
-    cluster: Arc<Cluster>,
-    meta: Arc<TableMeta>,
-    /// A DML scan: the schema gains `_slice` and `_rowid` after the user
-    /// columns, so UPDATE and DELETE know which rows of which slice to delete.
-    dml: Option<SchemaRef>,
-}
-
-impl fmt::Debug for SliceTable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SliceTable")
-            .field("table", &self.meta.name)
-            .finish()
-    }
-}
-
-impl SliceTable {
-    pub fn new(cluster: Arc<Cluster>, meta: Arc<TableMeta>) -> Self {
-        SliceTable {
-            cluster,
-            meta,
-            dml: None,
-        }
-    }
-
-    /// The table as UPDATE and DELETE scan it: user columns, `_slice`, `_rowid`.
-    /// A table hash distributed on one column: that column's name and type,
-    /// and whether the table is mirrored (its slices in the primary
-    /// segments) or not (the temp segments). None for a DML scan.
-    pub(crate) fn distribution(&self) -> Option<(String, DataType, bool)> {
-        if self.dml.is_some() {
-            return None;
-        }
-        match (&self.meta.distribution, self.meta.key.as_slice()) {
-            (crate::Distribution::Hash(_), [k]) => {
-                let f = self.meta.schema.fields().get(*k)?;
-                Some((f.name().clone(), f.data_type().clone(), self.meta.mirrored))
-            }
-            _ => None,
-        }
-    }
-
-    pub fn for_dml(cluster: Arc<Cluster>, meta: Arc<TableMeta>) -> Self {
-        let mut fields: Vec<_> = meta.schema.fields().iter().cloned().collect();
-        fields.push(Arc::new(arrow::datatypes::Field::new(
-            DML_SLICE,
-            arrow::datatypes::DataType::UInt32,
-            false,
-        )));
-        fields.push(Arc::new(arrow::datatypes::Field::new(
-            slicedb_engine::HIDDEN_ROWID,
-            arrow::datatypes::DataType::Int64,
-            false,
-        )));
-        let dml = Some(Arc::new(arrow::datatypes::Schema::new(fields)));
-        SliceTable { cluster, meta, dml }
-    }
-}
-
-#[async_trait]
-impl TableProvider for SliceTable {
-    fn schema(&self) -> SchemaRef {
-        self.dml.clone().unwrap_or_else(|| self.meta.schema.clone())
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        Ok(filters
-            .iter()
-            .map(|f| match to_predicate(f, &self.meta.schema) {
-                Some(_) => TableProviderFilterPushDown::Inexact,
-                None => TableProviderFilterPushDown::Unsupported,
-            })
-            .collect())
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let map = self.cluster.map();
-        let schema = match projection {
-            Some(p) => Arc::new(self.schema().project(p)?),
-            None => self.schema(),
-        };
-        let snapshot = current_txn()
-            .map(|t| t.snapshot.clone())
-            .unwrap_or_else(|| self.cluster.read_snapshot());
-        let dml = self.dml.as_ref().map(|_| DmlShape {
-            nuser: self.meta.schema.fields().len(),
-            projection: projection.cloned(),
-        });
-        // A DML scan reads every user column plus the hidden ones and
-        // projects at the coordinator.
-        let projection = if dml.is_some() { None } else { projection };
-        let predicates: Vec<pb::Predicate> = filters
-            .iter()
-            .filter_map(|f| to_predicate(f, &self.meta.schema))
-            .map(|p| pb::Predicate::from(&p))
-            .collect();
-        let base = pb::ScanRequest {
-            epoch: map.epoch(),
-            table: self.meta.id,
-            slices: Vec::new(),
-            projection: projection
-                .map(|p| p.iter().map(|&i| i as u32).collect())
-                .unwrap_or_default(),
-            all_columns: projection.is_none(),
-            filters: predicates.clone(),
-            include_hidden: dml.is_some(),
-            snapshot: Some(pb::Snapshot::from(&snapshot)),
-            fragment: Vec::new(),
-            inputs: Vec::new(),
-            broadcast: Vec::new(),
-        };
-        let all: Vec<SliceId> = map.slices().iter().map(|e| e.slice).collect();
-        let parts = plan_parts(&self.cluster, &self.meta, &map, &all, &base)?;
-        Ok(Arc::new(BroadcastScanExec::new(
-            self.cluster.clone(),
-            self.meta.clone(),
-            schema,
-            parts,
-            predicates.len(),
-            dml,
-            base,
-        )))
-    }
-
-    async fn insert_into(
-        &self,
-        _state: &dyn Session,
-        input: Arc<dyn ExecutionPlan>,
-        insert_op: InsertOp,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        if insert_op != InsertOp::Append {
-            return Err(CoordinatorError::NotSupported(format!(
-                "{insert_op} into a slicedb table"
-            ))
-            .into());
-        }
-        Ok(Arc::new(DataSinkExec::new(
-            input,
-            Arc::new(SliceSink {
-                cluster: self.cluster.clone(),
-                meta: self.meta.clone(),
-                txn: current_txn(),
-            }),
-            None,
-        )))
-    }
-}
-
-/// Who answers for `slices` under `map`: each slice exactly once, from where
-/// it is served now (its primary, or after a failover its mirror's node
-/// from the mirror segment, so a survivor may answer twice, once per
-/// segment). A slice that cannot be served fails the plan, naming it.
-fn plan_parts(
-    cluster: &Arc<Cluster>,
-    meta: &TableMeta,
-    map: &crate::map::DistMap,
-    slices: &[SliceId],
-    base: &pb::ScanRequest,
-) -> DfResult<Vec<ScanPart>> {
-    let mut per_node: BTreeMap<NodeId, Vec<pb::SliceScan>> = BTreeMap::new();
-    let mut seen = BTreeSet::new();
-    for &slice in slices {
-        if !seen.insert(slice) {
-            return Err(CoordinatorError::IncompleteScan {
-                table: meta.name.clone(),
-                reason: format!("slice {slice} planned twice"),
-            }
-            .into());
-        }
-        let e =
-            map.slices()
-                .get(slice as usize)
-                .ok_or_else(|| CoordinatorError::IncompleteScan {
-                    table: meta.name.clone(),
-                    reason: format!("slice {slice} is not in the map"),
-                })?;
-        let (loc, from_mirror) = e.serving()?;
-        let segment = meta.segment_for(slice, from_mirror)?;
-        per_node.entry(loc.node).or_default().push(pb::SliceScan {
-            slice,
-            segment: segment as i32,
-        });
-    }
-    let mut parts = Vec::new();
-    for (node, scans) in per_node {
-        let mut request = base.clone();
-        request.epoch = map.epoch();
-        request.slices = scans;
-        parts.push(ScanPart {
-            node: cluster.node(node)?.clone(),
-            slices: request.slices.iter().map(|s| s.slice).collect(),
-            request,
-        });
-    }
-    Ok(parts)
-}
-
-/// Resolves once the map declares `node` failed.
-async fn wait_until_down(cluster: &Arc<Cluster>, node: NodeId) {
-    while !cluster.is_down(node) {
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-}
-
-/// How long a scan waits for a failover before it gives up on a node.
-const FAILOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Whether a scan error may be cured by a map change (a node died or was
-/// fenced): then the scan waits for the new map and asks again.
-fn retryable(e: &CoordinatorError) -> bool {
-    match e {
-        CoordinatorError::NodeUnreachable { .. } => true,
-        CoordinatorError::Node { kind, .. } => {
-            matches!(
-                kind,
-                ErrorKind::StaleEpoch
-                    | ErrorKind::SliceNotOwned
-                    | ErrorKind::Internal
-                    | ErrorKind::Unspecified
-                    | ErrorKind::Checksum
-                    | ErrorKind::Io
-            )
-        }
-        _ => false,
-    }
-}
-
-#[derive(Clone)]
-struct ScanPart {
-    node: NodeClient,
-    slices: Vec<SliceId>,
-    request: pb::ScanRequest,
-}
-
-/// How a DML scan turns a node's batch (all user columns + hidden) into
-/// its output: user columns, `_slice`, `_rowid`, then the projection.
-#[derive(Debug, Clone)]
-struct DmlShape {
-    nuser: usize,
-    projection: Option<Vec<usize>>,
-}
 
 /// One partition per node; each streams the node's tagged answer. A slice's
 /// rows are passed on only once its `done` tag arrived, so when a node dies
@@ -369,7 +79,7 @@ pub struct BroadcastScanExec {
 }
 
 impl BroadcastScanExec {
-    fn new(
+    pub(super) fn new(
         cluster: Arc<Cluster>,
         meta: Arc<TableMeta>,
         schema: SchemaRef,
@@ -411,7 +121,7 @@ impl BroadcastScanExec {
         self.dml.is_none() && self.fragment.is_none()
     }
 
-    /// The fragment's plan, if the nodes run one (see [`crate::fragment`]).
+    /// The fragment's plan, if the nodes run one (see [`super::pushdown`]).
     pub(crate) fn fragment_plan(&self) -> Option<&Arc<dyn ExecutionPlan>> {
         self.fragment_plan.as_ref()
     }
@@ -486,9 +196,7 @@ impl BroadcastScanExec {
     pub(crate) fn output_table_column(&self, col: usize) -> Option<usize> {
         match &self.fragment_plan {
             None => self.table_column(col),
-            Some(plan) => {
-                crate::fragment::leaf_column(plan, col).and_then(|c| self.table_column(c))
-            }
+            Some(plan) => super::lineage::leaf_column(plan, col).and_then(|c| self.table_column(c)),
         }
     }
 
@@ -874,7 +582,7 @@ async fn compute_broadcast(
                 .iter()
                 .filter_map(|b| b.columns().get(k.column).cloned())
                 .collect();
-            crate::filter::implied_by_keys(&keys, k.table_column)
+            super::filter::implied_by_keys(&keys, k.table_column)
         })
         .map(|p| pb::Predicate::from(&p))
         .collect();
@@ -900,252 +608,4 @@ fn tokio_stream_from(
     mut rx: mpsc::Receiver<DfResult<RecordBatch>>,
 ) -> impl futures::Stream<Item = DfResult<RecordBatch>> + Send {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-struct ScanCounters {
-    rows: Count,
-    blocks_total: Count,
-    blocks_pruned: Count,
-    slices: Count,
-}
-
-/// Scan one part; on a node failure wait for the failover and ask the new
-/// owners for the slices not yet finished.
-#[allow(clippy::too_many_arguments)]
-async fn scan_with_failover(
-    cluster: &Arc<Cluster>,
-    meta: &Arc<TableMeta>,
-    base: &pb::ScanRequest,
-    part: ScanPart,
-    schema: SchemaRef,
-    table: &str,
-    tx: &mpsc::Sender<DfResult<RecordBatch>>,
-    counters: &ScanCounters,
-    dml: &Option<DmlShape>,
-) -> DfResult<()> {
-    let all: Vec<SliceId> = part.slices.clone();
-    let mut done: BTreeSet<SliceId> = BTreeSet::new();
-    let mut parts = vec![part];
-    let deadline = tokio::time::Instant::now() + FAILOVER_WAIT;
-    loop {
-        let mut failure = None;
-        for p in &parts {
-            let (node, epoch) = (p.node.id, p.request.epoch);
-            // A hung node never errors: race its answer against the system
-            // manager declaring it failed.
-            let res = tokio::select! {
-                r = scan_node(p.clone(), schema.clone(), table, tx, counters, dml, &mut done) => r,
-                _ = wait_until_down(cluster, node) => Err(CoordinatorError::NodeUnreachable {
-                    node,
-                    address: p.node.address.clone(),
-                    message: "declared failed while answering a scan".into(),
-                }),
-            };
-            if let Err(e) = res {
-                if !retryable(&e) {
-                    return Err(e.into());
-                }
-                failure = Some((node, epoch, e));
-                break;
-            }
-        }
-        let Some((node, epoch, err)) = failure else {
-            return Ok(());
-        };
-        cluster.report_unreachable(node);
-        // Wait for the system manager to change the map (it probes the node
-        // at once), then re-plan what is left. A node still at the previous
-        // epoch (the new map is being installed) is simply asked again.
-        let behind = matches!(
-            &err,
-            CoordinatorError::Node {
-                kind: ErrorKind::StaleEpoch,
-                ..
-            }
-        );
-        let asked = tokio::time::Instant::now();
-        loop {
-            let map = cluster.map();
-            if map.epoch() > epoch
-                || (behind && asked.elapsed() >= std::time::Duration::from_millis(50))
-            {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(err.into());
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-        }
-        let left: Vec<SliceId> = all.iter().copied().filter(|s| !done.contains(s)).collect();
-        tracing::info!(table, node, slices = ?left, "scan retried on the new map after a node failure");
-        if left.is_empty() {
-            return Ok(());
-        }
-        parts = plan_parts(cluster, meta, &cluster.map(), &left, base)?;
-    }
-}
-
-async fn scan_node(
-    part: ScanPart,
-    schema: SchemaRef,
-    table: &str,
-    tx: &mpsc::Sender<DfResult<RecordBatch>>,
-    counters: &ScanCounters,
-    dml: &Option<DmlShape>,
-    finished: &mut BTreeSet<SliceId>,
-) -> Result<(), CoordinatorError> {
-    let incomplete = |reason: String| CoordinatorError::IncompleteScan {
-        table: table.to_string(),
-        reason,
-    };
-    let node = part.node;
-    let mut client = node.flight.clone();
-    let ticket = Ticket::new(part.request.encode_to_vec());
-    let response = client.do_get(ticket).await.map_err(|s| node.err(s))?;
-    let node_for_err = node.clone();
-    let flight = response
-        .into_inner()
-        .map_err(move |s| FlightError::Tonic(Box::new(s)));
-    let mut decoder = FlightDataDecoder::new(flight);
-    let expected: BTreeSet<SliceId> = part.slices.iter().copied().collect();
-    let mut done: BTreeSet<SliceId> = BTreeSet::new();
-    let mut rows_per_slice: BTreeMap<SliceId, u64> = BTreeMap::new();
-    // A slice's batches, held until its `done` tag: then they are final.
-    let mut held: BTreeMap<SliceId, Vec<RecordBatch>> = BTreeMap::new();
-    while let Some(msg) = decoder.next().await {
-        let msg = msg.map_err(|e| match e {
-            FlightError::Tonic(s) => node_for_err.err(*s),
-            other => CoordinatorError::Node {
-                node: node_for_err.id,
-                kind: ErrorKind::Unspecified,
-                message: other.to_string(),
-            },
-        })?;
-        let DecodedPayload::RecordBatch(batch) = msg.payload else {
-            continue;
-        };
-        let tag = pb::StreamTag::decode(msg.inner.app_metadata.as_ref()).map_err(|e| {
-            incomplete(format!("node {} sent a batch with a bad tag: {e}", node.id))
-        })?;
-        if !expected.contains(&tag.slice) {
-            return Err(incomplete(format!(
-                "node {} answered for slice {}, which it was not asked for",
-                node.id, tag.slice
-            )));
-        }
-        if done.contains(&tag.slice) {
-            return Err(incomplete(format!(
-                "node {} answered slice {} twice",
-                node.id, tag.slice
-            )));
-        }
-        if tag.done {
-            let got = rows_per_slice.get(&tag.slice).copied().unwrap_or(0);
-            if got != tag.rows {
-                return Err(incomplete(format!(
-                    "node {} slice {}: {} rows arrived, {} announced",
-                    node.id, tag.slice, got, tag.rows
-                )));
-            }
-            done.insert(tag.slice);
-            counters.slices.add(1);
-            counters.blocks_total.add(tag.blocks_total as usize);
-            counters.blocks_pruned.add(tag.blocks_pruned as usize);
-            for batch in held.remove(&tag.slice).unwrap_or_default() {
-                counters.rows.add(batch.num_rows());
-                if tx.send(Ok(batch)).await.is_err() {
-                    return Ok(()); // the query stopped reading (LIMIT, cancel)
-                }
-            }
-            finished.insert(tag.slice);
-            continue;
-        }
-        if batch.num_rows() == 0 {
-            continue;
-        }
-        *rows_per_slice.entry(tag.slice).or_default() += batch.num_rows() as u64;
-        let columns = match dml {
-            None => batch.columns().to_vec(),
-            Some(d) => {
-                let n = batch.num_rows();
-                let mut cols = batch.columns()[..d.nuser].to_vec();
-                cols.push(Arc::new(arrow::array::UInt32Array::from_value(
-                    tag.slice, n,
-                )));
-                cols.push(batch.column(d.nuser).clone());
-                match &d.projection {
-                    Some(p) => p.iter().map(|&i| cols[i].clone()).collect(),
-                    None => cols,
-                }
-            }
-        };
-        let batch = RecordBatch::try_new_with_options(
-            schema.clone(),
-            columns,
-            &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
-        )?;
-        held.entry(tag.slice).or_default().push(batch);
-    }
-    if done != expected {
-        let missing: Vec<_> = expected.difference(&done).collect();
-        return Err(incomplete(format!(
-            "node {} did not answer for slices {missing:?}",
-            node.id
-        )));
-    }
-    Ok(())
-}
-
-/// INSERT into a slicedb table: one loader, committed when the input ends.
-struct SliceSink {
-    cluster: Arc<Cluster>,
-    meta: Arc<TableMeta>,
-    /// The transaction block the INSERT runs in (None: autocommit).
-    txn: Option<Arc<Txn>>,
-}
-
-impl fmt::Debug for SliceSink {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SliceSink")
-            .field("table", &self.meta.name)
-            .finish()
-    }
-}
-
-impl DisplayAs for SliceSink {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "SliceSink: table={}", self.meta.name)
-    }
-}
-
-#[async_trait]
-impl DataSink for SliceSink {
-    fn schema(&self) -> &SchemaRef {
-        &self.meta.schema
-    }
-
-    async fn write_all(
-        &self,
-        mut data: SendableRecordBatchStream,
-        _context: &Arc<TaskContext>,
-    ) -> DfResult<u64> {
-        let mut loader = match &self.txn {
-            Some(t) => Loader::in_txn(self.cluster.clone(), self.meta.clone(), t.clone()),
-            None => Loader::new(self.cluster.clone(), self.meta.clone())?,
-        };
-        while let Some(batch) = data.next().await {
-            let batch = match batch {
-                Ok(b) => b,
-                Err(e) => {
-                    loader.abort().await;
-                    return Err(e);
-                }
-            };
-            if let Err(e) = loader.push(batch).await {
-                loader.abort().await;
-                return Err(DataFusionError::from(e));
-            }
-        }
-        Ok(loader.finish().await?)
-    }
 }

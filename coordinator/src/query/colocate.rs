@@ -7,7 +7,7 @@
 //! lineitem are both distributed on orderkey, but by the time the plan joins
 //! them one side is a join's output at the coordinator, so both tables are
 //! shipped there whole. Joined first, they are a co-located join on the nodes
-//! ([`crate::fragment`]), and what reaches the coordinator is their join.
+//! ([`super::pushdown`]), and what reaches the coordinator is their join.
 //!
 //! Owns: [`CoLocateJoins`]. `(X ⋈ C)`, where every key of the join on X's
 //! side is a column of one table T inside X, below inner joins, filters and
@@ -31,8 +31,8 @@ use datafusion::logical_expr::{
 };
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 
-use crate::provider::SliceTable;
-use crate::semijoin::passes_through;
+use super::semijoin::passes_through;
+use super::table::SliceTable;
 
 /// See the module docs.
 #[derive(Debug, Default)]

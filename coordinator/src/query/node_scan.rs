@@ -1,0 +1,319 @@
+//! Asking the nodes for a table's slices: who answers for each slice under
+//! the current map ([`plan_parts`]), one node's streamed answer checked
+//! slice by slice against its `done` tags ([`scan_node`]), and the retry
+//! after a failover ([`scan_with_failover`]): a node that errs or is
+//! declared failed mid-answer is reported to the system manager, and the
+//! slices it had not finished are asked again from where the new map
+//! serves them. Nothing is passed on twice, nothing is lost, and a partial
+//! answer is never returned.
+//!
+//! It never changes the map: it reports and waits.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, RecordBatchOptions};
+use arrow::datatypes::SchemaRef;
+use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
+use arrow_flight::error::FlightError;
+use arrow_flight::Ticket;
+use datafusion::error::Result as DfResult;
+use datafusion::physical_plan::metrics::Count;
+use futures::{StreamExt, TryStreamExt};
+use prost::Message;
+use slicedb_engine::proto::{pb, ErrorKind};
+use slicedb_engine::{NodeId, SliceId};
+use tokio::sync::mpsc;
+
+use crate::catalog::TableMeta;
+use crate::cluster::Cluster;
+use crate::nodes::NodeClient;
+use crate::CoordinatorError;
+
+/// Who answers for `slices` under `map`: each slice exactly once, from where
+/// it is served now (its primary, or after a failover its mirror's node
+/// from the mirror segment, so a survivor may answer twice, once per
+/// segment). A slice that cannot be served fails the plan, naming it.
+pub(super) fn plan_parts(
+    cluster: &Arc<Cluster>,
+    meta: &TableMeta,
+    map: &crate::map::DistMap,
+    slices: &[SliceId],
+    base: &pb::ScanRequest,
+) -> DfResult<Vec<ScanPart>> {
+    let mut per_node: BTreeMap<NodeId, Vec<pb::SliceScan>> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for &slice in slices {
+        if !seen.insert(slice) {
+            return Err(CoordinatorError::IncompleteScan {
+                table: meta.name.clone(),
+                reason: format!("slice {slice} planned twice"),
+            }
+            .into());
+        }
+        let e =
+            map.slices()
+                .get(slice as usize)
+                .ok_or_else(|| CoordinatorError::IncompleteScan {
+                    table: meta.name.clone(),
+                    reason: format!("slice {slice} is not in the map"),
+                })?;
+        let (loc, from_mirror) = e.serving()?;
+        let segment = meta.segment_for(slice, from_mirror)?;
+        per_node.entry(loc.node).or_default().push(pb::SliceScan {
+            slice,
+            segment: segment as i32,
+        });
+    }
+    let mut parts = Vec::new();
+    for (node, scans) in per_node {
+        let mut request = base.clone();
+        request.epoch = map.epoch();
+        request.slices = scans;
+        parts.push(ScanPart {
+            node: cluster.node(node)?.clone(),
+            slices: request.slices.iter().map(|s| s.slice).collect(),
+            request,
+        });
+    }
+    Ok(parts)
+}
+
+/// Resolves once the map declares `node` failed.
+async fn wait_until_down(cluster: &Arc<Cluster>, node: NodeId) {
+    while !cluster.is_down(node) {
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// How long a scan waits for a failover before it gives up on a node.
+const FAILOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether a scan error may be cured by a map change (a node died or was
+/// fenced): then the scan waits for the new map and asks again.
+fn retryable(e: &CoordinatorError) -> bool {
+    match e {
+        CoordinatorError::NodeUnreachable { .. } => true,
+        CoordinatorError::Node { kind, .. } => {
+            matches!(
+                kind,
+                ErrorKind::StaleEpoch
+                    | ErrorKind::SliceNotOwned
+                    | ErrorKind::Internal
+                    | ErrorKind::Unspecified
+                    | ErrorKind::Checksum
+                    | ErrorKind::Io
+            )
+        }
+        _ => false,
+    }
+}
+
+#[derive(Clone)]
+pub(super) struct ScanPart {
+    pub node: NodeClient,
+    pub slices: Vec<SliceId>,
+    pub request: pb::ScanRequest,
+}
+
+/// How a DML scan turns a node's batch (all user columns + hidden) into
+/// its output: user columns, `_slice`, `_rowid`, then the projection.
+#[derive(Debug, Clone)]
+pub(super) struct DmlShape {
+    pub nuser: usize,
+    pub projection: Option<Vec<usize>>,
+}
+
+pub(super) struct ScanCounters {
+    pub rows: Count,
+    pub blocks_total: Count,
+    pub blocks_pruned: Count,
+    pub slices: Count,
+}
+
+/// Scan one part; on a node failure wait for the failover and ask the new
+/// owners for the slices not yet finished.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn scan_with_failover(
+    cluster: &Arc<Cluster>,
+    meta: &Arc<TableMeta>,
+    base: &pb::ScanRequest,
+    part: ScanPart,
+    schema: SchemaRef,
+    table: &str,
+    tx: &mpsc::Sender<DfResult<RecordBatch>>,
+    counters: &ScanCounters,
+    dml: &Option<DmlShape>,
+) -> DfResult<()> {
+    let all: Vec<SliceId> = part.slices.clone();
+    let mut done: BTreeSet<SliceId> = BTreeSet::new();
+    let mut parts = vec![part];
+    let deadline = tokio::time::Instant::now() + FAILOVER_WAIT;
+    loop {
+        let mut failure = None;
+        for p in &parts {
+            let (node, epoch) = (p.node.id, p.request.epoch);
+            // A hung node never errors: race its answer against the system
+            // manager declaring it failed.
+            let res = tokio::select! {
+                r = scan_node(p.clone(), schema.clone(), table, tx, counters, dml, &mut done) => r,
+                _ = wait_until_down(cluster, node) => Err(CoordinatorError::NodeUnreachable {
+                    node,
+                    address: p.node.address.clone(),
+                    message: "declared failed while answering a scan".into(),
+                }),
+            };
+            if let Err(e) = res {
+                if !retryable(&e) {
+                    return Err(e.into());
+                }
+                failure = Some((node, epoch, e));
+                break;
+            }
+        }
+        let Some((node, epoch, err)) = failure else {
+            return Ok(());
+        };
+        cluster.report_unreachable(node);
+        // Wait for the system manager to change the map (it probes the node
+        // at once), then re-plan what is left. A node still at the previous
+        // epoch (the new map is being installed) is simply asked again.
+        let behind = matches!(
+            &err,
+            CoordinatorError::Node {
+                kind: ErrorKind::StaleEpoch,
+                ..
+            }
+        );
+        let asked = tokio::time::Instant::now();
+        loop {
+            let map = cluster.map();
+            if map.epoch() > epoch
+                || (behind && asked.elapsed() >= std::time::Duration::from_millis(50))
+            {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(err.into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        let left: Vec<SliceId> = all.iter().copied().filter(|s| !done.contains(s)).collect();
+        tracing::info!(table, node, slices = ?left, "scan retried on the new map after a node failure");
+        if left.is_empty() {
+            return Ok(());
+        }
+        parts = plan_parts(cluster, meta, &cluster.map(), &left, base)?;
+    }
+}
+
+async fn scan_node(
+    part: ScanPart,
+    schema: SchemaRef,
+    table: &str,
+    tx: &mpsc::Sender<DfResult<RecordBatch>>,
+    counters: &ScanCounters,
+    dml: &Option<DmlShape>,
+    finished: &mut BTreeSet<SliceId>,
+) -> Result<(), CoordinatorError> {
+    let incomplete = |reason: String| CoordinatorError::IncompleteScan {
+        table: table.to_string(),
+        reason,
+    };
+    let node = part.node;
+    let mut client = node.flight.clone();
+    let ticket = Ticket::new(part.request.encode_to_vec());
+    let response = client.do_get(ticket).await.map_err(|s| node.err(s))?;
+    let node_for_err = node.clone();
+    let flight = response
+        .into_inner()
+        .map_err(move |s| FlightError::Tonic(Box::new(s)));
+    let mut decoder = FlightDataDecoder::new(flight);
+    let expected: BTreeSet<SliceId> = part.slices.iter().copied().collect();
+    let mut done: BTreeSet<SliceId> = BTreeSet::new();
+    let mut rows_per_slice: BTreeMap<SliceId, u64> = BTreeMap::new();
+    // A slice's batches, held until its `done` tag: then they are final.
+    let mut held: BTreeMap<SliceId, Vec<RecordBatch>> = BTreeMap::new();
+    while let Some(msg) = decoder.next().await {
+        let msg = msg.map_err(|e| match e {
+            FlightError::Tonic(s) => node_for_err.err(*s),
+            other => CoordinatorError::Node {
+                node: node_for_err.id,
+                kind: ErrorKind::Unspecified,
+                message: other.to_string(),
+            },
+        })?;
+        let DecodedPayload::RecordBatch(batch) = msg.payload else {
+            continue;
+        };
+        let tag = pb::StreamTag::decode(msg.inner.app_metadata.as_ref()).map_err(|e| {
+            incomplete(format!("node {} sent a batch with a bad tag: {e}", node.id))
+        })?;
+        if !expected.contains(&tag.slice) {
+            return Err(incomplete(format!(
+                "node {} answered for slice {}, which it was not asked for",
+                node.id, tag.slice
+            )));
+        }
+        if done.contains(&tag.slice) {
+            return Err(incomplete(format!(
+                "node {} answered slice {} twice",
+                node.id, tag.slice
+            )));
+        }
+        if tag.done {
+            let got = rows_per_slice.get(&tag.slice).copied().unwrap_or(0);
+            if got != tag.rows {
+                return Err(incomplete(format!(
+                    "node {} slice {}: {} rows arrived, {} announced",
+                    node.id, tag.slice, got, tag.rows
+                )));
+            }
+            done.insert(tag.slice);
+            counters.slices.add(1);
+            counters.blocks_total.add(tag.blocks_total as usize);
+            counters.blocks_pruned.add(tag.blocks_pruned as usize);
+            for batch in held.remove(&tag.slice).unwrap_or_default() {
+                counters.rows.add(batch.num_rows());
+                if tx.send(Ok(batch)).await.is_err() {
+                    return Ok(()); // the query stopped reading (LIMIT, cancel)
+                }
+            }
+            finished.insert(tag.slice);
+            continue;
+        }
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        *rows_per_slice.entry(tag.slice).or_default() += batch.num_rows() as u64;
+        let columns = match dml {
+            None => batch.columns().to_vec(),
+            Some(d) => {
+                let n = batch.num_rows();
+                let mut cols = batch.columns()[..d.nuser].to_vec();
+                cols.push(Arc::new(arrow::array::UInt32Array::from_value(
+                    tag.slice, n,
+                )));
+                cols.push(batch.column(d.nuser).clone());
+                match &d.projection {
+                    Some(p) => p.iter().map(|&i| cols[i].clone()).collect(),
+                    None => cols,
+                }
+            }
+        };
+        let batch = RecordBatch::try_new_with_options(
+            schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+        )?;
+        held.entry(tag.slice).or_default().push(batch);
+    }
+    if done != expected {
+        let missing: Vec<_> = expected.difference(&done).collect();
+        return Err(incomplete(format!(
+            "node {} did not answer for slices {missing:?}",
+            node.id
+        )));
+    }
+    Ok(())
+}
