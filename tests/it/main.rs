@@ -4,6 +4,7 @@
 //! psycopg). Each test has its own temp dir and listens on port 0, so they
 //! run in parallel under nextest.
 
+mod architecture;
 mod bad_input;
 mod copy_csv;
 mod data;
