@@ -8,9 +8,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // growth per message instead of a doubling series).
     tonic_prost_build::configure()
         .codec_path("crate::grpc_codec::SizedCodec")
-        .bytes(".slicedb.node.v5.WriteRequest.batches")
-        .bytes(".slicedb.node.v5.MirrorWriteRequest.blocks")
-        .bytes(".slicedb.node.v5.ScanRequest.broadcast")
+        .bytes(".slicedb.node.v6.WriteRequest.batches")
+        .bytes(".slicedb.node.v6.MirrorWriteRequest.blocks")
+        .bytes(".slicedb.node.v6.ScanRequest.broadcast")
+        .bytes(".slicedb.node.v6.SliceCopyChunk.block")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -10,7 +10,7 @@ use super::Routes;
 use crate::proto::{self, pb};
 use crate::{EngineError, NodeId, Result, SliceId, TableId, Xid};
 
-type PeerClient = pb::peer_node_client::PeerNodeClient<tonic::transport::Channel>;
+pub(crate) type PeerClient = pb::peer_node_client::PeerNodeClient<tonic::transport::Channel>;
 
 /// What one transaction forwarded.
 #[derive(Default)]
@@ -231,7 +231,7 @@ impl Forwarder {
     }
 
     /// A client for a peer node (connected lazily, reused).
-    fn client(&self, routes: &Routes, node: NodeId) -> Result<PeerClient> {
+    pub(crate) fn client(&self, routes: &Routes, node: NodeId) -> Result<PeerClient> {
         let addr = routes
             .peers
             .get(&node)

@@ -14,12 +14,16 @@
 //! lost, writes it into the mirror segment with the store's primitives
 //! (`append_encoded` and `delete` under `prepare_after`).
 //!
+//! A slice copy's target pulls from its source with [`copy::pull`] (the
+//! regeneration and resync of a copy, which the coordinator directs).
+//!
 //! It owns the forwarding bookkeeping (what went to which mirror, which
 //! slices are degraded) and the staging. It must never check epochs or
 //! ownership (the node server does that before it calls in), never mark a
 //! slice unprotected beyond one transaction, never wait on a mirror without
 //! bound, and never encode or decode blocks itself (the store does).
 
+pub mod copy;
 mod forward;
 mod staging;
 

@@ -366,6 +366,54 @@ impl pb::node_server::Node for NodeServer {
         }))
     }
 
+    /// Pull one copy of a slice from its source node into this node's
+    /// copy (see `mirror::copy`).
+    #[instrument(skip_all, fields(node = self.state.node, slice = request.get_ref().slice))]
+    async fn copy_slice(
+        &self,
+        request: Request<pb::CopySliceRequest>,
+    ) -> Result<Response<pb::CopySliceResponse>, Status> {
+        let req = request.into_inner();
+        let map = self.check_epoch(req.epoch).map_err(status)?;
+        let target_segment = proto::segment_from_i32(req.target_segment).map_err(status)?;
+        let source_segment = proto::segment_from_i32(req.source_segment).map_err(status)?;
+        if req.xid == 0 || req.source_node == self.state.node {
+            return Err(status(EngineError::InvalidRequest(
+                "a slice copy needs its own xid and another node as its source".into(),
+            )));
+        }
+        let disk = self
+            .owned_disk(&map, req.slice, target_segment)
+            .map_err(status)?;
+        let store = self.disk(disk).map_err(status)?.clone();
+        let source = self
+            .state
+            .forwarder
+            .client(&map.routes, req.source_node)
+            .map_err(status)?;
+        let plan = crate::mirror::copy::CopyPlan {
+            table: req.table,
+            slice: req.slice,
+            source_segment,
+            target_segment,
+            xid: req.xid,
+            from_xid: req.from_xid,
+            epoch: req.epoch,
+        };
+        let done = crate::mirror::copy::pull(source, store, plan)
+            .await
+            .map_err(status)?;
+        info!(
+            slice = req.slice,
+            table = req.table,
+            from = req.source_node,
+            blocks = done.blocks,
+            bytes = done.bytes,
+            "slice copied"
+        );
+        Ok(Response::new(done))
+    }
+
     async fn status(
         &self,
         _request: Request<pb::StatusRequest>,

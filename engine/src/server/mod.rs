@@ -282,6 +282,9 @@ fn without_nagle(
 }
 
 #[cfg(test)]
+mod copy_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::proto::ErrorKind;

@@ -1,12 +1,17 @@
-//! The `PeerNode` service: the calls one node makes on another. Today
-//! these are a primary's forwards to the mirror of its slices (stage,
-//! prepare, commit, abort); each delegates to the mirror manager's
-//! [`crate::mirror::Staging`] once the epoch and ownership checks passed.
+//! The `PeerNode` service: the calls one node makes on another: a
+//! primary's forwards to the mirror of its slices (stage, prepare, commit,
+//! abort), each delegated to the mirror manager's
+//! [`crate::mirror::Staging`] once the epoch and ownership checks passed;
+//! and the source side of a slice copy (`ExportSlice`), which streams what
+//! the store exports, one block per message.
 //!
 //! It owns only those checks and the mapping to gRPC. It must never serve
 //! the coordinator (that is `control.rs`) and never stage or apply data
 //! itself.
 
+use std::pin::Pin;
+
+use futures::Stream;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
@@ -15,8 +20,59 @@ use crate::failpoint;
 use crate::proto::pb;
 use crate::store::{DiskStore, SegmentKind};
 
+/// Blocks in flight per export stream (each up to a block's size).
+const EXPORT_WINDOW: usize = 8;
+
 #[tonic::async_trait]
 impl pb::peer_node_server::PeerNode for NodeServer {
+    type ExportSliceStream = Pin<Box<dyn Stream<Item = Result<pb::SliceCopyChunk, Status>> + Send>>;
+
+    /// Stream one copy of a slice as it is committed now: its blocks (read
+    /// and verified one at a time, a few in flight), then its deletes.
+    async fn export_slice(
+        &self,
+        request: Request<pb::ExportSliceRequest>,
+    ) -> Result<Response<Self::ExportSliceStream>, Status> {
+        let req = request.into_inner();
+        let map = self.check_epoch(req.epoch).map_err(status)?;
+        let segment = crate::proto::segment_from_i32(req.segment).map_err(status)?;
+        let disk = self.owned_disk(&map, req.slice, segment).map_err(status)?;
+        let store = self.disk(disk).map_err(status)?.clone();
+        let export = Self::blocking({
+            let store = store.clone();
+            move || store.export_slice(segment, req.table, req.slice, req.from_xid..u64::MAX)
+        })
+        .await
+        .map_err(status)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_WINDOW);
+        tokio::task::spawn_blocking(move || {
+            for b in &export.blocks {
+                let chunk = store.read_exported(b).map(|block| pb::SliceCopyChunk {
+                    block: block.into(),
+                    ..Default::default()
+                });
+                let failed = chunk.is_err();
+                if tx.blocking_send(chunk.map_err(status)).is_err() || failed {
+                    return; // the target went away, or the read failed
+                }
+            }
+            let _ = tx.blocking_send(Ok(pb::SliceCopyChunk {
+                block: Default::default(),
+                deletes: export
+                    .deletes
+                    .iter()
+                    .map(|&(rowid, xid)| pb::DeleteRecord { rowid, xid })
+                    .collect(),
+                done: true,
+                blocks: export.blocks.len() as u64,
+                bytes: export.bytes,
+            }));
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn mirror_write(
         &self,
         request: Request<pb::MirrorWriteRequest>,

@@ -169,6 +169,15 @@ impl DiskStore {
         Ok((n as u64, kept))
     }
 
+    /// Start a change of one of `table`'s streams under `xid`, with `inner`
+    /// held: the table must exist, and `xid` is noted as written to.
+    pub(super) fn begin_change(inner: &mut Inner, table: TableId, xid: Xid) -> Result<()> {
+        if !inner.tables.contains_key(&table) {
+            return Err(EngineError::TableNotFound(table));
+        }
+        Self::mark_dirty(inner, xid)
+    }
+
     /// Note a write to `xid`: it must be prepared again before it is durable.
     pub(super) fn mark_dirty(inner: &mut Inner, xid: Xid) -> Result<()> {
         inner.pending.entry(xid).or_default().dirty = true;

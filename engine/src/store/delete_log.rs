@@ -37,10 +37,7 @@ impl DiskStore {
         };
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
-        if !inner.tables.contains_key(&table) {
-            return Err(EngineError::TableNotFound(table));
-        }
-        Self::mark_dirty(inner, xid)?;
+        Self::begin_change(inner, table, xid)?;
         let committed = inner
             .streams
             .get(&key)
@@ -90,13 +87,13 @@ impl DiskStore {
             .deletes
             .entry(key)
             .or_default()
-            .extend(fresh);
+            .extend(fresh.iter().map(|&r| (r, xid)));
         Ok(n)
     }
 
     /// Write `xid`'s unwritten deletes as delete runs (not yet synced).
     pub(super) fn write_runs(&self, xid: Xid) -> Result<()> {
-        let todo: Vec<(StreamKey, Vec<i64>)> = {
+        let todo: Vec<(StreamKey, Vec<(i64, Xid)>)> = {
             let mut inner = self.inner.lock();
             match inner.pending.get_mut(&xid) {
                 Some(t) => std::mem::take(&mut t.deletes).into_iter().collect(),
@@ -107,8 +104,7 @@ impl DiskStore {
             if rows.is_empty() {
                 continue;
             }
-            let recs: Vec<(i64, u64)> = rows.iter().map(|&r| (r, xid)).collect();
-            let bytes = block::encode_delete_run(key.table, key.slice, &recs);
+            let bytes = block::encode_delete_run(key.table, key.slice, rows);
             let res = self
                 .allocate(*key, bytes.len() as u64)
                 .and_then(|off| self.dev.write_at(off, &bytes).map(|_| off));

@@ -21,7 +21,8 @@
 //! prepare, commit and abort (two-phase commit) and the metadata generation
 //! they write; `scan` reads blocks through a snapshot; `repair` is the seam
 //! every block read that fails verification goes through; `groom` rewrites
-//! blocks without dead rows; `checksum` is the slice checksum `slicedb verify`
+//! blocks without dead rows; `copy` is what a slice copy between nodes
+//! sends and takes in; `checksum` is the slice checksum `slicedb verify`
 //! compares; `report` is what `slicedb disk inspect` shows.
 //!
 //! Locking: `inner` (a short mutex) guards the in-memory state and is never
@@ -33,6 +34,7 @@
 mod append;
 mod checksum;
 mod commit;
+mod copy;
 mod delete_log;
 mod groom;
 mod recovery;
@@ -69,6 +71,7 @@ use crate::{DiskId, EngineError, NodeId, Result, SliceId, TableId, Xid};
 
 pub use checksum::SliceChecksum;
 pub use commit::TxnState;
+pub use copy::SliceExport;
 pub use groom::GroomStats;
 pub use repair::{BlockRepair, NoRepair, StoredBlock};
 pub use report::{DiskReport, ExtentReport, SegmentReport, SliceStat, TableReport};
@@ -234,14 +237,30 @@ struct PendingBlock {
     block: Arc<IndexedBlock>,
 }
 
+/// A deleted row: (rowid, the xid that deleted it).
+type DeleteRecord = (i64, Xid);
+
+/// At commit, a stream loses its blocks created and its deletes made by
+/// xids at or after `from`; its surviving deletes are rewritten as `run`.
+#[derive(Debug, Clone)]
+struct CopyDrop {
+    key: StreamKey,
+    from: Xid,
+    /// Written at commit, before the metadata (None: no delete survives).
+    run: Option<DeleteRunMeta>,
+}
+
 /// One open transaction on this disk.
 #[derive(Default)]
 struct PendingTxn {
     blocks: Vec<PendingBlock>,
     /// Rowids deleted per stream, not yet written as a run.
-    deletes: BTreeMap<StreamKey, Vec<i64>>,
+    /// (A copy's deletes keep the xid that made them on the source.)
+    deletes: BTreeMap<StreamKey, Vec<DeleteRecord>>,
     /// Delete runs written (at prepare), with their records.
-    runs: Vec<(StreamKey, DeleteRunMeta, Vec<i64>)>,
+    runs: Vec<(StreamKey, DeleteRunMeta, Vec<DeleteRecord>)>,
+    /// A resync's drops: what of a stream the copy replaces (`copy.rs`).
+    drops: Vec<CopyDrop>,
     prepared: bool,
     /// Written to since the last prepare (a node that is both a primary and a
     /// mirror for the same xid prepares the same disk twice).
@@ -250,7 +269,10 @@ struct PendingTxn {
 
 impl PendingTxn {
     fn is_empty(&self) -> bool {
-        self.blocks.is_empty() && self.deletes.is_empty() && self.runs.is_empty()
+        self.blocks.is_empty()
+            && self.deletes.is_empty()
+            && self.runs.is_empty()
+            && self.drops.is_empty()
     }
 
     fn deleted_in(&self, key: &StreamKey) -> HashSet<i64> {
@@ -259,11 +281,11 @@ impl PendingTxn {
             .get(key)
             .into_iter()
             .flatten()
-            .copied()
+            .map(|&(r, _)| r)
             .collect();
         for (k, _, rows) in &self.runs {
             if k == key {
-                out.extend(rows.iter().copied());
+                out.extend(rows.iter().map(|&(r, _)| r));
             }
         }
         out

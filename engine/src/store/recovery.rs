@@ -168,9 +168,9 @@ impl DiskStore {
                 });
             }
             for (k, run) in t.deletes {
-                let rows: Vec<i64> = read_run(&k, &run)?.into_iter().map(|(r, _)| r).collect();
+                let rows = read_run(&k, &run)?;
                 let l = locks.entry(k).or_default();
-                for r in &rows {
+                for (r, _) in &rows {
                     l.insert(*r, t.xid);
                 }
                 txn.runs.push((k, run, rows));

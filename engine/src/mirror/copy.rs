@@ -1,0 +1,134 @@
+//! The target's side of a slice copy: pull one copy of a slice from the
+//! node holding another and write it into this node's copy, node to node,
+//! with no data passing through the coordinator.
+//!
+//! Everything it writes is pending under the copy's xid until the stream
+//! ended complete (its `done` chunk, with totals that match what arrived);
+//! then one commit makes the copy durable and visible at once. Any failure
+//! aborts the copy's xid: what the target held before stays as it was.
+//! Each block is verified on arrival (the store's `append_encoded`).
+//!
+//! It never checks epochs or ownership (the node server does before it
+//! calls in) and never decides what to copy (the coordinator does).
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+
+use super::forward::PeerClient;
+use crate::proto::pb;
+use crate::store::{DiskStore, SegmentKind};
+use crate::{EngineError, Result, Xid};
+
+/// Blocks written per blocking call.
+const WRITE_BATCH: usize = 8;
+
+/// What one copy pulled from `source` and wrote into `target`.
+pub struct CopyPlan {
+    pub table: u64,
+    pub slice: u32,
+    pub source_segment: SegmentKind,
+    pub target_segment: SegmentKind,
+    pub xid: Xid,
+    pub from_xid: Xid,
+    pub epoch: u64,
+}
+
+/// Pull and write the copy; on any failure abort it on `target`.
+pub async fn pull(
+    mut source: PeerClient,
+    target: Arc<DiskStore>,
+    plan: CopyPlan,
+) -> Result<pb::CopySliceResponse> {
+    let res = pull_inner(&mut source, &target, &plan).await;
+    if res.is_err() {
+        let xid = plan.xid;
+        let t = target.clone();
+        let _ = tokio::task::spawn_blocking(move || t.abort(xid)).await;
+    }
+    res
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| EngineError::Internal(format!("blocking task failed: {e}")))?
+}
+
+async fn pull_inner(
+    source: &mut PeerClient,
+    target: &Arc<DiskStore>,
+    plan: &CopyPlan,
+) -> Result<pb::CopySliceResponse> {
+    let (seg, table, slice, xid) = (plan.target_segment, plan.table, plan.slice, plan.xid);
+    let from = plan.from_xid;
+    let t = target.clone();
+    blocking(move || t.resync_from(seg, table, slice, xid, from)).await?;
+    let mut stream = source
+        .export_slice(pb::ExportSliceRequest {
+            epoch: plan.epoch,
+            table,
+            slice,
+            segment: pb::Segment::from(plan.source_segment) as i32,
+            from_xid: from,
+        })
+        .await
+        .map_err(|s| copy_failed(plan, s.message()))?
+        .into_inner();
+    let (mut blocks, mut bytes) = (0u64, 0u64);
+    let mut batch: Vec<bytes::Bytes> = Vec::new();
+    let write = |batch: Vec<bytes::Bytes>| {
+        let t = target.clone();
+        blocking(move || {
+            for b in &batch {
+                t.append_encoded(seg, table, slice, xid, b)?;
+            }
+            Ok(())
+        })
+    };
+    loop {
+        let chunk = match stream.next().await {
+            Some(c) => c.map_err(|s| copy_failed(plan, s.message()))?,
+            None => return Err(copy_failed(plan, "the stream ended before its last chunk")),
+        };
+        if !chunk.done {
+            blocks += 1;
+            bytes += chunk.block.len() as u64;
+            batch.push(chunk.block);
+            if batch.len() >= WRITE_BATCH {
+                write(std::mem::take(&mut batch)).await?;
+            }
+            continue;
+        }
+        if chunk.blocks != blocks || chunk.bytes != bytes {
+            return Err(copy_failed(
+                plan,
+                &format!(
+                    "{blocks} blocks ({bytes} bytes) arrived, the source sent {} ({})",
+                    chunk.blocks, chunk.bytes
+                ),
+            ));
+        }
+        write(std::mem::take(&mut batch)).await?;
+        let deletes: Vec<(i64, Xid)> = chunk.deletes.iter().map(|d| (d.rowid, d.xid)).collect();
+        let n = deletes.len() as u64;
+        let t = target.clone();
+        blocking(move || {
+            t.delete_copied(seg, table, slice, xid, &deletes)?;
+            t.commit(xid)
+        })
+        .await?;
+        return Ok(pb::CopySliceResponse {
+            blocks,
+            bytes,
+            deletes: n,
+        });
+    }
+}
+
+fn copy_failed(plan: &CopyPlan, why: &str) -> EngineError {
+    EngineError::Internal(format!(
+        "copy of table {} slice {} failed: {why}",
+        plan.table, plan.slice
+    ))
+}
