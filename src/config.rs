@@ -77,6 +77,10 @@ pub struct NodeSection {
     /// every scan from the disk.
     #[serde(default = "default_cache_size")]
     pub cache_size: String,
+    /// A spare node: given no slices when the cluster is created, kept in
+    /// reserve to take over a failed node's copies.
+    #[serde(default)]
+    pub spare: bool,
 }
 
 fn default_cluster_id() -> String {

@@ -115,6 +115,9 @@ pub fn open_disks(
 #[derive(Debug, Clone)]
 pub struct LocalOptions {
     pub nodes: u32,
+    /// Spare nodes started besides `nodes` (ids after theirs): no slices
+    /// when the cluster is created, kept in reserve.
+    pub spares: u32,
     pub data_dir: PathBuf,
     /// Where to accept PostgreSQL connections; port 0 picks a free one.
     /// `None` serves no wire protocol (embedded use only).
@@ -134,6 +137,7 @@ impl LocalOptions {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         LocalOptions {
             nodes: 4,
+            spares: 0,
             data_dir: data_dir.into(),
             listen: None,
             disk_size: 4 << 30,
@@ -169,7 +173,7 @@ impl LocalCluster {
         let (stop, rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut endpoints = Vec::new();
-        for id in 0..opts.nodes {
+        for id in 0..opts.nodes + opts.spares {
             let dir = opts.data_dir.join(format!("node-{id}"));
             let disks = open_disks("local", id, &dir, 1, opts.disk_size, opts.cache_size)?;
             let (addr, task) = node_server(id, disks)
@@ -187,6 +191,7 @@ impl LocalCluster {
                 id,
                 address: addr.to_string(),
                 disks: 1,
+                spare: id >= opts.nodes,
             });
         }
         let coord = Coordinator::start(CoordinatorConfig {
@@ -327,6 +332,7 @@ pub async fn run_coordinator(
                 id: n.id,
                 address: n.address.clone(),
                 disks: n.disks,
+                spare: n.spare,
             })
             .collect(),
         slices_per_disk: cfg.slices_per_disk,

@@ -31,6 +31,10 @@ enum Command {
         /// Number of nodes.
         #[arg(long, default_value_t = 4)]
         nodes: u32,
+        /// Spare nodes started besides those (no slices when the cluster is
+        /// created; `slicedb_nodes` shows them as `spare`).
+        #[arg(long, default_value_t = 0)]
+        spares: u32,
         /// Data directory: disk images and the coordinator's catalog. Reused
         /// on restart.
         #[arg(long, default_value = "./slicedb-data")]
@@ -152,6 +156,7 @@ async fn serve(cmd: Command) -> Result<()> {
     match cmd {
         Command::Local {
             nodes,
+            spares,
             data,
             listen,
             disk_size,
@@ -162,6 +167,7 @@ async fn serve(cmd: Command) -> Result<()> {
         } => {
             let opts = LocalOptions {
                 nodes,
+                spares,
                 data_dir: data,
                 listen: Some(listen),
                 disk_size: parse_size(&disk_size)?,

@@ -89,6 +89,7 @@ impl Coordinator {
             .map(|n| NodeShape {
                 node: n.id,
                 disks: n.disks,
+                spare: n.spare,
             })
             .collect();
         let map = open_or_build_map(meta.as_ref(), &shapes, config.slices_per_disk)?;
@@ -489,11 +490,8 @@ pub fn open_or_build_map(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::map::tests::shape;
     use crate::map::Location;
-
-    fn shape(n: u32, disks: u32) -> Vec<NodeShape> {
-        (0..n).map(|node| NodeShape { node, disks }).collect()
-    }
 
     #[test]
     fn stored_map_is_reused_and_a_different_topology_is_refused() {

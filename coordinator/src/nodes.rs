@@ -22,6 +22,9 @@ pub struct NodeEndpoint {
     /// host:port of the node's gRPC + Flight server.
     pub address: String,
     pub disks: u32,
+    /// A spare: given no slices when the map is built, kept in reserve for
+    /// regeneration (`slicedb_nodes.state = 'spare'` while it holds none).
+    pub spare: bool,
 }
 
 /// Receive window of one scan stream: what a node may send ahead of the
@@ -35,6 +38,8 @@ const SCAN_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 pub struct NodeClient {
     pub id: NodeId,
     pub address: String,
+    /// Configured as a spare (see [`NodeEndpoint::spare`]).
+    pub spare: bool,
     pub grpc: pb::node_client::NodeClient<Channel>,
     pub flight: FlightServiceClient<Channel>,
     /// The failure detector's own connection (see [`NodeClient::new`]).
@@ -73,6 +78,7 @@ impl NodeClient {
             .initial_connection_window_size(Some(SCAN_CONNECTION_WINDOW))
             .connect_lazy();
         Ok(NodeClient {
+            spare: ep.spare,
             id: ep.id,
             address: ep.address.clone(),
             grpc: pb::node_client::NodeClient::new(control)

@@ -162,6 +162,12 @@ impl SystemView {
                 let _ = self.statuses().await;
                 let states = self.cluster.health().states();
                 let nodes: Vec<_> = self.cluster.nodes().values().collect();
+                let map = self.cluster.map();
+                let holding: std::collections::BTreeSet<u32> = map
+                    .slices()
+                    .iter()
+                    .flat_map(|e| e.copies.iter().map(|c| c.at.node))
+                    .collect();
                 vec![
                     Arc::new(Int32Array::from_iter_values(
                         nodes.iter().map(|n| n.id as i32),
@@ -170,10 +176,16 @@ impl SystemView {
                         nodes.iter().map(|n| n.address.clone()),
                     )),
                     Arc::new(StringArray::from_iter_values(nodes.iter().map(|n| {
-                        states
+                        let state = states
                             .get(&n.id)
                             .cloned()
-                            .unwrap_or_else(|| "unknown".into())
+                            .unwrap_or_else(|| "unknown".into());
+                        // A spare that answers and holds no copy yet.
+                        if n.spare && state == "up" && !holding.contains(&n.id) {
+                            "spare".to_string()
+                        } else {
+                            state
+                        }
                     }))),
                 ]
             }

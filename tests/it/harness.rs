@@ -413,7 +413,18 @@ impl Slicedb {
         data_dir: &Path,
         vars: &[(&str, &str)],
     ) -> Result<Slicedb> {
-        let args = vec![
+        Self::local_args(env, nodes, data_dir, vars, &[]).await
+    }
+
+    /// [`Slicedb::local_with`] with extra arguments (`--spares 1`).
+    pub async fn local_args(
+        env: &TestEnv,
+        nodes: u32,
+        data_dir: &Path,
+        vars: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Result<Slicedb> {
+        let mut args = vec![
             "local".to_string(),
             "--nodes".to_string(),
             nodes.to_string(),
@@ -432,6 +443,7 @@ impl Slicedb {
             "--broadcast-join-min-rows".to_string(),
             "0".to_string(),
         ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         let (proc, line) = Proc::spawn_ready_with(env, "local", &args, vars).await?;
         let url = parse_ready_url(&line)?;
         ensure!(

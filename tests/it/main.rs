@@ -16,5 +16,6 @@ mod mirror;
 mod multiprocess;
 mod psql;
 mod python;
+mod spares;
 mod temp;
 mod wire;

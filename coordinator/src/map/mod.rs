@@ -329,7 +329,13 @@ impl DistMap {
         nodes: &[NodeShape],
         slices_per_disk: u32,
     ) -> Result<DistMap> {
-        let slices = placement.place(nodes, slices_per_disk)?;
+        let active: Vec<NodeShape> = nodes.iter().filter(|n| !n.spare).cloned().collect();
+        if active.is_empty() {
+            return Err(CoordinatorError::Config(
+                "every node is a spare: at least one must hold slices".into(),
+            ));
+        }
+        let slices = placement.place(&active, slices_per_disk)?;
         let map = DistMap {
             version: MAP_VERSION,
             epoch: 1,
@@ -388,12 +394,18 @@ impl DistMap {
                 }
             }
         }
-        let configured: std::collections::BTreeSet<_> = nodes.iter().map(|n| n.node).collect();
-        let used: std::collections::BTreeSet<_> =
-            self.slices.iter().map(|e| e.primary().at.node).collect();
-        if configured != used {
+        // Every node that is not a spare holds slices; a spare may hold
+        // some too (once copies were regenerated onto it).
+        let holding: std::collections::BTreeSet<_> =
+            nodes.iter().filter(|n| !n.spare).map(|n| n.node).collect();
+        let used: std::collections::BTreeSet<_> = self
+            .slices
+            .iter()
+            .flat_map(|e| e.copies.iter().map(|c| c.at.node))
+            .collect();
+        if !holding.is_subset(&used) {
             return Err(CoordinatorError::Config(format!(
-                "the stored distribution map uses nodes {used:?} but the configuration has {configured:?}; \
+                "the stored distribution map uses nodes {used:?} but the configuration has {holding:?} holding slices; \
                  start with the nodes the data directory was created with"
             )));
         }
@@ -402,15 +414,43 @@ impl DistMap {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// `n` regular nodes of `disks` disks each.
     pub(crate) fn shape(n: u32, disks: u32) -> Vec<NodeShape> {
-        (0..n).map(|node| NodeShape { node, disks }).collect()
+        (0..n)
+            .map(|node| NodeShape {
+                node,
+                disks,
+                spare: false,
+            })
+            .collect()
     }
 
     fn ring(n: u32, d: u32, s: u32) -> DistMap {
         DistMap::build(&Ring, &shape(n, d), s).unwrap()
+    }
+
+    #[test]
+    fn spares_get_no_slices_and_a_spare_made_regular_is_refused() {
+        let mut nodes = shape(4, 1);
+        nodes[3].spare = true;
+        let map = DistMap::build(&Ring, &nodes, 4).unwrap();
+        assert_eq!(map.slices().len(), 12);
+        assert!(map
+            .slices()
+            .iter()
+            .all(|e| e.copies.iter().all(|c| c.at.node != 3)));
+        map.check_matches(&nodes).unwrap();
+        // Left out of the configuration, the spare is not missed.
+        map.check_matches(&nodes[..3]).unwrap();
+        // Configured as a regular node it would hold nothing: refused.
+        assert!(map.check_matches(&shape(4, 1)).is_err());
+        let mut all = shape(2, 1);
+        all[0].spare = true;
+        all[1].spare = true;
+        assert!(DistMap::build(&Ring, &all, 4).is_err());
     }
 
     #[test]

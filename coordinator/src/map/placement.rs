@@ -18,6 +18,8 @@ use crate::{CoordinatorError, Result};
 pub struct NodeShape {
     pub node: NodeId,
     pub disks: u32,
+    /// A spare gets no slices when the map is built.
+    pub spare: bool,
 }
 
 /// A way of laying a fresh cluster's slices out.
@@ -125,7 +127,13 @@ mod tests {
 
     #[test]
     fn check_refuses_two_copies_on_one_node_and_two_primaries() {
-        let shape: Vec<_> = (0..3).map(|node| NodeShape { node, disks: 2 }).collect();
+        let shape: Vec<_> = (0..3)
+            .map(|node| NodeShape {
+                node,
+                disks: 2,
+                spare: false,
+            })
+            .collect();
         let good = DistMap::build(&Ring, &shape, 2).unwrap();
         assert!(check(&good).is_ok());
 
