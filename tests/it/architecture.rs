@@ -47,13 +47,21 @@ fn module_of(root: &Path, file: &Path) -> ModPath {
     parts
 }
 
-/// The product part of a source: up to its test module, without comments.
+/// The product part of a source: up to its inline test module (a
+/// `#[cfg(test)]` followed by `mod ... {`; a `#[cfg(test)] mod x;`
+/// declaration does not end it), without comments.
 fn product_code(src: &str) -> (usize, String) {
     let mut lines = 0;
     let mut code = String::new();
-    for line in src.lines() {
+    let all: Vec<&str> = src.lines().collect();
+    for (i, line) in all.iter().enumerate() {
         if line.trim_start().starts_with("#[cfg(test)]") {
-            break;
+            let next = all.get(i + 1).map_or("", |l| l.trim());
+            if !(next.starts_with("mod ") || next.starts_with("pub(crate) mod "))
+                || next.ends_with('{')
+            {
+                break;
+            }
         }
         lines += 1;
         let t = line.trim_start();
@@ -266,6 +274,18 @@ fn the_cycle_check_sees_a_cycle() {
     let cycle = find_cycle(query).expect("scan -> plan -> scan is a cycle");
     assert_eq!(cycle.len(), 3, "{cycle:?}");
     assert!(find_cycle(top).is_none());
+}
+
+#[test]
+fn a_test_module_declared_elsewhere_does_not_end_the_product_code() {
+    let src =
+        "use a;\n#[cfg(test)]\nmod tests;\nfn f() {}\n#[cfg(test)]\nmod more {\n    fn t() {}\n}\n";
+    let (lines, code) = product_code(src);
+    assert_eq!(lines, 4);
+    assert!(
+        code.contains("fn f()") && !code.contains("fn t()"),
+        "{code}"
+    );
 }
 
 #[test]

@@ -2,6 +2,9 @@
 //! node holding another and write it into this node's copy, node to node,
 //! with no data passing through the coordinator.
 //!
+//! A resync first reads which transactions' blocks the target holds and
+//! sends that to the source, which then sends only the others.
+//!
 //! Everything it writes is pending under the copy's xid until the stream
 //! ended complete (its `done` chunk, with totals that match what arrived);
 //! then one commit makes the copy durable and visible at once. Any failure
@@ -30,7 +33,8 @@ pub struct CopyPlan {
     pub source_segment: SegmentKind,
     pub target_segment: SegmentKind,
     pub xid: Xid,
-    pub from_xid: Xid,
+    /// Send only the blocks the target lacks (a resync).
+    pub incremental: bool,
     pub epoch: u64,
 }
 
@@ -61,16 +65,24 @@ async fn pull_inner(
     plan: &CopyPlan,
 ) -> Result<pb::CopySliceResponse> {
     let (seg, table, slice, xid) = (plan.target_segment, plan.table, plan.slice, plan.xid);
-    let from = plan.from_xid;
     let t = target.clone();
-    blocking(move || t.resync_from(seg, table, slice, xid, from)).await?;
+    let mut have_xids = blocking(move || t.copy_xids(seg, table, slice)).await?;
+    if !plan.incremental {
+        if !have_xids.is_empty() {
+            return Err(copy_failed(
+                plan,
+                "the target's copy is not empty: resync it (incremental) instead",
+            ));
+        }
+        have_xids.clear();
+    }
     let mut stream = source
         .export_slice(pb::ExportSliceRequest {
             epoch: plan.epoch,
             table,
             slice,
             segment: pb::Segment::from(plan.source_segment) as i32,
-            from_xid: from,
+            have_xids,
         })
         .await
         .map_err(|s| copy_failed(plan, s.message()))?

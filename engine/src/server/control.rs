@@ -397,7 +397,7 @@ impl pb::node_server::Node for NodeServer {
             source_segment,
             target_segment,
             xid: req.xid,
-            from_xid: req.from_xid,
+            incremental: req.incremental,
             epoch: req.epoch,
         };
         let done = crate::mirror::copy::pull(source, store, plan)

@@ -155,7 +155,7 @@ async fn a_target_pulls_a_slice_copy_from_its_source_whole_then_only_what_change
     .unwrap();
     assert_eq!(checksum(&mut nb, pb::Segment::Mirror).await.0, 0);
 
-    let copy = |xid, from_xid| pb::CopySliceRequest {
+    let copy = |xid, incremental| pb::CopySliceRequest {
         epoch: 5,
         table: 1,
         slice: 0,
@@ -163,18 +163,18 @@ async fn a_target_pulls_a_slice_copy_from_its_source_whole_then_only_what_change
         source_segment: pb::Segment::Primary as i32,
         target_segment: pb::Segment::Mirror as i32,
         xid,
-        from_xid,
+        incremental,
     };
-    let whole = nb.copy_slice(copy(100, 0)).await.unwrap().into_inner();
+    let whole = nb.copy_slice(copy(100, false)).await.unwrap().into_inner();
     assert_eq!((whole.blocks, whole.deletes), (10, 3));
     let primary = checksum(&mut na, pb::Segment::Primary).await;
     assert_eq!(primary.0, 997);
     assert_eq!(checksum(&mut nb, pb::Segment::Mirror).await, primary);
 
-    // The mirror is down again while 20 rows arrive: a resync from the
-    // first xid it missed sends one block, not ten.
+    // The mirror is down again while 20 rows arrive: a resync sends one
+    // block, not eleven.
     write(&mut na, 12, 1000, 20).await;
-    let delta = nb.copy_slice(copy(101, 12)).await.unwrap().into_inner();
+    let delta = nb.copy_slice(copy(101, true)).await.unwrap().into_inner();
     assert_eq!(delta.blocks, 1);
     assert!(
         delta.bytes * 5 < whole.bytes,
@@ -188,13 +188,18 @@ async fn a_target_pulls_a_slice_copy_from_its_source_whole_then_only_what_change
 
     // A copy from a node that does not hold the source copy fails, and
     // leaves the target as it was.
-    let mut wrong = copy(102, 0);
+    let e = nb.copy_slice(copy(102, false)).await.unwrap_err();
+    assert!(
+        e.message().contains("not empty"),
+        "a whole copy onto a copy: {e}"
+    );
+    let mut wrong = copy(102, true);
     wrong.source_segment = pb::Segment::Mirror as i32;
     let e = nb.copy_slice(wrong).await.unwrap_err();
     assert!(e.message().contains("slice 0"), "{e}");
     assert_eq!(checksum(&mut nb, pb::Segment::Mirror).await, primary);
     // A copy into a slice the target does not own is refused.
-    let mut foreign = copy(103, 0);
+    let mut foreign = copy(103, false);
     foreign.slice = 9;
     let e = nb.copy_slice(foreign).await.unwrap_err();
     assert_eq!(proto::error_kind(&e), ErrorKind::SliceNotOwned, "{e}");

@@ -40,7 +40,11 @@ impl pb::peer_node_server::PeerNode for NodeServer {
         let store = self.disk(disk).map_err(status)?.clone();
         let export = Self::blocking({
             let store = store.clone();
-            move || store.export_slice(segment, req.table, req.slice, req.from_xid..u64::MAX)
+            move || {
+                let mut have = req.have_xids;
+                have.sort_unstable();
+                store.export_slice(segment, req.table, req.slice, &have)
+            }
         })
         .await
         .map_err(status)?;

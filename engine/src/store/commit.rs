@@ -18,7 +18,7 @@ use super::{read_only_err, DiskStore, Inner};
 use crate::disk::meta::{
     self, BlockMeta, MetaState, PreparedMeta, StreamKey, StreamMeta, TableMeta,
 };
-use crate::{EngineError, Result, Xid};
+use crate::{Result, Xid};
 
 /// An open transaction's state on this disk, as [`DiskStore::in_doubt`] reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -47,17 +47,9 @@ impl DiskStore {
             .iter()
             .filter(|(_, s)| !s.extents.is_empty())
             .map(|(key, s)| {
-                let drop = committing.and_then(|t| t.drops.iter().find(|d| d.key == *key));
-                let mut blocks: Vec<BlockMeta> = s
-                    .committed
-                    .iter()
-                    .filter(|b| drop.is_none_or(|d| b.meta.createxid_max < d.from))
-                    .map(|b| b.meta.clone())
-                    .collect();
-                let mut deletes = match drop {
-                    Some(d) => d.run.iter().copied().collect(),
-                    None => s.runs.clone(),
-                };
+                let mut blocks: Vec<BlockMeta> =
+                    s.committed.iter().map(|b| b.meta.clone()).collect();
+                let mut deletes = s.runs.clone();
                 if let Some(t) = committing {
                     blocks.extend(
                         t.blocks
@@ -129,11 +121,6 @@ impl DiskStore {
             match inner.pending.get(&xid) {
                 None => return Ok(()),
                 Some(t) if (t.prepared && !t.dirty) || t.is_empty() => return Ok(()),
-                Some(t) if !t.drops.is_empty() => {
-                    return Err(EngineError::InvalidRequest(format!(
-                        "xid {xid} is a slice copy: it commits without prepare"
-                    )))
-                }
                 _ => {}
             }
         }
@@ -189,7 +176,6 @@ impl DiskStore {
             }
         }
         self.write_runs(xid)?;
-        self.write_drop_runs(xid)?;
         let res = self.dev.sync().and_then(|_| {
             let (generation, state) = {
                 let inner = self.inner.lock();
@@ -213,13 +199,6 @@ impl DiskStore {
             return Ok(());
         };
         let nblocks = t.blocks.len();
-        for d in &t.drops {
-            if let Some(s) = inner.streams.get_mut(&d.key) {
-                Arc::make_mut(&mut s.committed).retain(|b| b.meta.createxid_max < d.from);
-                Arc::make_mut(&mut s.deletes).retain(|_, x| *x < d.from);
-                s.runs = d.run.iter().copied().collect();
-            }
-        }
         for p in t.blocks {
             if let Some(s) = inner.streams.get_mut(&p.key) {
                 Arc::make_mut(&mut s.committed).push(p.block);

@@ -1,7 +1,20 @@
 //! A slice copy, the store's two ends: what a source sends of one copy of a
-//! slice (its committed blocks and deletes, all of them or only those of
-//! the transactions in a range of xids, for an incremental resync), and how
-//! a target takes them in.
+//! slice (its committed blocks and deletes: all of them, or for an
+//! incremental resync only the blocks of transactions the target has not
+//! committed), and how a target takes them in.
+//!
+//! A transaction's effects on one copy are committed all at once or not at
+//! all, and each block is written by one transaction, so the set of xids
+//! whose blocks a copy holds says exactly which blocks it lacks. Commit
+//! order does not matter (xids commit out of order). Deletes always travel
+//! whole (16 bytes each) and the target skips those it has.
+//!
+//! One rule for whoever schedules a resync: GROOM on the source must not
+//! have removed deletes the target lacks (their rows are gone from a block
+//! whose xid the target holds, so neither the block nor the deletes would
+//! travel). The coordinator must keep GROOM's horizon at or below the
+//! oldest xid that was unfinished when a copy went stale, until it is
+//! resynced (not built yet: nothing schedules resyncs yet).
 //!
 //! Copies are logical: the target writes the source's block bytes as they
 //! are (verified on arrival: [`DiskStore::append_encoded`]) into its own
@@ -14,12 +27,9 @@
 //! and never decides which copy is the source or when a copy is complete
 //! (the coordinator's system manager does).
 
-use std::ops::Range;
-
 use super::repair::StoredBlock;
-use super::{CopyDrop, DiskStore, StreamKey};
+use super::{DiskStore, StreamKey};
 use crate::block;
-use crate::disk::meta::DeleteRunMeta;
 use crate::disk::SegmentKind;
 use crate::{EngineError, Result, SliceId, TableId, Xid};
 
@@ -36,43 +46,87 @@ pub struct SliceExport {
 }
 
 impl DiskStore {
+    /// The store's state, locked, once `table` is known to exist.
+    fn lock_table(&self, table: TableId) -> Result<parking_lot::MutexGuard<'_, super::Inner>> {
+        let inner = self.inner.lock();
+        if !inner.tables.contains_key(&table) {
+            return Err(EngineError::TableNotFound(table));
+        }
+        Ok(inner)
+    }
+
+    /// The xids whose effects this copy of a slice holds or will hold
+    /// (sorted): those of its committed blocks, and every transaction open
+    /// on it (forwarded, or in doubt after a crash): its own commit or abort
+    /// finishes it here, so the source must not send its blocks too. What
+    /// an incremental resync tells its source it already has.
+    pub fn copy_xids(
+        &self,
+        segment: SegmentKind,
+        table: TableId,
+        slice: SliceId,
+    ) -> Result<Vec<Xid>> {
+        let key = StreamKey {
+            segment,
+            table,
+            slice,
+        };
+        let inner = self.lock_table(table)?;
+        let open: Vec<Xid> = inner
+            .pending
+            .iter()
+            .filter(|(_, t)| {
+                t.blocks.iter().any(|b| b.key == key)
+                    || t.deletes.contains_key(&key)
+                    || t.runs.iter().any(|r| r.0 == key)
+            })
+            .map(|(&x, _)| x)
+            .collect();
+        let mut xids: Vec<Xid> = inner
+            .streams
+            .get(&key)
+            .map(|s| {
+                s.committed
+                    .iter()
+                    .flat_map(|b| [b.meta.createxid_min, b.meta.createxid_max])
+                    .collect()
+            })
+            .unwrap_or_default();
+        xids.extend(open);
+        xids.sort_unstable();
+        xids.dedup();
+        Ok(xids)
+    }
+
     /// The committed state of one copy of a slice that a copy sends: every
-    /// block whose newest row was created by an xid in `xids` (a block is
-    /// written by one transaction, so it lies wholly inside or outside; a
-    /// groomed block counts where its newest row does), and every delete
-    /// made by an xid in `xids`. `0..Xid::MAX` is the whole copy.
+    /// block but those the target holds already (`have`, sorted: the xids of
+    /// its blocks, [`DiskStore::copy_xids`]; empty for a whole copy), and
+    /// every delete.
     pub fn export_slice(
         &self,
         segment: SegmentKind,
         table: TableId,
         slice: SliceId,
-        xids: Range<Xid>,
+        have: &[Xid],
     ) -> Result<SliceExport> {
         let key = StreamKey {
             segment,
             table,
             slice,
         };
-        let inner = self.inner.lock();
-        if !inner.tables.contains_key(&table) {
-            return Err(EngineError::TableNotFound(table));
-        }
+        let inner = self.lock_table(table)?;
         let Some(s) = inner.streams.get(&key) else {
             return Ok(SliceExport::default());
         };
+        let held = |x: Xid| have.binary_search(&x).is_ok();
         let disk = self.sb.disk_id;
         let blocks: Vec<StoredBlock> = s
             .committed
             .iter()
-            .filter(|b| xids.contains(&b.meta.createxid_max))
+            .filter(|b| !(held(b.meta.createxid_min) && held(b.meta.createxid_max)))
             .map(|b| StoredBlock::new(disk, segment, table, slice, &b.meta))
             .collect();
-        let deletes = s
-            .deletes
-            .iter()
-            .filter(|(_, x)| xids.contains(x))
-            .map(|(&r, &x)| (r, x))
-            .collect();
+        let deletes = s.deletes.iter().map(|(&r, &x)| (r, x)).collect();
         Ok(SliceExport {
             bytes: blocks.iter().map(|b| b.length).sum(),
             blocks,
@@ -97,8 +151,9 @@ impl DiskStore {
     }
 
     /// Take in deletes a copy sent: each rowid deleted by the xid it names,
-    /// pending under `xid` (the copy's) until commit. No conflict check: the
-    /// source checked when the rows were deleted. Returns the records taken.
+    /// pending under `xid` (the copy's) until commit; rows this copy has
+    /// deleted already are skipped. No conflict check: the source checked
+    /// when the rows were deleted. Returns the records taken.
     pub fn delete_copied(
         &self,
         segment: SegmentKind,
@@ -121,6 +176,17 @@ impl DiskStore {
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
         Self::begin_change(inner, table, xid)?;
+        let committed = inner
+            .streams
+            .get(&key)
+            .map(|s| s.deletes.clone())
+            .unwrap_or_default();
+        let fresh: Vec<(i64, Xid)> = records
+            .iter()
+            .filter(|(r, _)| !committed.contains_key(r))
+            .copied()
+            .collect();
+        let n = fresh.len() as u64;
         inner
             .pending
             .entry(xid)
@@ -128,108 +194,8 @@ impl DiskStore {
             .deletes
             .entry(key)
             .or_default()
-            .extend_from_slice(records);
-        Ok(records.len() as u64)
-    }
-
-    /// Start a resync of one copy: at commit, it loses the blocks created
-    /// and the deletes made by xids at or after `from` (what the source
-    /// then sends again, [`DiskStore::export_slice`] with `from..`), in the
-    /// same metadata generation that adds what the copy took in. Refused
-    /// when a block holds rows of xids on both sides of `from` (then only a
-    /// whole copy will do).
-    pub fn resync_from(
-        &self,
-        segment: SegmentKind,
-        table: TableId,
-        slice: SliceId,
-        xid: Xid,
-        from: Xid,
-    ) -> Result<()> {
-        self.check_writable(xid)?;
-        let key = StreamKey {
-            segment,
-            table,
-            slice,
-        };
-        let mut inner = self.inner.lock();
-        let inner = &mut *inner;
-        if !inner.tables.contains_key(&table) {
-            return Err(EngineError::TableNotFound(table));
-        }
-        if let Some(s) = inner.streams.get(&key) {
-            if let Some(b) = s
-                .committed
-                .iter()
-                .find(|b| b.meta.createxid_min < from && from <= b.meta.createxid_max)
-            {
-                return Err(EngineError::InvalidRequest(format!(
-                    "block {} of table {table} slice {slice} holds rows of xids {}..={}, \
-                     on both sides of {from}: copy the slice whole",
-                    b.meta.seq, b.meta.createxid_min, b.meta.createxid_max
-                )));
-            }
-        }
-        Self::mark_dirty(inner, xid)?;
-        let t = inner.pending.entry(xid).or_default();
-        t.drops.retain(|d| d.key != key);
-        t.drops.push(CopyDrop {
-            key,
-            from,
-            run: None,
-        });
-        Ok(())
-    }
-
-    /// Write the surviving deletes of every stream `xid` resyncs as one
-    /// delete run (not yet synced), at commit.
-    pub(super) fn write_drop_runs(&self, xid: Xid) -> Result<()> {
-        let todo: Vec<(StreamKey, Vec<(i64, Xid)>)> = {
-            let inner = self.inner.lock();
-            let Some(t) = inner.pending.get(&xid) else {
-                return Ok(());
-            };
-            t.drops
-                .iter()
-                .map(|d| {
-                    let kept = inner
-                        .streams
-                        .get(&d.key)
-                        .map(|s| {
-                            s.deletes
-                                .iter()
-                                .filter(|(_, &x)| x < d.from)
-                                .map(|(&r, &x)| (r, x))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    (d.key, kept)
-                })
-                .collect()
-        };
-        for (key, kept) in todo {
-            let run = if kept.is_empty() {
-                None
-            } else {
-                let bytes = block::encode_delete_run(key.table, key.slice, &kept);
-                let offset = self.allocate(key, bytes.len() as u64)?;
-                self.dev.write_at(offset, &bytes)?;
-                Some(DeleteRunMeta {
-                    offset,
-                    length: bytes.len() as u64,
-                    count: kept.len() as u64,
-                })
-            };
-            let mut inner = self.inner.lock();
-            if let Some(d) = inner
-                .pending
-                .get_mut(&xid)
-                .and_then(|t| t.drops.iter_mut().find(|d| d.key == key))
-            {
-                d.run = run;
-            }
-        }
-        Ok(())
+            .extend(fresh);
+        Ok(n)
     }
 }
 
@@ -242,63 +208,74 @@ mod tests {
     const P: SegmentKind = SegmentKind::Primary;
     const M: SegmentKind = SegmentKind::Mirror;
 
-    /// Copy what `from` exports of (P, 1, 0) in `xids` into `to`'s mirror
-    /// segment under `xid`, and commit.
-    fn copy(from: &DiskStore, to: &DiskStore, xids: Range<Xid>, xid: Xid) -> SliceExport {
-        let export = from.export_slice(P, 1, 0, xids).unwrap();
+    /// Copy (P, 1, 0) of `from` into `to`'s mirror segment under `xid` and
+    /// commit: whole, or only what `to` lacks. Returns what was sent and
+    /// how many deletes `to` took.
+    fn copy(from: &DiskStore, to: &DiskStore, incremental: bool, xid: Xid) -> (SliceExport, u64) {
+        let have = if incremental {
+            to.copy_xids(M, 1, 0).unwrap()
+        } else {
+            Vec::new()
+        };
+        let export = from.export_slice(P, 1, 0, &have).unwrap();
         for b in &export.blocks {
             let bytes = from.read_exported(b).unwrap();
             to.append_encoded(M, 1, 0, xid, &bytes).unwrap();
         }
-        to.delete_copied(M, 1, 0, xid, &export.deletes).unwrap();
+        let taken = to.delete_copied(M, 1, 0, xid, &export.deletes).unwrap();
         to.commit(xid).unwrap();
-        export
+        (export, taken)
     }
 
     fn checksum(s: &DiskStore, seg: SegmentKind, snap: &Snapshot) -> crate::store::SliceChecksum {
         s.checksum(seg, 1, 0, snap).unwrap()
     }
 
-    #[test]
-    fn a_copy_holds_the_same_rows_rowids_and_deletes_and_an_incremental_one_only_the_new() {
-        let dir = tempfile::tempdir().unwrap();
-        let src =
-            DiskStore::create(&dir.path().join("a.img"), IDS, small_init(), opts(100)).unwrap();
-        let dst =
-            DiskStore::create(&dir.path().join("b.img"), IDS, small_init(), opts(100)).unwrap();
+    fn stores(dir: &std::path::Path) -> (DiskStore, DiskStore) {
+        let src = DiskStore::create(&dir.join("a.img"), IDS, small_init(), opts(100)).unwrap();
+        let dst = DiskStore::create(&dir.join("b.img"), IDS, small_init(), opts(100)).unwrap();
         for s in [&src, &dst] {
             s.create_table(1, schema()).unwrap();
         }
+        (src, dst)
+    }
+
+    #[test]
+    fn a_copy_holds_the_same_rows_rowids_and_deletes_and_an_incremental_one_only_the_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = stores(dir.path());
         src.append(P, 1, 0, 5, &rows(0, 250)).unwrap();
         src.commit(5).unwrap();
         src.delete(P, 1, 0, 6, &[3, 4, 200], None).unwrap();
         src.commit(6).unwrap();
 
-        let first = copy(&src, &dst, 0..Xid::MAX, 100);
+        let (first, taken) = copy(&src, &dst, false, 100);
         assert_eq!(first.blocks.len(), 3, "250 rows in blocks of 100");
         assert_eq!(first.deletes, vec![(3, 6), (4, 6), (200, 6)]);
+        assert_eq!(taken, 3);
         let now = Snapshot::latest();
         assert_eq!(checksum(&src, P, &now), checksum(&dst, M, &now));
         assert_eq!(checksum(&dst, M, &now).rows, 247);
         // A reader that does not see xid 6 sees the deleted rows on the
         // copy too: the deletes kept their own xid, not the copy's.
-        let before_6 = Snapshot {
-            xmax: 6,
-            xip: Vec::new(),
-            own: None,
-        };
+        let before_6 = snap(6, &[], None);
         assert_eq!(checksum(&dst, M, &before_6).rows, 250);
         assert_eq!(checksum(&src, P, &before_6), checksum(&dst, M, &before_6));
 
-        // Later transactions: an incremental copy sends only them.
+        // Later transactions: an incremental copy sends only their blocks.
         src.append(P, 1, 0, 7, &rows(250, 30)).unwrap();
         src.commit(7).unwrap();
         src.delete(P, 1, 0, 8, &[10], None).unwrap();
         src.commit(8).unwrap();
-        let next = copy(&src, &dst, 7..Xid::MAX, 101);
+        let (next, taken) = copy(&src, &dst, true, 101);
         assert_eq!(next.blocks.len(), 1);
-        assert_eq!(next.deletes, vec![(10, 8)]);
-        assert!(next.bytes < first.bytes);
+        assert_eq!(taken, 1, "only the new delete is taken");
+        assert!(
+            next.bytes * 3 < first.bytes,
+            "{} vs {}",
+            next.bytes,
+            first.bytes
+        );
         assert_eq!(checksum(&src, P, &now), checksum(&dst, M, &now));
         assert_eq!(checksum(&dst, M, &now).rows, 276);
 
@@ -309,22 +286,54 @@ mod tests {
         assert_eq!(checksum(&dst, M, &before_6).rows, 250);
     }
 
+    /// Xids commit out of order: 9 commits while 8 is still open, a resync
+    /// happens, then 8 commits. The next resync still finds 8's block,
+    /// although a higher xid was copied before it.
     #[test]
-    fn an_interrupted_copy_leaves_nothing_and_a_bad_block_is_refused() {
+    fn a_resync_finds_what_committed_out_of_xid_order_and_survives_groom() {
         let dir = tempfile::tempdir().unwrap();
-        let src =
-            DiskStore::create(&dir.path().join("a.img"), IDS, small_init(), opts(100)).unwrap();
-        src.create_table(1, schema()).unwrap();
+        let (src, dst) = stores(dir.path());
+        src.append(P, 1, 0, 5, &rows(0, 300)).unwrap();
+        src.commit(5).unwrap();
+        copy(&src, &dst, false, 100);
+        src.append(P, 1, 0, 8, &rows(300, 10)).unwrap();
+        src.append(P, 1, 0, 9, &rows(400, 10)).unwrap();
+        src.commit(9).unwrap();
+        let (a, _) = copy(&src, &dst, true, 101);
+        assert_eq!(a.blocks.len(), 1, "xid 9's block");
+        src.commit(8).unwrap();
+        let (b, _) = copy(&src, &dst, true, 102);
+        assert_eq!(b.blocks.len(), 1, "xid 8's block, committed after 9");
+        let now = Snapshot::latest();
+        assert_eq!(checksum(&src, P, &now), checksum(&dst, M, &now));
+        assert_eq!(checksum(&dst, M, &now).rows, 320);
+
+        // Deletes reach the copy; then the source grooms (its dead rows are
+        // gone, and so are their delete records, which the copy already
+        // has): a resync sends nothing and the copy still answers the same.
+        src.delete(P, 1, 0, 10, &[1, 2, 3], None).unwrap();
+        src.commit(10).unwrap();
+        let (_, taken) = copy(&src, &dst, true, 103);
+        assert_eq!(taken, 3);
+        src.groom(1, 11).unwrap();
+        let (c, taken) = copy(&src, &dst, true, 104);
+        assert_eq!((c.blocks.len(), taken), (0, 0));
+        assert_eq!(checksum(&src, P, &now), checksum(&dst, M, &now));
+        assert_eq!(checksum(&dst, M, &now).rows, 317);
+    }
+
+    #[test]
+    fn an_interrupted_copy_leaves_nothing_and_bad_input_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = stores(dir.path());
         src.append(P, 1, 0, 5, &rows(0, 150)).unwrap();
         src.commit(5).unwrap();
-        let path = dir.path().join("b.img");
-        let dst = DiskStore::create(&path, IDS, small_init(), opts(100)).unwrap();
-        dst.create_table(1, schema()).unwrap();
-        let export = src.export_slice(P, 1, 0, 0..Xid::MAX).unwrap();
+        let export = src.export_slice(P, 1, 0, &[]).unwrap();
         let bytes = src.read_exported(&export.blocks[0]).unwrap();
         dst.append_encoded(M, 1, 0, 100, &bytes).unwrap();
         // Not committed: the target dies here.
         drop(dst);
+        let path = dir.path().join("b.img");
         let dst = DiskStore::open(&path, opts(100)).unwrap();
         assert_eq!(checksum(&dst, M, &Snapshot::latest()).rows, 0);
 
@@ -340,69 +349,40 @@ mod tests {
             dst.delete_copied(M, 1, 0, 101, &[(1, 0)]),
             Err(EngineError::InvalidRequest(_))
         ));
+        dst.abort(101).unwrap();
+        assert_eq!(dst.copy_xids(M, 1, 0).unwrap(), Vec::<Xid>::new());
     }
 
-    /// A copy that was in step up to xid 6, then missed 7 and 8 while the
-    /// source went on; meanwhile the copy itself holds a transaction (9)
-    /// the source never committed. A resync from 7 replaces what the copy
-    /// has of 7 onwards with what the source has: only the new blocks
-    /// travel, and the copy ends equal to the source.
+    /// A transaction in doubt on the copy after a crash (prepared there,
+    /// committed on the source): a resync does not send its block, and
+    /// when the resolver commits it on the copy, the copy equals the
+    /// source, with no row twice.
     #[test]
-    fn a_resync_replaces_what_the_copy_has_from_an_xid_on_with_the_sources() {
+    fn a_transaction_in_doubt_on_the_copy_is_left_to_its_own_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let src =
-            DiskStore::create(&dir.path().join("a.img"), IDS, small_init(), opts(100)).unwrap();
-        let path = dir.path().join("b.img");
-        let dst = DiskStore::create(&path, IDS, small_init(), opts(100)).unwrap();
-        for s in [&src, &dst] {
-            s.create_table(1, schema()).unwrap();
-        }
-        src.append(P, 1, 0, 5, &rows(0, 300)).unwrap();
+        let (src, dst) = stores(dir.path());
+        src.append(P, 1, 0, 5, &rows(0, 100)).unwrap();
         src.commit(5).unwrap();
-        src.delete(P, 1, 0, 6, &[1, 2], None).unwrap();
-        src.commit(6).unwrap();
-        let whole = copy(&src, &dst, 0..Xid::MAX, 100);
-        // The copy alone: a row and a delete the source never had.
-        dst.append(M, 1, 0, 9, &rows(1000, 5)).unwrap();
-        dst.delete(M, 1, 0, 9, &[50], None).unwrap();
-        dst.commit(9).unwrap();
-        // The source alone.
-        src.append(P, 1, 0, 7, &rows(300, 40)).unwrap();
+        copy(&src, &dst, false, 100);
+        // Xid 7 reached both copies; the source committed, the copy only
+        // prepared, then crashed.
+        src.append(P, 1, 0, 7, &rows(100, 20)).unwrap();
+        src.delete(P, 1, 0, 7, &[1], None).unwrap();
         src.commit(7).unwrap();
-        src.delete(P, 1, 0, 8, &[3, 60], None).unwrap();
-        src.commit(8).unwrap();
-        let now = Snapshot::latest();
-        assert_ne!(checksum(&src, P, &now), checksum(&dst, M, &now));
-
-        dst.resync_from(M, 1, 0, 101, 7).unwrap();
-        let delta = copy(&src, &dst, 7..Xid::MAX, 101);
-        assert_eq!(delta.blocks.len(), 1, "only xid 7's block travels");
-        assert!(
-            delta.bytes * 3 < whole.bytes,
-            "{} vs {}",
-            delta.bytes,
-            whole.bytes
-        );
-        assert_eq!(checksum(&src, P, &now), checksum(&dst, M, &now));
-        assert_eq!(checksum(&dst, M, &now).rows, 336);
-        let before_8 = Snapshot {
-            xmax: 8,
-            xip: Vec::new(),
-            own: None,
-        };
-        assert_eq!(checksum(&src, P, &before_8), checksum(&dst, M, &before_8));
-        // And after a reopen (the surviving deletes were rewritten).
+        let seven = src.export_slice(P, 1, 0, &[5]).unwrap();
+        assert_eq!(seven.blocks.len(), 1);
+        let bytes = src.read_exported(&seven.blocks[0]).unwrap();
+        dst.append_encoded(M, 1, 0, 7, &bytes).unwrap();
+        dst.delete(M, 1, 0, 7, &[1], None).unwrap();
+        dst.prepare(7).unwrap();
         drop(dst);
-        let dst = DiskStore::open(&path, opts(100)).unwrap();
+        let dst = DiskStore::open(&dir.path().join("b.img"), opts(100)).unwrap();
+        assert_eq!(dst.copy_xids(M, 1, 0).unwrap(), vec![5, 7]);
+        let (sent, _) = copy(&src, &dst, true, 101);
+        assert!(sent.blocks.is_empty(), "xid 7's block stays with xid 7");
+        dst.commit(7).unwrap();
+        let now = Snapshot::latest();
         assert_eq!(checksum(&src, P, &now), checksum(&dst, M, &now));
-        assert_eq!(checksum(&src, P, &before_8), checksum(&dst, M, &before_8));
-
-        // A copy commits without prepare.
-        dst.resync_from(M, 1, 0, 102, 7).unwrap();
-        assert!(matches!(
-            dst.prepare(102),
-            Err(EngineError::InvalidRequest(_))
-        ));
-        dst.abort(102).unwrap();
+        assert_eq!(checksum(&dst, M, &now).rows, 119);
     }
 }

@@ -240,16 +240,6 @@ struct PendingBlock {
 /// A deleted row: (rowid, the xid that deleted it).
 type DeleteRecord = (i64, Xid);
 
-/// At commit, a stream loses its blocks created and its deletes made by
-/// xids at or after `from`; its surviving deletes are rewritten as `run`.
-#[derive(Debug, Clone)]
-struct CopyDrop {
-    key: StreamKey,
-    from: Xid,
-    /// Written at commit, before the metadata (None: no delete survives).
-    run: Option<DeleteRunMeta>,
-}
-
 /// One open transaction on this disk.
 #[derive(Default)]
 struct PendingTxn {
@@ -259,8 +249,6 @@ struct PendingTxn {
     deletes: BTreeMap<StreamKey, Vec<DeleteRecord>>,
     /// Delete runs written (at prepare), with their records.
     runs: Vec<(StreamKey, DeleteRunMeta, Vec<DeleteRecord>)>,
-    /// A resync's drops: what of a stream the copy replaces (`copy.rs`).
-    drops: Vec<CopyDrop>,
     prepared: bool,
     /// Written to since the last prepare (a node that is both a primary and a
     /// mirror for the same xid prepares the same disk twice).
@@ -269,10 +257,7 @@ struct PendingTxn {
 
 impl PendingTxn {
     fn is_empty(&self) -> bool {
-        self.blocks.is_empty()
-            && self.deletes.is_empty()
-            && self.runs.is_empty()
-            && self.drops.is_empty()
+        self.blocks.is_empty() && self.deletes.is_empty() && self.runs.is_empty()
     }
 
     fn deleted_in(&self, key: &StreamKey) -> HashSet<i64> {
