@@ -121,7 +121,7 @@ impl Coordinator {
             nodes,
             health,
             txns.clone(),
-            system,
+            system.clone(),
             PlanTuning {
                 runtime_filter_min_rows: config.runtime_filter_min_rows,
                 broadcast_join_min_rows: config.broadcast_join_min_rows,
@@ -132,7 +132,11 @@ impl Coordinator {
         if resolved > 0 {
             info!(resolved, "resolved in-doubt transactions at startup");
         }
-        crate::txn::spawn_resolver(txns, Duration::from_millis(500));
+        crate::txn::spawn_resolver(txns.clone(), Duration::from_millis(500));
+        system.attach(Arc::new(Healing {
+            txns,
+            cluster: cluster.clone(),
+        }));
         // Make sure every node knows every table (a node may have been
         // initialised after the table was created, or missed a DDL).
         let tables = cluster.catalog().lock().tables();
@@ -386,6 +390,53 @@ async fn drop_on_nodes(cluster: &Cluster, meta: &TableMeta) {
             // Its blocks are orphaned on that node until it is reached again.
             warn!(node = n.id, table = meta.id, error = %s, "drop on node failed");
         }
+    }
+}
+
+/// What the system manager needs of transactions and the catalog.
+struct Healing {
+    txns: Arc<TxnManager>,
+    cluster: Arc<Cluster>,
+}
+
+impl crate::system::Hooks for Healing {
+    fn oldest_unfinished(&self) -> slicedb_engine::Xid {
+        self.txns.oldest_unfinished()
+    }
+
+    fn xid_high_water(&self) -> slicedb_engine::Xid {
+        self.txns.peek_xid()
+    }
+
+    fn new_xid(&self) -> Result<slicedb_engine::Xid> {
+        self.txns.next_xid()
+    }
+
+    fn ensure_tables(
+        &self,
+        node: slicedb_engine::NodeId,
+        epoch: u64,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<slicedb_engine::TableId>>> {
+        Box::pin(async move {
+            let n = self.cluster.node(node)?.clone();
+            let tables = self.cluster.catalog().lock().tables();
+            let mut mirrored = Vec::new();
+            for t in &tables {
+                let mut c = n.grpc.clone();
+                c.create_table(pb::CreateTableRequest {
+                    epoch,
+                    table: t.id,
+                    schema: proto::schema_to_bytes(&t.schema)?,
+                    mirrored: t.mirrored,
+                })
+                .await
+                .map_err(|s| n.err(s))?;
+                if t.mirrored {
+                    mirrored.push(t.id);
+                }
+            }
+            Ok(mirrored)
+        })
     }
 }
 

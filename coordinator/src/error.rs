@@ -43,6 +43,9 @@ pub enum CoordinatorError {
     IncompleteScan { table: String, reason: String },
     #[error("cluster configuration error: {0}")]
     Config(String),
+    /// A resync or regeneration step that could not finish (it is retried).
+    #[error("self-healing: {0}")]
+    Healing(String),
     #[error(
         "current transaction is aborted, commands ignored until end of transaction block ({0})"
     )]
@@ -93,6 +96,7 @@ impl CoordinatorError {
             CoordinatorError::SliceUnavailable { .. } => "58000",
             CoordinatorError::IncompleteScan { .. } => "XX000",
             CoordinatorError::Config(_) => "F0000",
+            CoordinatorError::Healing(_) => "58000",
             CoordinatorError::ShuttingDown => "57P01",
             CoordinatorError::TransactionAborted(_) => "25P02",
             CoordinatorError::Catalog(_) | CoordinatorError::Io { .. } => "58030",

@@ -178,6 +178,19 @@ impl TxnManager {
             .min(next)
     }
 
+    /// Every transaction with an xid below this has finished: neither
+    /// active nor committed with nodes still to be told.
+    pub fn oldest_unfinished(&self) -> Xid {
+        let active = self.active.lock().keys().next().copied();
+        let unfinished = self.unfinished.lock().keys().next().copied();
+        [active, unfinished]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(Xid::MAX)
+            .min(self.peek_xid())
+    }
+
     pub fn is_active(&self, xid: Xid) -> bool {
         self.active.lock().contains_key(&xid)
     }

@@ -58,6 +58,7 @@ impl View {
                 i("mirror_node"),
                 i("mirror_disk"),
                 s("state"),
+                s("copies"),
             ],
             View::Disks => vec![i("node"), i("disk"), s("segment"), b("bytes"), b("used")],
             View::TableSlices => vec![
@@ -211,6 +212,23 @@ impl SystemView {
                     Arc::new(StringArray::from_iter_values(
                         e.iter().map(|s| s.state().as_str()),
                     )),
+                    // Every copy: "node:disk role state", e.g.
+                    // "0:0 primary in_sync, 1:0 mirror rebuilding".
+                    Arc::new(StringArray::from_iter_values(e.iter().map(|s| {
+                        s.copies
+                            .iter()
+                            .map(|c| {
+                                format!(
+                                    "{}:{} {} {}",
+                                    c.at.node,
+                                    c.at.disk,
+                                    c.role.as_str(),
+                                    c.state.as_str()
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }))),
                 ]
             }
             View::Disks => {

@@ -624,6 +624,31 @@ impl Slicedb {
             p.kill();
         }
     }
+
+    /// Start node `id` of a multi-process cluster again (after
+    /// [`Slicedb::kill_proc`]), with the same cluster file and data dir.
+    pub async fn restart_node(&mut self, env: &TestEnv, id: usize) -> Result<()> {
+        let config = self
+            .config
+            .clone()
+            .ok_or_else(|| anyhow!("only a multi-process cluster restarts a node"))?;
+        let args = vec![
+            "node".to_string(),
+            "--config".to_string(),
+            config.display().to_string(),
+            "--id".to_string(),
+            id.to_string(),
+        ];
+        let (proc, line) =
+            Proc::spawn_ready_with(env, &format!("node{id}-again"), &args, &[]).await?;
+        ensure!(
+            line.starts_with(&format!("ready: node {id} at ")),
+            "node {id} restarted: ready line {line:?}"
+        );
+        self.procs[id].kill();
+        self.procs[id] = proc;
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ mod data;
 mod disk_cli;
 mod failover;
 mod harness;
+mod heal;
 mod map_upgrade;
 mod mirror;
 mod multiprocess;

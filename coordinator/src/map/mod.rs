@@ -18,7 +18,7 @@ pub mod placement;
 pub mod v1;
 
 use serde::{Deserialize, Serialize};
-use slicedb_engine::{DiskId, NodeId, SliceId};
+use slicedb_engine::{DiskId, NodeId, SliceId, Xid};
 
 use crate::{CoordinatorError, Result};
 
@@ -42,6 +42,15 @@ pub enum Role {
     Mirror,
 }
 
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Mirror => "mirror",
+        }
+    }
+}
+
 /// The state of one copy of a slice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -52,10 +61,22 @@ pub enum CopyState {
     /// Missed a commit (it could not be reached in time): it holds fewer
     /// rows than the slice has. Never served, never promoted, until resynced.
     Stale,
-    /// Being rebuilt from a surviving copy (regeneration): not yet usable.
+    /// Being brought back in sync from the serving copy (resync or
+    /// regeneration): forwarded every new transaction, not yet usable.
     Rebuilding,
     /// Its node or disk failed: nothing on it may be used.
     Lost,
+}
+
+impl CopyState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CopyState::InSync => "in_sync",
+            CopyState::Stale => "stale",
+            CopyState::Rebuilding => "rebuilding",
+            CopyState::Lost => "lost",
+        }
+    }
 }
 
 /// One copy of a slice.
@@ -65,6 +86,13 @@ pub struct SliceCopy {
     pub at: Location,
     pub role: Role,
     pub state: CopyState,
+    /// For a copy that is not in sync: every transaction below this xid had
+    /// finished when it fell behind, so it holds their effects (what it may
+    /// lack is younger; GROOM must keep deletes from here on until it is
+    /// resynced). `None` on a lost copy: it was the last in-sync copy of
+    /// its slice when lost, so nothing committed without it since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behind_from: Option<Xid>,
 }
 
 /// The state of a slice as a whole, derived from its copies: what
@@ -83,6 +111,9 @@ pub enum SliceState {
     FailedOver,
     /// A mirror copy is lost: the primary serves alone, unprotected.
     Unprotected,
+    /// A copy is being brought back in sync (resync): the slice is served
+    /// as before and the copy is forwarded every new transaction.
+    Rebuilding,
     /// No in-sync copy survives (a double fault): the slice is refused
     /// rather than answered wrong.
     Unavailable,
@@ -96,6 +127,7 @@ impl SliceState {
             SliceState::Degraded => "degraded",
             SliceState::FailedOver => "failed_over",
             SliceState::Unprotected => "unprotected",
+            SliceState::Rebuilding => "rebuilding",
             SliceState::Unavailable => "unavailable",
         }
     }
@@ -139,19 +171,39 @@ impl SliceEntry {
                 SliceState::Unavailable
             };
         }
+        let rebuilding = self.copies.iter().any(|c| c.state == CopyState::Rebuilding);
         if in_sync(primary) {
             if self.mirrors().all(in_sync) {
                 SliceState::InSync
+            } else if rebuilding {
+                SliceState::Rebuilding
             } else if self.mirrors().any(|c| c.state == CopyState::Stale) {
                 SliceState::Degraded
             } else {
                 SliceState::Unprotected
             }
         } else if self.mirrors().any(in_sync) {
-            SliceState::FailedOver
+            if rebuilding {
+                SliceState::Rebuilding
+            } else {
+                SliceState::FailedOver
+            }
         } else {
             SliceState::Unavailable
         }
+    }
+
+    /// The index of the copy that serves the slice now (see `serving`).
+    fn serving_index(&self) -> Option<usize> {
+        let in_sync = |c: &SliceCopy| c.state == CopyState::InSync;
+        self.copies
+            .iter()
+            .position(|c| c.role == Role::Primary && in_sync(c))
+            .or_else(|| {
+                self.copies
+                    .iter()
+                    .position(|c| c.role == Role::Mirror && in_sync(c))
+            })
     }
 
     /// Where the slice is served now: the primary copy, or (failed over)
@@ -171,11 +223,14 @@ impl SliceEntry {
         }
     }
 
-    /// Whether the primary forwards writes to its mirrors: every copy is in
-    /// sync. A stale or lost mirror is no longer written; it is brought back
-    /// by resync or regeneration, never by the next write.
-    pub fn forwards(&self) -> bool {
-        self.state() == SliceState::InSync
+    /// The copy the serving copy forwards writes to: another copy that is
+    /// in sync or being resynced. A stale or lost copy is not written; it
+    /// is brought back by resync or regeneration, never by the next write.
+    pub fn forward_target(&self) -> Option<&SliceCopy> {
+        let s = self.serving_index()?;
+        self.copies.iter().enumerate().find_map(|(i, c)| {
+            (i != s && matches!(c.state, CopyState::InSync | CopyState::Rebuilding)).then_some(c)
+        })
     }
 }
 
@@ -245,6 +300,30 @@ impl DistMap {
     pub fn placement(&self) -> &str {
         &self.placement
     }
+
+    /// The oldest xid some copy that is behind may lack (GROOM must keep
+    /// deletes from it on, or a resync could not send them).
+    pub fn oldest_behind(&self) -> Option<Xid> {
+        self.slices
+            .iter()
+            .flat_map(|e| e.copies.iter())
+            .filter(|c| c.state != CopyState::InSync)
+            .filter_map(|c| c.behind_from)
+            .min()
+    }
+}
+
+/// One copy a resync brings back: pulled by the target's node from the
+/// source's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResyncJob {
+    pub slice: SliceId,
+    /// The copy that is behind.
+    pub target: Location,
+    pub target_role: Role,
+    /// The in-sync copy serving the slice.
+    pub source: Location,
+    pub source_role: Role,
 }
 
 /// The transitions of the map. Crate-private: only the system manager
@@ -267,23 +346,24 @@ impl DistMap {
     /// Fail `node`: every copy on it is lost, so its primaries fail over to
     /// in-sync mirrors (else become unavailable) and its mirrors leave their
     /// primaries unprotected. Returns false if it was already down.
-    pub(crate) fn fail_node(&mut self, node: NodeId, cause: &str) -> bool {
+    /// `horizon`: every xid below it had finished (see `behind_from`).
+    pub(crate) fn fail_node(&mut self, node: NodeId, cause: &str, horizon: Xid) -> bool {
         if self.down.contains(&node) {
             return false;
         }
         self.down.push(node);
-        self.lose_where(|l| l.node == node);
+        self.lose_where(|l| l.node == node, horizon);
         self.bump(format!("node {node} failed: {cause}"));
         true
     }
 
     /// Fail one disk of a running node: only the copies on it are lost.
-    pub(crate) fn fail_disk(&mut self, at: Location, cause: &str) -> bool {
+    pub(crate) fn fail_disk(&mut self, at: Location, cause: &str, horizon: Xid) -> bool {
         if self.down_disks.contains(&at) || self.down.contains(&at.node) {
             return false;
         }
         self.down_disks.push(at);
-        self.lose_where(|l| l == at);
+        self.lose_where(|l| l == at, horizon);
         self.bump(format!(
             "disk {} of node {} failed: {cause}",
             at.disk, at.node
@@ -291,33 +371,155 @@ impl DistMap {
         true
     }
 
-    fn lose_where(&mut self, lost: impl Fn(Location) -> bool) {
+    /// Every copy at a location `lost` names is lost. One that was the last
+    /// in-sync copy of its slice keeps `behind_from = None` (it holds every
+    /// committed row); any other is behind from `horizon` (or earlier).
+    fn lose_where(&mut self, lost: impl Fn(Location) -> bool, horizon: Xid) {
         for e in &mut self.slices {
-            for c in &mut e.copies {
-                if lost(c.at) {
-                    c.state = CopyState::Lost;
+            for i in 0..e.copies.len() {
+                let c = e.copies[i];
+                if !lost(c.at) || c.state == CopyState::Lost {
+                    continue;
                 }
+                let another_in_sync = e
+                    .copies
+                    .iter()
+                    .enumerate()
+                    .any(|(j, o)| j != i && o.state == CopyState::InSync && !lost(o.at));
+                let c = &mut e.copies[i];
+                c.behind_from = match c.state {
+                    CopyState::InSync if !another_in_sync => None,
+                    CopyState::InSync => Some(horizon),
+                    _ => Some(c.behind_from.map_or(horizon, |b| b.min(horizon))),
+                };
+                c.state = CopyState::Lost;
             }
         }
     }
 
-    /// These slices' mirrors missed a commit: every in-sync mirror of a
-    /// slice that was wholly in sync becomes stale. Returns whether anything
-    /// changed (the caller bumps the epoch).
+    /// These slices' forward targets missed a commit: every copy the
+    /// serving copy forwards to (in sync or being resynced) becomes stale,
+    /// behind from `horizon`. Returns whether anything changed (the caller
+    /// bumps the epoch).
     pub(crate) fn mark_mirrors_stale(
         &mut self,
         slices: &std::collections::BTreeSet<SliceId>,
+        horizon: Xid,
     ) -> bool {
         let mut changed = false;
         for e in &mut self.slices {
-            if slices.contains(&e.slice) && e.state() == SliceState::InSync {
-                for c in e.copies.iter_mut().filter(|c| c.role == Role::Mirror) {
+            if !slices.contains(&e.slice) {
+                continue;
+            }
+            let Some(s) = e.serving_index() else {
+                continue;
+            };
+            for (i, c) in e.copies.iter_mut().enumerate() {
+                if i != s && matches!(c.state, CopyState::InSync | CopyState::Rebuilding) {
                     c.state = CopyState::Stale;
+                    c.behind_from = Some(c.behind_from.map_or(horizon, |b| b.min(horizon)));
                     changed = true;
                 }
             }
         }
         changed
+    }
+
+    /// `node`, down, answers again with its disks but `failed_disks`: its
+    /// lost copies on healthy disks come back, in sync at once if each was
+    /// the last in-sync copy of its slice, else stale (to resync). Returns
+    /// (in sync, stale), or None if it was not down.
+    pub(crate) fn rejoin_node(
+        &mut self,
+        node: NodeId,
+        failed_disks: &[DiskId],
+    ) -> Option<(usize, usize)> {
+        if !self.down.contains(&node) {
+            return None;
+        }
+        self.down.retain(|&n| n != node);
+        for &disk in failed_disks {
+            let at = Location { node, disk };
+            if !self.down_disks.contains(&at) {
+                self.down_disks.push(at);
+            }
+        }
+        let (mut in_sync, mut stale) = (0, 0);
+        for e in &mut self.slices {
+            for c in e.copies.iter_mut() {
+                if c.at.node != node
+                    || c.state != CopyState::Lost
+                    || self.down_disks.contains(&c.at)
+                {
+                    continue;
+                }
+                if c.behind_from.is_none() {
+                    c.state = CopyState::InSync;
+                    in_sync += 1;
+                } else {
+                    c.state = CopyState::Stale;
+                    stale += 1;
+                }
+            }
+        }
+        Some((in_sync, stale))
+    }
+
+    /// Start resyncing every stale copy on a running node whose slice is
+    /// served from an in-sync copy: each becomes `Rebuilding` (forwarded
+    /// from now on). Returns the copies to pull.
+    pub(crate) fn begin_resync(&mut self) -> Vec<ResyncJob> {
+        let mut jobs = Vec::new();
+        for e in &mut self.slices {
+            let Some(s) = e.serving_index() else {
+                continue;
+            };
+            let source = e.copies[s];
+            for c in e.copies.iter_mut() {
+                if c.state == CopyState::Stale
+                    && !self.down.contains(&c.at.node)
+                    && !self.down_disks.contains(&c.at)
+                {
+                    c.state = CopyState::Rebuilding;
+                    jobs.push(ResyncJob {
+                        slice: e.slice,
+                        target: c.at,
+                        target_role: c.role,
+                        source: source.at,
+                        source_role: source.role,
+                    });
+                }
+            }
+        }
+        jobs
+    }
+
+    /// Copies (slice, location) whose resync came through: those still
+    /// `Rebuilding` are in sync. Returns how many.
+    pub(crate) fn finish_resync(&mut self, done: &[(SliceId, Location)]) -> usize {
+        self.set_rebuilding(done, CopyState::InSync)
+    }
+
+    /// Copies whose resync failed: those still `Rebuilding` are stale
+    /// again. Returns how many.
+    pub(crate) fn abandon_resync(&mut self, failed: &[(SliceId, Location)]) -> usize {
+        self.set_rebuilding(failed, CopyState::Stale)
+    }
+
+    fn set_rebuilding(&mut self, which: &[(SliceId, Location)], to: CopyState) -> usize {
+        let mut n = 0;
+        for e in &mut self.slices {
+            for c in e.copies.iter_mut() {
+                if c.state == CopyState::Rebuilding && which.contains(&(e.slice, c.at)) {
+                    c.state = to;
+                    if to == CopyState::InSync {
+                        c.behind_from = None;
+                    }
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 }
 
@@ -497,17 +699,17 @@ pub(crate) mod tests {
         assert_eq!(e0.serving().unwrap(), (p, false));
 
         // The mirror misses a commit: degraded, still served by the primary.
-        assert!(map.mark_mirrors_stale(&[e0.slice].into()));
+        assert!(map.mark_mirrors_stale(&[e0.slice].into(), 7));
         assert_eq!(map.slices()[0].state(), SliceState::Degraded);
         assert!(!map.slices()[0].forwards());
         // Degraded twice changes nothing.
-        assert!(!map.mark_mirrors_stale(&[e0.slice].into()));
+        assert!(!map.mark_mirrors_stale(&[e0.slice].into(), 7));
 
         // Losing the primary of a degraded slice is a double fault.
-        assert!(map.fail_node(p.node, "test"));
+        assert!(map.fail_node(p.node, "test", 7));
         assert_eq!(map.slices()[0].state(), SliceState::Unavailable);
         assert!(map.slices()[0].serving().is_err());
-        assert!(!map.fail_node(p.node, "again"), "already down");
+        assert!(!map.fail_node(p.node, "again", 7), "already down");
 
         // A slice that was in sync fails over to its mirror's node.
         let mut map = ring(3, 1, 1);
@@ -515,7 +717,7 @@ pub(crate) mod tests {
         let (p, m2) = (e0.primary().at, e0.mirror().unwrap().at);
         assert_eq!(m, m2);
         let epoch = map.epoch();
-        map.fail_node(p.node, "test");
+        map.fail_node(p.node, "test", 7);
         assert_eq!(map.epoch(), epoch + 1);
         assert_eq!(map.slices()[0].state(), SliceState::FailedOver);
         assert_eq!(map.slices()[0].serving().unwrap(), (m, true));
@@ -527,7 +729,7 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(mirrored_there.state(), SliceState::Unprotected);
         // Then the survivor's disk fails: no copy left.
-        map.fail_disk(m, "test");
+        map.fail_disk(m, "test", 7);
         assert_eq!(map.slices()[0].state(), SliceState::Unavailable);
         assert_eq!(map.history().len(), 2);
     }

@@ -61,6 +61,7 @@ impl Placement for Ring {
             at,
             role,
             state: CopyState::InSync,
+            behind_from: None,
         };
         // Interleave nodes so consecutive slice ids land on different nodes.
         let max_disks = nodes.iter().map(|n| n.disks).max().unwrap_or(1);

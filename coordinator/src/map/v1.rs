@@ -70,12 +70,14 @@ pub(super) fn convert(old: V1Map) -> DistMap {
                 at: e.primary,
                 role: Role::Primary,
                 state: p,
+                behind_from: (p != CopyState::InSync).then_some(0),
             }];
             if let Some(at) = e.mirror {
                 copies.push(SliceCopy {
                     at,
                     role: Role::Mirror,
                     state: m,
+                    behind_from: (m != CopyState::InSync).then_some(0),
                 });
             }
             SliceEntry {

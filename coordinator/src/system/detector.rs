@@ -65,13 +65,33 @@ impl NodeHealth {
     }
 }
 
-/// Heartbeat every live node each interval, until the manager is gone.
+/// How often a node declared failed is asked whether it is back.
+const DOWN_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Heartbeat every live node each interval, and every node declared failed
+/// each [`DOWN_PROBE_INTERVAL`] (on its own task, so a dead node's timeouts
+/// never slow the live nodes' heartbeats), until the manager is gone.
 pub(super) fn spawn_heartbeats(
     config: SystemConfig,
     nodes: Arc<NodeSet>,
     map: MapReader,
     handle: SystemHandle,
 ) {
+    {
+        let (nodes, map, handle) = (nodes.clone(), map.clone(), handle.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(DOWN_PROBE_INTERVAL).await;
+                if handle.events.is_closed() {
+                    return;
+                }
+                let current = map.current();
+                for n in nodes.values().filter(|n| current.is_down(n.id)) {
+                    tokio::spawn(probe(config.probe_timeout, n.clone(), handle.clone()));
+                }
+            }
+        });
+    }
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(config.heartbeat_interval).await;

@@ -3,7 +3,7 @@
 //! the lost copies fail over to in-sync mirrors, their mirrors' primaries
 //! become unprotected, a missed mirror becomes stale), is persisted, then
 //! installed on every surviving node. A node that comes back is fenced by
-//! the epoch and stays out.
+//! the epoch until it rejoins (`super::rejoin`).
 //!
 //! It must never promote a copy the map does not record as in sync: the
 //! transitions in `crate::map` make such a slice unavailable instead.
@@ -22,8 +22,9 @@ impl SystemManager {
     /// and fails over the disks it reports failed; two misses fail the node.
     pub(super) async fn probed(&mut self, node: NodeId, outcome: Probe) {
         match outcome {
+            Probe::Answered(st) if self.map.is_down(node) => self.rejoin(node, &st).await,
             Probe::Answered(st) => {
-                self.health.mark(node, true, self.map.is_down(node));
+                self.health.mark(node, true, false);
                 self.health.note_status(node, &st);
                 for d in &st.disks {
                     if !d.failed.is_empty() {
@@ -32,7 +33,10 @@ impl SystemManager {
                         }
                     }
                 }
+                // A stale copy on it may be resynced now.
+                self.schedule_resync().await;
             }
+            Probe::Missed(_) if self.map.is_down(node) => {}
             Probe::Missed(why) => {
                 let cause = format!("missed heartbeat and probe: {why}");
                 if let Err(e) = self.fail_node(node, &cause).await {
@@ -50,7 +54,7 @@ impl SystemManager {
             return Ok(());
         }
         let mut next = self.map.clone();
-        if !next.fail_node(node, cause) {
+        if !next.fail_node(node, cause, self.horizon()) {
             return Ok(());
         }
         warn!(
@@ -69,7 +73,7 @@ impl SystemManager {
             return Ok(());
         }
         let mut next = self.map.clone();
-        if !next.fail_disk(Location { node, disk }, cause) {
+        if !next.fail_disk(Location { node, disk }, cause, self.horizon()) {
             return Ok(());
         }
         warn!(
@@ -89,7 +93,7 @@ impl SystemManager {
     /// commands until then.
     pub(super) async fn mirrors_missed_commit(&mut self, slices: &BTreeSet<SliceId>) -> Result<()> {
         let mut next = self.map.clone();
-        if !next.mark_mirrors_stale(slices) {
+        if !next.mark_mirrors_stale(slices, self.horizon()) {
             return Ok(());
         }
         next.bump(format!(

@@ -38,21 +38,22 @@ pub(super) async fn install_map(
         async move {
             let mut slices = Vec::new();
             for e in map.slices() {
+                // The serving copy forwards to the copy that is in sync or
+                // being resynced (the primary to its mirror; failed over,
+                // the mirror to the primary copy being resynced).
+                let serving = e.serving().ok().map(|(at, _)| at);
+                let target = e.forward_target().map(|t| t.at.node);
                 for c in e.copies.iter().filter(|c| c.at.node == n.id) {
-                    slices.push(match c.role {
-                        Role::Primary => pb::SliceAssignment {
-                            slice: e.slice,
-                            disk: c.at.disk,
-                            segment: pb::Segment::Primary as i32,
-                            mirror_node: e.mirror().map_or(0, |m| m.at.node),
-                            mirror_active: e.mirror().is_some() && e.forwards(),
-                        },
-                        Role::Mirror => pb::SliceAssignment {
-                            slice: e.slice,
-                            disk: c.at.disk,
-                            segment: pb::Segment::Mirror as i32,
-                            ..Default::default()
-                        },
+                    let forward_to = target.filter(|_| serving == Some(c.at));
+                    slices.push(pb::SliceAssignment {
+                        slice: e.slice,
+                        disk: c.at.disk,
+                        segment: match c.role {
+                            Role::Primary => pb::Segment::Primary,
+                            Role::Mirror => pb::Segment::Mirror,
+                        } as i32,
+                        mirror_node: forward_to.unwrap_or(0),
+                        mirror_active: forward_to.is_some(),
                     });
                 }
             }

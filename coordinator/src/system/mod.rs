@@ -12,21 +12,29 @@
 //! It alone owns the [`MapWriter`] (private to this module): nothing else
 //! can publish a map. Everyone else reads through a [`MapReader`] and
 //! reports through a [`SystemHandle`]. Failure detection (`detector`),
-//! failover (`failover`) and map installation (`install`) are a file each;
-//! regeneration, resync, repair scheduling and topology changes will be
-//! further files beside them.
+//! failover (`failover`), a failed node that answers again (`rejoin`),
+//! bringing copies that are behind back in sync (`resync`) and map
+//! installation (`install`) are a file each; regeneration onto spares,
+//! repair scheduling and topology changes will be further files beside
+//! them.
+//!
+//! What it needs of transactions and the catalog (which import it) comes
+//! through [`Hooks`], attached once they exist.
 
 pub mod detector;
 mod failover;
 mod install;
+mod rejoin;
+mod resync;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use slicedb_engine::proto::pb;
-use slicedb_engine::{NodeId, SliceId};
+use slicedb_engine::{NodeId, SliceId, TableId, Xid};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
@@ -50,6 +58,31 @@ pub(crate) enum Event {
         slices: BTreeSet<SliceId>,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// What the manager needs of transactions and the catalog.
+    Attach(Arc<dyn Hooks>),
+    /// A resync round finished.
+    ResyncDone(Box<resync::RoundOutcome>),
+}
+
+/// What the system manager needs from the transaction manager and the
+/// catalog, which are built after it and import it.
+pub trait Hooks: Send + Sync {
+    /// Every transaction with an xid below this has finished: committed on
+    /// every copy it must reach, or aborted.
+    fn oldest_unfinished(&self) -> Xid;
+    /// Every xid handed out so far is below this.
+    fn xid_high_water(&self) -> Xid;
+    /// A fresh xid (a copy's own, on its target).
+    fn new_xid(&self) -> Result<Xid>;
+    /// Create every table on `node` that it lacks (it was down at the
+    /// CREATE); answers the mirrored tables, whose copies a resync brings.
+    fn ensure_tables(&self, node: NodeId, epoch: u64) -> BoxFuture<'_, Result<Vec<TableId>>>;
+}
+
+impl std::fmt::Debug for dyn Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hooks")
+    }
 }
 
 /// The outcome of one probe (a heartbeat, retried once at once).
@@ -126,6 +159,12 @@ impl SystemHandle {
         answer.await.map_err(|_| CoordinatorError::ShuttingDown)?
     }
 
+    /// Give the manager what it needs of transactions and the catalog:
+    /// until then it fails over but resyncs nothing.
+    pub fn attach(&self, hooks: Arc<dyn Hooks>) {
+        let _ = self.events.send(Event::Attach(hooks));
+    }
+
     /// The cluster is being shut down on purpose: no more failovers.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
@@ -144,7 +183,11 @@ struct SystemManager {
     health: Arc<NodeHealth>,
     map: DistMap,
     writer: MapWriter,
+    reader: MapReader,
     handle: SystemHandle,
+    hooks: Option<Arc<dyn Hooks>>,
+    /// A resync round is running (one at a time).
+    resync_running: bool,
 }
 
 /// Install `map` on every node (each must answer: the cluster starts only
@@ -178,7 +221,10 @@ pub async fn start(
             map: map_tx,
             installed: inst_tx,
         },
+        reader: reader.clone(),
         handle: handle.clone(),
+        hooks: None,
+        resync_running: false,
     };
     tokio::spawn(manager.run(rx));
     detector::spawn_heartbeats(config, nodes, reader.clone(), handle.clone());
@@ -204,12 +250,23 @@ impl SystemManager {
                 Event::MirrorsMissedCommit { slices, reply } => {
                     let _ = reply.send(self.mirrors_missed_commit(&slices).await);
                 }
+                Event::Attach(hooks) => {
+                    self.hooks = Some(hooks);
+                    self.schedule_resync().await;
+                }
+                Event::ResyncDone(outcome) => self.resync_done(*outcome).await,
             }
         }
     }
 
     fn shutting_down(&self) -> bool {
         self.handle.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Every xid below this had finished (0 before the hooks are attached:
+    /// then GROOM keeps every delete a lost copy may lack).
+    fn horizon(&self) -> Xid {
+        self.hooks.as_ref().map_or(0, |h| h.oldest_unfinished())
     }
 
     /// Persist and publish `next` as the map, install it on every node that

@@ -26,10 +26,14 @@ pub struct VerifyRow {
 }
 
 /// GROOM TABLE: rewrite blocks holding rows deleted before every open
-/// snapshot, on every node and both copies. Returns (blocks, rows).
+/// snapshot, on every node and both copies. Returns (blocks, rows). While
+/// a copy is behind, deletes it may lack are kept (a resync sends them).
 pub async fn groom(cluster: &Cluster, meta: &TableMeta) -> Result<(u64, u64)> {
-    let horizon = cluster.horizon();
-    let epoch = cluster.map().epoch();
+    let map = cluster.map();
+    let horizon = map
+        .oldest_behind()
+        .map_or(cluster.horizon(), |b| b.min(cluster.horizon()));
+    let epoch = map.epoch();
     let (mut blocks, mut rows) = (0, 0);
     for n in cluster.nodes().values() {
         let mut c = n.grpc.clone();
@@ -92,6 +96,7 @@ pub async fn verify(cluster: &Cluster) -> Result<Vec<VerifyRow>> {
                         s @ (SliceState::Degraded
                         | SliceState::FailedOver
                         | SliceState::Unprotected
+                        | SliceState::Rebuilding
                         | SliceState::Unavailable),
                     ) => (None, s.as_str().to_string()),
                     (Some(loc), SliceState::InSync) => {

@@ -3,7 +3,9 @@
 //! with no data passing through the coordinator.
 //!
 //! A resync first reads which transactions' blocks the target holds and
-//! sends that to the source, which then sends only the others.
+//! sends that to the source, which then sends only the others; once the
+//! source answered it reads them again and skips blocks of transactions
+//! that reached the target meanwhile by forwarding.
 //!
 //! Everything it writes is pending under the copy's xid until the stream
 //! ended complete (its `done` chunk, with totals that match what arrived);
@@ -87,13 +89,23 @@ async fn pull_inner(
         .await
         .map_err(|s| copy_failed(plan, s.message()))?
         .into_inner();
+    // The source answered, so its export is taken. A transaction it held
+    // committed may have been prepared here since the xids above were read
+    // (a mirror prepares before its primary commits): read them again and
+    // skip such blocks as they arrive, or this copy would hold them twice.
+    let held = if plan.incremental {
+        let t = target.clone();
+        Arc::new(blocking(move || t.copy_xids(seg, table, slice)).await?)
+    } else {
+        Arc::new(Vec::new())
+    };
     let (mut blocks, mut bytes) = (0u64, 0u64);
     let mut batch: Vec<bytes::Bytes> = Vec::new();
     let write = |batch: Vec<bytes::Bytes>| {
-        let t = target.clone();
+        let (t, held) = (target.clone(), held.clone());
         blocking(move || {
             for b in &batch {
-                t.append_encoded(seg, table, slice, xid, b)?;
+                t.append_encoded_unless(seg, table, slice, xid, b, &held)?;
             }
             Ok(())
         })

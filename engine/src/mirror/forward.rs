@@ -19,8 +19,13 @@ struct Forwarded {
     forwards: HashMap<NodeId, u64>,
     /// Mirror node -> slices forwarded to it.
     mirrored: HashMap<NodeId, HashSet<SliceId>>,
-    /// Slices whose mirror did not answer: primary only for this xid.
+    /// Slices whose mirror did not answer, or whose route went away after
+    /// the first forward: primary only for this xid.
     degraded: HashSet<SliceId>,
+    /// Slices first written while they had no route: never forwarded in
+    /// this xid, even if a route appears (a copy being resynced must hold
+    /// a transaction whole or not at all; the resync copies those).
+    local: HashSet<SliceId>,
 }
 
 impl Forwarded {
@@ -51,15 +56,30 @@ impl Forwarder {
         }
     }
 
-    /// Whether writes of `slice` in `xid` go to a mirror: the map gives it
-    /// an active one and it has not degraded in this transaction.
-    pub fn forwards(&self, routes: &Routes, xid: Xid, slice: SliceId) -> bool {
-        routes.mirrors.contains_key(&slice)
-            && !self
-                .txns
-                .lock()
-                .get(&xid)
-                .is_some_and(|t| t.degraded.contains(&slice))
+    /// Whether this write of `slice` in `xid` goes to a mirror, decided
+    /// once per transaction and slice at its first write: forwarded from
+    /// the first write on, or never. A slice first written with no route
+    /// stays local; one whose route went away after its first forward is
+    /// degraded (its mirror would otherwise hold part of the transaction).
+    pub fn decide(&self, routes: &Routes, xid: Xid, slice: SliceId) -> bool {
+        let routed = routes.mirrors.contains_key(&slice);
+        let mut txns = self.txns.lock();
+        let t = txns.entry(xid).or_default();
+        if t.degraded.contains(&slice) || t.local.contains(&slice) {
+            return false;
+        }
+        let forwarded = t.mirrored.values().any(|s| s.contains(&slice));
+        match (routed, forwarded) {
+            (true, _) => true,
+            (false, true) => {
+                t.degraded.insert(slice);
+                false
+            }
+            (false, false) => {
+                t.local.insert(slice);
+                false
+            }
+        }
     }
 
     /// The slices degraded in `xid`, in order.
@@ -145,11 +165,24 @@ impl Forwarder {
                 }
                 t.mirrored[&mirror].iter().copied().collect()
             };
+            let skip_slices = {
+                let txns = self.txns.lock();
+                txns.get(&xid)
+                    .map(|t| {
+                        slices
+                            .iter()
+                            .copied()
+                            .filter(|s| t.degraded.contains(s))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
             let req = pb::MirrorPrepareRequest {
                 epoch,
                 xid,
                 from_node: self.node,
                 forwards: n,
+                skip_slices,
             };
             let res = self
                 .call(routes, mirror, "prepare", |mut c| async move {

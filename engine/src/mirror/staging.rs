@@ -1,5 +1,7 @@
-//! The mirror's side of mirroring: staging forwards in memory and applying
-//! them into the mirror segment at prepare.
+//! The receiving side of mirroring: staging forwards in memory and applying
+//! them at prepare into the segment holding this node's copy of the slice
+//! (the mirror segment; the primary segment when a failed-over mirror
+//! forwards to the primary copy being resynced).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,12 +15,14 @@ use crate::{DiskId, EngineError, NodeId, Result, SliceId, TableId, Xid};
 enum StagedItem {
     Blocks {
         disk: DiskId,
+        segment: SegmentKind,
         table: TableId,
         slice: SliceId,
         blocks: Vec<bytes::Bytes>,
     },
     Delete {
         disk: DiskId,
+        segment: SegmentKind,
         table: TableId,
         slice: SliceId,
         rowids: Vec<i64>,
@@ -29,6 +33,12 @@ impl StagedItem {
     fn disk(&self) -> DiskId {
         match self {
             StagedItem::Blocks { disk, .. } | StagedItem::Delete { disk, .. } => *disk,
+        }
+    }
+
+    fn slice(&self) -> SliceId {
+        match self {
+            StagedItem::Blocks { slice, .. } | StagedItem::Delete { slice, .. } => *slice,
         }
     }
 }
@@ -58,11 +68,13 @@ impl Staging {
         }
     }
 
-    /// Hold one forward; `disk` holds this node's mirror copy of its slice.
-    pub fn stage(&self, disk: DiskId, req: pb::MirrorWriteRequest) {
+    /// Hold one forward; (`disk`, `segment`) holds this node's copy of its
+    /// slice.
+    pub fn stage(&self, disk: DiskId, segment: SegmentKind, req: pb::MirrorWriteRequest) {
         let item = if req.blocks.is_empty() {
             StagedItem::Delete {
                 disk,
+                segment,
                 table: req.table,
                 slice: req.slice,
                 rowids: req.deleted_rowids,
@@ -70,6 +82,7 @@ impl Staging {
         } else {
             StagedItem::Blocks {
                 disk,
+                segment,
                 table: req.table,
                 slice: req.slice,
                 blocks: req.blocks,
@@ -85,11 +98,17 @@ impl Staging {
         st.items.push(item);
     }
 
-    /// Write what `from_node` staged for `xid` into the mirror segment and
-    /// prepare the disks, refusing unless exactly `forwards` forwards
-    /// arrived (a gap means this node restarted and lost some). Blocking:
-    /// run it on a blocking thread.
-    pub fn prepare(&self, xid: Xid, from_node: NodeId, forwards: u64) -> Result<()> {
+    /// Write what `from_node` staged for `xid` (but for `skip_slices`,
+    /// degraded in it) into this node's copies and prepare the disks,
+    /// refusing unless exactly `forwards` forwards arrived (a gap means this
+    /// node restarted and lost some). Blocking: run it on a blocking thread.
+    pub fn prepare(
+        &self,
+        xid: Xid,
+        from_node: NodeId,
+        forwards: u64,
+        skip_slices: &[SliceId],
+    ) -> Result<()> {
         let st = {
             let mut staged = self.staged.lock();
             let st = staged
@@ -108,7 +127,11 @@ impl Staging {
             )));
         }
         let mut per_disk: HashMap<DiskId, Vec<&StagedItem>> = HashMap::new();
-        for item in &st.items {
+        for item in st
+            .items
+            .iter()
+            .filter(|i| !skip_slices.contains(&i.slice()))
+        {
             per_disk.entry(item.disk()).or_default().push(item);
         }
         for (disk, items) in per_disk {
@@ -122,22 +145,24 @@ impl Staging {
                 for item in items {
                     match item {
                         StagedItem::Blocks {
+                            segment,
                             table,
                             slice,
                             blocks,
                             ..
                         } => {
                             for b in blocks {
-                                d.append_encoded(SegmentKind::Mirror, *table, *slice, xid, b)?;
+                                d.append_encoded(*segment, *table, *slice, xid, b)?;
                             }
                         }
                         StagedItem::Delete {
+                            segment,
                             table,
                             slice,
                             rowids,
                             ..
                         } => {
-                            d.delete(SegmentKind::Mirror, *table, *slice, xid, rowids, None)?;
+                            d.delete(*segment, *table, *slice, xid, rowids, None)?;
                         }
                     }
                 }

@@ -70,7 +70,9 @@ impl pb::node_server::Node for NodeServer {
             self.disk(a.disk).map_err(status)?;
             let seg = proto::segment_from_i32(a.segment).map_err(status)?;
             slices.insert((a.slice, seg), a.disk);
-            if seg == SegmentKind::Primary && a.mirror_active {
+            // The serving copy forwards: the primary, or (failed over)
+            // a mirror forwarding to the primary copy being resynced.
+            if seg != SegmentKind::Temp && a.mirror_active {
                 mirrors.insert(a.slice, a.mirror_node);
             }
         }
@@ -151,11 +153,8 @@ impl pb::node_server::Node for NodeServer {
         let (map, segment, disk_id, disk) = self
             .write_target(req.epoch, req.xid, req.slice, req.segment)
             .map_err(status)?;
-        let mirror = segment == SegmentKind::Primary
-            && self
-                .state
-                .forwarder
-                .forwards(&map.routes, req.xid, req.slice);
+        let mirror = segment != SegmentKind::Temp
+            && self.state.forwarder.decide(&map.routes, req.xid, req.slice);
         self.count_request(req.xid, disk_id);
         let (xid, table, slice) = (req.xid, req.table, req.slice);
         let (rows, blocks) = Self::blocking(move || {
@@ -219,7 +218,10 @@ impl pb::node_server::Node for NodeServer {
         })
         .await
         .map_err(status)?;
-        if segment == SegmentKind::Primary && rows > 0 {
+        if segment != SegmentKind::Temp
+            && rows > 0
+            && self.state.forwarder.decide(&map.routes, req.xid, req.slice)
+        {
             self.state
                 .forwarder
                 .write(

@@ -83,10 +83,16 @@ impl pb::peer_node_server::PeerNode for NodeServer {
     ) -> Result<Response<pb::Ack>, Status> {
         let req = request.into_inner();
         let map = self.check_epoch(req.epoch).map_err(status)?;
-        let disk = self
-            .owned_disk(&map, req.slice, SegmentKind::Mirror)
-            .map_err(status)?;
-        self.state.staging.stage(disk, req);
+        // This node holds one copy of the slice: in its mirror segment, or
+        // (a failed-over mirror forwarding to it) its primary segment.
+        let (segment, disk) = match self.owned_disk(&map, req.slice, SegmentKind::Mirror) {
+            Ok(d) => (SegmentKind::Mirror, d),
+            Err(e) => match self.owned_disk(&map, req.slice, SegmentKind::Primary) {
+                Ok(d) => (SegmentKind::Primary, d),
+                Err(_) => return Err(status(e)),
+            },
+        };
+        self.state.staging.stage(disk, segment, req);
         Ok(Response::new(pb::Ack {}))
     }
 
@@ -101,7 +107,7 @@ impl pb::peer_node_server::PeerNode for NodeServer {
         Self::blocking(move || {
             me.state
                 .staging
-                .prepare(req.xid, req.from_node, req.forwards)
+                .prepare(req.xid, req.from_node, req.forwards, &req.skip_slices)
         })
         .await
         .map_err(status)?;

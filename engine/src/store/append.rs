@@ -236,9 +236,28 @@ impl DiskStore {
         xid: Xid,
         bytes: &[u8],
     ) -> Result<u64> {
+        Ok(self
+            .append_encoded_unless(segment, table, slice, xid, bytes, &[])?
+            .unwrap_or(0))
+    }
+
+    /// [`DiskStore::append_encoded`], unless the block was written by an
+    /// xid in `held` (sorted): then nothing is written and `None` answered.
+    pub fn append_encoded_unless(
+        &self,
+        segment: SegmentKind,
+        table: TableId,
+        slice: SliceId,
+        xid: Xid,
+        bytes: &[u8],
+        held: &[Xid],
+    ) -> Result<Option<u64>> {
         self.check_writable(xid)?;
         let _gate = self.io_gate.read();
         let (h, zone_bytes) = block::inspect_block(bytes, table, slice)?;
+        if held.binary_search(&h.createxid_max).is_ok() {
+            return Ok(None);
+        }
         let key = StreamKey {
             segment,
             table,
@@ -268,7 +287,7 @@ impl DiskStore {
             zones
         };
         self.write_pending(key, xid, bytes, &h, Arc::from(zone_bytes), zones)?;
-        Ok(h.rows)
+        Ok(Some(h.rows))
     }
 
     /// Space for `len` bytes in the stream's current extent run, or a new run.

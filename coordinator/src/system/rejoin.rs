@@ -1,0 +1,45 @@
+//! Rejoin: a node declared failed that answers again (restarted with its
+//! images, or awake after a hang) comes back into the map instead of
+//! staying fenced. Its copies on disks it reports healthy return: a copy
+//! that was the last in sync when it was lost (its slice has been
+//! unavailable since, so nothing committed without it) is in sync at once;
+//! every other one is `Stale` and the next resync round sends it only what
+//! it lacks (`super::resync`). Copies on a disk it reports failed stay
+//! lost.
+//!
+//! It only changes the map through the manager's `publish`; it never
+//! serves a copy the map does not record as holding every committed row.
+
+use tracing::warn;
+
+use super::SystemManager;
+use slicedb_engine::proto::pb;
+use slicedb_engine::NodeId;
+
+impl SystemManager {
+    /// `node` is down in the map but answered a probe.
+    pub(super) async fn rejoin(&mut self, node: NodeId, st: &pb::StatusResponse) {
+        if self.shutting_down() {
+            return;
+        }
+        let failed: Vec<u32> = st
+            .disks
+            .iter()
+            .filter(|d| !d.failed.is_empty())
+            .map(|d| d.disk)
+            .collect();
+        let mut next = self.map.clone();
+        let Some((in_sync, stale)) = next.rejoin_node(node, &failed) else {
+            return;
+        };
+        next.bump(format!(
+            "node {node} rejoined: {in_sync} copies in sync at once, {stale} to resync"
+        ));
+        warn!(node, epoch = next.epoch(), in_sync, stale, "node rejoined");
+        self.health.mark(node, true, false);
+        if let Err(e) = self.publish(next).await {
+            warn!(node, error = %e, "rejoin map not installed everywhere");
+        }
+        self.schedule_resync().await;
+    }
+}
