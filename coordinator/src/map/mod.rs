@@ -701,7 +701,7 @@ pub(crate) mod tests {
         // The mirror misses a commit: degraded, still served by the primary.
         assert!(map.mark_mirrors_stale(&[e0.slice].into(), 7));
         assert_eq!(map.slices()[0].state(), SliceState::Degraded);
-        assert!(!map.slices()[0].forwards());
+        assert!(map.slices()[0].forward_target().is_none());
         // Degraded twice changes nothing.
         assert!(!map.mark_mirrors_stale(&[e0.slice].into(), 7));
 
@@ -732,5 +732,83 @@ pub(crate) mod tests {
         map.fail_disk(m, "test", 7);
         assert_eq!(map.slices()[0].state(), SliceState::Unavailable);
         assert_eq!(map.history().len(), 2);
+    }
+
+    #[test]
+    fn a_node_that_rejoins_is_resynced_and_the_last_in_sync_copy_comes_back_in_sync() {
+        let mut map = ring(3, 1, 1);
+        let e0 = map.slices()[0].clone();
+        let (p, m) = (e0.primary().at, e0.mirror().unwrap().at);
+        assert_eq!(e0.forward_target().unwrap().at, m);
+        // The primary's node fails with xid 10 the oldest unfinished.
+        map.fail_node(p.node, "test", 10);
+        let lost = map.slices()[0].primary().to_owned();
+        assert_eq!((lost.state, lost.behind_from), (CopyState::Lost, Some(10)));
+        assert_eq!(map.oldest_behind(), Some(10));
+        assert!(
+            map.slices()[0].forward_target().is_none(),
+            "failed over: alone"
+        );
+        // It comes back: stale, then rebuilding from the serving mirror,
+        // which forwards to it meanwhile.
+        assert_eq!(map.rejoin_node(p.node, &[]), Some((0, 2)));
+        assert_eq!(map.rejoin_node(p.node, &[]), None, "not down any more");
+        assert_eq!(map.slices()[0].primary().state, CopyState::Stale);
+        let jobs = map.begin_resync();
+        let job = jobs.iter().find(|j| j.slice == e0.slice).unwrap();
+        assert_eq!((job.target, job.target_role), (p, Role::Primary));
+        assert_eq!((job.source, job.source_role), (m, Role::Mirror));
+        assert_eq!(map.slices()[0].state(), SliceState::Rebuilding);
+        assert_eq!(map.slices()[0].serving().unwrap(), (m, true));
+        assert_eq!(map.slices()[0].forward_target().unwrap().at, p);
+        assert!(map.begin_resync().is_empty(), "nothing else is stale");
+        // A missed forward sends it back to stale; a later round finishes.
+        assert!(map.mark_mirrors_stale(&[e0.slice].into(), 12));
+        assert_eq!(map.slices()[0].primary().behind_from, Some(10));
+        assert_eq!(
+            map.finish_resync(&[(e0.slice, p)]),
+            0,
+            "no longer rebuilding"
+        );
+        map.begin_resync();
+        let done: Vec<_> = jobs.iter().map(|j| (j.slice, j.target)).collect();
+        assert_eq!(map.finish_resync(&done), 2);
+        assert_eq!(map.slices()[0].state(), SliceState::InSync);
+        assert_eq!(
+            map.slices()[0].serving().unwrap(),
+            (p, false),
+            "primary back"
+        );
+        assert_eq!(map.oldest_behind(), None);
+
+        // A double fault: the copy lost last holds every committed row and
+        // is in sync as soon as its node is back; the other is resynced.
+        map.fail_node(p.node, "first", 20);
+        map.fail_node(m.node, "second", 30);
+        assert_eq!(map.slices()[0].state(), SliceState::Unavailable);
+        assert_eq!(map.slices()[0].mirror().unwrap().behind_from, None);
+        map.rejoin_node(p.node, &[]);
+        assert_eq!(
+            map.slices()[0].state(),
+            SliceState::Unavailable,
+            "it is behind"
+        );
+        assert!(
+            !map.begin_resync().iter().any(|j| j.slice == e0.slice),
+            "no source"
+        );
+        map.rejoin_node(m.node, &[]);
+        assert_eq!(map.slices()[0].serving().unwrap(), (m, true));
+        assert!(map
+            .begin_resync()
+            .iter()
+            .any(|j| j.slice == e0.slice && j.target == p));
+
+        // A copy on a disk the returning node reports failed stays lost.
+        let mut map = ring(3, 1, 1);
+        map.fail_node(p.node, "test", 5);
+        map.rejoin_node(p.node, &[p.disk]);
+        assert_eq!(map.slices()[0].primary().state, CopyState::Lost);
+        assert!(map.down_disks().contains(&p));
     }
 }
