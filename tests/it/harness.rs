@@ -655,6 +655,44 @@ impl Slicedb {
 // Client helpers
 // ---------------------------------------------------------------------------
 
+/// Wait until every slice is in sync again (all copies), or fail with what
+/// the map says.
+pub async fn wait_fully_protected(c: &tokio_postgres::Client, limit: Duration) -> Result<Duration> {
+    let t0 = Instant::now();
+    loop {
+        let left = scalar(
+            c,
+            "SELECT count(*) FROM slicedb_slices WHERE state <> 'in_sync'",
+        )
+        .await?;
+        if left == "0" {
+            return Ok(t0.elapsed());
+        }
+        if t0.elapsed() > limit {
+            let states = query(c, "SELECT slice, state, copies FROM slicedb_slices WHERE state <> 'in_sync' ORDER BY slice").await?;
+            let history = query(
+                c,
+                "SELECT epoch, cause FROM slicedb_map_history ORDER BY epoch",
+            )
+            .await?;
+            bail!("not fully protected after {limit:?}: {states:?}; history {history:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Both copies of every slice agree (`slicedb_verify`), or fail naming those
+/// that do not.
+pub async fn ensure_verified(c: &Client) -> Result<()> {
+    let bad = query(
+        c,
+        "SELECT table_name, slice, status FROM slicedb_verify WHERE status <> 'in_sync'",
+    )
+    .await?;
+    ensure!(bad.is_empty(), "every slice verifies in sync: {bad:?}");
+    Ok(())
+}
+
 /// Rows of a simple query, as text; `None` is SQL NULL.
 pub type Rows = Vec<Vec<Option<String>>>;
 

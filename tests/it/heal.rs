@@ -3,11 +3,11 @@
 //! holds is resynced with only what it missed, it takes its primaries
 //! back, both copies agree, and the next fault is survived.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Result};
 
-use crate::harness::{self, exec, query, scalar, Rows, Slicedb};
+use crate::harness::{self, exec, query, scalar, wait_fully_protected, Rows, Slicedb};
 
 const NODES: u32 = 4;
 const TOTALS: &str = "SELECT count(*), sum(k), sum(v), min(k), max(k) FROM h";
@@ -24,32 +24,6 @@ async fn write(c: &tokio_postgres::Client, sql: &str) -> Result<()> {
         }
     }
     bail!("{sql}: still refused after the failover")
-}
-
-/// Wait until every slice is in sync again (all copies), or fail with what
-/// the map says.
-async fn wait_fully_protected(c: &tokio_postgres::Client, limit: Duration) -> Result<Duration> {
-    let t0 = Instant::now();
-    loop {
-        let left = scalar(
-            c,
-            "SELECT count(*) FROM slicedb_slices WHERE state <> 'in_sync'",
-        )
-        .await?;
-        if left == "0" {
-            return Ok(t0.elapsed());
-        }
-        if t0.elapsed() > limit {
-            let states = query(c, "SELECT slice, state, copies FROM slicedb_slices WHERE state <> 'in_sync' ORDER BY slice").await?;
-            let history = query(
-                c,
-                "SELECT epoch, cause FROM slicedb_map_history ORDER BY epoch",
-            )
-            .await?;
-            bail!("not fully protected after {limit:?}: {states:?}; history {history:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Bytes the resync rounds sent, from `slicedb_map_history`.
@@ -147,12 +121,7 @@ fn a_killed_node_that_comes_back_is_resynced_with_only_what_it_missed_and_surviv
             sent * 10 < total,
             "a resync sends what changed ({sent} bytes), not whole slices ({total} bytes in all)"
         );
-        let bad = query(
-            &c,
-            "SELECT table_name, slice, status FROM slicedb_verify WHERE status <> 'in_sync'",
-        )
-        .await?;
-        ensure!(bad.is_empty(), "every slice verifies in sync: {bad:?}");
+        harness::ensure_verified(&c).await?;
 
         // Writes after the rejoin reach both copies; then the node that
         // served node 0's slices meanwhile dies.

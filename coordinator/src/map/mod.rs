@@ -90,9 +90,16 @@ pub struct SliceCopy {
     /// finished when it fell behind, so it holds their effects (what it may
     /// lack is younger; GROOM must keep deletes from here on until it is
     /// resynced). `None` on a lost copy: it was the last in-sync copy of
-    /// its slice when lost, so nothing committed without it since.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// its slice when lost, so nothing committed without it since. A map
+    /// written before this field existed reads as `Some(0)` (behind from
+    /// the start: never trusted to hold every row, and GROOM keeps every
+    /// delete until it is resynced).
+    #[serde(default = "behind_from_unknown")]
     pub behind_from: Option<Xid>,
+}
+
+fn behind_from_unknown() -> Option<Xid> {
+    Some(0)
 }
 
 /// The state of a slice as a whole, derived from its copies: what
@@ -810,5 +817,22 @@ pub(crate) mod tests {
         map.rejoin_node(p.node, &[p.disk]);
         assert_eq!(map.slices()[0].primary().state, CopyState::Lost);
         assert!(map.down_disks().contains(&p));
+
+        // A map stored before `behind_from` existed never trusts a lost
+        // copy to hold every row: it comes back stale.
+        let mut map = ring(3, 1, 1);
+        map.fail_node(m.node, "first", 5);
+        map.fail_node(p.node, "second", 6);
+        assert_eq!(map.slices()[0].primary().behind_from, None);
+        let json = String::from_utf8(map.to_json().unwrap()).unwrap();
+        let old: String = json
+            .lines()
+            .filter(|l| !l.contains("behind_from"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+            .replace(",\n        }", "\n        }");
+        let (mut old, _) = DistMap::from_json(&old, "test").unwrap();
+        old.rejoin_node(p.node, &[]);
+        assert_eq!(old.slices()[0].primary().state, CopyState::Stale);
     }
 }
