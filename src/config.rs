@@ -47,6 +47,10 @@ pub struct CoordinatorSection {
     /// How long one heartbeat or probe may take, e.g. "300ms".
     #[serde(default = "default_probe_timeout")]
     pub probe_timeout: String,
+    /// How long a failed node or disk may stay away before its copies are
+    /// regenerated onto a spare or the survivors, e.g. "60s".
+    #[serde(default = "default_regen_delay")]
+    pub regen_delay: String,
     /// Tables with fewer rows take no runtime join filters (they are read
     /// at once, whole); larger ones wait for the join's build side and get
     /// its key bounds and keys.
@@ -97,6 +101,9 @@ fn default_connect_timeout() -> String {
 }
 fn default_heartbeat_interval() -> String {
     "200ms".into()
+}
+fn default_regen_delay() -> String {
+    "60s".into()
 }
 fn default_probe_timeout() -> String {
     "300ms".into()
@@ -151,6 +158,7 @@ impl ClusterConfig {
         parse_duration(&self.coordinator.mirror_timeout)?;
         parse_duration(&self.coordinator.heartbeat_interval)?;
         parse_duration(&self.coordinator.probe_timeout)?;
+        parse_duration(&self.coordinator.regen_delay)?;
         let mut ids = BTreeSet::new();
         let mut addrs = BTreeSet::new();
         for n in &self.nodes {

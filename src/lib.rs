@@ -118,6 +118,9 @@ pub struct LocalOptions {
     /// Spare nodes started besides `nodes` (ids after theirs): no slices
     /// when the cluster is created, kept in reserve.
     pub spares: u32,
+    /// How long a failed node may stay away before its copies are
+    /// regenerated elsewhere.
+    pub regen_delay: Duration,
     pub data_dir: PathBuf,
     /// Where to accept PostgreSQL connections; port 0 picks a free one.
     /// `None` serves no wire protocol (embedded use only).
@@ -138,6 +141,7 @@ impl LocalOptions {
         LocalOptions {
             nodes: 4,
             spares: 0,
+            regen_delay: CoordinatorConfig::DEFAULT_REGEN_DELAY,
             data_dir: data_dir.into(),
             listen: None,
             disk_size: 4 << 30,
@@ -203,6 +207,7 @@ impl LocalCluster {
             mirror_timeout: Duration::from_secs(2),
             heartbeat_interval: CoordinatorConfig::DEFAULT_HEARTBEAT_INTERVAL,
             probe_timeout: CoordinatorConfig::DEFAULT_PROBE_TIMEOUT,
+            regen_delay: opts.regen_delay,
             runtime_filter_min_rows: opts.runtime_filter_min_rows,
             broadcast_join_min_rows: opts.broadcast_join_min_rows,
         })
@@ -341,6 +346,7 @@ pub async fn run_coordinator(
         mirror_timeout: config::parse_duration(&cfg.coordinator.mirror_timeout)?,
         heartbeat_interval: config::parse_duration(&cfg.coordinator.heartbeat_interval)?,
         probe_timeout: config::parse_duration(&cfg.coordinator.probe_timeout)?,
+        regen_delay: config::parse_duration(&cfg.coordinator.regen_delay)?,
         runtime_filter_min_rows: cfg.coordinator.runtime_filter_min_rows,
         broadcast_join_min_rows: cfg.coordinator.broadcast_join_min_rows,
     })

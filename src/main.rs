@@ -35,6 +35,10 @@ enum Command {
         /// created; `slicedb_nodes` shows them as `spare`).
         #[arg(long, default_value_t = 0)]
         spares: u32,
+        /// How long a failed node may stay away before its copies are
+        /// regenerated onto a spare or the survivors, e.g. 60s.
+        #[arg(long, default_value = "60s")]
+        regen_delay: String,
         /// Data directory: disk images and the coordinator's catalog. Reused
         /// on restart.
         #[arg(long, default_value = "./slicedb-data")]
@@ -157,6 +161,7 @@ async fn serve(cmd: Command) -> Result<()> {
         Command::Local {
             nodes,
             spares,
+            regen_delay,
             data,
             listen,
             disk_size,
@@ -168,6 +173,7 @@ async fn serve(cmd: Command) -> Result<()> {
             let opts = LocalOptions {
                 nodes,
                 spares,
+                regen_delay: slicedb::config::parse_duration(&regen_delay)?,
                 data_dir: data,
                 listen: Some(listen),
                 disk_size: parse_size(&disk_size)?,

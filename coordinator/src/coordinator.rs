@@ -49,6 +49,9 @@ pub struct CoordinatorConfig {
     pub heartbeat_interval: Duration,
     /// How long one heartbeat or probe may take.
     pub probe_timeout: Duration,
+    /// How long a failed node or disk may stay away before its copies are
+    /// regenerated onto a spare or the survivors.
+    pub regen_delay: Duration,
     /// Tables with fewer rows take no runtime join filters (see
     /// `provider::BroadcastScanExec`): they are shipped whole, at once.
     pub runtime_filter_min_rows: u64,
@@ -61,6 +64,10 @@ pub struct CoordinatorConfig {
 impl CoordinatorConfig {
     pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
     pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+    /// Long enough for a node process restart or a reboot of a few
+    /// seconds to rejoin (sending only what it missed) instead of being
+    /// copied whole.
+    pub const DEFAULT_REGEN_DELAY: Duration = Duration::from_secs(60);
     /// Waiting for a build side puts a scan's latency on the critical path;
     /// at TPC-H SF 1 that paid for lineitem (6 M rows: Q08, Q09, Q17) but
     /// not for orders (1.5 M: Q03 108 -> 200 ms with its runtime filter).
@@ -101,6 +108,8 @@ impl Coordinator {
                 heartbeat_interval: config.heartbeat_interval,
                 probe_timeout: config.probe_timeout,
                 mirror_timeout: config.mirror_timeout,
+                regen_delay: config.regen_delay,
+                shapes: shapes.clone(),
             },
             meta.clone(),
             map,
@@ -408,8 +417,12 @@ impl crate::system::Hooks for Healing {
         self.txns.peek_xid()
     }
 
-    fn new_xid(&self) -> Result<slicedb_engine::Xid> {
-        self.txns.next_xid()
+    fn begin_copy(&self) -> Result<slicedb_engine::Xid> {
+        self.txns.begin_copy()
+    }
+
+    fn end_copy(&self, xid: slicedb_engine::Xid) {
+        self.txns.end_copy(xid)
     }
 
     fn ensure_tables(

@@ -108,10 +108,18 @@ impl CoordinatorError {
 
     /// Build from a gRPC status returned by a node, keeping the typed kind.
     pub fn from_status(node: NodeId, address: &str, s: tonic::Status) -> Self {
-        if matches!(
-            s.code(),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-        ) {
+        let kind = slicedb_engine::proto::error_kind(&s);
+        // A node's own errors carry their kind; a connection that broke
+        // mid-call (the node died: "transport error", "connection reset")
+        // comes back from tonic as Unknown or Cancelled without one.
+        let broken = kind == ErrorKind::Unspecified
+            && matches!(s.code(), tonic::Code::Unknown | tonic::Code::Cancelled);
+        if broken
+            || matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+            )
+        {
             return CoordinatorError::NodeUnreachable {
                 node,
                 address: address.to_string(),
@@ -120,7 +128,7 @@ impl CoordinatorError {
         }
         CoordinatorError::Node {
             node,
-            kind: slicedb_engine::proto::error_kind(&s),
+            kind,
             message: s.message().to_string(),
         }
     }

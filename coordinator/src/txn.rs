@@ -27,11 +27,12 @@ use crate::nodes::{NodeClient, NodeSet};
 use crate::system::{MapReader, SystemHandle};
 use crate::{CoordinatorError, Result};
 
-/// What a node did for a transaction: requests sent and slices degraded.
+/// What a node did for a transaction: requests sent and slices degraded
+/// (each with the node that wrote it alone).
 #[derive(Debug, Default)]
 struct TxnWork {
     requests: BTreeMap<NodeId, u64>,
-    degraded: BTreeSet<SliceId>,
+    degraded: BTreeSet<(SliceId, NodeId)>,
     failed: Option<String>,
 }
 
@@ -49,12 +50,16 @@ impl Txn {
     pub fn note_request(&self, node: NodeId, degraded: &[SliceId]) {
         let mut w = self.work.lock();
         *w.requests.entry(node).or_default() += 1;
-        w.degraded.extend(degraded.iter().copied());
+        w.degraded.extend(degraded.iter().map(|&s| (s, node)));
     }
 
-    /// Slices a node reported degraded in a Write or Delete answer.
-    pub fn note_request_result(&self, degraded: &[SliceId]) {
-        self.work.lock().degraded.extend(degraded.iter().copied());
+    /// Slices `node` reported degraded in a Write or Delete answer: it
+    /// holds their writes, the copies it forwards to do not.
+    pub fn note_request_result(&self, node: NodeId, degraded: &[SliceId]) {
+        self.work
+            .lock()
+            .degraded
+            .extend(degraded.iter().map(|&s| (s, node)));
     }
 
     /// A statement failed: the transaction can only roll back (25P02).
@@ -227,6 +232,18 @@ impl TxnManager {
         self.active.lock().remove(&xid);
     }
 
+    /// An xid for a slice copy's own pending change on its target, active
+    /// until [`TxnManager::end_copy`]: the resolver leaves it alone (an
+    /// unknown open xid would be aborted under the copy).
+    pub fn begin_copy(&self) -> Result<Xid> {
+        Ok(self.begin()?.xid)
+    }
+
+    /// The copy under `xid` committed or failed on its target.
+    pub fn end_copy(&self, xid: Xid) {
+        self.end(xid);
+    }
+
     /// Start a transaction: a fresh xid and a snapshot, atomically, so no
     /// snapshot can see an xid as finished before it started.
     pub fn begin(&self) -> Result<Arc<Txn>> {
@@ -281,13 +298,13 @@ impl TxnManager {
                 requests,
             })
             .await
-            .map(|r| r.into_inner().degraded_slices)
+            .map(|r| (id, r.into_inner().degraded_slices))
             .map_err(|s| node.err(s))
         });
-        let mut degraded: BTreeSet<SliceId> = txn.work.lock().degraded.clone();
+        let mut degraded: BTreeSet<(SliceId, NodeId)> = txn.work.lock().degraded.clone();
         for r in futures::future::join_all(calls).await {
             match r {
-                Ok(d) => degraded.extend(d),
+                Ok((id, d)) => degraded.extend(d.into_iter().map(|s| (s, id))),
                 Err(e) => {
                     warn!(xid, error = %e, "prepare failed: aborting");
                     self.abort(txn).await;

@@ -181,8 +181,12 @@ impl SystemView {
                             .get(&n.id)
                             .cloned()
                             .unwrap_or_else(|| "unknown".into());
-                        // A spare that answers and holds no copy yet.
-                        if n.spare && state == "up" && !holding.contains(&n.id) {
+                        // A spare (or a node whose copies were regenerated
+                        // elsewhere) that answers and holds no copy.
+                        if (n.spare || map.is_emptied(n.id))
+                            && state == "up"
+                            && !holding.contains(&n.id)
+                        {
                             "spare".to_string()
                         } else {
                             state

@@ -491,20 +491,36 @@ impl Slicedb {
         node_vars: &[(u32, &str, &str)],
         node_toml: &str,
     ) -> Result<Slicedb> {
+        Self::multiprocess_full(env, nodes, 0, dir, node_vars, node_toml, "").await
+    }
+
+    /// [`Slicedb::multiprocess_configured`] with `spares` spare nodes (ids
+    /// after the others) and `coord_toml` lines (such as `regen_delay =
+    /// "1s"`) in the coordinator's section.
+    pub async fn multiprocess_full(
+        env: &TestEnv,
+        nodes: u32,
+        spares: u32,
+        dir: &str,
+        node_vars: &[(u32, &str, &str)],
+        node_toml: &str,
+        coord_toml: &str,
+    ) -> Result<Slicedb> {
         let root = env.path().join(dir);
         fs::create_dir_all(&root)?;
         let pg_port = free_port()?;
         let mut toml = format!(
             "cluster_id = \"test-cluster\"\nslices_per_disk = 4\n\n[coordinator]\n\
-             listen = \"127.0.0.1:{pg_port}\"\ndata_dir = \"{}\"\n",
+             listen = \"127.0.0.1:{pg_port}\"\ndata_dir = \"{}\"\n{coord_toml}",
             root.join("coord").display()
         );
         let mut node_addrs = Vec::new();
-        for id in 0..nodes {
+        for id in 0..nodes + spares {
             let addr = format!("127.0.0.1:{}", free_port()?);
+            let spare = if id >= nodes { "spare = true\n" } else { "" };
             toml.push_str(&format!(
                 "\n[[nodes]]\nid = {id}\naddress = \"{addr}\"\ndata_dir = \"{}\"\n\
-                 disks = 1\ndisk_size = \"256MiB\"\n{node_toml}",
+                 disks = 1\ndisk_size = \"256MiB\"\n{spare}{node_toml}",
                 root.join(format!("node{id}")).display()
             ));
             node_addrs.push(addr);

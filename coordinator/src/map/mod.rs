@@ -15,6 +15,7 @@
 //! specified in docs/coordinator-state.md; the conversion is in [`v1`].
 
 pub mod placement;
+mod regen;
 pub mod v1;
 
 use serde::{Deserialize, Serialize};
@@ -267,6 +268,10 @@ pub struct DistMap {
     /// Disks declared failed while their node runs.
     #[serde(default)]
     down_disks: Vec<Location>,
+    /// Nodes whose copies were all regenerated elsewhere: they hold none
+    /// (a spare, once one answers again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    emptied: Vec<NodeId>,
     #[serde(default)]
     history: Vec<MapChange>,
 }
@@ -292,6 +297,12 @@ impl DistMap {
 
     pub fn is_down(&self, node: NodeId) -> bool {
         self.down.contains(&node)
+    }
+
+    /// Whether `node` lost every copy it held to regeneration (it holds
+    /// none: a spare once it answers again).
+    pub fn is_emptied(&self, node: NodeId) -> bool {
+        self.emptied.contains(&node)
     }
 
     /// Disks declared failed while their node runs.
@@ -404,25 +415,25 @@ impl DistMap {
         }
     }
 
-    /// These slices' forward targets missed a commit: every copy the
-    /// serving copy forwards to (in sync or being resynced) becomes stale,
-    /// behind from `horizon`. Returns whether anything changed (the caller
-    /// bumps the epoch).
+    /// A commit reached these slices only on the copy on the node named
+    /// with each (the one that wrote it; its forward failed): every other
+    /// copy in sync or being resynced becomes stale, behind from `horizon`.
+    /// Named by writer, not by today's serving copy: a resync may have made
+    /// the copy that missed it the serving one meanwhile. Returns whether
+    /// anything changed (the caller bumps the epoch).
     pub(crate) fn mark_mirrors_stale(
         &mut self,
-        slices: &std::collections::BTreeSet<SliceId>,
+        slices: &std::collections::BTreeSet<(SliceId, NodeId)>,
         horizon: Xid,
     ) -> bool {
         let mut changed = false;
         for e in &mut self.slices {
-            if !slices.contains(&e.slice) {
-                continue;
-            }
-            let Some(s) = e.serving_index() else {
-                continue;
-            };
-            for (i, c) in e.copies.iter_mut().enumerate() {
-                if i != s && matches!(c.state, CopyState::InSync | CopyState::Rebuilding) {
+            for c in e.copies.iter_mut() {
+                if slices.contains(&(e.slice, c.at.node)) {
+                    continue;
+                }
+                let missed = slices.iter().any(|&(s, _)| s == e.slice);
+                if missed && matches!(c.state, CopyState::InSync | CopyState::Rebuilding) {
                     c.state = CopyState::Stale;
                     c.behind_from = Some(c.behind_from.map_or(horizon, |b| b.min(horizon)));
                     changed = true;
@@ -552,6 +563,7 @@ impl DistMap {
             slices,
             down: Vec::new(),
             down_disks: Vec::new(),
+            emptied: Vec::new(),
             history: Vec::new(),
         };
         placement::check(&map)?;
@@ -605,8 +617,11 @@ impl DistMap {
         }
         // Every node that is not a spare holds slices; a spare may hold
         // some too (once copies were regenerated onto it).
-        let holding: std::collections::BTreeSet<_> =
-            nodes.iter().filter(|n| !n.spare).map(|n| n.node).collect();
+        let holding: std::collections::BTreeSet<_> = nodes
+            .iter()
+            .filter(|n| !n.spare && !self.emptied.contains(&n.node))
+            .map(|n| n.node)
+            .collect();
         let used: std::collections::BTreeSet<_> = self
             .slices
             .iter()
@@ -706,11 +721,11 @@ pub(crate) mod tests {
         assert_eq!(e0.serving().unwrap(), (p, false));
 
         // The mirror misses a commit: degraded, still served by the primary.
-        assert!(map.mark_mirrors_stale(&[e0.slice].into(), 7));
+        assert!(map.mark_mirrors_stale(&[(e0.slice, p.node)].into(), 7));
         assert_eq!(map.slices()[0].state(), SliceState::Degraded);
         assert!(map.slices()[0].forward_target().is_none());
         // Degraded twice changes nothing.
-        assert!(!map.mark_mirrors_stale(&[e0.slice].into(), 7));
+        assert!(!map.mark_mirrors_stale(&[(e0.slice, p.node)].into(), 7));
 
         // Losing the primary of a degraded slice is a double fault.
         assert!(map.fail_node(p.node, "test", 7));
@@ -770,7 +785,7 @@ pub(crate) mod tests {
         assert_eq!(map.slices()[0].forward_target().unwrap().at, p);
         assert!(map.begin_resync().is_empty(), "nothing else is stale");
         // A missed forward sends it back to stale; a later round finishes.
-        assert!(map.mark_mirrors_stale(&[e0.slice].into(), 12));
+        assert!(map.mark_mirrors_stale(&[(e0.slice, m.node)].into(), 12));
         assert_eq!(map.slices()[0].primary().behind_from, Some(10));
         assert_eq!(
             map.finish_resync(&[(e0.slice, p)]),

@@ -93,6 +93,7 @@ pub(super) fn convert(old: V1Map) -> DistMap {
         slices,
         down: old.down,
         down_disks: old.down_disks,
+        emptied: Vec::new(),
         history: old.history,
     }
 }

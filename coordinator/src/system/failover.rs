@@ -33,10 +33,20 @@ impl SystemManager {
                         }
                     }
                 }
-                // A stale copy on it may be resynced now.
+                // A disk of it that failed earlier may be due for
+                // regeneration; a stale copy on it may be resynced now.
+                for at in self.map.down_disks().to_vec() {
+                    if at.node == node {
+                        self.maybe_regenerate(node, Some(at.disk), false).await;
+                    }
+                }
                 self.schedule_resync().await;
             }
-            Probe::Missed(_) if self.map.is_down(node) => {}
+            // Still down: regenerate its copies once it stayed away long
+            // enough.
+            Probe::Missed(_) if self.map.is_down(node) => {
+                self.maybe_regenerate(node, None, false).await
+            }
             Probe::Missed(why) => {
                 let cause = format!("missed heartbeat and probe: {why}");
                 if let Err(e) = self.fail_node(node, &cause).await {
@@ -64,6 +74,8 @@ impl SystemManager {
             "node failed: map changed"
         );
         self.health.mark(node, false, true);
+        self.down_since
+            .insert((node, None), std::time::Instant::now());
         self.publish(next).await
     }
 
@@ -83,6 +95,8 @@ impl SystemManager {
             cause,
             "disk failed: map changed"
         );
+        self.down_since
+            .insert((node, Some(disk)), std::time::Instant::now());
         self.publish(next).await
     }
 
@@ -91,7 +105,10 @@ impl SystemManager {
     /// holds rows it does not. A node that cannot be reached (often the
     /// very mirror that failed) gets the map when it is back; it refuses
     /// commands until then.
-    pub(super) async fn mirrors_missed_commit(&mut self, slices: &BTreeSet<SliceId>) -> Result<()> {
+    pub(super) async fn mirrors_missed_commit(
+        &mut self,
+        slices: &BTreeSet<(SliceId, NodeId)>,
+    ) -> Result<()> {
         let mut next = self.map.clone();
         if !next.mark_mirrors_stale(slices, self.horizon()) {
             return Ok(());

@@ -24,6 +24,7 @@
 pub mod detector;
 mod failover;
 mod install;
+mod regen;
 mod rejoin;
 mod resync;
 
@@ -55,13 +56,15 @@ pub(crate) enum Event {
     /// These slices' mirrors missed a commit; answer once every node that
     /// can be reached knows, before the commit is acknowledged.
     MirrorsMissedCommit {
-        slices: BTreeSet<SliceId>,
+        slices: BTreeSet<(SliceId, NodeId)>,
         reply: oneshot::Sender<Result<()>>,
     },
     /// What the manager needs of transactions and the catalog.
     Attach(Arc<dyn Hooks>),
     /// A resync round finished.
     ResyncDone(Box<resync::RoundOutcome>),
+    /// An admin asked: regenerate every failed node and disk now.
+    RegenerateNow,
 }
 
 /// What the system manager needs from the transaction manager and the
@@ -72,8 +75,11 @@ pub trait Hooks: Send + Sync {
     fn oldest_unfinished(&self) -> Xid;
     /// Every xid handed out so far is below this.
     fn xid_high_water(&self) -> Xid;
-    /// A fresh xid (a copy's own, on its target).
-    fn new_xid(&self) -> Result<Xid>;
+    /// A fresh xid for a copy's own pending change on its target, counted
+    /// active (the resolver must not abort it) until [`Hooks::end_copy`].
+    fn begin_copy(&self) -> Result<Xid>;
+    /// The copy under `xid` is over (committed or aborted on its target).
+    fn end_copy(&self, xid: Xid);
     /// Create every table on `node` that it lacks (it was down at the
     /// CREATE); answers the mirrored tables, whose copies a resync brings.
     fn ensure_tables(&self, node: NodeId, epoch: u64) -> BoxFuture<'_, Result<Vec<TableId>>>;
@@ -103,6 +109,12 @@ pub struct SystemConfig {
     /// How long a primary waits for its mirror; also the deadline of one
     /// InstallMap call.
     pub mirror_timeout: Duration,
+    /// How long a failed node or disk may stay away before its copies are
+    /// regenerated elsewhere.
+    pub regen_delay: Duration,
+    /// The configured nodes (spares included): where regeneration may
+    /// place copies.
+    pub shapes: Vec<crate::map::NodeShape>,
 }
 
 /// Reads the current map; can wait for the next one installed.
@@ -151,7 +163,8 @@ impl SystemHandle {
     /// These slices' mirrors missed a commit: mark them degraded (epoch +
     /// 1, persisted, installed on every node so primaries stop forwarding).
     /// Returns once that is done, so the commit may be acknowledged.
-    pub async fn mirrors_missed_commit(&self, slices: BTreeSet<SliceId>) -> Result<()> {
+    /// Each entry is (slice, the node that wrote it alone).
+    pub async fn mirrors_missed_commit(&self, slices: BTreeSet<(SliceId, NodeId)>) -> Result<()> {
         let (reply, answer) = oneshot::channel();
         self.events
             .send(Event::MirrorsMissedCommit { slices, reply })
@@ -163,6 +176,12 @@ impl SystemHandle {
     /// until then it fails over but resyncs nothing.
     pub fn attach(&self, hooks: Arc<dyn Hooks>) {
         let _ = self.events.send(Event::Attach(hooks));
+    }
+
+    /// Regenerate every failed node's and disk's copies now, without
+    /// waiting for `regen_delay`.
+    pub fn regenerate_now(&self) {
+        let _ = self.events.send(Event::RegenerateNow);
     }
 
     /// The cluster is being shut down on purpose: no more failovers.
@@ -188,6 +207,12 @@ struct SystemManager {
     hooks: Option<Arc<dyn Hooks>>,
     /// A resync round is running (one at a time).
     resync_running: bool,
+    /// No new round before this (after one that failed).
+    resync_after: Option<std::time::Instant>,
+    /// Since when each failed node (disk None) or disk has been down.
+    down_since: std::collections::BTreeMap<(NodeId, Option<u32>), std::time::Instant>,
+    /// Faults whose regeneration was refused (said once).
+    regen_refused: BTreeSet<(NodeId, Option<u32>)>,
 }
 
 /// Install `map` on every node (each must answer: the cluster starts only
@@ -225,6 +250,9 @@ pub async fn start(
         handle: handle.clone(),
         hooks: None,
         resync_running: false,
+        resync_after: None,
+        down_since: Default::default(),
+        regen_refused: BTreeSet::new(),
     };
     tokio::spawn(manager.run(rx));
     detector::spawn_heartbeats(config, nodes, reader.clone(), handle.clone());
@@ -255,6 +283,14 @@ impl SystemManager {
                     self.schedule_resync().await;
                 }
                 Event::ResyncDone(outcome) => self.resync_done(*outcome).await,
+                Event::RegenerateNow => {
+                    for node in self.map.down().to_vec() {
+                        self.maybe_regenerate(node, None, true).await;
+                    }
+                    for at in self.map.down_disks().to_vec() {
+                        self.maybe_regenerate(at.node, Some(at.disk), true).await;
+                    }
+                }
             }
         }
     }

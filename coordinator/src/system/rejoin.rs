@@ -37,6 +37,8 @@ impl SystemManager {
         ));
         warn!(node, epoch = next.epoch(), in_sync, stale, "node rejoined");
         self.health.mark(node, true, false);
+        self.down_since.remove(&(node, None));
+        self.regen_refused.remove(&(node, None));
         if let Err(e) = self.publish(next).await {
             warn!(node, error = %e, "rejoin map not installed everywhere");
         }

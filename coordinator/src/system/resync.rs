@@ -57,7 +57,10 @@ impl SystemManager {
     /// Start a round if none runs and some copy is behind but could be
     /// resynced now.
     pub(super) async fn schedule_resync(&mut self) {
-        if self.resync_running || self.shutting_down() {
+        if self.resync_running
+            || self.shutting_down()
+            || self.resync_after.is_some_and(|t| Instant::now() < t)
+        {
             return;
         }
         let Some(hooks) = self.hooks.clone() else {
@@ -130,6 +133,9 @@ impl SystemManager {
         }
         if dropped == 0 {
             self.schedule_resync().await;
+        } else {
+            // Try the failed ones again a little later, not in a loop.
+            self.resync_after = Some(Instant::now() + RETRY_AFTER);
         }
     }
 }
@@ -244,35 +250,53 @@ async fn pull_one(
     })?;
     let mut sent = pb::CopySliceResponse::default();
     for &table in tables {
-        let xid = hooks.new_xid()?;
-        let mut tries = 0;
-        let got = loop {
-            let req = pb::CopySliceRequest {
-                epoch: map.current().epoch(),
-                table,
-                slice: r.slice,
-                source_node: r.source.node,
-                source_segment: segment(r.source_role),
-                target_segment: segment(r.target_role),
-                xid,
-                incremental: true,
-            };
-            let mut c = n.grpc.clone();
-            match c.copy_slice(req).await {
-                Ok(resp) => break resp.into_inner(),
-                Err(s) if tries < 3 && proto::error_kind(&s) == proto::ErrorKind::StaleEpoch => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(s) => return Err(n.err(s)),
-            }
-        };
+        let xid = hooks.begin_copy()?;
+        let got = copy_table(r, table, xid, n, map).await;
+        // The target committed or aborted it; either way it is over.
+        hooks.end_copy(xid);
+        let got = got?;
         sent.blocks += got.blocks;
         sent.bytes += got.bytes;
         sent.deletes += got.deletes;
     }
     Ok(sent)
 }
+
+/// One table of one copy under `xid`; a refused epoch (the map moved on
+/// while the round ran) is retried on the newer map.
+async fn copy_table(
+    r: &ResyncJob,
+    table: u64,
+    xid: Xid,
+    n: &crate::nodes::NodeClient,
+    map: &MapReader,
+) -> Result<pb::CopySliceResponse> {
+    let mut tries = 0;
+    loop {
+        let req = pb::CopySliceRequest {
+            epoch: map.current().epoch(),
+            table,
+            slice: r.slice,
+            source_node: r.source.node,
+            source_segment: segment(r.source_role),
+            target_segment: segment(r.target_role),
+            xid,
+            incremental: true,
+        };
+        let mut c = n.grpc.clone();
+        match c.copy_slice(req).await {
+            Ok(resp) => return Ok(resp.into_inner()),
+            Err(s) if tries < 3 && proto::error_kind(&s) == proto::ErrorKind::StaleEpoch => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) => return Err(n.err(s)),
+        }
+    }
+}
+
+/// How long after a round with failures the next may start.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// How long a target may keep transactions older than the round in doubt.
 const RESOLVE_WAIT: Duration = Duration::from_secs(30);
@@ -292,8 +316,8 @@ async fn wait_resolved(node: NodeId, below: Xid, nodes: &NodeSet) -> Result<()> 
             .into_inner()
             .txns
             .iter()
+            .filter(|t| t.prepared && t.xid < below)
             .map(|t| t.xid)
-            .filter(|&x| x < below)
             .collect();
         if old.is_empty() {
             return Ok(());

@@ -116,7 +116,7 @@ async fn delete_rows(
             .await
             .map_err(|s| node.err(s))?
             .into_inner();
-        txn.note_request_result(&r.degraded_slices);
+        txn.note_request_result(node.id, &r.degraded_slices);
         deleted += r.rows;
     }
     Ok(deleted)

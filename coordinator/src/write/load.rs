@@ -275,7 +275,7 @@ impl Loader {
                     e
                 })?
                 .into_inner();
-            txn.note_request_result(&r.degraded_slices);
+            txn.note_request_result(node.id, &r.degraded_slices);
             Ok(r.rows)
         });
         Ok(())

@@ -29,6 +29,7 @@ use crate::{EngineError, Result, Xid};
 const WRITE_BATCH: usize = 8;
 
 /// What one copy pulled from `source` and wrote into `target`.
+#[derive(Debug, Clone, Copy)]
 pub struct CopyPlan {
     pub table: u64,
     pub slice: u32,
@@ -99,15 +100,20 @@ async fn pull_inner(
     } else {
         Arc::new(Vec::new())
     };
-    let (mut blocks, mut bytes) = (0u64, 0u64);
+    let (mut blocks, mut bytes, mut written) = (0u64, 0u64, 0usize);
     let mut batch: Vec<bytes::Bytes> = Vec::new();
     let write = |batch: Vec<bytes::Bytes>| {
         let (t, held) = (target.clone(), held.clone());
         blocking(move || {
+            let mut written = 0;
             for b in &batch {
-                t.append_encoded_unless(seg, table, slice, xid, b, &held)?;
+                if t.append_encoded_unless(seg, table, slice, xid, b, &held)?
+                    .is_some()
+                {
+                    written += 1;
+                }
             }
-            Ok(())
+            Ok(written)
         })
     };
     loop {
@@ -120,7 +126,7 @@ async fn pull_inner(
             bytes += chunk.block.len() as u64;
             batch.push(chunk.block);
             if batch.len() >= WRITE_BATCH {
-                write(std::mem::take(&mut batch)).await?;
+                written += write(std::mem::take(&mut batch)).await?;
             }
             continue;
         }
@@ -133,12 +139,23 @@ async fn pull_inner(
                 ),
             ));
         }
-        write(std::mem::take(&mut batch)).await?;
+        written += write(std::mem::take(&mut batch)).await?;
         let deletes: Vec<(i64, Xid)> = chunk.deletes.iter().map(|d| (d.rowid, d.xid)).collect();
         let n = deletes.len() as u64;
         let t = target.clone();
+        let plan_ = *plan;
         blocking(move || {
             t.delete_copied(seg, table, slice, xid, &deletes)?;
+            // Everything written must still be pending under the copy's
+            // xid: if something aborted it meanwhile, part of the copy is
+            // gone and committing the rest would lose rows.
+            let pending = t.pending_blocks(xid);
+            if pending != written {
+                return Err(copy_failed(
+                    &plan_,
+                    &format!("{written} blocks written but {pending} still pending: the copy was aborted underneath"),
+                ));
+            }
             t.commit(xid)
         })
         .await?;

@@ -10,6 +10,9 @@ use super::Routes;
 use crate::proto::{self, pb};
 use crate::{EngineError, NodeId, Result, SliceId, TableId, Xid};
 
+/// Wait before asking a mirror again that refused a stale epoch.
+const EPOCH_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
 pub(crate) type PeerClient = pb::peer_node_client::PeerNodeClient<tonic::transport::Channel>;
 
 /// What one transaction forwarded.
@@ -44,6 +47,9 @@ pub struct Forwarder {
     node: NodeId,
     clients: Mutex<HashMap<(NodeId, String), PeerClient>>,
     txns: Mutex<HashMap<Xid, Forwarded>>,
+    /// The newest installed map's epoch and routes: a forward refused for
+    /// a stale epoch is sent again under it if it routes the same way.
+    latest: Mutex<(u64, HashMap<SliceId, NodeId>)>,
 }
 
 impl Forwarder {
@@ -53,7 +59,13 @@ impl Forwarder {
             node,
             clients: Mutex::new(HashMap::new()),
             txns: Mutex::new(HashMap::new()),
+            latest: Mutex::new((0, HashMap::new())),
         }
+    }
+
+    /// A map was installed: its epoch and where it routes each slice.
+    pub fn installed(&self, epoch: u64, routes: &Routes) {
+        *self.latest.lock() = (epoch, routes.mirrors.clone());
     }
 
     /// Whether this write of `slice` in `xid` goes to a mirror, decided
@@ -128,7 +140,7 @@ impl Forwarder {
             *n
         };
         let req = pb::MirrorWriteRequest {
-            epoch,
+            epoch: 0,
             xid,
             table,
             slice,
@@ -138,9 +150,20 @@ impl Forwarder {
             from_node: self.node,
         };
         let res = self
-            .call(routes, mirror, "forward", |mut c| async move {
-                c.mirror_write(req).await
-            })
+            .call(
+                routes,
+                mirror,
+                "forward",
+                epoch,
+                &[slice],
+                |mut c, epoch| {
+                    let req = pb::MirrorWriteRequest {
+                        epoch,
+                        ..req.clone()
+                    };
+                    async move { c.mirror_write(req).await }
+                },
+            )
             .await;
         if let Err(e) = res {
             warn!(node = self.node, xid, slice, mirror, error = %e, "mirror unreachable: slice degraded for this transaction");
@@ -178,15 +201,19 @@ impl Forwarder {
                     .unwrap_or_default()
             };
             let req = pb::MirrorPrepareRequest {
-                epoch,
+                epoch: 0,
                 xid,
                 from_node: self.node,
                 forwards: n,
                 skip_slices,
             };
             let res = self
-                .call(routes, mirror, "prepare", |mut c| async move {
-                    c.mirror_prepare(req).await
+                .call(routes, mirror, "prepare", epoch, &slices, |mut c, epoch| {
+                    let req = pb::MirrorPrepareRequest {
+                        epoch,
+                        ..req.clone()
+                    };
+                    async move { c.mirror_prepare(req).await }
                 })
                 .await;
             if let Err(e) = res {
@@ -213,9 +240,14 @@ impl Forwarder {
                 requests: 0,
             };
             if let Err(e) = self
-                .call(routes, *mirror, "commit", |mut c| async move {
-                    c.mirror_commit(req).await
-                })
+                .call(
+                    routes,
+                    *mirror,
+                    "commit",
+                    epoch,
+                    &[],
+                    |mut c, _| async move { c.mirror_commit(req).await },
+                )
                 .await
             {
                 warn!(node = self.node, xid, mirror, error = %e, "mirror commit deferred to the resolver");
@@ -244,7 +276,7 @@ impl Forwarder {
                 requests: 0,
             };
             if let Err(e) = self
-                .call(routes, mirror, "abort", |mut c| async move {
+                .call(routes, mirror, "abort", epoch, &[], |mut c, _| async move {
                     c.mirror_abort(req).await
                 })
                 .await
@@ -285,23 +317,58 @@ impl Forwarder {
         Ok(c)
     }
 
-    /// One call to a mirror, bounded by the map's mirror timeout.
-    async fn call<T, F, Fut>(&self, routes: &Routes, node: NodeId, what: &str, f: F) -> Result<T>
+    /// One call to a mirror at `epoch`, bounded by the map's mirror
+    /// timeout. While a new map is being installed two nodes can briefly
+    /// disagree on the epoch, and that must not degrade a slice: a refusal
+    /// for a stale epoch is sent again under the newest map this node has
+    /// if that map routes `slices` to the same mirror, else after a moment
+    /// (this node may get it), within the bound.
+    #[allow(clippy::too_many_arguments)]
+    async fn call<T, F, Fut>(
+        &self,
+        routes: &Routes,
+        node: NodeId,
+        what: &str,
+        mut epoch: u64,
+        slices: &[SliceId],
+        f: F,
+    ) -> Result<T>
     where
-        F: FnOnce(PeerClient) -> Fut,
+        F: Fn(PeerClient, u64) -> Fut,
         Fut: std::future::Future<Output = Result<Response<T>, Status>>,
     {
         let client = self.client(routes, node)?;
-        match tokio::time::timeout(routes.timeout, f(client)).await {
-            Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(s)) => Err(EngineError::Internal(format!(
-                "{what} to mirror node {node}: {}",
-                s.message()
-            ))),
-            Err(_) => Err(EngineError::Internal(format!(
-                "{what} to mirror node {node}: no answer in {:?}",
-                routes.timeout
-            ))),
+        let deadline = tokio::time::Instant::now() + routes.timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, f(client.clone(), epoch)).await {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(s))
+                    if proto::error_kind(&s) == proto::ErrorKind::StaleEpoch
+                        && tokio::time::Instant::now() + EPOCH_RETRY < deadline =>
+                {
+                    let (newest, same_route) = {
+                        let l = self.latest.lock();
+                        (l.0, slices.iter().all(|s| l.1.get(s) == Some(&node)))
+                    };
+                    if newest > epoch && same_route {
+                        epoch = newest;
+                    } else {
+                        tokio::time::sleep(EPOCH_RETRY).await;
+                    }
+                }
+                Ok(Err(s)) => {
+                    return Err(EngineError::Internal(format!(
+                        "{what} to mirror node {node}: {}",
+                        s.message()
+                    )))
+                }
+                Err(_) => {
+                    return Err(EngineError::Internal(format!(
+                        "{what} to mirror node {node}: no answer in {:?}",
+                        routes.timeout
+                    )))
+                }
+            }
         }
     }
 }

@@ -95,14 +95,16 @@ impl pb::node_server::Node for NodeServer {
             }
         }
         info!(slices = slices.len(), "installed map");
+        let routes = Routes {
+            mirrors,
+            peers,
+            timeout: mirror_timeout,
+        };
+        self.state.forwarder.installed(req.epoch, &routes);
         *map = Some(NodeMap {
             epoch: req.epoch,
             slices,
-            routes: Routes {
-                mirrors,
-                peers,
-                timeout: mirror_timeout,
-            },
+            routes,
         });
         Ok(Response::new(pb::Ack {}))
     }
@@ -299,6 +301,9 @@ impl pb::node_server::Node for NodeServer {
         self.on_all_disks(xid, DiskStore::commit).await?;
         failpoint::hit("node.commit.after_local");
         self.state.txns.lock().remove(&xid);
+        // Forwards staged here but never prepared were left out of this
+        // commit (their primary degraded them): drop them.
+        self.state.staging.discard(xid);
         let map = self.current_map();
         self.state
             .forwarder

@@ -122,6 +122,7 @@ impl pb::peer_node_server::PeerNode for NodeServer {
         let xid = request.into_inner().xid;
         failpoint::hit("mirror.commit.before");
         self.on_all_disks(xid, DiskStore::commit).await?;
+        self.state.staging.discard(xid);
         Ok(Response::new(pb::Ack {}))
     }
 

@@ -134,6 +134,16 @@ impl DiskStore {
         })
     }
 
+    /// How many blocks `xid` has pending (a copy checks, before its commit,
+    /// that nothing aborted it underneath).
+    pub fn pending_blocks(&self, xid: Xid) -> usize {
+        self.inner
+            .lock()
+            .pending
+            .get(&xid)
+            .map_or(0, |t| t.blocks.len())
+    }
+
     /// The bytes of one exported block, verified (a block that fails goes
     /// through the repair seam, and what that returns is verified too).
     pub fn read_exported(&self, stored: &StoredBlock) -> Result<Vec<u8>> {
