@@ -644,6 +644,16 @@ impl Slicedb {
     /// Start node `id` of a multi-process cluster again (after
     /// [`Slicedb::kill_proc`]), with the same cluster file and data dir.
     pub async fn restart_node(&mut self, env: &TestEnv, id: usize) -> Result<()> {
+        self.restart_node_with(env, id, &[]).await
+    }
+
+    /// [`Slicedb::restart_node`] with environment variables (failpoints).
+    pub async fn restart_node_with(
+        &mut self,
+        env: &TestEnv,
+        id: usize,
+        vars: &[(&str, &str)],
+    ) -> Result<()> {
         let config = self
             .config
             .clone()
@@ -656,13 +666,38 @@ impl Slicedb {
             id.to_string(),
         ];
         let (proc, line) =
-            Proc::spawn_ready_with(env, &format!("node{id}-again"), &args, &[]).await?;
+            Proc::spawn_ready_with(env, &format!("node{id}-again"), &args, vars).await?;
         ensure!(
             line.starts_with(&format!("ready: node {id} at ")),
             "node {id} restarted: ready line {line:?}"
         );
         self.procs[id].kill();
         self.procs[id] = proc;
+        Ok(())
+    }
+
+    /// Wait for node `id`'s process to exit on its own (a failpoint).
+    pub async fn wait_node_exit(&mut self, id: usize, limit: Duration) -> Option<ExitStatus> {
+        self.procs.get_mut(id)?.wait_exit(limit).await
+    }
+
+    /// kill -9 the coordinator of a multi-process cluster and start it
+    /// again on its data dir; answers once it serves SQL.
+    pub async fn restart_coordinator(&mut self, env: &TestEnv) -> Result<()> {
+        let config = self
+            .config
+            .clone()
+            .ok_or_else(|| anyhow!("only a multi-process cluster restarts its coordinator"))?;
+        let last = self.procs.len() - 1;
+        self.procs[last].kill();
+        let args = vec![
+            "coordinator".to_string(),
+            "--config".to_string(),
+            config.display().to_string(),
+        ];
+        let (proc, line) = Proc::spawn_ready_with(env, "coordinator-again", &args, &[]).await?;
+        self.url = parse_ready_url(&line)?;
+        self.procs[last] = proc;
         Ok(())
     }
 }

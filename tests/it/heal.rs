@@ -54,20 +54,33 @@ async fn resync_bytes(c: &tokio_postgres::Client) -> Result<u64> {
     Ok(total)
 }
 
+/// A multi-process cluster of [`NODES`] nodes and `spares` spares with the
+/// coordinator `settings`, table `h` loaded with `rows` rows, every slice
+/// in sync. A busy machine can make the detector fail a node falsely (it
+/// then rejoins): the load is retried if the cluster refused it meanwhile.
+async fn loaded(
+    env: &harness::TestEnv,
+    spares: u32,
+    settings: &str,
+    rows: i64,
+) -> Result<(Slicedb, tokio_postgres::Client)> {
+    let db = Slicedb::multiprocess_full(env, NODES, spares, "cluster", &[], "", settings).await?;
+    let c = db.connect().await?;
+    exec(&c, "CREATE TABLE h (k bigint, v bigint) DISTRIBUTE ON (k)").await?;
+    write(
+        &c,
+        &format!("INSERT INTO h SELECT i, i * 7 % 1000 FROM generate_series(1, {rows}) AS g(i)"),
+    )
+    .await?;
+    wait_fully_protected(&c, Duration::from_secs(60)).await?;
+    Ok((db, c))
+}
+
 #[test]
 fn a_killed_node_that_comes_back_is_resynced_with_only_what_it_missed_and_survives_the_next_fault()
 {
     harness::run("heal_rejoin", |env| async move {
-        let mut db =
-            Slicedb::multiprocess_full(&env, NODES, 0, "cluster", &[], "", COORDINATOR).await?;
-        let c = db.connect().await?;
-        exec(&c, "CREATE TABLE h (k bigint, v bigint) DISTRIBUTE ON (k)").await?;
-        write(
-            &c,
-            "INSERT INTO h SELECT i, i * 7 % 1000 FROM generate_series(1, 200000) AS g(i)",
-        )
-        .await?;
-        wait_fully_protected(&c, Duration::from_secs(60)).await?;
+        let (mut db, c) = loaded(&env, 0, COORDINATOR, 200_000).await?;
         let before = query(&c, TOTALS).await?;
 
         db.kill_proc(0);
@@ -185,18 +198,7 @@ async fn regenerate_and_survive_the_next_fault(
     spares: u32,
     tag: &str,
 ) -> Result<()> {
-    let mut db =
-        Slicedb::multiprocess_full(&env, NODES, spares, "cluster", &[], "", COORDINATOR).await?;
-    let c = db.connect().await?;
-    exec(&c, "CREATE TABLE h (k bigint, v bigint) DISTRIBUTE ON (k)").await?;
-    // A busy machine can make the detector fail a node falsely (it then
-    // rejoins): retry a write the cluster refused meanwhile.
-    write(
-        &c,
-        "INSERT INTO h SELECT i, i * 7 % 1000 FROM generate_series(1, 100000) AS g(i)",
-    )
-    .await?;
-    wait_fully_protected(&c, Duration::from_secs(60)).await?;
+    let (mut db, c) = loaded(&env, spares, COORDINATOR, 100_000).await?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = background_writer(db.url().to_string(), 1_000_001, stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -292,5 +294,92 @@ fn a_node_that_stays_away_is_regenerated_onto_the_spare_and_the_next_fault_is_su
 fn without_a_spare_the_lost_copies_spread_over_the_survivors_and_the_next_fault_is_survived() {
     harness::run("heal_regen_spread", |env| async move {
         regenerate_and_survive_the_next_fault(env, 0, "heal_regen_spread").await
+    });
+}
+
+#[test]
+fn a_copy_cut_off_by_its_target_or_the_coordinator_dying_starts_over_and_loses_nothing() {
+    harness::run("heal_interrupted", |env| async move {
+        // No regeneration here: node 0 is to rejoin each time.
+        let settings = "regen_delay = \"10m\"\nprobe_timeout = \"1500ms\"\n";
+        let (mut db, c) = loaded(&env, 0, settings, 100_000).await?;
+        db.kill_proc(0);
+        write(
+            &c,
+            "INSERT INTO h SELECT i, 1 FROM generate_series(100001, 102000) AS g(i)",
+        )
+        .await?;
+        let want = query(&c, TOTALS).await?;
+
+        // 1. The target dies as it is about to commit its first copy.
+        db.restart_node_with(
+            &env,
+            0,
+            &[("SLICEDB_FAILPOINTS", "copy.before_commit=exit")],
+        )
+        .await?;
+        let exit = db.wait_node_exit(0, Duration::from_secs(60)).await;
+        ensure!(
+            exit.and_then(|s| s.code()) == Some(86),
+            "node 0 should die at its first copy's commit: {exit:?}"
+        );
+        ensure!(
+            query(&c, TOTALS).await? == want,
+            "answers while the target is dead again"
+        );
+
+        // 2. The coordinator dies while copies wait before their commit.
+        db.restart_node_with(
+            &env,
+            0,
+            &[("SLICEDB_FAILPOINTS", "copy.before_commit=delay:1500")],
+        )
+        .await?;
+        let t0 = std::time::Instant::now();
+        while scalar(
+            &c,
+            "SELECT count(*) FROM slicedb_slices WHERE state = 'rebuilding'",
+        )
+        .await?
+            == "0"
+        {
+            ensure!(
+                t0.elapsed() < Duration::from_secs(30),
+                "no resync started after node 0 returned"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(c);
+        db.restart_coordinator(&env).await?;
+        let c = db.connect().await?;
+        let took = wait_fully_protected(&c, Duration::from_secs(90)).await?;
+        ensure!(
+            query(&c, TOTALS).await? == want,
+            "answers after the copies started over"
+        );
+        harness::ensure_verified(&c).await?;
+        let history = query(
+            &c,
+            "SELECT cause FROM slicedb_map_history WHERE cause LIKE 'coordinator started%'",
+        )
+        .await?;
+        ensure!(
+            !history.is_empty(),
+            "the restarted coordinator records the copies it starts over"
+        );
+        eprintln!(
+            "[heal_interrupted] in sync {took:?} after the coordinator restarted: {:?}",
+            history[0][0]
+        );
+
+        // Fully protected: the next fault is survived.
+        db.kill_proc(1);
+        ensure!(
+            query(&c, TOTALS).await? == want,
+            "the next fault is survived"
+        );
+        drop(c);
+        db.kill();
+        Ok(())
     });
 }

@@ -512,6 +512,22 @@ impl DistMap {
         jobs
     }
 
+    /// Copies left `Rebuilding` by a coordinator that stopped mid-round:
+    /// no round is running, so they are stale (the next round starts them
+    /// over). Returns how many.
+    pub(crate) fn restart_rebuilding(&mut self) -> usize {
+        let mut n = 0;
+        for e in &mut self.slices {
+            for c in e.copies.iter_mut() {
+                if c.state == CopyState::Rebuilding {
+                    c.state = CopyState::Stale;
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
     /// Copies (slice, location) whose resync came through: those still
     /// `Rebuilding` are in sync. Returns how many.
     pub(crate) fn finish_resync(&mut self, done: &[(SliceId, Location)]) -> usize {

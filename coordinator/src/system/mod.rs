@@ -261,6 +261,17 @@ pub async fn start(
 
 impl SystemManager {
     async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
+        // A round the previous coordinator left running is gone with it.
+        let mut next = self.map.clone();
+        let interrupted = next.restart_rebuilding();
+        if interrupted > 0 {
+            next.bump(format!(
+                "coordinator started: {interrupted} copies it was resyncing start over"
+            ));
+            if let Err(e) = self.publish(next).await {
+                warn!(error = %e, "map not installed everywhere");
+            }
+        }
         while let Some(e) = events.recv().await {
             match e {
                 Event::Probed { node, outcome } => self.probed(node, outcome).await,

@@ -140,6 +140,10 @@ async fn pull_inner(
             ));
         }
         written += write(std::mem::take(&mut batch)).await?;
+        if let Some(d) = crate::failpoint::delay("copy.before_commit") {
+            tokio::time::sleep(d).await;
+        }
+        crate::failpoint::hit("copy.before_commit");
         let deletes: Vec<(i64, Xid)> = chunk.deletes.iter().map(|d| (d.rowid, d.xid)).collect();
         let n = deletes.len() as u64;
         let t = target.clone();
