@@ -92,6 +92,17 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Heal now: regenerate every failed node's and disk's copies without
+    /// waiting for regen_delay, and show progress until every slice is in
+    /// sync again (exit 0), or say what blocks it (exit 1).
+    Regenerate {
+        /// The running cluster's PostgreSQL URL.
+        #[arg(long, default_value = "postgres://slicedb@127.0.0.1:5433/slicedb")]
+        url: String,
+        /// Give up after this long, e.g. 30m.
+        #[arg(long, default_value = "1h")]
+        timeout: String,
+    },
     /// Create or inspect disk images.
     Disk {
         #[command(subcommand)]
@@ -209,6 +220,9 @@ async fn serve(cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Verify { url, all } => verify(&url, all).await,
+        Command::Regenerate { url, timeout } => {
+            regenerate(&url, slicedb::config::parse_duration(&timeout)?).await
+        }
         Command::Disk { .. } => unreachable!("handled before the runtime starts"),
     }
 }
@@ -261,6 +275,106 @@ async fn verify(url: &str, all: bool) -> Result<()> {
         anyhow::bail!("{bad} slice(s) diverged or could not be checked");
     }
     Ok(())
+}
+
+/// REGENERATE, then the slices' states every half second until all are in
+/// sync. Stops with an error if the cluster says regeneration is refused,
+/// or after `timeout`.
+async fn regenerate(url: &str, timeout: std::time::Duration) -> Result<()> {
+    use std::io::Write;
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    tokio::spawn(conn);
+    client
+        .simple_query("REGENERATE")
+        .await
+        .context("REGENERATE")?;
+    let rows = |msgs: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<Vec<String>> {
+        msgs.into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                    (0..r.len())
+                        .map(|i| r.get(i).unwrap_or("").to_string())
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect()
+    };
+    let start = std::time::Instant::now();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    loop {
+        let states = rows(
+            client
+                .simple_query(
+                    "SELECT state, count(*) FROM slicedb_slices GROUP BY state ORDER BY state",
+                )
+                .await
+                .context("SELECT FROM slicedb_slices")?,
+        );
+        let total: u64 = states.iter().filter_map(|r| r[1].parse::<u64>().ok()).sum();
+        let in_sync: u64 = states
+            .iter()
+            .filter(|r| r[0] == "in_sync" || r[0] == "primary_only")
+            .filter_map(|r| r[1].parse::<u64>().ok())
+            .sum();
+        let others: Vec<String> = states
+            .iter()
+            .filter(|r| r[0] != "in_sync" && r[0] != "primary_only")
+            .map(|r| format!("{} {}", r[1], r[0]))
+            .collect();
+        let width = 30;
+        let filled = (in_sync * width).checked_div(total).unwrap_or(width) as usize;
+        let line = format!(
+            "[{}{}] {in_sync}/{total} slices in sync{}  {:.0?}",
+            "#".repeat(filled),
+            "-".repeat(width as usize - filled),
+            if others.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", others.join(", "))
+            },
+            start.elapsed()
+        );
+        if tty {
+            eprint!("\r{line}");
+        } else {
+            eprintln!("{line}");
+        }
+        let _ = std::io::stderr().flush();
+        if in_sync == total {
+            if tty {
+                eprintln!();
+            }
+            println!("fully protected: {total} slices in sync");
+            return Ok(());
+        }
+        let last = rows(
+            client
+                .simple_query("SELECT cause FROM slicedb_map_history ORDER BY epoch DESC LIMIT 1")
+                .await
+                .context("SELECT FROM slicedb_map_history")?,
+        );
+        if let Some(cause) = last.first().map(|r| r[0].clone()) {
+            if cause.starts_with("regeneration refused") {
+                if tty {
+                    eprintln!();
+                }
+                anyhow::bail!("{cause}");
+            }
+        }
+        if start.elapsed() > timeout {
+            if tty {
+                eprintln!();
+            }
+            anyhow::bail!(
+                "not fully protected after {timeout:?}: {}",
+                others.join(", ")
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 fn disk(cmd: DiskCommand) -> Result<()> {

@@ -96,6 +96,11 @@ impl Cluster {
         self.system.report_unreachable(node);
     }
 
+    /// Regenerate every failed node and disk now (an admin asked).
+    pub fn regenerate_now(&self) {
+        self.system.regenerate_now();
+    }
+
     /// The cluster is being shut down on purpose: no more failovers.
     pub fn begin_shutdown(&self) {
         self.system.begin_shutdown();

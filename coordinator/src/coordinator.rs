@@ -519,6 +519,12 @@ impl Coordinator {
         crate::write::maintenance::groom(&self.cluster, &meta).await
     }
 
+    /// Regenerate every failed node's and disk's copies now, without
+    /// waiting for `regen_delay` (REGENERATE).
+    pub fn regenerate_now(&self) {
+        self.cluster.regenerate_now();
+    }
+
     /// Compare the primary and mirror of every slice of every table.
     pub async fn verify(&self) -> Result<Vec<crate::write::VerifyRow>> {
         crate::write::maintenance::verify(&self.cluster).await

@@ -96,6 +96,15 @@ impl SlicedbDialect {
     }
 }
 
+/// A name as written: unquoted it folds to lower case, quoted it is kept.
+pub(crate) fn normalize(s: &str, quoted: bool) -> String {
+    if quoted {
+        s.to_string()
+    } else {
+        s.to_lowercase()
+    }
+}
+
 /// Unquoted identifiers fold to lower case, quoted ones are kept as written.
 fn normalize_ident(ident: &Ident) -> String {
     if ident.quote_style.is_some() {

@@ -4,7 +4,8 @@
 //! extended protocol, SET/SHOW, BEGIN/COMMIT bookkeeping) with our own routing
 //! in front of it: statements slicedb owns — CREATE TABLE with a distribution
 //! clause, DROP TABLE, COPY FROM STDIN / TO STDOUT, BEGIN / COMMIT /
-//! ROLLBACK, DELETE, UPDATE, TRUNCATE, GROOM TABLE — are handled here; every
+//! ROLLBACK, DELETE, UPDATE, TRUNCATE — are handled here (GROOM TABLE and
+//! REGENERATE in `admin`); every
 //! other statement goes to DataFusion through datafusion-postgres, inside
 //! the connection's transaction block when one is open (a task-local the
 //! coordinator's scans and inserts read). Every error leaves as a SQLSTATE.
@@ -43,8 +44,9 @@ use slicedb_coordinator::{Coordinator, CoordinatorError, Distribution};
 use tokio::sync::Mutex;
 use tracing::{debug, info};
 
+use crate::admin;
 use crate::copy::{encode_rows, CopyDecoder, CopyOptions, CopyPipeline, Widen};
-use crate::dialect::{self, ParsedStatement};
+use crate::dialect::{self, normalize, ParsedStatement};
 use crate::errors::{fix_response, fix_responses, to_pg, SqlError};
 use crate::shield;
 
@@ -163,35 +165,6 @@ async fn in_block<T>(
         txn.mark_failed(e.to_string());
     }
     r
-}
-
-/// GROOM TABLE, answered with the rows it removed.
-async fn groom(fe: &Frontend, table: &str) -> Result<Response, SqlError> {
-    let (blocks, rows) = fe.coord.groom(table).await?;
-    info!(table = %table, blocks, rows, "groomed");
-    Ok(Response::Execution(
-        Tag::new("GROOM").with_rows(rows as usize),
-    ))
-}
-
-/// `GROOM TABLE name` (Netezza): the table name, if `sql` is one.
-fn parse_groom(sql: &str) -> Option<String> {
-    let t = sql.trim().trim_end_matches(';').trim();
-    let mut words = t.split_whitespace();
-    let (g, k, name) = (words.next()?, words.next()?, words.next()?);
-    if !g.eq_ignore_ascii_case("groom")
-        || !k.eq_ignore_ascii_case("table")
-        || words.next().is_some()
-    {
-        return None;
-    }
-    let quoted = name.starts_with('"') && name.ends_with('"') && name.len() >= 2;
-    let raw = if quoted {
-        &name[1..name.len() - 1]
-    } else {
-        name
-    };
-    Some(normalize(raw, quoted))
 }
 
 /// The connection's open transaction block, if any.
@@ -405,14 +378,6 @@ fn object_name(n: &ObjectName) -> Result<String, SqlError> {
             "3F000",
             format!("schema of \"{n}\" does not exist (slicedb tables live in public)"),
         )),
-    }
-}
-
-fn normalize(s: &str, quoted: bool) -> String {
-    if quoted {
-        s.to_string()
-    } else {
-        s.to_lowercase()
     }
 }
 
@@ -789,8 +754,8 @@ impl Simple {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        if let Some(table) = parse_groom(query) {
-            return Ok(vec![groom(&self.fe, &table).await?]);
+        if let Some(a) = admin::parse(query) {
+            return Ok(vec![admin::run(&self.fe.coord, a).await?]);
         }
         let txn = conn_txn(client).await;
         let mut parsed = match dialect::parse_statements(query) {
@@ -954,7 +919,7 @@ impl QueryParser for OurParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        if parse_ours(sql).is_some() || parse_groom(sql).is_some() {
+        if parse_ours(sql).is_some() || admin::parse(sql).is_some() {
             return Ok(Some((sql.to_string(), None)));
         }
         let shielded = shield::shield_sql(sql);
@@ -1041,8 +1006,8 @@ impl Extended {
             if let Some(p) = parse_ours(sql) {
                 return Ok(run_ours(&self.fe, client, p).await?);
             }
-            if let Some(table) = parse_groom(sql) {
-                return Ok(groom(&self.fe, &table).await?);
+            if let Some(a) = admin::parse(sql) {
+                return Ok(admin::run(&self.fe.coord, a).await?);
             }
         }
         match conn_txn(client).await {

@@ -335,20 +335,13 @@ fn a_copy_cut_off_by_its_target_or_the_coordinator_dying_starts_over_and_loses_n
             &[("SLICEDB_FAILPOINTS", "copy.before_commit=delay:1500")],
         )
         .await?;
-        let t0 = std::time::Instant::now();
-        while scalar(
+        wait_for(
             &c,
             "SELECT count(*) FROM slicedb_slices WHERE state = 'rebuilding'",
+            |v| v != "0",
+            "a resync started after node 0 returned",
         )
-        .await?
-            == "0"
-        {
-            ensure!(
-                t0.elapsed() < Duration::from_secs(30),
-                "no resync started after node 0 returned"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        .await?;
         drop(c);
         db.restart_coordinator(&env).await?;
         let c = db.connect().await?;
@@ -373,11 +366,117 @@ fn a_copy_cut_off_by_its_target_or_the_coordinator_dying_starts_over_and_loses_n
         );
 
         // Fully protected: the next fault is survived.
-        db.kill_proc(1);
+        survive_the_next_fault(db, c, &want).await
+    });
+}
+
+/// Ask `sql` (one value) every 50 ms until `done` holds for its answer;
+/// fail after 30 s naming `what` was awaited.
+async fn wait_for(
+    c: &tokio_postgres::Client,
+    sql: &str,
+    done: impl Fn(&str) -> bool,
+    what: &str,
+) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let v = scalar(c, sql).await?;
+        if done(&v) {
+            return Ok(());
+        }
         ensure!(
-            query(&c, TOTALS).await? == want,
-            "the next fault is survived"
+            t0.elapsed() < Duration::from_secs(30),
+            "not {what} after 30 s: {sql} = {v}"
         );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// kill -9 node 0; answers stay `want`; returns once the map has failed it
+/// over.
+async fn kill_node_0(db: &mut Slicedb, c: &tokio_postgres::Client, want: &Rows) -> Result<()> {
+    db.kill_proc(0);
+    ensure!(&query(c, TOTALS).await? == want, "one failure is survived");
+    wait_for(
+        c,
+        "SELECT count(*) FROM slicedb_slices WHERE state <> 'in_sync'",
+        |v| v != "0",
+        "node 0 failed over",
+    )
+    .await
+}
+
+/// kill -9 node 1 (it served node 0's slices meanwhile): answers stay
+/// `want`; then the cluster is torn down.
+async fn survive_the_next_fault(
+    mut db: Slicedb,
+    c: tokio_postgres::Client,
+    want: &Rows,
+) -> Result<()> {
+    db.kill_proc(1);
+    ensure!(
+        &query(&c, TOTALS).await? == want,
+        "the next fault is survived"
+    );
+    drop(c);
+    db.kill();
+    Ok(())
+}
+
+/// `slicedb regenerate`: its exit status and what it printed.
+async fn regenerate_cli(url: &str) -> Result<(bool, String)> {
+    let out = tokio::process::Command::new(harness::BIN)
+        .args(["regenerate", "--url", url, "--timeout", "90s"])
+        .output()
+        .await?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
+}
+
+#[test]
+fn slicedb_regenerate_heals_at_once_or_says_why_it_cannot() {
+    harness::run("heal_cli", |env| async move {
+        // regen_delay far away: only the command starts regeneration.
+        let settings = "regen_delay = \"10m\"\nprobe_timeout = \"1500ms\"\n";
+        let (mut db, c) = loaded(&env, 1, settings, 50_000).await?;
+        let want = query(&c, TOTALS).await?;
+        kill_node_0(&mut db, &c, &want).await?;
+        let (ok, out) = regenerate_cli(db.url()).await?;
+        eprintln!("[heal_cli] slicedb regenerate:\n{out}");
+        ensure!(
+            ok && out.contains("fully protected: 16 slices in sync"),
+            "regenerate: {out}"
+        );
+        harness::ensure_verified(&c).await?;
+        survive_the_next_fault(db, c, &want).await
+    });
+}
+
+#[test]
+fn slicedb_regenerate_says_when_no_node_has_room() {
+    harness::run("heal_cli_no_room", |env| async move {
+        let settings = "regen_delay = \"10m\"\nprobe_timeout = \"1500ms\"\n";
+        let db = Slicedb::multiprocess_full(&env, 2, 0, "cluster", &[], "", settings).await?;
+        let c = db.connect().await?;
+        exec(&c, "CREATE TABLE h (k bigint, v bigint) DISTRIBUTE ON (k)").await?;
+        write(
+            &c,
+            "INSERT INTO h SELECT i, i * 2 FROM generate_series(1, 1000) AS g(i)",
+        )
+        .await?;
+        let want = query(&c, TOTALS).await?;
+        let mut db = db;
+        kill_node_0(&mut db, &c, &want).await?;
+        let (ok, out) = regenerate_cli(db.url()).await?;
+        eprintln!("[heal_cli_no_room] slicedb regenerate:\n{out}");
+        ensure!(!ok, "with no room, slicedb regenerate fails: {out}");
+        ensure!(out.contains("no node has room"), "it says why: {out}");
+        // Nothing was half-done: the survivor still serves everything.
+        ensure!(query(&c, TOTALS).await? == want, "answers unchanged");
         drop(c);
         db.kill();
         Ok(())

@@ -63,8 +63,9 @@ impl SystemManager {
                 self.schedule_resync().await;
             }
             Err(e) => {
-                // Said once per fault, not every second.
-                if self.regen_refused.insert((node, disk)) {
+                // Said once per fault, not every second (and each time an
+                // admin asks).
+                if self.regen_refused.insert((node, disk)) || now {
                     warn!(node, ?disk, error = %e, "regeneration not possible");
                     let mut next = self.map.clone();
                     next.bump(format!("regeneration refused: {e}"));
