@@ -142,10 +142,6 @@ impl Coordinator {
             info!(resolved, "resolved in-doubt transactions at startup");
         }
         crate::txn::spawn_resolver(txns.clone(), Duration::from_millis(500));
-        system.attach(Arc::new(Healing {
-            txns,
-            cluster: cluster.clone(),
-        }));
         // Make sure every node knows every table (a node may have been
         // initialised after the table was created, or missed a DDL).
         let tables = cluster.catalog().lock().tables();
@@ -160,6 +156,12 @@ impl Coordinator {
             cluster.catalog().lock().remove_meta(&t)?;
             drop_on_nodes(&cluster, &t).await;
         }
+        // Only now may the system manager resync and regenerate (each
+        // changes the epoch, which the fan-out above must not race).
+        system.attach(Arc::new(Healing {
+            txns,
+            cluster: cluster.clone(),
+        }));
 
         let mut session = SessionConfig::new()
             .with_option_extension(crate::query::SlicedbOptions::default())

@@ -224,6 +224,16 @@ pub async fn start(
     nodes: Arc<NodeSet>,
     health: Arc<NodeHealth>,
 ) -> Result<(SystemHandle, MapReader)> {
+    // A round the previous coordinator left running is gone with it: its
+    // copies start over (before anyone reads this map).
+    let mut map = map;
+    let interrupted = map.restart_rebuilding();
+    if interrupted > 0 {
+        map.bump(format!(
+            "coordinator started: {interrupted} copies it was resyncing start over"
+        ));
+        meta.write(Doc::Map, &map.to_json()?)?;
+    }
     install::install_map(&nodes, &map, config.mirror_timeout, false, &health).await?;
     let (map_tx, map_rx) = watch::channel(Arc::new(map.clone()));
     let (inst_tx, inst_rx) = watch::channel(map.epoch());
@@ -261,17 +271,6 @@ pub async fn start(
 
 impl SystemManager {
     async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
-        // A round the previous coordinator left running is gone with it.
-        let mut next = self.map.clone();
-        let interrupted = next.restart_rebuilding();
-        if interrupted > 0 {
-            next.bump(format!(
-                "coordinator started: {interrupted} copies it was resyncing start over"
-            ));
-            if let Err(e) = self.publish(next).await {
-                warn!(error = %e, "map not installed everywhere");
-            }
-        }
         while let Some(e) = events.recv().await {
             match e {
                 Event::Probed { node, outcome } => self.probed(node, outcome).await,

@@ -19,7 +19,9 @@ use slicedb_engine::NodeId;
 impl SystemManager {
     /// `node` is down in the map but answered a probe.
     pub(super) async fn rejoin(&mut self, node: NodeId, st: &pb::StatusResponse) {
-        if self.shutting_down() {
+        // Not while the coordinator is still starting (its table fan-out
+        // must not race an epoch change): the next probe asks again.
+        if self.shutting_down() || self.hooks.is_none() {
             return;
         }
         let failed: Vec<u32> = st
