@@ -96,6 +96,11 @@ impl Cluster {
         self.system.report_unreachable(node);
     }
 
+    /// The copies of the current (or last) resync round.
+    pub fn resync_progress(&self) -> Vec<crate::system::CopyProgress> {
+        self.system.resync_progress()
+    }
+
     /// Regenerate every failed node and disk now (an admin asked).
     pub fn regenerate_now(&self) {
         self.system.regenerate_now();

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
@@ -31,6 +31,7 @@ enum View {
     TableSlices,
     Verify,
     History,
+    Resync,
 }
 
 impl View {
@@ -42,6 +43,7 @@ impl View {
             View::TableSlices => "slicedb_table_slices",
             View::Verify => "slicedb_verify",
             View::History => "slicedb_map_history",
+            View::Resync => "slicedb_resync",
         }
     }
 
@@ -72,6 +74,19 @@ impl View {
                 s("persistence"),
             ],
             View::History => vec![b("epoch"), b("at_unix_ms"), s("cause")],
+            View::Resync => vec![
+                i("slice"),
+                i("source_node"),
+                i("target_node"),
+                s("segment"),
+                s("phase"),
+                i("tables_done"),
+                i("tables_total"),
+                b("blocks"),
+                b("bytes"),
+                Field::new("seconds", DataType::Float64, true),
+                Field::new("mb_per_s", DataType::Float64, true),
+            ],
             View::Verify => vec![
                 s("table_name"),
                 i("slice"),
@@ -103,6 +118,7 @@ pub fn register(ctx: &SessionContext, cluster: &Arc<Cluster>) -> Result<()> {
         View::TableSlices,
         View::Verify,
         View::History,
+        View::Resync,
     ] {
         ctx.register_table(
             view.name(),
@@ -314,6 +330,48 @@ impl SystemView {
                     Arc::new(StringArray::from_iter_values(
                         h.iter().map(|c| c.cause.clone()),
                     )),
+                ]
+            }
+            View::Resync => {
+                let p = self.cluster.resync_progress();
+                let secs: Vec<f64> = p
+                    .iter()
+                    .map(|c| {
+                        c.finished
+                            .unwrap_or_else(std::time::Instant::now)
+                            .duration_since(c.started)
+                            .as_secs_f64()
+                    })
+                    .collect();
+                let i32s = |f: &dyn Fn(&crate::system::CopyProgress) -> i32| {
+                    Arc::new(Int32Array::from_iter_values(p.iter().map(f))) as ArrayRef
+                };
+                vec![
+                    i32s(&|c| c.slice as i32),
+                    i32s(&|c| c.source_node as i32),
+                    i32s(&|c| c.target_node as i32),
+                    Arc::new(StringArray::from_iter_values(p.iter().map(|c| c.segment))),
+                    Arc::new(StringArray::from_iter_values(
+                        p.iter().map(|c| c.phase.clone()),
+                    )),
+                    i32s(&|c| c.tables_done as i32),
+                    i32s(&|c| c.tables_total as i32),
+                    Arc::new(Int64Array::from_iter_values(
+                        p.iter().map(|c| c.blocks as i64),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(
+                        p.iter().map(|c| c.bytes as i64),
+                    )),
+                    Arc::new(Float64Array::from(secs.clone())),
+                    Arc::new(Float64Array::from_iter_values(p.iter().zip(&secs).map(
+                        |(c, s)| {
+                            if *s > 0.0 {
+                                c.bytes as f64 / 1e6 / s
+                            } else {
+                                0.0
+                            }
+                        },
+                    ))),
                 ]
             }
             View::Verify => {

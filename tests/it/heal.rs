@@ -141,6 +141,11 @@ fn a_killed_node_that_comes_back_is_resynced_with_only_what_it_missed_and_surviv
             "a resync sends what changed ({sent} bytes), not whole slices ({total} bytes in all)"
         );
         harness::ensure_verified(&c).await?;
+        let rows = query(&c, "SELECT phase, bytes FROM slicedb_resync").await?;
+        ensure!(
+            !rows.is_empty() && rows.iter().all(|r| r[0].as_deref() == Some("done")),
+            "slicedb_resync shows the last round done: {rows:?}"
+        );
 
         // Writes after the rejoin reach both copies; then the node that
         // served node 0's slices meanwhile dies.
@@ -342,6 +347,19 @@ fn a_copy_cut_off_by_its_target_or_the_coordinator_dying_starts_over_and_loses_n
             "a resync started after node 0 returned",
         )
         .await?;
+        // The copies in flight show in slicedb_resync.
+        let rows = query(
+            &c,
+            "SELECT slice, phase, tables_total FROM slicedb_resync WHERE target_node = 0",
+        )
+        .await?;
+        ensure!(
+            !rows.is_empty()
+                && rows
+                    .iter()
+                    .all(|r| matches!(r[1].as_deref(), Some("waiting" | "copying" | "done"))),
+            "slicedb_resync shows node 0's copies in flight: {rows:?}"
+        );
         drop(c);
         db.restart_coordinator(&env).await?;
         let c = db.connect().await?;

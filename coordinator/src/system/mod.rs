@@ -45,6 +45,7 @@ use crate::nodes::NodeSet;
 use crate::{CoordinatorError, Result};
 
 pub use detector::NodeHealth;
+pub use resync::CopyProgress;
 
 /// What the system manager reacts to.
 #[derive(Debug)]
@@ -151,6 +152,8 @@ struct MapWriter {
 pub struct SystemHandle {
     events: mpsc::UnboundedSender<Event>,
     shutting_down: Arc<AtomicBool>,
+    /// The copies of the current (or last) resync round, as it goes.
+    progress: Arc<parking_lot::Mutex<Vec<CopyProgress>>>,
 }
 
 impl SystemHandle {
@@ -176,6 +179,12 @@ impl SystemHandle {
     /// until then it fails over but resyncs nothing.
     pub fn attach(&self, hooks: Arc<dyn Hooks>) {
         let _ = self.events.send(Event::Attach(hooks));
+    }
+
+    /// The copies of the current (or last) resync round and how far each
+    /// got (`slicedb_resync`).
+    pub fn resync_progress(&self) -> Vec<CopyProgress> {
+        self.progress.lock().clone()
     }
 
     /// Regenerate every failed node's and disk's copies now, without
@@ -241,6 +250,7 @@ pub async fn start(
     let handle = SystemHandle {
         events,
         shutting_down: Arc::new(AtomicBool::new(false)),
+        progress: Default::default(),
     };
     let reader = MapReader {
         map: map_rx,

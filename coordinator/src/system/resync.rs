@@ -19,6 +19,9 @@
 //! (`mirrors_missed_commit`), and so is one whose pull fails; a later round
 //! starts it over. A node that fails mid-round loses its copies as usual.
 //!
+//! Each copy's progress is on a board every reader sees
+//! ([`super::SystemHandle::resync_progress`], the `slicedb_resync` view).
+//!
 //! The copying runs in a spawned task that reports back with
 //! [`Event::ResyncDone`]; the manager's loop never waits on a node for it,
 //! and the task never changes the map.
@@ -34,6 +37,38 @@ use super::{Event, Hooks, MapReader, SystemHandle, SystemManager};
 use crate::map::{Location, ResyncJob, Role};
 use crate::nodes::NodeSet;
 use crate::Result;
+
+/// One copy of a round, as `slicedb_resync` shows it.
+#[derive(Debug, Clone)]
+pub struct CopyProgress {
+    pub slice: SliceId,
+    pub source_node: NodeId,
+    pub target_node: NodeId,
+    /// The target's segment: `primary` or `mirror`.
+    pub segment: &'static str,
+    /// waiting (for older transactions), copying, done, failed: why.
+    pub phase: String,
+    pub tables_done: u32,
+    pub tables_total: u32,
+    pub blocks: u64,
+    pub bytes: u64,
+    pub started: Instant,
+    /// When it finished (done or failed).
+    pub finished: Option<Instant>,
+}
+
+type Board = Arc<parking_lot::Mutex<Vec<CopyProgress>>>;
+
+/// Update the board's row for `r`.
+fn note(board: &Board, r: &ResyncJob, f: impl FnOnce(&mut CopyProgress)) {
+    if let Some(p) = board
+        .lock()
+        .iter_mut()
+        .find(|p| p.slice == r.slice && p.target_node == r.target.node)
+    {
+        f(p);
+    }
+}
 
 /// What one round did.
 #[derive(Debug)]
@@ -84,6 +119,23 @@ impl SystemManager {
         // written without forwarding: wait for those to finish.
         let wait_below = hooks.xid_high_water();
         self.resync_running = true;
+        let now = Instant::now();
+        *self.handle.progress.lock() = round
+            .iter()
+            .map(|r| CopyProgress {
+                slice: r.slice,
+                source_node: r.source.node,
+                target_node: r.target.node,
+                segment: r.target_role.as_str(),
+                phase: "waiting".into(),
+                tables_done: 0,
+                tables_total: 0,
+                blocks: 0,
+                bytes: 0,
+                started: now,
+                finished: None,
+            })
+            .collect();
         tokio::spawn(run_round(
             round,
             wait_below,
@@ -171,9 +223,21 @@ async fn run_round(
     for r in round {
         by_target.entry(r.target.node).or_default().push(r);
     }
+    let board = handle.progress.clone();
     let per_target = by_target.into_iter().map(|(node, copies)| {
-        let (hooks, nodes, map) = (hooks.clone(), nodes.clone(), map.clone());
-        async move { pull_all(node, wait_below, copies, hooks.as_ref(), &nodes, &map).await }
+        let (hooks, nodes, map, board) = (hooks.clone(), nodes.clone(), map.clone(), board.clone());
+        async move {
+            pull_all(
+                node,
+                wait_below,
+                copies,
+                hooks.as_ref(),
+                &nodes,
+                &map,
+                &board,
+            )
+            .await
+        }
     });
     let mut outcome = RoundOutcome {
         done: Vec::new(),
@@ -201,6 +265,7 @@ async fn pull_all(
     hooks: &dyn Hooks,
     nodes: &NodeSet,
     map: &MapReader,
+    board: &Board,
 ) -> RoundOutcome {
     let mut o = RoundOutcome {
         done: Vec::new(),
@@ -219,10 +284,22 @@ async fn pull_all(
         }
     };
     for r in copies {
-        let pulled = match pull_one(&r, &tables, hooks, nodes, map).await {
+        note(board, &r, |p| {
+            p.phase = "copying".into();
+            p.tables_total = tables.len() as u32;
+            p.started = Instant::now();
+        });
+        let pulled = match pull_one(&r, &tables, hooks, nodes, map, board).await {
             Ok(sent) => wait_resolved(node, wait_below, nodes).await.map(|()| sent),
             Err(e) => Err(e),
         };
+        note(board, &r, |p| {
+            p.phase = match &pulled {
+                Ok(_) => "done".into(),
+                Err(e) => format!("failed: {e}"),
+            };
+            p.finished = Some(Instant::now());
+        });
         match pulled {
             Ok(sent) => {
                 o.blocks += sent.blocks;
@@ -244,6 +321,7 @@ async fn pull_one(
     hooks: &dyn Hooks,
     nodes: &NodeSet,
     map: &MapReader,
+    board: &Board,
 ) -> Result<pb::CopySliceResponse> {
     let n = nodes.get(&r.target.node).ok_or_else(|| {
         crate::CoordinatorError::Config(format!("map names unknown node {}", r.target.node))
@@ -255,6 +333,11 @@ async fn pull_one(
         // The target committed or aborted it; either way it is over.
         hooks.end_copy(xid);
         let got = got?;
+        note(board, r, |p| {
+            p.tables_done += 1;
+            p.blocks += got.blocks;
+            p.bytes += got.bytes;
+        });
         sent.blocks += got.blocks;
         sent.bytes += got.bytes;
         sent.deletes += got.deletes;
