@@ -165,7 +165,7 @@ fn kill_each_node_in_turn_and_every_answer_stays_the_same() {
 #[test]
 fn hung_node_is_failed_over_then_rejoins_in_sync_after_it_wakes() {
     harness::run("failover_hang", |env| async move {
-        let db = Slicedb::multiprocess(&env, NODES).await?;
+        let mut db = Slicedb::multiprocess(&env, NODES).await?;
         let (totals, _) = load(&db).await?;
         let pid = db.pids()[1] as i32;
         // SAFETY: signalling a child process we started.
@@ -211,6 +211,12 @@ fn hung_node_is_failed_over_then_rejoins_in_sync_after_it_wakes() {
             "after the rejoin the totals changed"
         );
         harness::ensure_verified(&c).await?;
+        // Protected again: the next fault is survived.
+        db.kill_proc(2);
+        ensure!(
+            query(&c, TOTALS).await? == totals,
+            "after the rejoin, losing node 2 changed the totals"
+        );
         drop(c);
         db.kill();
         Ok(())

@@ -355,6 +355,17 @@ pub const COORDINATOR: u32 = u32::MAX;
 /// the likely racers: ports come from below the kernel's ephemeral range
 /// (32768 and up by default), where outgoing connections never take them,
 /// and each test process starts at its own place in that range.
+/// The arguments that start node `id` of the cluster file `config`.
+fn node_args(config: &Path, id: usize) -> Vec<String> {
+    vec![
+        "node".to_string(),
+        "--config".to_string(),
+        config.display().to_string(),
+        "--id".to_string(),
+        id.to_string(),
+    ]
+}
+
 pub fn free_port() -> Result<u16> {
     use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 20_000;
@@ -531,13 +542,7 @@ impl Slicedb {
 
         let mut procs = Vec::new();
         for (id, addr) in node_addrs.iter().enumerate() {
-            let args = vec![
-                "node".to_string(),
-                "--config".to_string(),
-                config.display().to_string(),
-                "--id".to_string(),
-                id.to_string(),
-            ];
+            let args = node_args(&config, id);
             let vars: Vec<(&str, &str)> = node_vars
                 .iter()
                 .filter(|v| v.0 == id as u32)
@@ -658,13 +663,7 @@ impl Slicedb {
             .config
             .clone()
             .ok_or_else(|| anyhow!("only a multi-process cluster restarts a node"))?;
-        let args = vec![
-            "node".to_string(),
-            "--config".to_string(),
-            config.display().to_string(),
-            "--id".to_string(),
-            id.to_string(),
-        ];
+        let args = node_args(&config, id);
         let (proc, line) =
             Proc::spawn_ready_with(env, &format!("node{id}-again"), &args, vars).await?;
         ensure!(

@@ -552,6 +552,14 @@ fn unreachable_mirror_degrades_its_slice_within_a_bounded_time() {
             "[mirror_degraded] resynced {:?} after the mirror returned",
             t0.elapsed()
         );
+        // Protected again: losing the primary now is survived by the
+        // resynced mirror, with every acknowledged row.
+        db.kill_proc(0);
+        let n = scalar(&c, &format!("SELECT count(*) FROM t WHERE k = {k}")).await?;
+        ensure!(
+            n == "100",
+            "after the primary died the mirror answers {n} rows, not 100"
+        );
         drop(c);
         db.kill();
         Ok(())

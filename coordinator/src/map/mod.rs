@@ -217,12 +217,8 @@ impl SliceEntry {
     /// Where the slice is served now: the primary copy, or (failed over)
     /// the first in-sync mirror copy, read from its mirror segment (`true`).
     pub fn serving(&self) -> Result<(Location, bool)> {
-        let primary = self.primary();
-        if primary.state == CopyState::InSync {
-            return Ok((primary.at, false));
-        }
-        match self.mirrors().find(|c| c.state == CopyState::InSync) {
-            Some(m) => Ok((m.at, true)),
+        match self.serving_index().map(|i| &self.copies[i]) {
+            Some(c) => Ok((c.at, c.role == Role::Mirror)),
             None => Err(CoordinatorError::SliceUnavailable {
                 slice: self.slice,
                 reason: "both copies are lost or the surviving copy was not in sync (double fault)"

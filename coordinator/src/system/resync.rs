@@ -71,7 +71,7 @@ fn note(board: &Board, r: &ResyncJob, f: impl FnOnce(&mut CopyProgress)) {
 }
 
 /// What one round did.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct RoundOutcome {
     pub done: Vec<ResyncJob>,
     pub failed: Vec<(ResyncJob, String)>,
@@ -239,14 +239,7 @@ async fn run_round(
             .await
         }
     });
-    let mut outcome = RoundOutcome {
-        done: Vec::new(),
-        failed: Vec::new(),
-        blocks: 0,
-        bytes: 0,
-        deletes: 0,
-        took: Duration::ZERO,
-    };
+    let mut outcome = RoundOutcome::default();
     for o in futures::future::join_all(per_target).await {
         outcome.done.extend(o.done);
         outcome.failed.extend(o.failed);
@@ -267,14 +260,7 @@ async fn pull_all(
     map: &MapReader,
     board: &Board,
 ) -> RoundOutcome {
-    let mut o = RoundOutcome {
-        done: Vec::new(),
-        failed: Vec::new(),
-        blocks: 0,
-        bytes: 0,
-        deletes: 0,
-        took: Duration::ZERO,
-    };
+    let mut o = RoundOutcome::default();
     let tables = match hooks.ensure_tables(node, map.current().epoch()).await {
         Ok(t) => t,
         Err(e) => {
