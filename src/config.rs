@@ -51,6 +51,10 @@ pub struct CoordinatorSection {
     /// regenerated onto a spare or the survivors, e.g. "60s".
     #[serde(default = "default_regen_delay")]
     pub regen_delay: String,
+    /// Bytes per second one slice copy (regeneration, resync) may read from
+    /// its source, per target node, e.g. "100MiB"; "0": no limit.
+    #[serde(default = "default_copy_rate")]
+    pub copy_rate: String,
     /// Tables with fewer rows take no runtime join filters (they are read
     /// at once, whole); larger ones wait for the join's build side and get
     /// its key bounds and keys.
@@ -104,6 +108,9 @@ fn default_heartbeat_interval() -> String {
 }
 fn default_regen_delay() -> String {
     "60s".into()
+}
+fn default_copy_rate() -> String {
+    "100MiB".into()
 }
 fn default_probe_timeout() -> String {
     "300ms".into()
@@ -159,6 +166,7 @@ impl ClusterConfig {
         parse_duration(&self.coordinator.heartbeat_interval)?;
         parse_duration(&self.coordinator.probe_timeout)?;
         parse_duration(&self.coordinator.regen_delay)?;
+        parse_size(&self.coordinator.copy_rate)?;
         let mut ids = BTreeSet::new();
         let mut addrs = BTreeSet::new();
         for n in &self.nodes {

@@ -121,6 +121,8 @@ pub struct LocalOptions {
     /// How long a failed node may stay away before its copies are
     /// regenerated elsewhere.
     pub regen_delay: Duration,
+    /// Bytes per second one slice copy may take (0: no limit).
+    pub copy_rate: u64,
     pub data_dir: PathBuf,
     /// Where to accept PostgreSQL connections; port 0 picks a free one.
     /// `None` serves no wire protocol (embedded use only).
@@ -142,6 +144,7 @@ impl LocalOptions {
             nodes: 4,
             spares: 0,
             regen_delay: CoordinatorConfig::DEFAULT_REGEN_DELAY,
+            copy_rate: CoordinatorConfig::DEFAULT_COPY_RATE,
             data_dir: data_dir.into(),
             listen: None,
             disk_size: 4 << 30,
@@ -208,6 +211,7 @@ impl LocalCluster {
             heartbeat_interval: CoordinatorConfig::DEFAULT_HEARTBEAT_INTERVAL,
             probe_timeout: CoordinatorConfig::DEFAULT_PROBE_TIMEOUT,
             regen_delay: opts.regen_delay,
+            copy_rate: opts.copy_rate,
             runtime_filter_min_rows: opts.runtime_filter_min_rows,
             broadcast_join_min_rows: opts.broadcast_join_min_rows,
         })
@@ -347,6 +351,7 @@ pub async fn run_coordinator(
         heartbeat_interval: config::parse_duration(&cfg.coordinator.heartbeat_interval)?,
         probe_timeout: config::parse_duration(&cfg.coordinator.probe_timeout)?,
         regen_delay: config::parse_duration(&cfg.coordinator.regen_delay)?,
+        copy_rate: config::parse_size(&cfg.coordinator.copy_rate)?,
         runtime_filter_min_rows: cfg.coordinator.runtime_filter_min_rows,
         broadcast_join_min_rows: cfg.coordinator.broadcast_join_min_rows,
     })

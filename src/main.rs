@@ -39,6 +39,10 @@ enum Command {
         /// regenerated onto a spare or the survivors, e.g. 60s.
         #[arg(long, default_value = "60s")]
         regen_delay: String,
+        /// Bytes per second one slice copy (regeneration, resync) may read
+        /// from its source, per target node, e.g. 100MiB; 0: no limit.
+        #[arg(long, default_value = "100MiB")]
+        copy_rate: String,
         /// Data directory: disk images and the coordinator's catalog. Reused
         /// on restart.
         #[arg(long, default_value = "./slicedb-data")]
@@ -173,6 +177,7 @@ async fn serve(cmd: Command) -> Result<()> {
             nodes,
             spares,
             regen_delay,
+            copy_rate,
             data,
             listen,
             disk_size,
@@ -185,6 +190,7 @@ async fn serve(cmd: Command) -> Result<()> {
                 nodes,
                 spares,
                 regen_delay: slicedb::config::parse_duration(&regen_delay)?,
+                copy_rate: parse_size(&copy_rate)?,
                 data_dir: data,
                 listen: Some(listen),
                 disk_size: parse_size(&disk_size)?,

@@ -52,6 +52,9 @@ pub struct CoordinatorConfig {
     /// How long a failed node or disk may stay away before its copies are
     /// regenerated onto a spare or the survivors.
     pub regen_delay: Duration,
+    /// Bytes per second one slice copy (regeneration, resync) may take,
+    /// per target node (0: no limit).
+    pub copy_rate: u64,
     /// Tables with fewer rows take no runtime join filters (see
     /// `provider::BroadcastScanExec`): they are shipped whole, at once.
     pub runtime_filter_min_rows: u64,
@@ -68,6 +71,9 @@ impl CoordinatorConfig {
     /// seconds to rejoin (sending only what it missed) instead of being
     /// copied whole.
     pub const DEFAULT_REGEN_DELAY: Duration = Duration::from_secs(60);
+    /// Background copies at this rate leave a query on the same disks
+    /// within 1.5x its idle latency (benchmarks/regeneration.sh).
+    pub const DEFAULT_COPY_RATE: u64 = 100 << 20;
     /// Waiting for a build side puts a scan's latency on the critical path;
     /// at TPC-H SF 1 that paid for lineitem (6 M rows: Q08, Q09, Q17) but
     /// not for orders (1.5 M: Q03 108 -> 200 ms with its runtime filter).
@@ -109,6 +115,7 @@ impl Coordinator {
                 probe_timeout: config.probe_timeout,
                 mirror_timeout: config.mirror_timeout,
                 regen_delay: config.regen_delay,
+                copy_rate: config.copy_rate,
                 shapes: shapes.clone(),
             },
             meta.clone(),

@@ -84,8 +84,10 @@ impl View {
                 i("tables_total"),
                 b("blocks"),
                 b("bytes"),
+                b("total_bytes"),
                 Field::new("seconds", DataType::Float64, true),
                 Field::new("mb_per_s", DataType::Float64, true),
+                Field::new("eta_seconds", DataType::Float64, true),
             ],
             View::Verify => vec![
                 s("table_name"),
@@ -362,14 +364,22 @@ impl SystemView {
                     Arc::new(Int64Array::from_iter_values(
                         p.iter().map(|c| c.bytes as i64),
                     )),
+                    Arc::new(Int64Array::from_iter_values(
+                        p.iter().map(|c| c.total_bytes.max(c.bytes) as i64),
+                    )),
                     Arc::new(Float64Array::from(secs.clone())),
-                    Arc::new(Float64Array::from_iter_values(p.iter().zip(&secs).map(
-                        |(c, s)| {
-                            if *s > 0.0 {
-                                c.bytes as f64 / 1e6 / s
-                            } else {
-                                0.0
+                    Arc::new(Float64Array::from_iter_values(
+                        p.iter().zip(&secs).map(|(c, s)| rate(c.bytes, *s) / 1e6),
+                    )),
+                    // Time left at the rate so far; unknown before any
+                    // byte arrived, 0 once finished.
+                    Arc::new(Float64Array::from_iter(p.iter().zip(&secs).map(
+                        |(c, s)| match (c.finished, rate(c.bytes, *s)) {
+                            (Some(_), _) => Some(0.0),
+                            (None, r) if r > 0.0 => {
+                                Some(c.total_bytes.saturating_sub(c.bytes) as f64 / r)
                             }
+                            _ => None,
                         },
                     ))),
                 ]
@@ -422,5 +432,14 @@ impl TableProvider for SystemView {
             self.view.schema(),
             projection.cloned(),
         )?)
+    }
+}
+
+/// Bytes per second, 0 before any time passed.
+fn rate(bytes: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        bytes as f64 / secs
+    } else {
+        0.0
     }
 }

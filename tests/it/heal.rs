@@ -141,10 +141,17 @@ fn a_killed_node_that_comes_back_is_resynced_with_only_what_it_missed_and_surviv
             "a resync sends what changed ({sent} bytes), not whole slices ({total} bytes in all)"
         );
         harness::ensure_verified(&c).await?;
-        let rows = query(&c, "SELECT phase, bytes FROM slicedb_resync").await?;
+        let rows = query(
+            &c,
+            "SELECT phase, bytes, total_bytes, eta_seconds FROM slicedb_resync",
+        )
+        .await?;
         ensure!(
-            !rows.is_empty() && rows.iter().all(|r| r[0].as_deref() == Some("done")),
-            "slicedb_resync shows the last round done: {rows:?}"
+            !rows.is_empty()
+                && rows.iter().all(|r| r[0].as_deref() == Some("done")
+                    && r[1] == r[2]
+                    && r[3].as_deref() == Some("0")),
+            "slicedb_resync shows the last round done, every copy's total sent and nothing left: {rows:?}"
         );
 
         // Writes after the rejoin reach both copies; then the node that

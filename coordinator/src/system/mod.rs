@@ -113,6 +113,8 @@ pub struct SystemConfig {
     /// How long a failed node or disk may stay away before its copies are
     /// regenerated elsewhere.
     pub regen_delay: Duration,
+    /// Bytes per second one slice copy may take (0: no limit).
+    pub copy_rate: u64,
     /// The configured nodes (spares included): where regeneration may
     /// place copies.
     pub shapes: Vec<crate::map::NodeShape>,

@@ -20,7 +20,14 @@
 //! starts it over. A node that fails mid-round loses its copies as usual.
 //!
 //! Each copy's progress is on a board every reader sees
-//! ([`super::SystemHandle::resync_progress`], the `slicedb_resync` view).
+//! ([`super::SystemHandle::resync_progress`], the `slicedb_resync` view):
+//! bytes so far from the target's `Status` (polled while a table copies),
+//! and a total: what finished tables sent, the source's total for the table
+//! in flight, and for tables not started the source's bytes less the
+//! target's (an estimate: exact for an empty target).
+//!
+//! Copies are paced at `copy_rate` bytes per second per target (each target
+//! pulls one copy at a time), so that healing leaves room for queries.
 //!
 //! The copying runs in a spawned task that reports back with
 //! [`Event::ResyncDone`]; the manager's loop never waits on a node for it,
@@ -52,6 +59,9 @@ pub struct CopyProgress {
     pub tables_total: u32,
     pub blocks: u64,
     pub bytes: u64,
+    /// Bytes the whole copy will send, as far as known (see the module
+    /// docs); 0 until the copy starts.
+    pub total_bytes: u64,
     pub started: Instant,
     /// When it finished (done or failed).
     pub finished: Option<Instant>,
@@ -132,18 +142,19 @@ impl SystemManager {
                 tables_total: 0,
                 blocks: 0,
                 bytes: 0,
+                total_bytes: 0,
                 started: now,
                 finished: None,
             })
             .collect();
-        tokio::spawn(run_round(
-            round,
-            wait_below,
+        let copier = Arc::new(Copier {
             hooks,
-            self.nodes.clone(),
-            self.reader.clone(),
-            self.handle.clone(),
-        ));
+            nodes: self.nodes.clone(),
+            map: self.reader.clone(),
+            board: self.handle.progress.clone(),
+            rate: self.config.copy_rate,
+        });
+        tokio::spawn(run_round(round, wait_below, copier, self.handle.clone()));
     }
 
     /// A round finished: copies that came through and are still
@@ -205,39 +216,38 @@ fn describe(round: &[ResyncJob]) -> String {
         .join(", ")
 }
 
+/// What every copy of a round shares.
+struct Copier {
+    hooks: Arc<dyn Hooks>,
+    nodes: Arc<NodeSet>,
+    map: MapReader,
+    board: Board,
+    /// Bytes per second per copy (0: no limit).
+    rate: u64,
+}
+
+/// How often the target's progress is read while a table copies.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
 /// Wait for older transactions, make sure the targets know every table,
 /// then pull every copy (targets in parallel, one copy at a time each).
 async fn run_round(
     round: Vec<ResyncJob>,
     wait_below: Xid,
-    hooks: Arc<dyn Hooks>,
-    nodes: Arc<NodeSet>,
-    map: MapReader,
+    copier: Arc<Copier>,
     handle: SystemHandle,
 ) {
     let t0 = Instant::now();
-    while hooks.oldest_unfinished() < wait_below {
+    while copier.hooks.oldest_unfinished() < wait_below {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut by_target: std::collections::BTreeMap<NodeId, Vec<ResyncJob>> = Default::default();
     for r in round {
         by_target.entry(r.target.node).or_default().push(r);
     }
-    let board = handle.progress.clone();
     let per_target = by_target.into_iter().map(|(node, copies)| {
-        let (hooks, nodes, map, board) = (hooks.clone(), nodes.clone(), map.clone(), board.clone());
-        async move {
-            pull_all(
-                node,
-                wait_below,
-                copies,
-                hooks.as_ref(),
-                &nodes,
-                &map,
-                &board,
-            )
-            .await
-        }
+        let copier = copier.clone();
+        async move { copier.pull_all(node, wait_below, copies).await }
     });
     let mut outcome = RoundOutcome::default();
     for o in futures::future::join_all(per_target).await {
@@ -251,116 +261,193 @@ async fn run_round(
     handle.send(Event::ResyncDone(Box::new(outcome)));
 }
 
-async fn pull_all(
-    node: NodeId,
-    wait_below: Xid,
-    copies: Vec<ResyncJob>,
-    hooks: &dyn Hooks,
-    nodes: &NodeSet,
-    map: &MapReader,
-    board: &Board,
-) -> RoundOutcome {
-    let mut o = RoundOutcome::default();
-    let tables = match hooks.ensure_tables(node, map.current().epoch()).await {
-        Ok(t) => t,
-        Err(e) => {
-            let why = e.to_string();
-            o.failed = copies.into_iter().map(|r| (r, why.clone())).collect();
-            return o;
-        }
-    };
-    for r in copies {
-        note(board, &r, |p| {
-            p.phase = "copying".into();
-            p.tables_total = tables.len() as u32;
-            p.started = Instant::now();
-        });
-        let pulled = match pull_one(&r, &tables, hooks, nodes, map, board).await {
-            Ok(sent) => wait_resolved(node, wait_below, nodes).await.map(|()| sent),
-            Err(e) => Err(e),
+impl Copier {
+    fn node(&self, id: NodeId) -> Result<&crate::nodes::NodeClient> {
+        self.nodes
+            .get(&id)
+            .ok_or_else(|| crate::CoordinatorError::Config(format!("map names unknown node {id}")))
+    }
+
+    async fn pull_all(
+        &self,
+        node: NodeId,
+        wait_below: Xid,
+        copies: Vec<ResyncJob>,
+    ) -> RoundOutcome {
+        let mut o = RoundOutcome::default();
+        let tables = match self
+            .hooks
+            .ensure_tables(node, self.map.current().epoch())
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                let why = e.to_string();
+                o.failed = copies.into_iter().map(|r| (r, why.clone())).collect();
+                return o;
+            }
         };
-        note(board, &r, |p| {
-            p.phase = match &pulled {
-                Ok(_) => "done".into(),
-                Err(e) => format!("failed: {e}"),
+        for r in copies {
+            note(&self.board, &r, |p| {
+                p.phase = "copying".into();
+                p.tables_total = tables.len() as u32;
+                p.started = Instant::now();
+            });
+            let pulled = match self.pull_one(&r, &tables).await {
+                Ok(sent) => wait_resolved(node, wait_below, &self.nodes)
+                    .await
+                    .map(|()| sent),
+                Err(e) => Err(e),
             };
-            p.finished = Some(Instant::now());
-        });
-        match pulled {
-            Ok(sent) => {
-                o.blocks += sent.blocks;
-                o.bytes += sent.bytes;
-                o.deletes += sent.deletes;
-                o.done.push(r);
+            note(&self.board, &r, |p| {
+                p.phase = match &pulled {
+                    Ok(_) => "done".into(),
+                    Err(e) => format!("failed: {e}"),
+                };
+                if let Ok(sent) = &pulled {
+                    p.total_bytes = sent.bytes;
+                }
+                p.finished = Some(Instant::now());
+            });
+            match pulled {
+                Ok(sent) => {
+                    o.blocks += sent.blocks;
+                    o.bytes += sent.bytes;
+                    o.deletes += sent.deletes;
+                    o.done.push(r);
+                }
+                Err(e) => o.failed.push((r, e.to_string())),
             }
-            Err(e) => o.failed.push((r, e.to_string())),
         }
+        o
     }
-    o
-}
 
-/// Pull every table of one copy; a refused epoch (the map moved on while
-/// the round ran) is retried on the newer map.
-async fn pull_one(
-    r: &ResyncJob,
-    tables: &[u64],
-    hooks: &dyn Hooks,
-    nodes: &NodeSet,
-    map: &MapReader,
-    board: &Board,
-) -> Result<pb::CopySliceResponse> {
-    let n = nodes.get(&r.target.node).ok_or_else(|| {
-        crate::CoordinatorError::Config(format!("map names unknown node {}", r.target.node))
-    })?;
-    let mut sent = pb::CopySliceResponse::default();
-    for &table in tables {
-        let xid = hooks.begin_copy()?;
-        let got = copy_table(r, table, xid, n, map).await;
-        // The target committed or aborted it; either way it is over.
-        hooks.end_copy(xid);
-        let got = got?;
-        note(board, r, |p| {
-            p.tables_done += 1;
-            p.blocks += got.blocks;
-            p.bytes += got.bytes;
-        });
-        sent.blocks += got.blocks;
-        sent.bytes += got.bytes;
-        sent.deletes += got.deletes;
-    }
-    Ok(sent)
-}
-
-/// One table of one copy under `xid`; a refused epoch (the map moved on
-/// while the round ran) is retried on the newer map.
-async fn copy_table(
-    r: &ResyncJob,
-    table: u64,
-    xid: Xid,
-    n: &crate::nodes::NodeClient,
-    map: &MapReader,
-) -> Result<pb::CopySliceResponse> {
-    let mut tries = 0;
-    loop {
-        let req = pb::CopySliceRequest {
-            epoch: map.current().epoch(),
-            table,
-            slice: r.slice,
-            source_node: r.source.node,
-            source_segment: segment(r.source_role),
-            target_segment: segment(r.target_role),
-            xid,
-            incremental: true,
+    /// Bytes each table's copy is expected to send: the source's bytes of
+    /// the slice less the target's (0 where unknown).
+    async fn estimate(&self, r: &ResyncJob, tables: &[u64]) -> Vec<u64> {
+        let held = |node: NodeId, role: Role| async move {
+            let Ok(n) = self.node(node) else {
+                return Default::default();
+            };
+            let want = segment(role);
+            let mut c = n.health.clone();
+            match c.status(pb::StatusRequest {}).await {
+                Ok(st) => st
+                    .into_inner()
+                    .slices
+                    .into_iter()
+                    .filter(|s| s.slice == r.slice && s.segment == want)
+                    .map(|s| (s.table, s.bytes))
+                    .collect::<std::collections::HashMap<u64, u64>>(),
+                Err(_) => Default::default(),
+            }
         };
-        let mut c = n.grpc.clone();
-        match c.copy_slice(req).await {
-            Ok(resp) => return Ok(resp.into_inner()),
-            Err(s) if tries < 3 && proto::error_kind(&s) == proto::ErrorKind::StaleEpoch => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(s) => return Err(n.err(s)),
+        let (source, target) = futures::join!(
+            held(r.source.node, r.source_role),
+            held(r.target.node, r.target_role)
+        );
+        tables
+            .iter()
+            .map(|t| {
+                source
+                    .get(t)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(target.get(t).copied().unwrap_or(0))
+            })
+            .collect()
+    }
+
+    /// Pull every table of one copy, each under its own xid.
+    async fn pull_one(&self, r: &ResyncJob, tables: &[u64]) -> Result<pb::CopySliceResponse> {
+        let n = self.node(r.target.node)?;
+        let estimate = self.estimate(r, tables).await;
+        let mut sent = pb::CopySliceResponse::default();
+        for (i, &table) in tables.iter().enumerate() {
+            let later: u64 = estimate[i + 1..].iter().sum();
+            let xid = self.hooks.begin_copy()?;
+            let got = {
+                let copying = self.copy_table(r, table, xid, n);
+                tokio::pin!(copying);
+                let mut tick = tokio::time::interval(PROGRESS_EVERY);
+                loop {
+                    tokio::select! {
+                        got = &mut copying => break got,
+                        _ = tick.tick() => {
+                            let (blocks, bytes, total) = in_flight(n, xid).await;
+                            note(&self.board, r, |p| {
+                                p.bytes = sent.bytes + bytes;
+                                p.blocks = sent.blocks + blocks;
+                                let table_total = if total > 0 { total } else { estimate[i] };
+                                p.total_bytes = sent.bytes + table_total.max(bytes) + later;
+                            });
+                        }
+                    }
+                }
+            };
+            // The target committed or aborted it; either way it is over.
+            self.hooks.end_copy(xid);
+            let got = got?;
+            sent.blocks += got.blocks;
+            sent.bytes += got.bytes;
+            sent.deletes += got.deletes;
+            note(&self.board, r, |p| {
+                p.tables_done += 1;
+                p.blocks = sent.blocks;
+                p.bytes = sent.bytes;
+                p.total_bytes = sent.bytes + later;
+            });
         }
+        Ok(sent)
+    }
+
+    /// One table of one copy under `xid`; a refused epoch (the map moved
+    /// on while the round ran) is retried on the newer map.
+    async fn copy_table(
+        &self,
+        r: &ResyncJob,
+        table: u64,
+        xid: Xid,
+        n: &crate::nodes::NodeClient,
+    ) -> Result<pb::CopySliceResponse> {
+        let mut tries = 0;
+        loop {
+            let req = pb::CopySliceRequest {
+                epoch: self.map.current().epoch(),
+                table,
+                slice: r.slice,
+                source_node: r.source.node,
+                source_segment: segment(r.source_role),
+                target_segment: segment(r.target_role),
+                xid,
+                incremental: true,
+                max_bytes_per_sec: self.rate,
+            };
+            let mut c = n.grpc.clone();
+            match c.copy_slice(req).await {
+                Ok(resp) => return Ok(resp.into_inner()),
+                Err(s) if tries < 3 && proto::error_kind(&s) == proto::ErrorKind::StaleEpoch => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(s) => return Err(n.err(s)),
+            }
+        }
+    }
+}
+
+/// What the target reports of the copy under `xid`: blocks and bytes so
+/// far, and the source's total (0: not known yet or not reachable).
+async fn in_flight(n: &crate::nodes::NodeClient, xid: Xid) -> (u64, u64, u64) {
+    let mut c = n.health.clone();
+    match tokio::time::timeout(PROGRESS_EVERY, c.status(pb::StatusRequest {})).await {
+        Ok(Ok(st)) => st
+            .into_inner()
+            .copies
+            .into_iter()
+            .find(|c| c.xid == xid)
+            .map_or((0, 0, 0), |c| (c.blocks, c.bytes, c.total_bytes)),
+        _ => (0, 0, 0),
     }
 }
 

@@ -13,12 +13,21 @@
 //! aborts the copy's xid: what the target held before stays as it was.
 //! Each block is verified on arrival (the store's `append_encoded`).
 //!
+//! It paces what it reads to the request's rate (`max_bytes_per_sec`), so
+//! that a copy in the background leaves the disks and the network to
+//! queries; HTTP/2 flow control slows the source to match. Each copy in
+//! flight is on a [`Meters`] board the node's `Status` answer carries
+//! (bytes so far and the source's total), for the coordinator's progress.
+//!
 //! It never checks epochs or ownership (the node server does before it
 //! calls in) and never decides what to copy (the coordinator does).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use parking_lot::Mutex;
 
 use super::forward::PeerClient;
 use crate::proto::pb;
@@ -39,6 +48,80 @@ pub struct CopyPlan {
     /// Send only the blocks the target lacks (a resync).
     pub incremental: bool,
     pub epoch: u64,
+    /// The source node (for the progress board).
+    pub source_node: crate::NodeId,
+    /// Bytes per second at most (0: no limit).
+    pub max_bytes_per_sec: u64,
+}
+
+/// The copies a node is pulling now, by xid: what its `Status` reports.
+#[derive(Debug, Default)]
+pub struct Meters {
+    copies: Mutex<BTreeMap<Xid, pb::CopyStatus>>,
+}
+
+impl Meters {
+    /// Every copy in flight.
+    pub fn snapshot(&self) -> Vec<pb::CopyStatus> {
+        self.copies.lock().values().cloned().collect()
+    }
+
+    fn update(&self, xid: Xid, f: impl FnOnce(&mut pb::CopyStatus)) {
+        if let Some(c) = self.copies.lock().get_mut(&xid) {
+            f(c);
+        }
+    }
+}
+
+/// A copy's row on the board, removed when the copy ends however it ends.
+struct Metered<'a> {
+    meters: &'a Meters,
+    xid: Xid,
+}
+
+impl<'a> Metered<'a> {
+    fn start(meters: &'a Meters, plan: &CopyPlan) -> Self {
+        meters.copies.lock().insert(
+            plan.xid,
+            pb::CopyStatus {
+                xid: plan.xid,
+                table: plan.table,
+                slice: plan.slice,
+                source_node: plan.source_node,
+                ..Default::default()
+            },
+        );
+        Metered {
+            meters,
+            xid: plan.xid,
+        }
+    }
+}
+
+impl Drop for Metered<'_> {
+    fn drop(&mut self) {
+        self.meters.copies.lock().remove(&self.xid);
+    }
+}
+
+/// Keeps a stream at or below a rate: after `bytes` in all, wait until
+/// they are due.
+struct Pace {
+    rate: u64,
+    start: Instant,
+}
+
+impl Pace {
+    async fn after(&self, bytes: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(bytes as f64 / self.rate as f64);
+        let elapsed = self.start.elapsed();
+        if due > elapsed {
+            tokio::time::sleep(due - elapsed).await;
+        }
+    }
 }
 
 /// Pull and write the copy; on any failure abort it on `target`.
@@ -46,8 +129,12 @@ pub async fn pull(
     mut source: PeerClient,
     target: Arc<DiskStore>,
     plan: CopyPlan,
+    meters: &Meters,
 ) -> Result<pb::CopySliceResponse> {
-    let res = pull_inner(&mut source, &target, &plan).await;
+    let res = {
+        let _row = Metered::start(meters, &plan);
+        pull_inner(&mut source, &target, &plan, meters).await
+    };
     if res.is_err() {
         let xid = plan.xid;
         let t = target.clone();
@@ -66,6 +153,7 @@ async fn pull_inner(
     source: &mut PeerClient,
     target: &Arc<DiskStore>,
     plan: &CopyPlan,
+    meters: &Meters,
 ) -> Result<pb::CopySliceResponse> {
     let (seg, table, slice, xid) = (plan.target_segment, plan.table, plan.slice, plan.xid);
     let t = target.clone();
@@ -101,6 +189,10 @@ async fn pull_inner(
         Arc::new(Vec::new())
     };
     let (mut blocks, mut bytes, mut written) = (0u64, 0u64, 0usize);
+    let pace = Pace {
+        rate: plan.max_bytes_per_sec,
+        start: Instant::now(),
+    };
     let mut batch: Vec<bytes::Bytes> = Vec::new();
     let write = |batch: Vec<bytes::Bytes>| {
         let (t, held) = (target.clone(), held.clone());
@@ -124,10 +216,18 @@ async fn pull_inner(
         if !chunk.done {
             blocks += 1;
             bytes += chunk.block.len() as u64;
+            meters.update(xid, |c| {
+                c.blocks = blocks;
+                c.bytes = bytes;
+                if chunk.total_bytes > 0 {
+                    c.total_bytes = chunk.total_bytes;
+                }
+            });
             batch.push(chunk.block);
             if batch.len() >= WRITE_BATCH {
                 written += write(std::mem::take(&mut batch)).await?;
             }
+            pace.after(bytes).await;
             continue;
         }
         if chunk.blocks != blocks || chunk.bytes != bytes {

@@ -406,8 +406,10 @@ impl pb::node_server::Node for NodeServer {
             xid: req.xid,
             incremental: req.incremental,
             epoch: req.epoch,
+            source_node: req.source_node,
+            max_bytes_per_sec: req.max_bytes_per_sec,
         };
-        let done = crate::mirror::copy::pull(source, store, plan)
+        let done = crate::mirror::copy::pull(source, store, plan, &self.state.copies)
             .await
             .map_err(status)?;
         info!(
@@ -450,6 +452,7 @@ impl pb::node_server::Node for NodeServer {
             .into_iter()
             .map(|(xid, prepared)| pb::TxnState { xid, prepared })
             .collect();
+        out.copies = self.state.copies.snapshot();
         for (i, d) in self.state.disks.iter().enumerate() {
             let disk = i as DiskId;
             let report = d.report();

@@ -83,11 +83,19 @@ async fn checksum(c: &mut Client, segment: pb::Segment) -> (u64, u64) {
     (r.rows, r.checksum)
 }
 
-#[tokio::test]
-async fn a_target_pulls_a_slice_copy_from_its_source_whole_then_only_what_changed() {
+/// Two node servers: node 1 holds slice 0's primary, node 2 its mirror,
+/// which missed everything (not forwarded to: the map records it as down).
+struct Pair {
+    na: Client,
+    nb: Client,
+    _stops: [tokio::sync::oneshot::Sender<()>; 2],
+    _dir: tempfile::TempDir,
+}
+
+async fn pair() -> Pair {
     let dir = tempfile::tempdir().unwrap();
-    let (a, _stop_a) = node(dir.path(), 1).await;
-    let (b, _stop_b) = node(dir.path(), 2).await;
+    let (a, stop_a) = node(dir.path(), 1).await;
+    let (b, stop_b) = node(dir.path(), 2).await;
     let peers = vec![
         pb::Peer {
             node: 1,
@@ -100,8 +108,6 @@ async fn a_target_pulls_a_slice_copy_from_its_source_whole_then_only_what_change
     ];
     let mut na = Client::connect(format!("http://{a}")).await.unwrap();
     let mut nb = Client::connect(format!("http://{b}")).await.unwrap();
-    // Node 1 holds slice 0's primary, node 2 its mirror, which missed
-    // everything (not forwarded to: the map records it as down).
     for (c, id, segment) in [
         (&mut na, 1, pb::Segment::Primary),
         (&mut nb, 2, pb::Segment::Mirror),
@@ -130,7 +136,33 @@ async fn a_target_pulls_a_slice_copy_from_its_source_whole_then_only_what_change
         .await
         .unwrap();
     }
-    write(&mut na, 10, 0, 1000).await;
+    Pair {
+        na,
+        nb,
+        _stops: [stop_a, stop_b],
+        _dir: dir,
+    }
+}
+
+fn copy(xid: u64, incremental: bool) -> pb::CopySliceRequest {
+    pb::CopySliceRequest {
+        epoch: 5,
+        table: 1,
+        slice: 0,
+        source_node: 1,
+        source_segment: pb::Segment::Primary as i32,
+        target_segment: pb::Segment::Mirror as i32,
+        xid,
+        incremental,
+        max_bytes_per_sec: 0,
+    }
+}
+
+#[tokio::test]
+async fn a_target_pulls_a_slice_copy_from_its_source_whole_then_only_what_changed() {
+    let mut p = pair().await;
+    let (na, nb) = (&mut p.na, &mut p.nb);
+    write(na, 10, 0, 1000).await;
     na.delete(pb::DeleteRequest {
         epoch: 5,
         xid: 11,
@@ -153,27 +185,17 @@ async fn a_target_pulls_a_slice_copy_from_its_source_whole_then_only_what_change
     })
     .await
     .unwrap();
-    assert_eq!(checksum(&mut nb, pb::Segment::Mirror).await.0, 0);
+    assert_eq!(checksum(nb, pb::Segment::Mirror).await.0, 0);
 
-    let copy = |xid, incremental| pb::CopySliceRequest {
-        epoch: 5,
-        table: 1,
-        slice: 0,
-        source_node: 1,
-        source_segment: pb::Segment::Primary as i32,
-        target_segment: pb::Segment::Mirror as i32,
-        xid,
-        incremental,
-    };
     let whole = nb.copy_slice(copy(100, false)).await.unwrap().into_inner();
     assert_eq!((whole.blocks, whole.deletes), (10, 3));
-    let primary = checksum(&mut na, pb::Segment::Primary).await;
+    let primary = checksum(na, pb::Segment::Primary).await;
     assert_eq!(primary.0, 997);
-    assert_eq!(checksum(&mut nb, pb::Segment::Mirror).await, primary);
+    assert_eq!(checksum(nb, pb::Segment::Mirror).await, primary);
 
     // The mirror is down again while 20 rows arrive: a resync sends one
     // block, not eleven.
-    write(&mut na, 12, 1000, 20).await;
+    write(na, 12, 1000, 20).await;
     let delta = nb.copy_slice(copy(101, true)).await.unwrap().into_inner();
     assert_eq!(delta.blocks, 1);
     assert!(
@@ -182,9 +204,9 @@ async fn a_target_pulls_a_slice_copy_from_its_source_whole_then_only_what_change
         delta.bytes,
         whole.bytes
     );
-    let primary = checksum(&mut na, pb::Segment::Primary).await;
+    let primary = checksum(na, pb::Segment::Primary).await;
     assert_eq!(primary.0, 1017);
-    assert_eq!(checksum(&mut nb, pb::Segment::Mirror).await, primary);
+    assert_eq!(checksum(nb, pb::Segment::Mirror).await, primary);
 
     // A copy from a node that does not hold the source copy fails, and
     // leaves the target as it was.
@@ -197,10 +219,62 @@ async fn a_target_pulls_a_slice_copy_from_its_source_whole_then_only_what_change
     wrong.source_segment = pb::Segment::Mirror as i32;
     let e = nb.copy_slice(wrong).await.unwrap_err();
     assert!(e.message().contains("slice 0"), "{e}");
-    assert_eq!(checksum(&mut nb, pb::Segment::Mirror).await, primary);
+    assert_eq!(checksum(nb, pb::Segment::Mirror).await, primary);
     // A copy into a slice the target does not own is refused.
     let mut foreign = copy(103, false);
     foreign.slice = 9;
     let e = nb.copy_slice(foreign).await.unwrap_err();
     assert_eq!(proto::error_kind(&e), ErrorKind::SliceNotOwned, "{e}");
+}
+
+#[tokio::test]
+async fn a_paced_copy_keeps_its_rate_and_shows_its_progress_in_status() {
+    let mut p = pair().await;
+    write(&mut p.na, 10, 0, 1000).await;
+    // Ten blocks at a fifth of their size per second: the last one is due
+    // five seconds after the start, however fast the machine.
+    let total = {
+        let st =
+            p.na.status(pb::StatusRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+        st.slices.iter().map(|s| s.bytes).sum::<u64>()
+    };
+    assert!(total > 0);
+    let mut req = copy(100, true);
+    req.max_bytes_per_sec = total / 5;
+    let mut nb = p.nb.clone();
+    let t0 = std::time::Instant::now();
+    let pulling = tokio::spawn(async move { nb.copy_slice(req).await });
+    let mut seen = None;
+    while seen.is_none() && !pulling.is_finished() {
+        let st =
+            p.nb.status(pb::StatusRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+        seen = st.copies.into_iter().find(|c| c.xid == 100 && c.bytes > 0);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let done = pulling.await.unwrap().unwrap().into_inner();
+    let took = t0.elapsed();
+    assert_eq!(done.bytes, total);
+    assert!(
+        took >= std::time::Duration::from_secs(4),
+        "{took:?}: not paced"
+    );
+    let seen = seen.expect("the copy never showed in Status");
+    assert_eq!((seen.table, seen.slice, seen.source_node), (1, 0, 1));
+    assert_eq!(seen.total_bytes, total);
+    assert!(seen.bytes < total, "{seen:?}");
+    // Once over, it is off the board, and the copy is whole.
+    let st =
+        p.nb.status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+    assert!(st.copies.is_empty(), "{:?}", st.copies);
+    let primary = checksum(&mut p.na, pb::Segment::Primary).await;
+    assert_eq!(checksum(&mut p.nb, pb::Segment::Mirror).await, primary);
 }

@@ -64,6 +64,8 @@ struct NodeState {
     forwarder: Forwarder,
     /// The mirror's side of mirroring.
     staging: Staging,
+    /// Slice copies this node pulls now (for `Status`).
+    copies: crate::mirror::copy::Meters,
     /// Disks that failed (I/O error, checksum mismatch, image gone), with why.
     failed_disks: Mutex<HashMap<DiskId, String>>,
     /// Runs the query fragments scans may carry (None: scans with a
@@ -88,6 +90,7 @@ impl NodeServer {
                 txns: Mutex::new(HashMap::new()),
                 forwarder: Forwarder::new(node),
                 staging: Staging::new(node, disks.clone()),
+                copies: Default::default(),
                 failed_disks: Mutex::new(HashMap::new()),
                 fragments: RwLock::new(None),
             }),

@@ -50,9 +50,10 @@ impl pb::peer_node_server::PeerNode for NodeServer {
         .map_err(status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_WINDOW);
         tokio::task::spawn_blocking(move || {
-            for b in &export.blocks {
+            for (i, b) in export.blocks.iter().enumerate() {
                 let chunk = store.read_exported(b).map(|block| pb::SliceCopyChunk {
                     block: block.into(),
+                    total_bytes: if i == 0 { export.bytes } else { 0 },
                     ..Default::default()
                 });
                 let failed = chunk.is_err();
@@ -70,6 +71,7 @@ impl pb::peer_node_server::PeerNode for NodeServer {
                 done: true,
                 blocks: export.blocks.len() as u64,
                 bytes: export.bytes,
+                total_bytes: export.bytes,
             }));
         });
         Ok(Response::new(Box::pin(
