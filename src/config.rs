@@ -89,6 +89,10 @@ pub struct NodeSection {
     /// reserve to take over a failed node's copies.
     #[serde(default)]
     pub spare: bool,
+    /// Of `disks`, the last `spare_disks` get no slices when the cluster
+    /// is created: each takes over a failed disk of this node.
+    #[serde(default)]
+    pub spare_disks: u32,
 }
 
 fn default_cluster_id() -> String {
@@ -183,6 +187,12 @@ impl ClusterConfig {
                 return Err(Error::Config(format!(
                     "node {}: disks must be in 1..=64",
                     n.id
+                )));
+            }
+            if n.spare_disks >= n.disks {
+                return Err(Error::Config(format!(
+                    "node {}: spare_disks = {} leaves none of its {} disks for slices",
+                    n.id, n.spare_disks, n.disks
                 )));
             }
             if parse_size(&n.disk_size)? < MIN_DISK_SIZE {

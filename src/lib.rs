@@ -123,6 +123,11 @@ pub struct LocalOptions {
     pub regen_delay: Duration,
     /// Bytes per second one slice copy may take (0: no limit).
     pub copy_rate: u64,
+    /// Disk images of each node.
+    pub disks_per_node: u32,
+    /// Of those, the last `spare_disks` hold no slices when the cluster is
+    /// created: each takes over a failed disk of its node.
+    pub spare_disks: u32,
     pub data_dir: PathBuf,
     /// Where to accept PostgreSQL connections; port 0 picks a free one.
     /// `None` serves no wire protocol (embedded use only).
@@ -145,6 +150,8 @@ impl LocalOptions {
             spares: 0,
             regen_delay: CoordinatorConfig::DEFAULT_REGEN_DELAY,
             copy_rate: CoordinatorConfig::DEFAULT_COPY_RATE,
+            disks_per_node: 1,
+            spare_disks: 0,
             data_dir: data_dir.into(),
             listen: None,
             disk_size: 4 << 30,
@@ -177,12 +184,28 @@ impl LocalCluster {
         if opts.nodes == 0 {
             return Err(Error::Config("--nodes must be at least 1".into()));
         }
+        if opts.disks_per_node == 0 || opts.disks_per_node > 64 {
+            return Err(Error::Config("--disks-per-node must be in 1..=64".into()));
+        }
+        if opts.spare_disks >= opts.disks_per_node {
+            return Err(Error::Config(format!(
+                "--spare-disks {} leaves no disk for slices: it must be below --disks-per-node {}",
+                opts.spare_disks, opts.disks_per_node
+            )));
+        }
         let (stop, rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut endpoints = Vec::new();
         for id in 0..opts.nodes + opts.spares {
             let dir = opts.data_dir.join(format!("node-{id}"));
-            let disks = open_disks("local", id, &dir, 1, opts.disk_size, opts.cache_size)?;
+            let disks = open_disks(
+                "local",
+                id,
+                &dir,
+                opts.disks_per_node,
+                opts.disk_size,
+                opts.cache_size,
+            )?;
             let (addr, task) = node_server(id, disks)
                 .spawn(
                     "127.0.0.1:0".parse().expect("literal address"),
@@ -197,8 +220,9 @@ impl LocalCluster {
             endpoints.push(NodeEndpoint {
                 id,
                 address: addr.to_string(),
-                disks: 1,
+                disks: opts.disks_per_node,
                 spare: id >= opts.nodes,
+                spare_disks: opts.spare_disks,
             });
         }
         let coord = Coordinator::start(CoordinatorConfig {
@@ -342,6 +366,7 @@ pub async fn run_coordinator(
                 address: n.address.clone(),
                 disks: n.disks,
                 spare: n.spare,
+                spare_disks: n.spare_disks,
             })
             .collect(),
         slices_per_disk: cfg.slices_per_disk,

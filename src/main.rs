@@ -43,6 +43,13 @@ enum Command {
         /// from its source, per target node, e.g. 100MiB; 0: no limit.
         #[arg(long, default_value = "100MiB")]
         copy_rate: String,
+        /// Disk images of each node.
+        #[arg(long, default_value_t = 1)]
+        disks_per_node: u32,
+        /// Of each node's disks, how many hold no slices when the cluster is
+        /// created: each takes over a failed disk of its node.
+        #[arg(long, default_value_t = 0)]
+        spare_disks: u32,
         /// Data directory: disk images and the coordinator's catalog. Reused
         /// on restart.
         #[arg(long, default_value = "./slicedb-data")]
@@ -178,6 +185,8 @@ async fn serve(cmd: Command) -> Result<()> {
             spares,
             regen_delay,
             copy_rate,
+            disks_per_node,
+            spare_disks,
             data,
             listen,
             disk_size,
@@ -191,6 +200,8 @@ async fn serve(cmd: Command) -> Result<()> {
                 spares,
                 regen_delay: slicedb::config::parse_duration(&regen_delay)?,
                 copy_rate: parse_size(&copy_rate)?,
+                disks_per_node,
+                spare_disks,
                 data_dir: data,
                 listen: Some(listen),
                 disk_size: parse_size(&disk_size)?,

@@ -103,6 +103,7 @@ impl Coordinator {
                 node: n.id,
                 disks: n.disks,
                 spare: n.spare,
+                spare_disks: n.spare_disks,
             })
             .collect();
         let map = open_or_build_map(meta.as_ref(), &shapes, config.slices_per_disk)?;

@@ -25,6 +25,9 @@ pub struct NodeEndpoint {
     /// A spare: given no slices when the map is built, kept in reserve for
     /// regeneration (`slicedb_nodes.state = 'spare'` while it holds none).
     pub spare: bool,
+    /// Its last `spare_disks` disks hold no slices when the cluster is
+    /// created: each takes over a failed disk of this node.
+    pub spare_disks: u32,
 }
 
 /// Receive window of one scan stream: what a node may send ahead of the

@@ -529,9 +529,15 @@ impl Slicedb {
         for id in 0..nodes + spares {
             let addr = format!("127.0.0.1:{}", free_port()?);
             let spare = if id >= nodes { "spare = true\n" } else { "" };
+            // One disk unless `node_toml` says how many.
+            let disks = if node_toml.contains("disks = ") {
+                ""
+            } else {
+                "disks = 1\n"
+            };
             toml.push_str(&format!(
                 "\n[[nodes]]\nid = {id}\naddress = \"{addr}\"\ndata_dir = \"{}\"\n\
-                 disks = 1\ndisk_size = \"256MiB\"\n{spare}{node_toml}",
+                 {disks}disk_size = \"256MiB\"\n{spare}{node_toml}",
                 root.join(format!("node{id}")).display()
             ));
             node_addrs.push(addr);

@@ -64,7 +64,23 @@ async fn loaded(
     settings: &str,
     rows: i64,
 ) -> Result<(Slicedb, tokio_postgres::Client)> {
-    let db = Slicedb::multiprocess_full(env, NODES, spares, "cluster", &[], "", settings).await?;
+    loaded_with(env, spares, &[], "", settings, rows).await
+}
+
+/// [`loaded`] with environment variables for some nodes (`node_vars`:
+/// node, name, value) and `node_toml` lines in every node's section.
+async fn loaded_with(
+    env: &harness::TestEnv,
+    spares: u32,
+    node_vars: &[(u32, &str, &str)],
+    node_toml: &str,
+    settings: &str,
+    rows: i64,
+) -> Result<(Slicedb, tokio_postgres::Client)> {
+    let db = Slicedb::multiprocess_full(
+        env, NODES, spares, "cluster", node_vars, node_toml, settings,
+    )
+    .await?;
     let c = db.connect().await?;
     exec(&c, "CREATE TABLE h (k bigint, v bigint) DISTRIBUTE ON (k)").await?;
     write(
@@ -252,12 +268,12 @@ async fn regenerate_and_survive_the_next_fault(
     let cause = history[0][0].clone().unwrap_or_default();
     if spares > 0 {
         ensure!(
-            cause.ends_with("onto nodes [4]"),
+            cause.contains("onto nodes [4] "),
             "regenerated onto the spare: {cause}"
         );
     } else {
         ensure!(
-            cause.ends_with("onto nodes [1, 2, 3]"),
+            cause.contains("onto nodes [1, 2, 3] "),
             "spread over every survivor: {cause}"
         );
     }
@@ -391,6 +407,166 @@ fn a_copy_cut_off_by_its_target_or_the_coordinator_dying_starts_over_and_loses_n
         );
 
         // Fully protected: the next fault is survived.
+        survive_the_next_fault(db, c, &want).await
+    });
+}
+
+#[test]
+fn a_regeneration_whose_source_dies_mid_copy_resumes_when_it_returns_and_loses_nothing() {
+    harness::run("heal_source_dies", |env| async move {
+        // Node 1 dies as it is about to end its first export: its target
+        // holds every block of that copy and no end of it.
+        let settings = "regen_delay = \"10m\"\nprobe_timeout = \"1500ms\"\n";
+        let (mut db, c) = loaded_with(
+            &env,
+            1,
+            &[(1, "SLICEDB_FAILPOINTS", "export.before_done=exit")],
+            "",
+            settings,
+            100_000,
+        )
+        .await?;
+        let before = query(&c, TOTALS).await?;
+        kill_node_0(&mut db, &c, &before).await?;
+        write(
+            &c,
+            "INSERT INTO h SELECT i, 1 FROM generate_series(100001, 102000) AS g(i)",
+        )
+        .await?;
+        let want = query(&c, TOTALS).await?;
+
+        exec(&c, "REGENERATE").await?;
+        let exit = db.wait_node_exit(1, Duration::from_secs(60)).await;
+        ensure!(
+            exit.and_then(|s| s.code()) == Some(86),
+            "node 1 should die in its first export: {exit:?}"
+        );
+        // Nodes 0 and 1 are both away: the slices they shared are refused,
+        // never answered wrong.
+        match c.simple_query(TOTALS).await {
+            Ok(_) => {
+                let got = query(&c, TOTALS).await?;
+                ensure!(
+                    got == want,
+                    "an answer with two nodes away is right: {got:?}"
+                );
+            }
+            Err(e) => ensure!(
+                harness::sqlstate(&e).as_deref() == Some("58000"),
+                "a slice whose copies are both away is refused with 58000: {}",
+                harness::describe(&e)
+            ),
+        }
+
+        // The source comes back: its copies are in sync again, and the
+        // copy it broke off starts over.
+        db.restart_node(&env, 1).await?;
+        let took = wait_fully_protected(&c, Duration::from_secs(90)).await?;
+        ensure!(
+            query(&c, TOTALS).await? == want,
+            "answers after the source returned"
+        );
+        let on_0 = scalar(
+            &c,
+            "SELECT count(*) FROM slicedb_slices WHERE copies LIKE '0:%' OR copies LIKE '%, 0:%'",
+        )
+        .await?;
+        ensure!(
+            on_0 == "0",
+            "node 0's copies were all regenerated elsewhere"
+        );
+        let failed = query(
+            &c,
+            "SELECT cause FROM slicedb_map_history WHERE cause LIKE 'resync finished:%still stale%'",
+        )
+        .await?;
+        ensure!(
+            failed
+                .iter()
+                .any(|r| !r[0].as_deref().unwrap_or("").contains(", 0 still stale")),
+            "a copy cut off by its source is recorded as still stale: {failed:?}"
+        );
+        harness::ensure_verified(&c).await?;
+        eprintln!("[heal_source_dies] fully protected {took:?} after node 1 returned");
+        survive_the_next_fault(db, c, &want).await
+    });
+}
+
+#[test]
+fn a_failed_disk_is_regenerated_onto_its_nodes_spare_disk_and_the_next_fault_is_survived() {
+    use slicedb_engine::store::SegmentKind;
+    harness::run("heal_spare_disk", |env| async move {
+        // Two disks per node, the second a spare; no block cache, so the
+        // corruption is met by a read of the disk.
+        let (db, c) = loaded_with(
+            &env,
+            0,
+            &[],
+            "disks = 2\nspare_disks = 1\ncache_size = \"0\"\n",
+            COORDINATOR,
+            100_000,
+        )
+        .await?;
+        let want = query(&c, TOTALS).await?;
+        const ON: &str = "SELECT count(*) FROM slicedb_slices WHERE copies LIKE '0:{d} %' OR copies LIKE '%, 0:{d} %'";
+        let on = |d: u32| ON.replace("{d}", &d.to_string());
+        ensure!(
+            scalar(&c, &on(1)).await? == "0",
+            "the spare disk holds nothing at first"
+        );
+        let held = scalar(&c, &on(0)).await?;
+        ensure!(held != "0", "disk 0 of node 0 holds copies");
+
+        // Corrupt every primary extent of node 0's disk 0 under the running
+        // node: the next scan fails the disk, its slices fail over.
+        let image = env.path().join("cluster").join("node0").join("disk-0.img");
+        ensure!(
+            crate::mirror::garble(&image, SegmentKind::Primary)? > 0,
+            "node 0's disk 0 has primary extents"
+        );
+        ensure!(
+            query(&c, TOTALS).await? == want,
+            "answers right after the disk failed"
+        );
+        // regen_delay later, the spare disk takes the failed disk's copies,
+        // in their roles, and nothing leaves node 0.
+        let t0 = std::time::Instant::now();
+        while scalar(&c, &on(0)).await? != "0" {
+            ensure!(
+                t0.elapsed() < Duration::from_secs(60),
+                "disk 0's copies were not regenerated"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let took = wait_fully_protected(&c, Duration::from_secs(90)).await?;
+        ensure!(
+            scalar(&c, &on(1)).await? == held,
+            "the spare disk holds every copy disk 0 held ({held})"
+        );
+        let primaries = scalar(
+            &c,
+            "SELECT count(*) FROM slicedb_slices WHERE primary_node = 0 AND primary_disk = 1",
+        )
+        .await?;
+        ensure!(
+            primaries != "0",
+            "node 0 serves its primaries again, from the spare disk"
+        );
+        let cause = scalar(
+            &c,
+            "SELECT cause FROM slicedb_map_history WHERE cause LIKE 'disk 0 of node 0 did not come back%'",
+        )
+        .await?;
+        ensure!(
+            cause.contains("onto nodes [0] (disks 0:1)"),
+            "regenerated onto node 0's spare disk: {cause}"
+        );
+        ensure!(
+            query(&c, TOTALS).await? == want,
+            "answers after the regeneration"
+        );
+        harness::ensure_verified(&c).await?;
+        eprintln!("[heal_spare_disk] fully protected {took:?} after the copies moved: {cause}");
         survive_the_next_fault(db, c, &want).await
     });
 }

@@ -561,7 +561,21 @@ impl DistMap {
         nodes: &[NodeShape],
         slices_per_disk: u32,
     ) -> Result<DistMap> {
-        let active: Vec<NodeShape> = nodes.iter().filter(|n| !n.spare).cloned().collect();
+        if let Some(n) = nodes.iter().find(|n| !n.spare && n.spare_disks >= n.disks) {
+            return Err(CoordinatorError::Config(format!(
+                "node {} has {} disks of which {} are spares: at least one must hold slices",
+                n.node, n.disks, n.spare_disks
+            )));
+        }
+        // Spare disks (the last of each node) get no slices.
+        let active: Vec<NodeShape> = nodes
+            .iter()
+            .filter(|n| !n.spare)
+            .map(|n| NodeShape {
+                disks: n.disks - n.spare_disks,
+                ..*n
+            })
+            .collect();
         if active.is_empty() {
             return Err(CoordinatorError::Config(
                 "every node is a spare: at least one must hold slices".into(),
@@ -660,6 +674,7 @@ pub(crate) mod tests {
                 node,
                 disks,
                 spare: false,
+                spare_disks: 0,
             })
             .collect()
     }

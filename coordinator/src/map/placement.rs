@@ -20,6 +20,9 @@ pub struct NodeShape {
     pub disks: u32,
     /// A spare gets no slices when the map is built.
     pub spare: bool,
+    /// Its last `spare_disks` disks get no slices when the map is built:
+    /// they take over a failed disk of this node (regeneration).
+    pub spare_disks: u32,
 }
 
 /// A way of laying a fresh cluster's slices out.
@@ -133,6 +136,7 @@ mod tests {
                 node,
                 disks: 2,
                 spare: false,
+                spare_disks: 0,
             })
             .collect();
         let good = DistMap::build(&Ring, &shape, 2).unwrap();

@@ -14,6 +14,12 @@
 //! slice. A slice with no in-sync copy keeps its lost copies: one of them
 //! may be the last in sync and come back. With no room for every copy,
 //! nothing changes and the error says why.
+//!
+//! A failed disk of a node that has a free spare disk (one of its last
+//! `spare_disks`, holding no copy, not failed) is replaced by that disk:
+//! every copy the failed disk held goes there, in its role (claims 44-46),
+//! and nothing leaves the node. Without one, its copies go elsewhere as a
+//! failed node's do.
 
 use std::collections::BTreeMap;
 
@@ -66,6 +72,13 @@ impl DistMap {
                 .map(|(_, c)| c)
                 .sum()
         };
+        // A failed disk's stand-in on its own node: a free spare disk.
+        let stand_in = disk.and_then(|_| {
+            let shape = nodes.iter().find(|n| n.node == node)?;
+            (shape.disks - shape.spare_disks.min(shape.disks)..shape.disks)
+                .map(|d| Location { node, disk: d })
+                .find(|at| load.get(at) == Some(&0))
+        });
         let mut next = self.clone();
         let mut placed = Vec::new();
         let mut no_room = Vec::new();
@@ -79,13 +92,14 @@ impl DistMap {
                     continue;
                 }
                 let holders: Vec<NodeId> = e.copies.iter().map(|c| c.at.node).collect();
-                // Spares before survivors; then the least loaded node and
-                // disk; ties by location.
-                let target = load
-                    .iter()
-                    .filter(|(l, _)| !holders.contains(&l.node))
-                    .min_by_key(|(l, n)| (!spare(l.node), node_load(&load, l.node), **n, **l))
-                    .map(|(l, _)| *l);
+                // The node's spare disk; else spares before survivors, then
+                // the least loaded node and disk; ties by location.
+                let target = stand_in.or_else(|| {
+                    load.iter()
+                        .filter(|(l, _)| !holders.contains(&l.node))
+                        .min_by_key(|(l, n)| (!spare(l.node), node_load(&load, l.node), **n, **l))
+                        .map(|(l, _)| *l)
+                });
                 let Some(at) = target else {
                     no_room.push(e.slice);
                     continue;
@@ -114,5 +128,83 @@ impl DistMap {
         }
         *self = next;
         Ok(placed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::map::{Ring, Role};
+
+    fn shapes(spare_disks: u32) -> Vec<NodeShape> {
+        (0..3)
+            .map(|node| NodeShape {
+                node,
+                disks: 2,
+                spare: false,
+                spare_disks,
+            })
+            .collect()
+    }
+
+    /// Every copy at `at` and its role, by slice.
+    fn copies_at(map: &DistMap, at: Location) -> Vec<(u32, Role)> {
+        map.slices
+            .iter()
+            .flat_map(|e| {
+                e.copies
+                    .iter()
+                    .filter(move |c| c.at == at)
+                    .map(move |c| (e.slice, c.role))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_disk_is_replaced_by_its_nodes_spare_disk_else_goes_elsewhere() {
+        let disk0 = Location { node: 0, disk: 0 };
+        let disk1 = Location { node: 0, disk: 1 };
+        // One spare disk per node: disk 1 holds nothing at first.
+        let nodes = shapes(1);
+        let mut map = DistMap::build(&Ring, &nodes, 2).unwrap();
+        assert!(
+            copies_at(&map, disk1).is_empty(),
+            "a spare disk starts empty"
+        );
+        let lost = copies_at(&map, disk0);
+        assert!(!lost.is_empty());
+        assert!(map.fail_disk(disk0, "test", 1));
+        let placed = map.regenerate(0, Some(0), &nodes).unwrap();
+        assert_eq!(placed.len(), lost.len());
+        assert!(placed.iter().all(|(_, at)| *at == disk1), "{placed:?}");
+        // The same copies, in the same roles, now on the spare disk.
+        assert_eq!(copies_at(&map, disk1), lost);
+        crate::map::placement::check(&map).unwrap();
+
+        // The spare disk is taken: a second failed disk of node 0 (the
+        // stand-in itself) goes to other nodes.
+        assert!(map.fail_disk(disk1, "test", 2));
+        let placed = map.regenerate(0, Some(1), &nodes).unwrap();
+        assert_eq!(placed.len(), lost.len());
+        assert!(placed.iter().all(|(_, at)| at.node != 0), "{placed:?}");
+
+        // Without spare disks, a failed disk's copies leave the node.
+        let nodes = shapes(0);
+        let mut map = DistMap::build(&Ring, &nodes, 2).unwrap();
+        assert!(map.fail_disk(disk0, "test", 1));
+        let placed = map.regenerate(0, Some(0), &nodes).unwrap();
+        assert!(!placed.is_empty());
+        assert!(placed.iter().all(|(_, at)| at.node != 0), "{placed:?}");
+    }
+
+    #[test]
+    fn a_node_made_only_of_spare_disks_is_refused() {
+        let mut nodes = shapes(1);
+        nodes[1].spare_disks = 2;
+        let e = DistMap::build(&Ring, &nodes, 2).unwrap_err().to_string();
+        assert!(
+            e.contains("node 1 has 2 disks of which 2 are spares"),
+            "{e}"
+        );
     }
 }

@@ -40,14 +40,21 @@ impl SystemManager {
                 let mut targets: Vec<NodeId> = placed.iter().map(|(_, at)| at.node).collect();
                 targets.sort_unstable();
                 targets.dedup();
+                let mut disks: Vec<String> = placed
+                    .iter()
+                    .map(|(_, at)| format!("{}:{}", at.node, at.disk))
+                    .collect();
+                disks.sort_unstable();
+                disks.dedup();
                 let what = match disk {
                     Some(d) => format!("disk {d} of node {node}"),
                     None => format!("node {node}"),
                 };
                 next.bump(format!(
-                    "{what} did not come back within {:?}: regenerating its {} copies onto nodes {targets:?}",
+                    "{what} did not come back within {:?}: regenerating its {} copies onto nodes {targets:?} (disks {})",
                     self.config.regen_delay,
-                    placed.len()
+                    placed.len(),
+                    disks.join(", ")
                 ));
                 info!(
                     node,

@@ -61,6 +61,9 @@ impl pb::peer_node_server::PeerNode for NodeServer {
                     return; // the target went away, or the read failed
                 }
             }
+            // A source that dies here leaves its target with every block
+            // and no end: the copy must be thrown away.
+            failpoint::hit("export.before_done");
             let _ = tx.blocking_send(Ok(pb::SliceCopyChunk {
                 block: Default::default(),
                 deletes: export
