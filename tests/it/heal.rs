@@ -571,6 +571,152 @@ fn a_failed_disk_is_regenerated_onto_its_nodes_spare_disk_and_the_next_fault_is_
     });
 }
 
+/// Batches of table `r` as the cluster answers them: each acknowledged
+/// batch must be there, and every batch there whole. Answers (lost, wrong).
+async fn check_batches(c: &tokio_postgres::Client, acked: &[u64], tag: &str) -> Result<(u64, u64)> {
+    let rows = query(
+        c,
+        "SELECT b, count(*), min(k), max(k), sum(k) FROM r GROUP BY b ORDER BY b",
+    )
+    .await?;
+    let (mut lost, mut wrong) = (0, 0);
+    let num = |v: &Option<String>| v.as_deref().unwrap_or("0").parse::<u64>();
+    for row in &rows {
+        let (b, cnt, min, max, sum) = (
+            num(&row[0])?,
+            num(&row[1])?,
+            num(&row[2])?,
+            num(&row[3])?,
+            num(&row[4])?,
+        );
+        if min != b * 10_000 || cnt != max - min + 1 || sum != (min + max) * cnt / 2 {
+            wrong += 1;
+            eprintln!("[{tag}]   batch {b} is not whole: {row:?}");
+        }
+    }
+    for a in acked {
+        if !rows
+            .iter()
+            .any(|r| r[0].as_deref() == Some(a.to_string().as_str()))
+        {
+            lost += 1;
+            eprintln!("[{tag}]   acknowledged batch {a} is missing");
+        }
+    }
+    Ok((lost, wrong))
+}
+
+#[test]
+fn seeded_random_schedules_of_load_kills_returns_and_regenerations_lose_nothing() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    const TAG: &str = "heal_schedule";
+    harness::run(TAG, |env| async move {
+        let seed = crate::data::seed(TAG);
+        let steps: u64 = std::env::var("SLICEDB_HEAL_STEPS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20);
+        let mut rng = StdRng::seed_from_u64(seed);
+        // Regeneration only when the schedule asks for it (REGENERATE).
+        let settings = "regen_delay = \"10m\"\nprobe_timeout = \"1500ms\"\n";
+        let (mut db, c) = loaded(&env, 1, settings, 1000).await?;
+        exec(&c, "CREATE TABLE r (k bigint, b bigint) DISTRIBUTE ON (k)").await?;
+        let (mut acked, mut lost, mut wrong) = (Vec::new(), 0, 0);
+        // The node down now, and the nodes regenerated away (never back).
+        let mut down: Option<usize> = None;
+        let mut gone: Vec<usize> = Vec::new();
+        let (mut kills, mut returns, mut regens) = (0, 0, 0);
+        for b in 0..steps {
+            // Every step loads a batch, whatever is down.
+            let n = rng.random_range(100..3000u64);
+            let lo = b * 10_000;
+            let sql = format!(
+                "INSERT INTO r SELECT i, {b} FROM generate_series({lo}, {}) AS g(i)",
+                lo + n - 1
+            );
+            match write(&c, &sql).await {
+                Ok(()) => acked.push(b),
+                Err(e) => eprintln!("[{TAG}]   batch {b} failed: {e}"),
+            }
+            let action = match down {
+                None if kills < 8 && rng.random_bool(0.7) => "kill",
+                None => "load",
+                Some(_) => match rng.random_range(0..3) {
+                    0 => "load",
+                    1 => "return",
+                    _ if regens < 2 => "regenerate",
+                    _ => "return",
+                },
+            };
+            match (action, down) {
+                ("kill", _) => {
+                    let up = query(
+                        &c,
+                        "SELECT node FROM slicedb_nodes WHERE state = 'up' ORDER BY node",
+                    )
+                    .await?;
+                    let up: Vec<usize> = up
+                        .iter()
+                        .filter_map(|r| r[0].as_deref()?.parse().ok())
+                        .collect();
+                    let v = up[rng.random_range(0..up.len())];
+                    eprintln!("[{TAG}] step {b}: kill -9 node {v}");
+                    db.kill_proc(v);
+                    down = Some(v);
+                    kills += 1;
+                }
+                ("return", Some(v)) => {
+                    eprintln!("[{TAG}] step {b}: node {v} comes back");
+                    db.restart_node(&env, v).await?;
+                    wait_fully_protected(&c, Duration::from_secs(90)).await?;
+                    down = None;
+                    returns += 1;
+                }
+                ("regenerate", Some(v)) => {
+                    eprintln!("[{TAG}] step {b}: REGENERATE node {v}'s copies");
+                    exec(&c, "REGENERATE").await?;
+                    wait_fully_protected(&c, Duration::from_secs(90)).await?;
+                    gone.push(v);
+                    down = None;
+                    regens += 1;
+                }
+                _ => eprintln!("[{TAG}] step {b}: load only"),
+            }
+            let (l, w) = check_batches(&c, &acked, TAG).await?;
+            lost += l;
+            wrong += w;
+        }
+        if let Some(v) = down {
+            db.restart_node(&env, v).await?;
+        }
+        wait_fully_protected(&c, Duration::from_secs(90)).await?;
+        harness::ensure_verified(&c).await?;
+        // Fully protected: one more fault is survived.
+        let holder = scalar(&c, "SELECT min(primary_node) FROM slicedb_slices").await?;
+        db.kill_proc(holder.parse()?);
+        let (l, w) = check_batches(&c, &acked, TAG).await?;
+        lost += l;
+        wrong += w;
+        eprintln!(
+            "[{TAG}] seed {seed}: {steps} steps, {kills} kills, {returns} returns, {regens} regenerations (nodes {gone:?}), \
+             {} batches acknowledged: {lost} lost, {wrong} wrong",
+            acked.len()
+        );
+        ensure!(
+            lost == 0 && wrong == 0,
+            "{lost} acknowledged batches lost, {wrong} wrong answers (replay with SLICEDB_TEST_SEED={seed})"
+        );
+        ensure!(
+            kills > 0 && returns + regens > 0,
+            "the schedule should kill and heal (seed {seed})"
+        );
+        drop(c);
+        db.kill();
+        Ok(())
+    });
+}
+
 /// Ask `sql` (one value) every 50 ms until `done` holds for its answer;
 /// fail after 30 s naming `what` was awaited.
 async fn wait_for(
