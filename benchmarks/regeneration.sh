@@ -10,21 +10,27 @@
 # 2. Idle: p50/p99 of the fixed query.
 # 3. Unpaced regeneration (copy_rate = 0): kill -9 node 0, REGENERATE at
 #    once; time to fully protected, bytes copied, throughput; the fixed
-#    query's p50/p99 meanwhile; `cp` of the same number of bytes between
+#    query's p50/p99 from the failover to fully protected; `cp` of the same number of bytes between
 #    two files on this disk (with sync), for the throughput anchor.
-# 4. Paced regeneration (the default copy_rate, or COPY_RATE): the
-#    coordinator restarts with it, kill -9 node 1, same figures.
-# 5. Resync: kill -9 node 2, change 1% of r's rows during a 10 s outage,
-#    start node 2 again; bytes sent and time to fully protected, against
+# 4. Paced regeneration at each rate of COPY_RATES (default "25MiB", the
+#    product's default): the coordinator restarts with it, kill -9 the next
+#    node, same figures (one spare per rate).
+# 5. Resync: kill -9 the next node, change 1% of r's rows during a 10 s
+#    outage, start it again; bytes sent and time to fully protected, against
 #    the full regeneration of a node in 3.
 #
 # Every answer of the fixed query must stay the same (errors are counted).
+# Copy throughput is the round's bytes over its wall time (from the map
+# history), from the first copy's start to the last one's commit. The copy
+# rate is per receiving node: a node's copies that go to two targets move
+# at twice the rate.
 # Needs psql, bc and psycopg 3 (python3 -m pip install 'psycopg[binary]').
-# SLICEDB_BIN overrides the binary; COPY_RATE the paced rate (default the
-# product's default, 100MiB); KEEP=1 keeps the work directory.
+# SLICEDB_BIN overrides the binary; KEEP=1 keeps the work directory.
 set -euo pipefail
 PER_NODE=${1:-2000000000}
-PACED=${COPY_RATE:-100MiB}
+read -r -a RATES <<< "${COPY_RATES:-25MiB}"
+SPARES=$((1 + ${#RATES[@]}))
+ALL=$((4 + SPARES))
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${SLICEDB_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/slicedb}
 [ -x "$BIN" ] || { echo "no release binary at $BIN: cargo build --release -p slicedb" >&2; exit 1; }
@@ -50,16 +56,17 @@ data_dir = "$WORK/coord"
 regen_delay = "10m"
 copy_rate = "$1"
 TOML
-  for n in 0 1 2 3 4 5; do
+  for n in $(seq 0 $((ALL - 1))); do
     spare=false; [ $n -ge 4 ] && spare=true
     printf '[[nodes]]\nid = %d\naddress = "127.0.0.1:%d"\ndata_dir = "%s/node%d"\ndisk_size = "%dMiB"\nspare = %s\n' \
       "$n" $((BASE + 1 + n)) "$WORK" "$n" $((PER_NODE * 5 / 1048576 + 1024)) "$spare" >> "$WORK/cluster.toml"
   done
 }
-start_node() { "$BIN" node --config "$WORK/cluster.toml" --id "$1" >> "$WORK/node$1.out" 2>> "$WORK/node$1.err" & PID[n$1]=$!; }
+start_node() { "$BIN" node --config "$WORK/cluster.toml" --id "$1" >> "$WORK/node$1.out" 2>> "$WORK/node$1.err" & PID[n$1]=$!; disown; }
+gone() { while kill -0 "$1" 2>/dev/null; do sleep 0.05; done; }
 start_coordinator() {
   : > "$WORK/coord.out"
-  "$BIN" coordinator --config "$WORK/cluster.toml" >> "$WORK/coord.out" 2>> "$WORK/coord.err" & PID[c]=$!
+  "$BIN" coordinator --config "$WORK/cluster.toml" >> "$WORK/coord.out" 2>> "$WORK/coord.err" & PID[c]=$!; disown
   for _ in $(seq 600); do grep -q '^ready: ' "$WORK/coord.out" 2>/dev/null && return; sleep 0.1; done
   echo "coordinator not ready; see $WORK/coord.err" >&2; exit 1
 }
@@ -68,12 +75,17 @@ sql() { psql -X -q -t -A -v ON_ERROR_STOP=1 "$URL" -c "$1"; }
 protected() { [ "$(sql "SELECT count(*) FROM slicedb_slices WHERE state <> 'in_sync'")" = 0 ]; }
 wait_protected() { until protected; do sleep 0.2; done; }
 QUERY="SELECT count(*), sum(v), sum(g) FROM q WHERE g < 500"
+# Wall time of the last resync round, from its map history entry.
+round_seconds() {
+  sql "SELECT cause FROM slicedb_map_history WHERE cause LIKE 'resync finished%' ORDER BY epoch DESC LIMIT 1" \
+    | sed -n 's/.* in \([0-9.]*\) s$/\1/p'
+}
 sample_until() { python3 "$ROOT/benchmarks/latency.py" "$URL" "$QUERY" --until "$1"; }
 
 config 0
-for n in 0 1 2 3 4 5; do start_node $n; done
+for n in $(seq 0 $((ALL - 1))); do start_node $n; done
 start_coordinator
-say "cluster up: 4 nodes + 2 spares; loading $PER_NODE stored bytes per node"
+say "cluster up: 4 nodes + $SPARES spares; loading $PER_NODE stored bytes per node"
 
 sql "CREATE TABLE q (k bigint, g int, v bigint) DISTRIBUTE ON (k)" >/dev/null
 sql "INSERT INTO q SELECT i, i % 1000, i * 7 FROM generate_series(1, 2000000) AS g(i)" >/dev/null
@@ -98,13 +110,14 @@ say "idle: $IDLE"
 regenerate() {
   local victim=$1 t0 t1 stop=$WORK/stop.$1
   rm -f "$stop"
-  sample_until "$stop" > "$WORK/lat.$victim" &
-  local sampler=$!
-  sleep 2
   t0=$(now)
   kill -9 "${PID[n$victim]}"; unset "PID[n$victim]"
-  until [ "$(sql "SELECT state FROM slicedb_nodes WHERE node = $victim")" != up ]; do sleep 0.02; done
+  # Failed over: the map no longer counts on the victim's copies.
+  while protected; do sleep 0.02; done
   DETECT_S=$(echo "$(now) - $t0" | bc)
+  # The fixed query runs from here (the failover is done) to the end.
+  sample_until "$stop" > "$WORK/lat.$victim" &
+  local sampler=$!
   sql REGENERATE >/dev/null
   sleep 0.5
   wait_protected
@@ -112,7 +125,7 @@ regenerate() {
   touch "$stop"; wait "$sampler" || true
   REGEN_S=$(echo "$t1 - $t0" | bc)
   BYTES=$(sql "SELECT sum(bytes) FROM slicedb_resync WHERE phase = 'done'")
-  COPY_S=$(sql "SELECT max(seconds) FROM slicedb_resync")
+  COPY_S=$(round_seconds)
   LAT=$(cat "$WORK/lat.$victim")
   say "node $victim regenerated: $(sql "SELECT count(*) FROM slicedb_resync") copies, $BYTES bytes; kill -> fully protected $REGEN_S s (detected after $DETECT_S s); query meanwhile: $LAT"
   [ "$(sql "SELECT count(*) FROM slicedb_verify WHERE status <> 'in_sync'")" = 0 ] || { echo "verify not in sync after regenerating node $victim" >&2; exit 1; }
@@ -127,27 +140,33 @@ head -c "$U_BYTES" /dev/urandom > "$WORK/cp.src"; sync
 t0=$(now); cp "$WORK/cp.src" "$WORK/cp.dst"; sync; CP_S=$(echo "$(now) - $t0" | bc)
 rm -f "$WORK/cp.src" "$WORK/cp.dst"
 
-say "paced regeneration of node 1 (copy_rate = $PACED): the coordinator restarts with it"
-kill -9 "${PID[c]}"; wait "${PID[c]}" 2>/dev/null || true
-config "$PACED"
-start_coordinator
-wait_protected
-regenerate 1
-P_REGEN=$REGEN_S P_DETECT=$DETECT_S P_BYTES=$BYTES P_COPY=$COPY_S P_LAT=$LAT
+declare -a P_BYTES P_COPY P_REGEN P_LAT
+victim=1
+for rate in "${RATES[@]}"; do
+  say "paced regeneration of node $victim (copy_rate = $rate): the coordinator restarts with it"
+  kill -9 "${PID[c]}"; gone "${PID[c]}"
+  config "$rate"
+  start_coordinator
+  wait_protected
+  regenerate $victim
+  P_REGEN+=("$REGEN_S") P_BYTES+=("$BYTES") P_COPY+=("$COPY_S") P_LAT+=("$LAT")
+  victim=$((victim + 1))
+done
 
-say "resync: node 2 away for 10 s while 1% of r's rows change"
+say "resync: node $victim away for 10 s while 1% of r's rows change"
 t0=$(now)
-kill -9 "${PID[n2]}"; unset "PID[n2]"
-until [ "$(sql "SELECT state FROM slicedb_nodes WHERE node = 2")" != up ]; do sleep 0.02; done
+kill -9 "${PID[n$victim]}"; unset "PID[n$victim]"
+while protected; do sleep 0.02; done
 sql "UPDATE r SET g = g + 1 WHERE k % 100 = 0" >/dev/null
 left=$(echo "10 - ($(now) - $t0)" | bc); [ "${left:0:1}" = - ] || sleep "$left"
 t1=$(now)
-start_node 2
+start_node $victim
 wait_protected
 R_S=$(echo "$(now) - $t1" | bc)
 R_BYTES=$(sql "SELECT sum(bytes) FROM slicedb_resync WHERE phase = 'done'")
+R_COPY=$(round_seconds)
 [ "$(sql "SELECT count(*) FROM slicedb_verify WHERE status <> 'in_sync'")" = 0 ] || { echo "verify not in sync after the resync" >&2; exit 1; }
-say "resync of node 2: $R_BYTES bytes, back -> fully protected $R_S s"
+say "resync of node $victim: $R_BYTES bytes in $R_COPY s, back -> fully protected $R_S s"
 
 mb() { echo "scale=1; $1 / 1000000" | bc; }
 rate() { echo "scale=1; $1 / 1000000 / $2" | bc; }
@@ -157,15 +176,20 @@ echo "data: $rows rows of r, $(mb "$loaded") MB stored in primary copies ($(mb $
 printf '%-34s %12s %12s %14s %10s %10s %8s\n' "" "bytes (MB)" "copy (s)" "kill->prot (s)" "MB/s" "p50 (ms)" "p99 (ms)"
 printf '%-34s %12s %12s %14s %10s %10s %8s\n' "idle" "" "" "" "" "$(field "$IDLE" p50)" "$(field "$IDLE" p99)"
 printf '%-34s %12s %12s %14s %10s %10s %8s\n' "regeneration, unpaced" "$(mb "$U_BYTES")" "$U_COPY" "$U_REGEN" "$(rate "$U_BYTES" "$U_COPY")" "$(field "$U_LAT" p50)" "$(field "$U_LAT" p99)"
-printf '%-34s %12s %12s %14s %10s %10s %8s\n' "regeneration, copy_rate=$PACED" "$(mb "$P_BYTES")" "$P_COPY" "$P_REGEN" "$(rate "$P_BYTES" "$P_COPY")" "$(field "$P_LAT" p50)" "$(field "$P_LAT" p99)"
+for i in "${!RATES[@]}"; do
+  printf '%-34s %12s %12s %14s %10s %10s %8s\n' "regeneration, copy_rate=${RATES[$i]}" "$(mb "${P_BYTES[$i]}")" "${P_COPY[$i]}" "${P_REGEN[$i]}" "$(rate "${P_BYTES[$i]}" "${P_COPY[$i]}")" "$(field "${P_LAT[$i]}" p50)" "$(field "${P_LAT[$i]}" p99)"
+done
 printf '%-34s %12s %12s %14s %10s\n' "cp + sync of the unpaced bytes" "$(mb "$U_BYTES")" "$CP_S" "" "$(rate "$U_BYTES" "$CP_S")"
-printf '%-34s %12s %12s %14s %10s\n' "resync after 10 s, 1% changed" "$(mb "$R_BYTES")" "$R_S" "" ""
+printf '%-34s %12s %12s %14s %10s\n' "resync after 10 s, 1% changed" "$(mb "$R_BYTES")" "$R_COPY" "$R_S" ""
 echo
 printf 'unpaced regeneration / cp throughput: %.0f%% (goal >= 70%%)\n' "$(echo "100 * $CP_S / $U_COPY" | bc -l)"
-printf 'query p99 during regeneration / idle: unpaced %.2fx, paced %.2fx (goal <= 1.5x)\n' \
-  "$(echo "$(field "$U_LAT" p99) / $(field "$IDLE" p99)" | bc -l)" "$(echo "$(field "$P_LAT" p99) / $(field "$IDLE" p99)" | bc -l)"
-printf 'query errors or changed answers: idle %s, unpaced %s, paced %s (must be 0)\n' \
-  "$(field "$IDLE" errors)" "$(field "$U_LAT" errors)" "$(field "$P_LAT" errors)"
-printf 'resync bytes / full regeneration bytes: %.1f%%; detection %.2f s / %.2f s\n' \
-  "$(echo "100 * $R_BYTES / $U_BYTES" | bc -l)" "$U_DETECT" "$P_DETECT"
+ratio() { echo "$(field "$1" "$2") / $(field "$IDLE" "$2")" | bc -l; }
+printf 'query during regeneration / idle: unpaced p50 %.2fx p99 %.2fx' "$(ratio "$U_LAT" p50)" "$(ratio "$U_LAT" p99)"
+for i in "${!RATES[@]}"; do printf '; %s p50 %.2fx p99 %.2fx' "${RATES[$i]}" "$(ratio "${P_LAT[$i]}" p50)" "$(ratio "${P_LAT[$i]}" p99)"; done
+echo " (goal <= 1.5x)"
+printf 'query errors or changed answers: idle %s, unpaced %s' "$(field "$IDLE" errors)" "$(field "$U_LAT" errors)"
+for i in "${!RATES[@]}"; do printf ', %s %s' "${RATES[$i]}" "$(field "${P_LAT[$i]}" errors)"; done
+echo " (must be 0)"
+printf 'resync: %.1f%% of a full regeneration'"'"'s bytes, %.1f%% of its kill -> fully protected time; detection %.2f s\n' \
+  "$(echo "100 * $R_BYTES / $U_BYTES" | bc -l)" "$(echo "100 * $R_S / $U_REGEN" | bc -l)" "$U_DETECT"
 echo "anchors: Greenplum full recovery ~22-29 MB/s per segment; CockroachDB default snapshot rate 32 MB/s"

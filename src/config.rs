@@ -114,7 +114,7 @@ fn default_regen_delay() -> String {
     "60s".into()
 }
 fn default_copy_rate() -> String {
-    "100MiB".into()
+    "25MiB".into()
 }
 fn default_probe_timeout() -> String {
     "300ms".into()

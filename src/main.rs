@@ -41,7 +41,7 @@ enum Command {
         regen_delay: String,
         /// Bytes per second one slice copy (regeneration, resync) may read
         /// from its source, per target node, e.g. 100MiB; 0: no limit.
-        #[arg(long, default_value = "100MiB")]
+        #[arg(long, default_value = "25MiB")]
         copy_rate: String,
         /// Disk images of each node.
         #[arg(long, default_value_t = 1)]

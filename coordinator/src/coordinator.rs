@@ -71,9 +71,12 @@ impl CoordinatorConfig {
     /// seconds to rejoin (sending only what it missed) instead of being
     /// copied whole.
     pub const DEFAULT_REGEN_DELAY: Duration = Duration::from_secs(60);
-    /// Background copies at this rate leave a query on the same disks
-    /// within 1.5x its idle latency (benchmarks/regeneration.sh).
-    pub const DEFAULT_COPY_RATE: u64 = 100 << 20;
+    /// Measured with benchmarks/regeneration.sh (2 GB per node, 2 cores,
+    /// 2026-12-04): a 10 ms query ran at 1.16x its idle p50 and 1.90x its
+    /// idle p99 while a node was regenerated at this rate (100 MiB: 2.00x
+    /// and 7.03x; unpaced: 4.60x and 7.43x). The copies are CPU-bound on
+    /// such a machine, so a lower rate is the lever until they cost less.
+    pub const DEFAULT_COPY_RATE: u64 = 25 << 20;
     /// Waiting for a build side puts a scan's latency on the critical path;
     /// at TPC-H SF 1 that paid for lineitem (6 M rows: Q08, Q09, Q17) but
     /// not for orders (1.5 M: Q03 108 -> 200 ms with its runtime filter).
