@@ -18,7 +18,7 @@ use crate::map::DistMap;
 use crate::nodes::{NodeClient, NodeSet};
 use crate::system::{MapReader, NodeHealth, SystemHandle};
 use crate::txn::{Txn, TxnManager};
-use crate::{CoordinatorError, Result};
+use crate::Result;
 
 /// Planner settings from the coordinator's configuration.
 #[derive(Debug, Clone, Copy)]
@@ -74,9 +74,7 @@ impl Cluster {
     }
 
     pub fn node(&self, id: NodeId) -> Result<&NodeClient> {
-        self.nodes
-            .get(&id)
-            .ok_or_else(|| CoordinatorError::Config(format!("map names unknown node {id}")))
+        crate::nodes::client(&self.nodes, id)
     }
 
     /// Every configured node, failed ones included.

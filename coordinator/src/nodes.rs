@@ -103,6 +103,14 @@ impl NodeClient {
 /// Every configured node's clients, by id.
 pub type NodeSet = BTreeMap<NodeId, NodeClient>;
 
+/// The client of node `id`, which the map names (an error if the
+/// configuration does not have it).
+pub fn client(nodes: &NodeSet, id: NodeId) -> Result<&NodeClient> {
+    nodes
+        .get(&id)
+        .ok_or_else(|| CoordinatorError::Config(format!("map names unknown node {id}")))
+}
+
 /// Clients for every endpoint; an id given twice is a configuration error.
 pub fn connect_all(endpoints: &[NodeEndpoint]) -> Result<NodeSet> {
     let mut nodes = BTreeMap::new();

@@ -136,9 +136,7 @@ impl TxnManager {
     }
 
     fn node(&self, id: NodeId) -> Result<&NodeClient> {
-        self.nodes
-            .get(&id)
-            .ok_or_else(|| CoordinatorError::Config(format!("map names unknown node {id}")))
+        crate::nodes::client(&self.nodes, id)
     }
 
     fn is_down(&self, node: NodeId) -> bool {

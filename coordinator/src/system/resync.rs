@@ -222,7 +222,8 @@ struct Copier {
     nodes: Arc<NodeSet>,
     map: MapReader,
     board: Board,
-    /// Bytes per second per copy (0: no limit).
+    /// Bytes per second per target, which pulls one copy at a time (0: no
+    /// limit).
     rate: u64,
 }
 
@@ -263,9 +264,7 @@ async fn run_round(
 
 impl Copier {
     fn node(&self, id: NodeId) -> Result<&crate::nodes::NodeClient> {
-        self.nodes
-            .get(&id)
-            .ok_or_else(|| crate::CoordinatorError::Config(format!("map names unknown node {id}")))
+        crate::nodes::client(&self.nodes, id)
     }
 
     async fn pull_all(
@@ -461,9 +460,7 @@ const RESOLVE_WAIT: Duration = Duration::from_secs(30);
 /// doubt when it failed): its copy lacks their rows until the resolver
 /// finishes them, so it must not count as in sync before.
 async fn wait_resolved(node: NodeId, below: Xid, nodes: &NodeSet) -> Result<()> {
-    let n = nodes
-        .get(&node)
-        .ok_or_else(|| crate::CoordinatorError::Config(format!("map names unknown node {node}")))?;
+    let n = crate::nodes::client(nodes, node)?;
     let deadline = Instant::now() + RESOLVE_WAIT;
     loop {
         let mut c = n.health.clone();
