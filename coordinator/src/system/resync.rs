@@ -26,8 +26,9 @@
 //! in flight, and for tables not started the source's bytes less the
 //! target's (an estimate: exact for an empty target).
 //!
-//! Copies are paced at `copy_rate` bytes per second per target (each target
-//! pulls one copy at a time), so that healing leaves room for queries.
+//! Copies are paced at `copy_rate` bytes per second per target (a target
+//! pulls two copies at a time, from different sources where it can, each
+//! at half the rate), so that healing leaves room for queries.
 //!
 //! The copying runs in a spawned task that reports back with
 //! [`Event::ResyncDone`]; the manager's loop never waits on a node for it,
@@ -36,6 +37,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use slicedb_engine::proto::{self, pb};
 use slicedb_engine::{NodeId, SliceId, Xid};
 use tracing::{info, warn};
@@ -222,16 +224,41 @@ struct Copier {
     nodes: Arc<NodeSet>,
     map: MapReader,
     board: Board,
-    /// Bytes per second per target, which pulls one copy at a time (0: no
-    /// limit).
+    /// Bytes per second per target, shared by the copies it pulls at once
+    /// (0: no limit).
     rate: u64,
+}
+
+/// Copies a target pulls at once (each at its share of the rate): while
+/// one waits on its source's reads or its own writes, the other moves.
+const PULLS_PER_TARGET: usize = 2;
+
+/// Copies reordered so that consecutive ones come from different sources
+/// where they can (round robin over the sources, each in its order).
+fn interleave_sources(copies: Vec<ResyncJob>) -> Vec<ResyncJob> {
+    let mut by_source: std::collections::BTreeMap<NodeId, std::collections::VecDeque<ResyncJob>> =
+        Default::default();
+    for r in copies {
+        by_source.entry(r.source.node).or_default().push_back(r);
+    }
+    let mut out = Vec::new();
+    while !by_source.is_empty() {
+        by_source.retain(|_, q| {
+            if let Some(r) = q.pop_front() {
+                out.push(r);
+            }
+            !q.is_empty()
+        });
+    }
+    out
 }
 
 /// How often the target's progress is read while a table copies.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
 /// Wait for older transactions, make sure the targets know every table,
-/// then pull every copy (targets in parallel, one copy at a time each).
+/// then pull every copy (targets in parallel, `PULLS_PER_TARGET` copies
+/// at a time each).
 async fn run_round(
     round: Vec<ResyncJob>,
     wait_below: Xid,
@@ -286,13 +313,17 @@ impl Copier {
                 return o;
             }
         };
-        for r in copies {
+        // Copies from different sources first, so that the ones pulled at
+        // once read different disks.
+        let copies = interleave_sources(copies);
+        let tables = &tables;
+        let mut pulls = futures::stream::iter(copies.into_iter().map(|r| async move {
             note(&self.board, &r, |p| {
                 p.phase = "copying".into();
                 p.tables_total = tables.len() as u32;
                 p.started = Instant::now();
             });
-            let pulled = match self.pull_one(&r, &tables).await {
+            let pulled = match self.pull_one(&r, tables).await {
                 Ok(sent) => wait_resolved(node, wait_below, &self.nodes)
                     .await
                     .map(|()| sent),
@@ -308,6 +339,10 @@ impl Copier {
                 }
                 p.finished = Some(Instant::now());
             });
+            (r, pulled)
+        }))
+        .buffer_unordered(PULLS_PER_TARGET);
+        while let Some((r, pulled)) = pulls.next().await {
             match pulled {
                 Ok(sent) => {
                     o.blocks += sent.blocks;
@@ -420,7 +455,7 @@ impl Copier {
                 target_segment: segment(r.target_role),
                 xid,
                 incremental: true,
-                max_bytes_per_sec: self.rate,
+                max_bytes_per_sec: self.rate.div_ceil(PULLS_PER_TARGET as u64),
             };
             let mut c = n.grpc.clone();
             match c.copy_slice(req).await {

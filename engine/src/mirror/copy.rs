@@ -37,6 +37,43 @@ use crate::{EngineError, Result, Xid};
 /// Blocks written per blocking call.
 const WRITE_BATCH: usize = 8;
 
+/// Batches between the stream and the writer.
+const WRITE_QUEUE: usize = 2;
+
+/// Writes a copy's blocks on a blocking thread while the stream goes on:
+/// each batch pending under the copy's xid, except blocks of transactions
+/// the target holds already (`held`). Answers how many it wrote.
+struct Writer;
+
+impl Writer {
+    fn start(
+        target: Arc<DiskStore>,
+        plan: CopyPlan,
+        held: Arc<Vec<Xid>>,
+    ) -> (
+        tokio::sync::mpsc::Sender<Vec<bytes::Bytes>>,
+        tokio::task::JoinHandle<Result<usize>>,
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<bytes::Bytes>>(WRITE_QUEUE);
+        let (seg, table, slice, xid) = (plan.target_segment, plan.table, plan.slice, plan.xid);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut written = 0;
+            while let Some(batch) = rx.blocking_recv() {
+                for b in &batch {
+                    if target
+                        .append_encoded_unless(seg, table, slice, xid, b, &held)?
+                        .is_some()
+                    {
+                        written += 1;
+                    }
+                }
+            }
+            Ok(written)
+        });
+        (tx, writer)
+    }
+}
+
 /// What one copy pulled from `source` and wrote into `target`.
 #[derive(Debug, Clone, Copy)]
 pub struct CopyPlan {
@@ -188,87 +225,98 @@ async fn pull_inner(
     } else {
         Arc::new(Vec::new())
     };
-    let (mut blocks, mut bytes, mut written) = (0u64, 0u64, 0usize);
+    let (mut blocks, mut bytes) = (0u64, 0u64);
     let pace = Pace {
         rate: plan.max_bytes_per_sec,
         start: Instant::now(),
     };
-    let mut batch: Vec<bytes::Bytes> = Vec::new();
-    let write = |batch: Vec<bytes::Bytes>| {
-        let (t, held) = (target.clone(), held.clone());
-        blocking(move || {
-            let mut written = 0;
-            for b in &batch {
-                if t.append_encoded_unless(seg, table, slice, xid, b, &held)?
-                    .is_some()
-                {
-                    written += 1;
-                }
-            }
-            Ok(written)
-        })
-    };
-    loop {
+    // The writer runs beside the stream: blocks go on arriving while the
+    // ones before them are written (a couple of batches in between).
+    let (tx, writer) = Writer::start(target.clone(), *plan, held);
+    let mut batch: Vec<bytes::Bytes> = Vec::with_capacity(WRITE_BATCH);
+    let received = loop {
         let chunk = match stream.next().await {
-            Some(c) => c.map_err(|s| copy_failed(plan, s.message()))?,
-            None => return Err(copy_failed(plan, "the stream ended before its last chunk")),
+            Some(Ok(c)) => c,
+            Some(Err(s)) => break Err(copy_failed(plan, s.message())),
+            None => break Err(copy_failed(plan, "the stream ended before its last chunk")),
         };
-        if !chunk.done {
-            blocks += 1;
-            bytes += chunk.block.len() as u64;
-            meters.update(xid, |c| {
-                c.blocks = blocks;
-                c.bytes = bytes;
-                if chunk.total_bytes > 0 {
-                    c.total_bytes = chunk.total_bytes;
-                }
-            });
-            batch.push(chunk.block);
-            if batch.len() >= WRITE_BATCH {
-                written += write(std::mem::take(&mut batch)).await?;
-            }
-            pace.after(bytes).await;
-            continue;
+        if chunk.done {
+            break Ok(chunk);
         }
-        if chunk.blocks != blocks || chunk.bytes != bytes {
+        blocks += 1;
+        bytes += chunk.block.len() as u64;
+        meters.update(xid, |c| {
+            c.blocks = blocks;
+            c.bytes = bytes;
+            if chunk.total_bytes > 0 {
+                c.total_bytes = chunk.total_bytes;
+            }
+        });
+        batch.push(chunk.block);
+        if batch.len() >= WRITE_BATCH
+            && tx
+                .send(std::mem::replace(
+                    &mut batch,
+                    Vec::with_capacity(WRITE_BATCH),
+                ))
+                .await
+                .is_err()
+        {
+            // The writer stopped: its error says why.
+            break Err(copy_failed(plan, "the writer stopped"));
+        }
+        pace.after(bytes).await;
+    };
+    let last = if batch.is_empty() {
+        Ok(())
+    } else {
+        tx.send(batch).await
+    };
+    drop(tx);
+    let written = writer
+        .await
+        .map_err(|e| EngineError::Internal(format!("copy writer failed: {e}")))??;
+    let chunk = received?;
+    if last.is_err() {
+        return Err(copy_failed(plan, "the writer stopped"));
+    }
+    if chunk.blocks != blocks || chunk.bytes != bytes {
+        return Err(copy_failed(
+            plan,
+            &format!(
+                "{blocks} blocks ({bytes} bytes) arrived, the source sent {} ({})",
+                chunk.blocks, chunk.bytes
+            ),
+        ));
+    }
+    if let Some(d) = crate::failpoint::delay("copy.before_commit") {
+        tokio::time::sleep(d).await;
+    }
+    crate::failpoint::hit("copy.before_commit");
+    let deletes: Vec<(i64, Xid)> = chunk.deletes.iter().map(|d| (d.rowid, d.xid)).collect();
+    let n = deletes.len() as u64;
+    let t = target.clone();
+    let plan_ = *plan;
+    blocking(move || {
+        t.delete_copied(seg, table, slice, xid, &deletes)?;
+        // Everything written must still be pending under the copy's
+        // xid: if something aborted it meanwhile, part of the copy is
+        // gone and committing the rest would lose rows.
+        let pending = t.pending_blocks(xid);
+        if pending != written {
             return Err(copy_failed(
-                plan,
-                &format!(
-                    "{blocks} blocks ({bytes} bytes) arrived, the source sent {} ({})",
-                    chunk.blocks, chunk.bytes
-                ),
+                &plan_,
+                &format!("{written} blocks written but {pending} still pending: the copy was aborted underneath"),
             ));
         }
-        written += write(std::mem::take(&mut batch)).await?;
-        if let Some(d) = crate::failpoint::delay("copy.before_commit") {
-            tokio::time::sleep(d).await;
-        }
-        crate::failpoint::hit("copy.before_commit");
-        let deletes: Vec<(i64, Xid)> = chunk.deletes.iter().map(|d| (d.rowid, d.xid)).collect();
-        let n = deletes.len() as u64;
-        let t = target.clone();
-        let plan_ = *plan;
-        blocking(move || {
-            t.delete_copied(seg, table, slice, xid, &deletes)?;
-            // Everything written must still be pending under the copy's
-            // xid: if something aborted it meanwhile, part of the copy is
-            // gone and committing the rest would lose rows.
-            let pending = t.pending_blocks(xid);
-            if pending != written {
-                return Err(copy_failed(
-                    &plan_,
-                    &format!("{written} blocks written but {pending} still pending: the copy was aborted underneath"),
-                ));
-            }
-            t.commit(xid)
-        })
-        .await?;
-        return Ok(pb::CopySliceResponse {
-            blocks,
-            bytes,
-            deletes: n,
-        });
-    }
+        t.commit(xid)
+    })
+    .await?;
+    Ok(pb::CopySliceResponse {
+        blocks,
+        bytes,
+        deletes: n,
+    })
 }
 
 fn copy_failed(plan: &CopyPlan, why: &str) -> EngineError {

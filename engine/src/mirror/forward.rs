@@ -309,7 +309,11 @@ impl Forwarder {
         let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| EngineError::Internal(format!("bad peer address {addr}: {e}")))?
             .connect_timeout(routes.timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // A slice copy's stream comes back on this connection: blocks
+            // of a megabyte each, and the writer drains them in batches.
+            .initial_stream_window_size(Some(proto::RECEIVE_STREAM_WINDOW))
+            .initial_connection_window_size(Some(proto::RECEIVE_CONNECTION_WINDOW));
         let c = PeerClient::new(ep.connect_lazy())
             .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
