@@ -154,12 +154,21 @@ impl BlockCache {
 
     /// Forget every block of `table`.
     pub fn remove_table(&self, table: TableId) {
+        self.remove_where(|k| k.table == table);
+    }
+
+    /// Forget every block of one copy of a slice (all its tables).
+    pub fn remove_copy(&self, segment: SegmentKind, slice: SliceId) {
+        self.remove_where(|k| k.segment == segment && k.slice == slice);
+    }
+
+    fn remove_where(&self, gone: impl Fn(&BlockKey) -> bool) {
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
-        inner.order.retain(|k| k.table != table);
+        inner.order.retain(|k| !gone(k));
         let mut freed = 0;
         inner.entries.retain(|k, e| {
-            let keep = k.table != table;
+            let keep = !gone(k);
             if !keep {
                 freed += e.bytes;
             }

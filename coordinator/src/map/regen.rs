@@ -9,7 +9,8 @@
 //! transactions forwarded to it meanwhile) (a lost primary is rebuilt
 //! into a primary segment from the serving mirror, claim 23; a lost mirror
 //! into a mirror segment from the primary, claim 24) on a spare if one is
-//! free, else on the surviving node holding the fewest copies (declustered:
+//! free (a configured spare, or a node an earlier regeneration emptied once
+//! it is known to have dropped its old copies, that holds nothing), else on the surviving node holding the fewest copies (declustered:
 //! every survivor takes some), never on a node that holds a copy of that
 //! slice. A slice with no in-sync copy keeps its lost copies: one of them
 //! may be the last in sync and come back. With no room for every copy,
@@ -30,20 +31,24 @@ use crate::{CoordinatorError, Result};
 
 impl DistMap {
     /// Replace the copies lost at `lost` (a whole node: `disk` None) by new
-    /// copies over `nodes` (the configuration; spares first). Returns how
-    /// many were placed and on which nodes.
+    /// copies over `nodes` (the configuration; spares first). `clean`:
+    /// nodes emptied by an earlier regeneration that are known to have
+    /// dropped every old copy since. Returns how many were placed and on
+    /// which nodes.
     pub(crate) fn regenerate(
         &mut self,
         node: NodeId,
         disk: Option<u32>,
         nodes: &[NodeShape],
+        clean: &[NodeId],
     ) -> Result<Vec<(u32, Location)>> {
         let lost_here = |at: Location| at.node == node && disk.is_none_or(|d| d == at.disk);
-        // A node emptied by an earlier regeneration still has its old
-        // blocks on disk (nothing drops them yet): a copy placed there would
-        // count them as held, so it takes none.
+        // A node emptied by an earlier regeneration drops its old copies
+        // once it has a map again; until it is known to hold none, a copy
+        // placed there would count old blocks as held, so it takes none.
         let usable = |n: &NodeShape, map: &DistMap| {
-            !map.down.contains(&n.node) && !map.emptied.contains(&n.node)
+            !map.down.contains(&n.node)
+                && (!map.emptied.contains(&n.node) || clean.contains(&n.node))
         };
         // Copies each node holds now, and per disk (balance).
         let mut load: BTreeMap<Location, usize> = BTreeMap::new();
@@ -65,13 +70,21 @@ impl DistMap {
                 }
             }
         }
-        let spare = |n: NodeId| nodes.iter().any(|s| s.node == n && s.spare);
         let node_load = |load: &BTreeMap<Location, usize>, n: NodeId| -> usize {
             load.iter()
                 .filter(|(l, _)| l.node == n)
                 .map(|(_, c)| c)
                 .sum()
         };
+        // Free spares: configured spares and emptied nodes that hold
+        // nothing yet (one that took copies before is a survivor now).
+        let free: std::collections::BTreeSet<NodeId> = nodes
+            .iter()
+            .filter(|n| n.spare || self.emptied.contains(&n.node))
+            .filter(|n| load.keys().any(|l| l.node == n.node) && node_load(&load, n.node) == 0)
+            .map(|n| n.node)
+            .collect();
+        let spare = |n: NodeId| free.contains(&n);
         // A failed disk's stand-in on its own node: a free spare disk.
         let stand_in = disk.and_then(|_| {
             let shape = nodes.iter().find(|n| n.node == node)?;
@@ -126,6 +139,13 @@ impl DistMap {
         if disk.is_none() && !holds_any && !next.emptied.contains(&node) {
             next.emptied.push(node);
         }
+        // An emptied node that took copies holds some again.
+        let holders: std::collections::BTreeSet<NodeId> = next
+            .slices
+            .iter()
+            .flat_map(|e| e.copies.iter().map(|c| c.at.node))
+            .collect();
+        next.emptied.retain(|n| !holders.contains(n));
         *self = next;
         Ok(placed)
     }
@@ -174,7 +194,7 @@ mod tests {
         let lost = copies_at(&map, disk0);
         assert!(!lost.is_empty());
         assert!(map.fail_disk(disk0, "test", 1));
-        let placed = map.regenerate(0, Some(0), &nodes).unwrap();
+        let placed = map.regenerate(0, Some(0), &nodes, &[]).unwrap();
         assert_eq!(placed.len(), lost.len());
         assert!(placed.iter().all(|(_, at)| *at == disk1), "{placed:?}");
         // The same copies, in the same roles, now on the spare disk.
@@ -184,7 +204,7 @@ mod tests {
         // The spare disk is taken: a second failed disk of node 0 (the
         // stand-in itself) goes to other nodes.
         assert!(map.fail_disk(disk1, "test", 2));
-        let placed = map.regenerate(0, Some(1), &nodes).unwrap();
+        let placed = map.regenerate(0, Some(1), &nodes, &[]).unwrap();
         assert_eq!(placed.len(), lost.len());
         assert!(placed.iter().all(|(_, at)| at.node != 0), "{placed:?}");
 
@@ -192,7 +212,7 @@ mod tests {
         let nodes = shapes(0);
         let mut map = DistMap::build(&Ring, &nodes, 2).unwrap();
         assert!(map.fail_disk(disk0, "test", 1));
-        let placed = map.regenerate(0, Some(0), &nodes).unwrap();
+        let placed = map.regenerate(0, Some(0), &nodes, &[]).unwrap();
         assert!(!placed.is_empty());
         assert!(placed.iter().all(|(_, at)| at.node != 0), "{placed:?}");
     }
@@ -206,5 +226,41 @@ mod tests {
             e.contains("node 1 has 2 disks of which 2 are spares"),
             "{e}"
         );
+    }
+
+    /// A node emptied by a regeneration is a spare again once it dropped
+    /// its old copies: the next regeneration goes there, not onto the
+    /// configured spare that already took copies.
+    #[test]
+    fn a_clean_emptied_node_is_the_next_spare() {
+        let mut nodes = shapes(0);
+        nodes.push(NodeShape {
+            node: 3,
+            disks: 2,
+            spare: true,
+            spare_disks: 0,
+        });
+        let mut map = DistMap::build(&Ring, &nodes, 2).unwrap();
+        assert!(map.fail_node(0, "test", 1));
+        let placed = map.regenerate(0, None, &nodes, &[]).unwrap();
+        assert!(placed.iter().all(|(_, at)| at.node == 3), "{placed:?}");
+        // Copies are in sync (the resync round did its work).
+        let done: Vec<(u32, Location)> = placed.clone();
+        map.begin_resync();
+        map.finish_resync(&done);
+        assert!(map.is_emptied(0));
+        // Node 0 is back with nothing; node 1 fails. Not known clean:
+        // node 0 takes nothing.
+        assert!(map.rejoin_node(0, &[]).is_some());
+        assert!(map.fail_node(1, "test", 2));
+        let mut unknown = map.clone();
+        let placed = unknown.regenerate(1, None, &nodes, &[]).unwrap();
+        assert!(placed.iter().all(|(_, at)| at.node != 0), "{placed:?}");
+        // Known clean: it takes every copy, and holds copies again.
+        let placed = map.regenerate(1, None, &nodes, &[0]).unwrap();
+        assert!(!placed.is_empty());
+        assert!(placed.iter().all(|(_, at)| at.node == 0), "{placed:?}");
+        assert!(!map.is_emptied(0));
+        crate::map::placement::check(&map).unwrap();
     }
 }

@@ -8,12 +8,15 @@
 //! `Stale` and empty, and the next resync round (`super::resync`) copies
 //! each one whole from its slice's serving copy, node to node, while writes
 //! are forwarded to it, then marks them in sync in one epoch. A node that
-//! comes back after that holds no copy any more: it rejoins as a spare.
+//! comes back after that holds no copy any more: it rejoins as a spare,
+//! drops its old copies once it has the map (the node server does), and
+//! from then on can take new copies like any spare.
 //!
 //! It changes the map only through the manager's `publish`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use slicedb_engine::proto::pb;
 use slicedb_engine::NodeId;
 use tracing::{info, warn};
 
@@ -33,8 +36,9 @@ impl SystemManager {
         if !now && since.elapsed() < self.config.regen_delay {
             return;
         }
+        let clean = self.clean_emptied_nodes().await;
         let mut next = self.map.clone();
-        match next.regenerate(node, disk, &self.config.shapes) {
+        match next.regenerate(node, disk, &self.config.shapes, &clean) {
             Ok(placed) if placed.is_empty() => {}
             Ok(placed) => {
                 let mut targets: Vec<NodeId> = placed.iter().map(|(_, at)| at.node).collect();
@@ -83,4 +87,40 @@ impl SystemManager {
             }
         }
     }
+
+    /// Nodes emptied by an earlier regeneration that are up and report no
+    /// copy held any more (they drop the old ones once a map no longer
+    /// places them there: no slice, no space used in their primary and
+    /// mirror segments, no open transaction): they can take new copies.
+    async fn clean_emptied_nodes(&self) -> Vec<NodeId> {
+        let mut clean = Vec::new();
+        for n in self.nodes.values() {
+            if !self.map.is_emptied(n.id) || self.map.is_down(n.id) {
+                continue;
+            }
+            let mut c = n.health.clone();
+            let st = tokio::time::timeout(STATUS_WAIT, c.status(pb::StatusRequest {})).await;
+            if let Ok(Ok(st)) = st {
+                let st = st.into_inner();
+                // A transaction open there may still write an old copy.
+                let holds = !st.txns.is_empty()
+                    || st
+                        .slices
+                        .iter()
+                        .any(|s| s.segment != pb::Segment::Temp as i32)
+                    || st.disks.iter().any(|d| {
+                        d.segments
+                            .iter()
+                            .any(|g| g.segment != pb::Segment::Temp as i32 && g.used > 0)
+                    });
+                if !holds {
+                    clean.push(n.id);
+                }
+            }
+        }
+        clean
+    }
 }
+
+/// How long an emptied node may take to say what it holds.
+const STATUS_WAIT: Duration = Duration::from_millis(500);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
-use tracing::{info, instrument};
+use tracing::{info, instrument, warn};
 
 use super::{status, NodeMap, NodeServer};
 use crate::failpoint;
@@ -20,7 +20,74 @@ use crate::proto::{self, pb};
 use crate::store::{DiskStore, SegmentKind, Snapshot};
 use crate::{DiskId, EngineError, SliceId, Xid};
 
+/// How long a sweep retries obsolete copies that have work pending.
+const SWEEP_GIVE_UP: Duration = Duration::from_secs(600);
+
 impl NodeServer {
+    /// In the background, drop every copy this node's healthy disks hold
+    /// that the installed map no longer places there (it was regenerated
+    /// elsewhere), and free its space. Each decision is made under the map
+    /// lock, so a newer map that places the copy here again (and a copy
+    /// that fills it) cannot lose it. A copy with work pending (a
+    /// transaction in doubt since a crash, until the resolver finishes it)
+    /// is tried again every second while this map is the newest; a newer
+    /// map's own sweep takes over from there.
+    fn drop_obsolete_copies(&self) {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let epoch = me.state.map.read().as_ref().map(|m| m.epoch);
+            let t0 = std::time::Instant::now();
+            loop {
+                let busy = me.sweep_obsolete_copies();
+                let newest = me.state.map.read().as_ref().map(|m| m.epoch) == epoch;
+                if busy == 0 || !newest {
+                    return;
+                }
+                if t0.elapsed() > SWEEP_GIVE_UP {
+                    warn!(
+                        busy,
+                        "obsolete copies still have work pending: left until the next map"
+                    );
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+    }
+
+    /// One pass of [`Self::drop_obsolete_copies`]; answers how many
+    /// obsolete copies had work pending and stayed.
+    fn sweep_obsolete_copies(&self) -> usize {
+        let _one = self.state.sweeping.lock();
+        let mut busy = 0;
+        for (i, d) in self.state.disks.iter().enumerate() {
+            let disk = i as DiskId;
+            if self.disk_failure(disk).is_some() {
+                continue;
+            }
+            for (segment, slice) in d.held_copies() {
+                let map = self.state.map.read();
+                let Some(m) = map.as_ref() else { return 0 };
+                if m.slices.get(&(slice, segment)) == Some(&disk) {
+                    continue;
+                }
+                match d.drop_copy(segment, slice) {
+                    Ok(Some(freed)) => info!(
+                        disk,
+                        slice,
+                        segment = segment.as_str(),
+                        freed,
+                        epoch = m.epoch,
+                        "dropped a copy the map no longer places here"
+                    ),
+                    Ok(None) => busy += 1,
+                    Err(e) => warn!(disk, slice, error = %e, "obsolete copy not dropped"),
+                }
+            }
+        }
+        busy
+    }
+
     /// The checks a Write or Delete passes before it touches a disk: the
     /// epoch, a real xid, a (slice, segment) this node holds; answers the
     /// map, the segment and the disk holding the copy.
@@ -106,6 +173,8 @@ impl pb::node_server::Node for NodeServer {
             slices,
             routes,
         });
+        drop(map);
+        self.drop_obsolete_copies();
         Ok(Response::new(pb::Ack {}))
     }
 

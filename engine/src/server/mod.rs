@@ -71,6 +71,8 @@ struct NodeState {
     /// Runs the query fragments scans may carry (None: scans with a
     /// fragment are refused).
     fragments: RwLock<Option<Arc<dyn FragmentRunner>>>,
+    /// Held while obsolete copies are dropped (one sweep at a time).
+    sweeping: Mutex<()>,
 }
 
 /// A running node's shared state; cheap to clone.
@@ -93,6 +95,7 @@ impl NodeServer {
                 copies: Default::default(),
                 failed_disks: Mutex::new(HashMap::new()),
                 fragments: RwLock::new(None),
+                sweeping: Mutex::new(()),
             }),
         }
     }

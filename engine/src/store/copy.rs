@@ -134,6 +134,75 @@ impl DiskStore {
         })
     }
 
+    /// The copies this disk holds in its primary and mirror segments: every
+    /// (segment, slice) with committed blocks or deletes of some table.
+    pub fn held_copies(&self) -> Vec<(SegmentKind, SliceId)> {
+        let inner = self.inner.lock();
+        let mut held: Vec<(SegmentKind, SliceId)> = inner
+            .streams
+            .iter()
+            .filter(|(k, s)| {
+                k.segment != SegmentKind::Temp
+                    && (!s.committed.is_empty() || !s.deletes.is_empty() || !s.extents.is_empty())
+            })
+            .map(|(k, _)| (k.segment, k.slice))
+            .collect();
+        held.sort_unstable_by_key(|&(seg, slice)| (seg.index(), slice));
+        held.dedup();
+        held
+    }
+
+    /// Drop this disk's copy of `slice` in `segment`, every table's blocks
+    /// and deletes, and free its extents: a copy the map no longer places
+    /// here (it was regenerated elsewhere). Crash-safe: one metadata
+    /// generation stops listing it, and only then is its space reused.
+    /// Nothing happens (`None`) while a transaction has work pending on it;
+    /// otherwise answers the bytes freed.
+    pub fn drop_copy(&self, segment: SegmentKind, slice: SliceId) -> Result<Option<u64>> {
+        if self.read_only {
+            return Err(super::read_only_err());
+        }
+        let ours = |k: &StreamKey| k.segment == segment && k.slice == slice;
+        let _c = self.commit_lock.lock();
+        // Wait for appends still writing into its extents.
+        let _gate = self.io_gate.write();
+        let (generation, mut state) = {
+            let inner = self.inner.lock();
+            if !inner.streams.keys().any(ours) {
+                return Ok(Some(0));
+            }
+            let busy = inner.pending.values().any(|t| {
+                t.blocks.iter().any(|b| ours(&b.key))
+                    || t.deletes.keys().any(ours)
+                    || t.runs.iter().any(|r| ours(&r.0))
+            });
+            if busy {
+                return Ok(None);
+            }
+            (inner.generation + 1, Self::meta_state(&inner, None))
+        };
+        state.streams.retain(|s| !ours(&s.key));
+        self.write_generation(generation, &state)?;
+        if let Some(c) = &self.cache {
+            c.remove_copy(segment, slice);
+        }
+        let mut inner = self.inner.lock();
+        let inner = &mut *inner;
+        inner.generation = generation;
+        let keys: Vec<StreamKey> = inner.streams.keys().filter(|k| ours(k)).copied().collect();
+        let mut freed = 0;
+        for k in keys {
+            if let Some(s) = inner.streams.remove(&k) {
+                for e in s.extents {
+                    freed += e.length;
+                    inner.alloc[k.segment.index()].release(e);
+                }
+            }
+        }
+        inner.locks.retain(|k, _| !ours(k));
+        Ok(Some(freed))
+    }
+
     /// How many blocks `xid` has pending (a copy checks, before its commit,
     /// that nothing aborted it underneath).
     pub fn pending_blocks(&self, xid: Xid) -> usize {
@@ -394,5 +463,57 @@ mod tests {
         let now = Snapshot::latest();
         assert_eq!(checksum(&src, P, &now), checksum(&dst, M, &now));
         assert_eq!(checksum(&dst, M, &now).rows, 119);
+    }
+
+    /// A copy the map no longer places on a disk is dropped whole: every
+    /// table's blocks and deletes of that (segment, slice), durably, and
+    /// its space is reused; other copies stay as they were. Not while a
+    /// transaction has work pending on it.
+    #[test]
+    fn a_dropped_copy_is_gone_after_a_reopen_and_its_space_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = stores(dir.path());
+        src.create_table(2, schema()).unwrap();
+        src.append(P, 1, 0, 5, &rows(0, 250)).unwrap();
+        src.append(P, 2, 0, 5, &rows(0, 50)).unwrap();
+        src.append(P, 1, 1, 5, &rows(0, 100)).unwrap();
+        src.append(M, 1, 2, 5, &rows(0, 100)).unwrap();
+        src.commit(5).unwrap();
+        src.delete(P, 1, 0, 6, &[3], None).unwrap();
+        src.commit(6).unwrap();
+        assert_eq!(src.held_copies(), vec![(P, 0), (P, 1), (M, 2)]);
+        let now = Snapshot::latest();
+        let kept = src.checksum(P, 1, 1, &now).unwrap();
+        let used = |s: &DiskStore| {
+            s.report()
+                .segments
+                .iter()
+                .find(|g| g.kind == P)
+                .unwrap()
+                .used
+        };
+        let before = used(&src);
+
+        // Pending work on the copy: nothing is dropped.
+        src.append(P, 1, 0, 7, &rows(250, 10)).unwrap();
+        assert_eq!(src.drop_copy(P, 0).unwrap(), None);
+        src.abort(7).unwrap();
+
+        let freed = src.drop_copy(P, 0).unwrap().unwrap();
+        assert!(freed > 0);
+        assert!(used(&src) < before, "{} then {}", before, used(&src));
+        assert_eq!(src.held_copies(), vec![(P, 1), (M, 2)]);
+        assert_eq!(src.drop_copy(P, 0).unwrap(), Some(0), "nothing left");
+        drop(src);
+        let src = DiskStore::open(&dir.path().join("a.img"), opts(100)).unwrap();
+        assert_eq!(src.held_copies(), vec![(P, 1), (M, 2)]);
+        assert_eq!(src.checksum(P, 1, 0, &now).unwrap().rows, 0);
+        assert_eq!(src.checksum(P, 2, 0, &now).unwrap().rows, 0);
+        assert_eq!(src.checksum(P, 1, 1, &now).unwrap(), kept);
+        // The copy can be taken in again, into reused space.
+        src.append(P, 1, 0, 8, &rows(0, 20)).unwrap();
+        src.commit(8).unwrap();
+        assert_eq!(src.checksum(P, 1, 0, &Snapshot::latest()).unwrap().rows, 20);
+        drop(dst);
     }
 }
