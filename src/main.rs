@@ -39,8 +39,9 @@ enum Command {
         /// regenerated onto a spare or the survivors, e.g. 60s.
         #[arg(long, default_value = "60s")]
         regen_delay: String,
-        /// Bytes per second one slice copy (regeneration, resync) may read
-        /// from its source, per target node, e.g. 100MiB; 0: no limit.
+        /// Bytes per second slice copies (regeneration, resync) may move
+        /// into one target node while the nodes run queries or writes
+        /// (idle nodes copy at full speed), e.g. 100MiB; 0: no limit.
         #[arg(long, default_value = "25MiB")]
         copy_rate: String,
         /// Disk images of each node.

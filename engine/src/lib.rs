@@ -11,6 +11,7 @@
 //! `sql -> coordinator -> engine`. The protocol types in [`proto`] are the only
 //! thing the coordinator needs from here to talk to a node.
 
+pub mod background;
 pub mod block;
 pub mod cache;
 pub mod disk;

@@ -13,9 +13,13 @@
 //! aborts the copy's xid: what the target held before stays as it was.
 //! Each block is verified on arrival (the store's `append_encoded`).
 //!
-//! It paces what it reads to the request's rate (`max_bytes_per_sec`), so
-//! that a copy in the background leaves the disks and the network to
-//! queries; HTTP/2 flow control slows the source to match. Each copy in
+//! It paces what it reads to the request's rate (`max_bytes_per_sec`)
+//! while its node is busy with queries or writes, so that a copy in the
+//! background leaves the disks and the network to them (and runs at full
+//! speed on an idle node), and asks the source for the same pace, which
+//! the source keeps by its own node's activity (so that it does not read
+//! ahead in bursts as far as flow control lets it). Its writes run on a
+//! thread below the queries' priority. Each copy in
 //! flight is on a [`Meters`] board the node's `Status` answer carries
 //! (bytes so far and the source's total), for the coordinator's progress.
 //!
@@ -30,17 +34,18 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 
 use super::forward::PeerClient;
+use crate::background::Activity;
 use crate::proto::pb;
 use crate::store::{DiskStore, SegmentKind};
 use crate::{EngineError, Result, Xid};
 
-/// Blocks written per blocking call.
+/// Blocks written per blocking call (unpaced copies).
 const WRITE_BATCH: usize = 8;
 
 /// Batches between the stream and the writer.
 const WRITE_QUEUE: usize = 2;
 
-/// Writes a copy's blocks on a blocking thread while the stream goes on:
+/// Writes a copy's blocks on a background thread while the stream goes on:
 /// each batch pending under the copy's xid, except blocks of transactions
 /// the target holds already (`held`). Answers how many it wrote.
 struct Writer;
@@ -52,11 +57,12 @@ impl Writer {
         held: Arc<Vec<Xid>>,
     ) -> (
         tokio::sync::mpsc::Sender<Vec<bytes::Bytes>>,
-        tokio::task::JoinHandle<Result<usize>>,
+        tokio::sync::oneshot::Receiver<Result<usize>>,
     ) {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<bytes::Bytes>>(WRITE_QUEUE);
         let (seg, table, slice, xid) = (plan.target_segment, plan.table, plan.slice, plan.xid);
-        let writer = tokio::task::spawn_blocking(move || {
+        // Below queries' priority: a copy takes the processor they leave.
+        let writer = crate::background::spawn("copy-writer", move || {
             let mut written = 0;
             while let Some(batch) = rx.blocking_recv() {
                 for b in &batch {
@@ -141,22 +147,59 @@ impl Drop for Metered<'_> {
     }
 }
 
-/// Keeps a stream at or below a rate: after `bytes` in all, wait until
-/// they are due.
-struct Pace {
+/// Keeps a stream at or below a rate while its node is busy with
+/// foreground work: after `bytes` in all, wait until they are due. On an
+/// idle node (no scan or write for [`crate::background::QUIET`]) it does
+/// not wait, and the rate counts again from the moment work starts (no
+/// catching up for the idle stretch, no long stop for the bytes it sent
+/// meanwhile). The target paces what it takes in, the source (given the
+/// same rate) what it reads, each by its own node's activity.
+pub(crate) struct Pace {
     rate: u64,
-    start: Instant,
+    activity: Option<Arc<Activity>>,
+    /// When the current busy stretch's count started, and the bytes then.
+    since: Instant,
+    base: u64,
 }
 
 impl Pace {
-    async fn after(&self, bytes: u64) {
-        if self.rate == 0 {
-            return;
+    /// A pace of `rate` bytes per second from now (0: no limit), kept
+    /// while `activity` is busy (None: always).
+    pub(crate) fn new(rate: u64, activity: Option<Arc<Activity>>) -> Self {
+        Pace {
+            rate,
+            activity,
+            since: Instant::now(),
+            base: 0,
         }
-        let due = Duration::from_secs_f64(bytes as f64 / self.rate as f64);
-        let elapsed = self.start.elapsed();
-        if due > elapsed {
-            tokio::time::sleep(due - elapsed).await;
+    }
+
+    /// How long until `bytes` in all are due.
+    fn wait(&mut self, bytes: u64) -> Option<Duration> {
+        if self.rate == 0 {
+            return None;
+        }
+        if self.activity.as_ref().is_some_and(|a| !a.busy()) {
+            self.since = Instant::now();
+            self.base = bytes;
+            return None;
+        }
+        let due =
+            Duration::from_secs_f64(bytes.saturating_sub(self.base) as f64 / self.rate as f64);
+        due.checked_sub(self.since.elapsed())
+            .filter(|d| !d.is_zero())
+    }
+
+    async fn after(&mut self, bytes: u64) {
+        if let Some(d) = self.wait(bytes) {
+            tokio::time::sleep(d).await;
+        }
+    }
+
+    /// [`Pace::after`] on a blocking thread.
+    pub(crate) fn after_blocking(&mut self, bytes: u64) {
+        if let Some(d) = self.wait(bytes) {
+            std::thread::sleep(d);
         }
     }
 }
@@ -167,10 +210,11 @@ pub async fn pull(
     target: Arc<DiskStore>,
     plan: CopyPlan,
     meters: &Meters,
+    activity: Arc<Activity>,
 ) -> Result<pb::CopySliceResponse> {
     let res = {
         let _row = Metered::start(meters, &plan);
-        pull_inner(&mut source, &target, &plan, meters).await
+        pull_inner(&mut source, &target, &plan, meters, activity).await
     };
     if res.is_err() {
         let xid = plan.xid;
@@ -191,6 +235,7 @@ async fn pull_inner(
     target: &Arc<DiskStore>,
     plan: &CopyPlan,
     meters: &Meters,
+    activity: Arc<Activity>,
 ) -> Result<pb::CopySliceResponse> {
     let (seg, table, slice, xid) = (plan.target_segment, plan.table, plan.slice, plan.xid);
     let t = target.clone();
@@ -211,6 +256,7 @@ async fn pull_inner(
             slice,
             segment: pb::Segment::from(plan.source_segment) as i32,
             have_xids,
+            max_bytes_per_sec: plan.max_bytes_per_sec,
         })
         .await
         .map_err(|s| copy_failed(plan, s.message()))?
@@ -226,14 +272,18 @@ async fn pull_inner(
         Arc::new(Vec::new())
     };
     let (mut blocks, mut bytes) = (0u64, 0u64);
-    let pace = Pace {
-        rate: plan.max_bytes_per_sec,
-        start: Instant::now(),
+    let mut pace = Pace::new(plan.max_bytes_per_sec, Some(activity));
+    // A paced copy writes each block as it comes: short bursts of work
+    // beside foreground queries instead of a batch at a time.
+    let batch_len = if plan.max_bytes_per_sec > 0 {
+        1
+    } else {
+        WRITE_BATCH
     };
     // The writer runs beside the stream: blocks go on arriving while the
     // ones before them are written (a couple of batches in between).
     let (tx, writer) = Writer::start(target.clone(), *plan, held);
-    let mut batch: Vec<bytes::Bytes> = Vec::with_capacity(WRITE_BATCH);
+    let mut batch: Vec<bytes::Bytes> = Vec::with_capacity(batch_len);
     let received = loop {
         let chunk = match stream.next().await {
             Some(Ok(c)) => c,
@@ -273,9 +323,7 @@ async fn pull_inner(
         tx.send(batch).await
     };
     drop(tx);
-    let written = writer
-        .await
-        .map_err(|e| EngineError::Internal(format!("copy writer failed: {e}")))??;
+    let written = crate::background::join(writer).await?;
     let chunk = received?;
     if last.is_err() {
         return Err(copy_failed(plan, "the writer stopped"));

@@ -220,6 +220,7 @@ impl pb::node_server::Node for NodeServer {
         &self,
         request: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
+        let _fg = self.state.activity.begin();
         let req = request.into_inner();
         let (map, segment, disk_id, disk) = self
             .write_target(req.epoch, req.xid, req.slice, req.segment)
@@ -272,6 +273,7 @@ impl pb::node_server::Node for NodeServer {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
+        let _fg = self.state.activity.begin();
         let req = request.into_inner();
         let (map, segment, disk_id, disk) = self
             .write_target(req.epoch, req.xid, req.slice, req.segment)
@@ -478,9 +480,15 @@ impl pb::node_server::Node for NodeServer {
             source_node: req.source_node,
             max_bytes_per_sec: req.max_bytes_per_sec,
         };
-        let done = crate::mirror::copy::pull(source, store, plan, &self.state.copies)
-            .await
-            .map_err(status)?;
+        let done = crate::mirror::copy::pull(
+            source,
+            store,
+            plan,
+            &self.state.copies,
+            self.state.activity.clone(),
+        )
+        .await
+        .map_err(status)?;
         info!(
             slice = req.slice,
             table = req.table,

@@ -13,7 +13,14 @@ use crate::store::{DiskIds, DiskStore, InitOptions, StoreOptions};
 
 type Client = pb::node_client::NodeClient<tonic::transport::Channel>;
 
-async fn node(dir: &std::path::Path, id: u32) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+async fn node(
+    dir: &std::path::Path,
+    id: u32,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    Arc<crate::background::Activity>,
+) {
     let ids = DiskIds {
         cluster_id: [7; 16],
         node_id: id,
@@ -30,13 +37,15 @@ async fn node(dir: &std::path::Path, id: u32) -> (SocketAddr, tokio::sync::onesh
     )
     .unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let (addr, _task) = NodeServer::new(id, vec![Arc::new(store)])
+    let server = NodeServer::new(id, vec![Arc::new(store)]);
+    let activity = server.state.activity.clone();
+    let (addr, _task) = server
         .spawn("127.0.0.1:0".parse().unwrap(), async {
             let _ = rx.await;
         })
         .await
         .unwrap();
-    (addr, tx)
+    (addr, tx, activity)
 }
 
 fn schema() -> SchemaRef {
@@ -88,14 +97,16 @@ async fn checksum(c: &mut Client, segment: pb::Segment) -> (u64, u64) {
 struct Pair {
     na: Client,
     nb: Client,
+    /// Each node's foreground activity.
+    activity: [Arc<crate::background::Activity>; 2],
     _stops: [tokio::sync::oneshot::Sender<()>; 2],
     _dir: tempfile::TempDir,
 }
 
 async fn pair() -> Pair {
     let dir = tempfile::tempdir().unwrap();
-    let (a, stop_a) = node(dir.path(), 1).await;
-    let (b, stop_b) = node(dir.path(), 2).await;
+    let (a, stop_a, act_a) = node(dir.path(), 1).await;
+    let (b, stop_b, act_b) = node(dir.path(), 2).await;
     let peers = vec![
         pb::Peer {
             node: 1,
@@ -139,6 +150,7 @@ async fn pair() -> Pair {
     Pair {
         na,
         nb,
+        activity: [act_a, act_b],
         _stops: [stop_a, stop_b],
         _dir: dir,
     }
@@ -227,12 +239,10 @@ async fn a_target_pulls_a_slice_copy_from_its_source_whole_then_only_what_change
     assert_eq!(proto::error_kind(&e), ErrorKind::SliceNotOwned, "{e}");
 }
 
-#[tokio::test]
-async fn a_paced_copy_keeps_its_rate_and_shows_its_progress_in_status() {
-    let mut p = pair().await;
-    write(&mut p.na, 10, 0, 1000).await;
-    // Ten blocks at a fifth of their size per second: the last one is due
-    // five seconds after the start, however fast the machine.
+/// Copy slice 0 (ten blocks) from node 1 to node 2 at a fifth of its size
+/// per second; answers how long it took, its size and what `Status`
+/// showed of it meanwhile.
+async fn paced_copy(p: &mut Pair) -> (std::time::Duration, u64, Option<pb::CopyStatus>) {
     let total = {
         let st =
             p.na.status(pb::StatusRequest {})
@@ -258,16 +268,7 @@ async fn a_paced_copy_keeps_its_rate_and_shows_its_progress_in_status() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let done = pulling.await.unwrap().unwrap().into_inner();
-    let took = t0.elapsed();
     assert_eq!(done.bytes, total);
-    assert!(
-        took >= std::time::Duration::from_secs(4),
-        "{took:?}: not paced"
-    );
-    let seen = seen.expect("the copy never showed in Status");
-    assert_eq!((seen.table, seen.slice, seen.source_node), (1, 0, 1));
-    assert_eq!(seen.total_bytes, total);
-    assert!(seen.bytes < total, "{seen:?}");
     // Once over, it is off the board, and the copy is whole.
     let st =
         p.nb.status(pb::StatusRequest {})
@@ -277,4 +278,38 @@ async fn a_paced_copy_keeps_its_rate_and_shows_its_progress_in_status() {
     assert!(st.copies.is_empty(), "{:?}", st.copies);
     let primary = checksum(&mut p.na, pb::Segment::Primary).await;
     assert_eq!(checksum(&mut p.nb, pb::Segment::Mirror).await, primary);
+    (t0.elapsed(), total, seen)
+}
+
+/// While both nodes do foreground work, a paced copy keeps its rate: the
+/// last of its blocks is due five seconds after the start, however fast
+/// the machine.
+#[tokio::test]
+async fn a_paced_copy_keeps_its_rate_while_its_nodes_are_busy_and_shows_its_progress() {
+    let mut p = pair().await;
+    write(&mut p.na, 10, 0, 1000).await;
+    let _busy = [p.activity[0].begin(), p.activity[1].begin()];
+    let (took, total, seen) = paced_copy(&mut p).await;
+    assert!(
+        took >= std::time::Duration::from_secs(4),
+        "{took:?}: not paced"
+    );
+    let seen = seen.expect("the copy never showed in Status");
+    assert_eq!((seen.table, seen.slice, seen.source_node), (1, 0, 1));
+    assert_eq!(seen.total_bytes, total);
+    assert!(seen.bytes < total, "{seen:?}");
+}
+
+/// On idle nodes (no scan or write for a moment) the same copy does not
+/// wait for its rate.
+#[tokio::test]
+async fn a_paced_copy_runs_at_full_speed_while_its_nodes_are_idle() {
+    let mut p = pair().await;
+    write(&mut p.na, 10, 0, 1000).await;
+    tokio::time::sleep(crate::background::QUIET + std::time::Duration::from_millis(100)).await;
+    let (took, _, _) = paced_copy(&mut p).await;
+    assert!(
+        took < std::time::Duration::from_secs(4),
+        "{took:?}: paced although both nodes were idle"
+    );
 }

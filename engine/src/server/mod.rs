@@ -73,6 +73,9 @@ struct NodeState {
     fragments: RwLock<Option<Arc<dyn FragmentRunner>>>,
     /// Held while obsolete copies are dropped (one sweep at a time).
     sweeping: Mutex<()>,
+    /// Foreground work (scans, writes): paced copies keep their rate only
+    /// while there is some.
+    activity: Arc<crate::background::Activity>,
 }
 
 /// A running node's shared state; cheap to clone.
@@ -96,6 +99,7 @@ impl NodeServer {
                 failed_disks: Mutex::new(HashMap::new()),
                 fragments: RwLock::new(None),
                 sweeping: Mutex::new(()),
+                activity: Default::default(),
             }),
         }
     }

@@ -28,7 +28,8 @@ impl pb::peer_node_server::PeerNode for NodeServer {
     type ExportSliceStream = Pin<Box<dyn Stream<Item = Result<pb::SliceCopyChunk, Status>> + Send>>;
 
     /// Stream one copy of a slice as it is committed now: its blocks (read
-    /// and verified one at a time, a few in flight), then its deletes.
+    /// and verified one at a time, a few in flight, paced when asked), then
+    /// its deletes.
     async fn export_slice(
         &self,
         request: Request<pb::ExportSliceRequest>,
@@ -49,8 +50,18 @@ impl pb::peer_node_server::PeerNode for NodeServer {
         .await
         .map_err(status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_WINDOW);
-        tokio::task::spawn_blocking(move || {
+        let mut pace = crate::mirror::copy::Pace::new(
+            req.max_bytes_per_sec,
+            Some(self.state.activity.clone()),
+        );
+        // Below queries' priority: the export reads what they leave.
+        let _done = crate::background::spawn("copy-export", move || {
+            let mut sent = 0;
             for (i, b) in export.blocks.iter().enumerate() {
+                // Each block read once it is due: no burst ahead of the
+                // target's own pace.
+                pace.after_blocking(sent);
+                sent += b.length;
                 let chunk = store.read_exported(b).map(|block| pb::SliceCopyChunk {
                     block: block.into(),
                     total_bytes: if i == 0 { export.bytes } else { 0 },
@@ -58,7 +69,7 @@ impl pb::peer_node_server::PeerNode for NodeServer {
                 });
                 let failed = chunk.is_err();
                 if tx.blocking_send(chunk.map_err(status)).is_err() || failed {
-                    return; // the target went away, or the read failed
+                    return Ok(()); // the target went away, or the read failed
                 }
             }
             // A source that dies here leaves its target with every block
@@ -76,6 +87,7 @@ impl pb::peer_node_server::PeerNode for NodeServer {
                 bytes: export.bytes,
                 total_bytes: export.bytes,
             }));
+            Ok(())
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -86,6 +98,7 @@ impl pb::peer_node_server::PeerNode for NodeServer {
         &self,
         request: Request<pb::MirrorWriteRequest>,
     ) -> Result<Response<pb::Ack>, Status> {
+        let _fg = self.state.activity.begin();
         let req = request.into_inner();
         let map = self.check_epoch(req.epoch).map_err(status)?;
         // This node holds one copy of the slice: in its mirror segment, or

@@ -421,6 +421,8 @@ impl FlightService for NodeServer {
                 .map(Snapshot::from)
                 .unwrap_or_default(),
         };
+        // Foreground work until the scan's last batch is sent.
+        let fg = self.state.activity.begin();
         let node = self.state.node;
         let me = self.clone();
         let fail = move |(disk, e): ScanFailure| {
@@ -433,6 +435,7 @@ impl FlightService for NodeServer {
         match runner {
             Some(runner) => {
                 tokio::spawn(async move {
+                    let _fg = fg;
                     let res = run_fragment(runner, req.fragment, schema, job, tx.clone()).await;
                     if let Err(f) = res {
                         let _ = tx.send(Err(fail(f))).await;
@@ -441,6 +444,7 @@ impl FlightService for NodeServer {
             }
             None => {
                 tokio::task::spawn_blocking(move || {
+                    let _fg = fg;
                     if let Err(f) = run_scan(job, tx.clone()) {
                         let _ = tx.blocking_send(Err(fail(f)));
                     }
