@@ -2,6 +2,9 @@
 //! turn (with queries running and after), SIGSTOP a node until it is failed
 //! over and then SIGCONT it (it rejoins and is resynced). Every answer must equal the answer before the
 //! fault: the survivor answers for both its segments and nothing twice.
+//! Each fault is healed (the node back and resynced, or a failed disk's
+//! copies regenerated) until the cluster is fully protected and both
+//! copies agree, and the next fault is survived.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -59,6 +62,35 @@ fn background_queries(
         }
         Ok(n)
     })
+}
+
+/// Healing after a fault: `back` (killed) is started again, rejoins and is
+/// resynced until every copy is in sync and both copies of every slice
+/// agree, with `want` still the answer; then `next` is killed and the
+/// cluster still answers `want`.
+async fn heal_then_survive_the_next_fault(
+    db: &mut Slicedb,
+    env: &harness::TestEnv,
+    back: usize,
+    next: usize,
+    want: &Rows,
+    tag: &str,
+) -> Result<()> {
+    db.restart_node(env, back).await?;
+    let c = db.connect().await?;
+    let took = harness::wait_fully_protected(&c, Duration::from_secs(60)).await?;
+    harness::ensure_verified(&c).await?;
+    ensure!(
+        &query(&c, TOTALS).await? == want,
+        "{tag}: answers after node {back} came back"
+    );
+    eprintln!("[{tag}] node {back} back: fully protected after {took:?}");
+    db.kill_proc(next);
+    ensure!(
+        &query(&c, TOTALS).await? == want,
+        "{tag}: the next fault (node {next}) is survived"
+    );
+    Ok(())
 }
 
 #[test]
@@ -154,6 +186,20 @@ fn kill_each_node_in_turn_and_every_answer_stays_the_same() {
             ensure!(
                 query(&c, TOTALS).await? == totals,
                 "after delete the totals are back"
+            );
+            // Healed: the victim back, resynced, primaries restored ...
+            let victim = victim as usize;
+            let next = (victim + 1) % NODES as usize;
+            heal_then_survive_the_next_fault(&mut db, &env, victim, next, &totals, "failover_kill")
+                .await?;
+            let restored = scalar(
+                &c,
+                &format!("SELECT count(*) FROM slicedb_slices WHERE primary_node = {victim} AND state = 'failed_over'"),
+            )
+            .await?;
+            ensure!(
+                restored == "0",
+                "node {victim} serves its primaries again: {restored} still failed over"
             );
             drop(c);
             db.kill();
@@ -256,6 +302,23 @@ fn double_fault_refuses_the_slice_by_name() {
         )
         .await?;
         ensure!(n != "0", "slicedb_slices shows the unavailable slices");
+        // Node 1 comes back: it held the last in-sync copies of the
+        // unavailable slices, so they are served again at once; then node 0
+        // comes back and is resynced, and a third fault is survived.
+        db.restart_node(&env, 1).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.simple_query(TOTALS).await.is_err() {
+            ensure!(
+                Instant::now() < deadline,
+                "the double-faulted slices come back with node 1"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ensure!(
+            query(&c, TOTALS).await? == totals,
+            "answers after node 1 came back"
+        );
+        heal_then_survive_the_next_fault(&mut db, &env, 0, 2, &totals, "failover_double").await?;
         drop(c);
         db.kill();
         Ok(())
@@ -337,6 +400,19 @@ fn seeded_random_trials_of_load_queries_and_one_kill() {
                     }
                 }
             }
+            // Healed: the victim back and resynced; then another node dies
+            // and every acknowledged batch is still there.
+            let want = query(&c, "SELECT b, count(*) FROM r GROUP BY b ORDER BY b").await?;
+            let next = (victim + 1 + rng.random_range(0..NODES as usize - 1)) % NODES as usize;
+            db.restart_node(&env, victim).await?;
+            harness::wait_fully_protected(&c, Duration::from_secs(60)).await?;
+            harness::ensure_verified(&c).await?;
+            db.kill_proc(next);
+            let after = query(&c, "SELECT b, count(*) FROM r GROUP BY b ORDER BY b").await?;
+            if after != want {
+                wrong += 1;
+                eprintln!("[failover_trials]   seed {seed}: after node {victim} healed and node {next} died: {after:?} != {want:?}");
+            }
             drop(c);
             db.kill();
         }
@@ -355,9 +431,17 @@ fn a_corrupted_or_vanished_disk_fails_over_only_its_slices() {
     harness::run("failover_disk", |env| async move {
         // No block cache: the corruption must be met by a read of the disk
         // (a cached block would answer from memory, rightly, and never look).
-        let db =
-            Slicedb::multiprocess_configured(&env, NODES, "cluster", &[], "cache_size = \"0\"\n")
-                .await?;
+        // A failed disk that stays failed for a second is regenerated.
+        let db = Slicedb::multiprocess_full(
+            &env,
+            NODES,
+            0,
+            "cluster",
+            &[],
+            "cache_size = \"0\"\n",
+            "regen_delay = \"1s\"\n",
+        )
+        .await?;
         let (totals, groups) = load(&db).await?;
         let c = db.connect().await?;
         let image = |n: u32| {
@@ -389,22 +473,56 @@ fn a_corrupted_or_vanished_disk_fails_over_only_its_slices() {
         ensure!(hist == "1", "history records the disk failure: {hist}");
         let up = scalar(&c, "SELECT state FROM slicedb_nodes WHERE node = 0").await?;
         ensure!(up == "up", "only the disk failed, node 0 is {up}");
-        // Delete node 1's image under it: the heartbeat notices.
-        std::fs::remove_file(image(1))?;
+        // Healed: the failed disk's copies are regenerated on the other
+        // nodes (node 0 has no spare disk), and both copies agree.
+        let took = harness::wait_fully_protected(&c, Duration::from_secs(60)).await?;
+        let regen = scalar(
+            &c,
+            "SELECT count(*) FROM slicedb_map_history WHERE cause LIKE 'disk 0 of node 0 did not come back%'",
+        )
+        .await?;
+        ensure!(regen == "1", "the failed disk's copies were regenerated");
+        harness::ensure_verified(&c).await?;
+        ensure!(
+            query(&c, GROUPS).await? == groups,
+            "answers after the regeneration"
+        );
+        eprintln!(
+            "[failover_disk] corrupted disk regenerated elsewhere: fully protected after {took:?}"
+        );
+        // The next fault: node 1's image is deleted under it (the heartbeat
+        // notices); every slice has an in-sync copy on node 2.
+        let vanish = |n: u32| -> Result<()> {
+            std::fs::remove_file(image(n))?;
+            Ok(())
+        };
+        let detected = |n: u32| {
+            format!("SELECT count(*) FROM slicedb_map_history WHERE cause LIKE 'disk 0 of node {n} failed%'")
+        };
+        vanish(1)?;
         let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let h = scalar(&c, "SELECT count(*) FROM slicedb_map_history WHERE cause LIKE 'disk 0 of node 1 failed%'").await?;
-            if h == "1" {
-                break;
-            }
+        while scalar(&c, &detected(1)).await? != "1" {
             ensure!(
                 Instant::now() < deadline,
                 "a vanished image must be detected"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        // Node 0's and node 1's disks are both gone: the slices with primary on
-        // node 0 and mirror on node 1 are a double fault now; node 2's are fine.
+        ensure!(
+            query(&c, TOTALS).await? == totals && query(&c, GROUPS).await? == groups,
+            "the next fault is survived"
+        );
+        // Node 2's image goes too, before anything could be regenerated
+        // (every other disk has failed): a double fault, refused by name.
+        vanish(2)?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while scalar(&c, &detected(2)).await? != "1" {
+            ensure!(
+                Instant::now() < deadline,
+                "a vanished image must be detected"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let bad = scalar(
             &c,
             "SELECT count(*) FROM slicedb_slices WHERE state = 'unavailable'",
@@ -418,7 +536,6 @@ fn a_corrupted_or_vanished_disk_fails_over_only_its_slices() {
             query(&c, GROUPS).await.is_err(),
             "a double fault is refused, not answered"
         );
-        let _ = groups;
         drop(c);
         db.kill();
         Ok(())
