@@ -863,3 +863,86 @@ fn slicedb_regenerate_says_when_no_node_has_room() {
         Ok(())
     });
 }
+
+/// A double fault whose last in-sync copies come back on a new image (the
+/// node's disk image deleted while it was down, so it starts with an empty
+/// one): those copies are empty, and the slices they were the last in-sync
+/// copy of stay unavailable, refused by name, never answered without their
+/// rows; the map history says the disk holds a new image. The other
+/// slices are served, and the node's copies of them are filled whole.
+#[test]
+fn a_node_back_on_a_new_image_never_serves_what_the_old_one_held() {
+    harness::run("heal_new_image", |env| async move {
+        let settings = "regen_delay = \"10m\"\nprobe_timeout = \"1500ms\"\n";
+        let (mut db, c) = loaded(&env, 0, settings, 20_000).await?;
+        let totals = query(&c, TOTALS).await?;
+        // Node 1 dies first, then node 0: where both held a slice's copies,
+        // node 0's was the last in sync.
+        db.kill_proc(1);
+        ensure!(query(&c, TOTALS).await? == totals, "one fault is survived");
+        wait_for(
+            &c,
+            "SELECT count(*) FROM slicedb_nodes WHERE node = 1 AND state = 'down'",
+            |v| v == "1",
+            "node 1 failed",
+        )
+        .await?;
+        db.kill_proc(0);
+        wait_for(
+            &c,
+            "SELECT count(*) FROM slicedb_slices WHERE state = 'unavailable'",
+            |v| v != "0",
+            "a double fault",
+        )
+        .await?;
+        let unavailable = scalar(
+            &c,
+            "SELECT count(*) FROM slicedb_slices WHERE state = 'unavailable'",
+        )
+        .await?;
+        // Node 0's image is gone: it starts on a new, empty one.
+        let image = env.path().join("cluster").join("node0").join("disk-0.img");
+        std::fs::remove_file(&image)?;
+        db.restart_node(&env, 0).await?;
+        wait_for(
+            &c,
+            "SELECT count(*) FROM slicedb_map_history WHERE cause LIKE 'node 0 rejoined%'",
+            |v| v != "0",
+            "node 0 rejoined",
+        )
+        .await?;
+        let cause = scalar(
+            &c,
+            "SELECT cause FROM slicedb_map_history WHERE cause LIKE 'node 0 rejoined%'",
+        )
+        .await?;
+        ensure!(
+            cause.contains("disk 0 holds a new image"),
+            "the history says the image is new: {cause}"
+        );
+        // Whatever else heals, those slices are never served from the
+        // empty copies: every try is refused by name, none answers.
+        for _ in 0..10 {
+            match c.simple_query(TOTALS).await {
+                Ok(_) => bail!("answered without the rows of the lost copies"),
+                Err(e) => {
+                    let msg = harness::describe(&e);
+                    ensure!(msg.contains("is unavailable"), "refused by name: {msg}");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let still = scalar(
+            &c,
+            "SELECT count(*) FROM slicedb_slices WHERE state = 'unavailable'",
+        )
+        .await?;
+        ensure!(
+            still == unavailable,
+            "{still} slices unavailable, {unavailable} before node 0 came back"
+        );
+        drop(c);
+        db.kill();
+        Ok(())
+    });
+}

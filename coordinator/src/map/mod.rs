@@ -268,8 +268,22 @@ pub struct DistMap {
     /// (a spare, once one answers again).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     emptied: Vec<NodeId>,
+    /// The metadata generation each disk of a failed node had reached by
+    /// its last answer: a node that comes back with a lower one has a new
+    /// image, not the one its copies were on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    images: Vec<ImageMark>,
     #[serde(default)]
     history: Vec<MapChange>,
+}
+
+/// A disk image's metadata generation as last seen (it only grows while
+/// the image lives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageMark {
+    #[serde(flatten)]
+    pub at: Location,
+    pub generation: u64,
 }
 
 /// Reading the map.
@@ -439,6 +453,54 @@ impl DistMap {
         changed
     }
 
+    /// Remember the generations `node`'s disks had reached (when it is
+    /// declared failed): see [`DistMap::replaced_images`].
+    pub(crate) fn note_images(&mut self, node: NodeId, generations: &[(DiskId, u64)]) {
+        self.images.retain(|m| m.at.node != node);
+        for &(disk, generation) in generations {
+            self.images.push(ImageMark {
+                at: Location { node, disk },
+                generation,
+            });
+        }
+    }
+
+    /// `node`, down, answers with these disk generations: the disks whose
+    /// generation is below the one they had reached hold a new image (the
+    /// old one was lost or replaced), with none of the copies the map puts
+    /// there. Each of its lost copies on such a disk is marked behind from
+    /// the start, so that rejoining makes it stale (to fill whole) and never
+    /// in sync, even if it was its slice's last in-sync copy: that slice
+    /// stays unavailable rather than be served from an empty copy. Answers
+    /// the replaced disks with (had, has).
+    pub(crate) fn replaced_images(
+        &mut self,
+        node: NodeId,
+        generations: &[(DiskId, u64)],
+    ) -> Vec<(DiskId, u64, u64)> {
+        let mut replaced = Vec::new();
+        for m in self.images.iter().filter(|m| m.at.node == node) {
+            let now = generations
+                .iter()
+                .find(|(d, _)| *d == m.at.disk)
+                .map_or(0, |g| g.1);
+            if now < m.generation {
+                replaced.push((m.at.disk, m.generation, now));
+            }
+        }
+        for e in &mut self.slices {
+            for c in e.copies.iter_mut() {
+                if c.at.node == node
+                    && c.state == CopyState::Lost
+                    && replaced.iter().any(|r| r.0 == c.at.disk)
+                {
+                    c.behind_from = Some(0);
+                }
+            }
+        }
+        replaced
+    }
+
     /// `node`, down, answers again with its disks but `failed_disks`: its
     /// lost copies on healthy disks come back, in sync at once if each was
     /// the last in-sync copy of its slice, else stale (to resync). Returns
@@ -452,6 +514,7 @@ impl DistMap {
             return None;
         }
         self.down.retain(|&n| n != node);
+        self.images.retain(|m| m.at.node != node);
         for &disk in failed_disks {
             let at = Location { node, disk };
             if !self.down_disks.contains(&at) {
@@ -590,6 +653,7 @@ impl DistMap {
             down: Vec::new(),
             down_disks: Vec::new(),
             emptied: Vec::new(),
+            images: Vec::new(),
             history: Vec::new(),
         };
         placement::check(&map)?;
@@ -852,6 +916,36 @@ pub(crate) mod tests {
             .begin_resync()
             .iter()
             .any(|j| j.slice == e0.slice && j.target == p));
+
+        // A double fault whose last in-sync copy comes back on a new image
+        // (its generation below what the disk had reached): that copy is
+        // empty, so the slice stays unavailable, and the copy is stale.
+        let mut map = ring(3, 1, 1);
+        map.fail_node(m.node, "first", 20);
+        map.fail_node(p.node, "second", 30);
+        map.note_images(p.node, &[(p.disk, 57)]);
+        assert_eq!(map.slices()[0].primary().behind_from, None, "last in sync");
+        let stored = map.to_json().unwrap();
+        assert!(String::from_utf8_lossy(&stored).contains("\"images\""));
+        let (back, _) = DistMap::from_json(std::str::from_utf8(&stored).unwrap(), "test").unwrap();
+        assert_eq!(
+            back.to_json().unwrap(),
+            stored,
+            "image marks survive a reload"
+        );
+        let same = map.clone().replaced_images(p.node, &[(p.disk, 57)]);
+        assert!(same.is_empty(), "the same image: {same:?}");
+        assert_eq!(
+            map.replaced_images(p.node, &[(p.disk, 1)]),
+            vec![(p.disk, 57, 1)]
+        );
+        map.rejoin_node(p.node, &[]);
+        assert_eq!(map.slices()[0].primary().state, CopyState::Stale);
+        assert_eq!(
+            map.slices()[0].state(),
+            SliceState::Unavailable,
+            "never served from the new, empty image"
+        );
 
         // A copy on a disk the returning node reports failed stays lost.
         let mut map = ring(3, 1, 1);

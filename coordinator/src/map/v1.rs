@@ -94,6 +94,7 @@ pub(super) fn convert(old: V1Map) -> DistMap {
         down: old.down,
         down_disks: old.down_disks,
         emptied: Vec::new(),
+        images: Vec::new(),
         history: old.history,
     }
 }

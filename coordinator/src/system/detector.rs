@@ -26,6 +26,8 @@ pub struct NodeHealth {
     /// Rows per table on each node's primary and temp segments, as its last
     /// Status answer (every heartbeat) said: the optimizer's row counts.
     table_rows: Mutex<BTreeMap<NodeId, BTreeMap<u64, u64>>>,
+    /// Each node's disks' metadata generations, as its last Status said.
+    generations: Mutex<BTreeMap<NodeId, Vec<(u32, u64)>>>,
 }
 
 impl NodeHealth {
@@ -52,6 +54,20 @@ impl NodeHealth {
             }
         }
         self.table_rows.lock().insert(node, rows);
+        self.generations.lock().insert(
+            node,
+            st.disks.iter().map(|d| (d.disk, d.generation)).collect(),
+        );
+    }
+
+    /// The metadata generations `node`'s disks had reached by its last
+    /// Status answer (empty before any).
+    pub fn generations(&self, node: NodeId) -> Vec<(u32, u64)> {
+        self.generations
+            .lock()
+            .get(&node)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// About how many rows `table` holds (stored rows, deleted ones

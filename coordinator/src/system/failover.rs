@@ -67,6 +67,8 @@ impl SystemManager {
         if !next.fail_node(node, cause, self.horizon()) {
             return Ok(());
         }
+        // What its images had reached: one that comes back lower is new.
+        next.note_images(node, &self.health.generations(node));
         warn!(
             node,
             epoch = next.epoch(),

@@ -5,7 +5,11 @@
 //! unavailable since, so nothing committed without it) is in sync at once;
 //! every other one is `Stale` and the next resync round sends it only what
 //! it lacks (`super::resync`). Copies on a disk it reports failed stay
-//! lost.
+//! lost. A disk whose metadata generation is below what it had reached
+//! when the node failed holds a new image (the old one was deleted or
+//! replaced): its copies come back stale and empty, never in sync, so a
+//! slice whose last in-sync copy was there stays unavailable instead of
+//! being served without its rows.
 //!
 //! It only changes the map through the manager's `publish`; it never
 //! serves a copy the map does not record as holding every committed row.
@@ -31,11 +35,23 @@ impl SystemManager {
             .map(|d| d.disk)
             .collect();
         let mut next = self.map.clone();
+        let generations: Vec<(u32, u64)> =
+            st.disks.iter().map(|d| (d.disk, d.generation)).collect();
+        let replaced = next.replaced_images(node, &generations);
         let Some((in_sync, stale)) = next.rejoin_node(node, &failed) else {
             return;
         };
+        let new_images: String = replaced
+            .iter()
+            .map(|(d, had, has)| {
+                format!("; disk {d} holds a new image (metadata generation {has}, had {had}): its copies start empty")
+            })
+            .collect();
+        if !replaced.is_empty() {
+            warn!(node, ?replaced, "node rejoined with new disk images");
+        }
         next.bump(format!(
-            "node {node} rejoined: {in_sync} copies in sync at once, {stale} to resync"
+            "node {node} rejoined: {in_sync} copies in sync at once, {stale} to resync{new_images}"
         ));
         warn!(node, epoch = next.epoch(), in_sync, stale, "node rejoined");
         self.health.mark(node, true, false);

@@ -536,6 +536,7 @@ impl pb::node_server::Node for NodeServer {
             out.disks.push(pb::DiskStatus {
                 disk,
                 failed: self.disk_failure(disk).unwrap_or_default(),
+                generation: d.generation(),
                 path: d.path().display().to_string(),
                 segments: report
                     .segments

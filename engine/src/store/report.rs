@@ -45,6 +45,12 @@ impl DiskStore {
             .collect()
     }
 
+    /// The committed metadata generation: it only grows while the image
+    /// lives (a new image starts low).
+    pub fn generation(&self) -> u64 {
+        self.inner.lock().generation
+    }
+
     /// What `slicedb disk inspect` shows.
     pub fn report(&self) -> DiskReport {
         let inner = self.inner.lock();
