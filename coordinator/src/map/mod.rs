@@ -16,6 +16,7 @@
 
 pub mod placement;
 mod regen;
+pub(crate) use regen::Space;
 pub mod v1;
 
 use serde::{Deserialize, Serialize};
@@ -33,7 +34,7 @@ pub struct Location {
 }
 
 /// Which segment of its disk a copy lives in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// The primary segment: the copy writes go to first, which forwards

@@ -10,9 +10,12 @@
 //! into a primary segment from the serving mirror, claim 23; a lost mirror
 //! into a mirror segment from the primary, claim 24) on a spare if one is
 //! free (a configured spare, or a node an earlier regeneration emptied once
-//! it is known to have dropped its old copies, that holds nothing), else on the surviving node holding the fewest copies (declustered:
+//! it is known to have dropped its old copies, that holds nothing; one
+//! spare takes all it has room for, the others stay free), else on the surviving node holding the fewest copies (declustered:
 //! every survivor takes some), never on a node that holds a copy of that
-//! slice. A slice with no in-sync copy keeps its lost copies: one of them
+//! slice, and only where it fits: the segment of its role has room for the
+//! serving copy's bytes and some slack ([`Space`], from the nodes' Status).
+//! A slice with no in-sync copy keeps its lost copies: one of them
 //! may be the last in sync and come back. With no room for every copy,
 //! nothing changes and the error says why.
 //!
@@ -24,10 +27,42 @@
 
 use std::collections::BTreeMap;
 
-use slicedb_engine::NodeId;
+use slicedb_engine::{NodeId, SliceId};
 
-use super::{CopyState, DistMap, Location, NodeShape};
+use super::{CopyState, DistMap, Location, NodeShape, Role};
 use crate::{CoordinatorError, Result};
+
+/// What the nodes said of their space, for placing new copies: the free
+/// bytes of each disk's primary and mirror segments, and the bytes of each
+/// slice's serving copy (what a new copy of it will take). A location or
+/// slice it does not know limits nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Space {
+    pub free: BTreeMap<(Location, Role), u64>,
+    pub need: BTreeMap<SliceId, u64>,
+}
+
+impl Space {
+    /// Room kept beyond a copy's bytes: extents are allocated whole per
+    /// table, and writes forwarded during the copy land there too.
+    const SLACK: u64 = 64 << 20;
+
+    /// Whether a new copy of `slice` in `role` fits at `at`.
+    fn fits(&self, at: Location, role: Role, slice: SliceId) -> bool {
+        match (self.free.get(&(at, role)), self.need.get(&slice)) {
+            (Some(&free), Some(&need)) => free >= need + need / 16 + Self::SLACK,
+            _ => true,
+        }
+    }
+
+    /// Count a new copy of `slice` at `at` against its room.
+    fn take(&mut self, at: Location, role: Role, slice: SliceId) {
+        let need = self.need.get(&slice).copied().unwrap_or(0);
+        if let Some(free) = self.free.get_mut(&(at, role)) {
+            *free = free.saturating_sub(need);
+        }
+    }
+}
 
 impl DistMap {
     /// Replace the copies lost at `lost` (a whole node: `disk` None) by new
@@ -41,7 +76,9 @@ impl DistMap {
         disk: Option<u32>,
         nodes: &[NodeShape],
         clean: &[NodeId],
+        space: &Space,
     ) -> Result<Vec<(u32, Location)>> {
+        let mut space = space.clone();
         let lost_here = |at: Location| at.node == node && disk.is_none_or(|d| d == at.disk);
         // A node emptied by an earlier regeneration drops its old copies
         // once it has a map again; until it is known to hold none, a copy
@@ -95,6 +132,8 @@ impl DistMap {
         let mut next = self.clone();
         let mut placed = Vec::new();
         let mut no_room = Vec::new();
+        let mut no_space = Vec::new();
+        let mut taker: Option<NodeId> = None;
         for e in &mut next.slices {
             if e.serving_index().is_none() {
                 continue;
@@ -105,18 +144,45 @@ impl DistMap {
                     continue;
                 }
                 let holders: Vec<NodeId> = e.copies.iter().map(|c| c.at.node).collect();
+                let fits = |at: Location| space.fits(at, c.role, e.slice);
                 // The node's spare disk; else spares before survivors, then
-                // the least loaded node and disk; ties by location.
-                let target = stand_in.or_else(|| {
-                    load.iter()
-                        .filter(|(l, _)| !holders.contains(&l.node))
-                        .min_by_key(|(l, n)| (!spare(l.node), node_load(&load, l.node), **n, **l))
-                        .map(|(l, _)| *l)
+                // the least loaded node and disk; ties by location. Only
+                // where the copy fits.
+                let candidates: Vec<Location> = load
+                    .keys()
+                    .filter(|l| !holders.contains(&l.node))
+                    .copied()
+                    .collect();
+                // One free spare takes the lost copies whole where it has
+                // room (the first one picked), so the others stay free for
+                // the next fault.
+                let target = stand_in.filter(|&at| fits(at)).or_else(|| {
+                    candidates
+                        .iter()
+                        .filter(|&&l| fits(l))
+                        .min_by_key(|&&l| {
+                            (
+                                !spare(l.node),
+                                taker.is_some_and(|t| t != l.node),
+                                node_load(&load, l.node),
+                                load[&l],
+                                l,
+                            )
+                        })
+                        .copied()
                 });
                 let Some(at) = target else {
-                    no_room.push(e.slice);
+                    if candidates.is_empty() && stand_in.is_none() {
+                        no_room.push(e.slice);
+                    } else {
+                        no_space.push(e.slice);
+                    }
                     continue;
                 };
+                space.take(at, c.role, e.slice);
+                if taker.is_none() && spare(at.node) {
+                    taker = Some(at.node);
+                }
                 *load.entry(at).or_default() += 1;
                 let c = &mut e.copies[i];
                 c.at = at;
@@ -129,6 +195,20 @@ impl DistMap {
             return Err(CoordinatorError::Healing(format!(
                 "no node has room for a new copy of slices {no_room:?} (every up node holds one already): \
                  add a spare node or bring node {node} back"
+            )));
+        }
+        if !no_space.is_empty() {
+            let need: u64 = no_space
+                .iter()
+                .filter_map(|s| space.need.get(s))
+                .max()
+                .copied()
+                .unwrap_or(0);
+            return Err(CoordinatorError::Healing(format!(
+                "no node that could take a new copy of slices {no_space:?} has the free space for it \
+                 (up to {} MB each, in the segment of its role): add a spare node or larger disks, \
+                 or bring node {node} back",
+                need / 1_000_000
             )));
         }
         super::placement::check(&next)?;
@@ -194,7 +274,9 @@ mod tests {
         let lost = copies_at(&map, disk0);
         assert!(!lost.is_empty());
         assert!(map.fail_disk(disk0, "test", 1));
-        let placed = map.regenerate(0, Some(0), &nodes, &[]).unwrap();
+        let placed = map
+            .regenerate(0, Some(0), &nodes, &[], &Space::default())
+            .unwrap();
         assert_eq!(placed.len(), lost.len());
         assert!(placed.iter().all(|(_, at)| *at == disk1), "{placed:?}");
         // The same copies, in the same roles, now on the spare disk.
@@ -204,7 +286,9 @@ mod tests {
         // The spare disk is taken: a second failed disk of node 0 (the
         // stand-in itself) goes to other nodes.
         assert!(map.fail_disk(disk1, "test", 2));
-        let placed = map.regenerate(0, Some(1), &nodes, &[]).unwrap();
+        let placed = map
+            .regenerate(0, Some(1), &nodes, &[], &Space::default())
+            .unwrap();
         assert_eq!(placed.len(), lost.len());
         assert!(placed.iter().all(|(_, at)| at.node != 0), "{placed:?}");
 
@@ -212,7 +296,9 @@ mod tests {
         let nodes = shapes(0);
         let mut map = DistMap::build(&Ring, &nodes, 2).unwrap();
         assert!(map.fail_disk(disk0, "test", 1));
-        let placed = map.regenerate(0, Some(0), &nodes, &[]).unwrap();
+        let placed = map
+            .regenerate(0, Some(0), &nodes, &[], &Space::default())
+            .unwrap();
         assert!(!placed.is_empty());
         assert!(placed.iter().all(|(_, at)| at.node != 0), "{placed:?}");
     }
@@ -242,7 +328,9 @@ mod tests {
         });
         let mut map = DistMap::build(&Ring, &nodes, 2).unwrap();
         assert!(map.fail_node(0, "test", 1));
-        let placed = map.regenerate(0, None, &nodes, &[]).unwrap();
+        let placed = map
+            .regenerate(0, None, &nodes, &[], &Space::default())
+            .unwrap();
         assert!(placed.iter().all(|(_, at)| at.node == 3), "{placed:?}");
         // Copies are in sync (the resync round did its work).
         let done: Vec<(u32, Location)> = placed.clone();
@@ -254,13 +342,101 @@ mod tests {
         assert!(map.rejoin_node(0, &[]).is_some());
         assert!(map.fail_node(1, "test", 2));
         let mut unknown = map.clone();
-        let placed = unknown.regenerate(1, None, &nodes, &[]).unwrap();
+        let placed = unknown
+            .regenerate(1, None, &nodes, &[], &Space::default())
+            .unwrap();
         assert!(placed.iter().all(|(_, at)| at.node != 0), "{placed:?}");
         // Known clean: it takes every copy, and holds copies again.
-        let placed = map.regenerate(1, None, &nodes, &[0]).unwrap();
+        let placed = map
+            .regenerate(1, None, &nodes, &[0], &Space::default())
+            .unwrap();
         assert!(!placed.is_empty());
         assert!(placed.iter().all(|(_, at)| at.node == 0), "{placed:?}");
         assert!(!map.is_emptied(0));
         crate::map::placement::check(&map).unwrap();
+    }
+
+    /// A new copy goes only where it fits: a spare too small for a copy
+    /// is passed over for a survivor with room; with room nowhere, nothing
+    /// changes and the error says it is space.
+    #[test]
+    fn a_new_copy_goes_only_where_its_segment_has_room() {
+        let mut nodes = shapes(0);
+        nodes.push(NodeShape {
+            node: 3,
+            disks: 2,
+            spare: true,
+            spare_disks: 0,
+        });
+        let mut map = DistMap::build(&Ring, &nodes, 2).unwrap();
+        assert!(map.fail_node(0, "test", 1));
+        let gb = 1_000_000_000u64;
+        let mut space = Space::default();
+        for e in map.slices() {
+            space.need.insert(e.slice, gb);
+        }
+        for n in 0..4 {
+            for disk in 0..2 {
+                for role in [Role::Primary, Role::Mirror] {
+                    // The spare has room for one copy per disk and role.
+                    let free = if n == 3 { 2 * gb } else { 100 * gb };
+                    space.free.insert((Location { node: n, disk }, role), free);
+                }
+            }
+        }
+        let placed = map
+            .clone()
+            .regenerate(0, None, &nodes, &[], &space)
+            .unwrap();
+        let on_spare = placed.iter().filter(|(_, at)| at.node == 3).count();
+        assert!(on_spare > 0 && on_spare < placed.len(), "{placed:?}");
+        assert!(on_spare <= 4, "one per disk and role: {placed:?}");
+        crate::map::placement::check(&map).unwrap();
+
+        // Room nowhere: refused, the map as it was.
+        for free in space.free.values_mut() {
+            *free = gb / 2;
+        }
+        let before = map.clone();
+        let e = map
+            .regenerate(0, None, &nodes, &[], &space)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("free space"), "{e}");
+        assert_eq!(map.to_json().unwrap(), before.to_json().unwrap());
+    }
+
+    /// With several free spares, one takes a failed node's copies whole
+    /// and the others stay free for the next fault.
+    #[test]
+    fn one_free_spare_takes_a_failed_nodes_copies_and_the_others_stay_free() {
+        let mut nodes = shapes(0);
+        for node in [3, 4] {
+            nodes.push(NodeShape {
+                node,
+                disks: 2,
+                spare: true,
+                spare_disks: 0,
+            });
+        }
+        let mut map = DistMap::build(&Ring, &nodes, 2).unwrap();
+        assert!(map.fail_node(0, "test", 1));
+        let placed = map
+            .regenerate(0, None, &nodes, &[], &Space::default())
+            .unwrap();
+        assert!(placed.len() > 2);
+        assert!(placed.iter().all(|(_, at)| at.node == 3), "{placed:?}");
+        // Balanced over the spare's disks.
+        assert!(
+            placed.iter().any(|(_, at)| at.disk == 0) && placed.iter().any(|(_, at)| at.disk == 1)
+        );
+        assert!(map.fail_node(1, "test", 2));
+        let placed = map
+            .regenerate(1, None, &nodes, &[], &Space::default())
+            .unwrap();
+        assert!(
+            placed.iter().all(|(_, at)| at.node == 4),
+            "the next spare: {placed:?}"
+        );
     }
 }

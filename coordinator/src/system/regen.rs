@@ -21,6 +21,8 @@ use slicedb_engine::NodeId;
 use tracing::{info, warn};
 
 use super::SystemManager;
+use crate::map::Space;
+use crate::map::{Location, Role};
 
 impl SystemManager {
     /// Regenerate what `node` (or one of its disks) held if it has been
@@ -36,9 +38,9 @@ impl SystemManager {
         if !now && since.elapsed() < self.config.regen_delay {
             return;
         }
-        let clean = self.clean_emptied_nodes().await;
+        let (clean, space) = self.survey().await;
         let mut next = self.map.clone();
-        match next.regenerate(node, disk, &self.config.shapes, &clean) {
+        match next.regenerate(node, disk, &self.config.shapes, &clean, &space) {
             Ok(placed) if placed.is_empty() => {}
             Ok(placed) => {
                 let mut targets: Vec<NodeId> = placed.iter().map(|(_, at)| at.node).collect();
@@ -88,39 +90,67 @@ impl SystemManager {
         }
     }
 
-    /// Nodes emptied by an earlier regeneration that are up and report no
-    /// copy held any more (they drop the old ones once a map no longer
-    /// places them there: no slice, no space used in their primary and
-    /// mirror segments, no open transaction): they can take new copies.
-    async fn clean_emptied_nodes(&self) -> Vec<NodeId> {
+    /// What the up nodes say (each within [`STATUS_WAIT`]): the nodes
+    /// emptied by an earlier regeneration that report no copy held any more
+    /// (they drop the old ones once a map no longer places them there: no
+    /// slice, no space used in their primary and mirror segments, no open
+    /// transaction), which can take new copies; and the space a new copy
+    /// needs and each disk has.
+    async fn survey(&self) -> (Vec<NodeId>, Space) {
         let mut clean = Vec::new();
-        for n in self.nodes.values() {
-            if !self.map.is_emptied(n.id) || self.map.is_down(n.id) {
-                continue;
-            }
+        let mut space = Space::default();
+        let up = self.nodes.values().filter(|n| !self.map.is_down(n.id));
+        let answers = futures::future::join_all(up.map(|n| async move {
             let mut c = n.health.clone();
             let st = tokio::time::timeout(STATUS_WAIT, c.status(pb::StatusRequest {})).await;
-            if let Ok(Ok(st)) = st {
-                let st = st.into_inner();
+            (n.id, st.ok().and_then(|r| r.ok()).map(|r| r.into_inner()))
+        }))
+        .await;
+        let role = |segment: i32| match pb::Segment::try_from(segment) {
+            Ok(pb::Segment::Primary) => Some(Role::Primary),
+            Ok(pb::Segment::Mirror) => Some(Role::Mirror),
+            _ => None,
+        };
+        for (node, st) in answers {
+            let Some(st) = st else { continue };
+            for d in &st.disks {
+                let at = Location { node, disk: d.disk };
+                for g in &d.segments {
+                    if let Some(r) = role(g.segment) {
+                        space.free.insert((at, r), g.bytes.saturating_sub(g.used));
+                    }
+                }
+            }
+            // The serving copy's bytes: what a new copy of its slice takes.
+            for s in &st.slices {
+                let Some(r) = role(s.segment) else { continue };
+                let at = Location { node, disk: s.disk };
+                let serving = self
+                    .map
+                    .slices()
+                    .get(s.slice as usize)
+                    .and_then(|e| e.serving().ok());
+                if serving == Some((at, r == Role::Mirror)) {
+                    *space.need.entry(s.slice).or_default() += s.bytes;
+                }
+            }
+            if self.map.is_emptied(node) {
                 // A transaction open there may still write an old copy.
                 let holds = !st.txns.is_empty()
-                    || st
-                        .slices
-                        .iter()
-                        .any(|s| s.segment != pb::Segment::Temp as i32)
+                    || st.slices.iter().any(|s| role(s.segment).is_some())
                     || st.disks.iter().any(|d| {
                         d.segments
                             .iter()
-                            .any(|g| g.segment != pb::Segment::Temp as i32 && g.used > 0)
+                            .any(|g| role(g.segment).is_some() && g.used > 0)
                     });
                 if !holds {
-                    clean.push(n.id);
+                    clean.push(node);
                 }
             }
         }
-        clean
+        (clean, space)
     }
 }
 
-/// How long an emptied node may take to say what it holds.
+/// How long an up node may take to say what it holds.
 const STATUS_WAIT: Duration = Duration::from_millis(500);
