@@ -247,6 +247,18 @@ mod tests {
             .collect()
     }
 
+    /// Three nodes of two disks, and spare nodes `spares` like them.
+    fn with_spares(spares: &[NodeId]) -> Vec<NodeShape> {
+        let mut nodes = shapes(0);
+        nodes.extend(spares.iter().map(|&node| NodeShape {
+            node,
+            disks: 2,
+            spare: true,
+            spare_disks: 0,
+        }));
+        nodes
+    }
+
     /// Every copy at `at` and its role, by slice.
     fn copies_at(map: &DistMap, at: Location) -> Vec<(u32, Role)> {
         map.slices
@@ -319,13 +331,7 @@ mod tests {
     /// configured spare that already took copies.
     #[test]
     fn a_clean_emptied_node_is_the_next_spare() {
-        let mut nodes = shapes(0);
-        nodes.push(NodeShape {
-            node: 3,
-            disks: 2,
-            spare: true,
-            spare_disks: 0,
-        });
+        let nodes = with_spares(&[3]);
         let mut map = DistMap::build(&Ring, &nodes, 2).unwrap();
         assert!(map.fail_node(0, "test", 1));
         let placed = map
@@ -361,13 +367,7 @@ mod tests {
     /// changes and the error says it is space.
     #[test]
     fn a_new_copy_goes_only_where_its_segment_has_room() {
-        let mut nodes = shapes(0);
-        nodes.push(NodeShape {
-            node: 3,
-            disks: 2,
-            spare: true,
-            spare_disks: 0,
-        });
+        let nodes = with_spares(&[3]);
         let mut map = DistMap::build(&Ring, &nodes, 2).unwrap();
         assert!(map.fail_node(0, "test", 1));
         let gb = 1_000_000_000u64;
@@ -410,15 +410,7 @@ mod tests {
     /// and the others stay free for the next fault.
     #[test]
     fn one_free_spare_takes_a_failed_nodes_copies_and_the_others_stay_free() {
-        let mut nodes = shapes(0);
-        for node in [3, 4] {
-            nodes.push(NodeShape {
-                node,
-                disks: 2,
-                spare: true,
-                spare_disks: 0,
-            });
-        }
+        let nodes = with_spares(&[3, 4]);
         let mut map = DistMap::build(&Ring, &nodes, 2).unwrap();
         assert!(map.fail_node(0, "test", 1));
         let placed = map
