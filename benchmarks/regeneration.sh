@@ -221,7 +221,8 @@ printf '%-34s %12s %12s %14s %10s\n' "cp + sync before (scaled)" "$(mb "$U_BYTES
 printf '%-34s %12s %12s %14s %10s\n' "cp + sync after" "$(mb "$U_BYTES")" "$CP1_S" "" "$(rate "$U_BYTES" "$CP1_S")"
 printf '%-34s %12s %12s %14s %10s\n' "resync after 10 s, 1% changed" "$(mb "$R_BYTES")" "$R_COPY" "$R_S" ""
 echo
-printf 'unpaced regeneration / cp throughput (the faster cp): %.0f%% (goal >= 70%%)\n' "$(echo "100 * $CP_S / $U_COPY" | bc -l)"
+printf 'regeneration / cp throughput (the faster cp): %.0f%% with no queries running (25MiB, idle nodes copy at full speed), %.0f%% unpaced beside the fixed query (goal >= 70%%)\n' \
+  "$(echo "100 * $CP_S * $Q_BYTES / $U_BYTES / $Q_COPY" | bc -l)" "$(echo "100 * $CP_S / $U_COPY" | bc -l)"
 ratio() { echo "$(field "$1" "$2") / $(field "$IDLE" "$2")" | bc -l; }
 printf 'query during regeneration / idle: unpaced p50 %.2fx p99 %.2fx' "$(ratio "$U_LAT" p50)" "$(ratio "$U_LAT" p99)"
 for i in "${!RATES[@]}"; do printf '; %s p50 %.2fx p99 %.2fx' "${RATES[$i]}" "$(ratio "${P_LAT[$i]}" p50)" "$(ratio "${P_LAT[$i]}" p99)"; done
