@@ -99,9 +99,10 @@ impl Cluster {
         self.system.resync_progress()
     }
 
-    /// Regenerate every failed node and disk now (an admin asked).
-    pub fn regenerate_now(&self) {
-        self.system.regenerate_now();
+    /// Regenerate every failed node and disk now (an admin asked); returns
+    /// once the new copies are placed.
+    pub async fn regenerate_now(&self) {
+        self.system.regenerate_now().await;
     }
 
     /// The cluster is being shut down on purpose: no more failovers.

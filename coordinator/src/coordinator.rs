@@ -533,9 +533,10 @@ impl Coordinator {
     }
 
     /// Regenerate every failed node's and disk's copies now, without
-    /// waiting for `regen_delay` (REGENERATE).
-    pub fn regenerate_now(&self) {
-        self.cluster.regenerate_now();
+    /// waiting for `regen_delay` (REGENERATE); a node that does not answer
+    /// a probe is failed first. Returns once the new copies are placed.
+    pub async fn regenerate_now(&self) {
+        self.cluster.regenerate_now().await;
     }
 
     /// Compare the primary and mirror of every slice of every table.

@@ -40,8 +40,9 @@ pub fn parse(sql: &str) -> Option<Admin> {
     }
 }
 
-/// Run it: GROOM answers the rows it removed; REGENERATE answers at once
-/// (the work goes on in the background: `slicedb_slices`,
+/// Run it: GROOM answers the rows it removed; REGENERATE answers once the
+/// new copies are placed (a node that misses a probe is failed first; the
+/// copying goes on in the background: `slicedb_slices`,
 /// `slicedb_map_history` and `slicedb regenerate` show it).
 pub async fn run(coord: &Coordinator, a: Admin) -> Result<Response, SqlError> {
     match a {
@@ -53,7 +54,7 @@ pub async fn run(coord: &Coordinator, a: Admin) -> Result<Response, SqlError> {
             ))
         }
         Admin::Regenerate => {
-            coord.regenerate_now();
+            coord.regenerate_now().await;
             info!("regeneration asked for");
             Ok(Response::Execution(Tag::new("REGENERATE")))
         }

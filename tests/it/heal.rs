@@ -825,7 +825,9 @@ fn slicedb_regenerate_heals_at_once_or_says_why_it_cannot() {
         let settings = "regen_delay = \"10m\"\nprobe_timeout = \"1500ms\"\n";
         let (mut db, c) = loaded(&env, 1, settings, 50_000).await?;
         let want = query(&c, TOTALS).await?;
-        kill_node_0(&mut db, &c, &want).await?;
+        // At once after the kill, before the detector's next heartbeat:
+        // the command's probe fails the node first.
+        db.kill_proc(0);
         let (ok, out) = regenerate_cli(db.url()).await?;
         eprintln!("[heal_cli] slicedb regenerate:\n{out}");
         ensure!(

@@ -59,7 +59,7 @@ impl SystemManager {
     /// Declare `node` failed. Transactions it never acknowledged are then
     /// finished on the survivors by the resolver (`crate::txn`), which
     /// waits for this map to be installed.
-    async fn fail_node(&mut self, node: NodeId, cause: &str) -> Result<()> {
+    pub(super) async fn fail_node(&mut self, node: NodeId, cause: &str) -> Result<()> {
         if self.shutting_down() {
             return Ok(());
         }

@@ -64,8 +64,9 @@ pub(crate) enum Event {
     Attach(Arc<dyn Hooks>),
     /// A resync round finished.
     ResyncDone(Box<resync::RoundOutcome>),
-    /// An admin asked: regenerate every failed node and disk now.
-    RegenerateNow,
+    /// An admin asked: regenerate every failed node and disk now (a node
+    /// that misses a probe first failed); answered once placed.
+    RegenerateNow(tokio::sync::oneshot::Sender<()>),
 }
 
 /// What the system manager needs from the transaction manager and the
@@ -190,9 +191,14 @@ impl SystemHandle {
     }
 
     /// Regenerate every failed node's and disk's copies now, without
-    /// waiting for `regen_delay`.
-    pub fn regenerate_now(&self) {
-        let _ = self.events.send(Event::RegenerateNow);
+    /// waiting for `regen_delay`; a node that does not answer a probe is
+    /// failed first. Returns once the manager placed the new copies (the
+    /// copying goes on in the background).
+    pub async fn regenerate_now(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.events.send(Event::RegenerateNow(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// The cluster is being shut down on purpose: no more failovers.
@@ -305,13 +311,9 @@ impl SystemManager {
                     self.schedule_resync().await;
                 }
                 Event::ResyncDone(outcome) => self.resync_done(*outcome).await,
-                Event::RegenerateNow => {
-                    for node in self.map.down().to_vec() {
-                        self.maybe_regenerate(node, None, true).await;
-                    }
-                    for at in self.map.down_disks().to_vec() {
-                        self.maybe_regenerate(at.node, Some(at.disk), true).await;
-                    }
+                Event::RegenerateNow(done) => {
+                    self.regenerate_now().await;
+                    let _ = done.send(());
                 }
             }
         }

@@ -90,6 +90,45 @@ impl SystemManager {
         }
     }
 
+    /// An admin asked (REGENERATE): every up node that misses a probe
+    /// (twice, within the probe timeout) is failed now, as the detector
+    /// would a moment later, so that a node killed just before is
+    /// regenerated too; then every failed node and disk is regenerated at
+    /// once.
+    pub(super) async fn regenerate_now(&mut self) {
+        let timeout = self.config.probe_timeout;
+        let up: Vec<crate::nodes::NodeClient> = self
+            .nodes
+            .values()
+            .filter(|n| !self.map.is_down(n.id))
+            .cloned()
+            .collect();
+        let missed = futures::future::join_all(up.iter().map(|n| async move {
+            for _ in 0..2 {
+                let mut c = n.health.clone();
+                if let Ok(Ok(_)) =
+                    tokio::time::timeout(timeout, c.status(pb::StatusRequest {})).await
+                {
+                    return None;
+                }
+            }
+            Some(n.id)
+        }))
+        .await;
+        for node in missed.into_iter().flatten() {
+            let cause = format!("no answer to the probe of REGENERATE in {timeout:?}");
+            if let Err(e) = self.fail_node(node, &cause).await {
+                warn!(node, error = %e, "failover failed");
+            }
+        }
+        for node in self.map.down().to_vec() {
+            self.maybe_regenerate(node, None, true).await;
+        }
+        for at in self.map.down_disks().to_vec() {
+            self.maybe_regenerate(at.node, Some(at.disk), true).await;
+        }
+    }
+
     /// What the up nodes say (each within [`STATUS_WAIT`]): the nodes
     /// emptied by an earlier regeneration that report no copy held any more
     /// (they drop the old ones once a map no longer places them there: no
