@@ -71,11 +71,12 @@ impl CoordinatorConfig {
     /// seconds to rejoin (sending only what it missed) instead of being
     /// copied whole.
     pub const DEFAULT_REGEN_DELAY: Duration = Duration::from_secs(60);
-    /// Measured with benchmarks/regeneration.sh (2 GB per node, 2 cores,
-    /// 2026-12-04): a 10 ms query ran at 1.16x its idle p50 and 1.90x its
-    /// idle p99 while a node was regenerated at this rate (100 MiB: 2.00x
-    /// and 7.03x; unpaced: 4.60x and 7.43x). The copies are CPU-bound on
-    /// such a machine, so a lower rate is the lever until they cost less.
+    /// Per receiving node, while the nodes run queries or writes (idle
+    /// nodes copy at full speed). Measured with benchmarks/regeneration.sh
+    /// (2 GB per node, 2 cores, 2026-12-04, second run): a 9 ms query ran
+    /// at 1.12x its idle p50 and 1.11x its idle p99 while a node was
+    /// regenerated at this rate (100 MiB: 1.30x and 1.46x; unpaced: 1.92x
+    /// and 4.59x).
     pub const DEFAULT_COPY_RATE: u64 = 25 << 20;
     /// Waiting for a build side puts a scan's latency on the critical path;
     /// at TPC-H SF 1 that paid for lineitem (6 M rows: Q08, Q09, Q17) but

@@ -870,8 +870,7 @@ fn slicedb_regenerate_says_when_no_node_has_room() {
 /// node's disk image deleted while it was down, so it starts with an empty
 /// one): those copies are empty, and the slices they were the last in-sync
 /// copy of stay unavailable, refused by name, never answered without their
-/// rows; the map history says the disk holds a new image. The other
-/// slices are served, and the node's copies of them are filled whole.
+/// rows; the map history says the disk holds a new image.
 #[test]
 fn a_node_back_on_a_new_image_never_serves_what_the_old_one_held() {
     harness::run("heal_new_image", |env| async move {

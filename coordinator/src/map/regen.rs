@@ -65,6 +65,19 @@ impl Space {
 }
 
 impl DistMap {
+    /// Whether `node` (or its `disk`) lost copies of slices still served
+    /// elsewhere: what [`DistMap::regenerate`] would place.
+    pub(crate) fn has_copies_to_regenerate(&self, node: NodeId, disk: Option<u32>) -> bool {
+        self.slices.iter().any(|e| {
+            e.serving_index().is_some()
+                && e.copies.iter().any(|c| {
+                    c.state == CopyState::Lost
+                        && c.at.node == node
+                        && disk.is_none_or(|d| d == c.at.disk)
+                })
+        })
+    }
+
     /// Replace the copies lost at `lost` (a whole node: `disk` None) by new
     /// copies over `nodes` (the configuration; spares first). `clean`:
     /// nodes emptied by an earlier regeneration that are known to have

@@ -38,6 +38,11 @@ impl SystemManager {
         if !now && since.elapsed() < self.config.regen_delay {
             return;
         }
+        // Nothing left to place (regenerated already, or no slice served
+        // elsewhere): no need to ask every node for its space.
+        if !self.map.has_copies_to_regenerate(node, disk) {
+            return;
+        }
         let (clean, space) = self.survey().await;
         let mut next = self.map.clone();
         match next.regenerate(node, disk, &self.config.shapes, &clean, &space) {

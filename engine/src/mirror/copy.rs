@@ -303,12 +303,9 @@ async fn pull_inner(
             }
         });
         batch.push(chunk.block);
-        if batch.len() >= WRITE_BATCH
+        if batch.len() >= batch_len
             && tx
-                .send(std::mem::replace(
-                    &mut batch,
-                    Vec::with_capacity(WRITE_BATCH),
-                ))
+                .send(std::mem::replace(&mut batch, Vec::with_capacity(batch_len)))
                 .await
                 .is_err()
         {
