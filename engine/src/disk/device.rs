@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use parking_lot::Mutex;
 
@@ -25,6 +26,15 @@ pub trait BlockDevice: Send + Sync {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
     /// Write all of `buf` at `offset`.
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()>;
+    /// [`BlockDevice::write_at`] past the page cache where the device can
+    /// (direct I/O): for bulk data nobody reads back soon (a slice copy),
+    /// so each byte is not copied once more into the cache and the cache
+    /// keeps what queries read. The caller keeps `offset`, `buf.len()` and
+    /// `buf`'s address multiples of [`DIRECT_ALIGN`]. Durable only after
+    /// `sync`, like any write. The default is `write_at`.
+    fn write_direct(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        self.write_at(offset, buf)
+    }
     /// Make every write issued so far durable.
     fn sync(&self) -> Result<()>;
     /// A hint: start writing `len` bytes at `offset` back to the medium now,
@@ -41,11 +51,86 @@ pub trait BlockDevice: Send + Sync {
     fn name(&self) -> &str;
 }
 
+/// What offsets, lengths and buffer addresses of
+/// [`BlockDevice::write_direct`] are multiples of.
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// A byte buffer whose first byte is aligned to [`DIRECT_ALIGN`], for
+/// [`BlockDevice::write_direct`]. It grows as needed (staying aligned).
+pub struct AlignedBuf {
+    raw: Vec<u8>,
+    /// Index in `raw` of the first (aligned) byte.
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// An empty buffer with room for at least `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> AlignedBuf {
+        let raw = vec![0u8; capacity + DIRECT_ALIGN];
+        let start = raw.as_ptr().align_offset(DIRECT_ALIGN);
+        AlignedBuf { raw, start, len: 0 }
+    }
+
+    fn capacity(&self) -> usize {
+        self.raw.len() - self.start
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes held, from the aligned start.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+
+    fn reserve(&mut self, len: usize) {
+        if len > self.capacity() {
+            let mut bigger = AlignedBuf::with_capacity(len.max(2 * self.capacity()));
+            bigger.raw[bigger.start..bigger.start + self.len].copy_from_slice(self.as_slice());
+            bigger.len = self.len;
+            *self = bigger;
+        }
+    }
+
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        self.reserve(end);
+        self.raw[self.start + self.len..self.start + end].copy_from_slice(bytes);
+        self.len = end;
+    }
+
+    /// Zero bytes up to `len` in all (no change if it holds as many).
+    pub fn pad_to(&mut self, len: usize) {
+        if len > self.len {
+            self.reserve(len);
+            self.raw[self.start + self.len..self.start + len].fill(0);
+            self.len = len;
+        }
+    }
+
+    /// Drop the first `n` bytes (at most all), moving the rest to the start.
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.len);
+        let (from, to) = (self.start + n, self.start + self.len);
+        self.raw.copy_within(from..to, self.start);
+        self.len -= n;
+    }
+}
+
 /// A disk image in a regular (sparse) file, accessed with pread/pwrite.
 pub struct FileDevice {
     file: File,
     path: PathBuf,
     name: String,
+    /// The same file opened for direct I/O, on first use (None: the file
+    /// system refused it; direct writes then go through the cache).
+    direct: OnceLock<Option<File>>,
 }
 
 impl FileDevice {
@@ -77,6 +162,7 @@ impl FileDevice {
             file,
             path: path.to_path_buf(),
             name,
+            direct: OnceLock::new(),
         })
     }
 
@@ -92,6 +178,7 @@ impl FileDevice {
             file,
             path: path.to_path_buf(),
             name,
+            direct: OnceLock::new(),
         })
     }
 
@@ -111,6 +198,37 @@ impl BlockDevice for FileDevice {
         self.file
             .write_all_at(buf, offset)
             .map_err(|e| EngineError::io(&self.name, e))
+    }
+
+    fn write_direct(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        debug_assert!(
+            offset.is_multiple_of(DIRECT_ALIGN as u64)
+                && buf.len().is_multiple_of(DIRECT_ALIGN)
+                && (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN),
+            "unaligned direct write"
+        );
+        let direct = self.direct.get_or_init(|| {
+            #[cfg(target_os = "linux")]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(&self.path)
+                    .ok()
+            }
+            #[cfg(not(target_os = "linux"))]
+            None
+        });
+        match direct {
+            Some(f) => match f.write_all_at(buf, offset) {
+                // A file system that takes O_DIRECT at open but not this
+                // alignment: the cache it is.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.write_at(offset, buf),
+                r => r.map_err(|e| EngineError::io(&self.name, e)),
+            },
+            None => self.write_at(offset, buf),
+        }
     }
 
     fn sync(&self) -> Result<()> {

@@ -17,7 +17,7 @@ pub mod le_bytes;
 pub mod meta;
 pub mod superblock;
 
-pub use device::{BlockDevice, CrashPoint, FileDevice, MemDevice};
+pub use device::{AlignedBuf, BlockDevice, CrashPoint, FileDevice, MemDevice, DIRECT_ALIGN};
 pub use superblock::{LayoutProfile, SegmentExtent, Superblock, FORMAT_VERSION};
 
 /// The three segments of a disk.

@@ -45,9 +45,18 @@ const WRITE_BATCH: usize = 8;
 /// Batches between the stream and the writer.
 const WRITE_QUEUE: usize = 2;
 
-/// Writes a copy's blocks on a background thread while the stream goes on:
-/// each batch pending under the copy's xid, except blocks of transactions
-/// the target holds already (`held`). Answers how many it wrote.
+/// What the stream hands the writer: blocks, and the copy's total bytes
+/// once the source said (0 before).
+struct Batch {
+    blocks: Vec<bytes::Bytes>,
+    total_bytes: u64,
+}
+
+/// Writes a copy's blocks on a background thread while the stream goes on
+/// (through the store's [`crate::store::CopySink`]: direct I/O into runs of
+/// the copy's own), each pending under the copy's xid, except blocks of
+/// transactions the target holds already (`held`). Answers how many it
+/// wrote, once all are on the disk.
 struct Writer;
 
 impl Writer {
@@ -56,24 +65,26 @@ impl Writer {
         plan: CopyPlan,
         held: Arc<Vec<Xid>>,
     ) -> (
-        tokio::sync::mpsc::Sender<Vec<bytes::Bytes>>,
+        tokio::sync::mpsc::Sender<Batch>,
         tokio::sync::oneshot::Receiver<Result<usize>>,
     ) {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<bytes::Bytes>>(WRITE_QUEUE);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(WRITE_QUEUE);
         let (seg, table, slice, xid) = (plan.target_segment, plan.table, plan.slice, plan.xid);
         // Below queries' priority: a copy takes the processor they leave.
         let writer = crate::background::spawn("copy-writer", move || {
+            let mut sink = target.copy_sink(seg, table, slice, xid, 0);
             let mut written = 0;
             while let Some(batch) = rx.blocking_recv() {
-                for b in &batch {
-                    if target
-                        .append_encoded_unless(seg, table, slice, xid, b, &held)?
-                        .is_some()
-                    {
+                if batch.total_bytes > 0 {
+                    sink.expect(batch.total_bytes);
+                }
+                for b in &batch.blocks {
+                    if sink.append_unless(b, &held)?.is_some() {
                         written += 1;
                     }
                 }
             }
+            sink.finish()?;
             Ok(written)
         });
         (tx, writer)
@@ -284,6 +295,7 @@ async fn pull_inner(
     // ones before them are written (a couple of batches in between).
     let (tx, writer) = Writer::start(target.clone(), *plan, held);
     let mut batch: Vec<bytes::Bytes> = Vec::with_capacity(batch_len);
+    let mut total_bytes = 0;
     let received = loop {
         let chunk = match stream.next().await {
             Some(Ok(c)) => c,
@@ -302,10 +314,14 @@ async fn pull_inner(
                 c.total_bytes = chunk.total_bytes;
             }
         });
+        total_bytes = total_bytes.max(chunk.total_bytes);
         batch.push(chunk.block);
         if batch.len() >= batch_len
             && tx
-                .send(std::mem::replace(&mut batch, Vec::with_capacity(batch_len)))
+                .send(Batch {
+                    blocks: std::mem::replace(&mut batch, Vec::with_capacity(batch_len)),
+                    total_bytes,
+                })
                 .await
                 .is_err()
         {
@@ -317,7 +333,11 @@ async fn pull_inner(
     let last = if batch.is_empty() {
         Ok(())
     } else {
-        tx.send(batch).await
+        tx.send(Batch {
+            blocks: batch,
+            total_bytes,
+        })
+        .await
     };
     drop(tx);
     let written = crate::background::join(writer).await?;

@@ -17,6 +17,14 @@ use crate::disk::meta::{BlockMeta, StreamKey};
 use crate::disk::SegmentKind;
 use crate::{EngineError, Result, SliceId, TableId, Xid};
 
+/// A verified block ready to be written: [`DiskStore::accept_encoded`].
+pub(super) struct Accepted {
+    pub(super) key: StreamKey,
+    pub(super) header: block::BlockHeader,
+    pub(super) zone_bytes: Arc<[u8]>,
+    pub(super) zones: Vec<ZoneMap>,
+}
+
 impl DiskStore {
     fn check_batch(table: TableId, user: &Schema, batch: &RecordBatch) -> Result<()> {
         let bs = batch.schema();
@@ -198,10 +206,26 @@ impl DiskStore {
         // The prepare's sync then finds most of the transaction's data on
         // its way to the disk already, instead of all of it at once.
         self.dev.start_writeback(offset, bytes.len() as u64);
+        self.add_pending(key, xid, offset, bytes.len() as u64, h, zone_bytes, zones);
+        Ok(())
+    }
+
+    /// Note a block of `xid` at `offset` in `key`'s extents.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn add_pending(
+        &self,
+        key: StreamKey,
+        xid: Xid,
+        offset: u64,
+        length: u64,
+        h: &block::BlockHeader,
+        zone_bytes: Arc<[u8]>,
+        zones: Vec<ZoneMap>,
+    ) {
         let indexed = IndexedBlock {
             meta: BlockMeta {
                 offset,
-                length: bytes.len() as u64,
+                length,
                 seq: h.seq,
                 rows: h.rows,
                 rowid_min: h.rowid_min,
@@ -222,7 +246,6 @@ impl DiskStore {
                 key,
                 block: Arc::new(indexed),
             });
-        Ok(())
     }
 
     /// Append a block encoded elsewhere (the primary's bytes, forwarded to a
@@ -252,8 +275,27 @@ impl DiskStore {
         bytes: &[u8],
         held: &[Xid],
     ) -> Result<Option<u64>> {
-        self.check_writable(xid)?;
         let _gate = self.io_gate.read();
+        let Some(b) = self.accept_encoded(segment, table, slice, xid, bytes, held)? else {
+            return Ok(None);
+        };
+        self.write_pending(b.key, xid, bytes, &b.header, b.zone_bytes, b.zones)?;
+        Ok(Some(b.header.rows))
+    }
+
+    /// Verify a block encoded elsewhere and note it on its stream (rowids
+    /// and seqs stay ahead of it), unless an xid in `held` wrote it: what
+    /// it takes to write it pending under `xid`.
+    pub(super) fn accept_encoded(
+        &self,
+        segment: SegmentKind,
+        table: TableId,
+        slice: SliceId,
+        xid: Xid,
+        bytes: &[u8],
+        held: &[Xid],
+    ) -> Result<Option<Accepted>> {
+        self.check_writable(xid)?;
         let (h, zone_bytes) = block::inspect_block(bytes, table, slice)?;
         if held.binary_search(&h.createxid_max).is_ok() {
             return Ok(None);
@@ -286,8 +328,12 @@ impl DiskStore {
             s.next_seq = s.next_seq.max(h.seq + 1);
             zones
         };
-        self.write_pending(key, xid, bytes, &h, Arc::from(zone_bytes), zones)?;
-        Ok(Some(h.rows))
+        Ok(Some(Accepted {
+            key,
+            header: h,
+            zone_bytes: Arc::from(zone_bytes),
+            zones,
+        }))
     }
 
     /// Space for `len` bytes in the stream's current extent run, or a new run.

@@ -23,7 +23,8 @@
 //! every block read that fails verification goes through; `groom` rewrites
 //! blocks without dead rows; `copy` is what a slice copy between nodes
 //! sends and takes in; `checksum` is the slice checksum `slicedb verify`
-//! compares; `report` is what `slicedb disk inspect` shows.
+//! compares; `report` is what `slicedb disk inspect` shows; `sink` is how a
+//! copy target writes what it takes in (direct I/O into runs of its own).
 //!
 //! Locking: `inner` (a short mutex) guards the in-memory state and is never
 //! held across block encoding or data I/O. `commit_lock` serializes metadata
@@ -41,6 +42,7 @@ mod recovery;
 mod repair;
 mod report;
 mod scan;
+mod sink;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -76,6 +78,7 @@ pub use groom::GroomStats;
 pub use repair::{BlockRepair, NoRepair, StoredBlock};
 pub use report::{DiskReport, ExtentReport, SegmentReport, SliceStat, TableReport};
 pub use scan::{BlockScan, ScanStats};
+pub use sink::CopySink;
 
 /// Who a disk belongs to; written into the superblock at init.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
