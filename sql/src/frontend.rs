@@ -26,6 +26,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion_postgres::DfSessionService;
 use futures::{Sink, SinkExt};
 use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::cancel::CancelHandler;
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::Portal;
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -48,6 +49,7 @@ use crate::admin;
 use crate::copy::{encode_rows, CopyDecoder, CopyOptions, CopyPipeline, Widen};
 use crate::dialect::{self, normalize, ParsedStatement};
 use crate::errors::{fix_response, fix_responses, to_pg, SqlError};
+use crate::sessions::{guard_responses, Registered, Sessions, Stopper};
 use crate::shield;
 
 /// Rows per batch when decoding COPY input.
@@ -57,6 +59,10 @@ const COPY_BATCH_ROWS: usize = 65_536;
 pub struct Frontend {
     coord: Arc<Coordinator>,
     df: Arc<DfSessionService>,
+    /// The connected sessions (cancel requests, pg_stat_activity).
+    sessions: Arc<Sessions>,
+    /// `statement_timeout` of a session that did not SET one (None: none).
+    statement_timeout: std::sync::RwLock<Option<std::time::Duration>>,
     /// The session of the embedded API ([`Frontend::execute`]): one for
     /// the life of the front end.
     embedded_session: u64,
@@ -77,6 +83,8 @@ impl Frontend {
         Ok(Arc::new(Frontend {
             coord,
             df,
+            sessions: Arc::new(Sessions::default()),
+            statement_timeout: std::sync::RwLock::new(None),
             embedded_session: new_session_id(),
         }))
     }
@@ -84,7 +92,41 @@ impl Frontend {
     pub fn coordinator(&self) -> &Arc<Coordinator> {
         &self.coord
     }
+
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
+    /// The server's `statement_timeout` (None or zero: none), for sessions
+    /// that did not SET their own.
+    pub fn set_statement_timeout(&self, timeout: Option<std::time::Duration>) {
+        *self
+            .statement_timeout
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = timeout.filter(|t| !t.is_zero());
+    }
+
+    /// A stopper for a statement `query` of `client`'s session (None: a
+    /// connection with no session, which cannot happen after startup).
+    fn stopper<C: ClientInfo>(&self, client: &C, query: &str) -> Option<Stopper> {
+        let session = client.session_extensions().get::<Registered>()?;
+        // What `SET statement_timeout` stored (datafusion-postgres keeps it
+        // in the connection's metadata), else the server's.
+        let timeout = client
+            .metadata()
+            .get(STATEMENT_TIMEOUT_KEY)
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .map(std::time::Duration::from_millis)
+            .or(*self
+                .statement_timeout
+                .read()
+                .unwrap_or_else(|e| e.into_inner()));
+        Some(session.session.start(query, timeout))
+    }
 }
+
+/// Where datafusion-postgres keeps a session's `SET statement_timeout`.
+const STATEMENT_TIMEOUT_KEY: &str = "statement_timeout_ms";
 
 /// The pgwire handler set: one per server, connections share it.
 pub struct Handlers {
@@ -93,6 +135,7 @@ pub struct Handlers {
     extended: Arc<Extended>,
     copy: Arc<CopyIn>,
     startup: Arc<Startup>,
+    cancel: Arc<Canceller>,
 }
 
 impl Handlers {
@@ -104,7 +147,12 @@ impl Handlers {
                 parser: Arc::new(OurParser { fe: fe.clone() }),
             }),
             copy: Arc::new(CopyIn { fe: fe.clone() }),
-            startup: Arc::new(Startup),
+            startup: Arc::new(Startup {
+                sessions: fe.sessions.clone(),
+            }),
+            cancel: Arc::new(Canceller {
+                sessions: fe.sessions.clone(),
+            }),
             fe,
         })
     }
@@ -127,10 +175,59 @@ impl PgWireServerHandlers for Handlers {
     fn copy_handler(&self) -> Arc<impl CopyHandler> {
         self.copy.clone()
     }
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        self.cancel.clone()
+    }
 }
 
-pub struct Startup;
-impl NoopStartupHandler for Startup {}
+/// Startup: no authentication yet; the connection becomes a session.
+pub struct Startup {
+    sessions: Arc<Sessions>,
+}
+
+#[async_trait]
+impl NoopStartupHandler for Startup {
+    async fn post_startup<C>(
+        &self,
+        client: &mut C,
+        _message: pgwire::messages::PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (pid, secret) = client.pid_and_secret_key();
+        let meta = client.metadata();
+        let field = |k: &str| meta.get(k).cloned().unwrap_or_default();
+        let registered = self.sessions.register(
+            pid,
+            &secret,
+            &field(pgwire::api::METADATA_USER),
+            &field(pgwire::api::METADATA_DATABASE),
+            &field(pgwire::api::METADATA_APPLICATION_NAME),
+            client.socket_addr(),
+        );
+        client.session_extensions().insert(registered);
+        Ok(())
+    }
+}
+
+/// A CancelRequest (psql's Ctrl-C): stops the statement of the session
+/// it names, if its secret key matches.
+pub struct Canceller {
+    sessions: Arc<Sessions>,
+}
+
+#[async_trait]
+impl CancelHandler for Canceller {
+    async fn on_cancel_request(&self, request: pgwire::messages::cancel::CancelRequest) {
+        let found = self
+            .sessions
+            .cancel_request(request.pid, &request.secret_key);
+        debug!(pid = request.pid, found, "cancel request");
+    }
+}
 
 /// Whether slicedb itself handles this statement.
 fn is_ours(s: &Statement) -> bool {
@@ -739,9 +836,16 @@ impl SimpleQueryHandler for Simple {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let session = conn_state(&self.fe, client).session.id;
-        CURRENT_SESSION
-            .scope(session, self.simple_query(client, query))
-            .await
+        let fe = self.fe.clone();
+        let stopper = fe.stopper(client, query);
+        let work = CURRENT_SESSION.scope(session, self.simple_query(client, query));
+        match stopper {
+            Some(mut stopper) => {
+                let responses = stopper.run(work).await?;
+                Ok(guard_responses(responses, stopper))
+            }
+            None => work.await,
+        }
     }
 }
 
@@ -981,9 +1085,18 @@ impl ExtendedQueryHandler for Extended {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let session = conn_state(&self.fe, client).session.id;
-        CURRENT_SESSION
-            .scope(session, self.extended_query(client, portal, max_rows))
-            .await
+        let fe = self.fe.clone();
+        let stopper = fe.stopper(client, &portal.statement.statement.0);
+        let work = CURRENT_SESSION.scope(session, self.extended_query(client, portal, max_rows));
+        match stopper {
+            Some(mut stopper) => {
+                let response = stopper.run(work).await?;
+                Ok(guard_responses(vec![response], stopper)
+                    .pop()
+                    .unwrap_or(Response::EmptyQuery))
+            }
+            None => work.await,
+        }
     }
 }
 

@@ -6,6 +6,7 @@ pub mod errors;
 pub mod frontend;
 pub mod pgcatalog;
 pub mod server;
+pub mod sessions;
 pub mod shield;
 
 pub use errors::SqlError;

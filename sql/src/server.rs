@@ -26,10 +26,15 @@ pub async fn serve(
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
                     let h = handlers.clone();
+                    // Its session keeps a copy of the socket: to see a client
+                    // that left mid-statement, and to close a terminated one.
+                    let sessions = h.frontend().sessions().clone();
+                    sessions.accepted(peer, &socket);
                     tokio::spawn(async move {
                         if let Err(e) = pgwire::tokio::process_socket(socket, None, h).await {
                             warn!(%peer, error = %e, "connection ended with an error");
                         }
+                        sessions.closed(peer);
                     });
                 }
                 Err(e) => warn!(error = %e, "accept failed"),

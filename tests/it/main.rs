@@ -18,5 +18,6 @@ mod multiprocess;
 mod psql;
 mod python;
 mod spares;
+mod stop;
 mod temp;
 mod wire;

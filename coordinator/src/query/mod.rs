@@ -11,6 +11,8 @@
 //! - [`pushdown`]: the physical rules that move plan fragments to the nodes;
 //!   [`node_fragment`]: a fragment's encoding and the node's runner;
 //!   [`lineage`]: which table column an output column is.
+//! - [`threads`]: the runtime query execution runs on, apart from the
+//!   service threads (connections, cancel requests, heartbeats, RPCs).
 //!
 //! It sees the cluster through [`crate::Cluster`] only, never writes rows
 //! and never changes the map (a node it cannot reach is reported to the
@@ -25,6 +27,7 @@ pub mod node_scan;
 pub mod pushdown;
 pub mod semijoin;
 pub mod table;
+pub mod threads;
 
 pub use node_fragment::Runner;
 pub use pushdown::{optimizer_rules, SlicedbOptions};

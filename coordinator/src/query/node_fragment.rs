@@ -271,19 +271,27 @@ impl FragmentRunner for Runner {
             inputs: Mutex::new(inputs.into_iter().map(Some).collect()),
             failure: Arc::new(Mutex::new(None)),
         };
-        let plan = self.decode(fragment, &codec, slices)?;
+        // Budget checks on every edge, executed and polled on the query
+        // threads (super::threads): stoppable, and never in the way of
+        // this node's RPCs and heartbeats.
+        let plan = super::threads::cooperative(self.decode(fragment, &codec, slices)?)
+            .map_err(|e| EngineError::Query(e.to_string()))?;
         (0..slices)
             .map(|slice| {
                 let failure = codec.failure.clone();
-                let stream = plan
-                    .execute(slice, self.ctx.clone())
-                    .map_err(|e| EngineError::Query(e.to_string()))?;
-                Ok(Box::pin(stream.map(move |item| {
-                    item.map_err(|e| match failure.lock().take() {
-                        Some(engine) => engine,
-                        None => EngineError::Query(e.to_string()),
+                let (plan, ctx) = (plan.clone(), self.ctx.clone());
+                Ok(super::threads::run_on_query_threads(move || {
+                    let stream = match plan.execute(slice, ctx) {
+                        Ok(s) => s.left_stream(),
+                        Err(e) => futures::stream::once(async move { Err(e) }).right_stream(),
+                    };
+                    stream.map(move |item| {
+                        item.map_err(|e| match failure.lock().take() {
+                            Some(engine) => engine,
+                            None => EngineError::Query(e.to_string()),
+                        })
                     })
-                })) as FragmentStream)
+                }) as FragmentStream)
             })
             .collect()
     }

@@ -115,7 +115,8 @@ impl PhysicalOptimizerRule for PushDownFragments {
 }
 
 /// DataFusion's physical optimizer rules with [`PushDownFragments`] placed
-/// before `EnsureRequirements` (or last, should that rule be renamed).
+/// before `EnsureRequirements` (or last, should that rule be renamed), and
+/// [`super::threads::RunOnQueryThreads`] last.
 pub fn optimizer_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     let mut rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
     let at = rules
@@ -124,6 +125,8 @@ pub fn optimizer_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
         .unwrap_or(rules.len());
     rules.insert(at, Arc::new(PushDownFragments));
     rules.push(Arc::new(KeepUsefulRuntimeFilters));
+    // Last: every plan runs on the query threads.
+    rules.push(Arc::new(super::threads::RunOnQueryThreads));
     rules
 }
 

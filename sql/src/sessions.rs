@@ -1,0 +1,360 @@
+//! The server's sessions, and how a statement is stopped.
+//!
+//! Every connection that finished its startup is a [`Session`] in the
+//! [`Sessions`] registry: its backend pid and secret key (what psql's
+//! Ctrl-C, psycopg's `cancel()` and JDBC's `Statement.cancel()` send in a
+//! CancelRequest), user, database, client address, and what it runs now.
+//! A statement runs under a [`Stopper`], which ends it with an error when
+//! - a CancelRequest names its session (57014, the connection stays usable),
+//! - it passes the session's `statement_timeout` (or the server default),
+//!   counted from its start over planning, execution and sending rows (57014),
+//! - the session is terminated (57P01; the connection is then closed),
+//! - or the client went away (checked on a copy of the socket while the
+//!   statement runs).
+//!
+//! Ending a statement means dropping its work: its plan's streams, and with
+//! them the node scans (query execution runs on the query threads,
+//! `slicedb_coordinator::query::threads`, so these checks are never starved
+//! by it).
+//!
+//! It owns no query state and never touches the coordinator.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt;
+use pgwire::api::results::Response;
+use pgwire::error::{ErrorInfo, PgWireError};
+use pgwire::messages::startup::SecretKey;
+
+/// How often a running statement looks whether its client is still there.
+const CLIENT_CHECK: Duration = Duration::from_millis(200);
+
+/// What a session runs now.
+#[derive(Debug, Clone)]
+pub struct Activity {
+    /// `active` while a statement runs, else `idle`.
+    pub state: &'static str,
+    /// The statement running, or the last one.
+    pub query: String,
+    pub query_start: Option<SystemTime>,
+}
+
+/// One connection after its startup.
+pub struct Session {
+    pub pid: i32,
+    secret: bytes::Bytes,
+    pub user: String,
+    pub database: String,
+    pub application_name: String,
+    pub client_addr: SocketAddr,
+    pub backend_start: SystemTime,
+    activity: Mutex<Activity>,
+    /// Bumped by each cancel; a statement stops when it changes.
+    cancels: tokio::sync::watch::Sender<u64>,
+    terminated: AtomicBool,
+    /// A copy of the connection's socket: to see a client that left, and
+    /// to close the connection of a terminated session.
+    socket: Option<OwnedFd>,
+}
+
+impl Session {
+    /// What the session runs now.
+    pub fn activity(&self) -> Activity {
+        self.activity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Stop the statement running now, if any.
+    pub fn cancel(&self) {
+        self.cancels.send_modify(|n| *n += 1);
+    }
+
+    /// Stop the statement running now and close the connection.
+    pub fn terminate(&self) {
+        self.terminated.store(true, Ordering::SeqCst);
+        self.cancel();
+        if let Some(fd) = &self.socket {
+            // SAFETY: shutdown only reads its integer arguments; the fd is
+            // a copy this session owns, open while it lives.
+            unsafe {
+                libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR);
+            }
+        }
+    }
+
+    /// Whether the client closed its end (or the socket failed).
+    fn client_gone(&self) -> bool {
+        let Some(fd) = &self.socket else {
+            return false;
+        };
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no wait.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    }
+
+    /// Note a statement's start; the returned guard notes its end. The
+    /// stopper ends it on cancel, after `timeout`, on terminate or when the
+    /// client goes away.
+    pub fn start(self: &Arc<Self>, query: &str, timeout: Option<Duration>) -> Stopper {
+        let mut cancels = self.cancels.subscribe();
+        cancels.mark_unchanged();
+        {
+            let mut a = self.activity.lock().unwrap_or_else(|e| e.into_inner());
+            a.state = "active";
+            a.query = query.to_string();
+            a.query_start = Some(SystemTime::now());
+        }
+        Stopper {
+            session: self.clone(),
+            cancels,
+            deadline: timeout.map(|t| Instant::now() + t),
+            _active: Arc::new(Active(self.clone())),
+        }
+    }
+}
+
+/// Notes a statement's end when the last of its stoppers goes.
+struct Active(Arc<Session>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let mut a = self.0.activity.lock().unwrap_or_else(|e| e.into_inner());
+        a.state = "idle";
+    }
+}
+
+/// Ends a statement (see the module docs). The statement is over when the
+/// last clone is dropped.
+#[derive(Clone)]
+pub struct Stopper {
+    session: Arc<Session>,
+    cancels: tokio::sync::watch::Receiver<u64>,
+    deadline: Option<Instant>,
+    _active: Arc<Active>,
+}
+
+/// [`Stopper::stopped`], owning its stopper.
+type StopFuture = std::pin::Pin<Box<dyn std::future::Future<Output = PgWireError> + Send>>;
+
+impl Stopper {
+    /// Resolves with the error to end the statement with, once it must end.
+    pub async fn stopped(&mut self) -> PgWireError {
+        let deadline = async {
+            match self.deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let session = self.session.clone();
+        let gone = async {
+            loop {
+                tokio::time::sleep(CLIENT_CHECK).await;
+                if session.client_gone() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = self.cancels.changed() => {
+                if self.session.terminated.load(Ordering::SeqCst) {
+                    fatal("57P01", "terminating connection due to administrator command")
+                } else {
+                    error("57014", "canceling statement due to user request")
+                }
+            }
+            _ = deadline => error("57014", "canceling statement due to statement timeout"),
+            _ = gone => error("08006", "the client closed the connection"),
+        }
+    }
+
+    fn into_future(mut self) -> StopFuture {
+        Box::pin(async move { self.stopped().await })
+    }
+
+    /// Run `work` until it ends or the statement must stop.
+    pub async fn run<T>(
+        &mut self,
+        work: impl std::future::Future<Output = Result<T, PgWireError>>,
+    ) -> Result<T, PgWireError> {
+        tokio::select! {
+            r = work => r,
+            e = self.stopped() => Err(e),
+        }
+    }
+}
+
+fn error(code: &str, message: &str) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".to_string(),
+        code.to_string(),
+        message.to_string(),
+    )))
+}
+
+fn fatal(code: &str, message: &str) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".to_string(),
+        code.to_string(),
+        message.to_string(),
+    )))
+}
+
+/// `responses` whose rows stop with `stopper` (the statement is over
+/// once the last of them is sent or dropped).
+pub fn guard_responses(responses: Vec<Response>, stopper: Stopper) -> Vec<Response> {
+    responses
+        .into_iter()
+        .map(|r| match r {
+            Response::Query(mut q) => {
+                let rows = std::mem::replace(&mut q.data_rows, Box::pin(futures::stream::empty()));
+                let stop = stopper.clone().into_future();
+                q.data_rows = Box::pin(futures::stream::unfold(
+                    Some((rows, stop)),
+                    |state| async move {
+                        let (mut rows, mut stop) = state?;
+                        match futures::future::select(rows.next(), &mut stop).await {
+                            futures::future::Either::Left((Some(item), _)) => {
+                                Some((item, Some((rows, stop))))
+                            }
+                            futures::future::Either::Left((None, _)) => None,
+                            futures::future::Either::Right((e, _)) => Some((Err(e), None)),
+                        }
+                    },
+                ));
+                Response::Query(q)
+            }
+            other => other,
+        })
+        .collect()
+}
+
+/// Every session of the server, by pid.
+#[derive(Default)]
+pub struct Sessions {
+    by_pid: Mutex<HashMap<i32, Arc<Session>>>,
+    /// Socket copies of connections not yet started, by client address.
+    sockets: Mutex<HashMap<SocketAddr, OwnedFd>>,
+}
+
+/// Removes its session from the registry when the connection goes.
+pub struct Registered {
+    sessions: Arc<Sessions>,
+    pub session: Arc<Session>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.session.cancel();
+        self.sessions
+            .by_pid
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.session.pid);
+    }
+}
+
+impl Sessions {
+    /// Keep a copy of a new connection's socket for its session.
+    pub fn accepted(&self, peer: SocketAddr, socket: &impl AsRawFd) {
+        // SAFETY: dup of an open fd; the copy is owned from here on.
+        let fd = unsafe { libc::dup(socket.as_raw_fd()) };
+        if fd >= 0 {
+            // SAFETY: `fd` was just made and is owned by nobody else.
+            let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            self.lock_sockets().insert(peer, owned);
+        }
+    }
+
+    /// The connection from `peer` ended (whether or not it started).
+    pub fn closed(&self, peer: SocketAddr) {
+        self.lock_sockets().remove(&peer);
+    }
+
+    fn lock_sockets(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, OwnedFd>> {
+        self.sockets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Register a connection that finished its startup.
+    #[allow(clippy::too_many_arguments)]
+    pub fn register(
+        self: &Arc<Self>,
+        pid: i32,
+        secret: &SecretKey,
+        user: &str,
+        database: &str,
+        application_name: &str,
+        client_addr: SocketAddr,
+    ) -> Registered {
+        let socket = self.lock_sockets().remove(&client_addr);
+        let session = Arc::new(Session {
+            pid,
+            secret: secret.to_bytes(),
+            user: user.to_string(),
+            database: database.to_string(),
+            application_name: application_name.to_string(),
+            client_addr,
+            backend_start: SystemTime::now(),
+            activity: Mutex::new(Activity {
+                state: "idle",
+                query: String::new(),
+                query_start: None,
+            }),
+            cancels: tokio::sync::watch::channel(0).0,
+            terminated: AtomicBool::new(false),
+            socket,
+        });
+        self.by_pid
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pid, session.clone());
+        Registered {
+            sessions: self.clone(),
+            session,
+        }
+    }
+
+    /// The session `pid`, if it is connected.
+    pub fn get(&self, pid: i32) -> Option<Arc<Session>> {
+        self.by_pid
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pid)
+            .cloned()
+    }
+
+    /// Every session, by pid.
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        let mut v: Vec<_> = self
+            .by_pid
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by_key(|s| s.pid);
+        v
+    }
+
+    /// A CancelRequest: cancel `pid`'s statement if the secret matches.
+    pub fn cancel_request(&self, pid: i32, secret: &SecretKey) -> bool {
+        match self.get(pid) {
+            Some(s) if s.secret == secret.to_bytes() => {
+                s.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+}
