@@ -78,12 +78,13 @@ impl Frontend {
             Arc::new(datafusion_postgres::auth::AuthManager::default()),
         )
         .map_err(|e| SqlError::DataFusion(*e))?;
-        crate::pgcatalog::install(&ctx, coord.clone())?;
+        let sessions = Arc::new(Sessions::default());
+        crate::pgcatalog::install(&ctx, coord.clone(), &sessions)?;
         let df = Arc::new(DfSessionService::new(ctx));
         Ok(Arc::new(Frontend {
             coord,
             df,
-            sessions: Arc::new(Sessions::default()),
+            sessions,
             statement_timeout: std::sync::RwLock::new(None),
             embedded_session: new_session_id(),
         }))

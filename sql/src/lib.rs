@@ -1,4 +1,5 @@
 //! slicedb-sql: the PostgreSQL front end (dialect, COPY, pgwire server, system views).
+pub mod activity;
 pub mod admin;
 pub mod copy;
 pub mod dialect;

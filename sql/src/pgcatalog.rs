@@ -1,5 +1,7 @@
 //! What slicedb adds to the pg_catalog emulation of datafusion-postgres.
 //!
+//! `pg_catalog.pg_stat_activity` (the sessions, [`crate::activity`]).
+//!
 //! `pg_size_pretty`, `pg_table_size` and `obj_description`, which psql's
 //! `\dt+` calls (the emulation has none of them). slicedb's pg_class keeps
 //! no sizes, so `pg_table_size` is NULL (unknown; `slicedb_table_slices.bytes`
@@ -40,14 +42,26 @@ use slicedb_coordinator::Coordinator;
 
 /// Replace the context's `pg_catalog` schema with one whose `pg_class`
 /// reports persistence. Call after datafusion-postgres set it up.
-pub fn install(ctx: &SessionContext, coord: Arc<Coordinator>) -> DfResult<()> {
+pub fn install(
+    ctx: &SessionContext,
+    coord: Arc<Coordinator>,
+    sessions: &Arc<crate::sessions::Sessions>,
+) -> DfResult<()> {
     let catalog = ctx
         .catalog("datafusion")
         .ok_or_else(|| DataFusionError::Plan("no default catalog".into()))?;
     let inner = catalog
         .schema("pg_catalog")
         .ok_or_else(|| DataFusionError::Plan("pg_catalog is not installed".into()))?;
-    catalog.register_schema("pg_catalog", Arc::new(PgCatalog { inner, coord }))?;
+    catalog.register_schema(
+        "pg_catalog",
+        Arc::new(PgCatalog {
+            inner,
+            coord,
+            sessions: sessions.clone(),
+        }),
+    )?;
+    crate::activity::install(ctx, sessions)?;
     ctx.register_udf(ScalarUDF::new_from_impl(SizePretty::new()));
     ctx.register_udf(ScalarUDF::new_from_impl(NullFn::new(
         "pg_table_size",
@@ -169,6 +183,7 @@ impl ScalarUDFImpl for NullFn {
 struct PgCatalog {
     inner: Arc<dyn SchemaProvider>,
     coord: Arc<Coordinator>,
+    sessions: Arc<crate::sessions::Sessions>,
 }
 
 impl std::fmt::Debug for PgCatalog {
@@ -180,10 +195,17 @@ impl std::fmt::Debug for PgCatalog {
 #[async_trait]
 impl SchemaProvider for PgCatalog {
     fn table_names(&self) -> Vec<String> {
-        self.inner.table_names()
+        let mut names = self.inner.table_names();
+        names.push("pg_stat_activity".to_string());
+        names
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if name == "pg_stat_activity" {
+            return Ok(Some(Arc::new(crate::activity::StatActivity::new(
+                self.sessions.clone(),
+            ))));
+        }
         let t = self.inner.table(name).await?;
         Ok(match t {
             Some(inner) if matches!(name, "pg_class" | "pg_attribute" | "pg_tables") => {
@@ -197,7 +219,7 @@ impl SchemaProvider for PgCatalog {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.inner.table_exist(name)
+        name == "pg_stat_activity" || self.inner.table_exist(name)
     }
 }
 

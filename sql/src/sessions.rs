@@ -248,6 +248,12 @@ pub struct Sessions {
     sockets: Mutex<HashMap<SocketAddr, OwnedFd>>,
 }
 
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions").finish_non_exhaustive()
+    }
+}
+
 /// Removes its session from the registry when the connection goes.
 pub struct Registered {
     sessions: Arc<Sessions>,

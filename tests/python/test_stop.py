@@ -11,7 +11,9 @@ to using almost no processor time.
 - cancel() (what psql's Ctrl-C sends) ends it with 57014, the connection
   stays usable;
 - SET statement_timeout ends it with 57014 (execution, not only planning);
-- a client that goes away ends it.
+- a client that goes away ends it;
+- pg_stat_activity shows it, pg_cancel_backend ends it, and
+  pg_terminate_backend closes a session.
 Exits non-zero on the first failed check.
 """
 
@@ -147,6 +149,42 @@ def main(url, pid):
         print("the runaway query's client went away", flush=True)
         settles(pid, "after the client went away")
         t.join(10)
+
+        # 4. pg_stat_activity, pg_cancel_backend, pg_terminate_backend.
+        box, t = start_runaway(url, pid)
+        rpid = box["conn"].info.backend_pid
+        cur.execute("SELECT state, query FROM pg_stat_activity WHERE pid = %s", (rpid,))
+        row = cur.fetchone()
+        check(row is not None and row[0] == "active" and "stop_t a" in row[1],
+              f"pg_stat_activity shows the runaway statement: {row}")
+        cur.execute("SELECT state FROM pg_catalog.pg_stat_activity WHERE pid = %s", (conn.info.backend_pid,))
+        check(cur.fetchone() == ("active",), "and this session's own statement")
+        cur.execute("SELECT pg_cancel_backend(%s)", (rpid,))
+        check(cur.fetchone() == (True,), "pg_cancel_backend answers true")
+        t.join(10)
+        check(isinstance(box.get("error"), errors.QueryCanceled), f"pg_cancel_backend ends it with 57014 ({box.get('error')!r})")
+        settles(pid, "after pg_cancel_backend")
+        with psycopg.connect(url, autocommit=True) as victim:
+            vpid = victim.info.backend_pid
+            cur.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", (vpid,))
+            check(cur.fetchone() == ("idle",), "an idle session shows idle")
+            cur.execute("SELECT pg_terminate_backend(%s)", (vpid,))
+            check(cur.fetchone() == (True,), "pg_terminate_backend answers true")
+            try:
+                victim.execute("SELECT 1")
+                check(False, "a terminated session cannot run statements")
+            except psycopg.OperationalError as e:
+                check(True, f"a terminated session is closed ({type(e).__name__})")
+        gone = None
+        for _ in range(20):
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (vpid,))
+            gone = cur.fetchone()[0]
+            if gone == 0:
+                break
+            time.sleep(0.1)
+        check(gone == 0, "a terminated session leaves pg_stat_activity")
+        cur.execute("SELECT pg_cancel_backend(1), pg_terminate_backend(2)")
+        check(cur.fetchone() == (False, False), "an unknown pid answers false")
 
         cur.execute("SELECT count(*) FROM stop_t")
         check(cur.fetchone() == (3000,), "the server answers as before")
