@@ -55,6 +55,11 @@ pub struct CoordinatorSection {
     /// its source, per target node, e.g. "100MiB"; "0": no limit.
     #[serde(default = "default_copy_rate")]
     pub copy_rate: String,
+    /// The longest a statement may run (planning, execution and sending
+    /// its rows) in a session that did not `SET statement_timeout`, e.g.
+    /// "5m"; "0": no limit (the default).
+    #[serde(default = "default_statement_timeout")]
+    pub statement_timeout: String,
     /// Tables with fewer rows take no runtime join filters (they are read
     /// at once, whole); larger ones wait for the join's build side and get
     /// its key bounds and keys.
@@ -112,6 +117,9 @@ fn default_heartbeat_interval() -> String {
 }
 fn default_regen_delay() -> String {
     "60s".into()
+}
+fn default_statement_timeout() -> String {
+    "0".into()
 }
 fn default_copy_rate() -> String {
     "25MiB".into()
@@ -171,6 +179,7 @@ impl ClusterConfig {
         parse_duration(&self.coordinator.probe_timeout)?;
         parse_duration(&self.coordinator.regen_delay)?;
         parse_size(&self.coordinator.copy_rate)?;
+        parse_duration(&self.coordinator.statement_timeout)?;
         let mut ids = BTreeSet::new();
         let mut addrs = BTreeSet::new();
         for n in &self.nodes {

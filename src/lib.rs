@@ -123,6 +123,8 @@ pub struct LocalOptions {
     pub regen_delay: Duration,
     /// Bytes per second one slice copy may take (0: no limit).
     pub copy_rate: u64,
+    /// `statement_timeout` of sessions that set none (zero: no limit).
+    pub statement_timeout: Duration,
     /// Disk images of each node.
     pub disks_per_node: u32,
     /// Of those, the last `spare_disks` hold no slices when the cluster is
@@ -150,6 +152,7 @@ impl LocalOptions {
             spares: 0,
             regen_delay: CoordinatorConfig::DEFAULT_REGEN_DELAY,
             copy_rate: CoordinatorConfig::DEFAULT_COPY_RATE,
+            statement_timeout: Duration::ZERO,
             disks_per_node: 1,
             spare_disks: 0,
             data_dir: data_dir.into(),
@@ -241,6 +244,7 @@ impl LocalCluster {
         })
         .await?;
         let frontend = Frontend::new(Arc::new(coord))?;
+        frontend.set_statement_timeout(Some(opts.statement_timeout));
         let mut pg_addr = None;
         if let Some(listen) = opts.listen {
             let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -382,6 +386,9 @@ pub async fn run_coordinator(
     })
     .await?;
     let frontend = Frontend::new(Arc::new(coord))?;
+    frontend.set_statement_timeout(Some(config::parse_duration(
+        &cfg.coordinator.statement_timeout,
+    )?));
     let listener = tokio::net::TcpListener::bind(&cfg.coordinator.listen).await?;
     ready(listener.local_addr()?);
     slicedb_sql::server::serve(frontend, listener, shutdown).await?;

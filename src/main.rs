@@ -44,6 +44,10 @@ enum Command {
         /// (idle nodes copy at full speed), e.g. 100MiB; 0: no limit.
         #[arg(long, default_value = "25MiB")]
         copy_rate: String,
+        /// The longest a statement may run in a session that did not SET
+        /// statement_timeout, e.g. 5m; 0: no limit.
+        #[arg(long, default_value = "0")]
+        statement_timeout: String,
         /// Disk images of each node.
         #[arg(long, default_value_t = 1)]
         disks_per_node: u32,
@@ -174,10 +178,17 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the runtime")?;
-            rt.block_on(serve(other))
+            let done = rt.block_on(serve(other));
+            // Work still running (a statement that did not stop at once)
+            // must not hold the exit: what is committed is on the disks.
+            rt.shutdown_timeout(SHUTDOWN_GRACE);
+            done
         }
     }
 }
+
+/// How long a shutdown waits for running work before the process exits.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn serve(cmd: Command) -> Result<()> {
     match cmd {
@@ -186,6 +197,7 @@ async fn serve(cmd: Command) -> Result<()> {
             spares,
             regen_delay,
             copy_rate,
+            statement_timeout,
             disks_per_node,
             spare_disks,
             data,
@@ -201,6 +213,7 @@ async fn serve(cmd: Command) -> Result<()> {
                 spares,
                 regen_delay: slicedb::config::parse_duration(&regen_delay)?,
                 copy_rate: parse_size(&copy_rate)?,
+                statement_timeout: slicedb::config::parse_duration(&statement_timeout)?,
                 disks_per_node,
                 spare_disks,
                 data_dir: data,
@@ -218,7 +231,12 @@ async fn serve(cmd: Command) -> Result<()> {
             ));
             slicedb::shutdown_signal().await;
             tracing::info!("shutting down");
-            cluster.shutdown().await;
+            if tokio::time::timeout(SHUTDOWN_GRACE, cluster.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "shutdown did not finish in time; exiting anyway");
+            }
             Ok(())
         }
         Command::Node { config, id } => {

@@ -9,7 +9,8 @@ use tracing::{info, warn};
 use crate::frontend::{Frontend, Handlers};
 use crate::SqlError;
 
-/// Serve connections on `listener` until `shutdown` resolves.
+/// Serve connections on `listener` until `shutdown` resolves; then every
+/// session is terminated (its statement stopped, its connection closed).
 pub async fn serve(
     frontend: Arc<Frontend>,
     listener: TcpListener,
@@ -21,7 +22,14 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = &mut shutdown => return Ok(()),
+            _ = &mut shutdown => {
+                let sessions = handlers.frontend().sessions().all();
+                info!(sessions = sessions.len(), "shutting down: terminating every session");
+                for s in sessions {
+                    s.terminate();
+                }
+                return Ok(());
+            }
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
