@@ -60,6 +60,10 @@ pub struct CoordinatorSection {
     /// "5m"; "0": no limit (the default).
     #[serde(default = "default_statement_timeout")]
     pub statement_timeout: String,
+    /// Memory the coordinator's query execution may hold at once, e.g.
+    /// "4GiB" (the default); "0": no limit.
+    #[serde(default = "default_memory_limit")]
+    pub memory_limit: String,
     /// Tables with fewer rows take no runtime join filters (they are read
     /// at once, whole); larger ones wait for the join's build side and get
     /// its key bounds and keys.
@@ -117,6 +121,9 @@ fn default_heartbeat_interval() -> String {
 }
 fn default_regen_delay() -> String {
     "60s".into()
+}
+fn default_memory_limit() -> String {
+    "4GiB".into()
 }
 fn default_statement_timeout() -> String {
     "0".into()
@@ -180,6 +187,7 @@ impl ClusterConfig {
         parse_duration(&self.coordinator.regen_delay)?;
         parse_size(&self.coordinator.copy_rate)?;
         parse_duration(&self.coordinator.statement_timeout)?;
+        parse_size(&self.coordinator.memory_limit)?;
         let mut ids = BTreeSet::new();
         let mut addrs = BTreeSet::new();
         for n in &self.nodes {

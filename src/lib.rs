@@ -125,6 +125,8 @@ pub struct LocalOptions {
     pub copy_rate: u64,
     /// `statement_timeout` of sessions that set none (zero: no limit).
     pub statement_timeout: Duration,
+    /// Memory the coordinator's query execution may hold (0: no limit).
+    pub memory_limit: u64,
     /// Disk images of each node.
     pub disks_per_node: u32,
     /// Of those, the last `spare_disks` hold no slices when the cluster is
@@ -153,6 +155,7 @@ impl LocalOptions {
             regen_delay: CoordinatorConfig::DEFAULT_REGEN_DELAY,
             copy_rate: CoordinatorConfig::DEFAULT_COPY_RATE,
             statement_timeout: Duration::ZERO,
+            memory_limit: CoordinatorConfig::DEFAULT_MEMORY_LIMIT,
             disks_per_node: 1,
             spare_disks: 0,
             data_dir: data_dir.into(),
@@ -241,6 +244,7 @@ impl LocalCluster {
             copy_rate: opts.copy_rate,
             runtime_filter_min_rows: opts.runtime_filter_min_rows,
             broadcast_join_min_rows: opts.broadcast_join_min_rows,
+            memory_limit: opts.memory_limit,
         })
         .await?;
         let frontend = Frontend::new(Arc::new(coord))?;
@@ -383,6 +387,7 @@ pub async fn run_coordinator(
         copy_rate: config::parse_size(&cfg.coordinator.copy_rate)?,
         runtime_filter_min_rows: cfg.coordinator.runtime_filter_min_rows,
         broadcast_join_min_rows: cfg.coordinator.broadcast_join_min_rows,
+        memory_limit: config::parse_size(&cfg.coordinator.memory_limit)?,
     })
     .await?;
     let frontend = Frontend::new(Arc::new(coord))?;

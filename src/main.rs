@@ -48,6 +48,11 @@ enum Command {
         /// statement_timeout, e.g. 5m; 0: no limit.
         #[arg(long, default_value = "0")]
         statement_timeout: String,
+        /// Memory the coordinator's query execution may hold at once
+        /// (sorts, joins and aggregates past it spill to disk or fail with
+        /// 53200), e.g. 4GiB; 0: no limit.
+        #[arg(long, default_value = "4GiB")]
+        memory_limit: String,
         /// Disk images of each node.
         #[arg(long, default_value_t = 1)]
         disks_per_node: u32,
@@ -198,6 +203,7 @@ async fn serve(cmd: Command) -> Result<()> {
             regen_delay,
             copy_rate,
             statement_timeout,
+            memory_limit,
             disks_per_node,
             spare_disks,
             data,
@@ -214,6 +220,7 @@ async fn serve(cmd: Command) -> Result<()> {
                 regen_delay: slicedb::config::parse_duration(&regen_delay)?,
                 copy_rate: parse_size(&copy_rate)?,
                 statement_timeout: slicedb::config::parse_duration(&statement_timeout)?,
+                memory_limit: parse_size(&memory_limit)?,
                 disks_per_node,
                 spare_disks,
                 data_dir: data,

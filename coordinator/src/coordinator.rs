@@ -62,6 +62,33 @@ pub struct CoordinatorConfig {
     /// nodes with its build side sent whole (see `fragment`): they are
     /// shipped to the coordinator's join instead.
     pub broadcast_join_min_rows: u64,
+    /// Memory the coordinator's query execution may hold at once, over all
+    /// statements (0: no limit). Sorts, joins and aggregates that would
+    /// pass their share spill to `<data_dir>/spill` or fail with 53200.
+    pub memory_limit: u64,
+}
+
+/// The memory pool (`memory_limit`, shared fairly between the statements
+/// that spill) and the spill directory of query execution; what a previous
+/// run left there is removed.
+fn query_memory(
+    config: &CoordinatorConfig,
+) -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>> {
+    use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+    let spill = config.data_dir.join("spill");
+    let _ = std::fs::remove_dir_all(&spill);
+    std::fs::create_dir_all(&spill)
+        .map_err(|e| crate::CoordinatorError::io(spill.display().to_string(), e))?;
+    let mut b =
+        datafusion::execution::runtime_env::RuntimeEnvBuilder::new().with_temp_file_path(spill);
+    if config.memory_limit > 0 {
+        let limit = usize::try_from(config.memory_limit).unwrap_or(usize::MAX);
+        b = b.with_memory_pool(Arc::new(TrackConsumersPool::new(
+            FairSpillPool::new(limit),
+            std::num::NonZeroUsize::new(5).expect("5 is not zero"),
+        )));
+    }
+    Ok(b.build_arc()?)
 }
 
 impl CoordinatorConfig {
@@ -71,6 +98,9 @@ impl CoordinatorConfig {
     /// seconds to rejoin (sending only what it missed) instead of being
     /// copied whole.
     pub const DEFAULT_REGEN_DELAY: Duration = Duration::from_secs(60);
+    /// A sixth of this machine kind's 24 GiB: room for the nodes of
+    /// `slicedb local` and their block caches beside it.
+    pub const DEFAULT_MEMORY_LIMIT: u64 = 4 << 30;
     /// Per receiving node, while the nodes run queries or writes (idle
     /// nodes copy at full speed). Measured with benchmarks/regeneration.sh
     /// (2 GB per node, 2 cores, 2026-12-04, second run): a 9 ms query ran
@@ -202,6 +232,7 @@ impl Coordinator {
         // joins and partial aggregates run on the nodes (crate::query::pushdown).
         let state = datafusion::execution::SessionStateBuilder::new()
             .with_config(session)
+            .with_runtime_env(query_memory(&config)?)
             .with_default_features()
             .with_optimizer_rule(Arc::new(crate::query::colocate::CoLocateJoins))
             .with_optimizer_rule(Arc::new(crate::query::semijoin::PushSemiJoinDown))

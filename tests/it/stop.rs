@@ -53,3 +53,65 @@ fn sigterm_stops_the_server_within_seconds_while_a_runaway_query_runs() {
         db.stop().await
     });
 }
+
+/// A coordinator with a small memory limit: a query whose hash table would
+/// pass it spills or fails with 53200 (never takes the server down), the
+/// server answers on, and the same query answers under the default limit.
+#[test]
+fn a_query_over_the_memory_limit_spills_or_fails_with_53200_and_the_server_stays_up() {
+    harness::run("memlimit", |env| async move {
+        let sql = "SELECT count(*) FROM (SELECT value % 1500000 AS g, count(*) AS n \
+                   FROM generate_series(1, 3000000) GROUP BY value % 1500000) s";
+        let data = env.path().join("small");
+        let db = Slicedb::local_args(&env, 2, &data, &[], &["--memory-limit", "4MiB"]).await?;
+        let c = db.connect().await?;
+        match c.query(sql, &[]).await {
+            Ok(rows) => {
+                let n: i64 = rows[0].get(0);
+                anyhow::ensure!(n == 1_500_000, "spilled, and answered {n}");
+                let spilled = spill_count(&c, sql).await?;
+                anyhow::ensure!(spilled > 0, "answered over the limit without spilling");
+                println!("over the limit: the aggregate spilled {spilled} times and answered");
+            }
+            Err(e) => {
+                let code = harness::sqlstate(&e);
+                anyhow::ensure!(
+                    code.as_deref() == Some("53200"),
+                    "over the limit: {}",
+                    harness::describe(&e)
+                );
+                println!("over the limit: {}", harness::describe(&e));
+            }
+        }
+        harness::assert_alive(&c, "a query over the memory limit").await?;
+        db.stop().await?;
+
+        let db = Slicedb::local(&env, 2, &env.path().join("default")).await?;
+        let c = db.connect().await?;
+        let n = harness::scalar(&c, sql).await?;
+        anyhow::ensure!(n == "1500000", "under the default limit: {n}");
+        let spilled = spill_count(&c, sql).await?;
+        anyhow::ensure!(
+            spilled == 0,
+            "spilled {spilled} times under the default limit"
+        );
+        db.stop().await
+    });
+}
+
+/// The spills EXPLAIN ANALYZE counts over `sql`'s operators.
+async fn spill_count(c: &tokio_postgres::Client, sql: &str) -> anyhow::Result<u64> {
+    let rows = c.query(&format!("EXPLAIN ANALYZE {sql}"), &[]).await?;
+    let text: String = rows
+        .iter()
+        .map(|r| r.get::<_, String>(1))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut total = 0;
+    for part in text.split("spill_count=").skip(1) {
+        let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+        total += digits.parse::<u64>().unwrap_or(0);
+    }
+    anyhow::ensure!(text.contains("spill_count="), "no spill counts in {text}");
+    Ok(total)
+}
