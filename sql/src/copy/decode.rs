@@ -9,6 +9,7 @@ use slicedb_coordinator::write::hash;
 use super::columns::{bad_utf8_bytes, conv_error, Col};
 use super::error::{
     CopyError, BAD_COPY_FILE_FORMAT, CHARACTER_NOT_IN_REPERTOIRE, NOT_NULL_VIOLATION,
+    PROGRAM_LIMIT_EXCEEDED,
 };
 use super::fields::{split_plain, unescape_text, Span};
 use super::options::{CopyFormat, CopyOptions};
@@ -34,6 +35,10 @@ pub struct Decoded {
     pub slice: Option<u32>,
     pub batch: RecordBatch,
 }
+
+/// The longest line (row) COPY FROM takes: a longer one fails the COPY
+/// with 54000 (the decoder holds at most this much of an unfinished row).
+pub const MAX_LINE_BYTES: usize = 64 << 20;
 
 /// Most slices a decoder splits rows into; above this, builders for every
 /// slice would hold too much, and the loader hashes rows itself.
@@ -198,6 +203,7 @@ impl CopyDecoder {
             match self.find_row_end(data, 0) {
                 None => {
                     self.buf.extend_from_slice(data);
+                    self.check_line_len()?;
                     return Ok(out);
                 }
                 Some(e) => {
@@ -221,6 +227,7 @@ impl CopyDecoder {
             match self.find_row_end(data, pos) {
                 None => {
                     self.buf.extend_from_slice(&data[pos..]);
+                    self.check_line_len()?;
                     break;
                 }
                 Some(e) => {
@@ -230,6 +237,22 @@ impl CopyDecoder {
             }
         }
         Ok(out)
+    }
+
+    /// An unfinished row past [`MAX_LINE_BYTES`] fails the COPY.
+    fn check_line_len(&mut self) -> Result<(), CopyError> {
+        if self.buf.len() <= MAX_LINE_BYTES {
+            return Ok(());
+        }
+        self.buf = Vec::new();
+        Err(CopyError::new(
+            PROGRAM_LIMIT_EXCEEDED,
+            format!(
+                "COPY line {} is longer than {} MiB, the most a line may hold",
+                self.line + 1,
+                MAX_LINE_BYTES >> 20
+            ),
+        ))
     }
 
     fn finish_inner(&mut self) -> Result<Vec<Decoded>, CopyError> {
@@ -649,6 +672,32 @@ mod tests {
         assert_eq!(c.column(1).as_string::<i32>().value(2), "");
         assert!(!c.column(1).is_null(2));
         assert_eq!(c.column(1).as_string::<i32>().value(3), "xyz");
+    }
+
+    /// A line longer than the cap fails with 54000 naming the line, in
+    /// whatever chunks it comes; memory stays at the cap.
+    #[test]
+    fn a_line_past_the_cap_fails_the_copy() {
+        let kv = schema(vec![
+            ("k", DataType::Int64, true),
+            ("v", DataType::Utf8, true),
+        ]);
+        let mut d = CopyDecoder::new(kv, CopyOptions::text(), 1024);
+        d.push(b"1\tshort\n2\t").unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        let mut failed = None;
+        for _ in 0..=(MAX_LINE_BYTES >> 20) {
+            if let Err(e) = d.push(&chunk) {
+                failed = Some(e);
+                break;
+            }
+        }
+        let e = failed.expect("a line past the cap must fail");
+        assert_eq!(e.sqlstate, "54000");
+        assert!(
+            e.message.contains("COPY line 2 is longer than 64 MiB"),
+            "{e}"
+        );
     }
 
     #[test]

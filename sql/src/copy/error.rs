@@ -39,3 +39,4 @@ pub(super) const DATETIME_FIELD_OVERFLOW: &str = "22008";
 pub(super) const FEATURE_NOT_SUPPORTED: &str = "0A000";
 pub(super) const INVALID_PARAMETER_VALUE: &str = "22023";
 pub(super) const SYNTAX_ERROR: &str = "42601";
+pub(super) const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
