@@ -64,6 +64,9 @@ pub struct CoordinatorSection {
     /// "4GiB" (the default); "0": no limit.
     #[serde(default = "default_memory_limit")]
     pub memory_limit: String,
+    /// Most sessions connected at once; more are refused with 53300.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Tables with fewer rows take no runtime join filters (they are read
     /// at once, whole); larger ones wait for the join's build side and get
     /// its key bounds and keys.
@@ -94,6 +97,11 @@ pub struct NodeSection {
     /// every scan from the disk.
     #[serde(default = "default_cache_size")]
     pub cache_size: String,
+    /// Memory the node's query fragments (partial aggregates, joins next
+    /// to the data) may hold at once, e.g. "2GiB" (the default); past it
+    /// they spill to `<data_dir>/spill` or fail with 53200; "0": no limit.
+    #[serde(default = "default_node_memory_limit")]
+    pub memory_limit: String,
     /// A spare node: given no slices when the cluster is created, kept in
     /// reserve to take over a failed node's copies.
     #[serde(default)]
@@ -121,6 +129,12 @@ fn default_heartbeat_interval() -> String {
 }
 fn default_regen_delay() -> String {
     "60s".into()
+}
+fn default_node_memory_limit() -> String {
+    "2GiB".into()
+}
+fn default_max_connections() -> usize {
+    crate::DEFAULT_MAX_CONNECTIONS
 }
 fn default_memory_limit() -> String {
     "4GiB".into()
@@ -212,6 +226,8 @@ impl ClusterConfig {
                     n.id, n.spare_disks, n.disks
                 )));
             }
+            parse_size(&n.cache_size)?;
+            parse_size(&n.memory_limit)?;
             if parse_size(&n.disk_size)? < MIN_DISK_SIZE {
                 return Err(Error::Config(format!(
                     "node {}: disk_size {} is below the minimum of 64MiB",

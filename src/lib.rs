@@ -48,12 +48,25 @@ pub enum Error {
 }
 
 /// A node server that runs query fragments with the coordinator's
-/// DataFusion runner (partial aggregates next to the data).
-pub fn node_server(id: u32, disks: Vec<Arc<DiskStore>>) -> NodeServer {
+/// DataFusion runner (partial aggregates next to the data), holding at
+/// most `memory_limit` bytes (0: no limit) and spilling into `spill_dir`.
+pub fn node_server(
+    id: u32,
+    disks: Vec<Arc<DiskStore>>,
+    memory_limit: u64,
+    spill_dir: &Path,
+) -> Result<NodeServer, Error> {
     let server = NodeServer::new(id, disks);
-    server.set_fragment_runner(Arc::new(slicedb_coordinator::query::Runner::default()));
-    server
+    let runner = slicedb_coordinator::query::Runner::with_memory(memory_limit, spill_dir)?;
+    server.set_fragment_runner(Arc::new(runner));
+    Ok(server)
 }
+
+/// Memory each node's query fragments may hold unless configured.
+pub const DEFAULT_NODE_MEMORY_LIMIT: u64 = 2 << 30;
+
+/// Sessions connected at once unless configured (PostgreSQL's default).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
 
 /// 16-byte cluster id written into every disk image.
 pub fn cluster_uuid(name: &str) -> [u8; 16] {
@@ -127,6 +140,10 @@ pub struct LocalOptions {
     pub statement_timeout: Duration,
     /// Memory the coordinator's query execution may hold (0: no limit).
     pub memory_limit: u64,
+    /// Memory each node's query fragments may hold (0: no limit).
+    pub node_memory_limit: u64,
+    /// Most sessions connected at once (more are refused with 53300).
+    pub max_connections: usize,
     /// Disk images of each node.
     pub disks_per_node: u32,
     /// Of those, the last `spare_disks` hold no slices when the cluster is
@@ -156,6 +173,8 @@ impl LocalOptions {
             copy_rate: CoordinatorConfig::DEFAULT_COPY_RATE,
             statement_timeout: Duration::ZERO,
             memory_limit: CoordinatorConfig::DEFAULT_MEMORY_LIMIT,
+            node_memory_limit: DEFAULT_NODE_MEMORY_LIMIT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             disks_per_node: 1,
             spare_disks: 0,
             data_dir: data_dir.into(),
@@ -212,7 +231,7 @@ impl LocalCluster {
                 opts.disk_size,
                 opts.cache_size,
             )?;
-            let (addr, task) = node_server(id, disks)
+            let (addr, task) = node_server(id, disks, opts.node_memory_limit, &dir.join("spill"))?
                 .spawn(
                     "127.0.0.1:0".parse().expect("literal address"),
                     stopped(rx.clone()),
@@ -249,6 +268,7 @@ impl LocalCluster {
         .await?;
         let frontend = Frontend::new(Arc::new(coord))?;
         frontend.set_statement_timeout(Some(opts.statement_timeout));
+        frontend.set_max_connections(opts.max_connections);
         let mut pg_addr = None;
         if let Some(listen) = opts.listen {
             let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -351,7 +371,10 @@ pub async fn run_node(
         .address
         .parse()
         .map_err(|e| Error::Config(format!("node {id} address {}: {e}", n.address)))?;
-    let (bound, task) = node_server(id, disks).spawn(addr, shutdown).await?;
+    let memory_limit = config::parse_size(&n.memory_limit)?;
+    let (bound, task) = node_server(id, disks, memory_limit, &n.data_dir.join("spill"))?
+        .spawn(addr, shutdown)
+        .await?;
     ready(bound);
     task.await
         .map_err(|e| Error::Config(format!("node task failed: {e}")))??;
@@ -394,6 +417,7 @@ pub async fn run_coordinator(
     frontend.set_statement_timeout(Some(config::parse_duration(
         &cfg.coordinator.statement_timeout,
     )?));
+    frontend.set_max_connections(cfg.coordinator.max_connections);
     let listener = tokio::net::TcpListener::bind(&cfg.coordinator.listen).await?;
     ready(listener.local_addr()?);
     slicedb_sql::server::serve(frontend, listener, shutdown).await?;

@@ -53,6 +53,13 @@ enum Command {
         /// 53200), e.g. 4GiB; 0: no limit.
         #[arg(long, default_value = "4GiB")]
         memory_limit: String,
+        /// Memory each node's query fragments may hold at once (past it
+        /// they spill or fail with 53200), e.g. 2GiB; 0: no limit.
+        #[arg(long, default_value = "2GiB")]
+        node_memory_limit: String,
+        /// Most sessions connected at once; more are refused with 53300.
+        #[arg(long, default_value_t = slicedb::DEFAULT_MAX_CONNECTIONS)]
+        max_connections: usize,
         /// Disk images of each node.
         #[arg(long, default_value_t = 1)]
         disks_per_node: u32,
@@ -204,6 +211,8 @@ async fn serve(cmd: Command) -> Result<()> {
             copy_rate,
             statement_timeout,
             memory_limit,
+            node_memory_limit,
+            max_connections,
             disks_per_node,
             spare_disks,
             data,
@@ -221,6 +230,8 @@ async fn serve(cmd: Command) -> Result<()> {
                 copy_rate: parse_size(&copy_rate)?,
                 statement_timeout: slicedb::config::parse_duration(&statement_timeout)?,
                 memory_limit: parse_size(&memory_limit)?,
+                node_memory_limit: parse_size(&node_memory_limit)?,
+                max_connections,
                 disks_per_node,
                 spare_disks,
                 data_dir: data,

@@ -68,29 +68,6 @@ pub struct CoordinatorConfig {
     pub memory_limit: u64,
 }
 
-/// The memory pool (`memory_limit`, shared fairly between the statements
-/// that spill) and the spill directory of query execution; what a previous
-/// run left there is removed.
-fn query_memory(
-    config: &CoordinatorConfig,
-) -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>> {
-    use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
-    let spill = config.data_dir.join("spill");
-    let _ = std::fs::remove_dir_all(&spill);
-    std::fs::create_dir_all(&spill)
-        .map_err(|e| crate::CoordinatorError::io(spill.display().to_string(), e))?;
-    let mut b =
-        datafusion::execution::runtime_env::RuntimeEnvBuilder::new().with_temp_file_path(spill);
-    if config.memory_limit > 0 {
-        let limit = usize::try_from(config.memory_limit).unwrap_or(usize::MAX);
-        b = b.with_memory_pool(Arc::new(TrackConsumersPool::new(
-            FairSpillPool::new(limit),
-            std::num::NonZeroUsize::new(5).expect("5 is not zero"),
-        )));
-    }
-    Ok(b.build_arc()?)
-}
-
 impl CoordinatorConfig {
     pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
     pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
@@ -232,7 +209,10 @@ impl Coordinator {
         // joins and partial aggregates run on the nodes (crate::query::pushdown).
         let state = datafusion::execution::SessionStateBuilder::new()
             .with_config(session)
-            .with_runtime_env(query_memory(&config)?)
+            .with_runtime_env(crate::query::memory::runtime_env(
+                config.memory_limit,
+                &config.data_dir.join("spill"),
+            )?)
             .with_default_features()
             .with_optimizer_rule(Arc::new(crate::query::colocate::CoLocateJoins))
             .with_optimizer_rule(Arc::new(crate::query::semijoin::PushSemiJoinDown))

@@ -63,6 +63,8 @@ pub struct Frontend {
     sessions: Arc<Sessions>,
     /// `statement_timeout` of a session that did not SET one (None: none).
     statement_timeout: std::sync::RwLock<Option<std::time::Duration>>,
+    /// Most sessions at once (`max_connections`); more are refused (53300).
+    max_connections: Arc<std::sync::atomic::AtomicUsize>,
     /// The session of the embedded API ([`Frontend::execute`]): one for
     /// the life of the front end.
     embedded_session: u64,
@@ -86,6 +88,7 @@ impl Frontend {
             df,
             sessions,
             statement_timeout: std::sync::RwLock::new(None),
+            max_connections: Arc::new(std::sync::atomic::AtomicUsize::new(100)),
             embedded_session: new_session_id(),
         }))
     }
@@ -105,6 +108,12 @@ impl Frontend {
             .statement_timeout
             .write()
             .unwrap_or_else(|e| e.into_inner()) = timeout.filter(|t| !t.is_zero());
+    }
+
+    /// Most sessions connected at once (more are refused with 53300).
+    pub fn set_max_connections(&self, n: usize) {
+        self.max_connections
+            .store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A stopper for a statement `query` of `client`'s session (None: a
@@ -150,6 +159,7 @@ impl Handlers {
             copy: Arc::new(CopyIn { fe: fe.clone() }),
             startup: Arc::new(Startup {
                 sessions: fe.sessions.clone(),
+                max_connections: fe.max_connections.clone(),
             }),
             cancel: Arc::new(Canceller {
                 sessions: fe.sessions.clone(),
@@ -181,9 +191,11 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
-/// Startup: no authentication yet; the connection becomes a session.
+/// Startup: no authentication yet; the connection becomes a session,
+/// unless `max_connections` are connected already (53300, closed).
 pub struct Startup {
     sessions: Arc<Sessions>,
+    max_connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[async_trait]
@@ -198,6 +210,18 @@ impl NoopStartupHandler for Startup {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let max = self
+            .max_connections
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if self.sessions.count() >= max {
+            return Err(PgWireError::UserError(Box::new(
+                pgwire::error::ErrorInfo::new(
+                    "FATAL".to_string(),
+                    "53300".to_string(),
+                    format!("sorry, too many clients already (max_connections = {max})"),
+                ),
+            )));
+        }
         let (pid, secret) = client.pid_and_secret_key();
         let meta = client.metadata();
         let field = |k: &str| meta.get(k).cloned().unwrap_or_default();

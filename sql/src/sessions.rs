@@ -331,6 +331,11 @@ impl Sessions {
         }
     }
 
+    /// How many sessions are connected.
+    pub fn count(&self) -> usize {
+        self.by_pid.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// The session `pid`, if it is connected.
     pub fn get(&self, pid: i32) -> Option<Arc<Session>> {
         self.by_pid

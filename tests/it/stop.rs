@@ -115,3 +115,47 @@ async fn spill_count(c: &tokio_postgres::Client, sql: &str) -> anyhow::Result<u6
     anyhow::ensure!(text.contains("spill_count="), "no spill counts in {text}");
     Ok(total)
 }
+
+/// `--max-connections 2`: a third session is refused with 53300 (FATAL,
+/// connection closed); once one leaves, a new one gets in.
+#[test]
+fn a_session_past_max_connections_is_refused_with_53300() {
+    harness::run("maxconn", |env| async move {
+        let data = env.path().join("data");
+        let db = Slicedb::local_args(&env, 2, &data, &[], &["--max-connections", "2"]).await?;
+        let (a, a_task) = harness::connect_with_handle(db.url()).await?;
+        let b = db.connect().await?;
+        let refused = tokio_postgres::connect(db.url(), tokio_postgres::NoTls).await;
+        let e = match refused {
+            Ok((_, conn)) => match conn.await {
+                Err(e) => e,
+                Ok(()) => anyhow::bail!("a third session got in"),
+            },
+            Err(e) => e,
+        };
+        anyhow::ensure!(
+            harness::sqlstate(&e).as_deref() == Some("53300"),
+            "the third session: {}",
+            harness::describe(&e)
+        );
+        println!("third session: {}", harness::describe(&e));
+        harness::assert_alive(&b, "a refused session").await?;
+        drop(a);
+        a_task.abort();
+        let mut again = None;
+        for _ in 0..50 {
+            match tokio_postgres::connect(db.url(), tokio_postgres::NoTls).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(conn);
+                    if c.simple_query("SELECT 1").await.is_ok() {
+                        again = Some(c);
+                        break;
+                    }
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        anyhow::ensure!(again.is_some(), "no new session after one left");
+        db.stop().await
+    });
+}

@@ -11,6 +11,7 @@
 //! - [`pushdown`]: the physical rules that move plan fragments to the nodes;
 //!   [`node_fragment`]: a fragment's encoding and the node's runner;
 //!   [`lineage`]: which table column an output column is.
+//! - [`memory`]: the memory pool and spill directory of query execution.
 //! - [`threads`]: the runtime query execution runs on, apart from the
 //!   service threads (connections, cancel requests, heartbeats, RPCs).
 //!
@@ -22,6 +23,7 @@ pub mod broadcast;
 pub mod colocate;
 pub mod filter;
 mod lineage;
+pub mod memory;
 pub mod node_fragment;
 pub mod node_scan;
 pub mod pushdown;

@@ -234,6 +234,21 @@ impl Default for Runner {
 }
 
 impl Runner {
+    /// A runner whose fragments hold at most `memory_limit` bytes at once
+    /// (0: no limit), spilling into `spill_dir`.
+    pub fn with_memory(
+        memory_limit: u64,
+        spill_dir: &std::path::Path,
+    ) -> Result<Runner, EngineError> {
+        let env = super::memory::runtime_env(memory_limit, spill_dir)
+            .map_err(|e| EngineError::Query(e.to_string()))?;
+        let ctx =
+            SessionContext::new_with_config_rt(datafusion::prelude::SessionConfig::new(), env);
+        Ok(Runner {
+            ctx: ctx.task_ctx(),
+        })
+    }
+
     /// Decode `fragment` with the leaves bound to `codec`'s inputs; it
     /// must answer `slices` partitions, one per slice.
     pub(super) fn decode(
