@@ -73,6 +73,9 @@ impl NodeClient {
             })?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
+            .http2_keep_alive_interval(proto::KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(proto::KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             .max_frame_size(Some(proto::MAX_FRAME_BYTES));
         let control = endpoint.clone().connect_lazy();
         let health = endpoint.clone().connect_lazy();

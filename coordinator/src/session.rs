@@ -23,15 +23,10 @@ use crate::cluster::Cluster;
 use crate::query::SliceTable;
 use crate::write::TableSinks;
 
-tokio::task_local! {
-    /// The SQL session the statement on this task runs for.
-    pub static CURRENT_SESSION: u64;
-}
-
-/// The session the current task runs for, if the front end set one.
-pub fn current_session() -> Option<u64> {
-    CURRENT_SESSION.try_with(|s| *s).ok()
-}
+/// The session a statement runs for: a task-local kept beside the
+/// statement's transaction block (in `txn`, which the query threads carry
+/// both from, without depending on this module).
+pub use crate::txn::{current_session, CURRENT_SESSION};
 
 /// A session number unique in this process. Numbers start above those a
 /// previous process may have recorded only by chance; that is harmless,

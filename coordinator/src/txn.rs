@@ -88,6 +88,17 @@ tokio::task_local! {
     pub static CURRENT_TXN: Arc<Txn>;
 }
 
+tokio::task_local! {
+    /// The SQL session the statement on this task runs for (see
+    /// `crate::session`).
+    pub static CURRENT_SESSION: u64;
+}
+
+/// The session the current task runs for, if the front end set one.
+pub fn current_session() -> Option<u64> {
+    CURRENT_SESSION.try_with(|s| *s).ok()
+}
+
 /// The transaction block the current task runs in, if any.
 pub fn current_txn() -> Option<Arc<Txn>> {
     CURRENT_TXN.try_with(|t| t.clone()).ok()

@@ -32,6 +32,15 @@ pub const RECEIVE_CONNECTION_WINDOW: u32 = 64 << 20;
 /// 16 KiB: a 4 MiB write would be 256 frames, each handled on its own).
 pub const MAX_FRAME_BYTES: u32 = 1 << 20;
 
+/// HTTP/2 keepalive of every node connection, both ways: a ping after
+/// this long without traffic (idle or not)...
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// ...unanswered this long closes the connection, and every call on it
+/// fails (retryable): a peer that hangs (SIGSTOP, a dead host whose TCP
+/// stays open) cannot hold a call forever. Pings are answered on the
+/// service threads, apart from query execution, so load does not delay them.
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub use pb::ErrorKind;
 
 impl From<SegmentKind> for pb::Segment {

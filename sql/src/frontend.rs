@@ -25,7 +25,6 @@ use datafusion::sql::sqlparser::ast::{
 };
 use datafusion_postgres::DfSessionService;
 use futures::{Sink, SinkExt};
-use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::cancel::CancelHandler;
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::Portal;
@@ -49,7 +48,7 @@ use crate::admin;
 use crate::copy::{encode_rows, CopyDecoder, CopyOptions, CopyPipeline, Widen};
 use crate::dialect::{self, normalize, ParsedStatement};
 use crate::errors::{fix_response, fix_responses, to_pg, SqlError};
-use crate::sessions::{guard_responses, Registered, Sessions, Stopper};
+use crate::sessions::{guard_responses, Canceller, Registered, Sessions, Startup, Stopper};
 use crate::shield;
 
 /// Rows per batch when decoding COPY input.
@@ -157,13 +156,11 @@ impl Handlers {
                 parser: Arc::new(OurParser { fe: fe.clone() }),
             }),
             copy: Arc::new(CopyIn { fe: fe.clone() }),
-            startup: Arc::new(Startup {
-                sessions: fe.sessions.clone(),
-                max_connections: fe.max_connections.clone(),
-            }),
-            cancel: Arc::new(Canceller {
-                sessions: fe.sessions.clone(),
-            }),
+            startup: Arc::new(Startup::new(
+                fe.sessions.clone(),
+                fe.max_connections.clone(),
+            )),
+            cancel: Arc::new(Canceller::new(fe.sessions.clone())),
             fe,
         })
     }
@@ -188,69 +185,6 @@ impl PgWireServerHandlers for Handlers {
     }
     fn cancel_handler(&self) -> Arc<impl CancelHandler> {
         self.cancel.clone()
-    }
-}
-
-/// Startup: no authentication yet; the connection becomes a session,
-/// unless `max_connections` are connected already (53300, closed).
-pub struct Startup {
-    sessions: Arc<Sessions>,
-    max_connections: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-#[async_trait]
-impl NoopStartupHandler for Startup {
-    async fn post_startup<C>(
-        &self,
-        client: &mut C,
-        _message: pgwire::messages::PgWireFrontendMessage,
-    ) -> PgWireResult<()>
-    where
-        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
-        C::Error: std::fmt::Debug,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-    {
-        let max = self
-            .max_connections
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if self.sessions.count() >= max {
-            return Err(PgWireError::UserError(Box::new(
-                pgwire::error::ErrorInfo::new(
-                    "FATAL".to_string(),
-                    "53300".to_string(),
-                    format!("sorry, too many clients already (max_connections = {max})"),
-                ),
-            )));
-        }
-        let (pid, secret) = client.pid_and_secret_key();
-        let meta = client.metadata();
-        let field = |k: &str| meta.get(k).cloned().unwrap_or_default();
-        let registered = self.sessions.register(
-            pid,
-            &secret,
-            &field(pgwire::api::METADATA_USER),
-            &field(pgwire::api::METADATA_DATABASE),
-            &field(pgwire::api::METADATA_APPLICATION_NAME),
-            client.socket_addr(),
-        );
-        client.session_extensions().insert(registered);
-        Ok(())
-    }
-}
-
-/// A CancelRequest (psql's Ctrl-C): stops the statement of the session
-/// it names, if its secret key matches.
-pub struct Canceller {
-    sessions: Arc<Sessions>,
-}
-
-#[async_trait]
-impl CancelHandler for Canceller {
-    async fn on_cancel_request(&self, request: pgwire::messages::cancel::CancelRequest) {
-        let found = self
-            .sessions
-            .cancel_request(request.pid, &request.secret_key);
-        debug!(pid = request.pid, found, "cancel request");
     }
 }
 

@@ -17,6 +17,10 @@
 //! `slicedb_coordinator::query::threads`, so these checks are never starved
 //! by it).
 //!
+//! The startup handler ([`Startup`]) makes each connection a session (or
+//! refuses it past `max_connections`, 53300); [`Canceller`] answers
+//! CancelRequests.
+//!
 //! It owns no query state and never touches the coordinator.
 
 use std::collections::HashMap;
@@ -26,10 +30,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::StreamExt;
+use async_trait::async_trait;
+use futures::{Sink, StreamExt};
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::cancel::CancelHandler;
 use pgwire::api::results::Response;
+use pgwire::api::ClientInfo;
+use pgwire::error::PgWireResult;
 use pgwire::error::{ErrorInfo, PgWireError};
 use pgwire::messages::startup::SecretKey;
+use pgwire::messages::PgWireBackendMessage;
 
 /// How often a running statement looks whether its client is still there.
 const CLIENT_CHECK: Duration = Duration::from_millis(200);
@@ -367,5 +377,86 @@ impl Sessions {
             }
             _ => false,
         }
+    }
+}
+
+/// Startup: no authentication yet; the connection becomes a session,
+/// unless `max_connections` are connected already (53300, closed).
+pub struct Startup {
+    sessions: Arc<Sessions>,
+    max_connections: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Startup {
+    pub fn new(
+        sessions: Arc<Sessions>,
+        max_connections: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Self {
+        Startup {
+            sessions,
+            max_connections,
+        }
+    }
+}
+
+#[async_trait]
+impl NoopStartupHandler for Startup {
+    async fn post_startup<C>(
+        &self,
+        client: &mut C,
+        _message: pgwire::messages::PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let max = self
+            .max_connections
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if self.sessions.count() >= max {
+            return Err(PgWireError::UserError(Box::new(
+                pgwire::error::ErrorInfo::new(
+                    "FATAL".to_string(),
+                    "53300".to_string(),
+                    format!("sorry, too many clients already (max_connections = {max})"),
+                ),
+            )));
+        }
+        let (pid, secret) = client.pid_and_secret_key();
+        let meta = client.metadata();
+        let field = |k: &str| meta.get(k).cloned().unwrap_or_default();
+        let registered = self.sessions.register(
+            pid,
+            &secret,
+            &field(pgwire::api::METADATA_USER),
+            &field(pgwire::api::METADATA_DATABASE),
+            &field(pgwire::api::METADATA_APPLICATION_NAME),
+            client.socket_addr(),
+        );
+        client.session_extensions().insert(registered);
+        Ok(())
+    }
+}
+
+/// A CancelRequest (psql's Ctrl-C): stops the statement of the session
+/// it names, if its secret key matches.
+pub struct Canceller {
+    sessions: Arc<Sessions>,
+}
+
+impl Canceller {
+    pub fn new(sessions: Arc<Sessions>) -> Self {
+        Canceller { sessions }
+    }
+}
+
+#[async_trait]
+impl CancelHandler for Canceller {
+    async fn on_cancel_request(&self, request: pgwire::messages::cancel::CancelRequest) {
+        let found = self
+            .sessions
+            .cancel_request(request.pid, &request.secret_key);
+        tracing::debug!(pid = request.pid, found, "cancel request");
     }
 }

@@ -38,8 +38,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::{Stream, StreamExt};
 
-use crate::session::{current_session, CURRENT_SESSION};
-use crate::txn::{current_txn, CURRENT_TXN};
+use crate::txn::{current_session, current_txn, CURRENT_SESSION, CURRENT_TXN};
 
 /// Items in flight between the query threads and the caller, per stream.
 const CHANNEL: usize = 2;

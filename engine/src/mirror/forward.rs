@@ -310,6 +310,9 @@ impl Forwarder {
             .map_err(|e| EngineError::Internal(format!("bad peer address {addr}: {e}")))?
             .connect_timeout(routes.timeout)
             .tcp_nodelay(true)
+            .http2_keep_alive_interval(proto::KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(proto::KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             // A slice copy's stream comes back on this connection: blocks
             // of a megabyte each, and the writer drains them in batches.
             .initial_stream_window_size(Some(proto::RECEIVE_STREAM_WINDOW))

@@ -122,6 +122,8 @@ impl NodeServer {
         info!(node = self.state.node, %addr, "node serving");
         let incoming = without_nagle(listener);
         tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(proto::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(proto::KEEPALIVE_TIMEOUT))
             .initial_stream_window_size(Some(proto::RECEIVE_STREAM_WINDOW))
             .initial_connection_window_size(Some(proto::RECEIVE_CONNECTION_WINDOW))
             .max_frame_size(Some(proto::MAX_FRAME_BYTES))
