@@ -104,6 +104,9 @@ pub fn current_txn() -> Option<Arc<Txn>> {
     CURRENT_TXN.try_with(|t| t.clone()).ok()
 }
 
+/// How long an abort waits for one node before leaving it to the resolver.
+const ABORT_WAIT: Duration = Duration::from_secs(1);
+
 /// Transactions: xids, the active set and the commit record.
 pub struct TxnManager {
     /// Active xid -> the lowest xid its snapshot may not see (for GROOM).
@@ -394,18 +397,29 @@ impl TxnManager {
         let xid = txn.xid;
         let epoch = self.map.current().epoch();
         let participants = txn.participants();
+        // A node that is down, or does not answer in time, is left to the
+        // resolver: once this xid has ended, a transaction it still holds
+        // is one no live transaction owns, and with no commit record it is
+        // aborted there when the node answers again. A failing statement
+        // never waits for a hung node.
         let calls = participants.iter().map(|&id| async move {
+            if self.is_down(id) {
+                return;
+            }
             if let Ok(node) = self.node(id) {
                 let mut c = node.grpc.clone();
-                if let Err(s) = c
-                    .abort(pb::TxnRequest {
-                        epoch,
-                        xid,
-                        requests: 0,
-                    })
-                    .await
-                {
-                    warn!(node = id, xid, error = %s, "abort not acknowledged");
+                let req = pb::TxnRequest {
+                    epoch,
+                    xid,
+                    requests: 0,
+                };
+                match tokio::time::timeout(ABORT_WAIT, c.abort(req)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(s)) => warn!(node = id, xid, error = %s, "abort not acknowledged"),
+                    Err(_) => warn!(
+                        node = id,
+                        xid, "abort not acknowledged in time; the resolver finishes it"
+                    ),
                 }
             }
         });
