@@ -24,7 +24,7 @@ use datafusion::sql::sqlparser::ast::{
     SqlOption, Statement, Value,
 };
 use datafusion_postgres::DfSessionService;
-use futures::{Sink, SinkExt};
+use futures::{Sink, SinkExt, StreamExt};
 use pgwire::api::cancel::CancelHandler;
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::Portal;
@@ -753,31 +753,39 @@ async fn copy_to_stdout(
     };
     let ctx = fe.coord.session();
     let df = ctx.sql(&sql).await?;
-    let batches = df.collect().await?;
-    let ncols = batches.first().map_or(0, |b| b.num_columns());
-    let mut messages: Vec<PgWireResult<CopyData>> = Vec::new();
+    // Streamed: one batch at a time is encoded and sent, so memory does not
+    // grow with the result.
+    let stream = df.execute_stream().await?;
+    let schema = stream.schema();
+    let ncols = schema.fields().len();
+    let mut header = None;
     if opts.header {
         // The header line alone: encode an empty batch with the header on.
-        if let Some(b) = batches.first() {
-            let header = encode_rows(&[b.slice(0, 0)], &opts)?;
-            if !header.is_empty() {
-                messages.push(Ok(CopyData::new(header.into())));
-            }
+        let bytes = encode_rows(&[RecordBatch::new_empty(schema.clone())], &opts)?;
+        if !bytes.is_empty() {
+            header = Some(Ok(CopyData::new(bytes.into())));
         }
     }
     let mut row_opts = opts.clone();
     row_opts.header = false;
     // One CopyData per row: pgwire counts them for the "COPY n" tag.
-    for b in &batches {
-        for i in 0..b.num_rows() {
-            let bytes = encode_rows(&[b.slice(i, 1)], &row_opts)?;
-            messages.push(Ok(CopyData::new(bytes.into())));
-        }
-    }
+    let rows = stream.flat_map(move |batch| {
+        let messages: Vec<PgWireResult<CopyData>> = match batch {
+            Ok(b) => (0..b.num_rows())
+                .map(|i| {
+                    encode_rows(&[b.slice(i, 1)], &row_opts)
+                        .map(|bytes| CopyData::new(bytes.into()))
+                        .map_err(|e| SqlError::from(e).into())
+                })
+                .collect(),
+            Err(e) => vec![Err(SqlError::from(e).into())],
+        };
+        futures::stream::iter(messages)
+    });
     Ok(Response::CopyOut(CopyResponse::new(
         0,
         ncols,
-        futures::stream::iter(messages),
+        futures::stream::iter(header).chain(rows),
     )))
 }
 

@@ -221,33 +221,41 @@ fn fatal(code: &str, message: &str) -> PgWireError {
     )))
 }
 
-/// `responses` whose rows stop with `stopper` (the statement is over
-/// once the last of them is sent or dropped).
+/// `responses` whose rows (of a query, or of COPY TO) stop with `stopper`
+/// (the statement is over once the last of them is sent or dropped).
 pub fn guard_responses(responses: Vec<Response>, stopper: Stopper) -> Vec<Response> {
     responses
         .into_iter()
         .map(|r| match r {
             Response::Query(mut q) => {
                 let rows = std::mem::replace(&mut q.data_rows, Box::pin(futures::stream::empty()));
-                let stop = stopper.clone().into_future();
-                q.data_rows = Box::pin(futures::stream::unfold(
-                    Some((rows, stop)),
-                    |state| async move {
-                        let (mut rows, mut stop) = state?;
-                        match futures::future::select(rows.next(), &mut stop).await {
-                            futures::future::Either::Left((Some(item), _)) => {
-                                Some((item, Some((rows, stop))))
-                            }
-                            futures::future::Either::Left((None, _)) => None,
-                            futures::future::Either::Right((e, _)) => Some((Err(e), None)),
-                        }
-                    },
-                ));
+                q.data_rows = Box::pin(stoppable(rows, stopper.clone()));
                 Response::Query(q)
+            }
+            Response::CopyOut(mut c) => {
+                let data =
+                    std::mem::replace(&mut c.data_stream, Box::pin(futures::stream::empty()));
+                c.data_stream = Box::pin(stoppable(data, stopper.clone()));
+                Response::CopyOut(c)
             }
             other => other,
         })
         .collect()
+}
+
+/// `items`, ended by an error once `stopper` says the statement must stop.
+fn stoppable<T: Send + 'static>(
+    items: std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, PgWireError>> + Send>>,
+    stopper: Stopper,
+) -> impl futures::Stream<Item = Result<T, PgWireError>> + Send {
+    futures::stream::unfold(Some((items, stopper.into_future())), |state| async move {
+        let (mut items, mut stop) = state?;
+        match futures::future::select(items.next(), &mut stop).await {
+            futures::future::Either::Left((Some(item), _)) => Some((item, Some((items, stop)))),
+            futures::future::Either::Left((None, _)) => None,
+            futures::future::Either::Right((e, _)) => Some((Err(e), None)),
+        }
+    })
 }
 
 /// Every session of the server, by pid.

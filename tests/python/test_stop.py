@@ -13,7 +13,8 @@ to using almost no processor time.
 - SET statement_timeout ends it with 57014 (execution, not only planning);
 - a client that goes away ends it;
 - pg_stat_activity shows it, pg_cancel_backend ends it, and
-  pg_terminate_backend closes a session.
+  pg_terminate_backend closes a session;
+- COPY TO of it streams its rows at once, and cancel stops it.
 Exits non-zero on the first failed check.
 """
 
@@ -185,6 +186,37 @@ def main(url, pid):
         check(gone == 0, "a terminated session leaves pg_stat_activity")
         cur.execute("SELECT pg_cancel_backend(1), pg_terminate_backend(2)")
         check(cur.fetchone() == (False, False), "an unknown pid answers false")
+
+        # 5. COPY TO streams: rows of a runaway query arrive at once (a COPY
+        # that gathered its whole result first would send nothing), and
+        # cancel stops it mid-stream.
+        with psycopg.connect(url, autocommit=True) as c:
+            c.execute("SET statement_timeout = '30s'")
+            got = 0
+            t0 = time.monotonic()
+            first = None
+            try:
+                with c.cursor().copy("COPY (SELECT a.k FROM stop_t a, stop_t b, stop_t c) TO STDOUT") as copy:
+                    for _ in copy:
+                        got += 1
+                        if got == 1:
+                            first = time.monotonic() - t0
+                        if got == 2000:
+                            c.cancel()
+                check(False, "a canceled COPY TO ended without an error")
+            except (errors.QueryCanceled, psycopg.ProgrammingError) as e:
+                # pgwire 0.41 ends a COPY TO that fails mid-stream with a
+                # CopyFail message before the ErrorResponse, which psycopg
+                # reports as "you cannot mix COPY with other operations".
+                check(True, f"COPY TO canceled mid-stream after {got} rows ({type(e).__name__}: {e})")
+            check(first is not None and first < 5.0, f"COPY TO's first row came after {first:.2f} s")
+        settles(pid, "after the canceled COPY TO")
+        with psycopg.connect(url, autocommit=True) as c:
+            lines = 0
+            with c.cursor().copy("COPY stop_t TO STDOUT") as copy:
+                for row in copy.rows():
+                    lines += 1
+            check(lines == 3000, f"COPY TO of the whole table: {lines} rows")
 
         cur.execute("SELECT count(*) FROM stop_t")
         check(cur.fetchone() == (3000,), "the server answers as before")
