@@ -9,6 +9,11 @@ use tracing::{info, warn};
 use crate::frontend::{Frontend, Handlers};
 use crate::SqlError;
 
+/// How long a new connection may take to finish its startup (send its
+/// startup message and become a session) before it is closed
+/// (PostgreSQL's `authentication_timeout` is a minute too).
+pub const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Serve connections on `listener` until `shutdown` resolves; then every
 /// session is terminated (its statement stopped, its connection closed).
 pub async fn serve(
@@ -38,6 +43,13 @@ pub async fn serve(
                     // that left mid-statement, and to close a terminated one.
                     let sessions = h.frontend().sessions().clone();
                     sessions.accepted(peer, &socket);
+                    let watch = sessions.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(STARTUP_TIMEOUT).await;
+                        if watch.close_if_not_started(peer) {
+                            warn!(%peer, timeout = ?STARTUP_TIMEOUT, "closed a connection that did not finish its startup in time");
+                        }
+                    });
                     tokio::spawn(async move {
                         if let Err(e) = pgwire::tokio::process_socket(socket, None, h).await {
                             warn!(%peer, error = %e, "connection ended with an error");

@@ -301,6 +301,23 @@ impl Sessions {
         }
     }
 
+    /// Close the connection from `peer` if it has not finished its startup
+    /// (authenticated and become a session) by now: a client that connects
+    /// and sends nothing must not hold a connection forever.
+    pub fn close_if_not_started(&self, peer: SocketAddr) -> bool {
+        match self.lock_sockets().remove(&peer) {
+            Some(fd) => {
+                // SAFETY: shutdown only reads its integer arguments; `fd` is
+                // our own copy, open until dropped below.
+                unsafe {
+                    libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The connection from `peer` ended (whether or not it started).
     pub fn closed(&self, peer: SocketAddr) {
         self.lock_sockets().remove(&peer);
@@ -466,5 +483,51 @@ impl CancelHandler for Canceller {
             .sessions
             .cancel_request(request.pid, &request.secret_key);
         tracing::debug!(pid = request.pid, found, "cancel request");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// A connection that never finished its startup is closed by
+    /// `close_if_not_started` (the client reads the end); a started one is
+    /// left alone, and its session listed until it goes.
+    #[test]
+    fn a_connection_that_never_starts_is_closed_and_a_started_one_is_not() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        let sessions = Arc::new(Sessions::default());
+        sessions.accepted(peer, &server);
+        assert!(sessions.close_if_not_started(peer));
+        let mut buf = [0u8; 1];
+        assert_eq!(client.read(&mut buf).unwrap(), 0, "the client sees the end");
+
+        let mut client2 = std::net::TcpStream::connect(addr).unwrap();
+        let (server2, peer2) = listener.accept().unwrap();
+        sessions.accepted(peer2, &server2);
+        let reg = sessions.register(7, &SecretKey::I32(42), "u", "db", "app", peer2);
+        assert!(
+            !sessions.close_if_not_started(peer2),
+            "a started session stays"
+        );
+        assert_eq!(sessions.count(), 1);
+        assert!(
+            !sessions.cancel_request(7, &SecretKey::I32(41)),
+            "a wrong secret cancels nothing"
+        );
+        assert!(sessions.cancel_request(7, &SecretKey::I32(42)));
+        drop(reg);
+        assert_eq!(sessions.count(), 0, "a session leaves with its connection");
+        client2
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        assert!(
+            client2.read(&mut buf).is_err(),
+            "still open: nothing to read"
+        );
     }
 }
