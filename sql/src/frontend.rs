@@ -609,6 +609,8 @@ async fn create_table(
 /// the session (dropping it drops the session's temporary tables).
 struct ConnState {
     copy: Mutex<Option<CopyPipeline>>,
+    /// The stopper of the COPY FROM STDIN in progress (its statement).
+    copy_stop: Mutex<Option<Stopper>>,
     /// The open transaction block (BEGIN ... COMMIT/ROLLBACK).
     txn: Mutex<Option<Arc<Txn>>>,
     session: SessionGuard,
@@ -618,6 +620,7 @@ impl ConnState {
     fn new(fe: &Frontend) -> ConnState {
         ConnState {
             copy: Mutex::new(None),
+            copy_stop: Mutex::new(None),
             txn: Mutex::new(None),
             session: SessionGuard {
                 id: new_session_id(),
@@ -809,6 +812,10 @@ impl SimpleQueryHandler for Simple {
         match stopper {
             Some(mut stopper) => {
                 let responses = stopper.run(work).await?;
+                if responses.iter().any(|r| matches!(r, Response::CopyIn(_))) {
+                    // The COPY FROM STDIN goes on message by message.
+                    *conn_state(&fe, client).copy_stop.lock().await = Some(stopper.clone());
+                }
                 Ok(guard_responses(responses, stopper))
             }
             None => work.await,
@@ -897,8 +904,21 @@ pub struct CopyIn {
 }
 
 impl CopyIn {
+    /// Whether the COPY in progress was canceled or timed out (or its
+    /// session terminated): then it is aborted, nothing of it committed.
+    async fn stopped(state: &ConnState) -> Option<PgWireError> {
+        let e = state.copy_stop.lock().await.as_mut()?.check()?;
+        *state.copy_stop.lock().await = None;
+        if let Some(pipeline) = state.copy.lock().await.take() {
+            pipeline.abort().await;
+        }
+        Some(e)
+    }
+
+    /// The COPY in progress, which ends here (its statement with it).
     async fn take<C: ClientInfo>(client: &C) -> Option<CopyPipeline> {
         let state = client.session_extensions().get::<ConnState>()?;
+        *state.copy_stop.lock().await = None;
         let mut g = state.copy.lock().await;
         g.take()
     }
@@ -916,6 +936,9 @@ impl CopyHandler for CopyIn {
         let Some(state) = client.session_extensions().get::<ConnState>() else {
             return Ok(());
         };
+        if let Some(e) = Self::stopped(&state).await {
+            return Err(e);
+        }
         let mut g = state.copy.lock().await;
         if let Some(pipeline) = g.as_mut() {
             pipeline.send(copy_data.data).await;
@@ -929,6 +952,11 @@ impl CopyHandler for CopyIn {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if let Some(state) = client.session_extensions().get::<ConnState>() {
+            if let Some(e) = Self::stopped(&state).await {
+                return Err(e);
+            }
+        }
         let Some(pipeline) = Self::take(client).await else {
             return Err(SqlError::user("08P01", "CopyDone without COPY in progress").into());
         };
@@ -1058,6 +1086,9 @@ impl ExtendedQueryHandler for Extended {
         match stopper {
             Some(mut stopper) => {
                 let response = stopper.run(work).await?;
+                if matches!(response, Response::CopyIn(_)) {
+                    *conn_state(&fe, client).copy_stop.lock().await = Some(stopper.clone());
+                }
                 Ok(guard_responses(vec![response], stopper)
                     .pop()
                     .unwrap_or(Response::EmptyQuery))

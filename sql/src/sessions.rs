@@ -189,6 +189,30 @@ impl Stopper {
         }
     }
 
+    /// Whether the statement must stop now (without waiting): the error
+    /// to end it with. For work that is not a future it can race, like a
+    /// COPY FROM STDIN fed message by message.
+    pub fn check(&mut self) -> Option<PgWireError> {
+        if self.cancels.has_changed().unwrap_or(false) {
+            self.cancels.mark_unchanged();
+            return Some(if self.session.terminated.load(Ordering::SeqCst) {
+                fatal(
+                    "57P01",
+                    "terminating connection due to administrator command",
+                )
+            } else {
+                error("57014", "canceling statement due to user request")
+            });
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Some(error(
+                "57014",
+                "canceling statement due to statement timeout",
+            ));
+        }
+        None
+    }
+
     fn into_future(mut self) -> StopFuture {
         Box::pin(async move { self.stopped().await })
     }

@@ -14,7 +14,8 @@ to using almost no processor time.
 - a client that goes away ends it;
 - pg_stat_activity shows it, pg_cancel_backend ends it, and
   pg_terminate_backend closes a session;
-- COPY TO of it streams its rows at once, and cancel stops it.
+- COPY TO of it streams its rows at once, and cancel stops it;
+- cancel and statement_timeout stop a COPY FROM STDIN, leaving nothing.
 Exits non-zero on the first failed check.
 """
 
@@ -217,6 +218,26 @@ def main(url, pid):
                 for row in copy.rows():
                     lines += 1
             check(lines == 3000, f"COPY TO of the whole table: {lines} rows")
+
+        # 6. COPY FROM STDIN: cancel and statement_timeout stop it, and
+        # nothing of it is committed.
+        for how in ("cancel", "timeout"):
+            with psycopg.connect(url, autocommit=True) as c:
+                if how == "timeout":
+                    c.execute("SET statement_timeout = '1s'")
+                try:
+                    with c.cursor().copy("COPY stop_t FROM STDIN") as copy:
+                        for i in range(60):
+                            copy.write_row((100000 + i, "late"))
+                            if how == "cancel" and i == 10:
+                                c.cancel()
+                            time.sleep(0.05)
+                    check(False, f"a COPY FROM stopped by {how} committed")
+                except errors.QueryCanceled as e:
+                    check(True, f"COPY FROM stopped by {how}: {e}")
+                check(c.execute("SELECT 1").fetchone() == (1,), f"the connection goes on after the {how}")
+            cur.execute("SELECT count(*) FROM stop_t")
+            check(cur.fetchone() == (3000,), f"nothing of the COPY stopped by {how} is there")
 
         cur.execute("SELECT count(*) FROM stop_t")
         check(cur.fetchone() == (3000,), "the server answers as before")
