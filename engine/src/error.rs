@@ -70,6 +70,55 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// The same error again where its kind decides what happens next (a bad
+    /// block or an I/O error fails a disk over, a stale epoch or a slice not
+    /// owned is retried under the new map), else a `Query` error with its
+    /// message. For an error that several streams
+    /// report (every slice of a fragment whose shared input failed).
+    pub fn again(&self) -> EngineError {
+        match self {
+            EngineError::ChecksumMismatch {
+                disk,
+                offset,
+                table,
+                slice,
+                expected,
+                found,
+            } => EngineError::ChecksumMismatch {
+                disk: *disk,
+                offset: *offset,
+                table: *table,
+                slice: *slice,
+                expected: *expected,
+                found: *found,
+            },
+            EngineError::CorruptBlock { offset, reason } => EngineError::CorruptBlock {
+                offset: *offset,
+                reason: reason.clone(),
+            },
+            EngineError::Io { path, source } => EngineError::Io {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            EngineError::StaleEpoch { ours, theirs } => EngineError::StaleEpoch {
+                ours: *ours,
+                theirs: *theirs,
+            },
+            EngineError::SliceNotOwned {
+                node,
+                slice,
+                segment,
+                epoch,
+            } => EngineError::SliceNotOwned {
+                node: *node,
+                slice: *slice,
+                segment: segment.clone(),
+                epoch: *epoch,
+            },
+            other => EngineError::Query(other.to_string()),
+        }
+    }
+
     /// Wrap an `std::io::Error` with the path it happened on.
     pub fn io(path: impl Into<String>, source: std::io::Error) -> Self {
         EngineError::Io {

@@ -301,9 +301,18 @@ impl FragmentRunner for Runner {
                         Err(e) => futures::stream::once(async move { Err(e) }).right_stream(),
                     };
                     stream.map(move |item| {
-                        item.map_err(|e| match failure.lock().take() {
-                            Some(engine) => engine,
-                            None => EngineError::Query(e.to_string()),
+                        // Every slice whose stream fails for the scan's
+                        // error reports it with its kind (whichever the
+                        // coordinator reads first decides the failover).
+                        item.map_err(|e| {
+                            let mut slot = failure.lock();
+                            match slot.take() {
+                                Some(engine) => {
+                                    *slot = Some(engine.again());
+                                    engine
+                                }
+                                None => EngineError::Query(e.to_string()),
+                            }
                         })
                     })
                 }) as FragmentStream)
