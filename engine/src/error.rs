@@ -5,6 +5,9 @@ use crate::{DiskId, NodeId, SliceId, TableId};
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
+/// What the path of an fsync's I/O error ends with.
+pub const FSYNC: &str = " (fsync)";
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("I/O error on {path}: {source}")]
@@ -119,11 +122,49 @@ impl EngineError {
         }
     }
 
+    /// A write that found no space on the host's file system (a sparse
+    /// image that could not grow): the statement fails with 53100 and the
+    /// disk stays in service. Never an fsync's error: after a failed fsync
+    /// the kernel may have dropped pages other transactions wrote, so that
+    /// fails the disk (its path ends with [`FSYNC`]).
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            EngineError::Io { path, source } => {
+                !path.ends_with(FSYNC)
+                    && matches!(
+                        source.raw_os_error(),
+                        Some(libc::ENOSPC) | Some(libc::EDQUOT)
+                    )
+            }
+            _ => false,
+        }
+    }
+
     /// Wrap an `std::io::Error` with the path it happened on.
     pub fn io(path: impl Into<String>, source: std::io::Error) -> Self {
         EngineError::Io {
             path: path.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No space on a write is "disk full" (the disk stays in service); on
+    /// an fsync, or any other I/O error, it is not.
+    #[test]
+    fn out_of_space_on_a_write_but_not_on_an_fsync() {
+        let enospc = || std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert!(EngineError::io("disk-0.img", enospc()).is_out_of_space());
+        assert!(!EngineError::io(format!("disk-0.img{FSYNC}"), enospc()).is_out_of_space());
+        let eio = std::io::Error::from_raw_os_error(libc::EIO);
+        assert!(!EngineError::io("disk-0.img", eio).is_out_of_space());
+        assert_eq!(
+            crate::proto::kind_of(&EngineError::io("disk-0.img", enospc())),
+            crate::proto::ErrorKind::DiskFull
+        );
     }
 }

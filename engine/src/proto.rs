@@ -289,6 +289,9 @@ impl From<&pb::Snapshot> for crate::store::Snapshot {
 
 /// The kind of an engine error, as the node protocol carries it.
 pub fn kind_of(err: &EngineError) -> ErrorKind {
+    if err.is_out_of_space() {
+        return ErrorKind::DiskFull;
+    }
     match err {
         EngineError::StaleEpoch { .. } => ErrorKind::StaleEpoch,
         EngineError::SliceNotOwned { .. } => ErrorKind::SliceNotOwned,
@@ -311,6 +314,7 @@ pub fn kind_of(err: &EngineError) -> ErrorKind {
 pub fn status_from(err: &EngineError) -> tonic::Status {
     use tonic::Code;
     let code = match err {
+        e if e.is_out_of_space() => Code::ResourceExhausted,
         EngineError::StaleEpoch { .. } | EngineError::SliceNotOwned { .. } => {
             Code::FailedPrecondition
         }

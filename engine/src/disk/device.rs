@@ -234,7 +234,7 @@ impl BlockDevice for FileDevice {
     fn sync(&self) -> Result<()> {
         self.file
             .sync_data()
-            .map_err(|e| EngineError::io(&self.name, e))
+            .map_err(|e| EngineError::io(format!("{}{}", self.name, crate::error::FSYNC), e))
     }
 
     #[cfg(target_os = "linux")]

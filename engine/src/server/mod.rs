@@ -238,13 +238,16 @@ fn status(e: EngineError) -> Status {
 }
 
 /// Whether an error means the disk itself is bad (not the request).
+/// (A host file system out of space is not: that write's statement fails
+/// with 53100 and the disk stays in service.)
 fn disk_fault(e: &EngineError) -> bool {
-    matches!(
-        e,
-        EngineError::Io { .. }
-            | EngineError::ChecksumMismatch { .. }
-            | EngineError::CorruptBlock { .. }
-    )
+    !e.is_out_of_space()
+        && matches!(
+            e,
+            EngineError::Io { .. }
+                | EngineError::ChecksumMismatch { .. }
+                | EngineError::CorruptBlock { .. }
+        )
 }
 
 impl NodeServer {
