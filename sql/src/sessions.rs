@@ -177,15 +177,21 @@ impl Stopper {
             }
         };
         tokio::select! {
-            _ = self.cancels.changed() => {
-                if self.session.terminated.load(Ordering::SeqCst) {
-                    fatal("57P01", "terminating connection due to administrator command")
-                } else {
-                    error("57014", "canceling statement due to user request")
-                }
-            }
-            _ = deadline => error("57014", "canceling statement due to statement timeout"),
+            _ = self.cancels.changed() => self.canceled(),
+            _ = deadline => timed_out(),
             _ = gone => error("08006", "the client closed the connection"),
+        }
+    }
+
+    /// The error of a statement canceled, or of a session terminated.
+    fn canceled(&self) -> PgWireError {
+        if self.session.terminated.load(Ordering::SeqCst) {
+            fatal(
+                "57P01",
+                "terminating connection due to administrator command",
+            )
+        } else {
+            error("57014", "canceling statement due to user request")
         }
     }
 
@@ -195,20 +201,10 @@ impl Stopper {
     pub fn check(&mut self) -> Option<PgWireError> {
         if self.cancels.has_changed().unwrap_or(false) {
             self.cancels.mark_unchanged();
-            return Some(if self.session.terminated.load(Ordering::SeqCst) {
-                fatal(
-                    "57P01",
-                    "terminating connection due to administrator command",
-                )
-            } else {
-                error("57014", "canceling statement due to user request")
-            });
+            return Some(self.canceled());
         }
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
-            return Some(error(
-                "57014",
-                "canceling statement due to statement timeout",
-            ));
+            return Some(timed_out());
         }
         None
     }
@@ -227,6 +223,10 @@ impl Stopper {
             e = self.stopped() => Err(e),
         }
     }
+}
+
+fn timed_out() -> PgWireError {
+    error("57014", "canceling statement due to statement timeout")
 }
 
 fn error(code: &str, message: &str) -> PgWireError {
@@ -464,13 +464,10 @@ impl NoopStartupHandler for Startup {
             .max_connections
             .load(std::sync::atomic::Ordering::Relaxed);
         if self.sessions.count() >= max {
-            return Err(PgWireError::UserError(Box::new(
-                pgwire::error::ErrorInfo::new(
-                    "FATAL".to_string(),
-                    "53300".to_string(),
-                    format!("sorry, too many clients already (max_connections = {max})"),
-                ),
-            )));
+            return Err(fatal(
+                "53300",
+                &format!("sorry, too many clients already (max_connections = {max})"),
+            ));
         }
         let (pid, secret) = client.pid_and_secret_key();
         let meta = client.metadata();
