@@ -8,10 +8,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // growth per message instead of a doubling series).
     tonic_prost_build::configure()
         .codec_path("crate::grpc_codec::SizedCodec")
-        .bytes(".slicedb.node.v8.WriteRequest.batches")
-        .bytes(".slicedb.node.v8.MirrorWriteRequest.blocks")
-        .bytes(".slicedb.node.v8.ScanRequest.broadcast")
-        .bytes(".slicedb.node.v8.SliceCopyChunk.block")
+        .bytes(".slicedb.node.v9.WriteRequest.batches")
+        .bytes(".slicedb.node.v9.MirrorWriteRequest.blocks")
+        .bytes(".slicedb.node.v9.ScanRequest.broadcast")
+        .bytes(".slicedb.node.v9.SliceCopyChunk.block")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -58,6 +58,12 @@ pub fn node_server(
 ) -> Result<NodeServer, Error> {
     let server = NodeServer::new(id, disks);
     let runner = slicedb_coordinator::query::Runner::with_memory(memory_limit, spill_dir)?;
+    // Mirror forwards of a transaction larger than memory spill too (after
+    // the runner, which empties `spill_dir` when it starts).
+    server.spill_staging_to(
+        spill_dir.join("staging"),
+        slicedb_engine::mirror::DEFAULT_STAGING_MEMORY,
+    )?;
     server.set_fragment_runner(Arc::new(runner));
     Ok(server)
 }

@@ -94,6 +94,17 @@ impl Cluster {
         self.system.report_unreachable(node);
     }
 
+    /// Resolves once the map declares `node` failed.
+    pub async fn until_down(&self, node: NodeId) {
+        self.map.until_down(node).await
+    }
+
+    /// `node` failed while `txn` was open: carry the transaction on
+    /// without it (see [`TxnManager::carry_over`]).
+    pub async fn carry_over(&self, txn: &Txn, node: NodeId) -> Result<()> {
+        self.txns.carry_over(txn, node).await
+    }
+
     /// The copies of the current (or last) resync round.
     pub fn resync_progress(&self) -> Vec<crate::system::CopyProgress> {
         self.system.resync_progress()

@@ -23,6 +23,7 @@ use crate::cluster::{Cluster, PlanTuning};
 use crate::map::{DistMap, NodeShape, Ring};
 use crate::meta::{Doc, FileMeta, MetaStore};
 use crate::nodes::{connect_all, NodeEndpoint};
+use crate::nodes::{deadline, WORK_DEADLINE};
 use crate::query::SliceTable;
 use crate::session::current_session;
 use crate::system::detector::wait_for_nodes;
@@ -415,10 +416,13 @@ async fn drop_on_nodes(cluster: &Cluster, meta: &TableMeta) {
     for n in cluster.live_nodes() {
         let mut c = n.grpc.clone();
         if let Err(s) = c
-            .drop_table(pb::DropTableRequest {
-                epoch,
-                table: meta.id,
-            })
+            .drop_table(deadline(
+                pb::DropTableRequest {
+                    epoch,
+                    table: meta.id,
+                },
+                WORK_DEADLINE,
+            ))
             .await
         {
             // Its blocks are orphaned on that node until it is reached again.
@@ -461,12 +465,15 @@ impl crate::system::Hooks for Healing {
             let mut mirrored = Vec::new();
             for t in &tables {
                 let mut c = n.grpc.clone();
-                c.create_table(pb::CreateTableRequest {
-                    epoch,
-                    table: t.id,
-                    schema: proto::schema_to_bytes(&t.schema)?,
-                    mirrored: t.mirrored,
-                })
+                c.create_table(deadline(
+                    pb::CreateTableRequest {
+                        epoch,
+                        table: t.id,
+                        schema: proto::schema_to_bytes(&t.schema)?,
+                        mirrored: t.mirrored,
+                    },
+                    WORK_DEADLINE,
+                ))
                 .await
                 .map_err(|s| n.err(s))?;
                 if t.mirrored {
@@ -489,7 +496,11 @@ async fn create_on_nodes(cluster: &Cluster, meta: &TableMeta) -> Result<()> {
             schema: schema.clone(),
             mirrored: meta.mirrored,
         };
-        async move { c.create_table(req).await.map_err(|s| n.err(s)) }
+        async move {
+            c.create_table(deadline(req, WORK_DEADLINE))
+                .await
+                .map_err(|s| n.err(s))
+        }
     });
     for r in futures::future::join_all(calls).await {
         r?;

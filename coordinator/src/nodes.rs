@@ -103,6 +103,26 @@ impl NodeClient {
     }
 }
 
+/// The deadline of a call that writes or makes durable a transaction's
+/// data (Write, Delete, Prepare, Commit, Adopt, DDL): long enough for a
+/// large batch's sync on a busy disk. A node that hangs is failed over long
+/// before (the callers race it against its failover); this bounds a node
+/// that answers heartbeats but not the call.
+pub const WORK_DEADLINE: Duration = Duration::from_secs(60);
+/// The deadline of a call that only reads or flips state (Status, Abort by
+/// the resolver).
+pub const CONTROL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// `msg` as a request bounded by `d`: the call ends with `DEADLINE_EXCEEDED`
+/// (the node reads as unreachable) and the node stops working on it too
+/// (the `grpc-timeout` header). Long calls with progress of their own (a
+/// slice copy, GROOM, a checksum run) and streams (scans) take none.
+pub fn deadline<T>(msg: T, d: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(d);
+    r
+}
+
 /// Every configured node's clients, by id.
 pub type NodeSet = BTreeMap<NodeId, NodeClient>;
 

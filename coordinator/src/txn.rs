@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::catalog::Catalog;
 use crate::meta::{CommitLog, MetaStore};
-use crate::nodes::{NodeClient, NodeSet};
+use crate::nodes::{deadline, NodeClient, NodeSet, CONTROL_DEADLINE, WORK_DEADLINE};
 use crate::system::{MapReader, SystemHandle};
 use crate::{CoordinatorError, Result};
 
@@ -32,6 +32,14 @@ use crate::{CoordinatorError, Result};
 #[derive(Debug, Default)]
 struct TxnWork {
     requests: BTreeMap<NodeId, u64>,
+    /// Request ids sent to each node, per slice (answered or not).
+    sent: BTreeMap<NodeId, BTreeMap<SliceId, BTreeSet<u64>>>,
+    /// Request ids a node answered.
+    acked: BTreeSet<u64>,
+    next_request: u64,
+    /// Failed nodes whose work was carried over: request id -> rows, for
+    /// every request the new acting primaries already held.
+    carried: BTreeMap<NodeId, BTreeMap<u64, u64>>,
     degraded: BTreeSet<(SliceId, NodeId)>,
     failed: Option<String>,
 }
@@ -43,23 +51,64 @@ pub struct Txn {
     /// What the transaction reads: fixed at BEGIN (snapshot isolation).
     pub snapshot: Snapshot,
     work: Mutex<TxnWork>,
+    /// One carry-over at a time ([`TxnManager::carry_over`]).
+    carry: tokio::sync::Mutex<()>,
 }
 
 impl Txn {
-    /// Record a Write or Delete request sent to `node`, and what it reported.
-    pub fn note_request(&self, node: NodeId, degraded: &[SliceId]) {
+    /// A request id unique in this transaction (never 0).
+    pub fn new_request_id(&self) -> u64 {
+        let mut w = self.work.lock();
+        w.next_request += 1;
+        w.next_request
+    }
+
+    /// Record a Write or Delete request (`id`, of `slice`) about to be sent
+    /// to `node`.
+    pub fn note_request(&self, node: NodeId, slice: SliceId, id: u64) {
         let mut w = self.work.lock();
         *w.requests.entry(node).or_default() += 1;
+        w.sent
+            .entry(node)
+            .or_default()
+            .entry(slice)
+            .or_default()
+            .insert(id);
+    }
+
+    /// `node` refused request `id` before it touched anything (its map
+    /// epoch differs): it does not count it, and neither does the
+    /// transaction.
+    pub fn unnote_request(&self, node: NodeId, slice: SliceId, id: u64) {
+        let mut w = self.work.lock();
+        if let Some(n) = w.requests.get_mut(&node) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                w.requests.remove(&node);
+            }
+        }
+        if let Some(ids) = w.sent.get_mut(&node).and_then(|m| m.get_mut(&slice)) {
+            ids.remove(&id);
+        }
+    }
+
+    /// `node` answered request `id`, reporting `degraded` slices: it holds
+    /// their writes, the copies it forwards to do not.
+    pub fn note_request_result(&self, node: NodeId, id: u64, degraded: &[SliceId]) {
+        let mut w = self.work.lock();
+        w.acked.insert(id);
         w.degraded.extend(degraded.iter().map(|&s| (s, node)));
     }
 
-    /// Slices `node` reported degraded in a Write or Delete answer: it
-    /// holds their writes, the copies it forwards to do not.
-    pub fn note_request_result(&self, node: NodeId, degraded: &[SliceId]) {
+    /// The rows of request `id` if the node that took over from `failed`
+    /// already held it (then it must not be sent again).
+    pub fn carried_rows(&self, failed: NodeId, id: u64) -> Option<u64> {
         self.work
             .lock()
-            .degraded
-            .extend(degraded.iter().map(|&s| (s, node)));
+            .carried
+            .get(&failed)
+            .and_then(|m| m.get(&id))
+            .copied()
     }
 
     /// A statement failed: the transaction can only roll back (25P02).
@@ -103,6 +152,10 @@ pub fn current_session() -> Option<u64> {
 pub fn current_txn() -> Option<Arc<Txn>> {
     CURRENT_TXN.try_with(|t| t.clone()).ok()
 }
+
+/// How long a transaction waits for a failed participant's failover (and
+/// for the nodes to install the new map) before it gives up on it.
+const CARRY_WAIT: Duration = Duration::from_secs(5);
 
 /// How long an abort waits for one node before leaving it to the resolver.
 const ABORT_WAIT: Duration = Duration::from_secs(1);
@@ -270,6 +323,7 @@ impl TxnManager {
             xid,
             snapshot,
             work: Mutex::new(TxnWork::default()),
+            carry: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -288,6 +342,19 @@ impl TxnManager {
             return Err(CoordinatorError::TransactionAborted(why));
         }
         let xid = txn.xid;
+        if txn.participants().is_empty() {
+            self.end(xid);
+            return Ok(());
+        }
+        // Phase 1.
+        let degraded = match self.prepare_all(txn).await {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(xid, error = %e, "prepare failed: aborting");
+                self.abort(txn).await;
+                return Err(e);
+            }
+        };
         let requests: Vec<(NodeId, u64)> = txn
             .work
             .lock()
@@ -295,35 +362,7 @@ impl TxnManager {
             .iter()
             .map(|(n, r)| (*n, *r))
             .collect();
-        if requests.is_empty() {
-            self.end(xid);
-            return Ok(());
-        }
-        // Phase 1.
         let epoch = self.map.current().epoch();
-        let calls = requests.iter().map(|&(id, requests)| async move {
-            let node = self.node(id)?.clone();
-            let mut c = node.grpc.clone();
-            c.prepare(pb::TxnRequest {
-                epoch,
-                xid,
-                requests,
-            })
-            .await
-            .map(|r| (id, r.into_inner().degraded_slices))
-            .map_err(|s| node.err(s))
-        });
-        let mut degraded: BTreeSet<(SliceId, NodeId)> = txn.work.lock().degraded.clone();
-        for r in futures::future::join_all(calls).await {
-            match r {
-                Ok((id, d)) => degraded.extend(d.into_iter().map(|s| (s, id))),
-                Err(e) => {
-                    warn!(xid, error = %e, "prepare failed: aborting");
-                    self.abort(txn).await;
-                    return Err(e);
-                }
-            }
-        }
         debug!(xid, "prepared");
         failpoint::hit("coord.commit.after_prepare");
         // Slices whose mirror missed the transaction lose their protection
@@ -347,17 +386,26 @@ impl TxnManager {
                 return Some(id);
             };
             let mut c = node.grpc.clone();
-            match c
-                .commit(pb::TxnRequest {
+            let call = c.commit(deadline(
+                pb::TxnRequest {
                     epoch,
                     xid,
                     requests: 0,
-                })
-                .await
-            {
-                Ok(_) => None,
-                Err(s) => {
-                    warn!(xid, node = id, error = %s, "commit not acknowledged; the resolver will finish it");
+                },
+                WORK_DEADLINE,
+            ));
+            // A hung node never answers: its mirrors finish the
+            // transaction once it is failed over.
+            tokio::select! {
+                r = call => match r {
+                    Ok(_) => None,
+                    Err(s) => {
+                        warn!(xid, node = id, error = %s, "commit not acknowledged; the resolver will finish it");
+                        Some(id)
+                    }
+                },
+                _ = self.map.until_down(id) => {
+                    warn!(xid, node = id, "declared failed before it acknowledged the commit; its mirrors finish it");
                     Some(id)
                 }
             }
@@ -382,12 +430,224 @@ impl TxnManager {
             for id in &left {
                 self.system.report_unreachable(*id);
             }
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while self.is_active(xid) && tokio::time::Instant::now() < deadline {
+            let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+            while self.is_active(xid) && tokio::time::Instant::now() < give_up {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
         debug!(xid, "committed");
+        Ok(())
+    }
+
+    /// Phase one: prepare every participant, carrying the transaction over
+    /// a participant that fails meanwhile (or failed since it wrote): its
+    /// work moves to the nodes now serving its slices, which are prepared
+    /// instead. A node whose map is a step behind is asked again. Answers
+    /// the slices written without their mirror (each with its node).
+    async fn prepare_all(&self, txn: &Txn) -> Result<BTreeSet<(SliceId, NodeId)>> {
+        let xid = txn.xid;
+        let give_up = tokio::time::Instant::now() + CARRY_WAIT;
+        // Node -> the request count it prepared with.
+        let mut prepared: BTreeMap<NodeId, u64> = BTreeMap::new();
+        let mut degraded: BTreeSet<(SliceId, NodeId)> = BTreeSet::new();
+        loop {
+            // A participant that failed before it prepared: its work moves
+            // (one that prepared is finished by its mirrors, as ever).
+            for id in txn.participants() {
+                if self.is_down(id) && !prepared.contains_key(&id) {
+                    self.carry_over(txn, id).await?;
+                }
+            }
+            let requests: Vec<(NodeId, u64)> = txn
+                .work
+                .lock()
+                .requests
+                .iter()
+                .filter(|(n, r)| prepared.get(n) != Some(r))
+                .map(|(n, r)| (*n, *r))
+                .collect();
+            if requests.is_empty() {
+                let mut all = txn.work.lock().degraded.clone();
+                all.extend(degraded);
+                return Ok(all);
+            }
+            let epoch = self.map.current().epoch();
+            let calls = requests.iter().map(|&(id, requests)| async move {
+                let node = self.node(id)?.clone();
+                let mut c = node.grpc.clone();
+                let call = c.prepare(deadline(
+                    pb::TxnRequest {
+                        epoch,
+                        xid,
+                        requests,
+                    },
+                    WORK_DEADLINE,
+                ));
+                // A hung node never answers: race it against its failover.
+                tokio::select! {
+                    r = call => r
+                        .map(|r| (id, requests, r.into_inner().degraded_slices))
+                        .map_err(|s| node.err(s)),
+                    _ = self.map.until_down(id) => Err(CoordinatorError::NodeUnreachable {
+                        node: id,
+                        address: node.address.clone(),
+                        message: "declared failed while preparing".into(),
+                    }),
+                }
+            });
+            let mut retry = false;
+            for r in futures::future::join_all(calls).await {
+                match r {
+                    Ok((id, n, d)) => {
+                        prepared.insert(id, n);
+                        degraded.extend(d.into_iter().map(|s| (s, id)));
+                    }
+                    Err(CoordinatorError::Node {
+                        kind: slicedb_engine::proto::ErrorKind::StaleEpoch,
+                        ..
+                    }) if tokio::time::Instant::now() < give_up => retry = true,
+                    Err(e @ CoordinatorError::NodeUnreachable { node, .. }) => {
+                        self.system.report_unreachable(node);
+                        let down = tokio::time::timeout_at(give_up, self.map.until_down(node));
+                        if down.await.is_err() {
+                            return Err(e);
+                        }
+                        retry = true;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if retry {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    }
+
+    /// `failed` was declared failed while `txn` was open and had written
+    /// to it: carry the transaction on without it. Every node that now
+    /// serves a slice `failed` wrote takes over what `failed` forwarded to
+    /// it for the transaction (node protocol `Adopt`); the transaction's
+    /// requests then count on those nodes, and a request they already hold
+    /// is never sent again ([`Txn::carried_rows`]). Fails (40001, nothing
+    /// changed for `failed`'s work) when a request `failed` acknowledged is
+    /// on no surviving copy (its mirror was unreachable, or restarted), or
+    /// a slice has no surviving copy in sync. Runs once per failed node; a
+    /// second call answers the first's outcome.
+    pub async fn carry_over(&self, txn: &Txn, failed: NodeId) -> Result<()> {
+        let _one = txn.carry.lock().await;
+        let sent: BTreeMap<SliceId, BTreeSet<u64>> = {
+            let w = txn.work.lock();
+            if w.carried.contains_key(&failed) {
+                return Ok(());
+            }
+            w.sent.get(&failed).cloned().unwrap_or_default()
+        };
+        let xid = txn.xid;
+        let cannot = |message: String| CoordinatorError::NodeUnreachable {
+            node: failed,
+            address: self
+                .node(failed)
+                .map(|n| n.address.clone())
+                .unwrap_or_default(),
+            message,
+        };
+        let give_up = tokio::time::Instant::now() + CARRY_WAIT;
+        // Request id -> (slice, rows), and what each adopter already counted.
+        let mut adopted: BTreeMap<u64, (SliceId, u64)> = BTreeMap::new();
+        let mut counted: BTreeMap<NodeId, u64> = BTreeMap::new();
+        'epochs: loop {
+            let map = self.map.current();
+            let mut by_node: BTreeMap<NodeId, Vec<SliceId>> = BTreeMap::new();
+            for &slice in sent.keys() {
+                let entry = map.slices().get(slice as usize).ok_or_else(|| {
+                    CoordinatorError::Catalog(format!("slice {slice} is not in the map"))
+                })?;
+                let (loc, _) = entry.serving()?;
+                if loc.node == failed {
+                    return Err(cannot(format!("slice {slice} is still served there")));
+                }
+                by_node.entry(loc.node).or_default().push(slice);
+            }
+            for (&y, slices) in &by_node {
+                let node = self.node(y)?.clone();
+                let mut c = node.grpc.clone();
+                let r = c
+                    .adopt(deadline(
+                        pb::AdoptRequest {
+                            epoch: map.epoch(),
+                            xid,
+                            from_node: failed,
+                            slices: slices.clone(),
+                        },
+                        WORK_DEADLINE,
+                    ))
+                    .await
+                    .map_err(|s| node.err(s));
+                let r = match r {
+                    Ok(r) => r.into_inner(),
+                    Err(CoordinatorError::Node {
+                        kind: slicedb_engine::proto::ErrorKind::StaleEpoch,
+                        ..
+                    }) if tokio::time::Instant::now() < give_up => {
+                        tokio::time::sleep(Duration::from_millis(25)).await;
+                        continue 'epochs;
+                    }
+                    Err(e) => return Err(e),
+                };
+                for a in &r.writes {
+                    adopted.insert(a.request_id, (a.slice, a.rows));
+                }
+                // Counted on the node as it adopted: count it here too at
+                // once, so an abort reaches it even if a later step fails.
+                let before = counted.insert(y, r.requests).unwrap_or(0);
+                let mut w = txn.work.lock();
+                if r.requests > before {
+                    *w.requests.entry(y).or_default() += r.requests - before;
+                }
+                w.degraded.extend(r.degraded_slices.iter().map(|&s| (s, y)));
+            }
+            break;
+        }
+        let mut w = txn.work.lock();
+        for (slice, ids) in &sent {
+            for id in ids {
+                if w.acked.contains(id) && !adopted.contains_key(id) {
+                    return Err(cannot(format!(
+                        "transaction {xid}: its write {id} of slice {slice} is on no surviving copy; it cannot be carried over"
+                    )));
+                }
+            }
+        }
+        w.requests.remove(&failed);
+        w.sent.remove(&failed);
+        w.degraded.retain(|(_, n)| *n != failed);
+        for (&id, &(slice, _)) in &adopted {
+            w.acked.insert(id);
+            if let Some(y) = self
+                .map
+                .current()
+                .slices()
+                .get(slice as usize)
+                .and_then(|e| e.serving().ok())
+            {
+                w.sent
+                    .entry(y.0.node)
+                    .or_default()
+                    .entry(slice)
+                    .or_default()
+                    .insert(id);
+            }
+        }
+        w.carried.insert(
+            failed,
+            adopted.iter().map(|(&id, &(_, rows))| (id, rows)).collect(),
+        );
+        info!(
+            xid,
+            node = failed,
+            adopted = adopted.len(),
+            "transaction carried over a failed node"
+        );
         Ok(())
     }
 
@@ -457,7 +717,10 @@ impl TxnManager {
         let mut live_all_finished = true;
         for node in self.nodes.values().filter(|n| !self.is_down(n.id)) {
             let mut c = node.grpc.clone();
-            let Ok(st) = c.status(pb::StatusRequest {}).await else {
+            let Ok(st) = c
+                .status(deadline(pb::StatusRequest {}, CONTROL_DEADLINE))
+                .await
+            else {
                 live_all_finished = false;
                 continue;
             };
@@ -474,9 +737,9 @@ impl TxnManager {
                     requests: 0,
                 };
                 let r = if self.is_committed(t.xid) {
-                    c.commit(req).await.map(|_| ())
+                    c.commit(deadline(req, WORK_DEADLINE)).await.map(|_| ())
                 } else {
-                    c.abort(req).await.map(|_| ())
+                    c.abort(deadline(req, CONTROL_DEADLINE)).await.map(|_| ())
                 };
                 match r {
                     Ok(()) => {
@@ -503,11 +766,14 @@ impl TxnManager {
                 }
                 let Ok(node) = self.node(id) else { continue };
                 let mut c = node.grpc.clone();
-                if c.commit(pb::TxnRequest {
-                    epoch,
-                    xid,
-                    requests: 0,
-                })
+                if c.commit(deadline(
+                    pb::TxnRequest {
+                        epoch,
+                        xid,
+                        requests: 0,
+                    },
+                    WORK_DEADLINE,
+                ))
                 .await
                 .is_err()
                 {

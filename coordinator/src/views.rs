@@ -159,7 +159,8 @@ impl SystemView {
     async fn statuses(&self) -> Vec<pb::StatusResponse> {
         let calls = self.cluster.nodes().values().map(|n| {
             let mut c = n.grpc.clone();
-            async move { (n.id, c.status(pb::StatusRequest {}).await) }
+            let req = crate::nodes::deadline(pb::StatusRequest {}, crate::nodes::CONTROL_DEADLINE);
+            async move { (n.id, c.status(req).await) }
         });
         let mut out = Vec::new();
         for (id, r) in futures::future::join_all(calls).await {

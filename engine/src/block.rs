@@ -548,6 +548,13 @@ pub fn inspect_block(
     Ok((h, zones))
 }
 
+/// The header of a block encoded elsewhere, read without verifying the
+/// block (`None` if it does not parse): for bookkeeping that must not wait
+/// for the checksum, never for reading rows.
+pub fn peek_header(bytes: &[u8]) -> Option<BlockHeader> {
+    parse_header(bytes).ok()?.ok()
+}
+
 fn verify_bytes(
     bytes: &[u8],
     disk: DiskId,

@@ -6,7 +6,7 @@
 
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
-    tonic::include_proto!("slicedb.node.v8");
+    tonic::include_proto!("slicedb.node.v9");
 }
 
 use arrow::array::RecordBatch;

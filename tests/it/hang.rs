@@ -1,12 +1,12 @@
 //! A node that hangs (SIGSTOP, 12 s) while a writer inserts batch after
 //! batch on a multi-process cluster: no statement waits for it to wake.
-//! Each one commits, or fails with a retryable error, within a bound well
-//! below the hang; what was acknowledged is there; the node wakes, is
-//! resynced, and the next fault is survived. (The goal is the
-//! detection time plus 1 s; on this machine the longest statement took
-//! 4.9 s: a call under way to the hung node ends only by the connection's
-//! keepalive, 1 s + 3 s. An abort does not wait for a hung node: it is left
-//! to the resolver.)
+//! Each one commits within a bound well below the hang (a statement whose
+//! node hangs is carried over to the node that takes over its slices once
+//! the hung one is declared failed: no client sees an error); what was
+//! acknowledged is there; the node wakes, is resynced, and the next fault
+//! is survived. (The goal is the detection time plus 1 s; on this
+//! machine the longest statement took 2.1 s, 4.9 s before writes were
+//! raced against the failover and carried over.)
 
 use std::time::{Duration, Instant};
 
@@ -44,13 +44,11 @@ fn a_hung_node_never_hangs_a_write_and_loses_nothing_acknowledged() {
                     Err(_) => anyhow::bail!("batch {batch} hung for 60 s"),
                     Ok(Ok(_)) => acked += 2000,
                     Ok(Err(e)) => {
-                        let code = harness::sqlstate(&e).unwrap_or_default();
-                        ensure!(
-                            matches!(code.as_str(), "40001" | "08006" | "58000"),
-                            "batch {batch} failed with a non-retryable error: {}",
+                        failed += 1;
+                        anyhow::bail!(
+                            "batch {batch} failed ({failed} so far): a write under one hung node must be carried over: {}",
                             harness::describe(&e)
                         );
-                        failed += 1;
                     }
                 }
                 ensure!(took < STATEMENT_BOUND, "batch {batch} took {took:?}");
@@ -75,7 +73,7 @@ fn a_hung_node_never_hangs_a_write_and_loses_nothing_acknowledged() {
         );
         let (acked, failed, longest) = writer.await??;
         println!(
-            "[hang_write] {} rows acknowledged, {failed} batches failed (retryable), longest statement {longest:?}",
+            "[hang_write] {} rows acknowledged, {failed} batches failed, longest statement {longest:?}",
             acked
         );
         let n: u64 = scalar(&c, "SELECT count(*) FROM w").await?.parse()?;

@@ -6,6 +6,7 @@
 
 mod architecture;
 mod bad_input;
+mod carry;
 mod copy_csv;
 mod data;
 mod disk_cli;

@@ -79,13 +79,6 @@ pub(super) fn plan_parts(
     Ok(parts)
 }
 
-/// Resolves once the map declares `node` failed.
-async fn wait_until_down(cluster: &Arc<Cluster>, node: NodeId) {
-    while !cluster.is_down(node) {
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-}
-
 /// How long a scan waits for a failover before it gives up on a node.
 const FAILOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -157,7 +150,7 @@ pub(super) async fn scan_with_failover(
             // manager declaring it failed.
             let res = tokio::select! {
                 r = scan_node(p.clone(), schema.clone(), table, tx, counters, dml, &mut done) => r,
-                _ = wait_until_down(cluster, node) => Err(CoordinatorError::NodeUnreachable {
+                _ = cluster.until_down(node) => Err(CoordinatorError::NodeUnreachable {
                     node,
                     address: p.node.address.clone(),
                     message: "declared failed while answering a scan".into(),

@@ -134,6 +134,13 @@ impl MapReader {
         self.map.borrow().clone()
     }
 
+    /// Resolves once the map declares `node` failed.
+    pub async fn until_down(&self, node: NodeId) {
+        while !self.current().is_down(node) {
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
     /// Wait until a newer map has been installed on the nodes (or sent to
     /// every node that could be reached). Err once the manager is gone.
     pub async fn installed(&mut self) -> Result<()> {

@@ -74,7 +74,7 @@ async fn dml_select(
 /// Send delete records for the (slice, rowid) pairs in `batches`
 /// (columns `_slice`, `_rowid` first). Returns rows deleted.
 async fn delete_rows(
-    cluster: &Cluster,
+    cluster: &Arc<Cluster>,
     txn: &Arc<Txn>,
     meta: &TableMeta,
     batches: &[RecordBatch],
@@ -90,34 +90,14 @@ async fn delete_rows(
                 .push(rowids.value(i));
         }
     }
-    let map = cluster.map();
     let snapshot = pb::Snapshot::from(&txn.snapshot);
     let mut deleted = 0;
     for (slice, rowids) in per_slice {
-        let entry = map
-            .slices()
-            .get(slice as usize)
-            .ok_or_else(|| CoordinatorError::Catalog(format!("slice {slice} is not in the map")))?;
-        let (loc, from_mirror) = entry.serving()?;
-        let segment = meta.segment_for(slice, from_mirror)?;
-        let node = cluster.node(loc.node)?.clone();
-        txn.note_request(node.id, &[]);
-        let mut c = node.grpc.clone();
-        let r = c
-            .delete(pb::DeleteRequest {
-                epoch: cluster.map().epoch(),
-                xid: txn.xid,
-                table: meta.id,
-                slice,
-                segment: segment as i32,
-                rowids,
-                snapshot: Some(snapshot.clone()),
-            })
-            .await
-            .map_err(|s| node.err(s))?
-            .into_inner();
-        txn.note_request_result(node.id, &r.degraded_slices);
-        deleted += r.rows;
+        let payload = super::send::Payload::Delete {
+            rowids,
+            snapshot: snapshot.clone(),
+        };
+        deleted += super::send::send(cluster, txn, meta, slice, &payload).await?;
     }
     Ok(deleted)
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::DataType;
-use slicedb_engine::proto::{self, pb};
+use slicedb_engine::proto;
 use slicedb_engine::Xid;
 use tokio::task::JoinSet;
 use tracing::debug;
@@ -244,40 +244,12 @@ impl Loader {
         while self.inflight.len() >= self.max_in_flight {
             self.join_one().await?;
         }
-        // Writes go where the slice is served now (after a failover: the
-        // acting primary, into its mirror segment).
-        let map = self.cluster.map();
-        let entry = &map.slices()[slice];
-        let (loc, from_mirror) = entry.serving()?;
-        let segment = self.table.segment_for(entry.slice, from_mirror)?;
-        let node = self.cluster.node(loc.node)?.clone();
-        self.txn.note_request(node.id, &[]);
-        let txn = self.txn.clone();
-        let req = pb::WriteRequest {
-            epoch: self.cluster.map().epoch(),
-            xid: self.txn.xid,
-            table: self.table.id,
-            slice: entry.slice,
-            segment: segment as i32,
-            batches: proto::batches_to_ipc(&self.table.schema, &[batch])?.into(),
-        };
-        let cluster = self.cluster.clone();
-        self.inflight.spawn(async move {
-            let mut c = node.grpc.clone();
-            let r = c
-                .write(req)
-                .await
-                .map_err(|s| {
-                    let e = node.err(s);
-                    if matches!(e, CoordinatorError::NodeUnreachable { .. }) {
-                        cluster.report_unreachable(node.id);
-                    }
-                    e
-                })?
-                .into_inner();
-            txn.note_request_result(node.id, &r.degraded_slices);
-            Ok(r.rows)
-        });
+        let payload =
+            super::send::Payload::Rows(proto::batches_to_ipc(&self.table.schema, &[batch])?.into());
+        let (cluster, txn, table) = (self.cluster.clone(), self.txn.clone(), self.table.clone());
+        let slice = slice as u32;
+        self.inflight
+            .spawn(async move { super::send::send(&cluster, &txn, &table, slice, &payload).await });
         Ok(())
     }
 

@@ -5,6 +5,8 @@
 //! - [`sink`]: INSERT from DataFusion, the sink each table is handed.
 //! - [`dml`]: DELETE and UPDATE (their rows found by a query-path scan).
 //! - [`maintenance`]: GROOM TABLE and the online mirror check.
+//! - [`send`]: one write request to its slice's node, carried over a
+//!   failover of that node.
 //!
 //! It sees the cluster through [`crate::Cluster`], reads the map and never
 //! changes it, and never touches a disk image: the primaries forward to
@@ -14,6 +16,7 @@ pub mod dml;
 pub mod hash;
 pub mod load;
 pub mod maintenance;
+pub mod send;
 pub mod sink;
 
 pub use load::Loader;

@@ -122,8 +122,9 @@ impl Forwarder {
         xid: Xid,
         table: TableId,
         slice: SliceId,
-        blocks: Vec<Vec<u8>>,
+        blocks: Vec<bytes::Bytes>,
         deleted_rowids: Vec<i64>,
+        request_id: u64,
     ) {
         let Some(&mirror) = routes.mirrors.get(&slice) else {
             return;
@@ -144,10 +145,11 @@ impl Forwarder {
             xid,
             table,
             slice,
-            blocks: blocks.into_iter().map(bytes::Bytes::from).collect(),
+            blocks,
             deleted_rowids,
             seq,
             from_node: self.node,
+            request_id,
         };
         let res = self
             .call(

@@ -12,7 +12,11 @@
 //! On the mirror, [`Staging`] holds what arrives in memory per (xid,
 //! primary node) and, at prepare, once it has checked that no forward was
 //! lost, writes it into the mirror segment with the store's primitives
-//! (`append_encoded` and `delete` under `prepare_after`).
+//! (`append_encoded` and `delete` under `prepare_after`). When the primary
+//! fails with a transaction still open, the node that now serves its slices
+//! takes what it forwarded over as its own writes (`Staging::take_for_adoption`,
+//! the node server's `Adopt`), so the coordinator carries the transaction
+//! on instead of failing it.
 //!
 //! A slice copy's target pulls from its source with [`copy::pull`] (the
 //! regeneration and resync of a copy, which the coordinator directs).
@@ -31,7 +35,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 pub use forward::Forwarder;
-pub use staging::Staging;
+pub use staging::{Applied, StagedData, Staging, DEFAULT_STAGING_MEMORY};
 
 use crate::{NodeId, SliceId};
 

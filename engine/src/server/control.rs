@@ -228,7 +228,7 @@ impl pb::node_server::Node for NodeServer {
         let mirror = segment != SegmentKind::Temp
             && self.state.forwarder.decide(&map.routes, req.xid, req.slice);
         self.count_request(req.xid, disk_id);
-        let (xid, table, slice) = (req.xid, req.table, req.slice);
+        let (xid, table, slice, request_id) = (req.xid, req.table, req.slice, req.request_id);
         let (rows, blocks) = Self::blocking(move || {
             let (_, batches) = proto::ipc_to_batches(&req.batches)?;
             let (mut rows, mut blocks) = (0, Vec::new());
@@ -257,8 +257,9 @@ impl pb::node_server::Node for NodeServer {
                     xid,
                     table,
                     slice,
-                    blocks,
+                    blocks.into_iter().map(bytes::Bytes::from).collect(),
                     Vec::new(),
+                    request_id,
                 )
                 .await;
         }
@@ -305,6 +306,7 @@ impl pb::node_server::Node for NodeServer {
                     slice,
                     Vec::new(),
                     req.rowids,
+                    req.request_id,
                 )
                 .await;
         }
@@ -369,7 +371,7 @@ impl pb::node_server::Node for NodeServer {
         let req = request.into_inner();
         let xid = req.xid;
         failpoint::hit("node.commit.before");
-        self.on_all_disks(xid, DiskStore::commit).await?;
+        self.on_all_disks(xid, DiskStore::commit_prepared).await?;
         failpoint::hit("node.commit.after_local");
         self.state.txns.lock().remove(&xid);
         // Forwards staged here but never prepared were left out of this
@@ -498,6 +500,115 @@ impl pb::node_server::Node for NodeServer {
             "slice copied"
         );
         Ok(Response::new(done))
+    }
+
+    /// Take over what a failed primary forwarded here for an open
+    /// transaction (see `mirror::staging`): forwards still staged are
+    /// written now as this node's own writes of the transaction (pending,
+    /// and forwarded on if the slice has a route), those the primary's
+    /// prepare already wrote here count as this node's too. Answers every
+    /// request adopted for the slices asked, by this call or an earlier one.
+    #[instrument(skip_all, fields(node = self.state.node, xid = request.get_ref().xid, from = request.get_ref().from_node))]
+    async fn adopt(
+        &self,
+        request: Request<pb::AdoptRequest>,
+    ) -> Result<Response<pb::AdoptResponse>, Status> {
+        let req = request.into_inner();
+        let map = self.check_epoch(req.epoch).map_err(status)?;
+        let xid = req.xid;
+        if xid == 0 || req.from_node == self.state.node {
+            return Err(status(EngineError::InvalidRequest(
+                "adopt needs an xid and another node".into(),
+            )));
+        }
+        // Only slices this node now serves from the copy the forwards went to.
+        for &slice in &req.slices {
+            if self.owned_disk(&map, slice, SegmentKind::Mirror).is_err()
+                && self.owned_disk(&map, slice, SegmentKind::Primary).is_err()
+            {
+                return Err(status(EngineError::SliceNotOwned {
+                    node: self.state.node,
+                    slice,
+                    segment: SegmentKind::Mirror.as_str().into(),
+                    epoch: map.epoch,
+                }));
+            }
+        }
+        let taken = self
+            .state
+            .staging
+            .take_for_adoption(xid, req.from_node, &req.slices);
+        let to_apply = taken.to_apply;
+        let me = self.clone();
+        let (written, items) = Self::blocking(move || {
+            let mut written = Vec::with_capacity(to_apply.len());
+            for item in &to_apply {
+                let d = me.state.staging.disk(item.disk)?;
+                let rows = item.apply(d, xid)?;
+                written.push(crate::mirror::Applied {
+                    request_id: item.request_id,
+                    slice: item.slice,
+                    disk: item.disk,
+                    rows,
+                });
+            }
+            Ok((written, to_apply))
+        })
+        .await
+        .map_err(status)?;
+        // Forward on what this node now writes for the transaction, like
+        // its own writes (a slice with no route stays local in it).
+        for item in items {
+            if item.segment == SegmentKind::Temp
+                || !self.state.forwarder.decide(&map.routes, xid, item.slice)
+            {
+                continue;
+            }
+            // (Rare: a slice that gained a route since the failover. A
+            // spilled forward is read back here.)
+            let (blocks, rowids) = match &item.data {
+                crate::mirror::StagedData::Delete(r) => (Vec::new(), r.clone()),
+                data => (data.blocks().map_err(status)?, Vec::new()),
+            };
+            self.state
+                .forwarder
+                .write(
+                    map.epoch,
+                    &map.routes,
+                    xid,
+                    item.table,
+                    item.slice,
+                    blocks,
+                    rowids,
+                    item.request_id,
+                )
+                .await;
+        }
+        let fresh: Vec<crate::mirror::Applied> =
+            written.into_iter().chain(taken.already_applied).collect();
+        for a in &fresh {
+            self.count_request(xid, a.disk);
+        }
+        self.state.staging.note_adopted(xid, req.from_node, &fresh);
+        let all: Vec<&crate::mirror::Applied> = taken.earlier.iter().chain(&fresh).collect();
+        info!(
+            xid,
+            from = req.from_node,
+            adopted = fresh.len(),
+            "took over a failed primary's forwards"
+        );
+        Ok(Response::new(pb::AdoptResponse {
+            requests: all.len() as u64,
+            writes: all
+                .into_iter()
+                .map(|a| pb::AdoptedWrite {
+                    request_id: a.request_id,
+                    slice: a.slice,
+                    rows: a.rows,
+                })
+                .collect(),
+            degraded_slices: self.state.forwarder.degraded(xid),
+        }))
     }
 
     async fn status(

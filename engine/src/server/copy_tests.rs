@@ -65,6 +65,14 @@ async fn write(c: &mut Client, xid: u64, from: i64, n: i64) {
         slice: 0,
         segment: pb::Segment::Primary as i32,
         batches: proto::batches_to_ipc(&schema(), &[batch]).unwrap().into(),
+        request_id: 1,
+    })
+    .await
+    .unwrap();
+    c.prepare(pb::TxnRequest {
+        epoch: 5,
+        xid,
+        requests: 1,
     })
     .await
     .unwrap();
@@ -187,6 +195,14 @@ async fn a_target_pulls_a_slice_copy_from_its_source_whole_then_only_what_change
             xip: vec![],
             own: 11,
         }),
+        request_id: 1,
+    })
+    .await
+    .unwrap();
+    na.prepare(pb::TxnRequest {
+        epoch: 5,
+        xid: 11,
+        requests: 1,
     })
     .await
     .unwrap();

@@ -104,6 +104,12 @@ impl NodeServer {
         }
     }
 
+    /// Spill staged mirror forwards into files under `dir` past `budget`
+    /// bytes in memory (see `mirror::staging`).
+    pub fn spill_staging_to(&self, dir: std::path::PathBuf, budget: usize) -> Result<()> {
+        self.state.staging.spill_to(dir, budget)
+    }
+
     /// Run the query fragments of scans with `runner` (the query engine the
     /// process links); without one, a scan carrying a fragment is refused.
     pub fn set_fragment_runner(&self, runner: Arc<dyn FragmentRunner>) {
@@ -421,12 +427,20 @@ mod tests {
             batches: proto::batches_to_ipc(&schema, std::slice::from_ref(&batch))
                 .unwrap()
                 .into(),
+            request_id: 1,
         };
         let e = node.write(write(4, 1)).await.unwrap_err();
         assert_eq!(proto::error_kind(&e), ErrorKind::StaleEpoch, "{e}");
         let e = node.write(write(5, 7)).await.unwrap_err();
         assert_eq!(proto::error_kind(&e), ErrorKind::SliceNotOwned, "{e}");
         assert_eq!(node.write(write(5, 1)).await.unwrap().into_inner().rows, 3);
+        node.prepare(pb::TxnRequest {
+            epoch: 5,
+            xid: 9,
+            requests: 1,
+        })
+        .await
+        .unwrap();
         node.commit(pb::TxnRequest {
             epoch: 5,
             xid: 9,

@@ -19,6 +19,7 @@ use super::{status, NodeServer};
 use crate::failpoint;
 use crate::proto::pb;
 use crate::store::{DiskStore, SegmentKind};
+use crate::EngineError;
 
 /// Blocks in flight per export stream (each up to a block's size).
 const EXPORT_WINDOW: usize = 8;
@@ -100,17 +101,31 @@ impl pb::peer_node_server::PeerNode for NodeServer {
     ) -> Result<Response<pb::Ack>, Status> {
         let _fg = self.state.activity.begin();
         let req = request.into_inner();
-        let map = self.check_epoch(req.epoch).map_err(status)?;
+        // Checked and staged under the map lock: once a newer map is
+        // installed no forward of an older one is staged, so an `Adopt` at
+        // the newer epoch sees every forward this node will ever stage
+        // from the failed primary.
+        let guard = self.state.map.read();
+        let map = match guard.as_ref() {
+            Some(m) if m.epoch == req.epoch => m,
+            other => {
+                return Err(status(EngineError::StaleEpoch {
+                    ours: other.map_or(0, |m| m.epoch),
+                    theirs: req.epoch,
+                }))
+            }
+        };
         // This node holds one copy of the slice: in its mirror segment, or
         // (a failed-over mirror forwarding to it) its primary segment.
-        let (segment, disk) = match self.owned_disk(&map, req.slice, SegmentKind::Mirror) {
+        let (segment, disk) = match self.owned_disk(map, req.slice, SegmentKind::Mirror) {
             Ok(d) => (SegmentKind::Mirror, d),
-            Err(e) => match self.owned_disk(&map, req.slice, SegmentKind::Primary) {
+            Err(e) => match self.owned_disk(map, req.slice, SegmentKind::Primary) {
                 Ok(d) => (SegmentKind::Primary, d),
                 Err(_) => return Err(status(e)),
             },
         };
         self.state.staging.stage(disk, segment, req);
+        drop(guard);
         Ok(Response::new(pb::Ack {}))
     }
 

@@ -283,6 +283,31 @@ impl DiskStore {
         Ok(Some(b.header.rows))
     }
 
+    /// Move the stream's next rowid and block sequence past those of a
+    /// block encoded elsewhere (a forward staged for a later prepare, or
+    /// for adoption): rows this copy writes itself never take its rowids.
+    /// A block that does not parse, or of an unknown table, changes nothing
+    /// (it fails when it is applied).
+    pub fn reserve_past(&self, segment: SegmentKind, table: TableId, slice: SliceId, bytes: &[u8]) {
+        let Some(h) = block::peek_header(bytes) else {
+            return;
+        };
+        let mut inner = self.inner.lock();
+        if !inner.tables.contains_key(&table) {
+            return;
+        }
+        let s = inner
+            .streams
+            .entry(StreamKey {
+                segment,
+                table,
+                slice,
+            })
+            .or_insert_with(Stream::empty);
+        s.next_rowid = s.next_rowid.max(h.rowid_max.saturating_add(1));
+        s.next_seq = s.next_seq.max(h.seq.saturating_add(1));
+    }
+
     /// Verify a block encoded elsewhere and note it on its stream (rowids
     /// and seqs stay ahead of it), unless an xid in `held` wrote it: what
     /// it takes to write it pending under `xid`.

@@ -222,6 +222,28 @@ impl DiskStore {
         Ok(())
     }
 
+    /// [`DiskStore::commit`] for a transaction the coordinator prepared
+    /// here. One this disk wrote for but never prepared cannot have been
+    /// committed with this work in it: the coordinator carried it over to
+    /// another node (this one was failed over meanwhile), so it is aborted
+    /// here instead, and its rows are never published on this copy.
+    pub fn commit_prepared(&self, xid: Xid) -> Result<()> {
+        let unprepared = self
+            .inner
+            .lock()
+            .pending
+            .get(&xid)
+            .is_some_and(|t| !t.prepared && !t.is_empty());
+        if unprepared {
+            warn!(
+                xid,
+                "a commit for a transaction never prepared here: its work was carried over elsewhere; aborted on this disk"
+            );
+            return self.abort(xid);
+        }
+        self.commit(xid)
+    }
+
     /// Forget `xid`: its blocks and deletes are dropped and its row locks
     /// released. A prepared transaction is removed durably from the metadata.
     /// (Its space is not reused until the table is dropped or the disk reopened.)

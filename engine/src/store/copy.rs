@@ -56,10 +56,14 @@ impl DiskStore {
     }
 
     /// The xids whose effects this copy of a slice holds or will hold
-    /// (sorted): those of its committed blocks, and every transaction open
-    /// on it (forwarded, or in doubt after a crash): its own commit or abort
-    /// finishes it here, so the source must not send its blocks too. What
-    /// an incremental resync tells its source it already has.
+    /// (sorted): those of its committed blocks, and every transaction
+    /// prepared on it (forwarded, or in doubt after a crash): its own commit
+    /// or abort finishes it here, so the source must not send its blocks
+    /// too. A transaction open here but never prepared is not held: it can
+    /// only be aborted here (a commit of it aborts it, its work having been
+    /// carried over to another node), so if it committed elsewhere the
+    /// source sends it. What an incremental resync tells its source it
+    /// already has.
     pub fn copy_xids(
         &self,
         segment: SegmentKind,
@@ -76,9 +80,10 @@ impl DiskStore {
             .pending
             .iter()
             .filter(|(_, t)| {
-                t.blocks.iter().any(|b| b.key == key)
-                    || t.deletes.contains_key(&key)
-                    || t.runs.iter().any(|r| r.0 == key)
+                t.prepared
+                    && (t.blocks.iter().any(|b| b.key == key)
+                        || t.deletes.contains_key(&key)
+                        || t.runs.iter().any(|r| r.0 == key))
             })
             .map(|(&x, _)| x)
             .collect();
@@ -430,6 +435,33 @@ mod tests {
         ));
         dst.abort(101).unwrap();
         assert_eq!(dst.copy_xids(M, 1, 0).unwrap(), Vec::<Xid>::new());
+    }
+
+    /// A transaction a node wrote as primary and never prepared, whose work
+    /// was carried over to the other copy (which committed it) while the
+    /// node was failed over: when the node comes back, a resync sends that
+    /// transaction's block (it is not held), and the commit that reaches the
+    /// leftover aborts it, so the copy equals the source with no row twice.
+    #[test]
+    fn a_leftover_never_prepared_is_not_held_and_its_commit_aborts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = stores(dir.path());
+        src.append(P, 1, 0, 5, &rows(0, 100)).unwrap();
+        src.commit(5).unwrap();
+        copy(&src, &dst, false, 100);
+        // Xid 7: the copy wrote it first (as primary), then was failed over;
+        // the source took the same rows over and committed them.
+        let (_, blocks) = dst.append_for_mirror(M, 1, 0, 7, &rows(100, 20)).unwrap();
+        src.append_encoded(P, 1, 0, 7, &blocks[0]).unwrap();
+        src.prepare(7).unwrap();
+        src.commit(7).unwrap();
+        assert_eq!(dst.copy_xids(M, 1, 0).unwrap(), vec![5], "7 is not held");
+        let (sent, _) = copy(&src, &dst, true, 101);
+        assert_eq!(sent.blocks.len(), 1, "xid 7's block is sent");
+        dst.commit_prepared(7).unwrap();
+        let now = Snapshot::latest();
+        assert_eq!(checksum(&src, P, &now), checksum(&dst, M, &now));
+        assert_eq!(checksum(&dst, M, &now).rows, 120);
     }
 
     /// A transaction in doubt on the copy after a crash (prepared there,

@@ -45,7 +45,7 @@ mod scan;
 mod sink;
 mod tables;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;

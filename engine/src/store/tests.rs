@@ -12,13 +12,13 @@ use super::*;
 use crate::disk::MemDevice;
 use crate::{EngineError, Result, SliceId, TableId, Xid};
 
-pub(super) const IDS: DiskIds = DiskIds {
+pub(crate) const IDS: DiskIds = DiskIds {
     cluster_id: [7; 16],
     node_id: 3,
     disk_id: 1,
 };
 
-pub(super) fn small_init() -> InitOptions {
+pub(crate) fn small_init() -> InitOptions {
     InitOptions {
         size: 64 << 20,
         extent_size: 64 << 10,
@@ -26,7 +26,7 @@ pub(super) fn small_init() -> InitOptions {
     }
 }
 
-pub(super) fn opts(block_rows: usize) -> StoreOptions {
+pub(crate) fn opts(block_rows: usize) -> StoreOptions {
     StoreOptions {
         block_rows,
         compression: Compression::Lz4,
@@ -35,7 +35,7 @@ pub(super) fn opts(block_rows: usize) -> StoreOptions {
     }
 }
 
-pub(super) fn schema() -> SchemaRef {
+pub(crate) fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("k", DataType::Int64, false),
         Field::new("name", DataType::Utf8, true),
@@ -43,7 +43,7 @@ pub(super) fn schema() -> SchemaRef {
     ]))
 }
 
-pub(super) fn rows(from: i64, n: i64) -> RecordBatch {
+pub(crate) fn rows(from: i64, n: i64) -> RecordBatch {
     RecordBatch::try_new(
         schema(),
         vec![
@@ -59,7 +59,7 @@ pub(super) fn rows(from: i64, n: i64) -> RecordBatch {
     .unwrap()
 }
 
-pub(super) fn spec(segment: SegmentKind, table: TableId, slice: SliceId) -> ScanSpec {
+pub(crate) fn spec(segment: SegmentKind, table: TableId, slice: SliceId) -> ScanSpec {
     ScanSpec {
         segment,
         table,
@@ -71,7 +71,7 @@ pub(super) fn spec(segment: SegmentKind, table: TableId, slice: SliceId) -> Scan
     }
 }
 
-pub(super) fn scan_all(store: &DiskStore, s: &ScanSpec) -> Result<RecordBatch> {
+pub(crate) fn scan_all(store: &DiskStore, s: &ScanSpec) -> Result<RecordBatch> {
     let mut scan = store.scan(s)?;
     let schema = scan.schema();
     let batches: Vec<RecordBatch> = scan.by_ref().collect::<Result<_>>()?;
@@ -79,7 +79,7 @@ pub(super) fn scan_all(store: &DiskStore, s: &ScanSpec) -> Result<RecordBatch> {
     Ok(concat_batches(&schema, &batches)?)
 }
 
-pub(super) fn mem_store(block_rows: usize) -> (Arc<MemDevice>, DiskStore) {
+pub(crate) fn mem_store(block_rows: usize) -> (Arc<MemDevice>, DiskStore) {
     let dev = Arc::new(MemDevice::new(small_init().size));
     let store = DiskStore::create_with_device(
         dev.clone(),
@@ -92,14 +92,14 @@ pub(super) fn mem_store(block_rows: usize) -> (Arc<MemDevice>, DiskStore) {
     (dev, store)
 }
 
-pub(super) fn reopen_mem(image: Vec<u8>, block_rows: usize) -> Result<(Arc<MemDevice>, DiskStore)> {
+pub(crate) fn reopen_mem(image: Vec<u8>, block_rows: usize) -> Result<(Arc<MemDevice>, DiskStore)> {
     let dev = Arc::new(MemDevice::from_image(image));
     let store =
         DiskStore::open_with_device(dev.clone(), Path::new("mem"), opts(block_rows), false)?;
     Ok((dev, store))
 }
 
-pub(super) fn rowids(b: &RecordBatch) -> Vec<i64> {
+pub(crate) fn rowids(b: &RecordBatch) -> Vec<i64> {
     b.column_by_name(crate::HIDDEN_ROWID)
         .unwrap()
         .as_primitive::<Int64Type>()
@@ -108,12 +108,12 @@ pub(super) fn rowids(b: &RecordBatch) -> Vec<i64> {
 }
 
 /// Everything visible on a store, for comparing states.
-pub(super) type Fingerprint = (
+pub(crate) type Fingerprint = (
     Vec<TableId>,
     Vec<(SegmentKind, TableId, SliceId, RecordBatch)>,
 );
 
-pub(super) fn fingerprint(store: &DiskStore) -> Fingerprint {
+pub(crate) fn fingerprint(store: &DiskStore) -> Fingerprint {
     let mut out = Vec::new();
     for st in store.slice_stats() {
         let s = ScanSpec {
@@ -125,7 +125,7 @@ pub(super) fn fingerprint(store: &DiskStore) -> Fingerprint {
     (store.tables(), out)
 }
 
-pub(super) fn count(store: &DiskStore, seg: SegmentKind, snap: &Snapshot) -> u64 {
+pub(crate) fn count(store: &DiskStore, seg: SegmentKind, snap: &Snapshot) -> u64 {
     let s = ScanSpec {
         snapshot: snap.clone(),
         ..spec(seg, 1, 0)
@@ -137,7 +137,7 @@ pub(super) fn count(store: &DiskStore, seg: SegmentKind, snap: &Snapshot) -> u64
         .sum()
 }
 
-pub(super) fn snap(xmax: Xid, xip: &[Xid], own: Option<Xid>) -> Snapshot {
+pub(crate) fn snap(xmax: Xid, xip: &[Xid], own: Option<Xid>) -> Snapshot {
     Snapshot {
         xmax,
         xip: xip.to_vec(),
