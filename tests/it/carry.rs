@@ -230,3 +230,61 @@ fn writes_running_when_a_node_dies_are_carried_over_with_no_client_error() {
         Ok(())
     });
 }
+
+/// The primary dies at each step of its prepare (before it, after its own
+/// prepare, after its mirror's): the INSERT is still acknowledged (the node
+/// now serving its slices takes over the forwards, staged or already
+/// prepared there), every row is there once, and once the node is back
+/// (resolving what it held in doubt) both copies agree and the next fault
+/// is survived.
+#[test]
+fn a_primary_dying_at_any_step_of_prepare_loses_no_statement() {
+    harness::run("carry_prepare", |env| async move {
+        for point in [
+            "node.prepare.before",
+            "node.prepare.after_local",
+            "node.prepare.after_mirror",
+        ] {
+            let spec = format!("{point}=exit");
+            let mut db = Slicedb::multiprocess_with(
+                &env,
+                NODES,
+                point,
+                &[(0, "SLICEDB_FAILPOINTS", spec.as_str())],
+            )
+            .await?;
+            let c = db.connect().await?;
+            exec(&c, "CREATE TABLE p (k bigint, v bigint) DISTRIBUTE ON (k)").await?;
+            c.simple_query("INSERT INTO p SELECT i, i * 2 FROM generate_series(1, 3000) AS g(i)")
+                .await
+                .map_err(|e| fail(point, &e))?;
+            let status = db
+                .wait_node_exit(0, Duration::from_secs(10))
+                .await
+                .ok_or_else(|| anyhow!("{point}: node 0 did not exit at the failpoint"))?;
+            ensure!(
+                status.code() == Some(86),
+                "{point}: expected failpoint exit 86, got {status:?}"
+            );
+            let want = vec![vec![Some("3000".to_string()), Some("4501500".to_string())]];
+            let got = query(&c, "SELECT count(*), sum(k) FROM p").await?;
+            ensure!(got == want, "{point}: acknowledged rows: {got:?}");
+            db.restart_node(&env, 0).await?;
+            harness::wait_fully_protected(&c, Duration::from_secs(60)).await?;
+            harness::ensure_verified(&c).await?;
+            ensure!(
+                query(&c, "SELECT count(*), sum(k) FROM p").await? == want,
+                "{point}: answers after node 0 came back"
+            );
+            db.kill_proc(1);
+            ensure!(
+                query(&c, "SELECT count(*), sum(k) FROM p").await? == want,
+                "{point}: answers after the next fault"
+            );
+            eprintln!("[carry_prepare] {point}: acknowledged, healed, next fault survived");
+            drop(c);
+            db.kill();
+        }
+        Ok(())
+    });
+}
