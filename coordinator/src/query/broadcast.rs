@@ -472,7 +472,9 @@ impl ExecutionPlan for BroadcastScanExec {
             blocks_total: MetricBuilder::new(&self.metrics).counter("blocks_total", partition),
             blocks_pruned: MetricBuilder::new(&self.metrics).counter("blocks_pruned", partition),
             slices: MetricBuilder::new(&self.metrics).counter("slices_answered", partition),
+            spilled: MetricBuilder::new(&self.metrics).counter("slices_spilled", partition),
         };
+        let disk = context.runtime_env().disk_manager.clone();
         let cluster = self.cluster.clone();
         let table = self.table.clone();
         let out_schema = schema.clone();
@@ -488,7 +490,7 @@ impl ExecutionPlan for BroadcastScanExec {
             part.request.broadcast = broadcast;
             tokio::spawn(async move {
                 let res = scan_with_failover(
-                    &cluster, &meta, &base, part, out_schema, &table, &tx, &counters, &dml,
+                    &cluster, &meta, &base, part, out_schema, &table, &tx, &counters, &dml, &disk,
                 )
                 .await;
                 if let Err(e) = res {

@@ -5,7 +5,10 @@
 //! declared failed mid-answer is reported to the system manager, and the
 //! slices it had not finished are asked again from where the new map
 //! serves them. Nothing is passed on twice, nothing is lost, and a partial
-//! answer is never returned.
+//! answer is never returned. A slice's rows are held until its `done` tag
+//! (then they are final): in memory up to [`hold_bytes`] per node answer,
+//! past that in a spill file of the query's disk manager, so a slice larger
+//! than memory is read too.
 //!
 //! It never changes the map: it reports and waits.
 
@@ -29,6 +32,77 @@ use crate::catalog::TableMeta;
 use crate::cluster::Cluster;
 use crate::nodes::NodeClient;
 use crate::CoordinatorError;
+
+/// Bytes of slice answers one node's answer holds in memory before it
+/// spills the rest (until their `done` tags): 64 MiB, or
+/// `SLICEDB_SCAN_HOLD_BYTES` (read once; for tuning and tests).
+fn hold_bytes() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("SLICEDB_SCAN_HOLD_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64 << 20)
+    })
+}
+
+/// One slice's rows until its `done` tag: in memory, then (past the hold
+/// budget) in a spill file.
+#[derive(Default)]
+struct Held {
+    batches: Vec<RecordBatch>,
+    spill: Option<Spill>,
+}
+
+struct Spill {
+    file: Arc<dyn datafusion::execution::spill_file::SpillFile>,
+    writer:
+        arrow::ipc::writer::StreamWriter<Box<dyn datafusion::execution::spill_file::SpillWriter>>,
+}
+
+impl Held {
+    /// Write `batch` to this slice's spill file (created on first use).
+    fn spill(
+        &mut self,
+        disk: &Arc<datafusion::execution::disk_manager::DiskManager>,
+        batch: &RecordBatch,
+    ) -> DfResult<()> {
+        if self.spill.is_none() {
+            let file = disk.create_tmp_file("slice answer held until its done tag")?;
+            let writer =
+                arrow::ipc::writer::StreamWriter::try_new(file.open_writer()?, &batch.schema())?;
+            self.spill = Some(Spill { file, writer });
+        }
+        if let Some(s) = self.spill.as_mut() {
+            s.writer.write(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Every batch held, in memory then read back from the spill file.
+    fn release(self) -> DfResult<Box<dyn Iterator<Item = DfResult<RecordBatch>> + Send>> {
+        let mem = self.batches.into_iter().map(Ok);
+        let Some(mut s) = self.spill else {
+            return Ok(Box::new(mem));
+        };
+        s.writer.finish()?;
+        s.writer.get_mut().finish()?;
+        let path = s.file.path().ok_or_else(|| {
+            datafusion::error::DataFusionError::Internal("a spill file with no local path".into())
+        })?;
+        let reader = arrow::ipc::reader::StreamReader::try_new(
+            std::io::BufReader::new(std::fs::File::open(path)?),
+            None,
+        )?;
+        // The file stays until the reader is done with it.
+        let keep = s.file;
+        let read = reader.map(move |b| {
+            let _ = &keep;
+            b.map_err(Into::into)
+        });
+        Ok(Box::new(mem.chain(read)))
+    }
+}
 
 /// Who answers for `slices` under `map`: each slice exactly once, from where
 /// it is served now (its primary, or after a failover its mirror's node
@@ -119,6 +193,8 @@ pub(super) struct DmlShape {
 
 pub(super) struct ScanCounters {
     pub rows: Count,
+    /// Slices whose answer was held partly in a spill file.
+    pub spilled: Count,
     pub blocks_total: Count,
     pub blocks_pruned: Count,
     pub slices: Count,
@@ -137,6 +213,7 @@ pub(super) async fn scan_with_failover(
     tx: &mpsc::Sender<DfResult<RecordBatch>>,
     counters: &ScanCounters,
     dml: &Option<DmlShape>,
+    disk: &Arc<datafusion::execution::disk_manager::DiskManager>,
 ) -> DfResult<()> {
     let all: Vec<SliceId> = part.slices.clone();
     let mut done: BTreeSet<SliceId> = BTreeSet::new();
@@ -149,7 +226,7 @@ pub(super) async fn scan_with_failover(
             // A hung node never errors: race its answer against the system
             // manager declaring it failed.
             let res = tokio::select! {
-                r = scan_node(p.clone(), schema.clone(), table, tx, counters, dml, &mut done) => r,
+                r = scan_node(p.clone(), schema.clone(), table, tx, counters, dml, disk, &mut done) => r,
                 _ = cluster.until_down(node) => Err(CoordinatorError::NodeUnreachable {
                     node,
                     address: p.node.address.clone(),
@@ -200,6 +277,7 @@ pub(super) async fn scan_with_failover(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn scan_node(
     part: ScanPart,
     schema: SchemaRef,
@@ -207,6 +285,7 @@ async fn scan_node(
     tx: &mpsc::Sender<DfResult<RecordBatch>>,
     counters: &ScanCounters,
     dml: &Option<DmlShape>,
+    disk: &Arc<datafusion::execution::disk_manager::DiskManager>,
     finished: &mut BTreeSet<SliceId>,
 ) -> Result<(), CoordinatorError> {
     let incomplete = |reason: String| CoordinatorError::IncompleteScan {
@@ -226,7 +305,8 @@ async fn scan_node(
     let mut done: BTreeSet<SliceId> = BTreeSet::new();
     let mut rows_per_slice: BTreeMap<SliceId, u64> = BTreeMap::new();
     // A slice's batches, held until its `done` tag: then they are final.
-    let mut held: BTreeMap<SliceId, Vec<RecordBatch>> = BTreeMap::new();
+    let mut held: BTreeMap<SliceId, Held> = BTreeMap::new();
+    let mut held_bytes = 0usize;
     while let Some(msg) = decoder.next().await {
         let msg = msg.map_err(|e| match e {
             FlightError::Tonic(s) => node_for_err.err(*s),
@@ -266,7 +346,17 @@ async fn scan_node(
             counters.slices.add(1);
             counters.blocks_total.add(tag.blocks_total as usize);
             counters.blocks_pruned.add(tag.blocks_pruned as usize);
-            for batch in held.remove(&tag.slice).unwrap_or_default() {
+            let h = held.remove(&tag.slice).unwrap_or_default();
+            held_bytes -= h
+                .batches
+                .iter()
+                .map(|b| b.get_array_memory_size())
+                .sum::<usize>();
+            if h.spill.is_some() {
+                counters.spilled.add(1);
+            }
+            for batch in h.release()? {
+                let batch = batch?;
                 counters.rows.add(batch.num_rows());
                 if tx.send(Ok(batch)).await.is_err() {
                     return Ok(()); // the query stopped reading (LIMIT, cancel)
@@ -299,7 +389,14 @@ async fn scan_node(
             columns,
             &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
         )?;
-        held.entry(tag.slice).or_default().push(batch);
+        let h = held.entry(tag.slice).or_default();
+        let size = batch.get_array_memory_size();
+        if held_bytes + size > hold_bytes() {
+            h.spill(disk, &batch)?;
+        } else {
+            held_bytes += size;
+            h.batches.push(batch);
+        }
     }
     if done != expected {
         let missing: Vec<_> = expected.difference(&done).collect();
