@@ -160,9 +160,39 @@ fn expected(models: &[Model]) -> Rows {
         .collect()
 }
 
+/// How the victim fails.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// `kill -9`; started again for the healing.
+    Kill,
+    /// SIGSTOP for this long, then SIGCONT: it wakes fenced and rejoins.
+    Hang(Duration),
+}
+
 #[test]
 fn writes_running_when_a_node_dies_are_carried_over_with_no_client_error() {
-    harness::run("carry_over", |env| async move {
+    writes_carried_over("carry_over", Fault::Kill);
+}
+
+/// The same with a node that hangs (SIGSTOP) for 8 s under the writers:
+/// no statement waits for it to wake (each is carried over once the node
+/// is declared failed), and once it wakes it is resynced.
+#[test]
+fn writes_running_when_a_node_hangs_are_carried_over_with_no_client_error() {
+    writes_carried_over("carry_over_hang", Fault::Hang(Duration::from_secs(8)));
+}
+
+fn signal(pid: u32, sig: i32) -> Result<()> {
+    // SAFETY: signalling a child process we started.
+    ensure!(
+        unsafe { libc::kill(pid as i32, sig) } == 0,
+        "kill({pid}, {sig}) failed"
+    );
+    Ok(())
+}
+
+fn writes_carried_over(name: &'static str, fault: Fault) {
+    harness::run(name, move |env| async move {
         let mut db = Slicedb::multiprocess(&env, NODES).await?;
         let c = db.connect().await?;
         exec(&c, "CREATE TABLE w (k bigint, v bigint) DISTRIBUTE ON (k)").await?;
@@ -177,15 +207,26 @@ fn writes_running_when_a_node_dies_are_carried_over_with_no_client_error() {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let victim = 1usize;
         let killed = Instant::now();
-        db.kill_proc(victim);
-        tokio::time::sleep(Duration::from_secs(6)).await;
+        match fault {
+            Fault::Kill => {
+                db.kill_proc(victim);
+                tokio::time::sleep(Duration::from_secs(6)).await;
+            }
+            Fault::Hang(d) => {
+                let pid = db.pids()[victim];
+                signal(pid, libc::SIGSTOP)?;
+                tokio::time::sleep(d).await;
+                signal(pid, libc::SIGCONT)?;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
         stop.store(true, Ordering::Relaxed);
         let mut models = Vec::new();
         for w in writers {
             models.push(w.await??);
         }
         eprintln!(
-            "[carry_over] node {victim} killed {:?} before the writers stopped; acknowledged: {models:?}",
+            "[{name}] node {victim} failed ({fault:?}) {:?} before the writers stopped; acknowledged: {models:?}",
             killed.elapsed()
         );
         ensure!(
@@ -196,7 +237,7 @@ fn writes_running_when_a_node_dies_are_carried_over_with_no_client_error() {
         // transaction), not only writes that missed the dead node.
         let carried = count_in_logs(env.path(), "transaction carried over a failed node");
         ensure!(carried > 0, "no transaction was carried over the failure");
-        eprintln!("[carry_over] {carried} transactions carried over");
+        eprintln!("[{name}] {carried} transactions carried over");
         let failovers = harness::scalar(
             &c,
             "SELECT count(*) FROM slicedb_map_history WHERE cause LIKE '%failed%'",
@@ -210,12 +251,15 @@ fn writes_running_when_a_node_dies_are_carried_over_with_no_client_error() {
             "after the kill: {got:?}, acknowledged {want:?}"
         );
 
-        // Healing: the node comes back and is resynced; both copies agree;
-        // the next fault is survived with the same answers.
-        db.restart_node(&env, victim).await?;
+        // Healing: the node comes back (restarted, or awake) and is
+        // resynced; both copies agree; the next fault is survived with the
+        // same answers.
+        if let Fault::Kill = fault {
+            db.restart_node(&env, victim).await?;
+        }
         let took = harness::wait_fully_protected(&c, Duration::from_secs(90)).await?;
         harness::ensure_verified(&c).await?;
-        eprintln!("[carry_over] node {victim} back: fully protected after {took:?}");
+        eprintln!("[{name}] node {victim} back: fully protected after {took:?}");
         ensure!(
             totals(&c).await? == want,
             "answers after the node came back"

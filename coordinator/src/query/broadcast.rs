@@ -42,6 +42,7 @@ use super::filter::implied_by;
 use super::node_scan::{scan_with_failover, DmlShape, ScanCounters, ScanPart};
 use crate::catalog::TableMeta;
 use crate::cluster::Cluster;
+use crate::txn::Txn;
 
 /// One partition per node; each streams the node's tagged answer. A slice's
 /// rows are passed on only once its `done` tag arrived, so when a node dies
@@ -74,6 +75,10 @@ pub struct BroadcastScanExec {
     /// join does only after its build side is complete; what of them a node
     /// can evaluate is added to the request's filters.
     runtime: Vec<Arc<dyn PhysicalExpr>>,
+    /// The transaction block the scan reads in (its own writes included):
+    /// a node it wrote to that fails mid-scan has its work carried over
+    /// before the scan asks the new map.
+    txn: Option<Arc<Txn>>,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -109,6 +114,7 @@ impl BroadcastScanExec {
             broadcast: Broadcast::default(),
             broadcast_rows: Arc::default(),
             runtime: Vec::new(),
+            txn: None,
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
         }
@@ -215,7 +221,14 @@ impl BroadcastScanExec {
         exec.fragment_plan = self.fragment_plan.clone();
         exec.broadcast = self.broadcast.clone();
         exec.runtime = runtime;
+        exec.txn = self.txn.clone();
         exec
+    }
+
+    /// This scan, reading in transaction block `txn`.
+    pub(super) fn in_txn(mut self, txn: Option<Arc<Txn>>) -> Self {
+        self.txn = txn;
+        self
     }
 
     /// This scan without the runtime filters that contain one of the dynamic
@@ -280,6 +293,7 @@ impl BroadcastScanExec {
         exec.fragment = Some(summary);
         exec.fragment_plan = Some(plan);
         exec.broadcast = broadcast;
+        exec.txn = self.txn.clone();
         exec
     }
 }
@@ -475,6 +489,7 @@ impl ExecutionPlan for BroadcastScanExec {
             spilled: MetricBuilder::new(&self.metrics).counter("slices_spilled", partition),
         };
         let disk = context.runtime_env().disk_manager.clone();
+        let txn = self.txn.clone();
         let cluster = self.cluster.clone();
         let table = self.table.clone();
         let out_schema = schema.clone();
@@ -491,6 +506,7 @@ impl ExecutionPlan for BroadcastScanExec {
             tokio::spawn(async move {
                 let res = scan_with_failover(
                     &cluster, &meta, &base, part, out_schema, &table, &tx, &counters, &dml, &disk,
+                    &txn,
                 )
                 .await;
                 if let Err(e) = res {

@@ -214,6 +214,7 @@ pub(super) async fn scan_with_failover(
     counters: &ScanCounters,
     dml: &Option<DmlShape>,
     disk: &Arc<datafusion::execution::disk_manager::DiskManager>,
+    txn: &Option<Arc<crate::txn::Txn>>,
 ) -> DfResult<()> {
     let all: Vec<SliceId> = part.slices.clone();
     let mut done: BTreeSet<SliceId> = BTreeSet::new();
@@ -267,6 +268,14 @@ pub(super) async fn scan_with_failover(
                 return Err(err.into());
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        // Reading in a transaction block that wrote to the failed node: its
+        // writes move to the nodes now serving those slices first, so the
+        // scan sees its own rows there.
+        if let Some(t) = txn {
+            if cluster.is_down(node) && t.participants().contains(&node) {
+                cluster.carry_over(t, node).await?;
+            }
         }
         let left: Vec<SliceId> = all.iter().copied().filter(|s| !done.contains(s)).collect();
         tracing::info!(table, node, slices = ?left, "scan retried on the new map after a node failure");

@@ -140,12 +140,24 @@ impl TableProvider for SliceTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        // A transaction block whose writes were on a node failed since:
+        // carry them over first, so this scan sees them where the new map
+        // serves their slices.
+        let txn = current_txn();
+        if let Some(t) = &txn {
+            for node in t.participants() {
+                if self.cluster.is_down(node) {
+                    self.cluster.carry_over(t, node).await?;
+                }
+            }
+        }
         let map = self.cluster.map();
         let schema = match projection {
             Some(p) => Arc::new(self.schema().project(p)?),
             None => self.schema(),
         };
-        let snapshot = current_txn()
+        let snapshot = txn
+            .as_ref()
             .map(|t| t.snapshot.clone())
             .unwrap_or_else(|| self.cluster.read_snapshot());
         let dml = self.dml.as_ref().map(|_| DmlShape {
@@ -177,15 +189,18 @@ impl TableProvider for SliceTable {
         };
         let all: Vec<SliceId> = map.slices().iter().map(|e| e.slice).collect();
         let parts = plan_parts(&self.cluster, &self.meta, &map, &all, &base)?;
-        Ok(Arc::new(BroadcastScanExec::new(
-            self.cluster.clone(),
-            self.meta.clone(),
-            schema,
-            parts,
-            predicates.len(),
-            dml,
-            base,
-        )))
+        Ok(Arc::new(
+            BroadcastScanExec::new(
+                self.cluster.clone(),
+                self.meta.clone(),
+                schema,
+                parts,
+                predicates.len(),
+                dml,
+                base,
+            )
+            .in_txn(txn),
+        ))
     }
 
     async fn insert_into(
