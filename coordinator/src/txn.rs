@@ -93,11 +93,18 @@ impl Txn {
     }
 
     /// `node` answered request `id`, reporting `degraded` slices: it holds
-    /// their writes, the copies it forwards to do not.
-    pub fn note_request_result(&self, node: NodeId, id: u64, degraded: &[SliceId]) {
+    /// their writes, the copies it forwards to do not. False if the answer
+    /// came too late: the transaction was carried over `node` meanwhile, so
+    /// what it wrote there does not count (see [`Txn::carried_rows`]; the
+    /// request is sent again unless it was adopted).
+    pub fn note_request_result(&self, node: NodeId, id: u64, degraded: &[SliceId]) -> bool {
         let mut w = self.work.lock();
+        if w.carried.contains_key(&node) {
+            return false;
+        }
         w.acked.insert(id);
         w.degraded.extend(degraded.iter().map(|&s| (s, node)));
+        true
     }
 
     /// The rows of request `id` if the node that took over from `failed`

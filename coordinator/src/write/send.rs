@@ -111,10 +111,15 @@ pub async fn send(
             }),
         };
         let err = match res {
-            Ok(r) => {
-                txn.note_request_result(node.id, id, &r.degraded_slices);
+            Ok(r) if txn.note_request_result(node.id, id, &r.degraded_slices) => {
                 return Ok(r.rows);
             }
+            // Answered after the transaction was carried over that node:
+            // held by its successor, or sent again.
+            Ok(_) => match txn.carried_rows(node.id, id) {
+                Some(rows) => return Ok(rows),
+                None => continue,
+            },
             Err(e) => e,
         };
         let late = tokio::time::Instant::now() >= give_up;
