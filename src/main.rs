@@ -48,6 +48,16 @@ enum Command {
         /// statement_timeout, e.g. 5m; 0: no limit.
         #[arg(long, default_value = "0")]
         statement_timeout: String,
+        /// How long a session may sit idle outside a transaction block
+        /// before it is closed (57P05), unless it SET idle_session_timeout,
+        /// e.g. 1h; 0: never.
+        #[arg(long, default_value = "0")]
+        idle_session_timeout: String,
+        /// How long a session may sit idle inside an open transaction block
+        /// before it is closed (25P03) and the block rolled back, unless it
+        /// SET idle_in_transaction_session_timeout, e.g. 10min; 0: never.
+        #[arg(long, default_value = "0")]
+        idle_in_transaction_session_timeout: String,
         /// Memory the coordinator's query execution may hold at once
         /// (sorts, joins and aggregates past it spill to disk or fail with
         /// 53200), e.g. 4GiB; 0: no limit.
@@ -210,6 +220,8 @@ async fn serve(cmd: Command) -> Result<()> {
             regen_delay,
             copy_rate,
             statement_timeout,
+            idle_session_timeout,
+            idle_in_transaction_session_timeout,
             memory_limit,
             node_memory_limit,
             max_connections,
@@ -229,6 +241,10 @@ async fn serve(cmd: Command) -> Result<()> {
                 regen_delay: slicedb::config::parse_duration(&regen_delay)?,
                 copy_rate: parse_size(&copy_rate)?,
                 statement_timeout: slicedb::config::parse_duration(&statement_timeout)?,
+                idle_session_timeout: slicedb::config::parse_duration(&idle_session_timeout)?,
+                idle_in_transaction_session_timeout: slicedb::config::parse_duration(
+                    &idle_in_transaction_session_timeout,
+                )?,
                 memory_limit: parse_size(&memory_limit)?,
                 node_memory_limit: parse_size(&node_memory_limit)?,
                 max_connections,
