@@ -84,7 +84,7 @@ enum Command {
         /// Address for PostgreSQL clients (port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:5433")]
         listen: SocketAddr,
-        /// Size of each node's disk image (sparse), e.g. 4GiB.
+        /// Size of each node's disk image (allocated whole when made), e.g. 4GiB.
         #[arg(long, default_value = "4GiB")]
         disk_size: String,
         /// Data slices per disk when the cluster is first created.
@@ -150,7 +150,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DiskCommand {
-    /// Create a sparse disk image with primary, mirror and temp segments.
+    /// Create a disk image (allocated whole) with primary, mirror and temp segments.
     Init {
         /// Path of the image to create (must not exist).
         file: PathBuf,
@@ -466,7 +466,7 @@ fn disk(cmd: DiskCommand) -> Result<()> {
             let init = InitOptions::new(size);
             DiskStore::create(&file, ids, init, StoreOptions::default())
                 .with_context(|| format!("creating {}", file.display()))?;
-            println!("created {} ({size} bytes, sparse)", file.display());
+            println!("created {} ({size} bytes)", file.display());
             Ok(())
         }
         DiskCommand::Inspect { file, json } => {

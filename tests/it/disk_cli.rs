@@ -68,7 +68,7 @@ fn disk_init_and_inspect() {
             .len();
         ensure!(
             len == 64 << 20,
-            "image should be 64 MiB (sparse), is {len} bytes"
+            "image should be 64 MiB, is {len} bytes"
         );
 
         let o = slicedb(&["disk", "inspect", p(&img), "--json"])?;

@@ -143,7 +143,7 @@ impl Eq for StoreOptions {}
 /// Layout chosen at `disk init`, fixed for the image's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InitOptions {
-    /// Image size in bytes (the file is sparse).
+    /// Image size in bytes (a file is allocated whole when it is made).
     pub size: u64,
     /// Allocation unit inside segments. Default 4 MiB; a multiple of 4 KiB.
     pub extent_size: u64,
