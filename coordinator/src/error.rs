@@ -99,6 +99,16 @@ impl CoordinatorError {
             CoordinatorError::Healing(_) => "58000",
             CoordinatorError::ShuttingDown => "57P01",
             CoordinatorError::TransactionAborted(_) => "25P02",
+            // The host file system full (the commit log, a spill file):
+            // the statement fails, nothing is lost, the server stays up.
+            CoordinatorError::Io { source, .. }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                "53100"
+            }
             CoordinatorError::Catalog(_) | CoordinatorError::Io { .. } => "58030",
             CoordinatorError::Engine(_) => "XX000",
             CoordinatorError::Arrow(_) => "22000",
