@@ -25,7 +25,7 @@ pub enum CoordinatorError {
     NotNullViolation { table: String, column: String },
     #[error("feature not supported: {0}")]
     NotSupported(String),
-    #[error("node {node} failed: {message}")]
+    #[error("{}", node_error_text(*node, *kind, message))]
     Node {
         node: NodeId,
         kind: ErrorKind,
@@ -66,6 +66,17 @@ pub enum CoordinatorError {
     Arrow(#[from] arrow::error::ArrowError),
     #[error(transparent)]
     DataFusion(#[from] DataFusionError),
+}
+
+/// A node's error as a client reads it: a full disk is not a failed node
+/// (nothing fails over), so it says so.
+fn node_error_text(node: NodeId, kind: ErrorKind, message: &str) -> String {
+    match kind {
+        ErrorKind::DiskFull => format!(
+            "could not write: disk full on node {node} ({message}); the transaction cannot commit, no disk was failed over; DROP TABLE frees space"
+        ),
+        _ => format!("node {node} failed: {message}"),
+    }
 }
 
 impl CoordinatorError {
