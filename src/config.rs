@@ -60,6 +60,17 @@ pub struct CoordinatorSection {
     /// "5m"; "0": no limit (the default).
     #[serde(default = "default_statement_timeout")]
     pub statement_timeout: String,
+    /// How long a session that did not `SET idle_session_timeout` may sit
+    /// idle outside a transaction block before it is closed (57P05), e.g.
+    /// "1h"; "0": never (the default).
+    #[serde(default = "default_statement_timeout")]
+    pub idle_session_timeout: String,
+    /// How long a session that did not `SET
+    /// idle_in_transaction_session_timeout` may sit idle inside an open
+    /// transaction block before it is closed (25P03) and the block rolled
+    /// back, e.g. "10min"; "0": never (the default).
+    #[serde(default = "default_statement_timeout")]
+    pub idle_in_transaction_session_timeout: String,
     /// Memory the coordinator's query execution may hold at once, e.g.
     /// "4GiB" (the default); "0": no limit.
     #[serde(default = "default_memory_limit")]
@@ -201,6 +212,8 @@ impl ClusterConfig {
         parse_duration(&self.coordinator.regen_delay)?;
         parse_size(&self.coordinator.copy_rate)?;
         parse_duration(&self.coordinator.statement_timeout)?;
+        parse_duration(&self.coordinator.idle_session_timeout)?;
+        parse_duration(&self.coordinator.idle_in_transaction_session_timeout)?;
         parse_size(&self.coordinator.memory_limit)?;
         let mut ids = BTreeSet::new();
         let mut addrs = BTreeSet::new();
@@ -281,7 +294,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, Error> {
     Ok(match unit {
         "ms" => Duration::from_millis(n),
         "s" | "" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
+        "m" | "min" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
         other => {
             return Err(Error::Config(format!(
                 "bad duration unit {other:?} in {s:?}"
@@ -297,6 +311,8 @@ mod tests {
     #[test]
     fn sizes_and_durations() {
         assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_duration("10min").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
         assert_eq!(parse_size("1000").unwrap(), 1000);
         assert!(parse_size("lots").is_err());

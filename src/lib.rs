@@ -144,6 +144,11 @@ pub struct LocalOptions {
     pub copy_rate: u64,
     /// `statement_timeout` of sessions that set none (zero: no limit).
     pub statement_timeout: Duration,
+    /// `idle_session_timeout` of sessions that set none (zero: none).
+    pub idle_session_timeout: Duration,
+    /// `idle_in_transaction_session_timeout` of sessions that set none
+    /// (zero: none).
+    pub idle_in_transaction_session_timeout: Duration,
     /// Memory the coordinator's query execution may hold (0: no limit).
     pub memory_limit: u64,
     /// Memory each node's query fragments may hold (0: no limit).
@@ -178,6 +183,8 @@ impl LocalOptions {
             regen_delay: CoordinatorConfig::DEFAULT_REGEN_DELAY,
             copy_rate: CoordinatorConfig::DEFAULT_COPY_RATE,
             statement_timeout: Duration::ZERO,
+            idle_session_timeout: Duration::ZERO,
+            idle_in_transaction_session_timeout: Duration::ZERO,
             memory_limit: CoordinatorConfig::DEFAULT_MEMORY_LIMIT,
             node_memory_limit: DEFAULT_NODE_MEMORY_LIMIT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -274,6 +281,10 @@ impl LocalCluster {
         .await?;
         let frontend = Frontend::new(Arc::new(coord))?;
         frontend.set_statement_timeout(Some(opts.statement_timeout));
+        frontend.set_idle_timeouts(
+            opts.idle_session_timeout,
+            opts.idle_in_transaction_session_timeout,
+        );
         frontend.set_max_connections(opts.max_connections);
         let mut pg_addr = None;
         if let Some(listen) = opts.listen {
@@ -423,6 +434,10 @@ pub async fn run_coordinator(
     frontend.set_statement_timeout(Some(config::parse_duration(
         &cfg.coordinator.statement_timeout,
     )?));
+    frontend.set_idle_timeouts(
+        config::parse_duration(&cfg.coordinator.idle_session_timeout)?,
+        config::parse_duration(&cfg.coordinator.idle_in_transaction_session_timeout)?,
+    );
     frontend.set_max_connections(cfg.coordinator.max_connections);
     let listener = tokio::net::TcpListener::bind(&cfg.coordinator.listen).await?;
     ready(listener.local_addr()?);

@@ -23,6 +23,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of `Local`'s many options costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Start a coordinator and N nodes in this process (real gRPC on loopback)
@@ -48,6 +50,16 @@ enum Command {
         /// statement_timeout, e.g. 5m; 0: no limit.
         #[arg(long, default_value = "0")]
         statement_timeout: String,
+        /// How long a session may sit idle outside a transaction block
+        /// before it is closed (57P05), unless it SET idle_session_timeout,
+        /// e.g. 1h; 0: never.
+        #[arg(long, default_value = "0")]
+        idle_session_timeout: String,
+        /// How long a session may sit idle inside an open transaction block
+        /// before it is closed (25P03) and the block rolled back, unless it
+        /// SET idle_in_transaction_session_timeout, e.g. 10min; 0: never.
+        #[arg(long, default_value = "0")]
+        idle_in_transaction_session_timeout: String,
         /// Memory the coordinator's query execution may hold at once
         /// (sorts, joins and aggregates past it spill to disk or fail with
         /// 53200), e.g. 4GiB; 0: no limit.
@@ -74,7 +86,7 @@ enum Command {
         /// Address for PostgreSQL clients (port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:5433")]
         listen: SocketAddr,
-        /// Size of each node's disk image (sparse), e.g. 4GiB.
+        /// Size of each node's disk image (allocated whole when made), e.g. 4GiB.
         #[arg(long, default_value = "4GiB")]
         disk_size: String,
         /// Data slices per disk when the cluster is first created.
@@ -140,7 +152,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DiskCommand {
-    /// Create a sparse disk image with primary, mirror and temp segments.
+    /// Create a disk image (allocated whole) with primary, mirror and temp segments.
     Init {
         /// Path of the image to create (must not exist).
         file: PathBuf,
@@ -210,6 +222,8 @@ async fn serve(cmd: Command) -> Result<()> {
             regen_delay,
             copy_rate,
             statement_timeout,
+            idle_session_timeout,
+            idle_in_transaction_session_timeout,
             memory_limit,
             node_memory_limit,
             max_connections,
@@ -229,6 +243,10 @@ async fn serve(cmd: Command) -> Result<()> {
                 regen_delay: slicedb::config::parse_duration(&regen_delay)?,
                 copy_rate: parse_size(&copy_rate)?,
                 statement_timeout: slicedb::config::parse_duration(&statement_timeout)?,
+                idle_session_timeout: slicedb::config::parse_duration(&idle_session_timeout)?,
+                idle_in_transaction_session_timeout: slicedb::config::parse_duration(
+                    &idle_in_transaction_session_timeout,
+                )?,
                 memory_limit: parse_size(&memory_limit)?,
                 node_memory_limit: parse_size(&node_memory_limit)?,
                 max_connections,
@@ -450,7 +468,7 @@ fn disk(cmd: DiskCommand) -> Result<()> {
             let init = InitOptions::new(size);
             DiskStore::create(&file, ids, init, StoreOptions::default())
                 .with_context(|| format!("creating {}", file.display()))?;
-            println!("created {} ({size} bytes, sparse)", file.display());
+            println!("created {} ({size} bytes)", file.display());
             Ok(())
         }
         DiskCommand::Inspect { file, json } => {

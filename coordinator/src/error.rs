@@ -25,7 +25,7 @@ pub enum CoordinatorError {
     NotNullViolation { table: String, column: String },
     #[error("feature not supported: {0}")]
     NotSupported(String),
-    #[error("node {node} failed: {message}")]
+    #[error("{}", node_error_text(*node, *kind, message))]
     Node {
         node: NodeId,
         kind: ErrorKind,
@@ -68,6 +68,17 @@ pub enum CoordinatorError {
     DataFusion(#[from] DataFusionError),
 }
 
+/// A node's error as a client reads it: a full disk is not a failed node
+/// (nothing fails over), so it says so.
+fn node_error_text(node: NodeId, kind: ErrorKind, message: &str) -> String {
+    match kind {
+        ErrorKind::DiskFull => format!(
+            "could not write: disk full on node {node} ({message}); the transaction cannot commit, no disk was failed over; DROP TABLE frees space"
+        ),
+        _ => format!("node {node} failed: {message}"),
+    }
+}
+
 impl CoordinatorError {
     pub fn io(path: impl Into<String>, source: std::io::Error) -> Self {
         CoordinatorError::Io {
@@ -99,6 +110,16 @@ impl CoordinatorError {
             CoordinatorError::Healing(_) => "58000",
             CoordinatorError::ShuttingDown => "57P01",
             CoordinatorError::TransactionAborted(_) => "25P02",
+            // The host file system full (the commit log, a spill file):
+            // the statement fails, nothing is lost, the server stays up.
+            CoordinatorError::Io { source, .. }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                "53100"
+            }
             CoordinatorError::Catalog(_) | CoordinatorError::Io { .. } => "58030",
             CoordinatorError::Engine(_) => "XX000",
             CoordinatorError::Arrow(_) => "22000",

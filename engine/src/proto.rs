@@ -20,8 +20,43 @@ use crate::predicate::{CmpOp, Literal, Predicate};
 use crate::store::SegmentKind;
 use crate::{EngineError, Result};
 
-/// Largest gRPC message either side accepts. Writes are chunked well below it.
+/// Largest gRPC message either side accepts (a larger one is refused with
+/// `OutOfRange` before it is read; the connection and the server go on).
+/// Writes are split well below it ([`WRITE_SPLIT_BYTES`]).
 pub const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+
+/// About the most bytes of rows one write request carries: a loader splits
+/// a larger slice buffer ([`split_batch`]), so even rows of 64 MiB each
+/// keep writes far below [`MAX_MESSAGE_BYTES`].
+pub const WRITE_SPLIT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Bytes the rows of `batch` take (a slice counts only its own rows).
+pub fn batch_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size())
+        })
+        .sum()
+}
+
+/// `batch` cut into runs of rows of about `max_bytes` at most each (by the
+/// average row; a single row larger than that goes alone). Zero-copy.
+pub fn split_batch(batch: RecordBatch, max_bytes: usize) -> Vec<RecordBatch> {
+    let size = batch_bytes(&batch);
+    let rows = batch.num_rows();
+    if size <= max_bytes || rows <= 1 {
+        return vec![batch];
+    }
+    let per = rows.div_ceil(size.div_ceil(max_bytes.max(1)).min(rows));
+    (0..rows)
+        .step_by(per)
+        .map(|start| batch.slice(start, per.min(rows - start)))
+        .collect()
+}
 
 /// HTTP/2 receive windows of a node's server. Writes and mirror forwards
 /// are megabytes each; with hyper's 1 MiB defaults every request waits for
@@ -85,7 +120,7 @@ pub fn schema_from_bytes(bytes: &[u8]) -> Result<SchemaRef> {
 /// a LAN, and the node compresses into blocks itself).
 pub fn batches_to_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
     // Presized: growing a multi-megabyte Vec copies it several times over.
-    let data: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+    let data: usize = batches.iter().map(batch_bytes).sum();
     let mut out = Vec::with_capacity(data + 4096);
     {
         let mut w =
@@ -349,6 +384,35 @@ pub fn error_kind(status: &tonic::Status) -> ErrorKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Wide rows are cut so each write stays near the limit; narrow ones
+    /// go whole; one row is never cut.
+    #[test]
+    fn split_batch_keeps_writes_under_the_limit() {
+        use arrow::array::StringArray;
+        use arrow::datatypes::{DataType, Field};
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Utf8, false)]));
+        let wide: Vec<String> = (0..1000).map(|i| format!("{i:0>10000}")).collect();
+        let batch =
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(wide)) as _])
+                .unwrap();
+        let total = batch_bytes(&batch);
+        assert!(total > 10_000_000);
+        let parts = split_batch(batch.clone(), 1 << 20);
+        assert!(parts.len() >= 10, "{} parts", parts.len());
+        assert_eq!(parts.iter().map(|p| p.num_rows()).sum::<usize>(), 1000);
+        for p in &parts {
+            assert!(batch_bytes(p) <= (1 << 20) + 20_000, "{}", batch_bytes(p));
+            let ipc = batches_to_ipc(&schema, std::slice::from_ref(p)).unwrap();
+            assert!(ipc.len() <= (1 << 20) + 40_000, "encoded {}", ipc.len());
+        }
+        assert_eq!(
+            arrow::compute::concat_batches(&schema, &parts).unwrap(),
+            batch
+        );
+        assert_eq!(split_batch(batch.clone(), total).len(), 1);
+        assert_eq!(split_batch(batch.slice(3, 1), 10).len(), 1);
+    }
 
     #[test]
     fn predicate_round_trips_through_protobuf() {

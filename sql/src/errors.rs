@@ -126,6 +126,9 @@ fn classify_message(m: &str) -> Option<&'static str> {
         "XX001"
     } else if m.contains("stale map epoch") {
         "40001"
+    } else if m.contains("No space left on device") || m.contains("Disk quota exceeded") {
+        // A spill file or a log the host file system had no room for.
+        "53100"
     } else if m.contains("violates not-null constraint") {
         "23502"
     } else if m.contains("No field named") {
@@ -158,6 +161,14 @@ fn classify_message(m: &str) -> Option<&'static str> {
     })
 }
 
+/// No space on the host file system (a spill file, a log): 53100.
+fn is_out_of_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
 /// SQLSTATE and message for any error, walking wrapped causes.
 pub fn classify(e: &(dyn std::error::Error + 'static)) -> (&'static str, String) {
     if let Some(s) = e.downcast_ref::<SqlError>() {
@@ -166,6 +177,7 @@ pub fn classify(e: &(dyn std::error::Error + 'static)) -> (&'static str, String)
             SqlError::Coordinator(c) => classify(c),
             SqlError::DataFusion(d) => classify(d),
             SqlError::Parser(p) => ("42601", p.to_string()),
+            SqlError::Io(io) if is_out_of_space(io) => ("53100", io.to_string()),
             SqlError::Io(io) => ("58030", io.to_string()),
         };
     }
@@ -221,7 +233,8 @@ fn arrow_state(a: &ArrowError) -> (&'static str, String) {
         ArrowError::DivideByZero => "22012",
         ArrowError::ComputeError(m) if m.contains("Overflow") || m.contains("overflow") => "22003",
         ArrowError::ExternalError(inner) => return classify(inner.as_ref()),
-        _ => "XX000",
+        ArrowError::IoError(_, io) if is_out_of_space(io) => "53100",
+        _ => classify_message(&msg).unwrap_or("XX000"),
     };
     (code, msg)
 }
@@ -263,6 +276,7 @@ fn datafusion_state(d: &DataFusionError) -> (&'static str, String) {
         }
         D::NotImplemented(m) => ("0A000", m.clone()),
         D::ResourcesExhausted(m) => ("53200", m.clone()),
+        D::IoError(io) if is_out_of_space(io) => ("53100", d.to_string()),
         _ => {
             let m = d.to_string();
             (classify_message(&m).unwrap_or("XX000"), m)
@@ -276,6 +290,15 @@ mod tests {
 
     #[test]
     fn sqlstates_for_common_failures() {
+        // No space on the host file system (a spill file): 53100.
+        let enospc = || std::io::Error::from_raw_os_error(28);
+        assert_eq!(classify(&DataFusionError::IoError(enospc())).0, "53100");
+        let spill = ArrowError::IoError("spill".into(), enospc());
+        assert_eq!(classify(&spill).0, "53100");
+        let text =
+            DataFusionError::Execution("IO error: No space left on device (os error 28)".into());
+        assert_eq!(classify(&text).0, "53100");
+        assert_eq!(classify(&SqlError::Io(enospc())).0, "53100");
         let nf = DataFusionError::Plan("table 'datafusion.public.nope' not found".into());
         assert_eq!(classify(&nf).0, "42P01");
         let cast = DataFusionError::ArrowError(

@@ -41,14 +41,15 @@ use slicedb_coordinator::txn::Txn;
 use slicedb_coordinator::txn::CURRENT_TXN;
 use slicedb_coordinator::write::load::Loader;
 use slicedb_coordinator::{Coordinator, CoordinatorError, Distribution};
-use tokio::sync::Mutex;
 use tracing::{debug, info};
 
 use crate::admin;
+use crate::conn::ConnState;
 use crate::copy::{encode_rows, CopyDecoder, CopyOptions, CopyPipeline, Widen};
 use crate::dialect::{self, normalize, ParsedStatement};
 use crate::errors::{fix_response, fix_responses, to_pg, SqlError};
 use crate::sessions::{guard_responses, Canceller, Registered, Sessions, Startup, Stopper};
+use crate::settings;
 use crate::shield;
 
 /// Rows per batch when decoding COPY input.
@@ -107,6 +108,17 @@ impl Frontend {
             .statement_timeout
             .write()
             .unwrap_or_else(|e| e.into_inner()) = timeout.filter(|t| !t.is_zero());
+    }
+
+    /// The server's `idle_session_timeout` and
+    /// `idle_in_transaction_session_timeout` (zero: none), for sessions
+    /// that did not SET their own.
+    pub fn set_idle_timeouts(&self, session: std::time::Duration, in_txn: std::time::Duration) {
+        use crate::sessions::IdleTimeout;
+        self.sessions
+            .set_idle_default(IdleTimeout::Session, Some(session));
+        self.sessions
+            .set_idle_default(IdleTimeout::InTransaction, Some(in_txn));
     }
 
     /// Most sessions connected at once (more are refused with 53300).
@@ -204,7 +216,7 @@ fn is_ours(s: &Statement) -> bool {
             | Statement::StartTransaction { .. }
             | Statement::Commit { .. }
             | Statement::Rollback { .. }
-    )
+    ) || settings::owns(s)
 }
 
 /// Run DataFusion work inside the transaction block `txn`: refused (25P02)
@@ -231,6 +243,9 @@ async fn conn_txn<C: ClientInfo>(client: &C) -> Option<Arc<Txn>> {
 }
 
 async fn set_conn_txn<C: ClientInfo>(fe: &Frontend, client: &C, txn: Option<Arc<Txn>>) {
+    if let Some(r) = client.session_extensions().get::<Registered>() {
+        r.session.set_in_transaction(txn.is_some());
+    }
     *conn_state(fe, client).txn.lock().await = txn;
 }
 
@@ -482,6 +497,9 @@ where
         st @ (Statement::StartTransaction { .. }
         | Statement::Commit { .. }
         | Statement::Rollback { .. }) => run_txn_control(fe, client, &st).await,
+        st @ (Statement::Set(_) | Statement::Reset(_) | Statement::ShowVariable { .. }) => {
+            settings::run(client, &st)
+        }
         other => Err(SqlError::not_supported(format!("statement {other}"))),
     }
 }
@@ -604,59 +622,11 @@ async fn create_table(
     Ok(Response::Execution(Tag::new("CREATE TABLE")))
 }
 
-/// Per-connection state, dropped with the connection: an unfinished COPY
-/// FROM STDIN (dropping it aborts the load), the open transaction block, and
-/// the session (dropping it drops the session's temporary tables).
-struct ConnState {
-    copy: Mutex<Option<CopyPipeline>>,
-    /// The stopper of the COPY FROM STDIN in progress (its statement).
-    copy_stop: Mutex<Option<Stopper>>,
-    /// The open transaction block (BEGIN ... COMMIT/ROLLBACK).
-    txn: Mutex<Option<Arc<Txn>>>,
-    session: SessionGuard,
-}
-
-impl ConnState {
-    fn new(fe: &Frontend) -> ConnState {
-        ConnState {
-            copy: Mutex::new(None),
-            copy_stop: Mutex::new(None),
-            txn: Mutex::new(None),
-            session: SessionGuard {
-                id: new_session_id(),
-                coord: fe.coord.clone(),
-            },
-        }
-    }
-}
-
 /// The connection's state, created at its first statement.
 fn conn_state<C: ClientInfo>(fe: &Frontend, client: &C) -> Arc<ConnState> {
     client
         .session_extensions()
-        .get_or_insert_with(|| ConnState::new(fe))
-}
-
-/// Ends the session when the connection goes away.
-struct SessionGuard {
-    id: u64,
-    coord: Arc<Coordinator>,
-}
-
-impl Drop for SessionGuard {
-    fn drop(&mut self) {
-        if !self.coord.has_temp_tables(self.id) {
-            return;
-        }
-        let (coord, id) = (self.coord.clone(), self.id);
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
-                h.spawn(async move { coord.end_session(id).await });
-            }
-            // No runtime (shutdown): the next coordinator start drops them.
-            Err(_) => debug!(session = id, "temporary tables left for the next start"),
-        }
-    }
+        .get_or_insert_with(|| ConnState::new(fe.coord.clone()))
 }
 
 async fn copy_from_stdin<C>(

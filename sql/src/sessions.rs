@@ -17,6 +17,14 @@
 //! `slicedb_coordinator::query::threads`, so these checks are never starved
 //! by it).
 //!
+//! A session idle between statements is closed, like PostgreSQL's, after
+//! `idle_in_transaction_session_timeout` inside an open transaction block
+//! (FATAL 25P03; closing it rolls the block back) or `idle_session_timeout`
+//! outside one (FATAL 57P05): each is the session's `SET` value, else the
+//! server default, 0 meaning none. A watcher task per session waits for the
+//! deadline; the error is written on the session's copy of the socket while
+//! the connection waits for its client, and the socket is shut down.
+//!
 //! The startup handler ([`Startup`]) makes each connection a session (or
 //! refuses it past `max_connections`, 53300); [`Canceller`] answers
 //! CancelRequests.
@@ -26,7 +34,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -70,6 +78,78 @@ pub struct Session {
     /// A copy of the connection's socket: to see a client that left, and
     /// to close the connection of a terminated session.
     socket: Option<OwnedFd>,
+    /// Idle timeouts, statement starts and ends, the open transaction block.
+    idle: Idle,
+    /// The server's defaults (shared by every session).
+    defaults: Arc<IdleDefaults>,
+}
+
+/// A timeout setting of a session: `UNSET` means the server default.
+const UNSET: u64 = u64::MAX;
+
+/// What the idle watcher of a session looks at.
+struct Idle {
+    /// `SET idle_session_timeout` in ms (0: none; `UNSET`: the default).
+    session_ms: AtomicU64,
+    /// `SET idle_in_transaction_session_timeout` in ms (same).
+    in_txn_ms: AtomicU64,
+    /// Whether a transaction block (BEGIN ...) is open.
+    in_txn: AtomicBool,
+    /// Bumped at every statement's start and end.
+    changes: AtomicU64,
+    /// Statements running now.
+    running: AtomicU64,
+    /// Wakes the watcher: a statement started or ended, or the session ends.
+    wake: tokio::sync::Notify,
+    closed: AtomicBool,
+}
+
+/// The idle timeouts of sessions that `SET` none (ms, 0: none).
+#[derive(Debug, Default)]
+pub struct IdleDefaults {
+    pub session_ms: AtomicU64,
+    pub in_txn_ms: AtomicU64,
+}
+
+/// Which idle timeout a session passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleTimeout {
+    /// `idle_session_timeout`: idle outside a transaction block.
+    Session,
+    /// `idle_in_transaction_session_timeout`: idle inside one.
+    InTransaction,
+}
+
+impl IdleTimeout {
+    /// The setting's name, as `SET` and `SHOW` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            IdleTimeout::Session => "idle_session_timeout",
+            IdleTimeout::InTransaction => "idle_in_transaction_session_timeout",
+        }
+    }
+
+    /// The setting `name` is, if it is one of the two.
+    pub fn from_name(name: &str) -> Option<IdleTimeout> {
+        [IdleTimeout::Session, IdleTimeout::InTransaction]
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
+    }
+
+    /// The FATAL error a session closed by it gets (PostgreSQL's).
+    fn error(self) -> ErrorInfo {
+        let (code, message) = match self {
+            IdleTimeout::Session => (
+                "57P05",
+                "terminating connection due to idle-session timeout",
+            ),
+            IdleTimeout::InTransaction => (
+                "25P03",
+                "terminating connection due to idle-in-transaction timeout",
+            ),
+        };
+        ErrorInfo::new("FATAL".to_string(), code.to_string(), message.to_string())
+    }
 }
 
 impl Session {
@@ -114,12 +194,126 @@ impl Session {
         n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
     }
 
+    /// The session's own value of an idle timeout (None: the server's).
+    pub fn idle_timeout_set(&self, which: IdleTimeout) -> Option<Duration> {
+        let ms = self.idle_cell(which).load(Ordering::SeqCst);
+        (ms != UNSET).then(|| Duration::from_millis(ms))
+    }
+
+    /// The idle timeout in force (None: none).
+    pub fn idle_timeout(&self, which: IdleTimeout) -> Option<Duration> {
+        let default = match which {
+            IdleTimeout::Session => &self.defaults.session_ms,
+            IdleTimeout::InTransaction => &self.defaults.in_txn_ms,
+        };
+        let ms = match self.idle_cell(which).load(Ordering::SeqCst) {
+            UNSET => default.load(Ordering::SeqCst),
+            ms => ms,
+        };
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
+    /// `SET` an idle timeout for this session (zero: none; None: back to
+    /// the server's default, `RESET` / `SET ... TO DEFAULT`).
+    pub fn set_idle_timeout(&self, which: IdleTimeout, value: Option<Duration>) {
+        let ms = value.map_or(UNSET, |d| (d.as_millis() as u64).min(UNSET - 1));
+        self.idle_cell(which).store(ms, Ordering::SeqCst);
+    }
+
+    fn idle_cell(&self, which: IdleTimeout) -> &AtomicU64 {
+        match which {
+            IdleTimeout::Session => &self.idle.session_ms,
+            IdleTimeout::InTransaction => &self.idle.in_txn_ms,
+        }
+    }
+
+    /// Note whether a transaction block is open (BEGIN ... COMMIT/ROLLBACK).
+    pub fn set_in_transaction(&self, open: bool) {
+        self.idle.in_txn.store(open, Ordering::SeqCst);
+    }
+
+    /// Close the session once it stays idle past its idle timeouts.
+    async fn watch_idle(self: Arc<Self>) {
+        loop {
+            let woken = self.idle.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.idle.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            let since = self.idle.changes.load(Ordering::SeqCst);
+            let which = if self.idle.in_txn.load(Ordering::SeqCst) {
+                IdleTimeout::InTransaction
+            } else {
+                IdleTimeout::Session
+            };
+            let timeout = match self.idle_timeout(which) {
+                Some(t) if self.idle.running.load(Ordering::SeqCst) == 0 => t,
+                // Busy, or no limit: wait for the next start or end (a
+                // SET runs as a statement, so its end wakes us too).
+                _ => {
+                    woken.await;
+                    continue;
+                }
+            };
+            tokio::select! {
+                _ = &mut woken => continue,
+                _ = tokio::time::sleep(timeout) => {}
+            }
+            if self.idle.changes.load(Ordering::SeqCst) != since
+                || self.idle.running.load(Ordering::SeqCst) > 0
+            {
+                continue;
+            }
+            tracing::info!(pid = self.pid, timeout = ?timeout, setting = which.name(), "closing an idle session");
+            self.close_with(which.error());
+            return;
+        }
+    }
+
+    /// Send `error` to the client, then close the connection (while it
+    /// waits for the client: nothing else writes to the socket then).
+    fn close_with(&self, error: ErrorInfo) {
+        self.terminated.store(true, Ordering::SeqCst);
+        self.cancel();
+        let Some(fd) = &self.socket else {
+            return;
+        };
+        let mut buf = bytes::BytesMut::new();
+        let msg = pgwire::messages::response::ErrorResponse::from(error);
+        if pgwire::messages::Message::encode(&msg, &mut buf).is_ok() {
+            // SAFETY: `buf` is valid for its length; the fd is our open copy.
+            let n = unsafe {
+                libc::send(
+                    fd.as_raw_fd(),
+                    buf.as_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            if n != buf.len() as isize {
+                tracing::debug!(
+                    pid = self.pid,
+                    sent = n,
+                    "the idle timeout's error was not sent whole"
+                );
+            }
+        }
+        // SAFETY: shutdown only reads its integer arguments.
+        unsafe {
+            libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR);
+        }
+    }
+
     /// Note a statement's start; the returned guard notes its end. The
     /// stopper ends it on cancel, after `timeout`, on terminate or when the
     /// client goes away.
     pub fn start(self: &Arc<Self>, query: &str, timeout: Option<Duration>) -> Stopper {
         let mut cancels = self.cancels.subscribe();
         cancels.mark_unchanged();
+        self.idle.running.fetch_add(1, Ordering::SeqCst);
+        self.idle.changes.fetch_add(1, Ordering::SeqCst);
+        self.idle.wake.notify_one();
         {
             let mut a = self.activity.lock().unwrap_or_else(|e| e.into_inner());
             a.state = "active";
@@ -140,8 +334,18 @@ struct Active(Arc<Session>);
 
 impl Drop for Active {
     fn drop(&mut self) {
-        let mut a = self.0.activity.lock().unwrap_or_else(|e| e.into_inner());
-        a.state = "idle";
+        let idle = &self.0.idle;
+        {
+            let mut a = self.0.activity.lock().unwrap_or_else(|e| e.into_inner());
+            a.state = if idle.in_txn.load(Ordering::SeqCst) {
+                "idle in transaction"
+            } else {
+                "idle"
+            };
+        }
+        idle.running.fetch_sub(1, Ordering::SeqCst);
+        idle.changes.fetch_add(1, Ordering::SeqCst);
+        idle.wake.notify_one();
     }
 }
 
@@ -288,6 +492,8 @@ pub struct Sessions {
     by_pid: Mutex<HashMap<i32, Arc<Session>>>,
     /// Socket copies of connections not yet started, by client address.
     sockets: Mutex<HashMap<SocketAddr, OwnedFd>>,
+    /// The idle timeouts of sessions that set none.
+    idle_defaults: Arc<IdleDefaults>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -304,6 +510,8 @@ pub struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
+        self.session.idle.closed.store(true, Ordering::SeqCst);
+        self.session.idle.wake.notify_one();
         self.session.cancel();
         self.sessions
             .by_pid
@@ -379,7 +587,20 @@ impl Sessions {
             cancels: tokio::sync::watch::channel(0).0,
             terminated: AtomicBool::new(false),
             socket,
+            idle: Idle {
+                session_ms: AtomicU64::new(UNSET),
+                in_txn_ms: AtomicU64::new(UNSET),
+                in_txn: AtomicBool::new(false),
+                changes: AtomicU64::new(0),
+                running: AtomicU64::new(0),
+                wake: tokio::sync::Notify::new(),
+                closed: AtomicBool::new(false),
+            },
+            defaults: self.idle_defaults.clone(),
         });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(session.clone().watch_idle());
+        }
         self.by_pid
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -388,6 +609,17 @@ impl Sessions {
             sessions: self.clone(),
             session,
         }
+    }
+
+    /// The server's idle timeouts (None or zero: none), for sessions that
+    /// `SET` none; sessions connected already follow the change.
+    pub fn set_idle_default(&self, which: IdleTimeout, timeout: Option<Duration>) {
+        let ms = timeout.map_or(0, |d| (d.as_millis() as u64).min(UNSET - 1));
+        match which {
+            IdleTimeout::Session => &self.idle_defaults.session_ms,
+            IdleTimeout::InTransaction => &self.idle_defaults.in_txn_ms,
+        }
+        .store(ms, Ordering::SeqCst);
     }
 
     /// How many sessions are connected.

@@ -443,9 +443,6 @@ impl Slicedb {
             data_dir.display().to_string(),
             "--listen".to_string(),
             "127.0.0.1:0".to_string(),
-            // Small sparse images: test data is small, and copies stay cheap.
-            "--disk-size".to_string(),
-            "512MiB".to_string(),
             // Test tables are small: give every join's probe side its
             // runtime filter, so that every test runs through them.
             "--runtime-filter-min-rows".to_string(),
@@ -454,6 +451,10 @@ impl Slicedb {
             "--broadcast-join-min-rows".to_string(),
             "0".to_string(),
         ];
+        if !extra.contains(&"--disk-size") {
+            // Small images: test data is small, and copies stay cheap.
+            args.extend(["--disk-size".to_string(), "512MiB".to_string()]);
+        }
         args.extend(extra.iter().map(|a| a.to_string()));
         let (proc, line) = Proc::spawn_ready_with(env, "local", &args, vars).await?;
         let url = parse_ready_url(&line)?;

@@ -14,6 +14,7 @@ mod failover;
 mod hang;
 mod harness;
 mod heal;
+mod limits;
 mod map_upgrade;
 mod mirror;
 mod multiprocess;

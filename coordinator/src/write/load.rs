@@ -235,7 +235,11 @@ impl Loader {
             return Ok(());
         }
         let batch = self.gather(&buf.rows)?;
-        self.ship(slice, batch).await
+        // Wide rows: several requests, each far below the message cap.
+        for part in proto::split_batch(batch, proto::WRITE_SPLIT_BYTES) {
+            self.ship(slice, part).await?;
+        }
+        Ok(())
     }
 
     /// Send `batch` to the node serving `slice` (without waiting for it,

@@ -5,6 +5,7 @@
 //! build exactly the image a crash would leave (see [`MemDevice`]).
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -134,8 +135,11 @@ pub struct FileDevice {
 }
 
 impl FileDevice {
-    /// Create a new sparse image of `size` bytes. Fails if `path` exists.
-    /// The parent directory is synced so the file itself survives a crash.
+    /// Create a new image of `size` bytes, its blocks allocated up front
+    /// (so no write into it can find the host file system full). Fails if
+    /// `path` exists; a host file system without `size` bytes free fails
+    /// it with ENOSPC, naming the sizes, and leaves no file behind. The
+    /// parent directory is synced so the file itself survives a crash.
     pub fn create(path: &Path, size: u64) -> Result<FileDevice> {
         let name = path.display().to_string();
         let file = std::fs::OpenOptions::new()
@@ -144,8 +148,16 @@ impl FileDevice {
             .create_new(true)
             .open(path)
             .map_err(|e| EngineError::io(&name, e))?;
-        file.set_len(size).map_err(|e| EngineError::io(&name, e))?;
-        file.sync_all().map_err(|e| EngineError::io(&name, e))?;
+        let made = file
+            .set_len(size)
+            .map_err(|e| EngineError::io(&name, e))
+            .and_then(|_| allocate_up_front(&file, path, size))
+            .and_then(|_| file.sync_all().map_err(|e| EngineError::io(&name, e)));
+        if let Err(e) = made {
+            drop(file);
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
         if let Some(parent) = path.parent() {
             let parent = if parent.as_os_str().is_empty() {
                 Path::new(".")
@@ -174,6 +186,18 @@ impl FileDevice {
             .write(writable)
             .open(path)
             .map_err(|e| EngineError::io(&name, e))?;
+        if writable {
+            // An image made sparse (by an older build, or copied) gets its
+            // holes allocated now; if the host lacks the space it still
+            // opens, and a write that finds none fails with "disk full".
+            let len = file
+                .metadata()
+                .map_err(|e| EngineError::io(&name, e))?
+                .len();
+            if let Err(e) = allocate_up_front(&file, path, len) {
+                tracing::warn!(path = %name, error = %e, "could not allocate the image up front");
+            }
+        }
         Ok(FileDevice {
             file,
             path: path.to_path_buf(),
@@ -185,6 +209,58 @@ impl FileDevice {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Allocate every block of `file`'s first `size` bytes (posix_fallocate:
+/// holes get blocks, data stays). A file system that cannot (no fallocate,
+/// EOPNOTSUPP) leaves the file sparse; no space is ENOSPC, its message
+/// naming the image's size and the space free.
+fn allocate_up_front(file: &File, path: &Path, size: u64) -> Result<()> {
+    let Ok(len) = libc::off_t::try_from(size) else {
+        return Err(EngineError::InvalidRequest(format!(
+            "{}: image size {size} is too large",
+            path.display()
+        )));
+    };
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: posix_fallocate only reads its integer arguments; the fd is open.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    match rc {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL => {
+            tracing::warn!(path = %path.display(), "the file system cannot allocate the image up front; it stays sparse");
+            Ok(())
+        }
+        rc => {
+            let free = free_bytes(path).map_or_else(|| "unknown".to_string(), |f| f.to_string());
+            Err(EngineError::io(
+                format!(
+                    "{} (allocating its {size} bytes up front; {free} bytes free on its file system)",
+                    path.display()
+                ),
+                std::io::Error::from_raw_os_error(rc),
+            ))
+        }
+    }
+}
+
+/// Bytes free to unprivileged users on the file system holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain old data; all zeroes is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a statvfs to fill.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 impl BlockDevice for FileDevice {
@@ -239,7 +315,6 @@ impl BlockDevice for FileDevice {
 
     #[cfg(target_os = "linux")]
     fn start_writeback(&self, offset: u64, len: u64) {
-        use std::os::fd::AsRawFd;
         let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
             return;
         };
@@ -398,5 +473,41 @@ impl BlockDevice for MemDevice {
 
     fn name(&self) -> &str {
         &self.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// A new image has all its blocks (not a sparse file), so a write into
+    /// it never finds the host file system full; an image made sparse
+    /// gets its holes filled when it is opened for writing.
+    #[test]
+    fn images_are_allocated_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.img");
+        let size = 8 << 20;
+        drop(FileDevice::create(&path, size).unwrap());
+        let allocated = |p: &Path| std::fs::metadata(p).unwrap().blocks() * 512;
+        assert!(allocated(&path) >= size, "{} of {size}", allocated(&path));
+        let sparse = dir.path().join("sparse.img");
+        std::fs::File::create(&sparse)
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+        assert!(
+            allocated(&sparse) < size,
+            "the file system makes sparse files"
+        );
+        drop(FileDevice::open(&sparse, false).unwrap());
+        assert!(allocated(&sparse) < size, "read-only opens change nothing");
+        drop(FileDevice::open(&sparse, true).unwrap());
+        assert!(allocated(&sparse) >= size);
+        assert!(matches!(
+            FileDevice::create(&path, size),
+            Err(EngineError::Io { .. })
+        ));
     }
 }

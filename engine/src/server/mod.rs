@@ -357,6 +357,32 @@ mod tests {
         (dir, addr, tx)
     }
 
+    /// A message past `MAX_MESSAGE_BYTES` is refused (OutOfRange, "too
+    /// large") before it is read, and the node serves on, on the same
+    /// connection.
+    #[tokio::test]
+    async fn a_message_over_the_cap_is_refused_and_the_node_serves_on() {
+        let (_dir, addr, _stop) = start().await;
+        let mut node = pb::node_client::NodeClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap()
+            .max_encoding_message_size(usize::MAX);
+        let e = node
+            .write(pb::WriteRequest {
+                epoch: 1,
+                xid: 1,
+                table: 1,
+                slice: 0,
+                segment: 1,
+                batches: vec![0u8; proto::MAX_MESSAGE_BYTES + 1].into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::OutOfRange, "{e}");
+        assert!(e.message().contains("too large"), "{e}");
+        node.status(pb::StatusRequest {}).await.unwrap();
+    }
+
     #[tokio::test]
     async fn stale_epochs_and_foreign_slices_are_refused_and_scans_are_tagged() {
         let (_dir, addr, _stop) = start().await;

@@ -365,6 +365,7 @@ impl DiskStore {
     pub(super) fn allocate(&self, key: StreamKey, len: u64) -> Result<u64> {
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
+        self.release_parked(inner);
         let s = inner.streams.entry(key).or_insert_with(Stream::empty);
         if let Some(last) = s.extents.last() {
             if last.end() - s.fill >= len {

@@ -246,10 +246,11 @@ impl DiskStore {
 
     /// Forget `xid`: its blocks and deletes are dropped and its row locks
     /// released. A prepared transaction is removed durably from the metadata.
-    /// (Its space is not reused until the table is dropped or the disk reopened.)
+    /// The extent runs only it wrote into are free again at once (see
+    /// [`super::reclaim`]), after that metadata generation if it was prepared.
     pub fn abort(&self, xid: Xid) -> Result<()> {
         let _c = self.commit_lock.lock();
-        let was_prepared = {
+        let (t, was_prepared) = {
             let mut inner = self.inner.lock();
             let inner = &mut *inner;
             let Some(t) = inner.pending.remove(&xid) else {
@@ -266,20 +267,26 @@ impl DiskStore {
                     l.retain(|_, x| *x != xid);
                 }
             }
-            if t.prepared {
-                // Keep the extents listed: recovery frees what nothing pins.
+            let state = if t.prepared {
+                // Until this generation is durable, the last one pins its
+                // blocks: its space is freed only after it.
                 Some((inner.generation + 1, Self::meta_state(inner, None)))
             } else {
                 None
-            }
+            };
+            (t, state)
         };
+        if self.read_only {
+            return Ok(());
+        }
         if let Some((generation, state)) = was_prepared {
-            if self.read_only {
-                return Ok(());
-            }
             self.write_generation(generation, &state)?;
             self.inner.lock().generation = generation;
         }
+        // No append in flight: every byte written to the runs is listed.
+        let _gate = self.io_gate.write();
+        let freed = self.reclaim_aborted(&mut self.inner.lock(), &t);
+        debug!(xid, freed, "aborted");
         Ok(())
     }
 

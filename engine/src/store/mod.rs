@@ -24,7 +24,8 @@
 //! blocks without dead rows; `copy` is what a slice copy between nodes
 //! sends and takes in; `checksum` is the slice checksum `slicedb verify`
 //! compares; `report` is what `slicedb disk inspect` shows; `sink` is how a
-//! copy target writes what it takes in (direct I/O into runs of its own).
+//! copy target writes what it takes in (direct I/O into runs of its own);
+//! `reclaim` gives an aborted transaction's space back at once.
 //!
 //! Locking: `inner` (a short mutex) guards the in-memory state and is never
 //! held across block encoding or data I/O. `commit_lock` serializes metadata
@@ -38,6 +39,7 @@ mod commit;
 mod copy;
 mod delete_log;
 mod groom;
+mod reclaim;
 mod recovery;
 mod repair;
 mod report;
@@ -141,7 +143,7 @@ impl Eq for StoreOptions {}
 /// Layout chosen at `disk init`, fixed for the image's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InitOptions {
-    /// Image size in bytes (the file is sparse).
+    /// Image size in bytes (a file is allocated whole when it is made).
     pub size: u64,
     /// Allocation unit inside segments. Default 4 MiB; a multiple of 4 KiB.
     pub extent_size: u64,
@@ -318,6 +320,8 @@ struct Inner {
     locks: HashMap<StreamKey, HashMap<i64, Xid>>,
     generation: u64,
     slots: [SlotStatus; 2],
+    /// Space freed by aborts that a reader may still read ([`reclaim`]).
+    parked: Vec<reclaim::Parked>,
 }
 
 /// One disk's slice store. `Send + Sync`; share it as `Arc<DiskStore>`.
@@ -330,6 +334,8 @@ pub struct DiskStore {
     inner: Mutex<Inner>,
     commit_lock: Mutex<()>,
     io_gate: RwLock<()>,
+    /// Scans in progress: space an abort frees is reused only after them.
+    readers: Arc<reclaim::Readers>,
     /// Decoded columns of blocks read before (None: no cache).
     cache: Option<Arc<BlockCache>>,
 }
@@ -458,6 +464,7 @@ impl DiskStore {
             inner: Mutex::new(inner),
             commit_lock: Mutex::new(()),
             io_gate: RwLock::new(()),
+            readers: Arc::default(),
             cache,
         })
     }

@@ -185,6 +185,7 @@ impl DiskStore {
             locks,
             generation,
             slots,
+            parked: Vec::new(),
         })
     }
 }

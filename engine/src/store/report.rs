@@ -53,7 +53,8 @@ impl DiskStore {
 
     /// What `slicedb disk inspect` shows.
     pub fn report(&self) -> DiskReport {
-        let inner = self.inner.lock();
+        let mut inner = self.inner.lock();
+        self.release_parked(&mut inner);
         let segments = SegmentKind::ALL
             .iter()
             .map(|&k| {

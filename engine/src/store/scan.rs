@@ -41,7 +41,7 @@ impl DiskStore {
             slice: spec.slice,
         };
         let committed;
-        let (user, blocks, deletes, own_deletes) = {
+        let (user, blocks, deletes, own_deletes, reader) = {
             let inner = self.inner.lock();
             let t = inner
                 .tables
@@ -68,7 +68,8 @@ impl DiskStore {
                 }
                 own_deletes = own.deleted_in(&key);
             }
-            (t.user.clone(), blocks, deletes, own_deletes)
+            let reader = self.readers.enter();
+            (t.user.clone(), blocks, deletes, own_deletes, reader)
         };
         let nuser = user.fields().len();
         let out_user: Vec<usize> = match &spec.projection {
@@ -154,6 +155,7 @@ impl DiskStore {
             committed,
             cache: self.cache.clone(),
             repair: self.opts.repair.clone(),
+            _reader: reader,
         })
     }
 
@@ -203,6 +205,8 @@ pub struct BlockScan {
     cache: Option<Arc<BlockCache>>,
     /// Where a block that fails its checksum goes.
     repair: Arc<dyn BlockRepair>,
+    /// Keeps space an abort frees from reuse while this scan may read it.
+    _reader: super::reclaim::ReaderGuard,
 }
 
 impl BlockScan {
