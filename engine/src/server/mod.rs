@@ -375,6 +375,7 @@ mod tests {
                 slice: 0,
                 segment: 1,
                 batches: vec![0u8; proto::MAX_MESSAGE_BYTES + 1].into(),
+                request_id: 1,
             })
             .await
             .unwrap_err();
