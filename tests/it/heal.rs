@@ -14,6 +14,10 @@ const NODES: u32 = 4;
 /// probe timeout a busy test machine does not miss (a node failed falsely
 /// in the middle of a test would be a second fault).
 const COORDINATOR: &str = "regen_delay = \"1s\"\nprobe_timeout = \"1500ms\"\n";
+/// For a test of the rejoin path: regeneration must not start before the
+/// node is back, however slow the machine (with 1 s it did, once, under a
+/// full test run beside a release build).
+const REJOIN: &str = "regen_delay = \"60s\"\nprobe_timeout = \"1500ms\"\n";
 const TOTALS: &str = "SELECT count(*), sum(k), sum(v), min(k), max(k) FROM h";
 
 /// Run a write, retrying while the cluster fails a node over (40001).
@@ -96,7 +100,7 @@ async fn loaded_with(
 fn a_killed_node_that_comes_back_is_resynced_with_only_what_it_missed_and_survives_the_next_fault()
 {
     harness::run("heal_rejoin", |env| async move {
-        let (mut db, c) = loaded(&env, 0, COORDINATOR, 200_000).await?;
+        let (mut db, c) = loaded(&env, 0, REJOIN, 200_000).await?;
         let before = query(&c, TOTALS).await?;
 
         db.kill_proc(0);

@@ -87,8 +87,11 @@ def start_runaway(url, pid, setup=None):
     while "started" not in box and "error" not in box:
         time.sleep(0.05)
     time.sleep(1.0)
+    # Well above what "idle again" allows (0.15 s per 0.5 s), yet short of a
+    # whole core: on 2 cores shared with other work (a parallel test run, a
+    # build) the server got 0.47 s of a second.
     busy = cpu_over(pid, 1.0)
-    check(busy > 0.5, f"the runaway query keeps the server busy ({busy:.2f} s of CPU in 1 s)")
+    check(busy > 0.35, f"the runaway query keeps the server busy ({busy:.2f} s of CPU in 1 s)")
     return box, t
 
 
