@@ -141,7 +141,12 @@ impl Loader {
             "rows handed to push_slice({slice}) hash elsewhere"
         );
         self.rows_in += batch.num_rows() as u64;
-        self.ship(slice as usize, batch).await
+        // Wide rows (COPY lines may be 64 MiB): several requests, each far
+        // below the message cap.
+        for part in proto::split_batch(batch, proto::WRITE_SPLIT_BYTES) {
+            self.ship(slice as usize, part).await?;
+        }
+        Ok(())
     }
 
     /// Add rows (columns in table order). Ships full slice buffers.
