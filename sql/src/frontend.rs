@@ -207,6 +207,50 @@ fn is_ours(s: &Statement) -> bool {
     )
 }
 
+/// Refuse, with a SQLSTATE, statements that datafusion-postgres or
+/// DataFusion cannot take without panicking (the panic ended the
+/// connection's task and the client saw the connection drop; found by
+/// `tests/it/fuzz_sql.rs`):
+/// - 0.19's `SHOW` hook indexes the parameter's first name without
+///   checking there is one (`SHOW 1`);
+/// - DataFusion 55 plans a scalar or IN subquery with an empty SELECT list
+///   (`k = (SELECT FROM u)`) by taking its first column. PostgreSQL refuses
+///   it too: "subquery must return only one column".
+fn refuse_unsupported(s: &Statement) -> Result<(), SqlError> {
+    use datafusion::sql::sqlparser::ast::{SetExpr, Visit, Visitor};
+    use std::ops::ControlFlow;
+    if let Statement::ShowVariable { variable } = s {
+        if variable.is_empty() {
+            return Err(SqlError::User {
+                sqlstate: "42601",
+                message: format!("SHOW needs the name of a configuration parameter: {s}"),
+            });
+        }
+    }
+    struct EmptySubquery;
+    impl Visitor for EmptySubquery {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &SqlExpr) -> ControlFlow<()> {
+            let q = match e {
+                SqlExpr::Subquery(q) => q,
+                SqlExpr::InSubquery { subquery, .. } => subquery,
+                _ => return ControlFlow::Continue(()),
+            };
+            match q.body.as_ref() {
+                SetExpr::Select(sel) if sel.projection.is_empty() => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            }
+        }
+    }
+    if s.visit(&mut EmptySubquery).is_break() {
+        return Err(SqlError::User {
+            sqlstate: "42601",
+            message: "subquery must return only one column".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Run DataFusion work inside the transaction block `txn`: refused (25P02)
 /// if the block already failed; a failure marks it failed.
 async fn in_block<T>(
@@ -849,6 +893,9 @@ impl Simple {
                 };
             }
         };
+        for p in &parsed {
+            refuse_unsupported(&p.statement)?;
+        }
         // Scalar subqueries in SELECT lists, kept from a datafusion-postgres
         // rewrite that is wrong for user queries (crate::shield): then the
         // statements go on as we print them, not as the client wrote them.
@@ -1021,11 +1068,16 @@ impl QueryParser for OurParser {
         if parse_ours(sql).is_some() || admin::parse(sql).is_some() {
             return Ok(Some((sql.to_string(), None)));
         }
+        if let Ok(parsed) = dialect::parse_statements(sql) {
+            for p in &parsed {
+                refuse_unsupported(&p.statement)?;
+            }
+        }
         let shielded = shield::shield_sql(sql);
         let sql = shielded.as_deref().unwrap_or(sql);
         // Planning resolves table names: in the connection's session.
         let session = conn_state(&self.fe, client).session.id;
-        CURRENT_SESSION
+        let parsed = CURRENT_SESSION
             .scope(session, async {
                 self.fe
                     .df
@@ -1034,7 +1086,11 @@ impl QueryParser for OurParser {
                     .await
                     .map_err(to_pg)
             })
-            .await
+            .await?;
+        if let Some((_, Some((statement, _)))) = &parsed {
+            refuse_unsupported(statement)?;
+        }
+        Ok(parsed)
     }
 
     fn get_parameter_types(&self, stmt: &DfStmt) -> PgWireResult<Vec<Type>> {

@@ -10,6 +10,7 @@ mod copy_csv;
 mod data;
 mod disk_cli;
 mod failover;
+mod fuzz_sql;
 mod hang;
 mod harness;
 mod heal;
