@@ -48,6 +48,7 @@ use crate::admin;
 use crate::copy::{encode_rows, CopyDecoder, CopyOptions, CopyPipeline, Widen};
 use crate::dialect::{self, normalize, ParsedStatement};
 use crate::errors::{fix_response, fix_responses, to_pg, SqlError};
+use crate::guard;
 use crate::sessions::{guard_responses, Canceller, Registered, Sessions, Startup, Stopper};
 use crate::shield;
 
@@ -205,50 +206,6 @@ fn is_ours(s: &Statement) -> bool {
             | Statement::Commit { .. }
             | Statement::Rollback { .. }
     )
-}
-
-/// Refuse, with a SQLSTATE, statements that datafusion-postgres or
-/// DataFusion cannot take without panicking (the panic ended the
-/// connection's task and the client saw the connection drop; found by
-/// `tests/it/fuzz_sql.rs`):
-/// - 0.19's `SHOW` hook indexes the parameter's first name without
-///   checking there is one (`SHOW 1`);
-/// - DataFusion 55 plans a scalar or IN subquery with an empty SELECT list
-///   (`k = (SELECT FROM u)`) by taking its first column. PostgreSQL refuses
-///   it too: "subquery must return only one column".
-fn refuse_unsupported(s: &Statement) -> Result<(), SqlError> {
-    use datafusion::sql::sqlparser::ast::{SetExpr, Visit, Visitor};
-    use std::ops::ControlFlow;
-    if let Statement::ShowVariable { variable } = s {
-        if variable.is_empty() {
-            return Err(SqlError::User {
-                sqlstate: "42601",
-                message: format!("SHOW needs the name of a configuration parameter: {s}"),
-            });
-        }
-    }
-    struct EmptySubquery;
-    impl Visitor for EmptySubquery {
-        type Break = ();
-        fn pre_visit_expr(&mut self, e: &SqlExpr) -> ControlFlow<()> {
-            let q = match e {
-                SqlExpr::Subquery(q) => q,
-                SqlExpr::InSubquery { subquery, .. } => subquery,
-                _ => return ControlFlow::Continue(()),
-            };
-            match q.body.as_ref() {
-                SetExpr::Select(sel) if sel.projection.is_empty() => ControlFlow::Break(()),
-                _ => ControlFlow::Continue(()),
-            }
-        }
-    }
-    if s.visit(&mut EmptySubquery).is_break() {
-        return Err(SqlError::User {
-            sqlstate: "42601",
-            message: "subquery must return only one column".into(),
-        });
-    }
-    Ok(())
 }
 
 /// Run DataFusion work inside the transaction block `txn`: refused (25P02)
@@ -894,7 +851,7 @@ impl Simple {
             }
         };
         for p in &parsed {
-            refuse_unsupported(&p.statement)?;
+            guard::refuse_unsupported(&p.statement)?;
         }
         // Scalar subqueries in SELECT lists, kept from a datafusion-postgres
         // rewrite that is wrong for user queries (crate::shield): then the
@@ -1068,11 +1025,7 @@ impl QueryParser for OurParser {
         if parse_ours(sql).is_some() || admin::parse(sql).is_some() {
             return Ok(Some((sql.to_string(), None)));
         }
-        if let Ok(parsed) = dialect::parse_statements(sql) {
-            for p in &parsed {
-                refuse_unsupported(&p.statement)?;
-            }
-        }
+        guard::refuse_unsupported_sql(sql)?;
         let shielded = shield::shield_sql(sql);
         let sql = shielded.as_deref().unwrap_or(sql);
         // Planning resolves table names: in the connection's session.
@@ -1088,7 +1041,7 @@ impl QueryParser for OurParser {
             })
             .await?;
         if let Some((_, Some((statement, _)))) = &parsed {
-            refuse_unsupported(statement)?;
+            guard::refuse_unsupported(statement)?;
         }
         Ok(parsed)
     }
