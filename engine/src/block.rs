@@ -11,13 +11,11 @@
 //! where blocks live is the slice store's business. Byte-level spec:
 //! docs/disk-format.md.
 
-use std::io::Cursor;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, RecordBatchOptions};
 use arrow::compute::kernels::aggregate;
 use arrow::datatypes::*;
-use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use arrow::ipc::CompressionType;
 
@@ -34,6 +32,13 @@ pub const BLOCK_VERSION: u16 = 2;
 /// stored so; rewritten rows (GROOM) carry their hidden columns.
 pub const FLAG_IMPLICIT_HIDDEN: u8 = 1;
 pub const BLOCK_HEADER_LEN: usize = 88;
+/// The most rows one block holds (`block_rows` may not be set higher). A
+/// header, or an index entry, that says more is corrupt: decoding builds
+/// the implicit hidden columns from the row count alone.
+pub const MAX_BLOCK_ROWS: u64 = 1 << 24;
+/// The most stored columns (user and hidden) one block holds; a header
+/// that says more is corrupt (a projection of every column is built from it).
+pub const MAX_BLOCK_COLUMNS: u32 = 1 << 16;
 /// Longest string kept as a zone map bound; longer ones mark the zone absent.
 pub const MAX_ZONE_STRING: usize = 64;
 
@@ -451,6 +456,12 @@ fn encode(
     zones: Vec<ZoneMap>,
     payload: &RecordBatch,
 ) -> Result<EncodedBlock> {
+    if header.rows > MAX_BLOCK_ROWS || header.columns > MAX_BLOCK_COLUMNS {
+        return Err(EngineError::Internal(format!(
+            "a block of {} rows and {} columns, more than {MAX_BLOCK_ROWS} or {MAX_BLOCK_COLUMNS}",
+            header.rows, header.columns
+        )));
+    }
     let zone_bytes = encode_zones(&zones);
     header.zones_len = zone_bytes.len() as u32;
     let mut buf = Vec::with_capacity(
@@ -586,10 +597,11 @@ fn verify_bytes(
     }
     let h = parse_header(body).map_err(|_| corrupt("header truncated".into()))?;
     let h = h.map_err(corrupt)?;
-    let want = BLOCK_HEADER_LEN as u64 + h.zones_len as u64 + h.payload_len;
-    if want != body.len() as u64 {
+    let want = (BLOCK_HEADER_LEN as u64 + h.zones_len as u64).checked_add(h.payload_len);
+    if want != Some(body.len() as u64) {
         return Err(corrupt(format!(
-            "header sizes add up to {want}, block holds {}",
+            "header sizes add up to {}, block holds {}",
+            BLOCK_HEADER_LEN as u128 + h.zones_len as u128 + h.payload_len as u128,
             body.len()
         )));
     }
@@ -630,6 +642,16 @@ fn parse_header(body: &[u8]) -> std::result::Result<ParsedHeader, Truncated> {
     if columns < 3 {
         return Ok(Err(format!(
             "{columns} stored columns, fewer than the hidden 3"
+        )));
+    }
+    if columns > MAX_BLOCK_COLUMNS {
+        return Ok(Err(format!(
+            "{columns} stored columns, more than a block holds ({MAX_BLOCK_COLUMNS})"
+        )));
+    }
+    if rows > MAX_BLOCK_ROWS {
+        return Ok(Err(format!(
+            "{rows} rows, more than a block holds ({MAX_BLOCK_ROWS})"
         )));
     }
     let implicit = flags & FLAG_IMPLICIT_HIDDEN != 0;
@@ -706,13 +728,12 @@ fn read_payload(
     projection: Option<Vec<usize>>,
     corrupt: &dyn Fn(String) -> EngineError,
 ) -> Result<RecordBatch> {
-    let mut reader = StreamReader::try_new(Cursor::new(payload), projection)
+    let (_, batches) = crate::ipc::read_stream(payload, projection)
         .map_err(|e| corrupt(format!("IPC stream: {e}")))?;
-    match reader.next() {
-        Some(Ok(b)) => Ok(b),
-        Some(Err(e)) => Err(corrupt(format!("IPC batch: {e}"))),
-        None => Err(corrupt("IPC stream holds no batch".into())),
-    }
+    batches
+        .into_iter()
+        .next()
+        .ok_or_else(|| corrupt("IPC stream holds no batch".into()))
 }
 
 fn only_rows(rows: usize) -> Result<RecordBatch> {
@@ -770,9 +791,8 @@ fn decode_implicit(
         }
         fields.push(hidden[c - nuser].clone());
         cols.push(match c - nuser {
-            0 => Arc::new(Int64Array::from_iter_values(
-                h.rowid_min..h.rowid_min + rows as i64,
-            )),
+            // parse_header checked the range holds `rows` rowids.
+            0 => Arc::new(Int64Array::from_iter_values(h.rowid_min..=h.rowid_max)),
             1 => Arc::new(Int64Array::from_value(h.createxid_min as i64, rows)),
             _ => Arc::new(Int64Array::from_value(0, rows)),
         });
@@ -830,9 +850,12 @@ pub fn encode_delete_run(table: TableId, slice: SliceId, records: &[(i64, u64)])
     w.buf
 }
 
-/// Length in bytes of a delete run of `count` records.
-pub fn delete_run_len(count: u64) -> u64 {
-    DELETE_RUN_HEADER_LEN as u64 + count * 16 + 4
+/// Length in bytes of a delete run of `count` records; `None` when no run
+/// can be that long (a count read from a corrupt disk).
+pub fn delete_run_len(count: u64) -> Option<u64> {
+    count
+        .checked_mul(16)?
+        .checked_add(DELETE_RUN_HEADER_LEN as u64 + 4)
 }
 
 /// Verify and decode a delete run read from `offset` of `disk`.
@@ -876,7 +899,7 @@ pub fn decode_delete_run(
     if magic != DELETE_RUN_MAGIC || version != 1 {
         return Err(corrupt("bad delete run magic or version".into()));
     }
-    if t != table || sl != slice || delete_run_len(count) != bytes.len() as u64 {
+    if t != table || sl != slice || delete_run_len(count) != Some(bytes.len() as u64) {
         return Err(corrupt(format!(
             "delete run says table {t} slice {sl} count {count}, expected table {table} slice {slice} in {} bytes",
             bytes.len()

@@ -17,7 +17,10 @@ pub mod cache;
 pub mod disk;
 pub mod failpoint;
 pub mod fragment_runner;
+#[cfg(test)]
+mod fuzz;
 pub mod grpc_codec;
+pub mod ipc;
 pub mod mirror;
 pub mod predicate;
 pub mod store;

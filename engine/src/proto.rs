@@ -11,7 +11,6 @@ pub mod pb {
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
-use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use prost::Message;
 use std::sync::Arc;
@@ -110,10 +109,16 @@ pub fn schema_to_bytes(schema: &Schema) -> Result<Vec<u8>> {
     batches_to_ipc(&Arc::new(schema.clone()), &[])
 }
 
+/// An Arrow IPC stream from the network that Arrow would misread (see
+/// [`crate::ipc`]) or refuses: the request is invalid.
+fn bad_ipc(e: impl std::fmt::Display) -> EngineError {
+    EngineError::InvalidRequest(format!("bad Arrow IPC stream: {e}"))
+}
+
 /// Parse a schema written by [`schema_to_bytes`].
 pub fn schema_from_bytes(bytes: &[u8]) -> Result<SchemaRef> {
-    let reader = StreamReader::try_new(bytes, None)?;
-    Ok(reader.schema())
+    let (schema, _) = crate::ipc::read_stream(bytes, None).map_err(bad_ipc)?;
+    Ok(schema)
 }
 
 /// Encode batches as one Arrow IPC stream (uncompressed: it is on loopback or
@@ -135,9 +140,7 @@ pub fn batches_to_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec
 
 /// Decode an Arrow IPC stream into its schema and batches.
 pub fn ipc_to_batches(bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    let reader = StreamReader::try_new(bytes, None)?;
-    let schema = reader.schema();
-    let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+    let (schema, batches) = crate::ipc::read_stream(bytes, None).map_err(bad_ipc)?;
     Ok((schema, batches))
 }
 

@@ -48,6 +48,7 @@ use crate::conn::ConnState;
 use crate::copy::{encode_rows, CopyDecoder, CopyOptions, CopyPipeline, Widen};
 use crate::dialect::{self, normalize, ParsedStatement};
 use crate::errors::{fix_response, fix_responses, to_pg, SqlError};
+use crate::guard;
 use crate::sessions::{guard_responses, Canceller, Registered, Sessions, Startup, Stopper};
 use crate::settings;
 use crate::shield;
@@ -819,6 +820,9 @@ impl Simple {
                 };
             }
         };
+        for p in &parsed {
+            guard::refuse_unsupported(&p.statement)?;
+        }
         // Scalar subqueries in SELECT lists, kept from a datafusion-postgres
         // rewrite that is wrong for user queries (crate::shield): then the
         // statements go on as we print them, not as the client wrote them.
@@ -991,11 +995,12 @@ impl QueryParser for OurParser {
         if parse_ours(sql).is_some() || admin::parse(sql).is_some() {
             return Ok(Some((sql.to_string(), None)));
         }
+        guard::refuse_unsupported_sql(sql)?;
         let shielded = shield::shield_sql(sql);
         let sql = shielded.as_deref().unwrap_or(sql);
         // Planning resolves table names: in the connection's session.
         let session = conn_state(&self.fe, client).session.id;
-        CURRENT_SESSION
+        let parsed = CURRENT_SESSION
             .scope(session, async {
                 self.fe
                     .df
@@ -1004,7 +1009,11 @@ impl QueryParser for OurParser {
                     .await
                     .map_err(to_pg)
             })
-            .await
+            .await?;
+        if let Some((_, Some((statement, _)))) = &parsed {
+            guard::refuse_unsupported(statement)?;
+        }
+        Ok(parsed)
     }
 
     fn get_parameter_types(&self, stmt: &DfStmt) -> PgWireResult<Vec<Type>> {

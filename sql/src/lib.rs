@@ -6,6 +6,7 @@ pub mod copy;
 pub mod dialect;
 pub mod errors;
 pub mod frontend;
+pub mod guard;
 pub mod pgcatalog;
 pub mod server;
 pub mod sessions;

@@ -11,6 +11,7 @@ mod copy_csv;
 mod data;
 mod disk_cli;
 mod failover;
+mod fuzz_sql;
 mod hang;
 mod harness;
 mod heal;

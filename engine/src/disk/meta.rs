@@ -138,8 +138,19 @@ fn get_key(r: &mut ByteReader) -> std::result::Result<StreamKey, DecodeErr> {
     })
 }
 
-fn get_block(r: &mut ByteReader) -> std::result::Result<BlockMeta, Truncated> {
-    Ok(BlockMeta {
+/// `offset + length` of something on the disk, which must not pass the end
+/// of the address space (everything after decoding adds them freely).
+fn span(what: &str, offset: u64, length: u64) -> std::result::Result<(), DecodeErr> {
+    match offset.checked_add(length) {
+        Some(_) => Ok(()),
+        None => Err(DecodeErr::Bad(format!(
+            "{what} at {offset} of {length} bytes passes the end of any disk"
+        ))),
+    }
+}
+
+fn get_block(r: &mut ByteReader) -> std::result::Result<BlockMeta, DecodeErr> {
+    let b = BlockMeta {
         offset: r.u64()?,
         length: r.u64()?,
         seq: r.u64()?,
@@ -149,15 +160,19 @@ fn get_block(r: &mut ByteReader) -> std::result::Result<BlockMeta, Truncated> {
         createxid_min: r.u64()?,
         createxid_max: r.u64()?,
         zones: Arc::from(r.blob()?),
-    })
+    };
+    span("block", b.offset, b.length)?;
+    Ok(b)
 }
 
-fn get_run(r: &mut ByteReader) -> std::result::Result<DeleteRunMeta, Truncated> {
-    Ok(DeleteRunMeta {
+fn get_run(r: &mut ByteReader) -> std::result::Result<DeleteRunMeta, DecodeErr> {
+    let d = DeleteRunMeta {
         offset: r.u64()?,
         length: r.u64()?,
         count: r.u64()?,
-    })
+    };
+    span("delete run", d.offset, d.length)?;
+    Ok(d)
 }
 
 impl MetaState {
@@ -227,10 +242,12 @@ impl MetaState {
             let next = r.u32()? as usize;
             let mut extents = Vec::with_capacity(next.min(4096));
             for _ in 0..next {
-                extents.push(ExtentRun {
+                let e = ExtentRun {
                     offset: r.u64()?,
                     length: r.u64()?,
-                });
+                };
+                span("extent run", e.offset, e.length)?;
+                extents.push(e);
             }
             let nblocks = r.u32()? as usize;
             let mut blocks = Vec::with_capacity(nblocks.min(65536));

@@ -51,7 +51,6 @@ pub(crate) mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -349,8 +348,8 @@ fn schema_to_ipc(schema: &Schema) -> Result<Vec<u8>> {
 }
 
 fn schema_from_ipc(bytes: &[u8], table: TableId) -> Result<SchemaRef> {
-    arrow::ipc::reader::StreamReader::try_new(Cursor::new(bytes), None)
-        .map(|r| r.schema())
+    crate::ipc::read_stream(bytes, None)
+        .map(|(schema, _)| schema)
         .map_err(|e| EngineError::CorruptMetadata(format!("schema of table {table}: {e}")))
 }
 
@@ -429,10 +428,11 @@ impl DiskStore {
         opts: StoreOptions,
         read_only: bool,
     ) -> Result<DiskStore> {
-        if opts.block_rows == 0 {
-            return Err(EngineError::InvalidRequest(
-                "block_rows must be positive".into(),
-            ));
+        if opts.block_rows == 0 || opts.block_rows as u64 > crate::block::MAX_BLOCK_ROWS {
+            return Err(EngineError::InvalidRequest(format!(
+                "block_rows must be from 1 to {}",
+                crate::block::MAX_BLOCK_ROWS
+            )));
         }
         let len = dev.len()?;
         if len < SUPERBLOCK_SIZE {

@@ -51,7 +51,7 @@ impl DiskStore {
             }
         }
         let read_run = |key: &StreamKey, run: &DeleteRunMeta| -> Result<Vec<(i64, u64)>> {
-            if run.length != block::delete_run_len(run.count) {
+            if block::delete_run_len(run.count) != Some(run.length) {
                 return Err(corrupt(format!(
                     "delete run at {} has length {} for {} records",
                     run.offset, run.length, run.count
@@ -122,9 +122,30 @@ impl DiskStore {
             st.fill = fill;
             streams.insert(*key, st);
         }
+        // What scans, GROOM and the hidden columns take for granted of an
+        // index entry (a rowid range they walk, a row count they allocate).
+        let check_block = |k: &StreamKey, b: &BlockMeta| -> Result<()> {
+            if b.rowid_min > b.rowid_max
+                || b.createxid_min > b.createxid_max
+                || b.rows > block::MAX_BLOCK_ROWS
+            {
+                return Err(corrupt(format!(
+                    "block at {} of table {} slice {}: {} rows, rowids {}..={}, createxids {}..={}",
+                    b.offset,
+                    k.table,
+                    k.slice,
+                    b.rows,
+                    b.rowid_min,
+                    b.rowid_max,
+                    b.createxid_min,
+                    b.createxid_max
+                )));
+            }
+            Ok(())
+        };
         let note_block = |st: &mut Stream, b: &BlockMeta| {
             st.next_rowid = st.next_rowid.max(b.rowid_max.saturating_add(1));
-            st.next_seq = st.next_seq.max(b.seq + 1);
+            st.next_seq = st.next_seq.max(b.seq.saturating_add(1));
         };
         for s in state.streams {
             let Some(st) = streams.get_mut(&s.key) else {
@@ -133,6 +154,7 @@ impl DiskStore {
             let table = &tables[&s.key.table];
             let mut committed = Vec::with_capacity(s.blocks.len());
             for b in s.blocks {
+                check_block(&s.key, &b)?;
                 let zones = block::decode_zones(&b.zones, &table.stored, b.rows)?;
                 note_block(st, &b);
                 committed.push(Arc::new(IndexedBlock { meta: b, zones }));
@@ -158,6 +180,7 @@ impl DiskStore {
                 let table = tables.get(&k.table).ok_or_else(|| {
                     corrupt(format!("prepared block of unknown table {}", k.table))
                 })?;
+                check_block(&k, &b)?;
                 let zones = block::decode_zones(&b.zones, &table.stored, b.rows)?;
                 if let Some(st) = streams.get_mut(&k) {
                     note_block(st, &b);

@@ -27,6 +27,7 @@
 //! - `from_stdin.rs`: `CopyPipeline`, the threads that decode and load at
 //!   once (the only file here that starts threads or talks to the loader).
 //! - `error.rs`: `CopyError` and the SQLSTATEs of the COPY path.
+//! - `fuzz.rs` (tests): property tests of the decoder and the round trip.
 //!
 //! ```text
 //! from_stdin ──> decode ──> options, fields, columns, slice_key
@@ -41,6 +42,8 @@ mod encode;
 mod error;
 mod fields;
 mod from_stdin;
+#[cfg(test)]
+mod fuzz;
 mod options;
 mod parse;
 mod slice_key;
