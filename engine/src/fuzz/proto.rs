@@ -195,6 +195,7 @@ fn decode_every_message(bytes: &[u8]) {
     let _ = pb::DropTableRequest::decode(b);
     let _ = pb::WriteRequest::decode(b);
     let _ = pb::DeleteRequest::decode(b);
+    let _ = pb::AdoptRequest::decode(b);
     let _ = pb::TxnRequest::decode(b);
     let _ = pb::MirrorWriteRequest::decode(b);
     let _ = pb::MirrorPrepareRequest::decode(b);
@@ -243,6 +244,7 @@ fn write_requests_round_trip_and_mutated_ones_fail_typed() {
                 slice: 6,
                 segment: pb::Segment::Mirror as i32,
                 batches: ipc.clone().into(),
+                request_id: 7,
             };
             let wire = req.encode_to_vec();
             let back = pb::WriteRequest::decode(wire.as_slice())
