@@ -50,6 +50,9 @@ pub struct Forwarder {
     /// The newest installed map's epoch and routes: a forward refused for
     /// a stale epoch is sent again under it if it routes the same way.
     latest: Mutex<(u64, HashMap<SliceId, NodeId>)>,
+    /// Told of every installed map: a call to a mirror that a newer map no
+    /// longer routes to (it was failed over) stops waiting for it.
+    installs: tokio::sync::watch::Sender<u64>,
 }
 
 impl Forwarder {
@@ -60,12 +63,34 @@ impl Forwarder {
             clients: Mutex::new(HashMap::new()),
             txns: Mutex::new(HashMap::new()),
             latest: Mutex::new((0, HashMap::new())),
+            installs: tokio::sync::watch::Sender::new(0),
         }
     }
 
     /// A map was installed: its epoch and where it routes each slice.
     pub fn installed(&self, epoch: u64, routes: &Routes) {
         *self.latest.lock() = (epoch, routes.mirrors.clone());
+        self.installs.send_replace(epoch);
+    }
+
+    /// Resolves once the newest installed map no longer routes one of
+    /// `slices` to `node` (never for no slices).
+    async fn route_gone(&self, slices: &[SliceId], node: NodeId) {
+        if slices.is_empty() {
+            return std::future::pending().await;
+        }
+        let mut installs = self.installs.subscribe();
+        loop {
+            if slices
+                .iter()
+                .any(|s| self.latest.lock().1.get(s) != Some(&node))
+            {
+                return;
+            }
+            if installs.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Whether this write of `slice` in `xid` goes to a mirror, decided
@@ -327,7 +352,8 @@ impl Forwarder {
     }
 
     /// One call to a mirror at `epoch`, bounded by the map's mirror
-    /// timeout. While a new map is being installed two nodes can briefly
+    /// timeout, or until a newer map no longer routes `slices` to that
+    /// mirror (it was failed over: waiting on is pointless). While a new map is being installed two nodes can briefly
     /// disagree on the epoch, and that must not degrade a slice: a refusal
     /// for a stale epoch is sent again under the newest map this node has
     /// if that map routes `slices` to the same mirror, else after a moment
@@ -349,7 +375,17 @@ impl Forwarder {
         let client = self.client(routes, node)?;
         let deadline = tokio::time::Instant::now() + routes.timeout;
         loop {
-            match tokio::time::timeout_at(deadline, f(client.clone(), epoch)).await {
+            // A mirror that hangs is failed over long before the timeout:
+            // the map that says so ends the wait (the slice is degraded).
+            let call = tokio::select! {
+                r = tokio::time::timeout_at(deadline, f(client.clone(), epoch)) => r,
+                _ = self.route_gone(slices, node) => {
+                    return Err(EngineError::Internal(format!(
+                        "{what} to mirror node {node}: a newer map no longer routes there (failed over)"
+                    )))
+                }
+            };
+            match call {
                 Ok(Ok(r)) => return Ok(r.into_inner()),
                 Ok(Err(s))
                     if proto::error_kind(&s) == proto::ErrorKind::StaleEpoch
