@@ -56,7 +56,8 @@ fn sigterm_stops_the_server_within_seconds_while_a_runaway_query_runs() {
 
 /// A coordinator with a small memory limit: a query whose hash table would
 /// pass it spills or fails with 53200 (never takes the server down), the
-/// server answers on, and the same query answers under the default limit.
+/// server answers on, a COPY TO of a table larger than the limit streams
+/// every row, and the same query answers under the default limit.
 #[test]
 fn a_query_over_the_memory_limit_spills_or_fails_with_53200_and_the_server_stays_up() {
     harness::run("memlimit", |env| async move {
@@ -84,6 +85,29 @@ fn a_query_over_the_memory_limit_spills_or_fails_with_53200_and_the_server_stays
             }
         }
         harness::assert_alive(&c, "a query over the memory limit").await?;
+        // COPY TO of a table several times the limit streams: every row
+        // arrives, and the server stays up.
+        c.batch_execute(
+            "CREATE TABLE wide (k bigint, pad text) DISTRIBUTE ON (k); \
+             INSERT INTO wide SELECT value, md5(value::text) || md5((value + 1)::text) \
+             FROM generate_series(1, 300000)",
+        )
+        .await?;
+        let out = c.copy_out("COPY wide TO STDOUT").await?;
+        futures::pin_mut!(out);
+        let (mut rows, mut bytes) = (0u64, 0usize);
+        while let Some(chunk) = futures::StreamExt::next(&mut out).await {
+            let chunk = chunk?;
+            bytes += chunk.len();
+            rows += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        }
+        anyhow::ensure!(rows == 300_000, "COPY TO over the limit: {rows} rows");
+        anyhow::ensure!(
+            bytes > 4 << 20,
+            "the table ({bytes} bytes) is larger than the 4 MiB limit"
+        );
+        println!("COPY TO of {bytes} bytes under a 4 MiB memory limit: {rows} rows");
+        harness::assert_alive(&c, "a COPY TO over the memory limit").await?;
         db.stop().await?;
 
         let db = Slicedb::local(&env, 2, &env.path().join("default")).await?;
