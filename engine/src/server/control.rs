@@ -523,16 +523,7 @@ impl pb::node_server::Node for NodeServer {
         }
         // Only slices this node now serves from the copy the forwards went to.
         for &slice in &req.slices {
-            if self.owned_disk(&map, slice, SegmentKind::Mirror).is_err()
-                && self.owned_disk(&map, slice, SegmentKind::Primary).is_err()
-            {
-                return Err(status(EngineError::SliceNotOwned {
-                    node: self.state.node,
-                    slice,
-                    segment: SegmentKind::Mirror.as_str().into(),
-                    epoch: map.epoch,
-                }));
-            }
+            self.forwarded_copy(&map, slice).map_err(status)?;
         }
         let taken = self
             .state

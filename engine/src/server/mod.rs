@@ -190,6 +190,19 @@ impl NodeServer {
         Ok(map.clone())
     }
 
+    /// Where this node holds the copy of `slice` that a serving copy
+    /// forwards to: its mirror segment, or (a failed-over mirror forwarding
+    /// to the primary copy being resynced) its primary segment.
+    fn forwarded_copy(&self, map: &NodeMap, slice: SliceId) -> Result<(SegmentKind, DiskId)> {
+        match self.owned_disk(map, slice, SegmentKind::Mirror) {
+            Ok(d) => Ok((SegmentKind::Mirror, d)),
+            Err(e) => self
+                .owned_disk(map, slice, SegmentKind::Primary)
+                .map(|d| (SegmentKind::Primary, d))
+                .map_err(|_| e),
+        }
+    }
+
     /// The disk holding this node's copy of `slice` in `segment`. Unmirrored
     /// data (the temp segment) lives on the disk of the slice's primary.
     fn owned_disk(&self, map: &NodeMap, slice: SliceId, segment: SegmentKind) -> Result<DiskId> {

@@ -18,7 +18,7 @@ use tracing::instrument;
 use super::{status, NodeServer};
 use crate::failpoint;
 use crate::proto::pb;
-use crate::store::{DiskStore, SegmentKind};
+use crate::store::DiskStore;
 use crate::EngineError;
 
 /// Blocks in flight per export stream (each up to a block's size).
@@ -115,15 +115,7 @@ impl pb::peer_node_server::PeerNode for NodeServer {
                 }))
             }
         };
-        // This node holds one copy of the slice: in its mirror segment, or
-        // (a failed-over mirror forwarding to it) its primary segment.
-        let (segment, disk) = match self.owned_disk(map, req.slice, SegmentKind::Mirror) {
-            Ok(d) => (SegmentKind::Mirror, d),
-            Err(e) => match self.owned_disk(map, req.slice, SegmentKind::Primary) {
-                Ok(d) => (SegmentKind::Primary, d),
-                Err(_) => return Err(status(e)),
-            },
-        };
+        let (segment, disk) = self.forwarded_copy(map, req.slice).map_err(status)?;
         self.state.staging.stage(disk, segment, req);
         drop(guard);
         Ok(Response::new(pb::Ack {}))
