@@ -110,7 +110,7 @@ pub async fn join<T>(rx: tokio::sync::oneshot::Receiver<Result<T>>) -> Result<T>
 
 /// Lower the calling thread's priority (best effort: a refusal leaves it
 /// as it was).
-fn lower_priority() {
+pub(crate) fn lower_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: gettid and setpriority take and return plain integers; on
     // Linux PRIO_PROCESS with a thread id changes only that thread.

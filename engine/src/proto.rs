@@ -64,7 +64,8 @@ pub const RECEIVE_STREAM_WINDOW: u32 = 16 << 20;
 pub const RECEIVE_CONNECTION_WINDOW: u32 = 64 << 20;
 /// Largest HTTP/2 frame a node or the coordinator accepts (the default is
 /// 16 KiB: a 4 MiB write would be 256 frames, each handled on its own).
-pub const MAX_FRAME_BYTES: u32 = 1 << 20;
+/// A block of a slice copy (about 1.2 MB) fits in one.
+pub const MAX_FRAME_BYTES: u32 = 4 << 20;
 
 /// HTTP/2 keepalive of every node connection, both ways: a ping after
 /// this long without traffic (idle or not)...

@@ -36,6 +36,18 @@ pub trait BlockDevice: Send + Sync {
     fn write_direct(&self, offset: u64, buf: &[u8]) -> Result<()> {
         self.write_at(offset, buf)
     }
+    /// `len` bytes from `offset` in a new buffer: [`BlockDevice::read_at`]
+    /// without zeroing the buffer first (a file reads straight into it).
+    fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.read_at(offset, &mut buf)?;
+        Ok(buf)
+    }
+    /// A hint: `len` bytes at `offset` will be read soon; start reading them
+    /// into the cache now, without waiting (a slice copy's source reads its
+    /// blocks in order, from extents that are not next to each other).
+    /// Promises nothing; the default does nothing.
+    fn read_ahead(&self, _offset: u64, _len: u64) {}
     /// Make every write issued so far durable.
     fn sync(&self) -> Result<()>;
     /// A hint: start writing `len` bytes at `offset` back to the medium now,
@@ -274,6 +286,69 @@ impl BlockDevice for FileDevice {
         self.file
             .write_all_at(buf, offset)
             .map_err(|e| EngineError::io(&self.name, e))
+    }
+
+    fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf: Vec<u8> = Vec::with_capacity(len);
+        while buf.len() < len {
+            let at = offset + buf.len() as u64;
+            let Ok(at) = libc::off_t::try_from(at) else {
+                return Err(EngineError::io(
+                    &self.name,
+                    std::io::Error::from(std::io::ErrorKind::InvalidInput),
+                ));
+            };
+            let spare = buf.spare_capacity_mut();
+            // SAFETY: pread writes at most `spare.len()` bytes into the
+            // vector's unused capacity, which `spare` spans; the fd is open
+            // while `self.file` lives.
+            let n = unsafe {
+                libc::pread(
+                    self.file.as_raw_fd(),
+                    spare.as_mut_ptr().cast(),
+                    spare.len(),
+                    at,
+                )
+            };
+            match n {
+                n if n > 0 => {
+                    // SAFETY: pread initialized the first `n` bytes of the
+                    // spare capacity (n <= spare.len()).
+                    unsafe { buf.set_len(buf.len() + n as usize) };
+                }
+                0 => {
+                    return Err(EngineError::io(
+                        &self.name,
+                        std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+                    ))
+                }
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(EngineError::io(&self.name, e));
+                    }
+                }
+            }
+        }
+        Ok(buf)
+    }
+
+    #[cfg(target_os = "linux")]
+    fn read_ahead(&self, offset: u64, len: u64) {
+        let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len))
+        else {
+            return;
+        };
+        // SAFETY: posix_fadvise only reads its integer arguments; the fd is
+        // open while `self.file` lives. A hint: its result is ignored.
+        unsafe {
+            libc::posix_fadvise(
+                self.file.as_raw_fd(),
+                offset,
+                len,
+                libc::POSIX_FADV_WILLNEED,
+            );
+        }
     }
 
     fn write_direct(&self, offset: u64, buf: &[u8]) -> Result<()> {

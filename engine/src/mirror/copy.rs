@@ -30,10 +30,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use parking_lot::Mutex;
 
-use super::forward::PeerClient;
 use crate::background::Activity;
 use crate::proto::pb;
 use crate::store::{DiskStore, SegmentKind};
@@ -217,7 +215,7 @@ impl Pace {
 
 /// Pull and write the copy; on any failure abort it on `target`.
 pub async fn pull(
-    mut source: PeerClient,
+    source: tonic::transport::Channel,
     target: Arc<DiskStore>,
     plan: CopyPlan,
     meters: &Meters,
@@ -225,7 +223,7 @@ pub async fn pull(
 ) -> Result<pb::CopySliceResponse> {
     let res = {
         let _row = Metered::start(meters, &plan);
-        pull_inner(&mut source, &target, &plan, meters, activity).await
+        pull_inner(source, &target, &plan, meters, activity).await
     };
     if res.is_err() {
         let xid = plan.xid;
@@ -242,7 +240,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 }
 
 async fn pull_inner(
-    source: &mut PeerClient,
+    source: tonic::transport::Channel,
     target: &Arc<DiskStore>,
     plan: &CopyPlan,
     meters: &Meters,
@@ -260,18 +258,20 @@ async fn pull_inner(
         }
         have_xids.clear();
     }
-    let mut stream = source
-        .export_slice(pb::ExportSliceRequest {
+    let mut stream = super::export_stream::export_slice(
+        source,
+        pb::ExportSliceRequest {
             epoch: plan.epoch,
             table,
             slice,
             segment: pb::Segment::from(plan.source_segment) as i32,
             have_xids,
             max_bytes_per_sec: plan.max_bytes_per_sec,
-        })
-        .await
-        .map_err(|s| copy_failed(plan, s.message()))?
-        .into_inner();
+        },
+        crate::proto::MAX_MESSAGE_BYTES,
+    )
+    .await
+    .map_err(|s| copy_failed(plan, s.message()))?;
     // The source answered, so its export is taken. A transaction it held
     // committed may have been prepared here since the xids above were read
     // (a mirror prepares before its primary commits): read them again and

@@ -45,7 +45,7 @@ impl Forwarded {
 /// mirrors. Failures never come back as errors: they degrade the slices.
 pub struct Forwarder {
     node: NodeId,
-    clients: Mutex<HashMap<(NodeId, String), PeerClient>>,
+    clients: Mutex<HashMap<(NodeId, String), (PeerClient, tonic::transport::Channel)>>,
     txns: Mutex<HashMap<Xid, Forwarded>>,
     /// The newest installed map's epoch and routes: a forward refused for
     /// a stale epoch is sent again under it if it routes the same way.
@@ -324,6 +324,24 @@ impl Forwarder {
 
     /// A client for a peer node (connected lazily, reused).
     pub(crate) fn client(&self, routes: &Routes, node: NodeId) -> Result<PeerClient> {
+        Ok(self.peer(routes, node)?.0)
+    }
+
+    /// The connection to a peer node behind [`Forwarder::client`], for a
+    /// call read off HTTP/2 directly (a slice copy's stream).
+    pub(crate) fn channel(
+        &self,
+        routes: &Routes,
+        node: NodeId,
+    ) -> Result<tonic::transport::Channel> {
+        Ok(self.peer(routes, node)?.1)
+    }
+
+    fn peer(
+        &self,
+        routes: &Routes,
+        node: NodeId,
+    ) -> Result<(PeerClient, tonic::transport::Channel)> {
         let addr = routes
             .peers
             .get(&node)
@@ -342,13 +360,16 @@ impl Forwarder {
             .keep_alive_while_idle(true)
             // A slice copy's stream comes back on this connection: blocks
             // of a megabyte each, and the writer drains them in batches.
+            // Without this the source sends them in frames of 16 KiB.
+            .max_frame_size(Some(proto::MAX_FRAME_BYTES))
             .initial_stream_window_size(Some(proto::RECEIVE_STREAM_WINDOW))
             .initial_connection_window_size(Some(proto::RECEIVE_CONNECTION_WINDOW));
-        let c = PeerClient::new(ep.connect_lazy())
+        let channel = ep.connect_lazy();
+        let c = PeerClient::new(channel.clone())
             .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
-        clients.insert(key, c.clone());
-        Ok(c)
+        clients.insert(key, (c.clone(), channel.clone()));
+        Ok((c, channel))
     }
 
     /// One call to a mirror at `epoch`, bounded by the map's mirror

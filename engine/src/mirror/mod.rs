@@ -28,6 +28,7 @@
 //! bound, and never encode or decode blocks itself (the store does).
 
 pub mod copy;
+mod export_stream;
 mod forward;
 mod staging;
 

@@ -469,7 +469,7 @@ impl pb::node_server::Node for NodeServer {
         let source = self
             .state
             .forwarder
-            .client(&map.routes, req.source_node)
+            .channel(&map.routes, req.source_node)
             .map_err(status)?;
         let plan = crate::mirror::copy::CopyPlan {
             table: req.table,

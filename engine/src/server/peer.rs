@@ -24,6 +24,9 @@ use crate::EngineError;
 /// Blocks in flight per export stream (each up to a block's size).
 const EXPORT_WINDOW: usize = 8;
 
+/// Blocks an export asks the disk for ahead of the one it reads.
+const READ_AHEAD: usize = 4;
+
 #[tonic::async_trait]
 impl pb::peer_node_server::PeerNode for NodeServer {
     type ExportSliceStream = Pin<Box<dyn Stream<Item = Result<pb::SliceCopyChunk, Status>> + Send>>;
@@ -58,10 +61,18 @@ impl pb::peer_node_server::PeerNode for NodeServer {
         // Below queries' priority: the export reads what they leave.
         let _done = crate::background::spawn("copy-export", move || {
             let mut sent = 0;
+            for b in export.blocks.iter().take(READ_AHEAD) {
+                store.read_ahead_exported(b);
+            }
             for (i, b) in export.blocks.iter().enumerate() {
                 // Each block read once it is due: no burst ahead of the
                 // target's own pace.
                 pace.after_blocking(sent);
+                // The cache fills with the next blocks while this one is
+                // read and sent (they sit in extents apart from each other).
+                if let Some(next) = export.blocks.get(i + READ_AHEAD) {
+                    store.read_ahead_exported(next);
+                }
                 sent += b.length;
                 let chunk = store.read_exported(b).map(|block| pb::SliceCopyChunk {
                     block: block.into(),

@@ -218,11 +218,16 @@ impl DiskStore {
             .map_or(0, |t| t.blocks.len())
     }
 
+    /// Start reading an exported block into the cache (a hint, see
+    /// [`crate::disk::BlockDevice::read_ahead`]).
+    pub fn read_ahead_exported(&self, stored: &StoredBlock) {
+        self.dev.read_ahead(stored.offset, stored.length);
+    }
+
     /// The bytes of one exported block, verified (a block that fails goes
     /// through the repair seam, and what that returns is verified too).
     pub fn read_exported(&self, stored: &StoredBlock) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; stored.length as usize];
-        self.dev.read_at(stored.offset, &mut buf)?;
+        let buf = self.dev.read_vec(stored.offset, stored.length as usize)?;
         match block::inspect_block(&buf, stored.table, stored.slice) {
             Ok(_) => Ok(buf),
             Err(e @ (EngineError::ChecksumMismatch { .. } | EngineError::CorruptBlock { .. })) => {

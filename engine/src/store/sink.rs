@@ -15,9 +15,16 @@
 //! runs back (the copy's xid is then aborted, and its pending blocks never
 //! read).
 //!
+//! The writes themselves run on a thread of the sink's own, up to
+//! [`IN_FLIGHT`] pieces at a time, while the copy's thread goes on verifying
+//! and gathering the next blocks: a direct write waits for the device, and
+//! with one write at a time the copy's thread spent most of a copy waiting
+//! (and the device saw one request at a time).
+//!
 //! It must never write outside its runs, nor once its table is dropped
 //! (each write checks under the I/O gate that the table still exists;
-//! `drop_copy` refuses while the copy has blocks pending).
+//! `drop_copy` refuses while the copy has blocks pending), and never give
+//! its runs back while a write into them may still be in flight.
 //!
 //! [`BlockDevice::write_direct`]: crate::disk::BlockDevice::write_direct
 
@@ -31,6 +38,9 @@ use crate::{EngineError, Result, SliceId, TableId, Xid};
 /// Bytes gathered before a write, at most (and at most this many extents).
 const WRITE_AT: u64 = 4 << 20;
 const WRITE_AT_EXTENTS: u64 = 4;
+
+/// Pieces written at once, beside the one being gathered.
+const IN_FLIGHT: usize = 2;
 
 /// Extents in the largest run a sink takes at once.
 const MAX_RUN_EXTENTS: u64 = 16;
@@ -61,7 +71,115 @@ pub struct CopySink {
     taken: u64,
     /// Whether the blocks go the direct way (decided at the first block).
     direct: Option<bool>,
+    /// The writes in flight (started with the first one).
+    io: Option<Writes>,
     finished: bool,
+}
+
+/// A piece of a sink's gathered bytes on its way to the device.
+struct Piece {
+    offset: u64,
+    buf: AlignedBuf,
+    len: usize,
+}
+
+/// The thread that writes a sink's pieces, in the order given, and hands
+/// each buffer back (or the first error) once written.
+struct Writes {
+    to_write: Option<std::sync::mpsc::SyncSender<Piece>>,
+    written: std::sync::mpsc::Receiver<Result<AlignedBuf>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    in_flight: usize,
+    /// Written buffers, to fill again.
+    spare: Vec<AlignedBuf>,
+}
+
+impl Writes {
+    fn start(store: Arc<DiskStore>, table: TableId) -> Result<Writes> {
+        let (to_write, pieces) = std::sync::mpsc::sync_channel::<Piece>(IN_FLIGHT);
+        let (done, written) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("copy-io".into())
+            .spawn(move || {
+                crate::background::lower_priority();
+                for p in pieces {
+                    let r = Self::write(&store, table, &p).map(|()| p.buf);
+                    let failed = r.is_err();
+                    if done.send(r).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| EngineError::Internal(format!("cannot start a copy's writer: {e}")))?;
+        Ok(Writes {
+            to_write: Some(to_write),
+            written,
+            thread: Some(thread),
+            in_flight: 0,
+            spare: Vec::new(),
+        })
+    }
+
+    fn write(store: &DiskStore, table: TableId, p: &Piece) -> Result<()> {
+        // A dropped table's runs may be someone else's by now: check
+        // under the gate (drop_table waits for it).
+        let _gate = store.io_gate.read();
+        if !store.inner.lock().tables.contains_key(&table) {
+            return Err(EngineError::TableNotFound(table));
+        }
+        store.dev.write_direct(p.offset, &p.buf.as_slice()[..p.len])
+    }
+
+    /// Hand a piece over; once more than `IN_FLIGHT` are, wait for the
+    /// oldest (its buffer is kept to fill again).
+    fn send(&mut self, piece: Piece) -> Result<()> {
+        let gone = || EngineError::Internal("a copy's writer stopped".into());
+        let tx = self.to_write.as_ref().ok_or_else(gone)?;
+        tx.send(piece).map_err(|_| self.failure())?;
+        self.in_flight += 1;
+        if self.in_flight > IN_FLIGHT {
+            self.wait_one()?;
+        }
+        Ok(())
+    }
+
+    fn wait_one(&mut self) -> Result<()> {
+        let r = self.written.recv().map_err(|_| {
+            EngineError::Internal("a copy's writer stopped without an answer".into())
+        })?;
+        self.in_flight -= 1;
+        self.spare.push(r?);
+        Ok(())
+    }
+
+    /// The error that stopped the thread (it sends one before it stops).
+    fn failure(&mut self) -> EngineError {
+        loop {
+            match self.written.recv() {
+                Ok(Ok(_)) => self.in_flight = self.in_flight.saturating_sub(1),
+                Ok(Err(e)) => return e,
+                Err(_) => return EngineError::Internal("a copy's writer stopped".into()),
+            }
+        }
+    }
+
+    /// Wait until every piece handed over is written.
+    fn drain(&mut self) -> Result<()> {
+        while self.in_flight > 0 {
+            self.wait_one()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Writes {
+    /// Returns once no write is in flight (the thread ended).
+    fn drop(&mut self) {
+        self.to_write.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl DiskStore {
@@ -90,6 +208,7 @@ impl DiskStore {
             expect,
             taken: 0,
             direct: None,
+            io: None,
             finished: false,
         }
     }
@@ -177,25 +296,25 @@ impl CopySink {
         }
         let upto = upto as usize;
         self.buf.pad_to(upto);
-        {
-            // A dropped table's runs may be someone else's by now: check
-            // under the gate (drop_table waits for it).
-            let _gate = self.store.io_gate.read();
-            if !self.store.inner.lock().tables.contains_key(&self.key.table) {
-                return Err(EngineError::TableNotFound(self.key.table));
-            }
-            self.store
-                .dev
-                .write_direct(self.buf_start, &self.buf.as_slice()[..upto])?;
+        if self.io.is_none() {
+            self.io = Some(Writes::start(self.store.clone(), self.key.table)?);
         }
-        if all {
-            self.buf.consume(self.buf.len());
-        } else {
-            // The partial page stays, to be written whole with what follows.
-            let tail = len as usize - upto;
-            self.buf.consume(upto);
-            debug_assert_eq!(self.buf.len(), tail);
+        let io = self.io.as_mut().expect("started above");
+        // The next buffer: a written one back, or a new one.
+        let mut next = io
+            .spare
+            .pop()
+            .unwrap_or_else(|| AlignedBuf::with_capacity(WRITE_AT as usize * 2));
+        next.consume(next.len());
+        // The partial page stays, to be written whole with what follows.
+        if !all {
+            next.extend_from_slice(&self.buf.as_slice()[upto..]);
         }
+        io.send(Piece {
+            offset: self.buf_start,
+            buf: std::mem::replace(&mut self.buf, next),
+            len: upto,
+        })?;
         self.buf_start += upto as u64;
         Ok(())
     }
@@ -204,6 +323,9 @@ impl CopySink {
     /// this the copy may commit.
     pub fn finish(mut self) -> Result<()> {
         self.write(true)?;
+        if let Some(io) = self.io.as_mut() {
+            io.drain()?;
+        }
         let store = self.store.clone();
         let mut inner = store.inner.lock();
         if !inner.tables.contains_key(&self.key.table) {
@@ -229,6 +351,8 @@ impl CopySink {
 
 impl Drop for CopySink {
     fn drop(&mut self) {
+        // No write may land in a run once it is given back.
+        self.io.take();
         if !self.finished && !self.runs.is_empty() {
             let mut inner = self.store.inner.lock();
             for run in self.runs.drain(..) {
