@@ -30,6 +30,10 @@
 # rate is per receiving node: a node's copies that go to two targets move
 # at twice the rate.
 # Needs psql, bc and psycopg 3 (python3 -m pip install 'psycopg[binary]').
+# Disk images are allocated up front (3 x BYTES_PER_NODE + 512 MiB each:
+# primary and mirror segments of 45% each hold a node's copies and the
+# resync's updates, loads fill extents to about 80%); the default needs
+# about 53 GB free under /tmp.
 # SLICEDB_BIN overrides the binary; KEEP=1 keeps the work directory.
 set -euo pipefail
 PER_NODE=${1:-2000000000}
@@ -41,7 +45,10 @@ BIN=${SLICEDB_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/slicedb}
 [ -x "$BIN" ] || { echo "no release binary at $BIN: cargo build --release -p slicedb" >&2; exit 1; }
 python3 -c 'import psycopg' 2>/dev/null || { echo "needs psycopg: python3 -m pip install 'psycopg[binary]'" >&2; exit 1; }
 WORK=$(mktemp -d /tmp/slicedb-regenbench.XXXXXX)
-BASE=57100
+NEED=$(( (PER_NODE * 3 / 1048576 + 512) * ALL + PER_NODE * 2 / 1048576 * 2 ))
+FREE=$(( $(df -Pk "$WORK" | awk 'NR == 2 { print $4 }') / 1024 ))
+[ "$FREE" -ge "$NEED" ] || { echo "needs $NEED MiB free under /tmp, has $FREE" >&2; rm -rf "$WORK"; exit 1; }
+BASE=29100  # below the ephemeral port range (32768-60999), where tests' ports land
 declare -A PID
 cleanup() {
   for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null || true; done
@@ -64,7 +71,7 @@ TOML
   for n in $(seq 0 $((ALL - 1))); do
     spare=false; [ $n -ge 4 ] && spare=true
     printf '[[nodes]]\nid = %d\naddress = "127.0.0.1:%d"\ndata_dir = "%s/node%d"\ndisk_size = "%dMiB"\nspare = %s\n' \
-      "$n" $((BASE + 1 + n)) "$WORK" "$n" $((PER_NODE * 9 / 1048576 + 1024)) "$spare" >> "$WORK/cluster.toml"
+      "$n" $((BASE + 1 + n)) "$WORK" "$n" $((PER_NODE * 3 / 1048576 + 512)) "$spare" >> "$WORK/cluster.toml"
   done
 }
 start_node() { "$BIN" node --config "$WORK/cluster.toml" --id "$1" >> "$WORK/node$1.out" 2>> "$WORK/node$1.err" & PID[n$1]=$!; disown; }
