@@ -45,7 +45,10 @@ use tracing::{debug, info};
 
 use crate::admin;
 use crate::conn::ConnState;
-use crate::copy::{encode_rows, CopyDecoder, CopyOptions, CopyPipeline, Widen};
+use crate::copy::{
+    check_binary_columns, encode_each_row, encode_header, CopyDecoder, CopyFormat, CopyOptions,
+    CopyPipeline, Widen,
+};
 use crate::dialect::{self, normalize, ParsedStatement};
 use crate::errors::{fix_response, fix_responses, to_pg, SqlError};
 use crate::guard;
@@ -670,6 +673,10 @@ where
             .map_err(datafusion::error::DataFusionError::from)?,
     );
     let ncols = targets.len();
+    let format = copy_format_code(&opts);
+    if format == 1 {
+        check_binary_columns(&decode_schema, false)?;
+    }
     let loader = match conn_txn(client).await {
         Some(txn) => {
             if let Some(why) = txn.failed() {
@@ -694,10 +701,15 @@ where
     let pipeline = CopyPipeline::start(decoder, loader, Widen { table, targets });
     *conn_state(fe, client).copy.lock().await = Some(pipeline);
     Ok(Response::CopyIn(CopyResponse::new(
-        0,
+        format,
         ncols,
         futures::stream::empty(),
     )))
+}
+
+/// The format code of CopyInResponse / CopyOutResponse: 1 for binary.
+fn copy_format_code(opts: &CopyOptions) -> i8 {
+    (opts.format == CopyFormat::Binary) as i8
 }
 
 async fn copy_to_stdout(
@@ -732,35 +744,46 @@ async fn copy_to_stdout(
     let stream = df.execute_stream().await?;
     let schema = stream.schema();
     let ncols = schema.fields().len();
-    let mut header = None;
-    if opts.header {
-        // The header line alone: encode an empty batch with the header on.
-        let bytes = encode_rows(&[RecordBatch::new_empty(schema.clone())], &opts)?;
-        if !bytes.is_empty() {
-            header = Some(Ok(CopyData::new(bytes.into())));
-        }
+    let format = copy_format_code(&opts);
+    if format == 1 {
+        check_binary_columns(&schema, true)?;
     }
-    let mut row_opts = opts.clone();
-    row_opts.header = false;
-    // One CopyData per row: pgwire counts them for the "COPY n" tag.
-    let rows = stream.flat_map(move |batch| {
-        let messages: Vec<PgWireResult<CopyData>> = match batch {
-            Ok(b) => (0..b.num_rows())
-                .map(|i| {
-                    encode_rows(&[b.slice(i, 1)], &row_opts)
-                        .map(|bytes| CopyData::new(bytes.into()))
-                        .map_err(|e| SqlError::from(e).into())
-                })
-                .collect(),
-            Err(e) => vec![Err(SqlError::from(e).into())],
-        };
-        futures::stream::iter(messages)
-    });
-    Ok(Response::CopyOut(CopyResponse::new(
-        0,
-        ncols,
-        futures::stream::iter(header).chain(rows),
-    )))
+    // One CopyData per row: pgwire counts them for the "COPY n" tag (all
+    // but the binary trailer, which it appends itself). The header goes in
+    // the first row's message so it is not counted; with no rows it goes
+    // alone, and the tag says one row too many.
+    let header = Some(encode_header(&schema, &opts)).filter(|h| !h.is_empty());
+    let header = Arc::new(std::sync::Mutex::new(header));
+    let first = header.clone();
+    let rows = stream
+        .flat_map(move |batch| {
+            let mut messages: Vec<PgWireResult<CopyData>> = Vec::new();
+            let mut header = first.lock().unwrap_or_else(|e| e.into_inner());
+            let encoded = batch.map_err(SqlError::from).and_then(|b| {
+                Ok(encode_each_row(&b, &opts, |row| {
+                    let bytes = match header.take() {
+                        Some(mut h) => {
+                            h.extend_from_slice(row);
+                            h
+                        }
+                        None => row.to_vec(),
+                    };
+                    messages.push(Ok(CopyData::new(bytes.into())));
+                })?)
+            });
+            if let Err(e) = encoded {
+                messages.push(Err(e.into()));
+            }
+            futures::stream::iter(messages)
+        })
+        .chain(
+            futures::stream::once(async move {
+                let h = header.lock().unwrap_or_else(|e| e.into_inner()).take();
+                h.map(|h| Ok(CopyData::new(h.into())))
+            })
+            .filter_map(futures::future::ready),
+        );
+    Ok(Response::CopyOut(CopyResponse::new(format, ncols, rows)))
 }
 
 pub struct Simple {
