@@ -52,6 +52,7 @@ use crate::copy::{
 use crate::dialect::{self, normalize, ParsedStatement};
 use crate::errors::{fix_response, fix_responses, to_pg, SqlError};
 use crate::guard;
+use crate::params;
 use crate::sessions::{guard_responses, Canceller, Registered, Sessions, Startup, Stopper};
 use crate::settings;
 use crate::shield;
@@ -1116,13 +1117,18 @@ impl Extended {
     {
         let (sql, plan) = &portal.statement.statement;
         if plan.is_none() {
-            if let Some(p) = parse_ours(sql) {
+            if let Some(mut p) = parse_ours(sql) {
+                params::substitute(&mut p.statement, portal)?;
                 return Ok(run_ours(&self.fe, client, p).await?);
             }
             if let Some(a) = admin::parse(sql) {
                 return Ok(admin::run(&self.fe.coord, a).await?);
             }
         }
+        // Parameters converted as PostgreSQL would (datafusion-postgres
+        // refuses e.g. an integer for a numeric column).
+        let bound = params::bind(portal)?;
+        let portal = bound.as_ref().unwrap_or(portal);
         match conn_txn(client).await {
             None => fix_response(
                 ExtendedQueryHandler::do_query(&*self.fe.df, client, portal, max_rows).await,

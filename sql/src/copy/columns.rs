@@ -256,7 +256,7 @@ impl Col {
 }
 
 /// PostgreSQL's name for an Arrow type, for error messages.
-fn pg_type_name(dt: &DataType) -> String {
+pub(crate) fn pg_type_name(dt: &DataType) -> String {
     match dt {
         DataType::Int8 => "tinyint".into(),
         DataType::Int16 => "smallint".into(),
@@ -286,6 +286,16 @@ pub(super) fn conv_error(
     line: u64,
     column: &str,
 ) -> CopyError {
+    let e = value_error(kind, dt, value);
+    CopyError::new(
+        e.sqlstate,
+        format!("{}, line {line}, column {column}", e.message),
+    )
+}
+
+/// The error of a value (its text) that does not convert to type `dt`,
+/// with PostgreSQL's SQLSTATE and message.
+pub(crate) fn value_error(kind: ConvErr, dt: &DataType, value: &[u8]) -> CopyError {
     let v = String::from_utf8_lossy(value);
     let ty = pg_type_name(dt);
     let is_time = matches!(dt, DataType::Date32 | DataType::Timestamp(..));
@@ -324,7 +334,7 @@ pub(super) fn conv_error(
             ),
         },
     };
-    CopyError::new(state, format!("{msg}, line {line}, column {column}"))
+    CopyError::new(state, msg)
 }
 
 /// [`conv_error`] for a value in binary form (binary COPY): bytes that do

@@ -51,6 +51,11 @@ fn write_pg_float(
     }
 }
 
+/// A float8 as PostgreSQL writes it.
+pub(crate) fn write_pg_float8(out: &mut String, v: f64) {
+    write_pg_float(out, v, 15, &format!("{v:e}"), &v)
+}
+
 fn write_decimal(out: &mut String, v: i128, scale: i8) {
     if scale <= 0 {
         let _ = write!(out, "{v}");
@@ -80,12 +85,12 @@ fn write_decimal(out: &mut String, v: i128, scale: i8) {
     }
 }
 
-fn write_date(out: &mut String, days: i64) {
+pub(crate) fn write_date(out: &mut String, days: i64) {
     let (y, m, d) = civil_from_days(days);
     let _ = write!(out, "{y:04}-{m:02}-{d:02}");
 }
 
-fn write_timestamp(out: &mut String, v: i64, unit: TimeUnit, tz: bool) {
+pub(crate) fn write_timestamp(out: &mut String, v: i64, unit: TimeUnit, tz: bool) {
     let (per_sec, frac_digits) = match unit {
         TimeUnit::Second => (1i64, 0usize),
         TimeUnit::Millisecond => (1_000, 3),
@@ -170,10 +175,7 @@ fn value_writer(array: &dyn Array) -> Result<ValueWriter<'_>, CopyError> {
         }
         DataType::Float64 => {
             let a = array.as_primitive::<Float64Type>();
-            Box::new(move |i, out: &mut String| {
-                let v = a.value(i);
-                write_pg_float(out, v, 15, &format!("{v:e}"), &v)
-            })
+            Box::new(move |i, out: &mut String| write_pg_float8(out, a.value(i)))
         }
         DataType::Decimal128(_, s) => {
             let a = array.as_primitive::<Decimal128Type>();

@@ -59,8 +59,10 @@ mod slice_key;
 mod testing;
 
 pub use binary::check_binary_columns;
+pub(crate) use columns::{pg_type_name, value_error};
 pub use decode::{CopyDecoder, Decoded, MAX_SPLIT_SLICES};
 pub use encode::{encode_each_row, encode_header, encode_rows};
+pub(crate) use encode::{write_date, write_pg_float8, write_timestamp};
 pub use error::CopyError;
 pub use from_stdin::{CopyPipeline, Widen};
 pub use options::{CopyFormat, CopyOptions};
