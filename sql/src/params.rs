@@ -651,7 +651,7 @@ mod tests {
         let num = [0, 2, 0, 0, 0, 0, 0, 1, 0, 12, 0x13, 0x88];
         assert_eq!(
             bin(Wire::Numeric, &num).unwrap(),
-            Value::Numeric("12.5000".into())
+            Value::Numeric("12.5".into())
         );
         // Errors: SQLSTATE and the parameter's number.
         let (s, m) = state(text("abc", Wire::Int).unwrap_err());

@@ -131,10 +131,11 @@ pub(crate) fn send_date(days: i32, out: &mut Vec<u8>) {
     out.extend_from_slice(&days.saturating_sub(PG_EPOCH_DAYS).to_be_bytes());
 }
 
-/// A numeric's value as decimal text: `-12.3400`, `0`, or `NaN`,
-/// `Infinity`, `-Infinity`. Values too large for any Decimal128 (10^40
-/// and up) are out of range; values too small for any (below 10^-40) read
-/// as 0.
+/// A numeric's value as decimal text with its display scale's digits
+/// after the point (`-12.3400`, `0.00`), or `NaN`, `Infinity`,
+/// `-Infinity`. Digits past the display scale are cut off, as PostgreSQL's
+/// `numeric_recv` does. Values too large for any Decimal128 (10^40 and up)
+/// are out of range.
 pub(crate) fn recv_numeric_text(v: &[u8]) -> Result<String, ConvErr> {
     if v.len() < 8 {
         return Err(ConvErr::Invalid);
@@ -162,32 +163,26 @@ pub(crate) fn recv_numeric_text(v: &[u8]) -> Result<String, ConvErr> {
     {
         return Err(ConvErr::Invalid);
     }
-    // Drop zero groups at either end (PostgreSQL sends none, a client may).
+    // Drop zero groups in front (PostgreSQL sends none, a client may).
     while let [0, 0, rest @ ..] = digits {
         digits = rest;
         weight -= 1;
     }
-    while let [rest @ .., 0, 0] = digits {
-        digits = rest;
-    }
-    if digits.is_empty() || weight < -10 {
-        return Ok("0".into());
+    if digits.is_empty() {
+        weight = 0;
     }
     if weight >= 10 {
         return Err(ConvErr::Range);
     }
+    // Group i (0: the first) of the digits; zero past either end.
     let group = |i: i32| -> u16 {
-        let i = i as usize * 2;
-        match digits.get(i..i + 2) {
-            Some(d) => u16::from_be_bytes([d[0], d[1]]),
-            None => 0,
-        }
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| digits.get(2 * i..2 * i + 2))
+            .map_or(0, |d| u16::from_be_bytes([d[0], d[1]]))
     };
-    let n = (digits.len() / 2) as i32;
-    let mut s = String::with_capacity(16 + 4 * (n.max(weight + 1) as usize));
-    if neg {
-        s.push('-');
-    }
+    let dscale = dscale as usize;
+    let mut s = String::with_capacity(48 + dscale);
     if weight < 0 {
         s.push('0');
     } else {
@@ -196,15 +191,20 @@ pub(crate) fn recv_numeric_text(v: &[u8]) -> Result<String, ConvErr> {
             s.push_str(&format!("{:04}", group(i)));
         }
     }
-    if n > weight + 1 {
+    if dscale > 0 {
         s.push('.');
-        for i in (weight + 1)..n {
-            if i < 0 {
-                s.push_str("0000");
-            } else {
-                s.push_str(&format!("{:04}", group(i)));
-            }
+        // Fraction group k (0: first after the point) is group weight+1+k.
+        let (mut left, mut k) = (dscale, 0);
+        while left > 0 {
+            let four = format!("{:04}", group(weight + 1 + k));
+            let take = left.min(4);
+            s.push_str(&four[..take]);
+            left -= take;
+            k += 1;
         }
+    }
+    if neg && s.bytes().any(|b| (b'1'..=b'9').contains(&b)) {
+        s.insert(0, '-');
     }
     Ok(s)
 }
@@ -284,9 +284,9 @@ mod tests {
     fn numeric_matches_postgres_bytes() {
         let cases: &[(i128, i8, Vec<u8>, &str)] = &[
             // 123.45::numeric(10,2): 2 digits, weight 0, dscale 2: 0123 4500
-            (12345, 2, numeric(2, 0, 0, 2, &[123, 4500]), "123.4500"),
-            (-5, 2, numeric(1, -1, 0x4000, 2, &[500]), "-0.0500"),
-            (0, 2, numeric(0, 0, 0, 2, &[]), "0"),
+            (12345, 2, numeric(2, 0, 0, 2, &[123, 4500]), "123.45"),
+            (-5, 2, numeric(1, -1, 0x4000, 2, &[500]), "-0.05"),
+            (0, 2, numeric(0, 0, 0, 2, &[]), "0.00"),
             (10000, 0, numeric(1, 1, 0, 0, &[1]), "10000"),
             (
                 12345678901234567890,
@@ -294,7 +294,7 @@ mod tests {
                 numeric(5, 4, 0, 0, &[1234, 5678, 9012, 3456, 7890]),
                 "12345678901234567890",
             ),
-            (1, 10, numeric(1, -3, 0, 10, &[100]), "0.000000000100"),
+            (1, 10, numeric(1, -3, 0, 10, &[100]), "0.0000000001"),
             (7, -2, numeric(1, 0, 0, 0, &[700]), "700"),
         ];
         for (v, scale, bytes, text) in cases {
@@ -325,8 +325,13 @@ mod tests {
         let b = numeric(2, 0, 0, 4, &[1, 2355]);
         assert_eq!(recv_numeric(&b, 10, 2).unwrap(), 124);
         // Leading and trailing zero groups a client may send.
-        let b = numeric(4, 1, 0, 0, &[0, 12, 3400, 0]);
+        let b = numeric(4, 1, 0, 4, &[0, 12, 3400, 0]);
         assert_eq!(recv_numeric_text(&b).unwrap(), "12.3400");
+        // Digits past the display scale are cut off; -0 is 0.
+        let b = numeric(2, 0, 0x4000, 1, &[1, 2399]);
+        assert_eq!(recv_numeric_text(&b).unwrap(), "-1.2");
+        let b = numeric(1, -1, 0x4000, 2, &[1]);
+        assert_eq!(recv_numeric_text(&b).unwrap(), "0.00");
     }
 
     #[test]
@@ -358,8 +363,15 @@ mod tests {
             Err(ConvErr::Range)
         );
         assert_eq!(
-            recv_numeric_text(&numeric(1, i16::MIN, 0, 0, &[1])).unwrap(),
-            "0"
+            recv_numeric_text(&numeric(1, i16::MIN, 0, 3, &[1])).unwrap(),
+            "0.000"
+        );
+        // The largest display scale: bounded work and output.
+        assert_eq!(
+            recv_numeric_text(&numeric(1, i16::MIN, 0, 0x3fff, &[1]))
+                .unwrap()
+                .len(),
+            2 + 0x3fff
         );
         assert_eq!(
             recv_numeric(&numeric(0, 0, 0xC000, 0, &[]), 10, 2),
