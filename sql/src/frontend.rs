@@ -24,7 +24,7 @@ use datafusion::sql::sqlparser::ast::{
     SqlOption, Statement, Value,
 };
 use datafusion_postgres::DfSessionService;
-use futures::{Sink, SinkExt, StreamExt};
+use futures::{Sink, SinkExt};
 use pgwire::api::cancel::CancelHandler;
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::Portal;
@@ -45,10 +45,7 @@ use tracing::{debug, info};
 
 use crate::admin;
 use crate::conn::ConnState;
-use crate::copy::{
-    check_binary_columns, encode_each_row, encode_header, CopyDecoder, CopyFormat, CopyOptions,
-    CopyPipeline, Widen,
-};
+use crate::copy::{check_binary_columns, copy_out, CopyDecoder, CopyOptions, CopyPipeline, Widen};
 use crate::dialect::{self, normalize, ParsedStatement};
 use crate::errors::{fix_response, fix_responses, to_pg, SqlError};
 use crate::guard;
@@ -674,7 +671,7 @@ where
             .map_err(datafusion::error::DataFusionError::from)?,
     );
     let ncols = targets.len();
-    let format = copy_format_code(&opts);
+    let format = opts.format_code();
     if format == 1 {
         check_binary_columns(&decode_schema, false)?;
     }
@@ -708,11 +705,6 @@ where
     )))
 }
 
-/// The format code of CopyInResponse / CopyOutResponse: 1 for binary.
-fn copy_format_code(opts: &CopyOptions) -> i8 {
-    (opts.format == CopyFormat::Binary) as i8
-}
-
 async fn copy_to_stdout(
     fe: &Frontend,
     source: CopySource,
@@ -743,48 +735,7 @@ async fn copy_to_stdout(
     // Streamed: one batch at a time is encoded and sent, so memory does not
     // grow with the result.
     let stream = df.execute_stream().await?;
-    let schema = stream.schema();
-    let ncols = schema.fields().len();
-    let format = copy_format_code(&opts);
-    if format == 1 {
-        check_binary_columns(&schema, true)?;
-    }
-    // One CopyData per row: pgwire counts them for the "COPY n" tag (all
-    // but the binary trailer, which it appends itself). The header goes in
-    // the first row's message so it is not counted; with no rows it goes
-    // alone, and the tag says one row too many.
-    let header = Some(encode_header(&schema, &opts)).filter(|h| !h.is_empty());
-    let header = Arc::new(std::sync::Mutex::new(header));
-    let first = header.clone();
-    let rows = stream
-        .flat_map(move |batch| {
-            let mut messages: Vec<PgWireResult<CopyData>> = Vec::new();
-            let mut header = first.lock().unwrap_or_else(|e| e.into_inner());
-            let encoded = batch.map_err(SqlError::from).and_then(|b| {
-                Ok(encode_each_row(&b, &opts, |row| {
-                    let bytes = match header.take() {
-                        Some(mut h) => {
-                            h.extend_from_slice(row);
-                            h
-                        }
-                        None => row.to_vec(),
-                    };
-                    messages.push(Ok(CopyData::new(bytes.into())));
-                })?)
-            });
-            if let Err(e) = encoded {
-                messages.push(Err(e.into()));
-            }
-            futures::stream::iter(messages)
-        })
-        .chain(
-            futures::stream::once(async move {
-                let h = header.lock().unwrap_or_else(|e| e.into_inner()).take();
-                h.map(|h| Ok(CopyData::new(h.into())))
-            })
-            .filter_map(futures::future::ready),
-        );
-    Ok(Response::CopyOut(CopyResponse::new(format, ncols, rows)))
+    Ok(Response::CopyOut(copy_out(stream, opts)?))
 }
 
 pub struct Simple {

@@ -30,11 +30,13 @@
 //! - `encode.rs`: `encode_rows`, record batches to COPY TO output.
 //! - `from_stdin.rs`: `CopyPipeline`, the threads that decode and load at
 //!   once (the only file here that starts threads or talks to the loader).
+//! - `to_stdout.rs`: `copy_out`, a query's batches as CopyData messages.
 //! - `error.rs`: `CopyError` and the SQLSTATEs of the COPY path.
 //! - `fuzz.rs` (tests): property tests of the decoder and the round trip.
 //!
 //! ```text
 //! from_stdin ──> decode ──> options, fields, columns, slice_key, binary
+//! to_stdout ──> encode, options, binary
 //! encode ──> options, binary
 //! binary ──> columns, fields, binval
 //! columns, slice_key, encode, binval ──> parse
@@ -57,6 +59,7 @@ pub(crate) mod parse;
 mod slice_key;
 #[cfg(test)]
 mod testing;
+mod to_stdout;
 
 pub use binary::check_binary_columns;
 pub(crate) use columns::{pg_type_name, value_error};
@@ -66,3 +69,4 @@ pub(crate) use encode::{write_date, write_pg_float8, write_timestamp};
 pub use error::CopyError;
 pub use from_stdin::{CopyPipeline, Widen};
 pub use options::{CopyFormat, CopyOptions};
+pub use to_stdout::copy_out;

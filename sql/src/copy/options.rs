@@ -76,6 +76,11 @@ impl CopyOptions {
         }
     }
 
+    /// The format code of CopyInResponse and CopyOutResponse: 1 for binary.
+    pub fn format_code(&self) -> i8 {
+        (self.format == CopyFormat::Binary) as i8
+    }
+
     /// Read the options of a `Statement::Copy` (new-style `WITH (...)` and
     /// legacy `CSV HEADER DELIMITER ','` forms).
     pub fn from_statement(stmt: &Statement) -> Result<CopyOptions, CopyError> {
