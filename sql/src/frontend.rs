@@ -24,7 +24,7 @@ use datafusion::sql::sqlparser::ast::{
     SqlOption, Statement, Value,
 };
 use datafusion_postgres::DfSessionService;
-use futures::{Sink, SinkExt, StreamExt};
+use futures::{Sink, SinkExt};
 use pgwire::api::cancel::CancelHandler;
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::Portal;
@@ -45,10 +45,11 @@ use tracing::{debug, info};
 
 use crate::admin;
 use crate::conn::ConnState;
-use crate::copy::{encode_rows, CopyDecoder, CopyOptions, CopyPipeline, Widen};
+use crate::copy::{check_binary_columns, copy_out, CopyDecoder, CopyOptions, CopyPipeline, Widen};
 use crate::dialect::{self, normalize, ParsedStatement};
 use crate::errors::{fix_response, fix_responses, to_pg, SqlError};
 use crate::guard;
+use crate::params;
 use crate::sessions::{guard_responses, Canceller, Registered, Sessions, Startup, Stopper};
 use crate::settings;
 use crate::shield;
@@ -670,6 +671,10 @@ where
             .map_err(datafusion::error::DataFusionError::from)?,
     );
     let ncols = targets.len();
+    let format = opts.format_code();
+    if format == 1 {
+        check_binary_columns(&decode_schema, false)?;
+    }
     let loader = match conn_txn(client).await {
         Some(txn) => {
             if let Some(why) = txn.failed() {
@@ -694,7 +699,7 @@ where
     let pipeline = CopyPipeline::start(decoder, loader, Widen { table, targets });
     *conn_state(fe, client).copy.lock().await = Some(pipeline);
     Ok(Response::CopyIn(CopyResponse::new(
-        0,
+        format,
         ncols,
         futures::stream::empty(),
     )))
@@ -730,37 +735,7 @@ async fn copy_to_stdout(
     // Streamed: one batch at a time is encoded and sent, so memory does not
     // grow with the result.
     let stream = df.execute_stream().await?;
-    let schema = stream.schema();
-    let ncols = schema.fields().len();
-    let mut header = None;
-    if opts.header {
-        // The header line alone: encode an empty batch with the header on.
-        let bytes = encode_rows(&[RecordBatch::new_empty(schema.clone())], &opts)?;
-        if !bytes.is_empty() {
-            header = Some(Ok(CopyData::new(bytes.into())));
-        }
-    }
-    let mut row_opts = opts.clone();
-    row_opts.header = false;
-    // One CopyData per row: pgwire counts them for the "COPY n" tag.
-    let rows = stream.flat_map(move |batch| {
-        let messages: Vec<PgWireResult<CopyData>> = match batch {
-            Ok(b) => (0..b.num_rows())
-                .map(|i| {
-                    encode_rows(&[b.slice(i, 1)], &row_opts)
-                        .map(|bytes| CopyData::new(bytes.into()))
-                        .map_err(|e| SqlError::from(e).into())
-                })
-                .collect(),
-            Err(e) => vec![Err(SqlError::from(e).into())],
-        };
-        futures::stream::iter(messages)
-    });
-    Ok(Response::CopyOut(CopyResponse::new(
-        0,
-        ncols,
-        futures::stream::iter(header).chain(rows),
-    )))
+    Ok(Response::CopyOut(copy_out(stream, opts)?))
 }
 
 pub struct Simple {
@@ -1093,13 +1068,18 @@ impl Extended {
     {
         let (sql, plan) = &portal.statement.statement;
         if plan.is_none() {
-            if let Some(p) = parse_ours(sql) {
+            if let Some(mut p) = parse_ours(sql) {
+                params::substitute(&mut p.statement, portal)?;
                 return Ok(run_ours(&self.fe, client, p).await?);
             }
             if let Some(a) = admin::parse(sql) {
                 return Ok(admin::run(&self.fe.coord, a).await?);
             }
         }
+        // Parameters converted as PostgreSQL would (datafusion-postgres
+        // refuses e.g. an integer for a numeric column).
+        let bound = params::bind(portal)?;
+        let portal = bound.as_ref().unwrap_or(portal);
         match conn_txn(client).await {
             None => fix_response(
                 ExtendedQueryHandler::do_query(&*self.fe.df, client, portal, max_rows).await,

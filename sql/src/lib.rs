@@ -7,6 +7,7 @@ pub mod dialect;
 pub mod errors;
 pub mod frontend;
 pub mod guard;
+pub mod params;
 pub mod pgcatalog;
 pub mod server;
 pub mod sessions;

@@ -117,24 +117,33 @@ const REGRESSIONS: &[&str] = &[
 ];
 
 /// COPY statements (run with COPY's own protocol) and a valid input.
-const COPY_IN: &[(&str, &str)] = &[
+const COPY_IN: &[(&str, &[u8])] = &[
     (
         "COPY t FROM STDIN",
-        "2001\t1\t0.5\tcopied\t2024-03-01\t9.99\n2002\t2\t\\N\t\\N\t\\N\t\\N\n",
+        b"2001\t1\t0.5\tcopied\t2024-03-01\t9.99\n2002\t2\t\\N\t\\N\t\\N\t\\N\n",
     ),
     (
         "COPY t (k, s) FROM STDIN WITH (FORMAT csv, HEADER true)",
-        "k,s\n2003,\"a,b\"\n2004,\n",
+        b"k,s\n2003,\"a,b\"\n2004,\n",
     ),
     (
         "COPY u FROM STDIN WITH (DELIMITER '|')",
-        "2005|pipe\n2006|\\N\n",
+        b"2005|pipe\n2006|\\N\n",
+    ),
+    (
+        // header; (2007, 'bin'); (2008, NULL); trailer
+        "COPY u FROM STDIN (FORMAT binary)",
+        b"PGCOPY\n\xff\r\n\x00\x00\x00\x00\x00\x00\x00\x00\x00\
+          \x00\x02\x00\x00\x00\x08\x00\x00\x00\x00\x00\x00\x07\xd7\x00\x00\x00\x03bin\
+          \x00\x02\x00\x00\x00\x08\x00\x00\x00\x00\x00\x00\x07\xd8\xff\xff\xff\xff\
+          \xff\xff",
     ),
 ];
 const COPY_OUT: &[&str] = &[
     "COPY t TO STDOUT",
     "COPY (SELECT k, s FROM t WHERE k < 5) TO STDOUT WITH (FORMAT csv, HEADER true)",
     "COPY u TO STDOUT WITH (DELIMITER '|', NULL 'nil')",
+    "COPY t TO STDOUT (FORMAT binary)",
 ];
 
 /// Tokens a mutation inserts. Nothing that ends sessions or heals (those
@@ -479,8 +488,8 @@ async fn run_copy_out(c: &Client, sql: &str) -> Result<Outcome> {
 }
 
 /// COPY data with a few random edits.
-fn mutate_bytes(rng: &mut StdRng, data: &str) -> Vec<u8> {
-    let mut b = data.as_bytes().to_vec();
+fn mutate_bytes(rng: &mut StdRng, data: &[u8]) -> Vec<u8> {
+    let mut b = data.to_vec();
     for _ in 0..rng.random_range(1..=3) {
         let at = rng.random_range(0..=b.len());
         match rng.random_range(0..4) {

@@ -42,3 +42,16 @@ fn psycopg_script_passes() {
         db.stop().await
     });
 }
+
+/// Every column type through parameters (text and binary, with
+/// PostgreSQL's casts) and binary COPY both ways (100k rows), checked
+/// value by value; malformed binary COPY fails with its SQLSTATE.
+#[test]
+fn psycopg_types_and_binary_copy() {
+    harness::run("python_types", |env| async move {
+        let db = Slicedb::local(&env, 2, &env.path().join("data")).await?;
+        let url = db.url().to_string();
+        run_script("test_types.py", vec![url], "all type checks passed").await?;
+        db.stop().await
+    });
+}

@@ -4,22 +4,26 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder, Float64Builder,
-    Int16Builder, Int32Builder, Int64Builder, Int8Builder, LargeStringBuilder, StringBuilder,
-    StringViewBuilder, TimestampMicrosecondArray, TimestampMillisecondArray,
+    ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder,
+    Float64Builder, Int16Builder, Int32Builder, Int64Builder, Int8Builder, LargeStringBuilder,
+    StringBuilder, StringViewBuilder, TimestampMicrosecondArray, TimestampMillisecondArray,
     TimestampNanosecondArray, TimestampSecondArray, UInt16Builder, UInt32Builder, UInt64Builder,
     UInt8Builder,
 };
 use datafusion::arrow::compute::{cast_with_options, CastOptions};
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 
+use super::binval::{
+    micros_to_unit, recv_bool, recv_date, recv_f32, recv_f64, recv_int, recv_numeric,
+    recv_timestamp,
+};
 use super::error::{
-    CopyError, DATETIME_FIELD_OVERFLOW, INVALID_DATETIME_FORMAT, INVALID_TEXT_REPRESENTATION,
-    NUMERIC_VALUE_OUT_OF_RANGE,
+    CopyError, CHARACTER_NOT_IN_REPERTOIRE, DATETIME_FIELD_OVERFLOW, INVALID_BINARY_REPRESENTATION,
+    INVALID_DATETIME_FORMAT, INVALID_TEXT_REPRESENTATION, NUMERIC_VALUE_OUT_OF_RANGE,
 };
 use super::parse::{
-    narrow, parse_bool, parse_date_fast, parse_decimal, parse_f32, parse_f64, parse_i64,
-    parse_timestamp, parse_u64, timestamp_in_unit, unarrow, ConvErr,
+    narrow, parse_bool, parse_bytea, parse_date_fast, parse_decimal, parse_f32, parse_f64,
+    parse_i64, parse_timestamp, parse_u64, timestamp_in_unit, unarrow, ConvErr,
 };
 
 pub(super) enum Col {
@@ -41,6 +45,8 @@ pub(super) enum Col {
     Date32(Date32Builder),
     /// values in the column's unit; built into the timestamp type at flush
     Ts(Int64Builder, TimeUnit, Option<Arc<str>>),
+    /// bytea, and a buffer for a value's unescaped bytes
+    Bin(BinaryBuilder, Vec<u8>),
     /// any other type: collected as text and cast at flush
     Other(StringBuilder),
 }
@@ -71,6 +77,7 @@ impl Col {
             DataType::Timestamp(unit, tz) => {
                 Col::Ts(Int64Builder::with_capacity(cap), *unit, tz.clone())
             }
+            DataType::Binary => Col::Bin(BinaryBuilder::with_capacity(cap, cap * 16), Vec::new()),
             _ => Col::Other(StringBuilder::with_capacity(cap, cap * 16)),
         }
     }
@@ -105,6 +112,7 @@ impl Col {
             Col::Bool(b) => b.append_null(),
             Col::Date32(b) => b.append_null(),
             Col::Ts(b, _, _) => b.append_null(),
+            Col::Bin(b, _) => b.append_null(),
             Col::Other(b) => b.append_null(),
         }
     }
@@ -144,7 +152,51 @@ impl Col {
                 let (secs, nanos) = parse_timestamp(v, tz.is_some())?;
                 b.append_value(timestamp_in_unit(secs, nanos, *unit)?)
             }
+            Col::Bin(b, buf) => {
+                buf.clear();
+                parse_bytea(v, buf)?;
+                b.append_value(&buf[..])
+            }
             Col::Other(b) => b.append_value(utf8(v)?),
+        }
+        Ok(())
+    }
+
+    /// Whether [`append_binary`](Self::append_binary) reads this type.
+    pub(super) fn reads_binary(dt: &DataType) -> bool {
+        !matches!(Col::new(dt, 0), Col::Other(_))
+    }
+
+    /// Append a value in PostgreSQL's binary form (binary COPY): the form
+    /// of the column's type; integer and float columns also take the other
+    /// widths of their kind (int2/int4/int8, float4/float8).
+    #[inline]
+    pub(super) fn append_binary(&mut self, v: &[u8]) -> Result<(), ConvErr> {
+        let uint = |v: &[u8]| u64::try_from(recv_int(v)?).map_err(|_| ConvErr::Range);
+        let text = |v| std::str::from_utf8(v).map_err(|_| ConvErr::Encoding);
+        match self {
+            Col::I8(b) => b.append_value(narrow(recv_int(v)?)?),
+            Col::I16(b) => b.append_value(narrow(recv_int(v)?)?),
+            Col::I32(b) => b.append_value(narrow(recv_int(v)?)?),
+            Col::I64(b) => b.append_value(recv_int(v)?),
+            Col::U8(b) => b.append_value(unarrow(uint(v)?)?),
+            Col::U16(b) => b.append_value(unarrow(uint(v)?)?),
+            Col::U32(b) => b.append_value(unarrow(uint(v)?)?),
+            // a UInt64 is sent as numeric (it does not fit an int8)
+            Col::U64(b) => {
+                b.append_value(u64::try_from(recv_numeric(v, 20, 0)?).map_err(|_| ConvErr::Range)?)
+            }
+            Col::F32(b) => b.append_value(recv_f32(v)?),
+            Col::F64(b) => b.append_value(recv_f64(v)?),
+            Col::Dec(b, p, s) => b.append_value(recv_numeric(v, *p, *s)?),
+            Col::Utf8(b) => b.append_value(text(v)?),
+            Col::LargeUtf8(b) => b.append_value(text(v)?),
+            Col::Utf8View(b) => b.append_value(text(v)?),
+            Col::Bool(b) => b.append_value(recv_bool(v)?),
+            Col::Date32(b) => b.append_value(recv_date(v)?),
+            Col::Ts(b, unit, _) => b.append_value(micros_to_unit(recv_timestamp(v)?, *unit)?),
+            Col::Bin(b, _) => b.append_value(v),
+            Col::Other(_) => return Err(ConvErr::Invalid),
         }
         Ok(())
     }
@@ -185,6 +237,7 @@ impl Col {
                     }
                 }
             }
+            Col::Bin(b, _) => Arc::new(b.finish()),
             Col::Other(b) => {
                 let strings: ArrayRef = Arc::new(b.finish());
                 let opts = CastOptions {
@@ -203,7 +256,7 @@ impl Col {
 }
 
 /// PostgreSQL's name for an Arrow type, for error messages.
-fn pg_type_name(dt: &DataType) -> String {
+pub(crate) fn pg_type_name(dt: &DataType) -> String {
     match dt {
         DataType::Int8 => "tinyint".into(),
         DataType::Int16 => "smallint".into(),
@@ -221,6 +274,7 @@ fn pg_type_name(dt: &DataType) -> String {
         DataType::Timestamp(_, None) => "timestamp".into(),
         DataType::Timestamp(_, Some(_)) => "timestamp with time zone".into(),
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text".into(),
+        DataType::Binary | DataType::LargeBinary => "bytea".into(),
         other => other.to_string(),
     }
 }
@@ -232,10 +286,27 @@ pub(super) fn conv_error(
     line: u64,
     column: &str,
 ) -> CopyError {
+    let e = value_error(kind, dt, value);
+    CopyError::new(
+        e.sqlstate,
+        format!("{}, line {line}, column {column}", e.message),
+    )
+}
+
+/// The error of a value (its text) that does not convert to type `dt`,
+/// with PostgreSQL's SQLSTATE and message.
+pub(crate) fn value_error(kind: ConvErr, dt: &DataType, value: &[u8]) -> CopyError {
     let v = String::from_utf8_lossy(value);
     let ty = pg_type_name(dt);
     let is_time = matches!(dt, DataType::Date32 | DataType::Timestamp(..));
     let (state, msg) = match kind {
+        ConvErr::Encoding => (
+            CHARACTER_NOT_IN_REPERTOIRE,
+            format!(
+                "invalid byte sequence for encoding \"UTF8\": {}",
+                bad_utf8_bytes(value)
+            ),
+        ),
         ConvErr::Invalid if is_time => (
             INVALID_DATETIME_FORMAT,
             format!("invalid input syntax for type {ty}: \"{v}\""),
@@ -263,7 +334,41 @@ pub(super) fn conv_error(
             ),
         },
     };
-    CopyError::new(state, format!("{msg}, line {line}, column {column}"))
+    CopyError::new(state, msg)
+}
+
+/// [`conv_error`] for a value in binary form (binary COPY): bytes that do
+/// not have the layout of the column's type are 22P03, as in PostgreSQL.
+pub(super) fn binary_conv_error(
+    kind: ConvErr,
+    dt: &DataType,
+    value: &[u8],
+    row: u64,
+    column: &str,
+) -> CopyError {
+    let ty = pg_type_name(dt);
+    let is_time = matches!(dt, DataType::Date32 | DataType::Timestamp(..));
+    let (state, msg) = match kind {
+        ConvErr::Invalid => (
+            INVALID_BINARY_REPRESENTATION,
+            format!(
+                "incorrect binary data format for type {ty} ({} bytes)",
+                value.len()
+            ),
+        ),
+        ConvErr::Range if is_time => (DATETIME_FIELD_OVERFLOW, format!("{ty} out of range")),
+        ConvErr::Range => (
+            NUMERIC_VALUE_OUT_OF_RANGE,
+            match dt {
+                DataType::Decimal128(p, s) => {
+                    format!("numeric field overflow: value does not fit numeric({p},{s})")
+                }
+                _ => format!("value out of range for type {ty}"),
+            },
+        ),
+        ConvErr::Encoding => return conv_error(kind, dt, value, row, column),
+    };
+    CopyError::new(state, format!("{msg}, line {row}, column {column}"))
 }
 
 /// "0xff 0xfe" for the first invalid sequence, like PostgreSQL.
@@ -299,5 +404,34 @@ mod tests {
         assert_eq!(out, b"12:34:56.500\tx\n\\N\t\\N\n");
         let e = err(&s, &CopyOptions::text(), "nope\tx\n");
         assert_eq!(e.sqlstate, "22P02");
+    }
+
+    #[test]
+    fn bytea_reads_its_text_forms_and_writes_hex() {
+        use datafusion::arrow::array::{Array, AsArray};
+        let s = schema(vec![("b", DataType::Binary, true)]);
+        let b = concat(
+            &decode(
+                &s,
+                &CopyOptions::text(),
+                "\\\\x00ff41\nab\\\\\\\\c\\\\001\n\\N\n\\\\x\n",
+            )
+            .unwrap(),
+        );
+        let a = b.column(0).as_binary::<i32>();
+        assert_eq!(a.value(0), b"\x00\xffA");
+        assert_eq!(a.value(1), b"ab\\c\x01");
+        assert!(a.is_null(2));
+        assert_eq!(a.value(3), b"");
+        let out = encode_rows(std::slice::from_ref(&b), &CopyOptions::text()).unwrap();
+        assert_eq!(out, b"\\\\x00ff41\n\\\\x61625c6301\n\\N\n\\\\x\n");
+        let e = err(&s, &CopyOptions::text(), "\\\\x0\n");
+        assert_eq!(
+            (e.sqlstate, e.message.as_str()),
+            (
+                "22P02",
+                "invalid input syntax for type bytea: \"\\x0\", line 1, column b"
+            )
+        );
     }
 }

@@ -1,12 +1,13 @@
 //! The decoder: COPY FROM STDIN bytes (chunks cut anywhere) to record
-//! batches of the table's columns.
+//! batches of the table's columns, in text, CSV or binary format.
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use slicedb_coordinator::write::hash;
 
-use super::columns::{bad_utf8_bytes, conv_error, Col};
+use super::binary::{BinaryFramer, Frame};
+use super::columns::{bad_utf8_bytes, binary_conv_error, conv_error, Col};
 use super::error::{
     CopyError, BAD_COPY_FILE_FORMAT, CHARACTER_NOT_IN_REPERTOIRE, NOT_NULL_VIOLATION,
     PROGRAM_LIMIT_EXCEEDED,
@@ -44,7 +45,7 @@ pub const MAX_LINE_BYTES: usize = 64 << 20;
 /// slice would hold too much, and the loader hashes rows itself.
 pub const MAX_SPLIT_SLICES: u32 = 64;
 
-/// Decodes COPY FROM STDIN data (text or CSV) into record batches.
+/// Decodes COPY FROM STDIN data (text, CSV or binary) into record batches.
 pub struct CopyDecoder {
     schema: SchemaRef,
     opts: CopyOptions,
@@ -63,8 +64,17 @@ pub struct CopyDecoder {
     line: u64,
     rows: u64,
     header_pending: bool,
+    /// Set in binary format: where the frames are.
+    binary: Option<BinaryFramer>,
     ended: bool,
     failed: bool,
+}
+
+/// A binary frame: used up (this many bytes), or unfinished (at least
+/// this many bytes long).
+enum Step {
+    Done(usize),
+    Need(usize),
 }
 
 impl CopyDecoder {
@@ -76,6 +86,7 @@ impl CopyDecoder {
         let nullable = schema.fields().iter().map(|f| f.is_nullable()).collect();
         let header_pending = options.header;
         let n = schema.fields().len();
+        let binary = (options.format == CopyFormat::Binary).then(|| BinaryFramer::new(n));
         Self {
             schema,
             opts: options,
@@ -91,6 +102,7 @@ impl CopyDecoder {
             line: 0,
             rows: 0,
             header_pending,
+            binary,
             ended: false,
             failed: false,
         }
@@ -112,9 +124,12 @@ impl CopyDecoder {
     /// `slicedb_coordinator::write::hash::slices_for_batch` does. Saves the loader
     /// hashing and regathering every row. Returns false, and changes nothing,
     /// if a key column's type has no direct parser here, there are no key
-    /// columns or more than [`MAX_SPLIT_SLICES`] slices. Call before input.
+    /// columns or more than [`MAX_SPLIT_SLICES`] slices, or the input is
+    /// in binary format (its rows go to the loader whole, which hashes
+    /// them). Call before input.
     pub fn split_by_slice(&mut self, key: Vec<usize>, slices: u32) -> bool {
-        let ok = !key.is_empty()
+        let ok = self.binary.is_none()
+            && !key.is_empty()
             && (1..=MAX_SPLIT_SLICES).contains(&slices)
             && key.iter().all(|&c| {
                 c < self.schema.fields().len() && key_hashable(self.schema.field(c).data_type())
@@ -194,6 +209,9 @@ impl CopyDecoder {
     }
 
     fn push_inner(&mut self, data: &[u8]) -> Result<Vec<Decoded>, CopyError> {
+        if let Some(framer) = self.binary {
+            return self.push_binary(framer, data);
+        }
         let mut out = Vec::new();
         if self.ended {
             return Ok(out);
@@ -239,25 +257,114 @@ impl CopyDecoder {
         Ok(out)
     }
 
+    /// Binary input: frames whole in `data` are decoded in place; an
+    /// unfinished one is kept, and completed from the next chunks with
+    /// exactly the bytes it still lacks.
+    fn push_binary(
+        &mut self,
+        mut framer: BinaryFramer,
+        data: &[u8],
+    ) -> Result<Vec<Decoded>, CopyError> {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while !self.buf.is_empty() {
+            let mut frame = std::mem::take(&mut self.buf);
+            let step = self.binary_frame(&mut framer, &frame, &mut out)?;
+            match step {
+                Step::Done(_) => {
+                    // keep the allocation for the next unfinished frame
+                    frame.clear();
+                    self.buf = frame;
+                }
+                Step::Need(n) => {
+                    self.buf = frame;
+                    let take = (n - self.buf.len()).min(data.len() - pos);
+                    self.buf.extend_from_slice(&data[pos..pos + take]);
+                    pos += take;
+                    if self.buf.len() < n {
+                        break;
+                    }
+                }
+            }
+        }
+        while pos < data.len() && self.buf.is_empty() {
+            match self.binary_frame(&mut framer, &data[pos..], &mut out)? {
+                Step::Done(n) => pos += n,
+                Step::Need(_) => self.buf.extend_from_slice(&data[pos..]),
+            }
+        }
+        self.binary = Some(framer);
+        Ok(out)
+    }
+
+    /// The binary frame `b` starts with: decoded if whole.
+    fn binary_frame(
+        &mut self,
+        framer: &mut BinaryFramer,
+        b: &[u8],
+        out: &mut Vec<Decoded>,
+    ) -> Result<Step, CopyError> {
+        if self.ended {
+            return Err(CopyError::new(
+                BAD_COPY_FILE_FORMAT,
+                "received copy data after EOF marker",
+            ));
+        }
+        match framer.scan(b, &mut self.spans, self.line + 1)? {
+            Frame::Need(n) if n > MAX_LINE_BYTES => Err(self.line_too_long()),
+            Frame::Need(n) => Ok(Step::Need(n)),
+            Frame::Header(n) => Ok(Step::Done(n)),
+            Frame::Trailer(n) => {
+                self.ended = true;
+                Ok(Step::Done(n))
+            }
+            Frame::Tuple(n) => {
+                self.line += 1;
+                let o = self.append_row(&b[..n])?;
+                self.row_done(o, out)?;
+                Ok(Step::Done(n))
+            }
+        }
+    }
+
     /// An unfinished row past [`MAX_LINE_BYTES`] fails the COPY.
     fn check_line_len(&mut self) -> Result<(), CopyError> {
         if self.buf.len() <= MAX_LINE_BYTES {
             return Ok(());
         }
+        Err(self.line_too_long())
+    }
+
+    fn line_too_long(&mut self) -> CopyError {
         self.buf = Vec::new();
-        Err(CopyError::new(
+        CopyError::new(
             PROGRAM_LIMIT_EXCEEDED,
             format!(
                 "COPY line {} is longer than {} MiB, the most a line may hold",
                 self.line + 1,
                 MAX_LINE_BYTES >> 20
             ),
-        ))
+        )
     }
 
     fn finish_inner(&mut self) -> Result<Vec<Decoded>, CopyError> {
         let mut out = Vec::new();
-        if !self.ended && !self.buf.is_empty() {
+        if let Some(framer) = &self.binary {
+            // Like PostgreSQL, input may end without the trailer, but not
+            // inside a frame or before the header.
+            if !self.ended && !framer.header_done() && self.buf.is_empty() {
+                return Err(CopyError::new(
+                    BAD_COPY_FILE_FORMAT,
+                    "COPY file signature not recognized",
+                ));
+            }
+            if !self.buf.is_empty() {
+                return Err(CopyError::new(
+                    BAD_COPY_FILE_FORMAT,
+                    format!("unexpected EOF in COPY data, line {}", self.line + 1),
+                ));
+            }
+        } else if !self.ended && !self.buf.is_empty() {
             if self.scan.in_quote {
                 return Err(CopyError::new(
                     BAD_COPY_FILE_FORMAT,
@@ -306,7 +413,7 @@ impl CopyDecoder {
                     }
                 }
             }
-            CopyFormat::Csv => {
+            CopyFormat::Csv | CopyFormat::Binary => {
                 let (q, e) = (self.opts.quote, self.opts.escape);
                 while i < n {
                     let b = data[i];
@@ -369,10 +476,15 @@ impl CopyDecoder {
             ));
         }
         match self.opts.format {
-            CopyFormat::Text => self.split_text(line)?,
             CopyFormat::Csv => self.split_csv(line)?,
+            CopyFormat::Text | CopyFormat::Binary => self.split_text(line)?,
         }
         let o = self.append_row(line)?;
+        self.row_done(o, out)
+    }
+
+    /// A row was appended to output `o`: hand its batch on when full.
+    fn row_done(&mut self, o: usize, out: &mut Vec<Decoded>) -> Result<(), CopyError> {
         self.rows += 1;
         self.outs[o].rows += 1;
         if self.outs[o].rows >= self.batch_rows {
@@ -564,6 +676,18 @@ impl CopyDecoder {
                 Span::Row(a, b) => &row[a..b],
                 Span::Scratch(a, b) => &self.scratch[a..b],
             };
+            if self.binary.is_some() {
+                if let Err(k) = cols[c].append_binary(v) {
+                    return Err(binary_conv_error(
+                        k,
+                        self.schema.field(c).data_type(),
+                        v,
+                        self.line,
+                        &self.names[c],
+                    ));
+                }
+                continue;
+            }
             if let Err(k) = cols[c].append(v) {
                 return Err(conv_error(
                     k,

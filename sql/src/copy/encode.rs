@@ -1,5 +1,5 @@
-//! The encoder: record batches to COPY TO STDOUT text or CSV, values
-//! written as PostgreSQL writes them.
+//! The encoder: record batches to COPY TO STDOUT text, CSV or binary,
+//! values written as PostgreSQL writes them.
 
 use std::fmt::Write as _;
 
@@ -7,13 +7,14 @@ use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::buffer::ScalarBuffer;
 use datafusion::arrow::datatypes::{
     DataType, Date32Type, Date64Type, Decimal128Type, Float16Type, Float32Type, Float64Type,
-    Int16Type, Int32Type, Int64Type, Int8Type, TimeUnit, TimestampMicrosecondType,
+    Int16Type, Int32Type, Int64Type, Int8Type, Schema, TimeUnit, TimestampMicrosecondType,
     TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt16Type, UInt32Type,
     UInt64Type, UInt8Type,
 };
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
+use super::binary::{row_writer, write_header, TRAILER};
 use super::error::{CopyError, FEATURE_NOT_SUPPORTED};
 use super::options::{CopyFormat, CopyOptions};
 use super::parse::civil_from_days;
@@ -50,6 +51,11 @@ fn write_pg_float(
     }
 }
 
+/// A float8 as PostgreSQL writes it.
+pub(crate) fn write_pg_float8(out: &mut String, v: f64) {
+    write_pg_float(out, v, 15, &format!("{v:e}"), &v)
+}
+
 fn write_decimal(out: &mut String, v: i128, scale: i8) {
     if scale <= 0 {
         let _ = write!(out, "{v}");
@@ -79,12 +85,12 @@ fn write_decimal(out: &mut String, v: i128, scale: i8) {
     }
 }
 
-fn write_date(out: &mut String, days: i64) {
+pub(crate) fn write_date(out: &mut String, days: i64) {
     let (y, m, d) = civil_from_days(days);
     let _ = write!(out, "{y:04}-{m:02}-{d:02}");
 }
 
-fn write_timestamp(out: &mut String, v: i64, unit: TimeUnit, tz: bool) {
+pub(crate) fn write_timestamp(out: &mut String, v: i64, unit: TimeUnit, tz: bool) {
     let (per_sec, frac_digits) = match unit {
         TimeUnit::Second => (1i64, 0usize),
         TimeUnit::Millisecond => (1_000, 3),
@@ -169,10 +175,7 @@ fn value_writer(array: &dyn Array) -> Result<ValueWriter<'_>, CopyError> {
         }
         DataType::Float64 => {
             let a = array.as_primitive::<Float64Type>();
-            Box::new(move |i, out: &mut String| {
-                let v = a.value(i);
-                write_pg_float(out, v, 15, &format!("{v:e}"), &v)
-            })
+            Box::new(move |i, out: &mut String| write_pg_float8(out, a.value(i)))
         }
         DataType::Decimal128(_, s) => {
             let a = array.as_primitive::<Decimal128Type>();
@@ -275,48 +278,89 @@ fn escape_csv(v: &[u8], o: &CopyOptions, out: &mut Vec<u8>) {
 
 fn write_field(v: &[u8], o: &CopyOptions, out: &mut Vec<u8>) {
     match o.format {
-        CopyFormat::Text => escape_text(v, o.delimiter, out),
+        CopyFormat::Text | CopyFormat::Binary => escape_text(v, o.delimiter, out),
         CopyFormat::Csv => escape_csv(v, o, out),
     }
 }
 
-/// Encode batches as COPY TO STDOUT data (text or CSV, header if asked).
-pub fn encode_rows(batches: &[RecordBatch], options: &CopyOptions) -> Result<Vec<u8>, CopyError> {
+/// What COPY TO writes before the first row: the header line (text and
+/// CSV with HEADER), the binary format's header, or nothing.
+pub fn encode_header(schema: &Schema, options: &CopyOptions) -> Vec<u8> {
     let mut out = Vec::new();
-    if options.header {
-        if let Some(b) = batches.first() {
-            for (i, f) in b.schema().fields().iter().enumerate() {
-                if i > 0 {
-                    out.push(options.delimiter);
-                }
-                write_field(f.name().as_bytes(), options, &mut out);
+    if options.format == CopyFormat::Binary {
+        write_header(&mut out);
+    } else if options.header {
+        for (i, f) in schema.fields().iter().enumerate() {
+            if i > 0 {
+                out.push(options.delimiter);
             }
-            out.push(b'\n');
+            write_field(f.name().as_bytes(), options, &mut out);
         }
+        out.push(b'\n');
     }
+    out
+}
+
+/// Call `row` with each row of `batch` in COPY TO format (no header).
+pub fn encode_each_row(
+    batch: &RecordBatch,
+    options: &CopyOptions,
+    mut row: impl FnMut(&[u8]),
+) -> Result<(), CopyError> {
+    let mut out = Vec::new();
+    if options.format == CopyFormat::Binary {
+        let w = row_writer(batch)?;
+        for r in 0..batch.num_rows() {
+            out.clear();
+            w.write(r, &mut out);
+            row(&out);
+        }
+        return Ok(());
+    }
+    let writers = batch
+        .columns()
+        .iter()
+        .map(|c| value_writer(c.as_ref()))
+        .collect::<Result<Vec<_>, _>>()?;
     let null = options.null.as_bytes();
     let mut val = String::new();
-    for batch in batches {
-        let writers = batch
-            .columns()
-            .iter()
-            .map(|c| value_writer(c.as_ref()))
-            .collect::<Result<Vec<_>, _>>()?;
-        for row in 0..batch.num_rows() {
-            for (c, w) in writers.iter().enumerate() {
-                if c > 0 {
-                    out.push(options.delimiter);
-                }
-                if batch.column(c).is_null(row) {
-                    out.extend_from_slice(null);
-                    continue;
-                }
-                val.clear();
-                w(row, &mut val);
-                write_field(val.as_bytes(), options, &mut out);
+    for r in 0..batch.num_rows() {
+        out.clear();
+        for (c, w) in writers.iter().enumerate() {
+            if c > 0 {
+                out.push(options.delimiter);
             }
-            out.push(b'\n');
+            if batch.column(c).is_null(r) {
+                out.extend_from_slice(null);
+                continue;
+            }
+            val.clear();
+            w(r, &mut val);
+            write_field(val.as_bytes(), options, &mut out);
         }
+        out.push(b'\n');
+        row(&out);
+    }
+    Ok(())
+}
+
+/// Encode batches as the whole output of a COPY TO STDOUT: header (the
+/// text header line if asked and there is a batch; always in binary), rows
+/// and the binary trailer.
+pub fn encode_rows(batches: &[RecordBatch], options: &CopyOptions) -> Result<Vec<u8>, CopyError> {
+    let mut out = Vec::new();
+    if options.format == CopyFormat::Binary || options.header {
+        if let Some(b) = batches.first() {
+            out = encode_header(&b.schema(), options);
+        } else if options.format == CopyFormat::Binary {
+            write_header(&mut out);
+        }
+    }
+    for batch in batches {
+        encode_each_row(batch, options, |r| out.extend_from_slice(r))?;
+    }
+    if options.format == CopyFormat::Binary {
+        out.extend_from_slice(&TRAILER);
     }
     Ok(out)
 }

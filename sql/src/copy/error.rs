@@ -32,6 +32,7 @@ impl From<CopyError> for SqlError {
 pub(super) const INVALID_TEXT_REPRESENTATION: &str = "22P02";
 pub(super) const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
 pub(super) const BAD_COPY_FILE_FORMAT: &str = "22P04";
+pub(super) const INVALID_BINARY_REPRESENTATION: &str = "22P03";
 pub(super) const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
 pub(super) const NOT_NULL_VIOLATION: &str = "23502";
 pub(super) const INVALID_DATETIME_FORMAT: &str = "22007";

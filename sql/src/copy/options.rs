@@ -1,5 +1,6 @@
-//! COPY options: the format (text or CSV) and its delimiter, NULL string,
-//! header, quote and escape, read from a `COPY` statement and checked.
+//! COPY options: the format (text, CSV or binary) and the text formats'
+//! delimiter, NULL string, header, quote and escape, read from a `COPY`
+//! statement and checked.
 
 use datafusion::sql::sqlparser::ast::{
     CopyLegacyCsvOption, CopyLegacyOption, CopyOption, Statement,
@@ -11,6 +12,8 @@ use super::error::{CopyError, FEATURE_NOT_SUPPORTED, INVALID_PARAMETER_VALUE, SY
 pub enum CopyFormat {
     Text,
     Csv,
+    /// PostgreSQL's binary COPY format (`binary.rs`).
+    Binary,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +68,19 @@ impl CopyOptions {
         }
     }
 
+    /// The binary format (which has no other options).
+    pub fn binary() -> Self {
+        Self {
+            format: CopyFormat::Binary,
+            ..Self::text()
+        }
+    }
+
+    /// The format code of CopyInResponse and CopyOutResponse: 1 for binary.
+    pub fn format_code(&self) -> i8 {
+        (self.format == CopyFormat::Binary) as i8
+    }
+
     /// Read the options of a `Statement::Copy` (new-style `WITH (...)` and
     /// legacy `CSV HEADER DELIMITER ','` forms).
     pub fn from_statement(stmt: &Statement) -> Result<CopyOptions, CopyError> {
@@ -77,6 +93,16 @@ impl CopyOptions {
             return Err(CopyError::new(SYNTAX_ERROR, "not a COPY statement"));
         };
         let mut format = CopyFormat::Text;
+        let mut format_given = false;
+        let mut set_format = |f: CopyFormat| {
+            if std::mem::replace(&mut format_given, true) {
+                return Err(CopyError::new(
+                    SYNTAX_ERROR,
+                    "conflicting or redundant options: FORMAT",
+                ));
+            }
+            Ok(f)
+        };
         let mut delimiter = None;
         let mut null = None;
         let mut header = false;
@@ -91,9 +117,9 @@ impl CopyOptions {
         for opt in options {
             match opt {
                 CopyOption::Format(f) => match f.value.to_ascii_lowercase().as_str() {
-                    "text" => format = CopyFormat::Text,
-                    "csv" => format = CopyFormat::Csv,
-                    "binary" => return Err(unsupported("format binary")),
+                    "text" => format = set_format(CopyFormat::Text)?,
+                    "csv" => format = set_format(CopyFormat::Csv)?,
+                    "binary" => format = set_format(CopyFormat::Binary)?,
                     other => {
                         return Err(CopyError::new(
                             INVALID_PARAMETER_VALUE,
@@ -120,12 +146,12 @@ impl CopyOptions {
         }
         for opt in legacy_options {
             match opt {
-                CopyLegacyOption::Binary => return Err(unsupported("format binary")),
+                CopyLegacyOption::Binary => format = set_format(CopyFormat::Binary)?,
                 CopyLegacyOption::Delimiter(c) => delimiter = Some(one_byte(*c, "delimiter")?),
                 CopyLegacyOption::Null(s) => null = Some(s.clone()),
                 CopyLegacyOption::Header => header = true,
                 CopyLegacyOption::Csv(csv) => {
-                    format = CopyFormat::Csv;
+                    format = set_format(CopyFormat::Csv)?;
                     for o in csv {
                         match o {
                             CopyLegacyCsvOption::Header => header = true,
@@ -145,9 +171,26 @@ impl CopyOptions {
                 other => return Err(unsupported(&format!("option {other}"))),
             }
         }
+        if format == CopyFormat::Binary {
+            // As PostgreSQL: the text formats' options are refused, not ignored.
+            let given = [
+                (delimiter.is_some(), "DELIMITER"),
+                (null.is_some(), "NULL"),
+                (header, "HEADER"),
+                (quote.is_some(), "QUOTE"),
+                (escape.is_some(), "ESCAPE"),
+            ];
+            if let Some((_, name)) = given.iter().find(|(set, _)| *set) {
+                return Err(CopyError::new(
+                    SYNTAX_ERROR,
+                    format!("cannot specify {name} in BINARY mode"),
+                ));
+            }
+            return Ok(Self::binary());
+        }
         let mut o = match format {
             CopyFormat::Text => Self::text(),
-            CopyFormat::Csv => Self::csv(),
+            CopyFormat::Csv | CopyFormat::Binary => Self::csv(),
         };
         o.header = header;
         if let Some(d) = delimiter {
@@ -187,6 +230,7 @@ impl CopyOptions {
                     return bad("COPY delimiter cannot be \"\\\"");
                 }
             }
+            CopyFormat::Binary => {}
             CopyFormat::Csv => {
                 if self.delimiter == self.quote {
                     return bad("COPY delimiter and quote must be different");
@@ -240,14 +284,30 @@ mod tests {
         let o = opts("COPY t FROM STDIN WITH (FORMAT csv, QUOTE '''')").unwrap();
         assert_eq!((o.quote, o.escape), (b'\'', b'\''));
         assert_eq!(
-            opts("COPY t FROM STDIN WITH (FORMAT binary)")
-                .unwrap_err()
-                .sqlstate,
-            "0A000"
+            opts("COPY t FROM STDIN WITH (FORMAT binary)").unwrap(),
+            CopyOptions::binary()
         );
         assert_eq!(
-            opts("COPY t FROM STDIN BINARY").unwrap_err().sqlstate,
-            "0A000"
+            opts("COPY t TO STDOUT (FORMAT BINARY)").unwrap().format,
+            CopyFormat::Binary
+        );
+        assert_eq!(
+            opts("COPY t FROM STDIN BINARY").unwrap(),
+            CopyOptions::binary()
+        );
+        for bad in [
+            "COPY t FROM STDIN WITH (FORMAT binary, HEADER true)",
+            "COPY t FROM STDIN WITH (FORMAT binary, DELIMITER ',')",
+            "COPY t TO STDOUT WITH (FORMAT binary, NULL 'x')",
+        ] {
+            let e = opts(bad).unwrap_err();
+            assert_eq!(e.sqlstate, "42601", "{bad}: {e}");
+            assert!(e.message.contains("in BINARY mode"), "{bad}: {e}");
+        }
+        let e = opts("COPY t TO STDOUT BINARY CSV").unwrap_err();
+        assert_eq!(
+            (e.sqlstate, e.message.as_str()),
+            ("42601", "conflicting or redundant options: FORMAT")
         );
         assert!(opts("COPY t FROM STDIN WITH (FORMAT text, QUOTE '''')").is_err());
         assert!(opts("COPY t FROM STDIN WITH (FORMAT csv, DELIMITER '\"')").is_err());

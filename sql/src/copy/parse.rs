@@ -4,11 +4,14 @@
 use datafusion::arrow::datatypes::TimeUnit;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ConvErr {
+pub(crate) enum ConvErr {
     /// Bad syntax (22P02, 22007 for date/time).
     Invalid,
     /// Out of range (22003, 22008 for date/time).
     Range,
+    /// Text that is not UTF-8 (22021; binary input only: text input is
+    /// checked a whole row at a time).
+    Encoding,
 }
 
 #[inline]
@@ -64,7 +67,7 @@ fn parse_int(b: &[u8]) -> Result<(bool, u64), ConvErr> {
 }
 
 #[inline]
-pub(super) fn parse_i64(b: &[u8]) -> Result<i64, ConvErr> {
+pub(crate) fn parse_i64(b: &[u8]) -> Result<i64, ConvErr> {
     let (neg, v) = parse_int(b)?;
     if neg {
         if v <= 1u64 << 63 {
@@ -80,7 +83,7 @@ pub(super) fn parse_i64(b: &[u8]) -> Result<i64, ConvErr> {
 }
 
 #[inline]
-pub(super) fn parse_u64(b: &[u8]) -> Result<u64, ConvErr> {
+pub(crate) fn parse_u64(b: &[u8]) -> Result<u64, ConvErr> {
     match parse_int(b)? {
         (true, 0) => Ok(0),
         (true, _) => Err(ConvErr::Range),
@@ -89,7 +92,7 @@ pub(super) fn parse_u64(b: &[u8]) -> Result<u64, ConvErr> {
 }
 
 #[inline]
-pub(super) fn parse_f64(b: &[u8]) -> Result<f64, ConvErr> {
+pub(crate) fn parse_f64(b: &[u8]) -> Result<f64, ConvErr> {
     let s = std::str::from_utf8(trim_ws(b)).map_err(|_| ConvErr::Invalid)?;
     let v: f64 = s.parse().map_err(|_| ConvErr::Invalid)?;
     if v.is_infinite() && !s.bytes().any(|c| c == b'i' || c == b'I') {
@@ -99,7 +102,7 @@ pub(super) fn parse_f64(b: &[u8]) -> Result<f64, ConvErr> {
 }
 
 #[inline]
-pub(super) fn parse_f32(b: &[u8]) -> Result<f32, ConvErr> {
+pub(crate) fn parse_f32(b: &[u8]) -> Result<f32, ConvErr> {
     let s = std::str::from_utf8(trim_ws(b)).map_err(|_| ConvErr::Invalid)?;
     let v: f32 = s.parse().map_err(|_| ConvErr::Invalid)?;
     if v.is_infinite() && !s.bytes().any(|c| c == b'i' || c == b'I') {
@@ -110,7 +113,7 @@ pub(super) fn parse_f32(b: &[u8]) -> Result<f32, ConvErr> {
 
 /// PostgreSQL's boolean input: prefixes of true/false/yes/no, on/off, 1/0.
 #[inline]
-pub(super) fn parse_bool(b: &[u8]) -> Result<bool, ConvErr> {
+pub(crate) fn parse_bool(b: &[u8]) -> Result<bool, ConvErr> {
     let b = trim_ws(b);
     if b.is_empty() || b.len() > 5 {
         return Err(ConvErr::Invalid);
@@ -147,7 +150,7 @@ const POW10: [i128; 39] = {
 /// Parse a decimal literal ("123.45", "-0.5", "1e3") into the unscaled value
 /// of a Decimal128(precision, scale), rounding half away from zero.
 #[inline]
-pub(super) fn parse_decimal(b: &[u8], precision: u8, scale: i8) -> Result<i128, ConvErr> {
+pub(crate) fn parse_decimal(b: &[u8], precision: u8, scale: i8) -> Result<i128, ConvErr> {
     match parse_decimal_plain(b, precision, scale) {
         Some(r) => r,
         None => parse_decimal_general(b, precision, scale),
@@ -333,7 +336,7 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146097 + doe - 719468
 }
 
-pub(super) fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719468;
     let era = if z >= 0 { z } else { z - 146096 } / 146097;
     let doe = z - era * 146097;
@@ -384,7 +387,7 @@ fn parse_date_prefix(b: &[u8]) -> Result<(i64, usize), ConvErr> {
 /// `parse_date` for the canonical `YYYY-MM-DD`; anything else takes the
 /// general path (which also produces the errors).
 #[inline]
-pub(super) fn parse_date_fast(b: &[u8]) -> Result<i32, ConvErr> {
+pub(crate) fn parse_date_fast(b: &[u8]) -> Result<i32, ConvErr> {
     if let &[y0, y1, y2, y3, b'-', m0, m1, b'-', d0, d1] = b {
         let x = [y0, y1, y2, y3, m0, m1, d0, d1].map(|c| c.wrapping_sub(b'0'));
         if x.iter().all(|&v| v <= 9) {
@@ -411,7 +414,7 @@ fn parse_date(b: &[u8]) -> Result<i32, ConvErr> {
 
 /// Parse "YYYY-MM-DD[( |T)HH:MM[:SS[.fffffffff]]][ ][Z|(+|-)HH[:MM]]" into
 /// nanoseconds-split (seconds since epoch in UTC, nanos).
-pub(super) fn parse_timestamp(b: &[u8], with_tz: bool) -> Result<(i64, u32), ConvErr> {
+pub(crate) fn parse_timestamp(b: &[u8], with_tz: bool) -> Result<(i64, u32), ConvErr> {
     let b = trim_ws(b);
     let (days, mut i) = parse_date_prefix(b)?;
     let mut secs = days * 86400;
@@ -505,7 +508,7 @@ pub(super) fn parse_timestamp(b: &[u8], with_tz: bool) -> Result<(i64, u32), Con
 }
 
 #[inline]
-pub(super) fn timestamp_in_unit(secs: i64, nanos: u32, unit: TimeUnit) -> Result<i64, ConvErr> {
+pub(crate) fn timestamp_in_unit(secs: i64, nanos: u32, unit: TimeUnit) -> Result<i64, ConvErr> {
     let (mul, div) = match unit {
         TimeUnit::Second => (1, 1_000_000_000),
         TimeUnit::Millisecond => (1_000, 1_000_000),
@@ -527,13 +530,52 @@ pub(super) fn timestamp_in_unit(secs: i64, nanos: u32, unit: TimeUnit) -> Result
 
 /// An i64 parsed from text, narrowed to a smaller column type.
 #[inline]
-pub(super) fn narrow<T: TryFrom<i64>>(v: i64) -> Result<T, ConvErr> {
+pub(crate) fn narrow<T: TryFrom<i64>>(v: i64) -> Result<T, ConvErr> {
     T::try_from(v).map_err(|_| ConvErr::Range)
+}
+
+/// PostgreSQL's bytea input, appended to `out`: `\x` and pairs of hex
+/// digits (whitespace between pairs allowed), or the escape format (`\\`
+/// for a backslash, `\ooo` for any byte in octal, other bytes as they are).
+pub(crate) fn parse_bytea(b: &[u8], out: &mut Vec<u8>) -> Result<(), ConvErr> {
+    if let Some(hex) = b.strip_prefix(b"\\x") {
+        let nibble = |c: u8| (c as char).to_digit(16).ok_or(ConvErr::Invalid);
+        let mut i = 0;
+        while i < hex.len() {
+            if hex[i].is_ascii_whitespace() {
+                i += 1;
+                continue;
+            }
+            let lo = *hex.get(i + 1).ok_or(ConvErr::Invalid)?;
+            out.push((nibble(hex[i])? * 16 + nibble(lo)?) as u8);
+            i += 2;
+        }
+        return Ok(());
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            out.push(b[i]);
+            i += 1;
+        } else if b.get(i + 1) == Some(&b'\\') {
+            out.push(b'\\');
+            i += 2;
+        } else {
+            match b.get(i + 1..i + 4) {
+                Some([a @ b'0'..=b'3', m @ b'0'..=b'7', l @ b'0'..=b'7']) => {
+                    out.push((a - b'0') * 64 + (m - b'0') * 8 + (l - b'0'));
+                    i += 4;
+                }
+                _ => return Err(ConvErr::Invalid),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A u64 parsed from text, narrowed to a smaller column type.
 #[inline]
-pub(super) fn unarrow<T: TryFrom<u64>>(v: u64) -> Result<T, ConvErr> {
+pub(crate) fn unarrow<T: TryFrom<u64>>(v: u64) -> Result<T, ConvErr> {
     T::try_from(v).map_err(|_| ConvErr::Range)
 }
 
@@ -704,5 +746,24 @@ mod tests {
             let (y, m, d) = civil_from_days(z);
             assert_eq!(days_from_civil(y, m, d), z);
         }
+    }
+
+    #[test]
+    fn bytea_hex_and_escape_formats() {
+        let bytea = |s: &[u8]| {
+            let mut out = Vec::new();
+            parse_bytea(s, &mut out).map(|()| out)
+        };
+        assert_eq!(bytea(b"\\x00ff10"), Ok(vec![0, 255, 16]));
+        assert_eq!(bytea(b"\\xDE AD\nbe ef"), Ok(vec![0xde, 0xad, 0xbe, 0xef]));
+        assert_eq!(bytea(b"\\x"), Ok(vec![]));
+        assert_eq!(bytea(b"\\x0"), Err(ConvErr::Invalid));
+        assert_eq!(bytea(b"\\xgg"), Err(ConvErr::Invalid));
+        assert_eq!(bytea(b"\\x0 0"), Err(ConvErr::Invalid));
+        assert_eq!(bytea(b"ab\\\\c\\001\\377"), Ok(b"ab\\c\x01\xff".to_vec()));
+        assert_eq!(bytea(b"\\400"), Err(ConvErr::Invalid));
+        assert_eq!(bytea(b"\\"), Err(ConvErr::Invalid));
+        assert_eq!(bytea(b"\\01"), Err(ConvErr::Invalid));
+        assert_eq!(bytea("ü".as_bytes()), Ok("ü".as_bytes().to_vec()));
     }
 }
