@@ -130,6 +130,12 @@ impl Txn {
         self.work.lock().failed.clone()
     }
 
+    /// How many write requests the transaction has made so far: a
+    /// savepoint's mark (nothing was written after it while this stays).
+    pub fn requests_made(&self) -> u64 {
+        self.work.lock().next_request
+    }
+
     pub fn participants(&self) -> BTreeSet<NodeId> {
         self.work.lock().requests.keys().copied().collect()
     }

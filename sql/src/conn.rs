@@ -1,5 +1,8 @@
 //! Per-connection state: an unfinished COPY FROM STDIN, the open
-//! transaction block and the coordinator session, and what happens to them
+//! transaction block, the coordinator session, the database and user the
+//! client named at startup, the connection's own DataFusion context (its
+//! `SET datafusion.*` settings are its own) and its session settings
+//! (`crate::settings`), and what happens to them
 //! when the connection goes away, however it goes (the client quits or
 //! vanishes, `pg_terminate_backend`, an idle timeout, shutdown): the COPY's
 //! load is aborted, an open transaction block is rolled back, and the
@@ -9,8 +12,14 @@
 //! pending on the nodes, holding their row locks and space, and hold back
 //! GROOM's horizon.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex as StdMutex, RwLock};
+use std::time::Duration;
 
+use datafusion::execution::context::SessionContext;
+use datafusion_postgres::DfSessionService;
+use pgwire::api::ClientInfo;
 use slicedb_coordinator::session::new_session_id;
 use slicedb_coordinator::txn::Txn;
 use slicedb_coordinator::Coordinator;
@@ -18,7 +27,25 @@ use tokio::sync::Mutex;
 use tracing::{debug, info};
 
 use crate::copy::CopyPipeline;
-use crate::sessions::Stopper;
+use crate::sessions::{Registered, Session, Sessions, Stopper};
+
+tokio::task_local! {
+    /// The connection the statement on this task runs for: what the
+    /// catalog functions and tables that depend on the connection read
+    /// (`current_database()`, `current_setting()`, `pg_database`,
+    /// `pg_settings`, `SHOW`), while the statement is planned.
+    pub(crate) static CURRENT_CONN: Arc<ConnState>;
+}
+
+/// The connection of the statement on this task, if the front end set one
+/// (not in the embedded API).
+pub(crate) fn current_conn() -> Option<Arc<ConnState>> {
+    CURRENT_CONN.try_with(|c| c.clone()).ok()
+}
+
+/// The database a connection without a name for one is in (the embedded
+/// API): the name `slicedb local` prints in its URL.
+pub const DEFAULT_DATABASE: &str = "slicedb";
 
 /// Per-connection state, dropped with the connection: an unfinished COPY
 /// FROM STDIN (dropping it aborts the load), the open transaction block
@@ -30,15 +57,71 @@ pub(crate) struct ConnState {
     pub(crate) copy_stop: Mutex<Option<Stopper>>,
     /// The open transaction block (BEGIN ... COMMIT/ROLLBACK).
     pub(crate) txn: Mutex<Option<Arc<Txn>>>,
+    /// The open block's savepoints, oldest first: each name and the
+    /// block's write requests when it was made (`crate::block`).
+    pub(crate) savepoints: std::sync::Mutex<Vec<(String, u64)>>,
     pub(crate) session: SessionGuard,
+    /// The database the client named at startup (slicedb has one
+    /// database: every name reaches it, and the catalog shows this one).
+    pub(crate) database: String,
+    /// The user the client named at startup.
+    pub(crate) user: String,
+    /// The connection's DataFusion context: a copy of the coordinator's
+    /// (same catalog, functions, rules and memory pool) whose options are
+    /// this connection's alone.
+    pub(crate) ctx: Arc<SessionContext>,
+    /// datafusion-postgres over [`ConnState::ctx`].
+    pub(crate) df: Arc<DfSessionService>,
+    /// What `SET` changed in this session (`crate::settings`).
+    pub(crate) settings: SessionSettings,
+    /// The parameters the client sent at startup, names in lower case:
+    /// their values are the session's reset values.
+    pub(crate) startup: HashMap<String, String>,
+    /// The server's settings (from its configuration).
+    pub(crate) server: Arc<ServerSettings>,
+    /// The registered session (idle timeouts, pg_stat_activity); None only
+    /// for a connection that never finished its startup.
+    pub(crate) registered: Option<Arc<Session>>,
 }
 
 impl ConnState {
-    pub(crate) fn new(coord: Arc<Coordinator>) -> ConnState {
+    pub(crate) fn new(
+        coord: Arc<Coordinator>,
+        server: Arc<ServerSettings>,
+        client: &impl ClientInfo,
+    ) -> ConnState {
+        let meta = client.metadata();
+        let field = |k: &str| meta.get(k).cloned().unwrap_or_default();
+        let (database, user) = (
+            field(pgwire::api::METADATA_DATABASE),
+            field(pgwire::api::METADATA_USER),
+        );
+        let startup = meta
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+        let registered = client
+            .session_extensions()
+            .get::<Registered>()
+            .map(|r| r.session.clone());
+        let ctx = Arc::new(SessionContext::new_with_state(coord.session().state()));
         ConnState {
             copy: Mutex::new(None),
             copy_stop: Mutex::new(None),
             txn: Mutex::new(None),
+            savepoints: std::sync::Mutex::new(Vec::new()),
+            database: if database.is_empty() {
+                user.clone()
+            } else {
+                database
+            },
+            user,
+            startup,
+            server,
+            registered,
+            df: Arc::new(DfSessionService::new(ctx.clone())),
+            ctx,
+            settings: SessionSettings::default(),
             session: SessionGuard {
                 id: new_session_id(),
                 coord,
@@ -74,6 +157,12 @@ pub(crate) struct SessionGuard {
     coord: Arc<Coordinator>,
 }
 
+impl SessionGuard {
+    pub(crate) fn coordinator(&self) -> &Arc<Coordinator> {
+        &self.coord
+    }
+}
+
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         if !self.coord.has_temp_tables(self.id) {
@@ -87,5 +176,65 @@ impl Drop for SessionGuard {
             // No runtime (shutdown): the next coordinator start drops them.
             Err(_) => debug!(session = id, "temporary tables left for the next start"),
         }
+    }
+}
+
+/// The server's values of the settings a session starts from; set once
+/// from the configuration (`slicedb local` flags, the cluster file).
+#[derive(Debug)]
+pub struct ServerSettings {
+    /// `statement_timeout` (None: none).
+    pub statement_timeout: RwLock<Option<Duration>>,
+    /// `max_connections`.
+    pub max_connections: Arc<AtomicUsize>,
+    /// Where the idle timeouts' defaults live.
+    pub sessions: Arc<Sessions>,
+}
+
+impl ServerSettings {
+    pub fn new(sessions: Arc<Sessions>) -> ServerSettings {
+        ServerSettings {
+            statement_timeout: RwLock::new(None),
+            max_connections: Arc::new(AtomicUsize::new(100)),
+            sessions,
+        }
+    }
+
+    pub fn statement_timeout(&self) -> Option<Duration> {
+        *self
+            .statement_timeout
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What a session `SET` (absent: the server's value), and what its open
+/// transaction block must undo.
+#[derive(Debug, Default)]
+pub struct SessionSettings {
+    inner: StdMutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Inner {
+    /// Lower-case name -> value, as normalized when set.
+    pub(crate) values: BTreeMap<String, String>,
+    /// Inside a transaction block: each name changed in it -> its value at
+    /// BEGIN (None: unset) and, if a plain `SET`/`RESET` changed it, the
+    /// value that outlives a COMMIT.
+    pub(crate) block: Option<BTreeMap<String, Undo>>,
+}
+
+/// A setting changed in the open block: its value at BEGIN (None: unset)
+/// and, if a plain `SET`/`RESET` changed it, the value a COMMIT keeps.
+pub(crate) type Undo = (Option<String>, Option<Option<String>>);
+
+impl SessionSettings {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<String> {
+        self.lock().values.get(&name.to_ascii_lowercase()).cloned()
     }
 }

@@ -41,6 +41,23 @@ pub struct ParsedStatement {
     pub distribution: Option<Distribution>,
 }
 
+/// `sql` with `f` applied to each of its statements, printed again, if `f`
+/// changed any (and `sql` parses).
+pub fn rewrite_each(sql: &str, mut f: impl FnMut(&mut Statement) -> bool) -> Option<String> {
+    let mut parsed = parse_statements(sql).ok()?;
+    let mut changed = false;
+    for p in &mut parsed {
+        changed |= f(&mut p.statement);
+    }
+    changed.then(|| {
+        parsed
+            .iter()
+            .map(|p| p.statement.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
 /// Parse one or more `;`-separated statements with [`SlicedbDialect`].
 pub fn parse_statements(sql: &str) -> Result<Vec<ParsedStatement>, ParserError> {
     let dialect = SlicedbDialect::default();

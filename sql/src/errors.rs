@@ -97,6 +97,9 @@ fn fix_one(resp: &mut pgwire::api::results::Response) {
     match resp {
         Response::Error(info) => reclassify(info),
         Response::Query(q) => {
+            // Every DataFusion result passes here: its column names lose
+            // the suffixes that made repeated names unique (crate::names).
+            crate::names::restore(q);
             let rows = std::mem::replace(&mut q.data_rows, Box::pin(futures::stream::empty()));
             q.data_rows = Box::pin(rows.map(|r| r.map_err(to_pg)));
         }

@@ -1,12 +1,14 @@
 //! The PostgreSQL wire protocol front end.
 //!
 //! Built on datafusion-postgres (pg_catalog emulation, type encoding, the
-//! extended protocol, SET/SHOW, BEGIN/COMMIT bookkeeping) with our own routing
-//! in front of it: statements slicedb owns — CREATE TABLE with a distribution
-//! clause, DROP TABLE, COPY FROM STDIN / TO STDOUT, BEGIN / COMMIT /
-//! ROLLBACK, DELETE, UPDATE, TRUNCATE — are handled here (GROOM TABLE and
-//! REGENERATE in `admin`); every
-//! other statement goes to DataFusion through datafusion-postgres, inside
+//! extended protocol) with our own routing in front of it: statements
+//! slicedb owns — CREATE TABLE with a distribution clause, DROP TABLE, COPY
+//! FROM STDIN / TO STDOUT, DELETE, UPDATE, TRUNCATE — are handled here
+//! (transaction blocks and savepoints in `block`, SET / SHOW / RESET in
+//! `settings`, GROOM TABLE and REGENERATE in `admin`); every
+//! other statement goes to DataFusion through datafusion-postgres (each
+//! connection with a context of its own, `crate::conn`; output columns named
+//! as PostgreSQL names them, `crate::names`), inside
 //! the connection's transaction block when one is open (a task-local the
 //! coordinator's scans and inserts read). Every error leaves as a SQLSTATE.
 //!
@@ -44,11 +46,14 @@ use slicedb_coordinator::{Coordinator, CoordinatorError, Distribution};
 use tracing::{debug, info};
 
 use crate::admin;
-use crate::conn::ConnState;
+use crate::block;
+use crate::conn::ServerSettings;
+use crate::conn::{ConnState, CURRENT_CONN};
 use crate::copy::{check_binary_columns, copy_out, CopyDecoder, CopyOptions, CopyPipeline, Widen};
 use crate::dialect::{self, normalize, ParsedStatement};
 use crate::errors::{fix_response, fix_responses, to_pg, SqlError};
 use crate::guard;
+use crate::names;
 use crate::params;
 use crate::sessions::{guard_responses, Canceller, Registered, Sessions, Startup, Stopper};
 use crate::settings;
@@ -63,10 +68,9 @@ pub struct Frontend {
     df: Arc<DfSessionService>,
     /// The connected sessions (cancel requests, pg_stat_activity).
     sessions: Arc<Sessions>,
-    /// `statement_timeout` of a session that did not SET one (None: none).
-    statement_timeout: std::sync::RwLock<Option<std::time::Duration>>,
-    /// Most sessions at once (`max_connections`); more are refused (53300).
-    max_connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// The server's settings: `statement_timeout` of a session that did not
+    /// SET one, `max_connections` (more sessions are refused, 53300).
+    server: Arc<ServerSettings>,
     /// The session of the embedded API ([`Frontend::execute`]): one for
     /// the life of the front end.
     embedded_session: u64,
@@ -88,9 +92,8 @@ impl Frontend {
         Ok(Arc::new(Frontend {
             coord,
             df,
+            server: Arc::new(ServerSettings::new(sessions.clone())),
             sessions,
-            statement_timeout: std::sync::RwLock::new(None),
-            max_connections: Arc::new(std::sync::atomic::AtomicUsize::new(100)),
             embedded_session: new_session_id(),
         }))
     }
@@ -107,6 +110,7 @@ impl Frontend {
     /// that did not SET their own.
     pub fn set_statement_timeout(&self, timeout: Option<std::time::Duration>) {
         *self
+            .server
             .statement_timeout
             .write()
             .unwrap_or_else(|e| e.into_inner()) = timeout.filter(|t| !t.is_zero());
@@ -125,7 +129,8 @@ impl Frontend {
 
     /// Most sessions connected at once (more are refused with 53300).
     pub fn set_max_connections(&self, n: usize) {
-        self.max_connections
+        self.server
+            .max_connections
             .store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -133,23 +138,20 @@ impl Frontend {
     /// connection with no session, which cannot happen after startup).
     fn stopper<C: ClientInfo>(&self, client: &C, query: &str) -> Option<Stopper> {
         let session = client.session_extensions().get::<Registered>()?;
-        // What `SET statement_timeout` stored (datafusion-postgres keeps it
-        // in the connection's metadata), else the server's.
-        let timeout = client
+        // What `SET statement_timeout` stored in the connection's metadata
+        // (0: none), else the server's.
+        let own = client
             .metadata()
-            .get(STATEMENT_TIMEOUT_KEY)
-            .and_then(|ms| ms.parse::<u64>().ok())
-            .map(std::time::Duration::from_millis)
-            .or(*self
-                .statement_timeout
-                .read()
-                .unwrap_or_else(|e| e.into_inner()));
+            .get(settings::STATEMENT_TIMEOUT_KEY)
+            .and_then(|ms| ms.parse::<u64>().ok());
+        let timeout = match own {
+            Some(0) => None,
+            Some(ms) => Some(std::time::Duration::from_millis(ms)),
+            None => self.server.statement_timeout(),
+        };
         Some(session.session.start(query, timeout))
     }
 }
-
-/// Where datafusion-postgres keeps a session's `SET statement_timeout`.
-const STATEMENT_TIMEOUT_KEY: &str = "statement_timeout_ms";
 
 /// The pgwire handler set: one per server, connections share it.
 pub struct Handlers {
@@ -172,7 +174,7 @@ impl Handlers {
             copy: Arc::new(CopyIn { fe: fe.clone() }),
             startup: Arc::new(Startup::new(
                 fe.sessions.clone(),
-                fe.max_connections.clone(),
+                fe.server.max_connections.clone(),
             )),
             cancel: Arc::new(Canceller::new(fe.sessions.clone())),
             fe,
@@ -215,10 +217,8 @@ fn is_ours(s: &Statement) -> bool {
             | Statement::Truncate(_)
             | Statement::Update(_)
             | Statement::Delete(_)
-            | Statement::StartTransaction { .. }
-            | Statement::Commit { .. }
-            | Statement::Rollback { .. }
-    ) || settings::owns(s)
+    ) || block::owns(s)
+        || settings::owns(s)
 }
 
 /// Run DataFusion work inside the transaction block `txn`: refused (25P02)
@@ -242,13 +242,6 @@ async fn conn_txn<C: ClientInfo>(client: &C) -> Option<Arc<Txn>> {
     let state = client.session_extensions().get::<ConnState>()?;
     let g = state.txn.lock().await;
     g.clone()
-}
-
-async fn set_conn_txn<C: ClientInfo>(fe: &Frontend, client: &C, txn: Option<Arc<Txn>>) {
-    if let Some(r) = client.session_extensions().get::<Registered>() {
-        r.session.set_in_transaction(txn.is_some());
-    }
-    *conn_state(fe, client).txn.lock().await = txn;
 }
 
 /// Run `f` in the connection's transaction (inside BEGIN ... COMMIT: that
@@ -398,42 +391,6 @@ async fn run_dml<C: ClientInfo>(
     }
 }
 
-/// BEGIN, COMMIT, ROLLBACK.
-async fn run_txn_control<C: ClientInfo>(
-    fe: &Frontend,
-    client: &C,
-    st: &Statement,
-) -> Result<Response, SqlError> {
-    let cluster = fe.coord.cluster();
-    match st {
-        Statement::StartTransaction { .. } => {
-            if conn_txn(client).await.is_none() {
-                set_conn_txn(fe, client, Some(cluster.begin()?)).await;
-            }
-            Ok(Response::TransactionStart(Tag::new("BEGIN")))
-        }
-        Statement::Commit { .. } => {
-            let Some(txn) = conn_txn(client).await else {
-                return Ok(Response::TransactionEnd(Tag::new("COMMIT")));
-            };
-            set_conn_txn(fe, client, None).await;
-            if txn.failed().is_some() {
-                cluster.abort(&txn).await;
-                return Ok(Response::TransactionEnd(Tag::new("ROLLBACK")));
-            }
-            cluster.commit(&txn).await?;
-            Ok(Response::TransactionEnd(Tag::new("COMMIT")))
-        }
-        _ => {
-            if let Some(txn) = conn_txn(client).await {
-                set_conn_txn(fe, client, None).await;
-                cluster.abort(&txn).await;
-            }
-            Ok(Response::TransactionEnd(Tag::new("ROLLBACK")))
-        }
-    }
-}
-
 fn object_name(n: &ObjectName) -> Result<String, SqlError> {
     // public.t and t are the same table; other schemas do not exist yet.
     let parts: Vec<String> =
@@ -462,7 +419,8 @@ async fn run_ours<C>(
     p: ParsedStatement,
 ) -> Result<Response, SqlError>
 where
-    C: ClientInfo + Send + Sync,
+    C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
     let copy_opts = match &p.statement {
         Statement::Copy { .. } => Some(CopyOptions::from_statement(&p.statement)?),
@@ -496,14 +454,39 @@ where
         st @ (Statement::Truncate(_) | Statement::Update(_) | Statement::Delete(_)) => {
             run_dml(fe, client, st).await
         }
-        st @ (Statement::StartTransaction { .. }
-        | Statement::Commit { .. }
-        | Statement::Rollback { .. }) => run_txn_control(fe, client, &st).await,
+        st if block::owns(&st) => {
+            let conn = conn_state(fe, client);
+            let (response, reported) =
+                block::run(&fe.coord, &conn, client.metadata_mut(), &st).await?;
+            report(client, reported).await?;
+            Ok(response)
+        }
         st @ (Statement::Set(_) | Statement::Reset(_) | Statement::ShowVariable { .. }) => {
-            settings::run(client, &st)
+            let conn = conn_state(fe, client);
+            let in_block = conn_txn(client).await.is_some();
+            let (response, reported) = settings::run(&conn, client.metadata_mut(), &st, in_block)?;
+            report(client, reported).await?;
+            Ok(response)
         }
         other => Err(SqlError::not_supported(format!("statement {other}"))),
     }
+}
+
+/// Tell the client of settings that changed (ParameterStatus).
+async fn report<C>(client: &mut C, changed: settings::Reported) -> Result<(), SqlError>
+where
+    C: Sink<PgWireBackendMessage> + Unpin,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    for (name, value) in changed {
+        client
+            .send(PgWireBackendMessage::ParameterStatus(
+                pgwire::messages::startup::ParameterStatus::new(name, value),
+            ))
+            .await
+            .map_err(|e| SqlError::user("08006", PgWireError::from(e).to_string()))?;
+    }
+    Ok(())
 }
 
 async fn create_table(
@@ -624,11 +607,26 @@ async fn create_table(
     Ok(Response::Execution(Tag::new("CREATE TABLE")))
 }
 
+/// Run `work` for the connection `conn`: its coordinator session (table
+/// names, temporary tables) and its state (`crate::conn::CURRENT_CONN`).
+fn in_conn<F: std::future::Future>(
+    conn: Arc<ConnState>,
+    work: F,
+) -> impl std::future::Future<Output = F::Output> {
+    CURRENT_SESSION.scope(conn.session.id, CURRENT_CONN.scope(conn, work))
+}
+
 /// The connection's state, created at its first statement.
 fn conn_state<C: ClientInfo>(fe: &Frontend, client: &C) -> Arc<ConnState> {
-    client
-        .session_extensions()
-        .get_or_insert_with(|| ConnState::new(fe.coord.clone()))
+    let ext = client.session_extensions();
+    if let Some(state) = ext.get::<ConnState>() {
+        return state;
+    }
+    // Built outside the extensions' lock: it reads them (the registered
+    // session). One connection runs one statement at a time, so no other
+    // task inserts meanwhile.
+    let state = ConnState::new(fe.coord.clone(), fe.server.clone(), client);
+    ext.get_or_insert_with(|| state)
 }
 
 async fn copy_from_stdin<C>(
@@ -751,10 +749,10 @@ impl SimpleQueryHandler for Simple {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let session = conn_state(&self.fe, client).session.id;
+        let conn = conn_state(&self.fe, client);
         let fe = self.fe.clone();
         let stopper = fe.stopper(client, query);
-        let work = CURRENT_SESSION.scope(session, self.simple_query(client, query));
+        let work = in_conn(conn, self.simple_query(client, query));
         match stopper {
             Some(mut stopper) => {
                 let responses = stopper.run(work).await?;
@@ -789,7 +787,8 @@ impl Simple {
                 // catalog queries use a few such forms): let
                 // datafusion-postgres's compatibility parser try; if it fails
                 // too, report our parser's syntax error.
-                return match SimpleQueryHandler::do_query(&*self.fe.df, client, query).await {
+                let df = conn_state(&self.fe, client).df.clone();
+                return match SimpleQueryHandler::do_query(&*df, client, query).await {
                     Ok(r) => Ok(r),
                     Err(_) => Err(SqlError::Parser(ours).into()),
                 };
@@ -798,15 +797,31 @@ impl Simple {
         for p in &parsed {
             guard::refuse_unsupported(&p.statement)?;
         }
+        if let [p] = parsed.as_slice() {
+            if let Statement::Deallocate { name, .. } = &p.statement {
+                if name.value.eq_ignore_ascii_case("all") && name.quote_style.is_none() {
+                    // psycopg's after DDL. Statements stay stored until the
+                    // connection ends (pgwire cannot list them); a Parse
+                    // of a name again replaces it.
+                    return Ok(vec![Response::Execution(Tag::new("DEALLOCATE ALL"))]);
+                }
+            }
+        }
         // Scalar subqueries in SELECT lists, kept from a datafusion-postgres
         // rewrite that is wrong for user queries (crate::shield): then the
         // statements go on as we print them, not as the client wrote them.
+        // Output columns named as PostgreSQL names them (crate::names).
         let mut shielded = false;
         for p in &mut parsed {
             shielded |= shield::shield_scalar_subqueries(&mut p.statement);
+            if !is_ours(&p.statement) || matches!(p.statement, Statement::Copy { .. }) {
+                let catalog = shield::reads_catalog(&p.statement);
+                shielded |= names::rewrite(&mut p.statement, catalog);
+            }
         }
         if txn.is_none() && !shielded && !parsed.iter().any(|p| is_ours(&p.statement)) {
-            return fix_responses(SimpleQueryHandler::do_query(&*self.fe.df, client, query).await);
+            let df = conn_state(&self.fe, client).df.clone();
+            return fix_responses(SimpleQueryHandler::do_query(&*df, client, query).await);
         }
         let mut out = Vec::new();
         for p in parsed {
@@ -836,11 +851,12 @@ impl Simple {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let df = conn_state(&self.fe, client).df.clone();
         match conn_txn(client).await {
-            None => fix_responses(SimpleQueryHandler::do_query(&*self.fe.df, client, text).await),
+            None => fix_responses(SimpleQueryHandler::do_query(&*df, client, text).await),
             Some(txn) => {
                 in_block(txn, async {
-                    fix_responses(SimpleQueryHandler::do_query(&*self.fe.df, client, text).await)
+                    fix_responses(SimpleQueryHandler::do_query(&*df, client, text).await)
                 })
                 .await
             }
@@ -973,18 +989,18 @@ impl QueryParser for OurParser {
         guard::refuse_unsupported_sql(sql)?;
         let shielded = shield::shield_sql(sql);
         let sql = shielded.as_deref().unwrap_or(sql);
+        let named = names::rewrite_sql(sql);
+        let sql = named.as_deref().unwrap_or(sql);
         // Planning resolves table names: in the connection's session.
-        let session = conn_state(&self.fe, client).session.id;
-        let parsed = CURRENT_SESSION
-            .scope(session, async {
-                self.fe
-                    .df
-                    .query_parser()
-                    .parse_sql(client, sql, types)
-                    .await
-                    .map_err(to_pg)
-            })
-            .await?;
+        let conn = conn_state(&self.fe, client);
+        let df = conn.df.clone();
+        let parsed = in_conn(conn, async {
+            df.query_parser()
+                .parse_sql(client, sql, types)
+                .await
+                .map_err(to_pg)
+        })
+        .await?;
         if let Some((_, Some((statement, _)))) = &parsed {
             guard::refuse_unsupported(statement)?;
         }
@@ -1000,10 +1016,12 @@ impl QueryParser for OurParser {
         stmt: &DfStmt,
         column_format: Option<&pgwire::api::portal::Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
-        self.fe
+        let fields = self
+            .fe
             .df
             .query_parser()
-            .get_result_schema(stmt, column_format)
+            .get_result_schema(stmt, column_format)?;
+        Ok(names::restore_fields(&fields).unwrap_or(fields))
     }
 }
 
@@ -1033,10 +1051,10 @@ impl ExtendedQueryHandler for Extended {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let session = conn_state(&self.fe, client).session.id;
+        let conn = conn_state(&self.fe, client);
         let fe = self.fe.clone();
         let stopper = fe.stopper(client, &portal.statement.statement.0);
-        let work = CURRENT_SESSION.scope(session, self.extended_query(client, portal, max_rows));
+        let work = in_conn(conn, self.extended_query(client, portal, max_rows));
         match stopper {
             Some(mut stopper) => {
                 let response = stopper.run(work).await?;
@@ -1076,19 +1094,19 @@ impl Extended {
                 return Ok(admin::run(&self.fe.coord, a).await?);
             }
         }
+        let df = conn_state(&self.fe, client).df.clone();
         // Parameters converted as PostgreSQL would (datafusion-postgres
         // refuses e.g. an integer for a numeric column).
         let bound = params::bind(portal)?;
         let portal = bound.as_ref().unwrap_or(portal);
         match conn_txn(client).await {
-            None => fix_response(
-                ExtendedQueryHandler::do_query(&*self.fe.df, client, portal, max_rows).await,
-            ),
+            None => {
+                fix_response(ExtendedQueryHandler::do_query(&*df, client, portal, max_rows).await)
+            }
             Some(txn) => {
                 in_block(txn, async {
                     fix_response(
-                        ExtendedQueryHandler::do_query(&*self.fe.df, client, portal, max_rows)
-                            .await,
+                        ExtendedQueryHandler::do_query(&*df, client, portal, max_rows).await,
                     )
                 })
                 .await

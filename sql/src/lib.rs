@@ -1,17 +1,20 @@
 //! slicedb-sql: the PostgreSQL front end (dialect, COPY, pgwire server, system views).
 pub mod activity;
 pub mod admin;
+mod block;
 mod conn;
 pub mod copy;
 pub mod dialect;
 pub mod errors;
 pub mod frontend;
 pub mod guard;
+pub mod names;
 pub mod params;
 pub mod pgcatalog;
 pub mod server;
 pub mod sessions;
 pub mod settings;
 pub mod shield;
+pub mod version;
 
 pub use errors::SqlError;

@@ -14,8 +14,15 @@
 //! table" (like PostgreSQL's unlogged tables, its rows have no second copy),
 //! and a temporary table is `t`.
 //!
+//! `pg_catalog.pg_database` shows the database the client named when it
+//! connected (slicedb has one database, which answers to every name), and
+//! `pg_catalog.pg_settings` the session's settings (`crate::settings`);
+//! `current_database()` and `current_setting()` answer the same, and
+//! `version()` names PostgreSQL's release and slicedb's
+//! (`crate::version::version`), as drivers parse it.
+//!
 //! It wraps the `pg_catalog` schema that datafusion-postgres installs and
-//! changes nothing but that column. Tables that list relations (`pg_class`,
+//! changes nothing but those. Tables that list relations (`pg_class`,
 //! `pg_attribute`, `pg_tables`) are read when the query is planned, on the
 //! statement's task, where the session is known: so `\d` also describes the
 //! session's temporary tables. It never touches nodes: it only reads the
@@ -62,11 +69,57 @@ pub fn install(
         }),
     )?;
     crate::activity::install(ctx, sessions)?;
+    ctx.register_udf(ScalarUDF::new_from_impl(ConnFn::new(
+        "version",
+        &[0],
+        |_, _| Ok(Some(crate::version::version())),
+    )));
+    ctx.register_udf(ScalarUDF::new_from_impl(ConnFn::new(
+        "current_database",
+        &[0],
+        |conn, _| {
+            Ok(Some(
+                conn.map_or(crate::conn::DEFAULT_DATABASE.to_string(), |c| {
+                    c.database.clone()
+                }),
+            ))
+        },
+    )));
+    ctx.register_udf(ScalarUDF::new_from_impl(ConnFn::new(
+        "session_user",
+        &[0],
+        |conn, _| Ok(conn.map(|c| c.user.clone())),
+    )));
+    ctx.register_udf(ScalarUDF::new_from_impl(ConnFn::new(
+        "current_setting",
+        &[1, 2],
+        current_setting,
+    )));
     ctx.register_udf(ScalarUDF::new_from_impl(SizePretty::new()));
+    ctx.register_udf(ScalarUDF::new_from_impl(ToRegtype::new()));
+    ctx.register_udf(ScalarUDF::new_from_impl(JsonBuildObject::new()));
+    // Every collation lives in pg_catalog, which is always searched.
+    ctx.register_udf(datafusion::logical_expr::create_udf(
+        "pg_collation_is_visible",
+        vec![DataType::Int32],
+        DataType::Boolean,
+        Volatility::Stable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let n = ColumnarValue::values_to_arrays(args)?[0].len();
+            Ok(ColumnarValue::Array(Arc::new(
+                datafusion::arrow::array::BooleanArray::from(vec![true; n]),
+            )))
+        }),
+    ));
     ctx.register_udf(ScalarUDF::new_from_impl(NullFn::new(
         "pg_table_size",
         DataType::Int64,
         &[1],
+    )));
+    ctx.register_udf(ScalarUDF::new_from_impl(NullFn::new(
+        "pg_get_serial_sequence",
+        DataType::Utf8,
+        &[2],
     )));
     ctx.register_udf(ScalarUDF::new_from_impl(NullFn::new(
         "obj_description",
@@ -137,10 +190,167 @@ impl ScalarUDFImpl for SizePretty {
     }
 }
 
+/// PostgreSQL's `to_regtype(text)`: the oid of the type named (its
+/// internal or SQL name, optionally `pg_catalog.`-qualified, `[]` for an
+/// array), NULL if there is no such type. psycopg looks types up with it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ToRegtype {
+    signature: Signature,
+}
+
+impl ToRegtype {
+    fn new() -> Self {
+        ToRegtype {
+            signature: Signature::any(1, Volatility::Stable),
+        }
+    }
+}
+
+/// The oid of the type `name` names, if PostgreSQL has it built in.
+pub fn type_oid(name: &str) -> Option<i32> {
+    static BY_NAME: std::sync::LazyLock<std::collections::HashMap<String, u32>> =
+        std::sync::LazyLock::new(|| {
+            (0..=20_000u32)
+                .filter_map(pgwire::api::Type::from_oid)
+                .map(|t| (t.name().to_string(), t.oid()))
+                .collect()
+        });
+    let n = name.trim().trim_matches('"').to_ascii_lowercase();
+    let n = n.strip_prefix("pg_catalog.").unwrap_or(&n);
+    if let Some(elem) = n.strip_suffix("[]") {
+        return type_oid(elem)
+            .and_then(|o| pgwire::api::Type::from_oid(o as u32))
+            .and_then(|t| BY_NAME.get(&format!("_{}", t.name())).map(|o| *o as i32));
+    }
+    let internal = match n {
+        "integer" | "int" => "int4",
+        "bigint" => "int8",
+        "smallint" => "int2",
+        "double precision" | "float" => "float8",
+        "real" => "float4",
+        "boolean" => "bool",
+        "character varying" => "varchar",
+        "character" | "char" => "bpchar",
+        "decimal" => "numeric",
+        "timestamp without time zone" => "timestamp",
+        "timestamp with time zone" => "timestamptz",
+        "time without time zone" => "time",
+        "time with time zone" => "timetz",
+        other => other,
+    };
+    BY_NAME.get(internal).map(|o| *o as i32)
+}
+
+impl ScalarUDFImpl for ToRegtype {
+    fn name(&self) -> &str {
+        "to_regtype"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Int32)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let names = cast(&arrays[0], &DataType::Utf8)?;
+        let names = names.as_string::<i32>();
+        let out: datafusion::arrow::array::Int32Array =
+            names.iter().map(|n| n.and_then(type_oid)).collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// PostgreSQL's `json_build_object(key, value, ...)`: a JSON object as
+/// text (SQLAlchemy's column inspection builds one for identity columns).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonBuildObject {
+    signature: Signature,
+}
+
+impl JsonBuildObject {
+    fn new() -> Self {
+        JsonBuildObject {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+impl ScalarUDFImpl for JsonBuildObject {
+    fn name(&self) -> &str {
+        "json_build_object"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        if !args.args.len().is_multiple_of(2) {
+            return Err(DataFusionError::Plan(
+                "json_build_object: argument list must have even number of elements".into(),
+            ));
+        }
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let texts = arrays
+            .iter()
+            .map(|a| cast(a, &DataType::Utf8))
+            .collect::<Result<Vec<_>, _>>()?;
+        let out: StringArray = (0..args.number_rows)
+            .map(|row| {
+                let mut parts = Vec::new();
+                for (i, pair) in texts.chunks(2).enumerate() {
+                    let (k, v) = (pair[0].as_string::<i32>(), pair[1].as_string::<i32>());
+                    let key = if k.is_valid(row) { k.value(row) } else { "" };
+                    let value = if !v.is_valid(row) {
+                        "null".to_string()
+                    } else {
+                        match arrays[2 * i + 1].data_type() {
+                            t if t.is_numeric() => v.value(row).to_string(),
+                            DataType::Boolean => v.value(row).to_string(),
+                            _ => json_string(v.value(row)),
+                        }
+                    };
+                    parts.push(format!("{} : {value}", json_string(key)));
+                }
+                Some(format!("{{{}}}", parts.join(", ")))
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
 /// A catalog function slicedb has no value for: NULL, as PostgreSQL
 /// answers for an object without one. `pg_table_size(regclass)`: sizes are
 /// not known to the catalog; `obj_description(oid[, catalog])`: slicedb has
-/// no COMMENT ON, so nothing has a description.
+/// no COMMENT ON, so nothing has a description;
+/// `pg_get_serial_sequence(table, column)`: slicedb has no sequences.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct NullFn {
     name: &'static str,
@@ -180,6 +390,109 @@ impl ScalarUDFImpl for NullFn {
     }
 }
 
+/// `current_setting(name [, missing_ok])`: the session's value of a
+/// setting; an unknown one is 42704 unless `missing_ok` (then NULL).
+fn current_setting(
+    conn: Option<&crate::conn::ConnState>,
+    args: &[Option<String>],
+) -> DfResult<Option<String>> {
+    let Some(name) = args.first().cloned().flatten() else {
+        return Ok(None);
+    };
+    let missing_ok = args.get(1).cloned().flatten().as_deref() == Some("true");
+    let value = conn.and_then(|c| crate::settings::value(c, &name));
+    match value {
+        Some(v) => Ok(Some(v)),
+        None if missing_ok => Ok(None),
+        None => Err(DataFusionError::External(Box::new(crate::SqlError::user(
+            "42704",
+            format!("unrecognized configuration parameter \"{name}\""),
+        )))),
+    }
+}
+
+/// A function of the connection (and of constant text arguments): stable
+/// within a statement, so DataFusion folds it into a constant while the
+/// statement is planned, on the statement's task, where the connection is
+/// known (`crate::conn::CURRENT_CONN`).
+type ConnFnImpl =
+    fn(Option<&crate::conn::ConnState>, &[Option<String>]) -> DfResult<Option<String>>;
+
+#[derive(Debug)]
+struct ConnFn {
+    name: &'static str,
+    signature: Signature,
+    f: ConnFnImpl,
+}
+
+// One function per name: the name identifies it.
+impl PartialEq for ConnFn {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for ConnFn {}
+
+impl std::hash::Hash for ConnFn {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state)
+    }
+}
+
+impl ConnFn {
+    fn new(name: &'static str, arities: &[usize], f: ConnFnImpl) -> Self {
+        let sigs = arities
+            .iter()
+            .map(|n| match n {
+                0 => TypeSignature::Nullary,
+                n => TypeSignature::Any(*n),
+            })
+            .collect();
+        ConnFn {
+            name,
+            signature: Signature::one_of(sigs, Volatility::Stable),
+            f,
+        }
+    }
+}
+
+impl ScalarUDFImpl for ConnFn {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let conn = crate::conn::current_conn();
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let texts = arrays
+            .iter()
+            .map(|a| cast(a, &DataType::Utf8))
+            .collect::<Result<Vec<_>, _>>()?;
+        let out: StringArray = (0..args.number_rows)
+            .map(|row| {
+                let argv: Vec<Option<String>> = texts
+                    .iter()
+                    .map(|a| {
+                        let a = a.as_string::<i32>();
+                        a.is_valid(row).then(|| a.value(row).to_string())
+                    })
+                    .collect();
+                (self.f)(conn.as_deref(), &argv)
+            })
+            .collect::<DfResult<_>>()?;
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
 struct PgCatalog {
     inner: Arc<dyn SchemaProvider>,
     coord: Arc<Coordinator>,
@@ -197,18 +510,29 @@ impl SchemaProvider for PgCatalog {
     fn table_names(&self) -> Vec<String> {
         let mut names = self.inner.table_names();
         names.push("pg_stat_activity".to_string());
+        names.sort();
+        names.dedup();
         names
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        if name == "pg_stat_activity" {
-            return Ok(Some(Arc::new(crate::activity::StatActivity::new(
-                self.sessions.clone(),
-            ))));
+        match name {
+            "pg_stat_activity" => {
+                return Ok(Some(Arc::new(crate::activity::StatActivity::new(
+                    self.sessions.clone(),
+                ))))
+            }
+            "pg_settings" => return Ok(Some(Arc::new(PgSettings))),
+            _ => {}
         }
         let t = self.inner.table(name).await?;
         Ok(match t {
-            Some(inner) if matches!(name, "pg_class" | "pg_attribute" | "pg_tables") => {
+            Some(inner)
+                if matches!(
+                    name,
+                    "pg_class" | "pg_attribute" | "pg_tables" | "pg_database"
+                ) =>
+            {
                 Some(Arc::new(PgClass {
                     inner,
                     coord: self.coord.clone(),
@@ -219,7 +543,7 @@ impl SchemaProvider for PgCatalog {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        name == "pg_stat_activity" || self.inner.table_exist(name)
+        matches!(name, "pg_stat_activity" | "pg_settings") || self.inner.table_exist(name)
     }
 }
 
@@ -249,9 +573,38 @@ impl PgClass {
         })
     }
 
-    /// pg_class: our `relpersistence`. Other tables pass unchanged.
+    /// pg_database: the one database, named as the client named it. Its
+    /// row is the default catalog's (whose oid the other tables use).
+    fn database(&self, b: RecordBatch) -> DfResult<RecordBatch> {
+        let schema = b.schema();
+        let Ok(idx) = schema.index_of("datname") else {
+            return Ok(b);
+        };
+        let Some(names) = b.column(idx).as_string_opt::<i32>() else {
+            return Ok(b);
+        };
+        let Some(row) =
+            (0..b.num_rows()).find(|&i| names.is_valid(i) && names.value(i) == "datafusion")
+        else {
+            return Ok(b);
+        };
+        let name = crate::conn::current_conn()
+            .map_or(crate::conn::DEFAULT_DATABASE.to_string(), |c| {
+                c.database.clone()
+            });
+        let one = b.slice(row, 1);
+        let mut cols: Vec<ArrayRef> = one.columns().to_vec();
+        cols[idx] = Arc::new(StringArray::from(vec![name]));
+        Ok(RecordBatch::try_new(schema, cols)?)
+    }
+
+    /// pg_class: our `relpersistence`; pg_database: [`PgClass::database`].
+    /// Other tables pass unchanged.
     fn rewrite(&self, b: RecordBatch) -> DfResult<RecordBatch> {
         let schema = b.schema();
+        if schema.index_of("datname").is_ok() {
+            return self.database(b);
+        }
         let (Ok(name_idx), Ok(pers_idx), Ok(kind_idx)) = (
             schema.index_of("relname"),
             schema.index_of("relpersistence"),
@@ -312,9 +665,114 @@ impl TableProvider for PgClass {
     }
 }
 
+/// `pg_settings`: the session's settings (`crate::settings::all`), read
+/// when the query is planned.
+#[derive(Debug)]
+struct PgSettings;
+
+impl PgSettings {
+    fn batch() -> DfResult<RecordBatch> {
+        let rows = crate::conn::current_conn()
+            .map(|c| crate::settings::all(&c))
+            .unwrap_or_default();
+        let text = |f: fn(&crate::settings::Setting) -> Option<String>| -> ArrayRef {
+            Arc::new(rows.iter().map(f).collect::<StringArray>())
+        };
+        let cols: Vec<ArrayRef> = vec![
+            text(|s| Some(s.name.clone())),
+            text(|s| Some(s.setting.clone())),
+            text(|s| s.unit.clone()),
+            text(|s| Some(s.category.clone())),
+            text(|s| Some(s.short_desc.clone())),
+            text(|_| None),
+            text(|s| Some(s.context.clone())),
+            text(|s| Some(s.vartype.clone())),
+            text(|s| Some(s.source.clone())),
+            text(|_| None),
+            text(|_| None),
+            text(|s| s.enumvals.clone()),
+            text(|s| Some(s.boot_val.clone())),
+            text(|s| Some(s.reset_val.clone())),
+            text(|_| None),
+            Arc::new(datafusion::arrow::array::Int32Array::from(vec![
+                None;
+                rows.len()
+            ])),
+            Arc::new(datafusion::arrow::array::BooleanArray::from(vec![
+                Some(
+                    false
+                );
+                rows.len()
+            ])),
+        ];
+        Ok(RecordBatch::try_new(Self::schema_ref(), cols)?)
+    }
+
+    fn schema_ref() -> SchemaRef {
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let text = |n: &str| Field::new(n, DataType::Utf8, true);
+        Arc::new(Schema::new(vec![
+            text("name"),
+            text("setting"),
+            text("unit"),
+            text("category"),
+            text("short_desc"),
+            text("extra_desc"),
+            text("context"),
+            text("vartype"),
+            text("source"),
+            text("min_val"),
+            text("max_val"),
+            text("enumvals"),
+            text("boot_val"),
+            text("reset_val"),
+            text("sourcefile"),
+            Field::new("sourceline", DataType::Int32, true),
+            Field::new("pending_restart", DataType::Boolean, true),
+        ]))
+    }
+}
+
+#[async_trait]
+impl TableProvider for PgSettings {
+    fn schema(&self) -> SchemaRef {
+        Self::schema_ref()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let mem = MemTable::try_new(self.schema(), vec![vec![Self::batch()?]])?;
+        mem.scan(state, projection, &[], limit).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::size_pretty;
+    use super::{json_string, size_pretty, type_oid};
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\n\"");
+    }
+
+    #[test]
+    fn type_names_resolve_to_postgres_oids() {
+        assert_eq!(type_oid("int4"), Some(23));
+        assert_eq!(type_oid("integer"), Some(23));
+        assert_eq!(type_oid("pg_catalog.text"), Some(25));
+        assert_eq!(type_oid("numeric"), Some(1700));
+        assert_eq!(type_oid("int4[]"), Some(1007));
+        assert_eq!(type_oid("hstore"), None);
+    }
 
     #[test]
     fn sizes_print_like_postgres() {

@@ -40,10 +40,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use futures::{Sink, StreamExt};
-use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::auth::{DefaultServerParameterProvider, ServerParameterProvider, StartupHandler};
 use pgwire::api::cancel::CancelHandler;
 use pgwire::api::results::Response;
 use pgwire::api::ClientInfo;
+use pgwire::api::PidSecretKeyGenerator;
 use pgwire::error::PgWireResult;
 use pgwire::error::{ErrorInfo, PgWireError};
 use pgwire::messages::startup::SecretKey;
@@ -622,6 +623,16 @@ impl Sessions {
         .store(ms, Ordering::SeqCst);
     }
 
+    /// The server's idle timeout `which` (None: none).
+    pub fn idle_default(&self, which: IdleTimeout) -> Option<Duration> {
+        let ms = match which {
+            IdleTimeout::Session => &self.idle_defaults.session_ms,
+            IdleTimeout::InTransaction => &self.idle_defaults.in_txn_ms,
+        }
+        .load(Ordering::SeqCst);
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
     /// How many sessions are connected.
     pub fn count(&self) -> usize {
         self.by_pid.lock().unwrap_or_else(|e| e.into_inner()).len()
@@ -680,18 +691,57 @@ impl Startup {
     }
 }
 
+/// The ParameterStatus values a client gets at startup: pgwire's, with
+/// slicedb's `server_version` (and `server_version_num`), which drivers
+/// parse to pick their SQL.
+struct ServerParameters;
+
+impl ServerParameterProvider for ServerParameters {
+    fn server_parameters<C: ClientInfo>(&self, client: &C) -> Option<HashMap<String, String>> {
+        let mut params = DefaultServerParameterProvider::default().server_parameters(client)?;
+        params.insert("server_version".into(), crate::version::server_version());
+        params.insert(
+            "server_version_num".into(),
+            crate::version::PG_VERSION_NUM.into(),
+        );
+        params.insert("DateStyle".into(), "ISO, MDY".into());
+        Some(params)
+    }
+}
+
 #[async_trait]
-impl NoopStartupHandler for Startup {
-    async fn post_startup<C>(
+impl StartupHandler for Startup {
+    /// pgwire's startup without authentication (`NoopStartupHandler`), with
+    /// our parameters and the session registered before ReadyForQuery.
+    async fn on_startup<C>(
         &self,
         client: &mut C,
-        _message: pgwire::messages::PgWireFrontendMessage,
+        message: pgwire::messages::PgWireFrontendMessage,
     ) -> PgWireResult<()>
     where
-        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let pgwire::messages::PgWireFrontendMessage::Startup(startup) = &message else {
+            return Ok(());
+        };
+        pgwire::api::auth::protocol_negotiation(client, startup).await?;
+        pgwire::api::auth::save_startup_parameters_to_metadata(client, startup);
+        let (pid, secret) = PID_GENERATOR.generate(client);
+        client.set_pid_and_secret_key(pid, secret);
+        self.register(client)?;
+        pgwire::api::auth::finish_authentication(client, &ServerParameters).await
+    }
+}
+
+static PID_GENERATOR: std::sync::LazyLock<pgwire::api::RandomPidSecretKeyGenerator> =
+    std::sync::LazyLock::new(Default::default);
+
+impl Startup {
+    /// Make the connection a session, unless `max_connections` are
+    /// connected already.
+    fn register<C: ClientInfo>(&self, client: &mut C) -> PgWireResult<()> {
         let max = self
             .max_connections
             .load(std::sync::atomic::Ordering::Relaxed);

@@ -35,21 +35,11 @@ pub fn shield_scalar_subqueries(stmt: &mut Statement) -> bool {
 /// `sql` with [`shield_scalar_subqueries`] applied, if that changed it (and
 /// it parses).
 pub fn shield_sql(sql: &str) -> Option<String> {
-    let mut parsed = crate::dialect::parse_statements(sql).ok()?;
-    let mut changed = false;
-    for p in &mut parsed {
-        changed |= shield_scalar_subqueries(&mut p.statement);
-    }
-    changed.then(|| {
-        parsed
-            .iter()
-            .map(|p| p.statement.to_string())
-            .collect::<Vec<_>>()
-            .join("; ")
-    })
+    crate::dialect::rewrite_each(sql, shield_scalar_subqueries)
 }
 
-fn reads_catalog(stmt: &Statement) -> bool {
+/// Whether `stmt` reads the catalog (`pg_*`, `information_schema`).
+pub fn reads_catalog(stmt: &Statement) -> bool {
     struct Names(bool);
     impl Visitor for Names {
         type Break = ();

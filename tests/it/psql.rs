@@ -1,5 +1,5 @@
 //! The real `psql` client against `slicedb local`: catalog queries behind
-//! `\dt` and `\d t`, a query's value, and an error that does not stop the
+//! `\dt`, `\d t` and `\l`, a query's value, and an error that does not stop the
 //! script (tests/psql/basic.sql).
 
 use std::process::Command;
@@ -91,6 +91,20 @@ fn psql_client_runs_a_script() {
                 d.join("\n")
             );
         }
+
+        // \l lists the database the client named (the URL's), only it.
+        let l = section(&stdout, "l");
+        let dbs: Vec<&str> = l
+            .iter()
+            .map(|line| cells(line))
+            .filter(|c| c.len() >= 3 && c[2] == "UTF-8")
+            .map(|c| c[0])
+            .collect();
+        ensure!(
+            dbs == ["slicedb"],
+            "\\l should list the database named at connect, got:\n{}",
+            l.join("\n")
+        );
 
         // The query's values.
         let q = section(&stdout, "query");

@@ -55,3 +55,29 @@ fn psycopg_types_and_binary_copy() {
         db.stop().await
     });
 }
+
+#[test]
+fn sqlalchemy_and_pandas_script_passes() {
+    harness::run("python-sqlalchemy", |env| async move {
+        let db = Slicedb::local(&env, 2, &env.path().join("data")).await?;
+        let url = db.url().to_string();
+        run_script(
+            "test_sqlalchemy.py",
+            vec![url],
+            "all sqlalchemy checks passed",
+        )
+        .await?;
+        db.stop().await
+    });
+}
+
+#[test]
+fn session_settings_and_names_script_passes() {
+    harness::run("python-session", |env| async move {
+        let db = Slicedb::local(&env, 2, &env.path().join("data")).await?;
+        // A database name of the client's own: the server answers to it.
+        let url = db.url().replace("/slicedb", "/analytics");
+        run_script("test_session.py", vec![url], "all session checks passed").await?;
+        db.stop().await
+    });
+}

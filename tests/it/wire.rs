@@ -376,7 +376,9 @@ async fn check_fragments(client: &Client) -> Result<()> {
         ),
         (
             "EXPLAIN SELECT k, sum(n) FROM t2 GROUP BY k HAVING sum(n) > 100",
-            "fragment=[FilterExec",
+            // The fragment's chain (`<-`): the projection naming `sum` as
+            // PostgreSQL does, over the filter, over the final aggregate.
+            "<- FilterExec: sum(t2.n)@1 > 100.00 <- AggregateExec: mode=FinalPartitioned",
             "the HAVING of an aggregate grouped by the distribution key",
         ),
     ] {
@@ -388,7 +390,7 @@ async fn check_fragments(client: &Client) -> Result<()> {
     }
     check_broadcast_join(client).await?;
     // Broadcast joins off: the join is then left where runtime filters
-    // apply. (SET is seen by every session.)
+    // apply. (SET is this session's own.)
     exec(client, "SET slicedb.broadcast_joins = false").await?;
     let checked = check_runtime_filter(client).await;
     let colocated = check_colocated_apart(client).await;

@@ -16,6 +16,9 @@ INSERT INTO t VALUES
 \echo marker: d
 \d t
 
+\echo marker: l
+\l
+
 \echo marker: query
 SELECT s, k * 1000003 AS big FROM t WHERE k = 2;
 SELECT count(*) AS row_count, sum(n) AS n_sum FROM t;
