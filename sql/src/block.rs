@@ -2,7 +2,7 @@
 //! (SAVEPOINT, RELEASE SAVEPOINT, ROLLBACK TO SAVEPOINT), which drivers
 //! issue on their own (psycopg's nested `transaction()`, SQLAlchemy's
 //! `begin_nested()`). Also the end of the block's `SET`s
-//! (`crate::settings`).
+//! (`crate::settings`) and cursors (`crate::cursor`).
 //!
 //! A savepoint marks how many write requests the block had made. ROLLBACK
 //! TO SAVEPOINT is done when it has nothing to undo: the block has not
@@ -81,6 +81,7 @@ pub(crate) async fn run(
 ) -> Result<(Response, Reported), SqlError> {
     let cluster = coord.cluster();
     let end = |committed: bool, meta: &mut std::collections::HashMap<String, String>| {
+        crate::cursor::end_block(conn, committed);
         settings::end_block(conn, meta, committed)
     };
     match st {

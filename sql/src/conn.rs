@@ -1,8 +1,8 @@
 //! Per-connection state: an unfinished COPY FROM STDIN, the open
 //! transaction block, the coordinator session, the database and user the
 //! client named at startup, the connection's own DataFusion context (its
-//! `SET datafusion.*` settings are its own) and its session settings
-//! (`crate::settings`), and what happens to them
+//! `SET datafusion.*` settings are its own), its session settings
+//! (`crate::settings`) and its cursors (`crate::cursor`), and what happens to them
 //! when the connection goes away, however it goes (the client quits or
 //! vanishes, `pg_terminate_backend`, an idle timeout, shutdown): the COPY's
 //! load is aborted, an open transaction block is rolled back, and the
@@ -61,6 +61,8 @@ pub(crate) struct ConnState {
     /// block's write requests when it was made (`crate::block`).
     pub(crate) savepoints: std::sync::Mutex<Vec<(String, u64)>>,
     pub(crate) session: SessionGuard,
+    /// The connection's cursors (`crate::cursor`).
+    pub(crate) cursors: crate::cursor::Cursors,
     /// The database the client named at startup (slicedb has one
     /// database: every name reaches it, and the catalog shows this one).
     pub(crate) database: String,
@@ -110,6 +112,7 @@ impl ConnState {
             copy_stop: Mutex::new(None),
             txn: Mutex::new(None),
             savepoints: std::sync::Mutex::new(Vec::new()),
+            cursors: Default::default(),
             database: if database.is_empty() {
                 user.clone()
             } else {

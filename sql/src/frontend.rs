@@ -5,7 +5,8 @@
 //! slicedb owns — CREATE TABLE with a distribution clause, DROP TABLE, COPY
 //! FROM STDIN / TO STDOUT, DELETE, UPDATE, TRUNCATE — are handled here
 //! (transaction blocks and savepoints in `block`, SET / SHOW / RESET in
-//! `settings`, GROOM TABLE and REGENERATE in `admin`); every
+//! `settings`, GROOM TABLE and REGENERATE in `admin`, cursors in `cursor`,
+//! unlimited Executes streamed in `portal`); every
 //! other statement goes to DataFusion through datafusion-postgres (each
 //! connection with a context of its own, `crate::conn`; output columns named
 //! as PostgreSQL names them, `crate::names`), inside
@@ -37,6 +38,7 @@ use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone};
+use pgwire::messages::extendedquery::Describe;
 use pgwire::messages::PgWireBackendMessage;
 use slicedb_coordinator::session::{new_session_id, CURRENT_SESSION};
 use slicedb_coordinator::txn::Txn;
@@ -50,6 +52,7 @@ use crate::block;
 use crate::conn::ServerSettings;
 use crate::conn::{ConnState, CURRENT_CONN};
 use crate::copy::{check_binary_columns, copy_out, CopyDecoder, CopyOptions, CopyPipeline, Widen};
+use crate::cursor;
 use crate::dialect::{self, normalize, ParsedStatement};
 use crate::errors::{fix_response, fix_responses, to_pg, SqlError};
 use crate::guard;
@@ -219,6 +222,7 @@ fn is_ours(s: &Statement) -> bool {
             | Statement::Delete(_)
     ) || block::owns(s)
         || settings::owns(s)
+        || cursor::owns(s)
 }
 
 /// Run DataFusion work inside the transaction block `txn`: refused (25P02)
@@ -460,6 +464,10 @@ where
                 block::run(&fe.coord, &conn, client.metadata_mut(), &st).await?;
             report(client, reported).await?;
             Ok(response)
+        }
+        st if cursor::owns(&st) => {
+            let st = cursor::from_ast(st)?;
+            cursor::run(&conn_state(fe, client), client, st, None, true).await
         }
         st @ (Statement::Set(_) | Statement::Reset(_) | Statement::ShowVariable { .. }) => {
             let conn = conn_state(fe, client);
@@ -779,6 +787,10 @@ impl Simple {
         if let Some(a) = admin::parse(query) {
             return Ok(vec![admin::run(&self.fe.coord, a).await?]);
         }
+        if let Some(st) = cursor::parse(query) {
+            let conn = conn_state(&self.fe, client);
+            return Ok(vec![cursor::run(&conn, client, st?, None, false).await?]);
+        }
         let txn = conn_txn(client).await;
         let mut parsed = match dialect::parse_statements(query) {
             Ok(p) => p,
@@ -983,7 +995,8 @@ impl QueryParser for OurParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        if parse_ours(sql).is_some() || admin::parse(sql).is_some() {
+        if parse_ours(sql).is_some() || admin::parse(sql).is_some() || cursor::parse(sql).is_some()
+        {
             return Ok(Some((sql.to_string(), None)));
         }
         guard::refuse_unsupported_sql(sql)?;
@@ -1055,18 +1068,33 @@ impl ExtendedQueryHandler for Extended {
         let fe = self.fe.clone();
         let stopper = fe.stopper(client, &portal.statement.statement.0);
         let work = in_conn(conn, self.extended_query(client, portal, max_rows));
-        match stopper {
+        let response = match stopper {
             Some(mut stopper) => {
                 let response = stopper.run(work).await?;
                 if matches!(response, Response::CopyIn(_)) {
                     *conn_state(&fe, client).copy_stop.lock().await = Some(stopper.clone());
                 }
-                Ok(guard_responses(vec![response], stopper)
+                guard_responses(vec![response], stopper)
                     .pop()
-                    .unwrap_or(Response::EmptyQuery))
+                    .unwrap_or(Response::EmptyQuery)
             }
-            None => work.await,
+            None => work.await?,
+        };
+        crate::portal::send_unlimited(client, response, max_rows).await
+    }
+
+    async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = DfStmt>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let conn = conn_state(&self.fe, client);
+        if !cursor::describe(&conn, client, &message).await? {
+            self._on_describe(client, message).await?;
         }
+        Ok(())
     }
 }
 
@@ -1086,6 +1114,10 @@ impl Extended {
     {
         let (sql, plan) = &portal.statement.statement;
         if plan.is_none() {
+            if let Some(st) = cursor::parse(sql) {
+                let conn = conn_state(&self.fe, client);
+                return Ok(cursor::run(&conn, client, st?, Some(portal), false).await?);
+            }
             if let Some(mut p) = parse_ours(sql) {
                 params::substitute(&mut p.statement, portal)?;
                 return Ok(run_ours(&self.fe, client, p).await?);
