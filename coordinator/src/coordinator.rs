@@ -514,37 +514,52 @@ impl Coordinator {
         crate::write::Loader::new(self.cluster.clone(), self.table(table)?)
     }
 
-    /// DELETE FROM table [AS alias] [WHERE selection], in `txn`.
+    /// DELETE FROM table [AS alias] [USING ...] [WHERE ...] [RETURNING
+    /// ...], in `txn`.
     pub async fn delete(
         &self,
         txn: &Arc<Txn>,
         table: &str,
-        alias: Option<&str>,
-        selection: Option<&str>,
-    ) -> Result<u64> {
+        q: &crate::write::DmlQuery,
+    ) -> Result<crate::write::DmlOutcome> {
         let meta = self.table(table)?;
-        crate::write::dml::delete(&self.cluster, &self.ctx, txn, &meta, alias, selection).await
+        crate::write::dml::delete(&self.cluster, &self.ctx, txn, &meta, q).await
     }
 
-    /// UPDATE table [AS alias] SET col = expr, ... [WHERE selection], in
-    /// `txn`. `assignments` are (column, SQL expression) pairs.
+    /// UPDATE table [AS alias] SET col = expr, ... [FROM ...] [WHERE ...]
+    /// [RETURNING ...], in `txn`. `assignments` are (column, SQL
+    /// expression) pairs.
     pub async fn update(
         &self,
         txn: &Arc<Txn>,
         table: &str,
-        alias: Option<&str>,
         assignments: &[(String, String)],
-        selection: Option<&str>,
-    ) -> Result<u64> {
+        q: &crate::write::DmlQuery,
+    ) -> Result<crate::write::DmlOutcome> {
         let meta = self.table(table)?;
-        crate::write::dml::update(
+        crate::write::dml::update(&self.cluster, &self.ctx, txn, &meta, assignments, q).await
+    }
+
+    /// INSERT ... RETURNING in `txn`: `insert` is the statement without its
+    /// RETURNING, `returning` its select items over the inserted rows (the
+    /// table named `alias`).
+    pub async fn insert_returning(
+        &self,
+        txn: &Arc<Txn>,
+        table: &str,
+        insert: &str,
+        alias: &str,
+        returning: &[String],
+    ) -> Result<crate::write::DmlOutcome> {
+        let meta = self.table(table)?;
+        crate::write::dml::insert_returning(
             &self.cluster,
             &self.ctx,
             txn,
             &meta,
+            insert,
             alias,
-            assignments,
-            selection,
+            returning,
         )
         .await
     }

@@ -19,11 +19,13 @@
 use std::any::TypeId;
 use std::cell::RefCell;
 
-use datafusion::sql::sqlparser::ast::{CreateTableOptions, Ident, OnCommit, Statement};
+use datafusion::sql::sqlparser::ast::{CreateTableOptions, Ident, ObjectName, OnCommit, Statement};
 use datafusion::sql::sqlparser::dialect::{Dialect, PostgreSqlDialect, Precedence};
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
+
+use crate::errors::SqlError;
 
 /// How the rows of a table are spread over the slices.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -415,6 +417,28 @@ impl Dialect for SlicedbDialect {
     }
     fn supports_comment_optimizer_hint(&self) -> bool {
         self.pg.supports_comment_optimizer_hint()
+    }
+}
+
+/// A table's name as written (`t`, `public.t`), folded as PostgreSQL
+/// folds it.
+pub fn object_name(n: &ObjectName) -> Result<String, SqlError> {
+    // public.t and t are the same table; other schemas do not exist yet.
+    let parts: Vec<String> =
+        n.0.iter()
+            .map(|p| {
+                p.as_ident()
+                    .map(|i| normalize(&i.value, i.quote_style.is_some()))
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| SqlError::user("42601", format!("bad table name {n}")))?;
+    match parts.as_slice() {
+        [t] => Ok(t.clone()),
+        [s, t] if s == "public" => Ok(t.clone()),
+        _ => Err(SqlError::user(
+            "3F000",
+            format!("schema of \"{n}\" does not exist (slicedb tables live in public)"),
+        )),
     }
 }
 

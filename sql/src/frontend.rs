@@ -3,9 +3,10 @@
 //! Built on datafusion-postgres (pg_catalog emulation, type encoding, the
 //! extended protocol) with our own routing in front of it: statements
 //! slicedb owns — CREATE TABLE with a distribution clause, DROP TABLE, COPY
-//! FROM STDIN / TO STDOUT, DELETE, UPDATE, TRUNCATE — are handled here
-//! (transaction blocks and savepoints in `block`, SET / SHOW / RESET in
-//! `settings`, GROOM TABLE and REGENERATE in `admin`); every
+//! FROM STDIN / TO STDOUT, DELETE, UPDATE, TRUNCATE, INSERT ... RETURNING —
+//! are handled here (row changes in `dml`, transaction blocks and
+//! savepoints in `block`, SET / SHOW / RESET in `settings`, GROOM TABLE and
+//! REGENERATE in `admin`); every
 //! other statement goes to DataFusion through datafusion-postgres (each
 //! connection with a context of its own, `crate::conn`; output columns named
 //! as PostgreSQL names them, `crate::names`), inside
@@ -22,14 +23,14 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
-    CopySource, CopyTarget, CreateTableOptions, Expr as SqlExpr, ObjectName, ObjectType, OnCommit,
-    SqlOption, Statement, Value,
+    CopySource, CopyTarget, CreateTableOptions, Expr as SqlExpr, ObjectType, OnCommit, SqlOption,
+    Statement, Value,
 };
 use datafusion_postgres::DfSessionService;
 use futures::{Sink, SinkExt};
 use pgwire::api::cancel::CancelHandler;
 use pgwire::api::copy::CopyHandler;
-use pgwire::api::portal::Portal;
+use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{CopyResponse, FieldInfo, Response, Tag};
 use pgwire::api::stmt::QueryParser;
@@ -48,9 +49,10 @@ use tracing::{debug, info};
 use crate::admin;
 use crate::block;
 use crate::conn::ServerSettings;
-use crate::conn::{ConnState, CURRENT_CONN};
+use crate::conn::{conn_txn, ConnState, CURRENT_CONN};
 use crate::copy::{check_binary_columns, copy_out, CopyDecoder, CopyOptions, CopyPipeline, Widen};
-use crate::dialect::{self, normalize, ParsedStatement};
+use crate::dialect::{self, normalize, object_name, ParsedStatement};
+use crate::dml;
 use crate::errors::{fix_response, fix_responses, to_pg, SqlError};
 use crate::guard;
 use crate::names;
@@ -219,6 +221,7 @@ fn is_ours(s: &Statement) -> bool {
             | Statement::Delete(_)
     ) || block::owns(s)
         || settings::owns(s)
+        || dml::owns(s)
 }
 
 /// Run DataFusion work inside the transaction block `txn`: refused (25P02)
@@ -237,186 +240,13 @@ async fn in_block<T>(
     r
 }
 
-/// The connection's open transaction block, if any.
-async fn conn_txn<C: ClientInfo>(client: &C) -> Option<Arc<Txn>> {
-    let state = client.session_extensions().get::<ConnState>()?;
-    let g = state.txn.lock().await;
-    g.clone()
-}
-
-/// Run `f` in the connection's transaction (inside BEGIN ... COMMIT: that
-/// block, which a failure marks failed) or in a transaction of its own
-/// (autocommit: committed on success, aborted on failure).
-async fn in_txn<C, T, F, Fut>(fe: &Frontend, client: &C, f: F) -> Result<T, SqlError>
-where
-    C: ClientInfo,
-    F: FnOnce(Arc<Txn>) -> Fut,
-    Fut: std::future::Future<Output = Result<T, SqlError>>,
-{
-    let cluster = fe.coord.cluster();
-    match conn_txn(client).await {
-        Some(txn) => {
-            if let Some(why) = txn.failed() {
-                return Err(CoordinatorError::TransactionAborted(why).into());
-            }
-            let r = f(txn.clone()).await;
-            if let Err(e) = &r {
-                txn.mark_failed(e.to_string());
-            }
-            r
-        }
-        None => {
-            let txn = cluster.begin()?;
-            match f(txn.clone()).await {
-                Ok(v) => {
-                    cluster.commit(&txn).await?;
-                    Ok(v)
-                }
-                Err(e) => {
-                    cluster.abort(&txn).await;
-                    Err(e)
-                }
-            }
-        }
-    }
-}
-
-fn expr_sql(e: &SqlExpr) -> String {
-    e.to_string()
-}
-
-fn table_of(
-    t: &datafusion::sql::sqlparser::ast::TableWithJoins,
-) -> Result<(String, Option<String>), SqlError> {
-    use datafusion::sql::sqlparser::ast::TableFactor;
-    if !t.joins.is_empty() {
-        return Err(SqlError::not_supported("UPDATE or DELETE with joins"));
-    }
-    match &t.relation {
-        TableFactor::Table { name, alias, .. } => Ok((
-            object_name(name)?,
-            alias
-                .as_ref()
-                .map(|a| normalize(&a.name.value, a.name.quote_style.is_some())),
-        )),
-        other => Err(SqlError::not_supported(format!(
-            "UPDATE or DELETE of {other}"
-        ))),
-    }
-}
-
-/// DELETE, UPDATE, TRUNCATE.
-async fn run_dml<C: ClientInfo>(
-    fe: &Frontend,
-    client: &C,
-    st: Statement,
-) -> Result<Response, SqlError> {
-    use datafusion::sql::sqlparser::ast::{AssignmentTarget, FromTable};
-    let coord = fe.coord.clone();
-    match st {
-        Statement::Delete(d) => {
-            if d.using.is_some()
-                || d.returning.is_some()
-                || !d.order_by.is_empty()
-                || d.limit.is_some()
-            {
-                return Err(SqlError::not_supported(
-                    "DELETE with USING, RETURNING, ORDER BY or LIMIT",
-                ));
-            }
-            let tables = match &d.from {
-                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
-            };
-            let [t] = tables.as_slice() else {
-                return Err(SqlError::not_supported("DELETE from several tables"));
-            };
-            let (name, alias) = table_of(t)?;
-            let sel = d.selection.as_ref().map(expr_sql);
-            let n = in_txn(fe, client, |txn| async move {
-                Ok(coord
-                    .delete(&txn, &name, alias.as_deref(), sel.as_deref())
-                    .await?)
-            })
-            .await?;
-            Ok(Response::Execution(
-                Tag::new("DELETE").with_rows(n as usize),
-            ))
-        }
-        Statement::Update(u) => {
-            if u.from.is_some() || u.returning.is_some() {
-                return Err(SqlError::not_supported("UPDATE with FROM or RETURNING"));
-            }
-            let (name, alias) = table_of(&u.table)?;
-            let mut assignments = Vec::new();
-            for a in &u.assignments {
-                let AssignmentTarget::ColumnName(c) = &a.target else {
-                    return Err(SqlError::not_supported("UPDATE of a column tuple"));
-                };
-                let ident =
-                    c.0.last().and_then(|p| p.as_ident()).ok_or_else(|| {
-                        SqlError::user("42601", format!("bad column {c} in UPDATE"))
-                    })?;
-                assignments.push((
-                    normalize(&ident.value, ident.quote_style.is_some()),
-                    expr_sql(&a.value),
-                ));
-            }
-            let sel = u.selection.as_ref().map(expr_sql);
-            let n = in_txn(fe, client, |txn| async move {
-                Ok(coord
-                    .update(&txn, &name, alias.as_deref(), &assignments, sel.as_deref())
-                    .await?)
-            })
-            .await?;
-            Ok(Response::Execution(
-                Tag::new("UPDATE").with_rows(n as usize),
-            ))
-        }
-        Statement::Truncate(t) => {
-            let names: Vec<String> = t
-                .table_names
-                .iter()
-                .map(|n| object_name(&n.name))
-                .collect::<Result<_, _>>()?;
-            in_txn(fe, client, |txn| async move {
-                for n in &names {
-                    coord.delete(&txn, n, None, None).await?;
-                }
-                Ok(())
-            })
-            .await?;
-            Ok(Response::Execution(Tag::new("TRUNCATE TABLE")))
-        }
-        other => Err(SqlError::not_supported(format!("statement {other}"))),
-    }
-}
-
-fn object_name(n: &ObjectName) -> Result<String, SqlError> {
-    // public.t and t are the same table; other schemas do not exist yet.
-    let parts: Vec<String> =
-        n.0.iter()
-            .map(|p| {
-                p.as_ident()
-                    .map(|i| normalize(&i.value, i.quote_style.is_some()))
-            })
-            .collect::<Option<_>>()
-            .ok_or_else(|| SqlError::user("42601", format!("bad table name {n}")))?;
-    match parts.as_slice() {
-        [t] => Ok(t.clone()),
-        [s, t] if s == "public" => Ok(t.clone()),
-        _ => Err(SqlError::user(
-            "3F000",
-            format!("schema of \"{n}\" does not exist (slicedb tables live in public)"),
-        )),
-    }
-}
-
 /// Run one statement slicedb owns. COPY FROM STDIN answers `CopyIn` and
 /// leaves its state in the connection's session extensions.
 async fn run_ours<C>(
     fe: &Frontend,
     client: &mut C,
     p: ParsedStatement,
+    format: &Format,
 ) -> Result<Response, SqlError>
 where
     C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -451,9 +281,10 @@ where
                 )),
             }
         }
-        st @ (Statement::Truncate(_) | Statement::Update(_) | Statement::Delete(_)) => {
-            run_dml(fe, client, st).await
-        }
+        st @ (Statement::Truncate(_)
+        | Statement::Update(_)
+        | Statement::Delete(_)
+        | Statement::Insert(_)) => dml::run(&fe.coord, client, st, format).await,
         st if block::owns(&st) => {
             let conn = conn_state(fe, client);
             let (response, reported) =
@@ -827,7 +658,7 @@ impl Simple {
         for p in parsed {
             if is_ours(&p.statement) {
                 let is_copy_in = matches!(p.statement, Statement::Copy { to: false, .. });
-                out.push(run_ours(&self.fe, client, p).await?);
+                out.push(run_ours(&self.fe, client, p, &Format::UnifiedText).await?);
                 if is_copy_in {
                     // COPY FROM STDIN takes over the connection until CopyDone.
                     break;
@@ -983,7 +814,21 @@ impl QueryParser for OurParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        if parse_ours(sql).is_some() || admin::parse(sql).is_some() {
+        if let Some(p) = parse_ours(sql) {
+            // UPDATE, DELETE and INSERT ... RETURNING: a plan for Describe.
+            let plan = match dml::describes(&p.statement) {
+                true => {
+                    in_conn(
+                        conn_state(&self.fe, client),
+                        dml::describe(&self.fe.coord, &p.statement),
+                    )
+                    .await?
+                }
+                false => None,
+            };
+            return Ok(Some((sql.to_string(), plan.map(|pl| (p.statement, pl)))));
+        }
+        if admin::parse(sql).is_some() {
             return Ok(Some((sql.to_string(), None)));
         }
         guard::refuse_unsupported_sql(sql)?;
@@ -1085,10 +930,12 @@ impl Extended {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let (sql, plan) = &portal.statement.statement;
-        if plan.is_none() {
+        if plan.as_ref().is_none_or(|(st, _)| is_ours(st)) {
             if let Some(mut p) = parse_ours(sql) {
-                params::substitute(&mut p.statement, portal)?;
-                return Ok(run_ours(&self.fe, client, p).await?);
+                let types = dml::param_types(plan.as_ref().map(|(_, pl)| pl))?;
+                params::substitute(&mut p.statement, portal, &types)?;
+                let format = &portal.result_column_format;
+                return Ok(run_ours(&self.fe, client, p, format).await?);
             }
             if let Some(a) = admin::parse(sql) {
                 return Ok(admin::run(&self.fe.coord, a).await?);

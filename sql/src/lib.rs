@@ -5,6 +5,7 @@ mod block;
 mod conn;
 pub mod copy;
 pub mod dialect;
+pub mod dml;
 pub mod errors;
 pub mod frontend;
 pub mod guard;
