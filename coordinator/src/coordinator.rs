@@ -220,6 +220,7 @@ impl Coordinator {
             .with_physical_optimizer_rules(crate::query::optimizer_rules())
             .build();
         let ctx = Arc::new(SessionContext::new_with_state(state));
+        ctx.register_udaf(crate::query::pgsum::PgSum::udaf());
         // Names resolve through the session's temporary tables first.
         let catalog = ctx
             .catalog("datafusion")
