@@ -874,10 +874,11 @@ pub struct CopyIn {
 impl CopyIn {
     /// Whether the COPY in progress was canceled or timed out (or its
     /// session terminated): then it is aborted, nothing of it committed.
-    async fn stopped(state: &ConnState) -> Option<PgWireError> {
+    async fn stopped(&self, state: &ConnState) -> Option<PgWireError> {
         let e = state.copy_stop.lock().await.as_mut()?.check()?;
         *state.copy_stop.lock().await = None;
         if let Some(pipeline) = state.copy.lock().await.take() {
+            let _ = (self.fe.metrics).copy_in_done(pipeline.started(), Err(()));
             pipeline.abort().await;
         }
         Some(e)
@@ -904,7 +905,7 @@ impl CopyHandler for CopyIn {
         let Some(state) = client.session_extensions().get::<ConnState>() else {
             return Ok(());
         };
-        if let Some(e) = Self::stopped(&state).await {
+        if let Some(e) = self.stopped(&state).await {
             return Err(e);
         }
         let mut g = state.copy.lock().await;
@@ -921,7 +922,7 @@ impl CopyHandler for CopyIn {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         if let Some(state) = client.session_extensions().get::<ConnState>() {
-            if let Some(e) = Self::stopped(&state).await {
+            if let Some(e) = self.stopped(&state).await {
                 return Err(e);
             }
         }

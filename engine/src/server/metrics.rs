@@ -8,7 +8,7 @@
 //! than a copy of a few numbers.
 
 use crate::metrics::{Exposition, Kind};
-use crate::store::SegmentKind;
+use crate::store::{SegmentCounts, SegmentKind};
 
 use super::NodeServer;
 
@@ -30,55 +30,55 @@ impl NodeServer {
         )
         .sample(&[("node", &node)], 1.0);
         let disks: Vec<String> = (0..st.disks.len()).map(|d| d.to_string()).collect();
-        let per_segment =
-            |e: &mut Exposition,
-             name: &str,
-             help: &str,
-             f: &dyn Fn(crate::store::SegmentCounts) -> u64| {
-                e.family(name, Kind::Counter, help);
-                for (d, store) in st.disks.iter().enumerate() {
-                    for seg in SegmentKind::ALL {
-                        let v = f(store.counters().segment(seg));
-                        e.sample(&[("disk", &disks[d]), ("segment", seg.as_str())], v as f64);
-                    }
+        type Pick = fn(&SegmentCounts) -> u64;
+        let per_segment: [(&str, &str, Pick); 6] = [
+            (
+                "slicedb_node_scan_rows_total",
+                "Rows of the blocks scans read, before filters and visibility.",
+                |c| c.scan_rows,
+            ),
+            (
+                "slicedb_node_scan_blocks_total",
+                "Blocks scans read, from the disk image or the decoded-column cache.",
+                |c| c.scan_blocks,
+            ),
+            (
+                "slicedb_node_read_bytes_total",
+                "Bytes of blocks read from the disk image by scans and grooms.",
+                |c| c.read_bytes,
+            ),
+            (
+                "slicedb_node_written_rows_total",
+                "Rows written into new blocks: writes, mirror forwards, copies, grooms.",
+                |c| c.written_rows,
+            ),
+            (
+                "slicedb_node_written_blocks_total",
+                "Blocks written.",
+                |c| c.written_blocks,
+            ),
+            (
+                "slicedb_node_written_bytes_total",
+                "Bytes of blocks written.",
+                |c| c.written_bytes,
+            ),
+        ];
+        let counts: Vec<Vec<SegmentCounts>> = st
+            .disks
+            .iter()
+            .map(|d| SegmentKind::ALL.map(|k| d.counters().segment(k)).to_vec())
+            .collect();
+        for (name, help, pick) in per_segment {
+            e.family(name, Kind::Counter, help);
+            for (d, segs) in counts.iter().enumerate() {
+                for (seg, c) in SegmentKind::ALL.iter().zip(segs) {
+                    e.sample(
+                        &[("disk", &disks[d]), ("segment", seg.as_str())],
+                        pick(c) as f64,
+                    );
                 }
-            };
-        per_segment(
-            &mut e,
-            "slicedb_node_scan_rows_total",
-            "Rows of the blocks scans read, before filters and visibility.",
-            &|c| c.scan_rows,
-        );
-        per_segment(
-            &mut e,
-            "slicedb_node_scan_blocks_total",
-            "Blocks scans read, from the disk image or the decoded-column cache.",
-            &|c| c.scan_blocks,
-        );
-        per_segment(
-            &mut e,
-            "slicedb_node_read_bytes_total",
-            "Bytes of blocks read from the disk image by scans and grooms.",
-            &|c| c.read_bytes,
-        );
-        per_segment(
-            &mut e,
-            "slicedb_node_written_rows_total",
-            "Rows written into new blocks: writes, mirror forwards, copies, grooms.",
-            &|c| c.written_rows,
-        );
-        per_segment(
-            &mut e,
-            "slicedb_node_written_blocks_total",
-            "Blocks written.",
-            &|c| c.written_blocks,
-        );
-        per_segment(
-            &mut e,
-            "slicedb_node_written_bytes_total",
-            "Bytes of blocks written.",
-            &|c| c.written_bytes,
-        );
+            }
+        }
         e.family(
             "slicedb_node_checksum_failures_total",
             Kind::Counter,
