@@ -18,6 +18,7 @@ pub mod coordinator;
 mod error;
 pub mod map;
 pub mod meta;
+pub mod metrics;
 pub mod nodes;
 pub mod query;
 pub mod session;

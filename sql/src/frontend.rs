@@ -74,6 +74,7 @@ pub struct Frontend {
     /// The session of the embedded API ([`Frontend::execute`]): one for
     /// the life of the front end.
     embedded_session: u64,
+    pub metrics: Arc<crate::metrics::StatementMetrics>,
 }
 
 impl Frontend {
@@ -95,6 +96,7 @@ impl Frontend {
             server: Arc::new(ServerSettings::new(sessions.clone())),
             sessions,
             embedded_session: new_session_id(),
+            metrics: Default::default(),
         }))
     }
 
@@ -753,6 +755,7 @@ impl SimpleQueryHandler for Simple {
         let fe = self.fe.clone();
         let stopper = fe.stopper(client, query);
         let work = in_conn(conn, self.simple_query(client, query));
+        let work = crate::metrics::observe(&fe.metrics, query, Box::pin(work));
         match stopper {
             Some(mut stopper) => {
                 let responses = stopper.run(work).await?;
@@ -871,10 +874,11 @@ pub struct CopyIn {
 impl CopyIn {
     /// Whether the COPY in progress was canceled or timed out (or its
     /// session terminated): then it is aborted, nothing of it committed.
-    async fn stopped(state: &ConnState) -> Option<PgWireError> {
+    async fn stopped(&self, state: &ConnState) -> Option<PgWireError> {
         let e = state.copy_stop.lock().await.as_mut()?.check()?;
         *state.copy_stop.lock().await = None;
         if let Some(pipeline) = state.copy.lock().await.take() {
+            let _ = (self.fe.metrics).copy_in_done(pipeline.started(), Err(()));
             pipeline.abort().await;
         }
         Some(e)
@@ -897,11 +901,11 @@ impl CopyHandler for CopyIn {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let _ = &self.fe;
+        self.fe.metrics.copy_in(copy_data.data.len());
         let Some(state) = client.session_extensions().get::<ConnState>() else {
             return Ok(());
         };
-        if let Some(e) = Self::stopped(&state).await {
+        if let Some(e) = self.stopped(&state).await {
             return Err(e);
         }
         let mut g = state.copy.lock().await;
@@ -918,14 +922,15 @@ impl CopyHandler for CopyIn {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         if let Some(state) = client.session_extensions().get::<ConnState>() {
-            if let Some(e) = Self::stopped(&state).await {
+            if let Some(e) = self.stopped(&state).await {
                 return Err(e);
             }
         }
         let Some(pipeline) = Self::take(client).await else {
             return Err(SqlError::user("08P01", "CopyDone without COPY in progress").into());
         };
-        let rows = pipeline.finish().await?;
+        let started = pipeline.started();
+        let rows = (self.fe.metrics).copy_in_done(started, pipeline.finish().await)?;
         client
             .send(PgWireBackendMessage::CommandComplete(
                 Tag::new("COPY").with_rows(rows as usize).into(),
@@ -945,6 +950,7 @@ impl CopyHandler for CopyIn {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         if let Some(pipeline) = Self::take(client).await {
+            let _ = (self.fe.metrics).copy_in_done(pipeline.started(), Err(()));
             pipeline.abort().await;
         }
         SqlError::user("57014", format!("COPY from stdin failed: {}", fail.message)).into()
@@ -1055,6 +1061,8 @@ impl ExtendedQueryHandler for Extended {
         let fe = self.fe.clone();
         let stopper = fe.stopper(client, &portal.statement.statement.0);
         let work = in_conn(conn, self.extended_query(client, portal, max_rows));
+        let work =
+            crate::metrics::observe_one(&fe.metrics, &portal.statement.statement.0, Box::pin(work));
         match stopper {
             Some(mut stopper) => {
                 let response = stopper.run(work).await?;

@@ -8,6 +8,7 @@ pub mod dialect;
 pub mod errors;
 pub mod frontend;
 pub mod guard;
+pub mod metrics;
 pub mod names;
 pub mod params;
 pub mod pgcatalog;

@@ -17,6 +17,7 @@ mod harness;
 mod heal;
 mod limits;
 mod map_upgrade;
+mod metrics;
 mod mirror;
 mod multiprocess;
 mod psql;

@@ -222,6 +222,7 @@ impl DiskStore {
         zone_bytes: Arc<[u8]>,
         zones: Vec<ZoneMap>,
     ) {
+        self.counters.written(key.segment, h.rows, length);
         let indexed = IndexedBlock {
             meta: BlockMeta {
                 offset,

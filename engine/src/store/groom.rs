@@ -81,7 +81,9 @@ impl DiskStore {
                     self.opts.repair.as_ref(),
                     &on_disk,
                     None,
+                    &self.counters,
                 )?;
+                self.counters.read(key.segment, b.meta.length);
                 let rowids = batch
                     .column(batch.num_columns() - 3)
                     .as_any()

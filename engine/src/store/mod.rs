@@ -37,6 +37,7 @@ mod append;
 mod checksum;
 mod commit;
 mod copy;
+mod counters;
 mod delete_log;
 mod groom;
 mod reclaim;
@@ -75,6 +76,7 @@ use crate::{DiskId, EngineError, NodeId, Result, SliceId, TableId, Xid};
 pub use checksum::SliceChecksum;
 pub use commit::TxnState;
 pub use copy::SliceExport;
+pub use counters::{SegmentCounts, StoreCounters};
 pub use groom::GroomStats;
 pub use repair::{BlockRepair, NoRepair, StoredBlock};
 pub use report::{DiskReport, ExtentReport, SegmentReport, SliceStat, TableReport};
@@ -337,6 +339,8 @@ pub struct DiskStore {
     readers: Arc<reclaim::Readers>,
     /// Decoded columns of blocks read before (None: no cache).
     cache: Option<Arc<BlockCache>>,
+    /// Work done, for the metrics endpoint.
+    counters: Arc<StoreCounters>,
 }
 
 fn schema_to_ipc(schema: &Schema) -> Result<Vec<u8>> {
@@ -466,6 +470,7 @@ impl DiskStore {
             io_gate: RwLock::new(()),
             readers: Arc::default(),
             cache,
+            counters: Arc::default(),
         })
     }
 

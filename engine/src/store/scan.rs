@@ -154,6 +154,7 @@ impl DiskStore {
             stored: nuser + 3,
             committed,
             cache: self.cache.clone(),
+            counters: self.counters.clone(),
             repair: self.opts.repair.clone(),
             _reader: reader,
         })
@@ -203,6 +204,7 @@ pub struct BlockScan {
     /// place and sequence number to another block).
     committed: usize,
     cache: Option<Arc<BlockCache>>,
+    counters: Arc<super::StoreCounters>,
     /// Where a block that fails its checksum goes.
     repair: Arc<dyn BlockRepair>,
     /// Keeps space an abort frees from reuse while this scan may read it.
@@ -248,6 +250,7 @@ impl BlockScan {
         // The block being read is `self.next - 1`.
         let cache = self.cache.as_ref().filter(|_| self.next <= self.committed);
         let cached = cache.and_then(|c| c.get(&key, plan.proj.as_deref(), self.stored));
+        let mut read_bytes = 0;
         let batch = match cached {
             Some(batch) => batch,
             None => {
@@ -258,7 +261,9 @@ impl BlockScan {
                     self.repair.as_ref(),
                     &stored,
                     plan.proj.as_deref(),
+                    &self.counters,
                 )?;
+                read_bytes = b.meta.length;
                 if let Some(c) = cache {
                     c.insert(key, plan.proj.as_deref(), &batch);
                 }
@@ -267,6 +272,8 @@ impl BlockScan {
         };
         self.stats.blocks_read += 1;
         self.stats.rows_read += batch.num_rows() as u64;
+        self.counters
+            .scanned(self.segment, batch.num_rows() as u64, read_bytes);
         let cols: Vec<ArrayRef> = plan
             .out_idx
             .iter()
