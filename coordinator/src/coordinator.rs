@@ -98,8 +98,8 @@ impl CoordinatorConfig {
 
 /// The running coordinator.
 pub struct Coordinator {
-    cluster: Arc<Cluster>,
-    ctx: Arc<SessionContext>,
+    pub(crate) cluster: Arc<Cluster>,
+    pub(crate) ctx: Arc<SessionContext>,
 }
 
 impl Coordinator {
@@ -231,6 +231,13 @@ impl Coordinator {
             "public",
             Arc::new(crate::session::SessionSchema::new(public, cluster.clone())),
         )?;
+        // Schemas of CREATE SCHEMA, before their tables.
+        for s in cluster.catalog().lock().schemas() {
+            catalog.register_schema(
+                &s,
+                Arc::new(datafusion::catalog::MemorySchemaProvider::new()),
+            )?;
+        }
         for t in tables {
             let name = t.name.clone();
             ctx.register_table(
@@ -315,6 +322,23 @@ impl Coordinator {
                     column: f.name().clone(),
                     data_type: f.data_type().to_string(),
                 });
+            }
+        }
+        if let Some((schema_name, _)) = name.split_once('.') {
+            if !self
+                .cluster
+                .catalog()
+                .lock()
+                .schemas()
+                .iter()
+                .any(|s| s == schema_name)
+            {
+                return Err(CoordinatorError::SchemaNotFound(schema_name.to_string()));
+            }
+            if session.is_some() {
+                return Err(CoordinatorError::NotSupported(
+                    "a temporary table in a schema".into(),
+                ));
             }
         }
         if let Distribution::Hash(cols) = &distribution {
@@ -469,7 +493,7 @@ impl crate::system::Hooks for Healing {
                     pb::CreateTableRequest {
                         epoch,
                         table: t.id,
-                        schema: proto::schema_to_bytes(&t.schema)?,
+                        schema: proto::schema_to_bytes(&t.node_schema()?)?,
                         mirrored: t.mirrored,
                     },
                     WORK_DEADLINE,
@@ -485,9 +509,10 @@ impl crate::system::Hooks for Healing {
     }
 }
 
-async fn create_on_nodes(cluster: &Cluster, meta: &TableMeta) -> Result<()> {
+/// Create (or, after ALTER TABLE, evolve) a table on every live node.
+pub(crate) async fn create_on_nodes(cluster: &Cluster, meta: &TableMeta) -> Result<()> {
     let epoch = cluster.map().epoch();
-    let schema = proto::schema_to_bytes(&meta.schema)?;
+    let schema = proto::schema_to_bytes(&meta.node_schema()?)?;
     let calls = cluster.live_nodes().map(|n| {
         let mut c = n.grpc.clone();
         let req = pb::CreateTableRequest {

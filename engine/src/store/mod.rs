@@ -38,6 +38,7 @@ mod checksum;
 mod commit;
 mod copy;
 mod delete_log;
+mod evolve;
 mod groom;
 mod reclaim;
 mod recovery;
@@ -75,6 +76,7 @@ use crate::{DiskId, EngineError, NodeId, Result, SliceId, TableId, Xid};
 pub use checksum::SliceChecksum;
 pub use commit::TxnState;
 pub use copy::SliceExport;
+pub use evolve::{META_DEFAULT, META_DROPPED};
 pub use groom::GroomStats;
 pub use repair::{BlockRepair, NoRepair, StoredBlock};
 pub use report::{DiskReport, ExtentReport, SegmentReport, SliceStat, TableReport};
@@ -223,10 +225,21 @@ impl Default for Snapshot {
     }
 }
 
+/// A table on a disk: its schema as the coordinator sent it, and the views
+/// of it readers and writers need (`evolve`).
 struct TableEntry {
+    /// Logical columns (not dropped), current names, no metadata.
     user: SchemaRef,
+    /// Physical user columns (every block's layout), then the hidden ones.
     stored: SchemaRef,
+    /// The physical schema as sent, metadata and all.
+    full: SchemaRef,
     schema_ipc: Vec<u8>,
+    /// The physical column of each logical one.
+    phys: Vec<usize>,
+    /// Per physical column, what a block written before it existed reads
+    /// as (one value; None: NULL).
+    defaults: Arc<Vec<Option<arrow::array::ArrayRef>>>,
 }
 
 /// A block in the index, with its zone maps decoded once.
