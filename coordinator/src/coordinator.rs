@@ -305,6 +305,23 @@ impl Coordinator {
                 ))
             }
         };
+        if let Some((schema_name, _)) = name.split_once('.') {
+            if !self
+                .cluster
+                .catalog()
+                .lock()
+                .schemas()
+                .iter()
+                .any(|s| s == schema_name)
+            {
+                return Err(CoordinatorError::SchemaNotFound(schema_name.to_string()));
+            }
+            if session.is_some() {
+                return Err(CoordinatorError::NotSupported(
+                    "a temporary table in a schema".into(),
+                ));
+            }
+        }
         // A system view has the name (a session's temporary table may
         // shadow a permanent one, as in PostgreSQL, but not a view).
         let shadowed = current_session()
@@ -322,23 +339,6 @@ impl Coordinator {
                     column: f.name().clone(),
                     data_type: f.data_type().to_string(),
                 });
-            }
-        }
-        if let Some((schema_name, _)) = name.split_once('.') {
-            if !self
-                .cluster
-                .catalog()
-                .lock()
-                .schemas()
-                .iter()
-                .any(|s| s == schema_name)
-            {
-                return Err(CoordinatorError::SchemaNotFound(schema_name.to_string()));
-            }
-            if session.is_some() {
-                return Err(CoordinatorError::NotSupported(
-                    "a temporary table in a schema".into(),
-                ));
             }
         }
         if let Distribution::Hash(cols) = &distribution {

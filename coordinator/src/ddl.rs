@@ -177,7 +177,14 @@ impl Coordinator {
             self.register(&meta)?;
         }
         if meta.columns != old.columns {
-            create_on_nodes(&self.cluster, &meta).await?;
+            match create_on_nodes(&self.cluster, &meta).await {
+                // A node that died meanwhile gets the schema when it is
+                // given its tables again, before it serves any copy.
+                Err(CoordinatorError::NodeUnreachable { node, message, .. }) => {
+                    tracing::warn!(node, table = %meta.name, %message, "ALTER TABLE did not reach a node; it will on its return");
+                }
+                other => other?,
+            }
         }
         Ok(())
     }
