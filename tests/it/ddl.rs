@@ -4,7 +4,7 @@
 //! transaction, and ALTER TABLE (ADD / DROP / RENAME COLUMN, RENAME TO)
 //! online, with answers checked before and after a restart, and on a
 //! multi-process cluster after a node is killed, misses ALTERs, comes back
-//! and is resynced.
+//! and is resynced, and after another's copies are regenerated.
 
 use std::time::Duration;
 
@@ -407,6 +407,18 @@ fn alter_table_while_a_node_is_down_reaches_it_when_it_comes_back() {
         check_altered(&c, "after the coordinator restarted").await?;
         db.kill_proc(1);
         check_altered(&c, "after node 1 died").await?;
+        // Its copies regenerated on the survivors: old blocks, of fewer
+        // columns, copied as they are.
+        exec(&c, "REGENERATE").await?;
+        wait_fully_protected(&c, Duration::from_secs(90)).await?;
+        let on_1 = scalar(
+            &c,
+            "SELECT count(*) FROM slicedb_slices WHERE copies LIKE '1:%' OR copies LIKE '%, 1:%'",
+        )
+        .await?;
+        ensure!(on_1 == "0", "no copy left on node 1 ({on_1} slices)");
+        check_altered(&c, "after node 1's copies were regenerated").await?;
+        harness::ensure_verified(&c).await?;
         drop(c);
         db.kill();
         Ok(())
