@@ -554,6 +554,60 @@ mod tests {
     }
 
     #[test]
+    fn altered_tables_and_schemas_survive_reopen_and_version_2_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("catalog.json"),
+            r#"{ "version": 2, "next_table_id": 3, "xid_high_water": 8193,
+                 "tables": [ { "id": 2, "name": "t",
+                   "columns": [ {"name": "k", "data_type": "Int64", "nullable": true},
+                                {"name": "a", "data_type": "Utf8", "nullable": true} ],
+                   "distribution": {"hash": ["k"]}, "mirrored": true } ] }"#,
+        )
+        .unwrap();
+        {
+            let mut c = Catalog::open(dir.path()).unwrap();
+            let t = c.get("t").unwrap();
+            assert_eq!(t.columns.len(), 2);
+            let mut def = table_def(&t);
+            def.columns[1].dropped = true;
+            def.columns.push(ColumnDef {
+                name: "b".into(),
+                data_type: "Int32".into(),
+                nullable: true,
+                dropped: false,
+                default: Some("7".into()),
+            });
+            def.name = "u".into();
+            let u = c.replace(&t, def).unwrap();
+            assert_eq!(u.id, 2);
+            assert!(c.add_schema("s").unwrap());
+            assert!(!c.add_schema("s").unwrap());
+        }
+        let mut c = Catalog::open(dir.path()).unwrap();
+        assert!(c.get("t").is_none());
+        let u = c.get("u").unwrap();
+        // SQL sees k and b; the nodes keep k, the dropped a, and b.
+        let names: Vec<_> = u.schema.fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names, vec!["k", "b"]);
+        assert_eq!(u.key, vec![0]);
+        let node = u.node_schema().unwrap();
+        assert_eq!(node.fields().len(), 3);
+        assert_eq!(
+            node.field(1).metadata().get(slicedb_engine::store::META_DROPPED),
+            Some(&"true".to_string())
+        );
+        assert_eq!(
+            node.field(2).metadata().get(slicedb_engine::store::META_DEFAULT),
+            Some(&"7".to_string())
+        );
+        assert_eq!(c.schemas(), vec!["s".to_string()]);
+        assert!(c.remove_schema("s").unwrap());
+        let text = std::fs::read_to_string(dir.path().join("catalog.json")).unwrap();
+        assert!(text.contains("\"version\": 3"), "{text}");
+    }
+
+    #[test]
     fn version_1_catalogs_are_read() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -569,7 +623,7 @@ mod tests {
         assert_eq!((t.id, t.mirrored, t.session), (2, false, None));
         std::fs::write(
             dir.path().join("catalog.json"),
-            r#"{ "version": 3, "next_table_id": 1, "xid_high_water": 1, "tables": [] }"#,
+            r#"{ "version": 4, "next_table_id": 1, "xid_high_water": 1, "tables": [] }"#,
         )
         .unwrap();
         assert!(
