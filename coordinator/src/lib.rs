@@ -15,6 +15,7 @@
 pub mod catalog;
 pub mod cluster;
 pub mod coordinator;
+pub mod ddl;
 mod error;
 pub mod map;
 pub mod meta;

@@ -22,8 +22,8 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
-    CopySource, CopyTarget, CreateTableOptions, Expr as SqlExpr, ObjectName, ObjectType, OnCommit,
-    SqlOption, Statement, Value,
+    CopySource, CopyTarget, CreateTableOptions, Expr as SqlExpr, ObjectType, OnCommit, SqlOption,
+    Statement, Value,
 };
 use datafusion_postgres::DfSessionService;
 use futures::{Sink, SinkExt};
@@ -50,6 +50,7 @@ use crate::block;
 use crate::conn::ServerSettings;
 use crate::conn::{ConnState, CURRENT_CONN};
 use crate::copy::{check_binary_columns, copy_out, CopyDecoder, CopyOptions, CopyPipeline, Widen};
+use crate::ddl::{self, object_name};
 use crate::dialect::{self, normalize, ParsedStatement};
 use crate::errors::{fix_response, fix_responses, to_pg, SqlError};
 use crate::guard;
@@ -221,6 +222,7 @@ fn is_ours(s: &Statement) -> bool {
             | Statement::Delete(_)
     ) || block::owns(s)
         || settings::owns(s)
+        || ddl::owns(s)
 }
 
 /// Run DataFusion work inside the transaction block `txn`: refused (25P02)
@@ -393,26 +395,6 @@ async fn run_dml<C: ClientInfo>(
     }
 }
 
-fn object_name(n: &ObjectName) -> Result<String, SqlError> {
-    // public.t and t are the same table; other schemas do not exist yet.
-    let parts: Vec<String> =
-        n.0.iter()
-            .map(|p| {
-                p.as_ident()
-                    .map(|i| normalize(&i.value, i.quote_style.is_some()))
-            })
-            .collect::<Option<_>>()
-            .ok_or_else(|| SqlError::user("42601", format!("bad table name {n}")))?;
-    match parts.as_slice() {
-        [t] => Ok(t.clone()),
-        [s, t] if s == "public" => Ok(t.clone()),
-        _ => Err(SqlError::user(
-            "3F000",
-            format!("schema of \"{n}\" does not exist (slicedb tables live in public)"),
-        )),
-    }
-}
-
 /// Run one statement slicedb owns. COPY FROM STDIN answers `CopyIn` and
 /// leaves its state in the connection's session extensions.
 async fn run_ours<C>(
@@ -429,7 +411,11 @@ where
         _ => None,
     };
     match p.statement {
-        Statement::CreateTable(ct) => create_table(fe, ct, p.distribution).await,
+        st if ddl::owns(&st) => ddl::run(&fe.coord, conn_txn(client).await, st).await,
+        Statement::CreateTable(ct) => {
+            let block = conn_txn(client).await;
+            create_table(fe, ct, (p.distribution, p.no_data), block).await
+        }
         Statement::Drop {
             names, if_exists, ..
         } => {
@@ -491,17 +477,16 @@ where
     Ok(())
 }
 
+/// CREATE TABLE (`as_query`: its distribution clause and WITH NO DATA;
+/// `block`: the connection's transaction block, for CREATE TABLE AS).
 async fn create_table(
     fe: &Frontend,
     mut ct: datafusion::sql::sqlparser::ast::CreateTable,
-    distribution: Option<dialect::Distribution>,
+    (distribution, no_data): (Option<dialect::Distribution>, bool),
+    block: Option<Arc<Txn>>,
 ) -> Result<Response, SqlError> {
     let name = object_name(&ct.name)?;
-    if ct.query.is_some() {
-        return Err(SqlError::not_supported(
-            "CREATE TABLE ... AS SELECT; create the table, then INSERT ... SELECT",
-        ));
-    }
+    ddl::unqualify(&mut ct.name);
     // DataFusion plans the column definitions below and refuses TEMP.
     let temporary = std::mem::take(&mut ct.temporary);
     match ct.on_commit {
@@ -557,6 +542,23 @@ async fn create_table(
         return Err(SqlError::not_supported(format!("table options {options}")));
     }
     let if_not_exists = ct.if_not_exists;
+    if let Some(query) = ct.query.take() {
+        let ctas = ddl::Ctas {
+            name,
+            query: *query,
+            columns: ct
+                .columns
+                .iter()
+                .map(|c| normalize(&c.name.value, c.name.quote_style.is_some()))
+                .collect(),
+            distribution,
+            mirrored,
+            temporary,
+            if_not_exists,
+            no_data,
+        };
+        return ddl::create_table_as(&fe.coord, ctas, block).await;
+    }
     // Let DataFusion turn the column definitions into an Arrow schema.
     let ctx = fe.coord.session();
     let plan = ctx
@@ -580,15 +582,7 @@ async fn create_table(
     let distribution = match distribution {
         Some(dialect::Distribution::Hash(cols)) => Distribution::Hash(cols),
         Some(dialect::Distribution::Random) => Distribution::Random,
-        // Greenplum's default: the first column, if it can be hashed.
-        None => {
-            let first = schema.field(0);
-            if slicedb_coordinator::write::hash::hashable(first.data_type()) {
-                Distribution::Hash(vec![first.name().clone()])
-            } else {
-                Distribution::Random
-            }
-        }
+        None => ddl::default_distribution(&schema),
     };
     if temporary && mirrored && explicit_mirrored {
         return Err(SqlError::not_supported(
@@ -1142,8 +1136,13 @@ impl Frontend {
                         "COPY in the embedded API; use LocalCluster::load",
                     ))
                 }
+                s if ddl::owns(s) => {
+                    ddl::run(&self.coord, None, s.clone()).await?;
+                    vec![]
+                }
                 Statement::CreateTable(ct) => {
-                    create_table(self, ct.clone(), p.distribution.clone()).await?;
+                    let how = (p.distribution.clone(), p.no_data);
+                    create_table(self, ct.clone(), how, None).await?;
                     vec![]
                 }
                 Statement::Drop {

@@ -4,6 +4,7 @@ pub mod admin;
 mod block;
 mod conn;
 pub mod copy;
+pub mod ddl;
 pub mod dialect;
 pub mod errors;
 pub mod frontend;

@@ -9,6 +9,7 @@ mod bad_input;
 mod carry;
 mod copy_csv;
 mod data;
+mod ddl;
 mod disk_cli;
 mod failover;
 mod fuzz_sql;

@@ -39,6 +39,7 @@ mod commit;
 mod copy;
 mod counters;
 mod delete_log;
+mod evolve;
 mod groom;
 mod reclaim;
 mod recovery;
@@ -77,6 +78,7 @@ pub use checksum::SliceChecksum;
 pub use commit::TxnState;
 pub use copy::SliceExport;
 pub use counters::{SegmentCounts, StoreCounters};
+pub use evolve::{META_DEFAULT, META_DROPPED};
 pub use groom::GroomStats;
 pub use repair::{BlockRepair, NoRepair, StoredBlock};
 pub use report::{DiskReport, ExtentReport, SegmentReport, SliceStat, TableReport};
@@ -225,10 +227,21 @@ impl Default for Snapshot {
     }
 }
 
+/// A table on a disk: its schema as the coordinator sent it, and the views
+/// of it readers and writers need (`evolve`).
 struct TableEntry {
+    /// Logical columns (not dropped), current names, no metadata.
     user: SchemaRef,
+    /// Physical user columns (every block's layout), then the hidden ones.
     stored: SchemaRef,
+    /// The physical schema as sent, metadata and all.
+    full: SchemaRef,
     schema_ipc: Vec<u8>,
+    /// The physical column of each logical one.
+    phys: Vec<usize>,
+    /// Per physical column, what a block written before it existed reads
+    /// as (one value; None: NULL).
+    defaults: Arc<Vec<Option<arrow::array::ArrayRef>>>,
 }
 
 /// A block in the index, with its zone maps decoded once.
