@@ -41,6 +41,8 @@ pub enum Distribution {
 pub struct ParsedStatement {
     pub statement: Statement,
     pub distribution: Option<Distribution>,
+    /// `CREATE TABLE ... AS ... WITH NO DATA`.
+    pub no_data: bool,
 }
 
 /// `sql` with `f` applied to each of its statements, printed again, if `f`
@@ -81,15 +83,17 @@ pub fn parse_statements(sql: &str) -> Result<Vec<ParsedStatement>, ParserError> 
             return parser.expected("end of statement", parser.peek_token());
         }
         dialect.distribution.borrow_mut().take();
+        dialect.no_data.set(false);
         let statement = parser.parse_statement()?;
         let distribution = dialect.distribution.borrow_mut().take();
-        let distribution = match statement {
-            Statement::CreateTable(_) => distribution,
-            _ => None,
+        let (distribution, no_data) = match statement {
+            Statement::CreateTable(_) => (distribution, dialect.no_data.get()),
+            _ => (None, false),
         };
         out.push(ParsedStatement {
             statement,
             distribution,
+            no_data,
         });
         expecting_statement_delimiter = true;
     }
@@ -102,6 +106,8 @@ pub struct SlicedbDialect {
     pg: PostgreSqlDialect,
     /// Side channel: the distribution clause of the last CREATE TABLE parsed.
     distribution: RefCell<Option<Distribution>>,
+    /// Side channel: the last CREATE TABLE AS parsed said WITH NO DATA.
+    no_data: std::cell::Cell<bool>,
 }
 
 impl SlicedbDialect {
@@ -255,6 +261,19 @@ impl SlicedbDialect {
                 && parser.parse_keyword(Keyword::AS)
             {
                 create.query = Some(parser.parse_query()?);
+            } else if create.query.is_some()
+                && peek_kw(parser, 0, Keyword::WITH)
+                && (peek_word(parser, 1, "data")
+                    || (peek_word(parser, 1, "no") && peek_word(parser, 2, "data")))
+            {
+                // CREATE TABLE ... AS ... WITH [NO] DATA
+                parser.next_token();
+                let no = peek_word(parser, 0, "no");
+                if no {
+                    parser.next_token();
+                }
+                parser.next_token();
+                self.no_data.set(no);
             } else {
                 break;
             }
@@ -417,28 +436,6 @@ impl Dialect for SlicedbDialect {
     }
     fn supports_comment_optimizer_hint(&self) -> bool {
         self.pg.supports_comment_optimizer_hint()
-    }
-}
-
-/// A table's name as written (`t`, `public.t`), folded as PostgreSQL
-/// folds it.
-pub fn object_name(n: &ObjectName) -> Result<String, SqlError> {
-    // public.t and t are the same table; other schemas do not exist yet.
-    let parts: Vec<String> =
-        n.0.iter()
-            .map(|p| {
-                p.as_ident()
-                    .map(|i| normalize(&i.value, i.quote_style.is_some()))
-            })
-            .collect::<Option<_>>()
-            .ok_or_else(|| SqlError::user("42601", format!("bad table name {n}")))?;
-    match parts.as_slice() {
-        [t] => Ok(t.clone()),
-        [s, t] if s == "public" => Ok(t.clone()),
-        _ => Err(SqlError::user(
-            "3F000",
-            format!("schema of \"{n}\" does not exist (slicedb tables live in public)"),
-        )),
     }
 }
 

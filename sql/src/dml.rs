@@ -40,7 +40,7 @@ use slicedb_coordinator::Coordinator;
 
 use crate::conn::in_txn;
 use crate::dialect::normalize;
-use crate::dialect::object_name;
+use crate::ddl::object_name;
 use crate::errors::SqlError;
 use crate::names;
 

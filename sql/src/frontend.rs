@@ -51,7 +51,8 @@ use crate::block;
 use crate::conn::ServerSettings;
 use crate::conn::{conn_txn, ConnState, CURRENT_CONN};
 use crate::copy::{check_binary_columns, copy_out, CopyDecoder, CopyOptions, CopyPipeline, Widen};
-use crate::dialect::{self, normalize, object_name, ParsedStatement};
+use crate::ddl::{self, object_name};
+use crate::dialect::{self, normalize, ParsedStatement};
 use crate::dml;
 use crate::errors::{fix_response, fix_responses, to_pg, SqlError};
 use crate::guard;
@@ -76,6 +77,7 @@ pub struct Frontend {
     /// The session of the embedded API ([`Frontend::execute`]): one for
     /// the life of the front end.
     embedded_session: u64,
+    pub metrics: Arc<crate::metrics::StatementMetrics>,
 }
 
 impl Frontend {
@@ -97,6 +99,7 @@ impl Frontend {
             server: Arc::new(ServerSettings::new(sessions.clone())),
             sessions,
             embedded_session: new_session_id(),
+            metrics: Default::default(),
         }))
     }
 
@@ -222,6 +225,7 @@ fn is_ours(s: &Statement) -> bool {
     ) || block::owns(s)
         || settings::owns(s)
         || dml::owns(s)
+        || ddl::owns(s)
 }
 
 /// Run DataFusion work inside the transaction block `txn`: refused (25P02)
@@ -257,7 +261,11 @@ where
         _ => None,
     };
     match p.statement {
-        Statement::CreateTable(ct) => create_table(fe, ct, p.distribution).await,
+        st if ddl::owns(&st) => ddl::run(&fe.coord, conn_txn(client).await, st).await,
+        Statement::CreateTable(ct) => {
+            let block = conn_txn(client).await;
+            create_table(fe, ct, (p.distribution, p.no_data), block).await
+        }
         Statement::Drop {
             names, if_exists, ..
         } => {
@@ -320,17 +328,16 @@ where
     Ok(())
 }
 
+/// CREATE TABLE (`as_query`: its distribution clause and WITH NO DATA;
+/// `block`: the connection's transaction block, for CREATE TABLE AS).
 async fn create_table(
     fe: &Frontend,
     mut ct: datafusion::sql::sqlparser::ast::CreateTable,
-    distribution: Option<dialect::Distribution>,
+    (distribution, no_data): (Option<dialect::Distribution>, bool),
+    block: Option<Arc<Txn>>,
 ) -> Result<Response, SqlError> {
     let name = object_name(&ct.name)?;
-    if ct.query.is_some() {
-        return Err(SqlError::not_supported(
-            "CREATE TABLE ... AS SELECT; create the table, then INSERT ... SELECT",
-        ));
-    }
+    ddl::unqualify(&mut ct.name);
     // DataFusion plans the column definitions below and refuses TEMP.
     let temporary = std::mem::take(&mut ct.temporary);
     match ct.on_commit {
@@ -386,6 +393,23 @@ async fn create_table(
         return Err(SqlError::not_supported(format!("table options {options}")));
     }
     let if_not_exists = ct.if_not_exists;
+    if let Some(query) = ct.query.take() {
+        let ctas = ddl::Ctas {
+            name,
+            query: *query,
+            columns: ct
+                .columns
+                .iter()
+                .map(|c| normalize(&c.name.value, c.name.quote_style.is_some()))
+                .collect(),
+            distribution,
+            mirrored,
+            temporary,
+            if_not_exists,
+            no_data,
+        };
+        return ddl::create_table_as(&fe.coord, ctas, block).await;
+    }
     // Let DataFusion turn the column definitions into an Arrow schema.
     let ctx = fe.coord.session();
     let plan = ctx
@@ -409,15 +433,7 @@ async fn create_table(
     let distribution = match distribution {
         Some(dialect::Distribution::Hash(cols)) => Distribution::Hash(cols),
         Some(dialect::Distribution::Random) => Distribution::Random,
-        // Greenplum's default: the first column, if it can be hashed.
-        None => {
-            let first = schema.field(0);
-            if slicedb_coordinator::write::hash::hashable(first.data_type()) {
-                Distribution::Hash(vec![first.name().clone()])
-            } else {
-                Distribution::Random
-            }
-        }
+        None => ddl::default_distribution(&schema),
     };
     if temporary && mirrored && explicit_mirrored {
         return Err(SqlError::not_supported(
@@ -584,6 +600,7 @@ impl SimpleQueryHandler for Simple {
         let fe = self.fe.clone();
         let stopper = fe.stopper(client, query);
         let work = in_conn(conn, self.simple_query(client, query));
+        let work = crate::metrics::observe(&fe.metrics, query, Box::pin(work));
         match stopper {
             Some(mut stopper) => {
                 let responses = stopper.run(work).await?;
@@ -702,10 +719,11 @@ pub struct CopyIn {
 impl CopyIn {
     /// Whether the COPY in progress was canceled or timed out (or its
     /// session terminated): then it is aborted, nothing of it committed.
-    async fn stopped(state: &ConnState) -> Option<PgWireError> {
+    async fn stopped(&self, state: &ConnState) -> Option<PgWireError> {
         let e = state.copy_stop.lock().await.as_mut()?.check()?;
         *state.copy_stop.lock().await = None;
         if let Some(pipeline) = state.copy.lock().await.take() {
+            let _ = (self.fe.metrics).copy_in_done(pipeline.started(), Err(()));
             pipeline.abort().await;
         }
         Some(e)
@@ -728,11 +746,11 @@ impl CopyHandler for CopyIn {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let _ = &self.fe;
+        self.fe.metrics.copy_in(copy_data.data.len());
         let Some(state) = client.session_extensions().get::<ConnState>() else {
             return Ok(());
         };
-        if let Some(e) = Self::stopped(&state).await {
+        if let Some(e) = self.stopped(&state).await {
             return Err(e);
         }
         let mut g = state.copy.lock().await;
@@ -749,14 +767,15 @@ impl CopyHandler for CopyIn {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         if let Some(state) = client.session_extensions().get::<ConnState>() {
-            if let Some(e) = Self::stopped(&state).await {
+            if let Some(e) = self.stopped(&state).await {
                 return Err(e);
             }
         }
         let Some(pipeline) = Self::take(client).await else {
             return Err(SqlError::user("08P01", "CopyDone without COPY in progress").into());
         };
-        let rows = pipeline.finish().await?;
+        let started = pipeline.started();
+        let rows = (self.fe.metrics).copy_in_done(started, pipeline.finish().await)?;
         client
             .send(PgWireBackendMessage::CommandComplete(
                 Tag::new("COPY").with_rows(rows as usize).into(),
@@ -776,6 +795,7 @@ impl CopyHandler for CopyIn {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         if let Some(pipeline) = Self::take(client).await {
+            let _ = (self.fe.metrics).copy_in_done(pipeline.started(), Err(()));
             pipeline.abort().await;
         }
         SqlError::user("57014", format!("COPY from stdin failed: {}", fail.message)).into()
@@ -900,6 +920,8 @@ impl ExtendedQueryHandler for Extended {
         let fe = self.fe.clone();
         let stopper = fe.stopper(client, &portal.statement.statement.0);
         let work = in_conn(conn, self.extended_query(client, portal, max_rows));
+        let work =
+            crate::metrics::observe_one(&fe.metrics, &portal.statement.statement.0, Box::pin(work));
         match stopper {
             Some(mut stopper) => {
                 let response = stopper.run(work).await?;
@@ -981,8 +1003,13 @@ impl Frontend {
                         "COPY in the embedded API; use LocalCluster::load",
                     ))
                 }
+                s if ddl::owns(s) => {
+                    ddl::run(&self.coord, None, s.clone()).await?;
+                    vec![]
+                }
                 Statement::CreateTable(ct) => {
-                    create_table(self, ct.clone(), p.distribution.clone()).await?;
+                    let how = (p.distribution.clone(), p.no_data);
+                    create_table(self, ct.clone(), how, None).await?;
                     vec![]
                 }
                 Statement::Drop {
