@@ -594,11 +594,15 @@ mod tests {
         let node = u.node_schema().unwrap();
         assert_eq!(node.fields().len(), 3);
         assert_eq!(
-            node.field(1).metadata().get(slicedb_engine::store::META_DROPPED),
+            node.field(1)
+                .metadata()
+                .get(slicedb_engine::store::META_DROPPED),
             Some(&"true".to_string())
         );
         assert_eq!(
-            node.field(2).metadata().get(slicedb_engine::store::META_DEFAULT),
+            node.field(2)
+                .metadata()
+                .get(slicedb_engine::store::META_DEFAULT),
             Some(&"7".to_string())
         );
         assert_eq!(c.schemas(), vec!["s".to_string()]);

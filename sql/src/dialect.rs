@@ -19,13 +19,11 @@
 use std::any::TypeId;
 use std::cell::RefCell;
 
-use datafusion::sql::sqlparser::ast::{CreateTableOptions, Ident, ObjectName, OnCommit, Statement};
+use datafusion::sql::sqlparser::ast::{CreateTableOptions, Ident, OnCommit, Statement};
 use datafusion::sql::sqlparser::dialect::{Dialect, PostgreSqlDialect, Precedence};
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
-
-use crate::errors::SqlError;
 
 /// How the rows of a table are spread over the slices.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -39,8 +39,8 @@ use slicedb_coordinator::write::{DmlOutcome, DmlQuery};
 use slicedb_coordinator::Coordinator;
 
 use crate::conn::in_txn;
-use crate::dialect::normalize;
 use crate::ddl::object_name;
+use crate::dialect::normalize;
 use crate::errors::SqlError;
 use crate::names;
 
