@@ -87,6 +87,10 @@ pub struct CoordinatorSection {
     /// small side sent whole; larger ones are (see docs/node-protocol.md).
     #[serde(default = "default_broadcast_join_min_rows")]
     pub broadcast_join_min_rows: u64,
+    /// Where the coordinator serves Prometheus metrics (`GET /metrics`):
+    /// "host:port", "auto" (the default: `listen`'s port + 1000) or "off".
+    #[serde(default = "default_metrics")]
+    pub metrics_listen: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,8 +125,15 @@ pub struct NodeSection {
     /// is created: each takes over a failed disk of this node.
     #[serde(default)]
     pub spare_disks: u32,
+    /// Where the node serves Prometheus metrics (`GET /metrics`):
+    /// "host:port", "auto" (the default: `address`'s port + 1000) or "off".
+    #[serde(default = "default_metrics")]
+    pub metrics_address: String,
 }
 
+fn default_metrics() -> String {
+    "auto".into()
+}
 fn default_cluster_id() -> String {
     "slicedb".into()
 }
@@ -215,6 +226,11 @@ impl ClusterConfig {
         parse_duration(&self.coordinator.idle_session_timeout)?;
         parse_duration(&self.coordinator.idle_in_transaction_session_timeout)?;
         parse_size(&self.coordinator.memory_limit)?;
+        crate::metrics::resolve(
+            &self.coordinator.metrics_listen,
+            &self.coordinator.listen,
+            "coordinator metrics_listen",
+        )?;
         let mut ids = BTreeSet::new();
         let mut addrs = BTreeSet::new();
         for n in &self.nodes {
@@ -240,6 +256,11 @@ impl ClusterConfig {
                 )));
             }
             parse_size(&n.cache_size)?;
+            crate::metrics::resolve(
+                &n.metrics_address,
+                &n.address,
+                &format!("node {} metrics_address", n.id),
+            )?;
             parse_size(&n.memory_limit)?;
             if parse_size(&n.disk_size)? < MIN_DISK_SIZE {
                 return Err(Error::Config(format!(

@@ -18,6 +18,7 @@
 
 pub mod allocator;
 pub mod config;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -173,6 +174,9 @@ pub struct LocalOptions {
     /// Tables with fewer rows are not joined on the nodes with a build side
     /// sent whole.
     pub broadcast_join_min_rows: u64,
+    /// Where the coordinator serves its metrics (None: no endpoints); the
+    /// nodes serve theirs on the ports right above (free ports for port 0).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl LocalOptions {
@@ -197,6 +201,7 @@ impl LocalOptions {
             cache_size: 1 << 30,
             runtime_filter_min_rows: CoordinatorConfig::DEFAULT_RUNTIME_FILTER_MIN_ROWS,
             broadcast_join_min_rows: CoordinatorConfig::DEFAULT_BROADCAST_JOIN_MIN_ROWS,
+            metrics_listen: None,
         }
     }
 }
@@ -205,6 +210,8 @@ impl LocalOptions {
 pub struct LocalCluster {
     frontend: Arc<Frontend>,
     pg_addr: Option<SocketAddr>,
+    /// The coordinator's metrics endpoint and each node's.
+    metrics: Option<(SocketAddr, Vec<(u32, SocketAddr)>)>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -234,6 +241,7 @@ impl LocalCluster {
         let (stop, rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut endpoints = Vec::new();
+        let mut node_metrics = Vec::new();
         for id in 0..opts.nodes + opts.spares {
             let dir = opts.data_dir.join(format!("node-{id}"));
             let disks = open_disks(
@@ -244,7 +252,13 @@ impl LocalCluster {
                 opts.disk_size,
                 opts.cache_size,
             )?;
-            let (addr, task) = node_server(id, disks, opts.node_memory_limit, &dir.join("spill"))?
+            let server = node_server(id, disks, opts.node_memory_limit, &dir.join("spill"))?;
+            if let Some(m) = opts.metrics_listen {
+                let at = metrics::local_node_addr(m, id)?;
+                let bound = metrics::serve_node(server.clone(), at, stopped(rx.clone())).await?;
+                node_metrics.push((id, bound));
+            }
+            let (addr, task) = server
                 .spawn(
                     "127.0.0.1:0".parse().expect("literal address"),
                     stopped(rx.clone()),
@@ -286,6 +300,16 @@ impl LocalCluster {
             opts.idle_in_transaction_session_timeout,
         );
         frontend.set_max_connections(opts.max_connections);
+        let metrics = match opts.metrics_listen {
+            Some(at) => {
+                let nodes = node_metrics.clone();
+                let bound =
+                    metrics::serve_coordinator(frontend.clone(), nodes, at, stopped(rx.clone()))
+                        .await?;
+                Some((bound, node_metrics))
+            }
+            None => None,
+        };
         let mut pg_addr = None;
         if let Some(listen) = opts.listen {
             let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -301,6 +325,7 @@ impl LocalCluster {
         Ok(LocalCluster {
             frontend,
             pg_addr,
+            metrics,
             stop,
             tasks,
         })
@@ -323,6 +348,11 @@ impl LocalCluster {
     /// The PostgreSQL address, if the cluster serves one.
     pub fn pg_addr(&self) -> Option<SocketAddr> {
         self.pg_addr
+    }
+
+    /// The coordinator's metrics address and each node's, if served.
+    pub fn metrics_addrs(&self) -> Option<&(SocketAddr, Vec<(u32, SocketAddr)>)> {
+        self.metrics.as_ref()
     }
 
     pub fn pg_url(&self) -> Option<String> {
@@ -389,9 +419,17 @@ pub async fn run_node(
         .parse()
         .map_err(|e| Error::Config(format!("node {id} address {}: {e}", n.address)))?;
     let memory_limit = config::parse_size(&n.memory_limit)?;
-    let (bound, task) = node_server(id, disks, memory_limit, &n.data_dir.join("spill"))?
-        .spawn(addr, shutdown)
-        .await?;
+    let server = node_server(id, disks, memory_limit, &n.data_dir.join("spill"))?;
+    let (stop, stopping) = watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let what = format!("node {id} metrics_address");
+    if let Some(at) = metrics::resolve(&n.metrics_address, &n.address, &what)? {
+        metrics::serve_node(server.clone(), at, stopped(stopping)).await?;
+    }
+    let (bound, task) = server.spawn(addr, shutdown).await?;
     ready(bound);
     task.await
         .map_err(|e| Error::Config(format!("node task failed: {e}")))??;
@@ -440,7 +478,21 @@ pub async fn run_coordinator(
     );
     frontend.set_max_connections(cfg.coordinator.max_connections);
     let listener = tokio::net::TcpListener::bind(&cfg.coordinator.listen).await?;
+    let (stop, stopping) = watch::channel(false);
+    let what = "coordinator metrics_listen";
+    let listen = listener.local_addr()?.to_string();
+    if let Some(at) = metrics::resolve(&cfg.coordinator.metrics_listen, &listen, what)? {
+        let mut nodes = Vec::new();
+        for n in &cfg.nodes {
+            let what = format!("node {} metrics_address", n.id);
+            if let Some(a) = metrics::resolve(&n.metrics_address, &n.address, &what)? {
+                nodes.push((n.id, a));
+            }
+        }
+        metrics::serve_coordinator(frontend.clone(), nodes, at, stopped(stopping)).await?;
+    }
     ready(listener.local_addr()?);
     slicedb_sql::server::serve(frontend, listener, shutdown).await?;
+    let _ = stop.send(true);
     Ok(())
 }

@@ -104,6 +104,13 @@ enum Command {
         /// join's small side sent to them: their rows go to the coordinator.
         #[arg(long, default_value_t = slicedb_coordinator::CoordinatorConfig::DEFAULT_BROADCAST_JOIN_MIN_ROWS)]
         broadcast_join_min_rows: u64,
+        /// Where the coordinator serves Prometheus metrics (GET /metrics):
+        /// host:port, auto (--listen's port + 1000; port 0 picks a free
+        /// one) or off. Node N serves its own on the port + 1 + N (free
+        /// ports for port 0). Every address is logged at startup, and the
+        /// coordinator's endpoint lists the nodes' (docs/metrics.md).
+        #[arg(long, default_value = "auto")]
+        metrics_listen: String,
     },
     /// Run one node of a multi-process cluster. Prints `ready: node N at ADDR`.
     Node {
@@ -236,7 +243,13 @@ async fn serve(cmd: Command) -> Result<()> {
             cache_size,
             runtime_filter_min_rows,
             broadcast_join_min_rows,
+            metrics_listen,
         } => {
+            let metrics_listen = slicedb::metrics::resolve(
+                &metrics_listen,
+                &listen.to_string(),
+                "--metrics-listen",
+            )?;
             let opts = LocalOptions {
                 nodes,
                 spares,
@@ -259,6 +272,7 @@ async fn serve(cmd: Command) -> Result<()> {
                 cache_size: parse_size(&cache_size)?,
                 runtime_filter_min_rows,
                 broadcast_join_min_rows,
+                metrics_listen,
             };
             let cluster = LocalCluster::start(opts).await?;
             ready_line(&format!(

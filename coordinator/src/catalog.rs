@@ -1,5 +1,10 @@
-//! The persistent catalog: tables (id, name, columns, distribution key,
-//! mirroring) and the transaction-id high-water mark.
+//! The persistent catalog: schemas, tables (id, name, columns, distribution
+//! key, mirroring) and the transaction-id high-water mark.
+//!
+//! A table's columns are kept in the order they were added, dropped ones
+//! included (marked): a column's place in that list is its stable id, the
+//! place the nodes' blocks hold it in (`slicedb_engine::store::evolve`).
+//! What SQL sees ([`TableMeta::schema`]) is the columns not dropped.
 //!
 //! Stored through the persistence seam (`crate::meta`: `catalog.json` in the
 //! coordinator's data dir), replaced atomically on every change. Format: see
@@ -27,24 +32,35 @@ pub enum Distribution {
     Random,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ColumnDef {
-    name: String,
-    data_type: String,
-    nullable: bool,
+/// One column of a table as the catalog keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnDef {
+    pub name: String,
+    /// The Arrow type, in its text form.
+    pub data_type: String,
+    pub nullable: bool,
+    /// Dropped (ALTER TABLE DROP COLUMN): no longer read or written; kept
+    /// so that every later column keeps its place in the blocks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dropped: bool,
+    /// The text form of the constant an added column reads as in rows
+    /// written before it was added (ADD COLUMN ... DEFAULT). None: NULL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct TableDef {
-    id: TableId,
-    name: String,
-    columns: Vec<ColumnDef>,
-    distribution: Distribution,
-    mirrored: bool,
+pub struct TableDef {
+    pub id: TableId,
+    /// `t`, or `s.t` for a table of schema `s` (CREATE SCHEMA).
+    pub name: String,
+    pub columns: Vec<ColumnDef>,
+    pub distribution: Distribution,
+    pub mirrored: bool,
     /// A temporary table: the SQL session that owns it. Recorded so that a
     /// coordinator that restarts can drop what its dead sessions left.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    session: Option<u64>,
+    pub session: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,11 +69,15 @@ struct CatalogFile {
     next_table_id: TableId,
     /// Every xid below this may have been handed out before a restart.
     xid_high_water: u64,
+    /// Schemas besides `public` (CREATE SCHEMA).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    schemas: Vec<String>,
     tables: Vec<TableDef>,
 }
 
-/// Version 2 added temporary tables (`session`); version 1 files are read.
-const CATALOG_VERSION: u32 = 2;
+/// Version 2 added temporary tables (`session`); version 3 schemas and
+/// ALTER TABLE (columns `dropped`, `default`). Versions 1 and 2 are read.
+const CATALOG_VERSION: u32 = 3;
 /// How many xids are reserved by one catalog write.
 pub const XID_RESERVATION: u64 = 4096;
 
@@ -66,7 +86,10 @@ pub const XID_RESERVATION: u64 = 4096;
 pub struct TableMeta {
     pub id: TableId,
     pub name: String,
+    /// The columns SQL sees (not dropped), current names.
     pub schema: SchemaRef,
+    /// Every column the table ever had, in order (see the module doc).
+    pub columns: Vec<ColumnDef>,
     pub distribution: Distribution,
     /// Indices of the distribution key columns (empty for random).
     pub key: Vec<usize>,
@@ -98,6 +121,30 @@ impl TableMeta {
         }
     }
 
+    /// The schema the nodes keep: every column ever added, in order, a
+    /// dropped one and an added one's default marked in its metadata
+    /// (`slicedb_engine::store::evolve`).
+    pub fn node_schema(&self) -> Result<Schema> {
+        let fields = self
+            .columns
+            .iter()
+            .map(|c| {
+                let mut meta = std::collections::HashMap::new();
+                if c.dropped {
+                    meta.insert(
+                        slicedb_engine::store::META_DROPPED.to_string(),
+                        "true".to_string(),
+                    );
+                }
+                if let Some(d) = &c.default {
+                    meta.insert(slicedb_engine::store::META_DEFAULT.to_string(), d.clone());
+                }
+                Ok(Field::new(&c.name, parse_type(&self.name, c)?, c.nullable).with_metadata(meta))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Schema::new(fields))
+    }
+
     /// Where the table's rows live on a slice's primary node: the primary
     /// segment (forwarded to the mirror) or, unmirrored, the temp segment.
     pub fn segment(&self) -> slicedb_engine::proto::pb::Segment {
@@ -115,6 +162,7 @@ pub struct Catalog {
     next_table_id: TableId,
     xid_high_water: u64,
     tables: BTreeMap<String, Arc<TableMeta>>,
+    schemas: Vec<String>,
     /// Temporary tables by (session, name).
     temps: BTreeMap<(u64, String), Arc<TableMeta>>,
 }
@@ -134,6 +182,7 @@ impl Catalog {
             next_table_id: 1,
             xid_high_water: 1,
             tables: BTreeMap::new(),
+            schemas: Vec::new(),
             temps: BTreeMap::new(),
         };
         let Some(bytes) = stored else {
@@ -150,6 +199,7 @@ impl Catalog {
         }
         cat.next_table_id = file.next_table_id;
         cat.xid_high_water = file.xid_high_water;
+        cat.schemas = file.schemas;
         for t in file.tables {
             let meta = Arc::new(table_meta(t)?);
             match meta.session {
@@ -165,6 +215,7 @@ impl Catalog {
             version: CATALOG_VERSION,
             next_table_id: self.next_table_id,
             xid_high_water: self.xid_high_water,
+            schemas: self.schemas.clone(),
             tables: self
                 .tables
                 .values()
@@ -269,6 +320,63 @@ impl Catalog {
         Ok(meta)
     }
 
+    /// Replace table `old` (permanent or temporary) by `def` durably: ALTER
+    /// TABLE. `def` keeps its id; its name may differ (RENAME TO).
+    pub fn replace(&mut self, old: &TableMeta, def: TableDef) -> Result<Arc<TableMeta>> {
+        let meta = Arc::new(table_meta(def)?);
+        let renamed = meta.name != old.name;
+        if renamed {
+            let taken = match meta.session {
+                Some(s) => self.temps.contains_key(&(s, meta.name.clone())),
+                None => self.tables.contains_key(&meta.name),
+            };
+            if taken {
+                return Err(CoordinatorError::TableExists(meta.name.clone()));
+            }
+        }
+        let before = self
+            .take(old)
+            .ok_or_else(|| CoordinatorError::TableNotFound(old.name.clone()))?;
+        self.insert(meta.clone());
+        if let Err(e) = self.persist() {
+            self.take(&meta);
+            self.insert(before);
+            return Err(e);
+        }
+        Ok(meta)
+    }
+
+    /// Schemas besides `public`.
+    pub fn schemas(&self) -> Vec<String> {
+        self.schemas.clone()
+    }
+
+    /// Add a schema durably; false if it exists.
+    pub fn add_schema(&mut self, name: &str) -> Result<bool> {
+        if name == "public" || self.schemas.iter().any(|s| s == name) {
+            return Ok(false);
+        }
+        self.schemas.push(name.to_string());
+        if let Err(e) = self.persist() {
+            self.schemas.pop();
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// Remove a schema durably (its tables must be gone); false if absent.
+    pub fn remove_schema(&mut self, name: &str) -> Result<bool> {
+        let Some(i) = self.schemas.iter().position(|s| s == name) else {
+            return Ok(false);
+        };
+        let gone = self.schemas.remove(i);
+        if let Err(e) = self.persist() {
+            self.schemas.insert(i, gone);
+            return Err(e);
+        }
+        Ok(true)
+    }
+
     /// The first xid this process may hand out: above anything a previous
     /// process may have used. Reserves a range durably.
     pub fn reserve_xids(&mut self, from: u64) -> Result<u64> {
@@ -291,34 +399,39 @@ fn column_defs(schema: &Schema) -> Vec<ColumnDef> {
             name: f.name().clone(),
             data_type: f.data_type().to_string(),
             nullable: f.is_nullable(),
+            dropped: false,
+            default: None,
         })
         .collect()
 }
 
-fn table_def(t: &TableMeta) -> TableDef {
+/// The stored form of a table.
+pub fn table_def(t: &TableMeta) -> TableDef {
     TableDef {
         id: t.id,
         name: t.name.clone(),
-        columns: column_defs(&t.schema),
+        columns: t.columns.clone(),
         distribution: t.distribution.clone(),
         mirrored: t.mirrored,
         session: t.session,
     }
 }
 
+fn parse_type(table: &str, c: &ColumnDef) -> Result<DataType> {
+    DataType::from_str(&c.data_type).map_err(|e| {
+        CoordinatorError::Catalog(format!(
+            "table {table}: column {} has unreadable type {}: {e}",
+            c.name, c.data_type
+        ))
+    })
+}
+
 fn table_meta(t: TableDef) -> Result<TableMeta> {
     let fields = t
         .columns
         .iter()
-        .map(|c| {
-            let dt = DataType::from_str(&c.data_type).map_err(|e| {
-                CoordinatorError::Catalog(format!(
-                    "table {}: column {} has unreadable type {}: {e}",
-                    t.name, c.name, c.data_type
-                ))
-            })?;
-            Ok(Field::new(&c.name, dt, c.nullable))
-        })
+        .filter(|c| !c.dropped)
+        .map(|c| Ok(Field::new(&c.name, parse_type(&t.name, c)?, c.nullable)))
         .collect::<Result<Vec<_>>>()?;
     let schema = Arc::new(Schema::new(fields));
     let key = match &t.distribution {
@@ -339,6 +452,7 @@ fn table_meta(t: TableDef) -> Result<TableMeta> {
         id: t.id,
         name: t.name,
         schema,
+        columns: t.columns,
         distribution: t.distribution,
         key,
         mirrored: t.mirrored && t.session.is_none(),
@@ -440,6 +554,64 @@ mod tests {
     }
 
     #[test]
+    fn altered_tables_and_schemas_survive_reopen_and_version_2_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("catalog.json"),
+            r#"{ "version": 2, "next_table_id": 3, "xid_high_water": 8193,
+                 "tables": [ { "id": 2, "name": "t",
+                   "columns": [ {"name": "k", "data_type": "Int64", "nullable": true},
+                                {"name": "a", "data_type": "Utf8", "nullable": true} ],
+                   "distribution": {"hash": ["k"]}, "mirrored": true } ] }"#,
+        )
+        .unwrap();
+        {
+            let mut c = Catalog::open(dir.path()).unwrap();
+            let t = c.get("t").unwrap();
+            assert_eq!(t.columns.len(), 2);
+            let mut def = table_def(&t);
+            def.columns[1].dropped = true;
+            def.columns.push(ColumnDef {
+                name: "b".into(),
+                data_type: "Int32".into(),
+                nullable: true,
+                dropped: false,
+                default: Some("7".into()),
+            });
+            def.name = "u".into();
+            let u = c.replace(&t, def).unwrap();
+            assert_eq!(u.id, 2);
+            assert!(c.add_schema("s").unwrap());
+            assert!(!c.add_schema("s").unwrap());
+        }
+        let mut c = Catalog::open(dir.path()).unwrap();
+        assert!(c.get("t").is_none());
+        let u = c.get("u").unwrap();
+        // SQL sees k and b; the nodes keep k, the dropped a, and b.
+        let names: Vec<_> = u.schema.fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names, vec!["k", "b"]);
+        assert_eq!(u.key, vec![0]);
+        let node = u.node_schema().unwrap();
+        assert_eq!(node.fields().len(), 3);
+        assert_eq!(
+            node.field(1)
+                .metadata()
+                .get(slicedb_engine::store::META_DROPPED),
+            Some(&"true".to_string())
+        );
+        assert_eq!(
+            node.field(2)
+                .metadata()
+                .get(slicedb_engine::store::META_DEFAULT),
+            Some(&"7".to_string())
+        );
+        assert_eq!(c.schemas(), vec!["s".to_string()]);
+        assert!(c.remove_schema("s").unwrap());
+        let text = std::fs::read_to_string(dir.path().join("catalog.json")).unwrap();
+        assert!(text.contains("\"version\": 3"), "{text}");
+    }
+
+    #[test]
     fn version_1_catalogs_are_read() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -455,7 +627,7 @@ mod tests {
         assert_eq!((t.id, t.mirrored, t.session), (2, false, None));
         std::fs::write(
             dir.path().join("catalog.json"),
-            r#"{ "version": 3, "next_table_id": 1, "xid_high_water": 1, "tables": [] }"#,
+            r#"{ "version": 4, "next_table_id": 1, "xid_high_water": 1, "tables": [] }"#,
         )
         .unwrap();
         assert!(

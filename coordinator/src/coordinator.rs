@@ -98,8 +98,8 @@ impl CoordinatorConfig {
 
 /// The running coordinator.
 pub struct Coordinator {
-    cluster: Arc<Cluster>,
-    ctx: Arc<SessionContext>,
+    pub(crate) cluster: Arc<Cluster>,
+    pub(crate) ctx: Arc<SessionContext>,
 }
 
 impl Coordinator {
@@ -220,6 +220,7 @@ impl Coordinator {
             .with_physical_optimizer_rules(crate::query::optimizer_rules())
             .build();
         let ctx = Arc::new(SessionContext::new_with_state(state));
+        ctx.register_udaf(crate::query::pgsum::PgSum::udaf());
         // Names resolve through the session's temporary tables first.
         let catalog = ctx
             .catalog("datafusion")
@@ -231,6 +232,13 @@ impl Coordinator {
             "public",
             Arc::new(crate::session::SessionSchema::new(public, cluster.clone())),
         )?;
+        // Schemas of CREATE SCHEMA, before their tables.
+        for s in cluster.catalog().lock().schemas() {
+            catalog.register_schema(
+                &s,
+                Arc::new(datafusion::catalog::MemorySchemaProvider::new()),
+            )?;
+        }
         for t in tables {
             let name = t.name.clone();
             ctx.register_table(
@@ -298,6 +306,23 @@ impl Coordinator {
                 ))
             }
         };
+        if let Some((schema_name, _)) = name.split_once('.') {
+            if !self
+                .cluster
+                .catalog()
+                .lock()
+                .schemas()
+                .iter()
+                .any(|s| s == schema_name)
+            {
+                return Err(CoordinatorError::SchemaNotFound(schema_name.to_string()));
+            }
+            if session.is_some() {
+                return Err(CoordinatorError::NotSupported(
+                    "a temporary table in a schema".into(),
+                ));
+            }
+        }
         // A system view has the name (a session's temporary table may
         // shadow a permanent one, as in PostgreSQL, but not a view).
         let shadowed = current_session()
@@ -469,7 +494,7 @@ impl crate::system::Hooks for Healing {
                     pb::CreateTableRequest {
                         epoch,
                         table: t.id,
-                        schema: proto::schema_to_bytes(&t.schema)?,
+                        schema: proto::schema_to_bytes(&t.node_schema()?)?,
                         mirrored: t.mirrored,
                     },
                     WORK_DEADLINE,
@@ -485,9 +510,10 @@ impl crate::system::Hooks for Healing {
     }
 }
 
-async fn create_on_nodes(cluster: &Cluster, meta: &TableMeta) -> Result<()> {
+/// Create (or, after ALTER TABLE, evolve) a table on every live node.
+pub(crate) async fn create_on_nodes(cluster: &Cluster, meta: &TableMeta) -> Result<()> {
     let epoch = cluster.map().epoch();
-    let schema = proto::schema_to_bytes(&meta.schema)?;
+    let schema = proto::schema_to_bytes(&meta.node_schema()?)?;
     let calls = cluster.live_nodes().map(|n| {
         let mut c = n.grpc.clone();
         let req = pb::CreateTableRequest {
@@ -514,37 +540,52 @@ impl Coordinator {
         crate::write::Loader::new(self.cluster.clone(), self.table(table)?)
     }
 
-    /// DELETE FROM table [AS alias] [WHERE selection], in `txn`.
+    /// DELETE FROM table [AS alias] [USING ...] [WHERE ...] [RETURNING
+    /// ...], in `txn`.
     pub async fn delete(
         &self,
         txn: &Arc<Txn>,
         table: &str,
-        alias: Option<&str>,
-        selection: Option<&str>,
-    ) -> Result<u64> {
+        q: &crate::write::DmlQuery,
+    ) -> Result<crate::write::DmlOutcome> {
         let meta = self.table(table)?;
-        crate::write::dml::delete(&self.cluster, &self.ctx, txn, &meta, alias, selection).await
+        crate::write::dml::delete(&self.cluster, &self.ctx, txn, &meta, q).await
     }
 
-    /// UPDATE table [AS alias] SET col = expr, ... [WHERE selection], in
-    /// `txn`. `assignments` are (column, SQL expression) pairs.
+    /// UPDATE table [AS alias] SET col = expr, ... [FROM ...] [WHERE ...]
+    /// [RETURNING ...], in `txn`. `assignments` are (column, SQL
+    /// expression) pairs.
     pub async fn update(
         &self,
         txn: &Arc<Txn>,
         table: &str,
-        alias: Option<&str>,
         assignments: &[(String, String)],
-        selection: Option<&str>,
-    ) -> Result<u64> {
+        q: &crate::write::DmlQuery,
+    ) -> Result<crate::write::DmlOutcome> {
         let meta = self.table(table)?;
-        crate::write::dml::update(
+        crate::write::dml::update(&self.cluster, &self.ctx, txn, &meta, assignments, q).await
+    }
+
+    /// INSERT ... RETURNING in `txn`: `insert` is the statement without its
+    /// RETURNING, `returning` its select items over the inserted rows (the
+    /// table named `alias`).
+    pub async fn insert_returning(
+        &self,
+        txn: &Arc<Txn>,
+        table: &str,
+        insert: &str,
+        alias: &str,
+        returning: &[String],
+    ) -> Result<crate::write::DmlOutcome> {
+        let meta = self.table(table)?;
+        crate::write::dml::insert_returning(
             &self.cluster,
             &self.ctx,
             txn,
             &meta,
+            insert,
             alias,
-            assignments,
-            selection,
+            returning,
         )
         .await
     }

@@ -25,6 +25,18 @@ pub enum CoordinatorError {
     NotNullViolation { table: String, column: String },
     #[error("feature not supported: {0}")]
     NotSupported(String),
+    #[error("schema \"{0}\" does not exist")]
+    SchemaNotFound(String),
+    #[error("schema \"{0}\" already exists")]
+    SchemaExists(String),
+    #[error("cannot drop schema \"{schema}\" because other objects depend on it (tables {tables}); use DROP SCHEMA ... CASCADE to drop them too")]
+    SchemaNotEmpty { schema: String, tables: String },
+    #[error("column \"{column}\" of relation \"{table}\" does not exist")]
+    ColumnNotFound { table: String, column: String },
+    #[error("column \"{column}\" of relation \"{table}\" already exists")]
+    ColumnExists { table: String, column: String },
+    #[error("cannot drop column \"{column}\" of table \"{table}\": it is in the table's distribution key; create a new table with another distribution (CREATE TABLE ... AS SELECT ... DISTRIBUTE ON ...) instead")]
+    DistributionKeyColumn { table: String, column: String },
     #[error("{}", node_error_text(*node, *kind, message))]
     Node {
         node: NodeId,
@@ -92,6 +104,12 @@ impl CoordinatorError {
         match self {
             CoordinatorError::TableExists(_) => "42P07",
             CoordinatorError::TableNotFound(_) => "42P01",
+            CoordinatorError::SchemaNotFound(_) => "3F000",
+            CoordinatorError::SchemaExists(_) => "42P06",
+            CoordinatorError::SchemaNotEmpty { .. } => "2BP01",
+            CoordinatorError::ColumnNotFound { .. } => "42703",
+            CoordinatorError::ColumnExists { .. } => "42701",
+            CoordinatorError::DistributionKeyColumn { .. } => "42P16",
             CoordinatorError::UnknownDistributionColumn { .. } => "42703",
             CoordinatorError::NotNullViolation { .. } => "23502",
             CoordinatorError::UnsupportedType { .. } | CoordinatorError::NotSupported(_) => "0A000",

@@ -15,9 +15,11 @@
 pub mod catalog;
 pub mod cluster;
 pub mod coordinator;
+pub mod ddl;
 mod error;
 pub mod map;
 pub mod meta;
+pub mod metrics;
 pub mod nodes;
 pub mod query;
 pub mod session;

@@ -1,5 +1,6 @@
 //! System views: `slicedb_nodes`, `slicedb_slices`, `slicedb_disks`,
-//! `slicedb_table_slices`, `slicedb_verify` (primary vs mirror, online). Each is computed fresh at scan time from the map,
+//! `slicedb_tables` (distribution, persistence), `slicedb_table_slices`,
+//! `slicedb_verify` (primary vs mirror, online). Each is computed fresh at scan time from the map,
 //! the catalog and the nodes' Status answers, like Greenplum's
 //! `gp_segment_configuration` or Netezza's `_v_dslice`.
 //!
@@ -32,6 +33,7 @@ enum View {
     Verify,
     History,
     Resync,
+    Tables,
 }
 
 impl View {
@@ -44,6 +46,7 @@ impl View {
             View::Verify => "slicedb_verify",
             View::History => "slicedb_map_history",
             View::Resync => "slicedb_resync",
+            View::Tables => "slicedb_tables",
         }
     }
 
@@ -74,6 +77,13 @@ impl View {
                 s("persistence"),
             ],
             View::History => vec![b("epoch"), b("at_unix_ms"), s("cause")],
+            View::Tables => vec![
+                s("table_name"),
+                s("distribution"),
+                s("distribution_key"),
+                s("persistence"),
+                i("columns"),
+            ],
             View::Resync => vec![
                 i("slice"),
                 i("source_node"),
@@ -121,6 +131,7 @@ pub fn register(ctx: &SessionContext, cluster: &Arc<Cluster>) -> Result<()> {
         View::Verify,
         View::History,
         View::Resync,
+        View::Tables,
     ] {
         ctx.register_table(
             view.name(),
@@ -178,6 +189,39 @@ impl SystemView {
     async fn batch(&self) -> DfResult<RecordBatch> {
         let schema = self.view.schema();
         let cols: Vec<ArrayRef> = match self.view {
+            View::Tables => {
+                // The permanent tables, and the current session's own.
+                let tables = {
+                    let cat = self.cluster.catalog().lock();
+                    let mut t = cat.tables();
+                    if let Some(s) = crate::session::current_session() {
+                        t.extend(cat.temps(Some(s)));
+                    }
+                    t
+                };
+                let key = |t: &crate::catalog::TableMeta| match &t.distribution {
+                    crate::Distribution::Hash(k) => Some(k.join(", ")),
+                    crate::Distribution::Random => None,
+                };
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        tables.iter().map(|t| t.name.clone()),
+                    )),
+                    Arc::new(StringArray::from_iter_values(tables.iter().map(|t| {
+                        match &t.distribution {
+                            crate::Distribution::Hash(_) => "hash",
+                            crate::Distribution::Random => "random",
+                        }
+                    }))),
+                    Arc::new(StringArray::from_iter(tables.iter().map(|t| key(t)))),
+                    Arc::new(StringArray::from_iter_values(
+                        tables.iter().map(|t| persistence(t)),
+                    )),
+                    Arc::new(Int32Array::from_iter_values(
+                        tables.iter().map(|t| t.schema.fields().len() as i32),
+                    )),
+                ]
+            }
             View::Nodes => {
                 let _ = self.statuses().await;
                 let states = self.cluster.health().states();

@@ -263,6 +263,41 @@ pub fn encode_zones(zones: &[ZoneMap]) -> Vec<u8> {
     w.buf
 }
 
+/// How many columns' zone maps a zone section written by [`encode_zones`]
+/// holds: a block written before its table gained columns holds fewer than
+/// the table stores now (`crate::store::evolve`).
+pub fn count_zones(bytes: &[u8]) -> Result<usize> {
+    let bad = |m: &str| EngineError::CorruptMetadata(format!("zone map: {m}"));
+    let t = |_: Truncated| bad("truncated");
+    let mut r = ByteReader::new(bytes);
+    let mut n = 0;
+    while r.remaining() > 0 {
+        let tag = r.u8().map_err(t)?;
+        r.u64().map_err(t)?;
+        for _ in 0..2 {
+            match tag {
+                0 => {}
+                1..=3 => {
+                    r.take(8).map_err(t)?;
+                }
+                4 => {
+                    r.take(16).map_err(t)?;
+                }
+                5 => {
+                    let len = r.u16().map_err(t)? as usize;
+                    r.take(len).map_err(t)?;
+                }
+                6 => {
+                    r.take(1).map_err(t)?;
+                }
+                _ => return Err(bad("unknown tag")),
+            }
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Decode zone maps written by [`encode_zones`] for the columns of `schema`
 /// (the stored schema: user columns, then hidden columns).
 pub fn decode_zones(bytes: &[u8], schema: &Schema, rows: u64) -> Result<Vec<ZoneMap>> {

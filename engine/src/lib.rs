@@ -21,6 +21,7 @@ pub mod fragment_runner;
 mod fuzz;
 pub mod grpc_codec;
 pub mod ipc;
+pub mod metrics;
 pub mod mirror;
 pub mod predicate;
 pub mod store;

@@ -6,7 +6,8 @@
 //! when the connection goes away, however it goes (the client quits or
 //! vanishes, `pg_terminate_backend`, an idle timeout, shutdown): the COPY's
 //! load is aborted, an open transaction block is rolled back, and the
-//! session's temporary tables are dropped.
+//! session's temporary tables are dropped. A statement that writes runs
+//! in the open block, or in a transaction of its own ([`in_txn`]).
 //!
 //! It must never leave an abandoned transaction open: its writes would stay
 //! pending on the nodes, holding their row locks and space, and hold back
@@ -22,11 +23,12 @@ use datafusion_postgres::DfSessionService;
 use pgwire::api::ClientInfo;
 use slicedb_coordinator::session::new_session_id;
 use slicedb_coordinator::txn::Txn;
-use slicedb_coordinator::Coordinator;
+use slicedb_coordinator::{Coordinator, CoordinatorError};
 use tokio::sync::Mutex;
 use tracing::{debug, info};
 
 use crate::copy::CopyPipeline;
+use crate::errors::SqlError;
 use crate::sessions::{Registered, Session, Sessions, Stopper};
 
 tokio::task_local! {
@@ -239,5 +241,53 @@ impl SessionSettings {
 
     pub(crate) fn get(&self, name: &str) -> Option<String> {
         self.lock().values.get(&name.to_ascii_lowercase()).cloned()
+    }
+}
+
+/// The connection's open transaction block, if any.
+pub(crate) async fn conn_txn<C: ClientInfo>(client: &C) -> Option<Arc<Txn>> {
+    let state = client.session_extensions().get::<ConnState>()?;
+    let g = state.txn.lock().await;
+    g.clone()
+}
+
+/// Run `f` in the connection's transaction (inside BEGIN ... COMMIT: that
+/// block, which a failure marks failed) or in a transaction of its own
+/// (autocommit: committed on success, aborted on failure).
+pub(crate) async fn in_txn<C, T, F, Fut>(
+    coord: &Coordinator,
+    client: &C,
+    f: F,
+) -> Result<T, SqlError>
+where
+    C: ClientInfo,
+    F: FnOnce(Arc<Txn>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, SqlError>>,
+{
+    let cluster = coord.cluster();
+    match conn_txn(client).await {
+        Some(txn) => {
+            if let Some(why) = txn.failed() {
+                return Err(CoordinatorError::TransactionAborted(why).into());
+            }
+            let r = f(txn.clone()).await;
+            if let Err(e) = &r {
+                txn.mark_failed(e.to_string());
+            }
+            r
+        }
+        None => {
+            let txn = cluster.begin()?;
+            match f(txn.clone()).await {
+                Ok(v) => {
+                    cluster.commit(&txn).await?;
+                    Ok(v)
+                }
+                Err(e) => {
+                    cluster.abort(&txn).await;
+                    Err(e)
+                }
+            }
+        }
     }
 }

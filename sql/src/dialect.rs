@@ -39,6 +39,8 @@ pub enum Distribution {
 pub struct ParsedStatement {
     pub statement: Statement,
     pub distribution: Option<Distribution>,
+    /// `CREATE TABLE ... AS ... WITH NO DATA`.
+    pub no_data: bool,
 }
 
 /// `sql` with `f` applied to each of its statements, printed again, if `f`
@@ -79,15 +81,17 @@ pub fn parse_statements(sql: &str) -> Result<Vec<ParsedStatement>, ParserError> 
             return parser.expected("end of statement", parser.peek_token());
         }
         dialect.distribution.borrow_mut().take();
+        dialect.no_data.set(false);
         let statement = parser.parse_statement()?;
         let distribution = dialect.distribution.borrow_mut().take();
-        let distribution = match statement {
-            Statement::CreateTable(_) => distribution,
-            _ => None,
+        let (distribution, no_data) = match statement {
+            Statement::CreateTable(_) => (distribution, dialect.no_data.get()),
+            _ => (None, false),
         };
         out.push(ParsedStatement {
             statement,
             distribution,
+            no_data,
         });
         expecting_statement_delimiter = true;
     }
@@ -100,6 +104,8 @@ pub struct SlicedbDialect {
     pg: PostgreSqlDialect,
     /// Side channel: the distribution clause of the last CREATE TABLE parsed.
     distribution: RefCell<Option<Distribution>>,
+    /// Side channel: the last CREATE TABLE AS parsed said WITH NO DATA.
+    no_data: std::cell::Cell<bool>,
 }
 
 impl SlicedbDialect {
@@ -253,6 +259,19 @@ impl SlicedbDialect {
                 && parser.parse_keyword(Keyword::AS)
             {
                 create.query = Some(parser.parse_query()?);
+            } else if create.query.is_some()
+                && peek_kw(parser, 0, Keyword::WITH)
+                && (peek_word(parser, 1, "data")
+                    || (peek_word(parser, 1, "no") && peek_word(parser, 2, "data")))
+            {
+                // CREATE TABLE ... AS ... WITH [NO] DATA
+                parser.next_token();
+                let no = peek_word(parser, 0, "no");
+                if no {
+                    parser.next_token();
+                }
+                parser.next_token();
+                self.no_data.set(no);
             } else {
                 break;
             }

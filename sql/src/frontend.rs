@@ -3,10 +3,11 @@
 //! Built on datafusion-postgres (pg_catalog emulation, type encoding, the
 //! extended protocol) with our own routing in front of it: statements
 //! slicedb owns — CREATE TABLE with a distribution clause, DROP TABLE, COPY
-//! FROM STDIN / TO STDOUT, DELETE, UPDATE, TRUNCATE — are handled here
-//! (transaction blocks and savepoints in `block`, SET / SHOW / RESET in
-//! `settings`, GROOM TABLE and REGENERATE in `admin`, cursors in `cursor`,
-//! unlimited Executes streamed in `portal`); every
+//! FROM STDIN / TO STDOUT, DELETE, UPDATE, TRUNCATE, INSERT ... RETURNING —
+//! are handled here (row changes in `dml`, transaction blocks and
+//! savepoints in `block`, SET / SHOW / RESET in `settings`, GROOM TABLE and
+//! REGENERATE in `admin`, cursors in `cursor`, unlimited Executes streamed
+//! in `portal`); every
 //! other statement goes to DataFusion through datafusion-postgres (each
 //! connection with a context of its own, `crate::conn`; output columns named
 //! as PostgreSQL names them, `crate::names`), inside
@@ -23,14 +24,14 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
-    CopySource, CopyTarget, CreateTableOptions, Expr as SqlExpr, ObjectName, ObjectType, OnCommit,
-    SqlOption, Statement, Value,
+    CopySource, CopyTarget, CreateTableOptions, Expr as SqlExpr, ObjectType, OnCommit, SqlOption,
+    Statement, Value,
 };
 use datafusion_postgres::DfSessionService;
 use futures::{Sink, SinkExt};
 use pgwire::api::cancel::CancelHandler;
 use pgwire::api::copy::CopyHandler;
-use pgwire::api::portal::Portal;
+use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{CopyResponse, FieldInfo, Response, Tag};
 use pgwire::api::stmt::QueryParser;
@@ -50,10 +51,12 @@ use tracing::{debug, info};
 use crate::admin;
 use crate::block;
 use crate::conn::ServerSettings;
-use crate::conn::{ConnState, CURRENT_CONN};
+use crate::conn::{conn_txn, ConnState, CURRENT_CONN};
 use crate::copy::{check_binary_columns, copy_out, CopyDecoder, CopyOptions, CopyPipeline, Widen};
 use crate::cursor;
+use crate::ddl::{self, object_name};
 use crate::dialect::{self, normalize, ParsedStatement};
+use crate::dml;
 use crate::errors::{fix_response, fix_responses, to_pg, SqlError};
 use crate::guard;
 use crate::names;
@@ -77,6 +80,7 @@ pub struct Frontend {
     /// The session of the embedded API ([`Frontend::execute`]): one for
     /// the life of the front end.
     embedded_session: u64,
+    pub metrics: Arc<crate::metrics::StatementMetrics>,
 }
 
 impl Frontend {
@@ -98,6 +102,7 @@ impl Frontend {
             server: Arc::new(ServerSettings::new(sessions.clone())),
             sessions,
             embedded_session: new_session_id(),
+            metrics: Default::default(),
         }))
     }
 
@@ -223,6 +228,8 @@ fn is_ours(s: &Statement) -> bool {
     ) || block::owns(s)
         || settings::owns(s)
         || cursor::owns(s)
+        || dml::owns(s)
+        || ddl::owns(s)
 }
 
 /// Run DataFusion work inside the transaction block `txn`: refused (25P02)
@@ -241,186 +248,13 @@ async fn in_block<T>(
     r
 }
 
-/// The connection's open transaction block, if any.
-async fn conn_txn<C: ClientInfo>(client: &C) -> Option<Arc<Txn>> {
-    let state = client.session_extensions().get::<ConnState>()?;
-    let g = state.txn.lock().await;
-    g.clone()
-}
-
-/// Run `f` in the connection's transaction (inside BEGIN ... COMMIT: that
-/// block, which a failure marks failed) or in a transaction of its own
-/// (autocommit: committed on success, aborted on failure).
-async fn in_txn<C, T, F, Fut>(fe: &Frontend, client: &C, f: F) -> Result<T, SqlError>
-where
-    C: ClientInfo,
-    F: FnOnce(Arc<Txn>) -> Fut,
-    Fut: std::future::Future<Output = Result<T, SqlError>>,
-{
-    let cluster = fe.coord.cluster();
-    match conn_txn(client).await {
-        Some(txn) => {
-            if let Some(why) = txn.failed() {
-                return Err(CoordinatorError::TransactionAborted(why).into());
-            }
-            let r = f(txn.clone()).await;
-            if let Err(e) = &r {
-                txn.mark_failed(e.to_string());
-            }
-            r
-        }
-        None => {
-            let txn = cluster.begin()?;
-            match f(txn.clone()).await {
-                Ok(v) => {
-                    cluster.commit(&txn).await?;
-                    Ok(v)
-                }
-                Err(e) => {
-                    cluster.abort(&txn).await;
-                    Err(e)
-                }
-            }
-        }
-    }
-}
-
-fn expr_sql(e: &SqlExpr) -> String {
-    e.to_string()
-}
-
-fn table_of(
-    t: &datafusion::sql::sqlparser::ast::TableWithJoins,
-) -> Result<(String, Option<String>), SqlError> {
-    use datafusion::sql::sqlparser::ast::TableFactor;
-    if !t.joins.is_empty() {
-        return Err(SqlError::not_supported("UPDATE or DELETE with joins"));
-    }
-    match &t.relation {
-        TableFactor::Table { name, alias, .. } => Ok((
-            object_name(name)?,
-            alias
-                .as_ref()
-                .map(|a| normalize(&a.name.value, a.name.quote_style.is_some())),
-        )),
-        other => Err(SqlError::not_supported(format!(
-            "UPDATE or DELETE of {other}"
-        ))),
-    }
-}
-
-/// DELETE, UPDATE, TRUNCATE.
-async fn run_dml<C: ClientInfo>(
-    fe: &Frontend,
-    client: &C,
-    st: Statement,
-) -> Result<Response, SqlError> {
-    use datafusion::sql::sqlparser::ast::{AssignmentTarget, FromTable};
-    let coord = fe.coord.clone();
-    match st {
-        Statement::Delete(d) => {
-            if d.using.is_some()
-                || d.returning.is_some()
-                || !d.order_by.is_empty()
-                || d.limit.is_some()
-            {
-                return Err(SqlError::not_supported(
-                    "DELETE with USING, RETURNING, ORDER BY or LIMIT",
-                ));
-            }
-            let tables = match &d.from {
-                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
-            };
-            let [t] = tables.as_slice() else {
-                return Err(SqlError::not_supported("DELETE from several tables"));
-            };
-            let (name, alias) = table_of(t)?;
-            let sel = d.selection.as_ref().map(expr_sql);
-            let n = in_txn(fe, client, |txn| async move {
-                Ok(coord
-                    .delete(&txn, &name, alias.as_deref(), sel.as_deref())
-                    .await?)
-            })
-            .await?;
-            Ok(Response::Execution(
-                Tag::new("DELETE").with_rows(n as usize),
-            ))
-        }
-        Statement::Update(u) => {
-            if u.from.is_some() || u.returning.is_some() {
-                return Err(SqlError::not_supported("UPDATE with FROM or RETURNING"));
-            }
-            let (name, alias) = table_of(&u.table)?;
-            let mut assignments = Vec::new();
-            for a in &u.assignments {
-                let AssignmentTarget::ColumnName(c) = &a.target else {
-                    return Err(SqlError::not_supported("UPDATE of a column tuple"));
-                };
-                let ident =
-                    c.0.last().and_then(|p| p.as_ident()).ok_or_else(|| {
-                        SqlError::user("42601", format!("bad column {c} in UPDATE"))
-                    })?;
-                assignments.push((
-                    normalize(&ident.value, ident.quote_style.is_some()),
-                    expr_sql(&a.value),
-                ));
-            }
-            let sel = u.selection.as_ref().map(expr_sql);
-            let n = in_txn(fe, client, |txn| async move {
-                Ok(coord
-                    .update(&txn, &name, alias.as_deref(), &assignments, sel.as_deref())
-                    .await?)
-            })
-            .await?;
-            Ok(Response::Execution(
-                Tag::new("UPDATE").with_rows(n as usize),
-            ))
-        }
-        Statement::Truncate(t) => {
-            let names: Vec<String> = t
-                .table_names
-                .iter()
-                .map(|n| object_name(&n.name))
-                .collect::<Result<_, _>>()?;
-            in_txn(fe, client, |txn| async move {
-                for n in &names {
-                    coord.delete(&txn, n, None, None).await?;
-                }
-                Ok(())
-            })
-            .await?;
-            Ok(Response::Execution(Tag::new("TRUNCATE TABLE")))
-        }
-        other => Err(SqlError::not_supported(format!("statement {other}"))),
-    }
-}
-
-fn object_name(n: &ObjectName) -> Result<String, SqlError> {
-    // public.t and t are the same table; other schemas do not exist yet.
-    let parts: Vec<String> =
-        n.0.iter()
-            .map(|p| {
-                p.as_ident()
-                    .map(|i| normalize(&i.value, i.quote_style.is_some()))
-            })
-            .collect::<Option<_>>()
-            .ok_or_else(|| SqlError::user("42601", format!("bad table name {n}")))?;
-    match parts.as_slice() {
-        [t] => Ok(t.clone()),
-        [s, t] if s == "public" => Ok(t.clone()),
-        _ => Err(SqlError::user(
-            "3F000",
-            format!("schema of \"{n}\" does not exist (slicedb tables live in public)"),
-        )),
-    }
-}
-
 /// Run one statement slicedb owns. COPY FROM STDIN answers `CopyIn` and
 /// leaves its state in the connection's session extensions.
 async fn run_ours<C>(
     fe: &Frontend,
     client: &mut C,
     p: ParsedStatement,
+    format: &Format,
 ) -> Result<Response, SqlError>
 where
     C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -431,7 +265,11 @@ where
         _ => None,
     };
     match p.statement {
-        Statement::CreateTable(ct) => create_table(fe, ct, p.distribution).await,
+        st if ddl::owns(&st) => ddl::run(&fe.coord, conn_txn(client).await, st).await,
+        Statement::CreateTable(ct) => {
+            let block = conn_txn(client).await;
+            create_table(fe, ct, (p.distribution, p.no_data), block).await
+        }
         Statement::Drop {
             names, if_exists, ..
         } => {
@@ -455,9 +293,10 @@ where
                 )),
             }
         }
-        st @ (Statement::Truncate(_) | Statement::Update(_) | Statement::Delete(_)) => {
-            run_dml(fe, client, st).await
-        }
+        st @ (Statement::Truncate(_)
+        | Statement::Update(_)
+        | Statement::Delete(_)
+        | Statement::Insert(_)) => dml::run(&fe.coord, client, st, format).await,
         st if block::owns(&st) => {
             let conn = conn_state(fe, client);
             let (response, reported) =
@@ -497,17 +336,16 @@ where
     Ok(())
 }
 
+/// CREATE TABLE (`as_query`: its distribution clause and WITH NO DATA;
+/// `block`: the connection's transaction block, for CREATE TABLE AS).
 async fn create_table(
     fe: &Frontend,
     mut ct: datafusion::sql::sqlparser::ast::CreateTable,
-    distribution: Option<dialect::Distribution>,
+    (distribution, no_data): (Option<dialect::Distribution>, bool),
+    block: Option<Arc<Txn>>,
 ) -> Result<Response, SqlError> {
     let name = object_name(&ct.name)?;
-    if ct.query.is_some() {
-        return Err(SqlError::not_supported(
-            "CREATE TABLE ... AS SELECT; create the table, then INSERT ... SELECT",
-        ));
-    }
+    ddl::unqualify(&mut ct.name);
     // DataFusion plans the column definitions below and refuses TEMP.
     let temporary = std::mem::take(&mut ct.temporary);
     match ct.on_commit {
@@ -563,6 +401,23 @@ async fn create_table(
         return Err(SqlError::not_supported(format!("table options {options}")));
     }
     let if_not_exists = ct.if_not_exists;
+    if let Some(query) = ct.query.take() {
+        let ctas = ddl::Ctas {
+            name,
+            query: *query,
+            columns: ct
+                .columns
+                .iter()
+                .map(|c| normalize(&c.name.value, c.name.quote_style.is_some()))
+                .collect(),
+            distribution,
+            mirrored,
+            temporary,
+            if_not_exists,
+            no_data,
+        };
+        return ddl::create_table_as(&fe.coord, ctas, block).await;
+    }
     // Let DataFusion turn the column definitions into an Arrow schema.
     let ctx = fe.coord.session();
     let plan = ctx
@@ -586,15 +441,7 @@ async fn create_table(
     let distribution = match distribution {
         Some(dialect::Distribution::Hash(cols)) => Distribution::Hash(cols),
         Some(dialect::Distribution::Random) => Distribution::Random,
-        // Greenplum's default: the first column, if it can be hashed.
-        None => {
-            let first = schema.field(0);
-            if slicedb_coordinator::write::hash::hashable(first.data_type()) {
-                Distribution::Hash(vec![first.name().clone()])
-            } else {
-                Distribution::Random
-            }
-        }
+        None => ddl::default_distribution(&schema),
     };
     if temporary && mirrored && explicit_mirrored {
         return Err(SqlError::not_supported(
@@ -761,6 +608,7 @@ impl SimpleQueryHandler for Simple {
         let fe = self.fe.clone();
         let stopper = fe.stopper(client, query);
         let work = in_conn(conn, self.simple_query(client, query));
+        let work = crate::metrics::observe(&fe.metrics, query, Box::pin(work));
         match stopper {
             Some(mut stopper) => {
                 let responses = stopper.run(work).await?;
@@ -839,7 +687,7 @@ impl Simple {
         for p in parsed {
             if is_ours(&p.statement) {
                 let is_copy_in = matches!(p.statement, Statement::Copy { to: false, .. });
-                out.push(run_ours(&self.fe, client, p).await?);
+                out.push(run_ours(&self.fe, client, p, &Format::UnifiedText).await?);
                 if is_copy_in {
                     // COPY FROM STDIN takes over the connection until CopyDone.
                     break;
@@ -883,10 +731,11 @@ pub struct CopyIn {
 impl CopyIn {
     /// Whether the COPY in progress was canceled or timed out (or its
     /// session terminated): then it is aborted, nothing of it committed.
-    async fn stopped(state: &ConnState) -> Option<PgWireError> {
+    async fn stopped(&self, state: &ConnState) -> Option<PgWireError> {
         let e = state.copy_stop.lock().await.as_mut()?.check()?;
         *state.copy_stop.lock().await = None;
         if let Some(pipeline) = state.copy.lock().await.take() {
+            let _ = (self.fe.metrics).copy_in_done(pipeline.started(), Err(()));
             pipeline.abort().await;
         }
         Some(e)
@@ -909,11 +758,11 @@ impl CopyHandler for CopyIn {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let _ = &self.fe;
+        self.fe.metrics.copy_in(copy_data.data.len());
         let Some(state) = client.session_extensions().get::<ConnState>() else {
             return Ok(());
         };
-        if let Some(e) = Self::stopped(&state).await {
+        if let Some(e) = self.stopped(&state).await {
             return Err(e);
         }
         let mut g = state.copy.lock().await;
@@ -930,14 +779,15 @@ impl CopyHandler for CopyIn {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         if let Some(state) = client.session_extensions().get::<ConnState>() {
-            if let Some(e) = Self::stopped(&state).await {
+            if let Some(e) = self.stopped(&state).await {
                 return Err(e);
             }
         }
         let Some(pipeline) = Self::take(client).await else {
             return Err(SqlError::user("08P01", "CopyDone without COPY in progress").into());
         };
-        let rows = pipeline.finish().await?;
+        let started = pipeline.started();
+        let rows = (self.fe.metrics).copy_in_done(started, pipeline.finish().await)?;
         client
             .send(PgWireBackendMessage::CommandComplete(
                 Tag::new("COPY").with_rows(rows as usize).into(),
@@ -957,6 +807,7 @@ impl CopyHandler for CopyIn {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         if let Some(pipeline) = Self::take(client).await {
+            let _ = (self.fe.metrics).copy_in_done(pipeline.started(), Err(()));
             pipeline.abort().await;
         }
         SqlError::user("57014", format!("COPY from stdin failed: {}", fail.message)).into()
@@ -995,8 +846,21 @@ impl QueryParser for OurParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        if parse_ours(sql).is_some() || admin::parse(sql).is_some() || cursor::parse(sql).is_some()
-        {
+        if let Some(p) = parse_ours(sql) {
+            // UPDATE, DELETE and INSERT ... RETURNING: a plan for Describe.
+            let plan = match dml::describes(&p.statement) {
+                true => {
+                    in_conn(
+                        conn_state(&self.fe, client),
+                        dml::describe(&self.fe.coord, &p.statement),
+                    )
+                    .await?
+                }
+                false => None,
+            };
+            return Ok(Some((sql.to_string(), plan.map(|pl| (p.statement, pl)))));
+        }
+        if admin::parse(sql).is_some() || cursor::parse(sql).is_some() {
             return Ok(Some((sql.to_string(), None)));
         }
         guard::refuse_unsupported_sql(sql)?;
@@ -1068,6 +932,8 @@ impl ExtendedQueryHandler for Extended {
         let fe = self.fe.clone();
         let stopper = fe.stopper(client, &portal.statement.statement.0);
         let work = in_conn(conn, self.extended_query(client, portal, max_rows));
+        let work =
+            crate::metrics::observe_one(&fe.metrics, &portal.statement.statement.0, Box::pin(work));
         let response = match stopper {
             Some(mut stopper) => {
                 let response = stopper.run(work).await?;
@@ -1113,14 +979,16 @@ impl Extended {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let (sql, plan) = &portal.statement.statement;
-        if plan.is_none() {
+        if plan.as_ref().is_none_or(|(st, _)| is_ours(st)) {
             if let Some(st) = cursor::parse(sql) {
                 let conn = conn_state(&self.fe, client);
                 return Ok(cursor::run(&conn, client, st?, Some(portal), false).await?);
             }
             if let Some(mut p) = parse_ours(sql) {
-                params::substitute(&mut p.statement, portal)?;
-                return Ok(run_ours(&self.fe, client, p).await?);
+                let types = dml::param_types(plan.as_ref().map(|(_, pl)| pl))?;
+                params::substitute(&mut p.statement, portal, &types)?;
+                let format = &portal.result_column_format;
+                return Ok(run_ours(&self.fe, client, p, format).await?);
             }
             if let Some(a) = admin::parse(sql) {
                 return Ok(admin::run(&self.fe.coord, a).await?);
@@ -1166,8 +1034,13 @@ impl Frontend {
                         "COPY in the embedded API; use LocalCluster::load",
                     ))
                 }
+                s if ddl::owns(s) => {
+                    ddl::run(&self.coord, None, s.clone()).await?;
+                    vec![]
+                }
                 Statement::CreateTable(ct) => {
-                    create_table(self, ct.clone(), p.distribution.clone()).await?;
+                    let how = (p.distribution.clone(), p.no_data);
+                    create_table(self, ct.clone(), how, None).await?;
                     vec![]
                 }
                 Statement::Drop {

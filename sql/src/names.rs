@@ -168,7 +168,7 @@ fn name_set_expr(body: &mut SetExpr, v: &mut Namer) {
 
 /// PostgreSQL's name for an unaliased select item (`FigureColname`), None
 /// for `?column?`.
-fn figure(e: &Expr) -> Option<String> {
+pub(crate) fn figure(e: &Expr) -> Option<String> {
     match e {
         Expr::Identifier(i) => Some(normalize(&i.value, i.quote_style.is_some())),
         Expr::CompoundIdentifier(parts) => parts

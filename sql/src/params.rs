@@ -545,13 +545,20 @@ fn literal(v: &Value) -> Result<Expr, SqlError> {
 }
 
 /// Put the parameters of `portal` into `statement` (one slicedb runs
-/// itself, not planned) as literals of the types the client declared
-/// (text and parameters of no declared type as string literals, which
-/// DataFusion converts where the statement needs another type).
-pub fn substitute(statement: &mut Statement, portal: &Portal<Planned>) -> Result<(), SqlError> {
+/// itself) as literals of the types the client declared (text and
+/// parameters of no declared type as string literals, which DataFusion
+/// converts where the statement needs another type). `types` are the
+/// types the server described (`$1` ...), by which binary parameters of
+/// no declared type are read.
+pub fn substitute(
+    statement: &mut Statement,
+    portal: &Portal<Planned>,
+    types: &HashMap<String, Option<DataType>>,
+) -> Result<(), SqlError> {
     let mut literals = Vec::with_capacity(portal.parameter_len());
     for i in 0..portal.parameter_len() {
-        let v = param(portal, i, None)?.ok_or_else(|| {
+        let target = types.get(&format!("${}", i + 1)).cloned().flatten();
+        let v = param(portal, i, target.as_ref())?.ok_or_else(|| {
             SqlError::not_supported(format!(
                 "parameter ${} of type {} in this statement",
                 i + 1,
@@ -1004,7 +1011,7 @@ mod tests {
             .unwrap()
             .remove(0)
             .statement;
-        substitute(&mut st, &p).unwrap();
+        substitute(&mut st, &p, &HashMap::new()).unwrap();
         assert_eq!(
             st.to_string(),
             "UPDATE t SET a = -3, b = CAST(1.5 AS DOUBLE PRECISION), c = CAST('12.50' AS NUMERIC(38,2)), d = 'it''s' \
@@ -1022,6 +1029,9 @@ mod tests {
             .unwrap()
             .remove(0)
             .statement;
-        assert_eq!(state(substitute(&mut st, &p).unwrap_err()).0, "08P01");
+        assert_eq!(
+            state(substitute(&mut st, &p, &HashMap::new()).unwrap_err()).0,
+            "08P01"
+        );
     }
 }

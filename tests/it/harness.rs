@@ -521,10 +521,20 @@ impl Slicedb {
         let root = env.path().join(dir);
         fs::create_dir_all(&root)?;
         let pg_port = free_port()?;
+        // Metrics on ports of their own: the default (port + 1000) could
+        // be another test's.
+        let metrics = |toml: &str, key: &str| -> Result<String> {
+            Ok(if toml.contains(key) {
+                String::new()
+            } else {
+                format!("{key} = \"127.0.0.1:{}\"\n", free_port()?)
+            })
+        };
         let mut toml = format!(
             "cluster_id = \"test-cluster\"\nslices_per_disk = 4\n\n[coordinator]\n\
-             listen = \"127.0.0.1:{pg_port}\"\ndata_dir = \"{}\"\n{coord_toml}",
-            root.join("coord").display()
+             listen = \"127.0.0.1:{pg_port}\"\ndata_dir = \"{}\"\n{}{coord_toml}",
+            root.join("coord").display(),
+            metrics(coord_toml, "metrics_listen")?,
         );
         let mut node_addrs = Vec::new();
         for id in 0..nodes + spares {
@@ -538,8 +548,9 @@ impl Slicedb {
             };
             toml.push_str(&format!(
                 "\n[[nodes]]\nid = {id}\naddress = \"{addr}\"\ndata_dir = \"{}\"\n\
-                 {disks}disk_size = \"256MiB\"\n{spare}{node_toml}",
-                root.join(format!("node{id}")).display()
+                 {disks}disk_size = \"256MiB\"\n{spare}{}{node_toml}",
+                root.join(format!("node{id}")).display(),
+                metrics(node_toml, "metrics_address")?,
             ));
             node_addrs.push(addr);
         }

@@ -81,3 +81,17 @@ fn session_settings_and_names_script_passes() {
         db.stop().await
     });
 }
+
+/// UPDATE ... FROM and DELETE ... USING across slices (duplicate matches,
+/// unmatched rows, in blocks that roll back or commit), RETURNING of
+/// INSERT, UPDATE and DELETE in both protocols, Describe of their
+/// parameters, and the mirrors in sync afterwards.
+#[test]
+fn psycopg_dml_joins_and_returning() {
+    harness::run("python-dml", |env| async move {
+        let db = Slicedb::local(&env, 3, &env.path().join("data")).await?;
+        let url = db.url().to_string();
+        run_script("test_dml.py", vec![url], "all dml checks passed").await?;
+        db.stop().await
+    });
+}

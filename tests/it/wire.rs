@@ -694,5 +694,34 @@ async fn ddl_variants(client: &Client) -> Result<()> {
         exec(client, &format!("DROP TABLE {table}")).await?;
         expect_error(client, &format!("SELECT * FROM {table}"), &["42P01"]).await?;
     }
+
+    // sum(bigint) is a numeric, as in PostgreSQL: it never wraps around,
+    // also when the nodes sum their slices first (partial aggregates).
+    exec(
+        client,
+        "CREATE TABLE t_big (k bigint, g int) DISTRIBUTE ON (k)",
+    )
+    .await?;
+    exec(
+        client,
+        "INSERT INTO t_big VALUES (9223372036854775807, 1), (9223372036854775806, 1), \
+         (3, 1), (-5, 2), (2147483647, 3), (2147483647, 3)",
+    )
+    .await?;
+    let got = query(
+        client,
+        "SELECT g, sum(k), sum(g) FROM t_big GROUP BY g ORDER BY g",
+    )
+    .await?;
+    let want: Vec<Vec<Option<String>>> = [
+        ["1", "18446744073709551616", "3"],
+        ["2", "-5", "2"],
+        ["3", "4294967294", "6"],
+    ]
+    .iter()
+    .map(|r| r.iter().map(|c| Some(c.to_string())).collect())
+    .collect();
+    assert_rows_match("sum(bigint) past i64::MAX", &got, &want, 0.0)?;
+    exec(client, "DROP TABLE t_big").await?;
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! - [`pushdown`]: the physical rules that move plan fragments to the nodes;
 //!   [`node_fragment`]: a fragment's encoding and the node's runner;
 //!   [`lineage`]: which table column an output column is.
+//! - [`pgsum`]: `sum` with PostgreSQL's result types (`sum(bigint)` is numeric).
 //! - [`memory`]: the memory pool and spill directory of query execution.
 //! - [`threads`]: the runtime query execution runs on, apart from the
 //!   service threads (connections, cancel requests, heartbeats, RPCs).
@@ -26,6 +27,7 @@ mod lineage;
 pub mod memory;
 pub mod node_fragment;
 pub mod node_scan;
+pub mod pgsum;
 pub mod pushdown;
 pub mod semijoin;
 pub mod table;

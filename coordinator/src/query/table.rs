@@ -51,6 +51,24 @@ pub struct SliceTable {
     /// A DML scan: the schema gains `_slice` and `_rowid` after the user
     /// columns, so UPDATE and DELETE know which rows of which slice to delete.
     dml: Option<SchemaRef>,
+    /// Columns added with a DEFAULT (ALTER TABLE): what an INSERT that
+    /// omits them writes.
+    defaults: Vec<(String, Expr)>,
+}
+
+/// The defaults of a table's columns (ADD COLUMN ... DEFAULT), as DataFusion
+/// expressions.
+fn column_defaults(meta: &TableMeta) -> Vec<(String, Expr)> {
+    meta.columns
+        .iter()
+        .filter(|c| !c.dropped)
+        .filter_map(|c| {
+            let text = c.default.as_ref()?;
+            let dt = meta.schema.field_with_name(&c.name).ok()?.data_type();
+            let v = datafusion::common::ScalarValue::try_from_string(text.clone(), dt).ok()?;
+            Some((c.name.clone(), datafusion::logical_expr::lit(v)))
+        })
+        .collect()
 }
 
 impl fmt::Debug for SliceTable {
@@ -66,6 +84,7 @@ impl SliceTable {
         SliceTable {
             cluster,
             inserts: Some(inserts),
+            defaults: column_defaults(&meta),
             meta,
             dml: None,
         }
@@ -106,6 +125,7 @@ impl SliceTable {
             inserts: None,
             meta,
             dml,
+            defaults: Vec::new(),
         }
     }
 }
@@ -118,6 +138,13 @@ impl TableProvider for SliceTable {
 
     fn table_type(&self) -> TableType {
         TableType::Base
+    }
+
+    fn get_column_default(&self, column: &str) -> Option<&Expr> {
+        self.defaults
+            .iter()
+            .find(|(c, _)| c == column)
+            .map(|(_, e)| e)
     }
 
     fn supports_filters_pushdown(

@@ -3,7 +3,8 @@
 //! - [`hash`]: the row -> slice hash (an on-disk contract).
 //! - [`load`]: the loader every COPY, INSERT and UPDATE writes through.
 //! - [`sink`]: INSERT from DataFusion, the sink each table is handed.
-//! - [`dml`]: DELETE and UPDATE (their rows found by a query-path scan).
+//! - [`dml`]: DELETE and UPDATE (their rows found by a query-path scan,
+//!   joined to FROM / USING tables), and RETURNING of all three.
 //! - [`maintenance`]: GROOM TABLE and the online mirror check.
 //! - [`send`]: one write request to its slice's node, carried over a
 //!   failover of that node.
@@ -19,6 +20,7 @@ pub mod maintenance;
 pub mod send;
 pub mod sink;
 
+pub use dml::{DmlOutcome, DmlQuery};
 pub use load::Loader;
 pub use maintenance::VerifyRow;
 pub use sink::TableSinks;

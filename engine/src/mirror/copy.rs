@@ -27,6 +27,7 @@
 //! calls in) and never decides what to copy (the coordinator does).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,12 +111,35 @@ pub struct CopyPlan {
 #[derive(Debug, Default)]
 pub struct Meters {
     copies: Mutex<BTreeMap<Xid, pb::CopyStatus>>,
+    /// Bytes of blocks received by every copy since the node started.
+    bytes_total: AtomicU64,
+    /// Copies finished since the node started: committed, failed.
+    finished: [AtomicU64; 2],
+}
+
+/// What the metrics endpoint shows of a node's copies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyCounts {
+    pub in_progress: u64,
+    pub bytes_total: u64,
+    pub committed: u64,
+    pub failed: u64,
 }
 
 impl Meters {
     /// Every copy in flight.
     pub fn snapshot(&self) -> Vec<pb::CopyStatus> {
         self.copies.lock().values().cloned().collect()
+    }
+
+    /// The counters of the metrics endpoint.
+    pub fn counts(&self) -> CopyCounts {
+        CopyCounts {
+            in_progress: self.copies.lock().len() as u64,
+            bytes_total: self.bytes_total.load(Ordering::Relaxed),
+            committed: self.finished[0].load(Ordering::Relaxed),
+            failed: self.finished[1].load(Ordering::Relaxed),
+        }
     }
 
     fn update(&self, xid: Xid, f: impl FnOnce(&mut pb::CopyStatus)) {
@@ -225,6 +249,7 @@ pub async fn pull(
         let _row = Metered::start(meters, &plan);
         pull_inner(source, &target, &plan, meters, activity).await
     };
+    meters.finished[usize::from(res.is_err())].fetch_add(1, Ordering::Relaxed);
     if res.is_err() {
         let xid = plan.xid;
         let t = target.clone();
@@ -307,6 +332,9 @@ async fn pull_inner(
         }
         blocks += 1;
         bytes += chunk.block.len() as u64;
+        meters
+            .bytes_total
+            .fetch_add(chunk.block.len() as u64, Ordering::Relaxed);
         meters.update(xid, |c| {
             c.blocks = blocks;
             c.bytes = bytes;

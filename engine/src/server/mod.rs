@@ -17,6 +17,7 @@
 //! the checks.
 
 mod control;
+mod metrics;
 mod peer;
 mod scans;
 

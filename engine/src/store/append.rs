@@ -116,14 +116,15 @@ impl DiskStore {
             slice,
         };
         let nblocks = n.div_ceil(self.opts.block_rows);
-        let (user, first_rowid, first_seq) = {
+        let (user, to_physical, first_rowid, first_seq) = {
             let mut inner = self.inner.lock();
             let t = inner
                 .tables
                 .get(&table)
                 .ok_or(EngineError::TableNotFound(table))?;
             Self::check_batch(table, &t.user, batch)?;
-            let user = t.user.clone();
+            let to_physical = t.writer();
+            let user = to_physical.schema.clone();
             if n == 0 {
                 return Ok((0, Vec::new()));
             }
@@ -132,7 +133,7 @@ impl DiskStore {
             let first = (s.next_rowid, s.next_seq);
             s.next_rowid += n as i64;
             s.next_seq += nblocks as u64;
-            (user, first.0, first.1)
+            (user, to_physical, first.0, first.1)
         };
         let mut kept = Vec::new();
         for b in 0..nblocks {
@@ -143,6 +144,7 @@ impl DiskStore {
                 .iter()
                 .map(|c| c.slice(start, len))
                 .collect();
+            let cols = to_physical.to_physical(cols, len);
             let rowid0 = first_rowid + start as i64;
             let user_batch = RecordBatch::try_new(user.clone(), cols).map_err(|e| {
                 EngineError::SchemaMismatch {
@@ -222,6 +224,7 @@ impl DiskStore {
         zone_bytes: Arc<[u8]>,
         zones: Vec<ZoneMap>,
     ) {
+        self.counters.written(key.segment, h.rows, length);
         let indexed = IndexedBlock {
             meta: BlockMeta {
                 offset,
@@ -336,7 +339,9 @@ impl DiskStore {
                 .tables
                 .get(&table)
                 .ok_or(EngineError::TableNotFound(table))?;
-            if h.columns as usize != t.stored.fields().len() {
+            // A block written before the table gained columns holds fewer
+            // (a slice copy sends old blocks as they are).
+            if h.columns as usize > t.stored.fields().len() || h.columns < 3 {
                 return Err(EngineError::SchemaMismatch {
                     table,
                     reason: format!(
@@ -346,7 +351,13 @@ impl DiskStore {
                     ),
                 });
             }
-            let zones = block::decode_zones(&zone_bytes, &t.stored, h.rows)?;
+            let zones = t.zones(&zone_bytes, h.rows)?;
+            if zones.len() != h.columns as usize {
+                return Err(EngineError::CorruptBlock {
+                    offset: 0,
+                    reason: format!("{} zone maps for {} columns", zones.len(), h.columns),
+                });
+            }
             Self::mark_dirty(&mut inner, xid)?;
             let s = inner.streams.entry(key).or_insert_with(Stream::empty);
             s.next_rowid = s.next_rowid.max(h.rowid_max.saturating_add(1));

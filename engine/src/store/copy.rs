@@ -231,6 +231,7 @@ impl DiskStore {
         match block::inspect_block(&buf, stored.table, stored.slice) {
             Ok(_) => Ok(buf),
             Err(e @ (EngineError::ChecksumMismatch { .. } | EngineError::CorruptBlock { .. })) => {
+                self.counters.checksum_failed();
                 let good = self.opts.repair.repair(stored, e)?;
                 block::inspect_block(&good, stored.table, stored.slice)?;
                 Ok(good)

@@ -7,11 +7,12 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{Array, Int64Array, RecordBatch};
+use arrow::array::{Array, Int64Array};
 use arrow::compute::filter_record_batch;
 use serde::Serialize;
 use tracing::info;
 
+use super::evolve::Widener;
 use super::repair::{self, StoredBlock};
 use super::{read_only_err, DiskStore, IndexedBlock, Stream};
 use crate::block;
@@ -43,7 +44,7 @@ impl DiskStore {
         }
         let _c = self.commit_lock.lock();
         let _gate = self.io_gate.read();
-        let (stored, work) = {
+        let (widener, work) = {
             let inner = self.inner.lock();
             let Some(t) = inner.tables.get(&table) else {
                 return Ok(GroomStats::default());
@@ -54,7 +55,7 @@ impl DiskStore {
                 .filter(|(k, s)| k.table == table && s.deletes.values().any(|&x| x < horizon))
                 .map(|(k, s)| (*k, s.committed.clone(), s.deletes.clone()))
                 .collect();
-            (t.stored.clone(), work)
+            (t.widener(), work)
         };
         let mut stats = GroomStats::default();
         // (key, old block list len, new blocks, surviving deletes, new run)
@@ -81,7 +82,9 @@ impl DiskStore {
                     self.opts.repair.as_ref(),
                     &on_disk,
                     None,
+                    &self.counters,
                 )?;
+                self.counters.read(key.segment, b.meta.length);
                 let rowids = batch
                     .column(batch.num_columns() - 3)
                     .as_any()
@@ -97,7 +100,9 @@ impl DiskStore {
                 if kept.num_rows() == 0 {
                     continue;
                 }
-                let kept = RecordBatch::try_new(stored.clone(), kept.columns().to_vec())?;
+                // An old block comes out with the table's columns now
+                // (crate::store::evolve).
+                let kept = widener.widen_all(&kept, Widener::block_width(&b.zones))?;
                 let seq = {
                     let mut inner = self.inner.lock();
                     let s = inner.streams.entry(key).or_insert_with(Stream::empty);

@@ -37,7 +37,9 @@ mod append;
 mod checksum;
 mod commit;
 mod copy;
+mod counters;
 mod delete_log;
+mod evolve;
 mod groom;
 mod reclaim;
 mod recovery;
@@ -75,6 +77,8 @@ use crate::{DiskId, EngineError, NodeId, Result, SliceId, TableId, Xid};
 pub use checksum::SliceChecksum;
 pub use commit::TxnState;
 pub use copy::SliceExport;
+pub use counters::{SegmentCounts, StoreCounters};
+pub use evolve::{META_DEFAULT, META_DROPPED};
 pub use groom::GroomStats;
 pub use repair::{BlockRepair, NoRepair, StoredBlock};
 pub use report::{DiskReport, ExtentReport, SegmentReport, SliceStat, TableReport};
@@ -223,10 +227,21 @@ impl Default for Snapshot {
     }
 }
 
+/// A table on a disk: its schema as the coordinator sent it, and the views
+/// of it readers and writers need (`evolve`).
 struct TableEntry {
+    /// Logical columns (not dropped), current names, no metadata.
     user: SchemaRef,
+    /// Physical user columns (every block's layout), then the hidden ones.
     stored: SchemaRef,
+    /// The physical schema as sent, metadata and all.
+    full: SchemaRef,
     schema_ipc: Vec<u8>,
+    /// The physical column of each logical one.
+    phys: Vec<usize>,
+    /// Per physical column, what a block written before it existed reads
+    /// as (one value; None: NULL).
+    defaults: Arc<Vec<Option<arrow::array::ArrayRef>>>,
 }
 
 /// A block in the index, with its zone maps decoded once.
@@ -337,6 +352,8 @@ pub struct DiskStore {
     readers: Arc<reclaim::Readers>,
     /// Decoded columns of blocks read before (None: no cache).
     cache: Option<Arc<BlockCache>>,
+    /// Work done, for the metrics endpoint.
+    counters: Arc<StoreCounters>,
 }
 
 fn schema_to_ipc(schema: &Schema) -> Result<Vec<u8>> {
@@ -466,6 +483,7 @@ impl DiskStore {
             io_gate: RwLock::new(()),
             readers: Arc::default(),
             cache,
+            counters: Arc::default(),
         })
     }
 

@@ -34,17 +34,9 @@ impl DiskStore {
         let corrupt = |m: String| EngineError::CorruptMetadata(m);
         let mut tables = BTreeMap::new();
         for t in state.tables {
-            let user = schema_from_ipc(&t.schema_ipc, t.id)?;
-            let stored = block::stored_schema(&user);
+            let full = schema_from_ipc(&t.schema_ipc, t.id)?;
             if tables
-                .insert(
-                    t.id,
-                    TableEntry {
-                        user,
-                        stored,
-                        schema_ipc: t.schema_ipc,
-                    },
-                )
+                .insert(t.id, TableEntry::with_ipc(t.id, full, t.schema_ipc)?)
                 .is_some()
             {
                 return Err(corrupt(format!("table {} listed twice", t.id)));
@@ -155,7 +147,7 @@ impl DiskStore {
             let mut committed = Vec::with_capacity(s.blocks.len());
             for b in s.blocks {
                 check_block(&s.key, &b)?;
-                let zones = block::decode_zones(&b.zones, &table.stored, b.rows)?;
+                let zones = table.zones(&b.zones, b.rows)?;
                 note_block(st, &b);
                 committed.push(Arc::new(IndexedBlock { meta: b, zones }));
             }
@@ -181,7 +173,7 @@ impl DiskStore {
                     corrupt(format!("prepared block of unknown table {}", k.table))
                 })?;
                 check_block(&k, &b)?;
-                let zones = block::decode_zones(&b.zones, &table.stored, b.rows)?;
+                let zones = table.zones(&b.zones, b.rows)?;
                 if let Some(st) = streams.get_mut(&k) {
                     note_block(st, &b);
                 }

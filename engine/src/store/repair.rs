@@ -14,6 +14,7 @@
 
 use arrow::array::RecordBatch;
 
+use super::StoreCounters;
 use crate::block::{self, BlockLocation};
 use crate::disk::meta::BlockMeta;
 use crate::disk::{BlockDevice, SegmentKind};
@@ -114,12 +115,14 @@ pub(super) fn read_block(
     repair: &dyn BlockRepair,
     stored: &StoredBlock,
     projection: Option<&[usize]>,
+    counters: &StoreCounters,
 ) -> Result<RecordBatch> {
     let loc = stored.location();
     let mut buf = vec![0u8; stored.length as usize];
     dev.read_at(stored.offset, &mut buf)?;
     match block::decode_block(&buf, &loc, projection.map(<[usize]>::to_vec)) {
         Err(e @ (EngineError::ChecksumMismatch { .. } | EngineError::CorruptBlock { .. })) => {
+            counters.checksum_failed();
             drop(buf);
             let good = repair.repair(stored, e)?;
             block::decode_block(&good, &loc, projection.map(<[usize]>::to_vec))

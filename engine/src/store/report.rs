@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::DiskStore;
+use super::{DiskStore, StoreCounters};
 use crate::disk::meta::SlotStatus;
 use crate::disk::SegmentKind;
 use crate::{DiskId, NodeId, SliceId, TableId};
@@ -41,6 +41,24 @@ impl DiskStore {
                     .saturating_sub(s.deletes.len() as u64),
                 bytes: s.committed.iter().map(|b| b.meta.length).sum(),
                 blocks: s.committed.len() as u64,
+            })
+            .collect()
+    }
+
+    /// The disk's work counters (metrics).
+    pub fn counters(&self) -> &StoreCounters {
+        &self.counters
+    }
+
+    /// (segment, bytes, bytes used) of every segment, as `report` has them.
+    pub fn segment_usage(&self) -> Vec<(SegmentKind, u64, u64)> {
+        let inner = self.inner.lock();
+        SegmentKind::ALL
+            .iter()
+            .map(|&k| {
+                let a = &inner.alloc[k.index()];
+                let seg = a.segment();
+                (k, seg.length, seg.length - a.free_bytes())
             })
             .collect()
     }

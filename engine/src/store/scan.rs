@@ -14,6 +14,7 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Schema, SchemaRef};
 use serde::Serialize;
 
+use super::evolve::Widener;
 use super::repair::{self, BlockRepair, StoredBlock};
 use super::{DiskStore, IndexedBlock, ScanSpec, Snapshot};
 use crate::block;
@@ -41,7 +42,7 @@ impl DiskStore {
             slice: spec.slice,
         };
         let committed;
-        let (user, blocks, deletes, own_deletes, reader) = {
+        let (user, phys, widener, blocks, deletes, own_deletes, reader) = {
             let inner = self.inner.lock();
             let t = inner
                 .tables
@@ -69,24 +70,43 @@ impl DiskStore {
                 own_deletes = own.deleted_in(&key);
             }
             let reader = self.readers.enter();
-            (t.user.clone(), blocks, deletes, own_deletes, reader)
+            let (phys, widener) = (t.phys.clone(), t.widener());
+            (
+                t.user.clone(),
+                phys,
+                widener,
+                blocks,
+                deletes,
+                own_deletes,
+                reader,
+            )
         };
-        let nuser = user.fields().len();
-        let out_user: Vec<usize> = match &spec.projection {
+        let nlogical = user.fields().len();
+        let logical: Vec<usize> = match &spec.projection {
             Some(p) => p.clone(),
-            None => (0..nuser).collect(),
+            None => (0..nlogical).collect(),
         };
-        let pred_cols = spec
+        let logical_pred = spec
             .predicate
             .as_ref()
             .map(|p| p.columns())
             .unwrap_or_default();
-        if let Some(&bad) = out_user.iter().chain(&pred_cols).find(|&&c| c >= nuser) {
+        if let Some(&bad) = logical
+            .iter()
+            .chain(&logical_pred)
+            .find(|&&c| c >= nlogical)
+        {
             return Err(EngineError::InvalidRequest(format!(
-                "column {bad} out of range: table {} has {nuser} columns",
+                "column {bad} out of range: table {} has {nlogical} columns",
                 spec.table
             )));
         }
+        // From here on, columns are physical (crate::store::evolve): the
+        // places blocks hold them in.
+        let nuser = widener.width();
+        let out_user: Vec<usize> = logical.iter().map(|&c| phys[c]).collect();
+        let predicate = spec.predicate.as_ref().map(|p| p.remap(&|c| phys[c]));
+        let pred_cols = predicate.as_ref().map(|p| p.columns()).unwrap_or_default();
         let [rowid_col, createxid_col, _] = block::hidden_columns(nuser);
         // Stored columns to decode: projection ∪ predicate columns, then hidden.
         let mut base: Vec<usize> = out_user.iter().chain(&pred_cols).copied().collect();
@@ -99,7 +119,7 @@ impl DiskStore {
             read.sort_unstable();
             read.dedup();
             let pos = |c: usize| read.iter().position(|&r| r == c);
-            let predicate = spec.predicate.as_ref().map(|p| {
+            let predicate = predicate.as_ref().map(|p| {
                 p.remap(&|c| pos(c).expect("predicate column is in the read set"))
                     .prepared()
             });
@@ -126,7 +146,7 @@ impl DiskStore {
                 vis,
             }
         };
-        let mut fields: Vec<_> = out_user.iter().map(|&c| user.fields()[c].clone()).collect();
+        let mut fields: Vec<_> = logical.iter().map(|&c| user.fields()[c].clone()).collect();
         if spec.include_hidden {
             fields.extend(block::hidden_fields());
         }
@@ -142,7 +162,7 @@ impl DiskStore {
             },
             blocks,
             next: 0,
-            prune: spec.predicate.clone().map(Predicate::prepared),
+            prune: predicate.clone().map(Predicate::prepared),
             fast: plan(base),
             checked: plan(with_vis),
             snapshot: spec.snapshot.clone(),
@@ -152,8 +172,10 @@ impl DiskStore {
             failed: false,
             segment: spec.segment,
             stored: nuser + 3,
+            widener,
             committed,
             cache: self.cache.clone(),
+            counters: self.counters.clone(),
             repair: self.opts.repair.clone(),
             _reader: reader,
         })
@@ -198,11 +220,15 @@ pub struct BlockScan {
     segment: SegmentKind,
     /// Stored columns of the table: user columns and the hidden ones.
     stored: usize,
+    /// Blocks written before the table gained columns, read as if they
+    /// held them.
+    widener: Widener,
     /// `blocks[..committed]` are committed; the rest are the reader's own
     /// uncommitted blocks, which are never cached (an abort may give their
     /// place and sequence number to another block).
     committed: usize,
     cache: Option<Arc<BlockCache>>,
+    counters: Arc<super::StoreCounters>,
     /// Where a block that fails its checksum goes.
     repair: Arc<dyn BlockRepair>,
     /// Keeps space an abort frees from reuse while this scan may read it.
@@ -247,26 +273,51 @@ impl BlockScan {
         };
         // The block being read is `self.next - 1`.
         let cache = self.cache.as_ref().filter(|_| self.next <= self.committed);
-        let cached = cache.and_then(|c| c.get(&key, plan.proj.as_deref(), self.stored));
+        let mut read_bytes = 0;
+        // A block written before the table gained columns: read what it
+        // holds, in its own numbering, and widen.
+        let k = Widener::block_width(&b.zones);
+        let narrow = k + 3 < self.stored;
+        let all_read: Vec<usize>;
+        let (proj, stored) = if narrow {
+            all_read = plan
+                .proj
+                .clone()
+                .unwrap_or_else(|| (0..self.stored).collect());
+            (Some(self.widener.block_projection(&all_read, k)), k + 3)
+        } else {
+            all_read = Vec::new();
+            (plan.proj.clone(), self.stored)
+        };
+        let cached = cache.and_then(|c| c.get(&key, proj.as_deref(), stored));
         let batch = match cached {
             Some(batch) => batch,
             None => {
-                let stored =
+                let on_disk =
                     StoredBlock::new(self.disk, self.segment, self.table, self.slice, &b.meta);
                 let batch = repair::read_block(
                     self.dev.as_ref(),
                     self.repair.as_ref(),
-                    &stored,
-                    plan.proj.as_deref(),
+                    &on_disk,
+                    proj.as_deref(),
+                    &self.counters,
                 )?;
+                read_bytes = b.meta.length;
                 if let Some(c) = cache {
-                    c.insert(key, plan.proj.as_deref(), &batch);
+                    c.insert(key, proj.as_deref(), &batch);
                 }
                 batch
             }
         };
+        let batch = if narrow {
+            self.widener.widen(&batch, &all_read, k)?
+        } else {
+            batch
+        };
         self.stats.blocks_read += 1;
         self.stats.rows_read += batch.num_rows() as u64;
+        self.counters
+            .scanned(self.segment, batch.num_rows() as u64, read_bytes);
         let cols: Vec<ArrayRef> = plan
             .out_idx
             .iter()
@@ -332,7 +383,10 @@ impl Iterator for BlockScan {
             let b = self.blocks[self.next].clone();
             self.next += 1;
             if let Some(p) = &self.prune {
-                if !p.may_match(&b.zones) {
+                // Only user columns' zones: an old block's hidden ones come
+                // right after its fewer user columns.
+                let user_zones = &b.zones[..Widener::block_width(&b.zones)];
+                if !p.may_match(user_zones) {
                     self.stats.blocks_pruned += 1;
                     continue;
                 }

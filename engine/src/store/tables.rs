@@ -7,13 +7,14 @@
 use arrow::datatypes::SchemaRef;
 use tracing::info;
 
-use super::{read_only_err, schema_to_ipc, DiskStore, TableEntry};
-use crate::block;
+use super::{read_only_err, DiskStore, TableEntry};
 use crate::disk::meta::{StreamKey, TableMeta};
 use crate::{EngineError, Result, TableId};
 
 impl DiskStore {
-    /// Create a table. Durable when it returns. Idempotent for an identical schema.
+    /// Create a table. Durable when it returns. Idempotent for an identical
+    /// schema; a schema the table evolved into (ALTER TABLE: columns added,
+    /// dropped, renamed; `crate::store::evolve`) replaces the table's.
     pub fn create_table(&self, table: TableId, schema: SchemaRef) -> Result<()> {
         if self.read_only {
             return Err(read_only_err());
@@ -33,34 +34,28 @@ impl DiskStore {
             }
         }
         let _c = self.commit_lock.lock();
-        let (generation, mut state) = {
+        let (generation, mut state, entry) = {
             let inner = self.inner.lock();
-            if let Some(t) = inner.tables.get(&table) {
-                return if *t.user == *schema {
-                    Ok(())
-                } else {
-                    Err(EngineError::TableExists(table))
-                };
-            }
-            (inner.generation + 1, Self::meta_state(&inner, None))
+            let entry = match inner.tables.get(&table) {
+                // The same table after ALTER TABLE (crate::store::evolve).
+                Some(t) => match t.evolve(table, &schema)? {
+                    None => return Ok(()),
+                    Some(e) => e,
+                },
+                None => TableEntry::new(table, schema.clone())?,
+            };
+            (inner.generation + 1, Self::meta_state(&inner, None), entry)
         };
-        let schema_ipc = schema_to_ipc(&schema)?;
+        state.tables.retain(|t| t.id != table);
         state.tables.push(TableMeta {
             id: table,
-            schema_ipc: schema_ipc.clone(),
+            schema_ipc: entry.schema_ipc.clone(),
         });
         state.tables.sort_by_key(|t| t.id);
         self.write_generation(generation, &state)?;
         let mut inner = self.inner.lock();
         inner.generation = generation;
-        inner.tables.insert(
-            table,
-            TableEntry {
-                stored: block::stored_schema(&schema),
-                user: schema,
-                schema_ipc,
-            },
-        );
+        inner.tables.insert(table, entry);
         info!(table, generation, "created table");
         Ok(())
     }

@@ -57,6 +57,8 @@ pub struct CopyPipeline {
     /// Input not yet handed on, less than [`CHUNK_BYTES`].
     pending: BytesMut,
     load: Option<JoinHandle<Result<u64, SqlError>>>,
+    /// When the COPY began (its latency in the metrics).
+    started: std::time::Instant,
 }
 
 /// How decoded columns map onto the table's columns.
@@ -102,7 +104,13 @@ impl CopyPipeline {
             raw: Some(raw_tx),
             pending: BytesMut::new(),
             load: Some(load),
+            started: std::time::Instant::now(),
         }
+    }
+
+    /// When the COPY began.
+    pub fn started(&self) -> std::time::Instant {
+        self.started
     }
 
     /// Hand on one CopyData message. Waits while the pipeline is full; once
