@@ -81,7 +81,7 @@ pub(crate) async fn run(
 ) -> Result<(Response, Reported), SqlError> {
     let cluster = coord.cluster();
     let end = |committed: bool, meta: &mut std::collections::HashMap<String, String>| {
-        crate::cursor::end_block(conn, committed);
+        crate::cursor::end_block(&conn.cursors, committed);
         settings::end_block(conn, meta, committed)
     };
     match st {

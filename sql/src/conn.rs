@@ -89,6 +89,15 @@ pub(crate) struct ConnState {
 }
 
 impl ConnState {
+    /// What the connection's cursors need of it (`crate::cursor`).
+    pub(crate) fn cursors(&self) -> crate::cursor::CursorConn<'_> {
+        crate::cursor::CursorConn {
+            cursors: &self.cursors,
+            ctx: &self.ctx,
+            txn: &self.txn,
+        }
+    }
+
     pub(crate) fn new(
         coord: Arc<Coordinator>,
         server: Arc<ServerSettings>,

@@ -59,10 +59,18 @@ use slicedb_coordinator::txn::{Txn, CURRENT_TXN};
 use slicedb_coordinator::CoordinatorError;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use crate::conn::ConnState;
 use crate::dialect::{self, normalize};
 use crate::params::{self, Planned};
 use crate::{names, shield, SqlError};
+
+/// What a cursor needs of its connection (`crate::conn::ConnState` lends
+/// it): the connection's cursors, its DataFusion context and its open
+/// transaction block.
+pub(crate) struct CursorConn<'a> {
+    pub(crate) cursors: &'a Cursors,
+    pub(crate) ctx: &'a Arc<datafusion::prelude::SessionContext>,
+    pub(crate) txn: &'a Mutex<Option<Arc<Txn>>>,
+}
 
 /// A cursor statement, parsed.
 #[derive(Debug, Clone, PartialEq)]
@@ -314,8 +322,8 @@ impl Cursors {
 
 /// The end of the connection's transaction block: its cursors without hold
 /// close, and so do those it declared WITH HOLD if it rolled back.
-pub(crate) fn end_block(conn: &ConnState, committed: bool) {
-    conn.cursors.lock().retain(|_, h| {
+pub(crate) fn end_block(cursors: &Cursors, committed: bool) {
+    cursors.lock().retain(|_, h| {
         let keep = h.hold && (committed || !h.in_block);
         h.in_block = false;
         keep
@@ -443,7 +451,7 @@ impl Cursor {
 /// format for FETCH); `eager`: a FETCH's rows are read now, not as they are
 /// sent (a simple query of several statements).
 pub(crate) async fn run<C: ClientInfo>(
-    conn: &ConnState,
+    conn: &CursorConn<'_>,
     client: &C,
     st: CursorStatement,
     portal: Option<&Portal<Planned>>,
@@ -496,7 +504,7 @@ pub(crate) async fn run<C: ClientInfo>(
 }
 
 async fn declare(
-    conn: &ConnState,
+    conn: &CursorConn<'_>,
     d: Declare,
     portal: Option<&Portal<Planned>>,
     txn: Option<Arc<Txn>>,
@@ -529,7 +537,7 @@ async fn declare(
         .ok_or_else(|| SqlError::user("42601", "DECLARE CURSOR needs FOR query"))?;
     let mut st = Statement::Query(query);
     if let Some(portal) = portal {
-        params::substitute(&mut st, portal)?;
+        params::substitute(&mut st, portal, &Default::default())?;
     }
     // Planned by DataFusion directly (not datafusion-postgres): output
     // columns named as PostgreSQL names them.
@@ -586,7 +594,7 @@ fn in_use(name: &str) -> SqlError {
 /// The result columns of cursor `name` in `format` (None: the cursor's
 /// own, text or BINARY), named as the client sees them.
 fn fields(
-    conn: &ConnState,
+    conn: &CursorConn<'_>,
     name: &str,
     format: Option<&Format>,
     opts: Option<Arc<FormatOptions>>,
@@ -604,7 +612,7 @@ fn fields(
 
 #[allow(clippy::too_many_arguments)]
 async fn fetch_or_move(
-    conn: &ConnState,
+    conn: &CursorConn<'_>,
     name: &str,
     direction: Direction,
     fetch: bool,
@@ -716,7 +724,7 @@ fn rows_of(
 /// describes the cursor by name after DECLARE), or a statement or portal
 /// that FETCHes from one. False: not one of these (pgwire answers).
 pub(crate) async fn describe<C>(
-    conn: &ConnState,
+    conn: &CursorConn<'_>,
     client: &mut C,
     message: &Describe,
 ) -> PgWireResult<bool>

@@ -306,7 +306,7 @@ where
         }
         st if cursor::owns(&st) => {
             let st = cursor::from_ast(st)?;
-            cursor::run(&conn_state(fe, client), client, st, None, true).await
+            cursor::run(&conn_state(fe, client).cursors(), client, st, None, true).await
         }
         st @ (Statement::Set(_) | Statement::Reset(_) | Statement::ShowVariable { .. }) => {
             let conn = conn_state(fe, client);
@@ -637,7 +637,9 @@ impl Simple {
         }
         if let Some(st) = cursor::parse(query) {
             let conn = conn_state(&self.fe, client);
-            return Ok(vec![cursor::run(&conn, client, st?, None, false).await?]);
+            return Ok(vec![
+                cursor::run(&conn.cursors(), client, st?, None, false).await?,
+            ]);
         }
         let txn = conn_txn(client).await;
         let mut parsed = match dialect::parse_statements(query) {
@@ -957,7 +959,7 @@ impl ExtendedQueryHandler for Extended {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let conn = conn_state(&self.fe, client);
-        if !cursor::describe(&conn, client, &message).await? {
+        if !cursor::describe(&conn.cursors(), client, &message).await? {
             self._on_describe(client, message).await?;
         }
         Ok(())
@@ -982,7 +984,7 @@ impl Extended {
         if plan.as_ref().is_none_or(|(st, _)| is_ours(st)) {
             if let Some(st) = cursor::parse(sql) {
                 let conn = conn_state(&self.fe, client);
-                return Ok(cursor::run(&conn, client, st?, Some(portal), false).await?);
+                return Ok(cursor::run(&conn.cursors(), client, st?, Some(portal), false).await?);
             }
             if let Some(mut p) = parse_ours(sql) {
                 let types = dml::param_types(plan.as_ref().map(|(_, pl)| pl))?;

@@ -87,7 +87,11 @@ fn cursors_and_portals_stream_over_the_memory_limit() {
                 .output()
         })
         .await??;
-        ensure!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "psql: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let ks: Vec<i64> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| l.trim().parse::<i64>())
