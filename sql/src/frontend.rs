@@ -37,6 +37,7 @@ use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone};
+use pgwire::messages::extendedquery::Describe;
 use pgwire::messages::PgWireBackendMessage;
 use slicedb_coordinator::session::{new_session_id, CURRENT_SESSION};
 use slicedb_coordinator::txn::Txn;
@@ -814,6 +815,7 @@ impl Simple {
         let mut shielded = false;
         for p in &mut parsed {
             shielded |= shield::shield_scalar_subqueries(&mut p.statement);
+            shielded |= crate::catalog_sql::rewrite_in(&mut p.statement, query);
             if !is_ours(&p.statement) || matches!(p.statement, Statement::Copy { .. }) {
                 let catalog = shield::reads_catalog(&p.statement);
                 shielded |= names::rewrite(&mut p.statement, catalog);
@@ -989,6 +991,8 @@ impl QueryParser for OurParser {
         guard::refuse_unsupported_sql(sql)?;
         let shielded = shield::shield_sql(sql);
         let sql = shielded.as_deref().unwrap_or(sql);
+        let fixed = crate::catalog_sql::rewrite_sql(sql);
+        let sql = fixed.as_deref().unwrap_or(sql);
         let named = names::rewrite_sql(sql);
         let sql = named.as_deref().unwrap_or(sql);
         // Planning resolves table names: in the connection's session.
@@ -1037,6 +1041,16 @@ impl ExtendedQueryHandler for Extended {
 
     fn query_parser(&self) -> Arc<OurParser> {
         self.parser.clone()
+    }
+
+    async fn on_describe<C>(&self, client: &mut C, m: Describe) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = DfStmt>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        crate::describe::on_describe(self, client, m).await
     }
 
     async fn do_query<C>(

@@ -2,8 +2,10 @@
 pub mod activity;
 pub mod admin;
 mod block;
+pub mod catalog_sql;
 mod conn;
 pub mod copy;
+mod describe;
 pub mod dialect;
 pub mod errors;
 pub mod frontend;
@@ -11,6 +13,7 @@ pub mod guard;
 pub mod names;
 pub mod params;
 pub mod pgcatalog;
+pub mod pgroles;
 pub mod server;
 pub mod sessions;
 pub mod settings;
