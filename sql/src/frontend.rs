@@ -676,6 +676,7 @@ impl Simple {
         let mut shielded = false;
         for p in &mut parsed {
             shielded |= shield::shield_scalar_subqueries(&mut p.statement);
+            shielded |= crate::catalog_sql::rewrite_in(&mut p.statement, query);
             if !is_ours(&p.statement) || matches!(p.statement, Statement::Copy { .. }) {
                 let catalog = shield::reads_catalog(&p.statement);
                 shielded |= names::rewrite(&mut p.statement, catalog);
@@ -868,6 +869,8 @@ impl QueryParser for OurParser {
         guard::refuse_unsupported_sql(sql)?;
         let shielded = shield::shield_sql(sql);
         let sql = shielded.as_deref().unwrap_or(sql);
+        let fixed = crate::catalog_sql::rewrite_sql(sql);
+        let sql = fixed.as_deref().unwrap_or(sql);
         let named = names::rewrite_sql(sql);
         let sql = named.as_deref().unwrap_or(sql);
         // Planning resolves table names: in the connection's session.
@@ -960,7 +963,7 @@ impl ExtendedQueryHandler for Extended {
     {
         let conn = conn_state(&self.fe, client);
         if !cursor::describe(&conn.cursors(), client, &message).await? {
-            self._on_describe(client, message).await?;
+            crate::describe::on_describe(self, client, message).await?;
         }
         Ok(())
     }

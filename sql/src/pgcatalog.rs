@@ -28,14 +28,16 @@
 //! session's temporary tables. It never touches nodes: it only reads the
 //! coordinator's catalog, as the current session sees it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    new_null_array, Array, ArrayRef, AsArray, RecordBatch, StringArray,
+    new_null_array, Array, ArrayRef, AsArray, Int32Array, ListBuilder, RecordBatch, StringArray,
+    StringBuilder,
 };
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef};
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
 use datafusion::datasource::{MemTable, TableType};
 use datafusion::error::{DataFusionError, Result as DfResult};
@@ -121,6 +123,34 @@ pub fn install(
         DataType::Utf8,
         &[2],
     )));
+    // Every function lives in pg_catalog, which is always searched (psql's
+    // \df). slicedb has no user functions, so \df lists none and the two
+    // describers are never asked about one.
+    ctx.register_udf(datafusion::logical_expr::create_udf(
+        "pg_function_is_visible",
+        vec![DataType::Int32],
+        DataType::Boolean,
+        Volatility::Stable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let n = ColumnarValue::values_to_arrays(args)?[0].len();
+            Ok(ColumnarValue::Array(Arc::new(
+                datafusion::arrow::array::BooleanArray::from(vec![true; n]),
+            )))
+        }),
+    ));
+    ctx.register_udf(ScalarUDF::new_from_impl(NullFn::new(
+        "col_description",
+        DataType::Utf8,
+        &[2],
+    )));
+    for name in ["pg_get_function_result", "pg_get_function_arguments"] {
+        ctx.register_udf(ScalarUDF::new_from_impl(NullFn::new(
+            name,
+            DataType::Utf8,
+            &[1],
+        )));
+    }
+    crate::catalog_sql::install(ctx);
     ctx.register_udf(ScalarUDF::new_from_impl(NullFn::new(
         "obj_description",
         DataType::Utf8,
@@ -348,8 +378,9 @@ impl ScalarUDFImpl for JsonBuildObject {
 
 /// A catalog function slicedb has no value for: NULL, as PostgreSQL
 /// answers for an object without one. `pg_table_size(regclass)`: sizes are
-/// not known to the catalog; `obj_description(oid[, catalog])`: slicedb has
-/// no COMMENT ON, so nothing has a description;
+/// not known to the catalog; `obj_description(oid[, catalog])` and
+/// `col_description(table, column)`: slicedb has no COMMENT ON, so nothing
+/// has a description;
 /// `pg_get_serial_sequence(table, column)`: slicedb has no sequences.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct NullFn {
@@ -510,6 +541,7 @@ impl SchemaProvider for PgCatalog {
     fn table_names(&self) -> Vec<String> {
         let mut names = self.inner.table_names();
         names.push("pg_stat_activity".to_string());
+        names.push("pg_user".to_string());
         names.sort();
         names.dedup();
         names
@@ -523,6 +555,17 @@ impl SchemaProvider for PgCatalog {
                 ))))
             }
             "pg_settings" => return Ok(Some(Arc::new(PgSettings))),
+            "pg_roles" | "pg_user" => {
+                let view = if name == "pg_roles" {
+                    crate::pgroles::RoleView::Roles
+                } else {
+                    crate::pgroles::RoleView::User
+                };
+                return Ok(Some(Arc::new(crate::pgroles::Roles::new(
+                    view,
+                    self.sessions.clone(),
+                ))));
+            }
             _ => {}
         }
         let t = self.inner.table(name).await?;
@@ -530,12 +573,19 @@ impl SchemaProvider for PgCatalog {
             Some(inner)
                 if matches!(
                     name,
-                    "pg_class" | "pg_attribute" | "pg_tables" | "pg_database"
+                    "pg_class" | "pg_attribute" | "pg_tables" | "pg_database" | "pg_index"
                 ) =>
             {
+                // pg_attribute finds its tables' names in pg_class.
+                let relnames = match name {
+                    "pg_attribute" => self.inner.table("pg_class").await?,
+                    _ => None,
+                };
                 Some(Arc::new(PgClass {
                     inner,
                     coord: self.coord.clone(),
+                    relnames,
+                    reloptions: name == "pg_class",
                 }))
             }
             other => other,
@@ -543,7 +593,8 @@ impl SchemaProvider for PgCatalog {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        matches!(name, "pg_stat_activity" | "pg_settings") || self.inner.table_exist(name)
+        matches!(name, "pg_stat_activity" | "pg_settings" | "pg_user")
+            || self.inner.table_exist(name)
     }
 }
 
@@ -551,6 +602,10 @@ impl SchemaProvider for PgCatalog {
 struct PgClass {
     inner: Arc<dyn TableProvider>,
     coord: Arc<Coordinator>,
+    /// pg_attribute's: the pg_class that names its `attrelid`s.
+    relnames: Option<Arc<dyn TableProvider>>,
+    /// pg_class's: add the `reloptions` column.
+    reloptions: bool,
 }
 
 impl std::fmt::Debug for PgClass {
@@ -598,12 +653,103 @@ impl PgClass {
         Ok(RecordBatch::try_new(schema, cols)?)
     }
 
-    /// pg_class: our `relpersistence`; pg_database: [`PgClass::database`].
-    /// Other tables pass unchanged.
-    fn rewrite(&self, b: RecordBatch) -> DfResult<RecordBatch> {
+    /// `reloptions` of a slicedb table: its distribution and whether it is
+    /// mirrored, which psql's `\d+` prints as its "Options:" footer
+    /// (`distribute_on=(k), mirrored=true`).
+    fn options(&self, relname: &str) -> Option<Vec<String>> {
+        let t = self.coord.table(relname).ok()?;
+        let dist = match &t.distribution {
+            slicedb_coordinator::Distribution::Hash(cols) => {
+                format!("distribute_on=({})", cols.join(", "))
+            }
+            slicedb_coordinator::Distribution::Random => {
+                "distribute_on=random".to_string()
+            }
+        };
+        Some(vec![dist, format!("mirrored={}", t.mirrored)])
+    }
+
+    /// pg_attribute: `atttypmod` of numeric columns (precision and scale,
+    /// as PostgreSQL encodes them), so `format_type` and psql's `\d` show
+    /// `numeric(12,2)`. `relnames`: pg_class's oid -> relname.
+    fn typmods(&self, b: RecordBatch, relnames: &HashMap<i32, String>) -> DfResult<RecordBatch> {
+        let schema = b.schema();
+        let (Ok(rel_idx), Ok(name_idx), Ok(mod_idx)) = (
+            schema.index_of("attrelid"),
+            schema.index_of("attname"),
+            schema.index_of("atttypmod"),
+        ) else {
+            return Ok(b);
+        };
+        let (Some(rels), Some(names), Some(mods)) = (
+            b.column(rel_idx).as_primitive_opt::<Int32Type>(),
+            b.column(name_idx).as_string_opt::<i32>(),
+            b.column(mod_idx).as_primitive_opt::<Int32Type>(),
+        ) else {
+            return Ok(b);
+        };
+        let mut tables = HashMap::new();
+        let out: Int32Array = (0..b.num_rows())
+            .map(|i| {
+                let ours = relnames.get(&rels.value(i)).and_then(|rel| {
+                    let t = tables
+                        .entry(rel.clone())
+                        .or_insert_with(|| self.coord.table(rel).ok());
+                    let t = t.as_ref()?;
+                    let field = t.schema.field_with_name(names.value(i)).ok()?;
+                    match field.data_type() {
+                        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => {
+                            Some(((i32::from(*p) << 16) | i32::from(*s)) + 4)
+                        }
+                        _ => None,
+                    }
+                });
+                ours.or_else(|| mods.is_valid(i).then(|| mods.value(i)))
+            })
+            .collect();
+        let mut cols: Vec<ArrayRef> = b.columns().to_vec();
+        cols[mod_idx] = Arc::new(out);
+        Ok(RecordBatch::try_new(schema, cols)?)
+    }
+
+    /// pg_index: `indkey` (an `int2vector`, text `1 2` upstream) as the
+    /// array of column numbers it is, so `unnest(indkey)` (SQLAlchemy's
+    /// primary key query) plans.
+    fn index_keys(&self, b: RecordBatch) -> DfResult<RecordBatch> {
+        let schema = b.schema();
+        let idx = schema.index_of("indkey")?;
+        let Some(keys) = b.column(idx).as_string_opt::<i32>() else {
+            return Ok(b);
+        };
+        let mut out = ListBuilder::new(datafusion::arrow::array::Int16Builder::new());
+        for i in 0..b.num_rows() {
+            if keys.is_valid(i) {
+                for k in keys.value(i).split_whitespace() {
+                    out.values().append_option(k.parse::<i16>().ok());
+                }
+                out.append(true);
+            } else {
+                out.append(false);
+            }
+        }
+        let mut cols: Vec<ArrayRef> = b.columns().to_vec();
+        cols[idx] = Arc::new(out.finish());
+        Ok(RecordBatch::try_new(self.schema(), cols)?)
+    }
+
+    /// pg_class: our `relpersistence` and `reloptions`; pg_database:
+    /// [`PgClass::database`]; pg_attribute: [`PgClass::typmods`]. Other
+    /// tables pass unchanged.
+    fn rewrite(&self, b: RecordBatch, relnames: &HashMap<i32, String>) -> DfResult<RecordBatch> {
         let schema = b.schema();
         if schema.index_of("datname").is_ok() {
             return self.database(b);
+        }
+        if schema.index_of("attrelid").is_ok() {
+            return self.typmods(b, relnames);
+        }
+        if schema.index_of("indkey").is_ok() {
+            return self.index_keys(b);
         }
         let (Ok(name_idx), Ok(pers_idx), Ok(kind_idx)) = (
             schema.index_of("relname"),
@@ -618,11 +764,13 @@ impl PgClass {
         let (Some(names), Some(pers), Some(kinds)) = (names, pers, kinds) else {
             return Ok(b);
         };
+        let table = |i: usize| {
+            (kinds.is_valid(i) && kinds.value(i) == "r" && names.is_valid(i))
+                .then(|| names.value(i))
+        };
         let out: StringArray = (0..b.num_rows())
             .map(|i| {
-                let ours = (kinds.is_valid(i) && kinds.value(i) == "r" && names.is_valid(i))
-                    .then(|| self.persistence(names.value(i)))
-                    .flatten();
+                let ours = table(i).and_then(|n| self.persistence(n));
                 match ours {
                     Some(p) => Some(p),
                     None => pers.is_valid(i).then(|| pers.value(i)),
@@ -631,14 +779,42 @@ impl PgClass {
             .collect();
         let mut cols: Vec<ArrayRef> = b.columns().to_vec();
         cols[pers_idx] = Arc::new(out);
-        Ok(RecordBatch::try_new(schema, cols)?)
+        if self.reloptions {
+            let mut options = ListBuilder::new(StringBuilder::new());
+            for i in 0..b.num_rows() {
+                match table(i).and_then(|n| self.options(n)) {
+                    Some(opts) => {
+                        for o in opts {
+                            options.values().append_value(o);
+                        }
+                        options.append(true);
+                    }
+                    None => options.append(false),
+                }
+            }
+            cols.push(Arc::new(options.finish()));
+        }
+        Ok(RecordBatch::try_new(self.schema(), cols)?)
     }
 }
 
 #[async_trait]
 impl TableProvider for PgClass {
     fn schema(&self) -> SchemaRef {
-        self.inner.schema()
+        let inner = self.inner.schema();
+        let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
+        let mut fields: Vec<Field> = inner
+            .fields()
+            .iter()
+            .map(|f| match f.name().as_str() {
+                "indkey" => Field::new("indkey", list(DataType::Int16), true),
+                _ => f.as_ref().clone(),
+            })
+            .collect();
+        if self.reloptions {
+            fields.push(Field::new("reloptions", list(DataType::Utf8), true));
+        }
+        Arc::new(Schema::new(fields))
     }
 
     fn table_type(&self) -> TableType {
@@ -654,11 +830,32 @@ impl TableProvider for PgClass {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         // Small tables: read now, on this task, where the current session
         // (and so its temporary tables) is known.
+        let mut relnames = HashMap::new();
+        if let Some(pg_class) = &self.relnames {
+            let plan = pg_class.scan(state, None, &[], None).await?;
+            for b in datafusion::physical_plan::collect(plan, state.task_ctx()).await? {
+                let schema = b.schema();
+                let (Ok(o), Ok(n)) = (schema.index_of("oid"), schema.index_of("relname")) else {
+                    continue;
+                };
+                let (Some(oids), Some(names)) = (
+                    b.column(o).as_primitive_opt::<Int32Type>(),
+                    b.column(n).as_string_opt::<i32>(),
+                ) else {
+                    continue;
+                };
+                for i in 0..b.num_rows() {
+                    if oids.is_valid(i) && names.is_valid(i) {
+                        relnames.insert(oids.value(i), names.value(i).to_string());
+                    }
+                }
+            }
+        }
         let plan = self.inner.scan(state, None, &[], None).await?;
         let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await?;
         let batches = batches
             .into_iter()
-            .map(|b| self.rewrite(b))
+            .map(|b| self.rewrite(b, &relnames))
             .collect::<DfResult<Vec<_>>>()?;
         let mem = MemTable::try_new(self.schema(), vec![batches])?;
         mem.scan(state, projection, &[], limit).await
