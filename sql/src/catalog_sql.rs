@@ -76,8 +76,8 @@ pub fn rewrite_in(stmt: &mut Statement, sql: &str) -> bool {
 /// psql's row-policy, publication and statistics queries, pgcli's, ...).
 /// Those must reach it as the client wrote them, or its match fails.
 fn upstream_replaces(sql: &str) -> bool {
-    use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
     use datafusion::sql::sqlparser::{dialect::PostgreSqlDialect, parser::Parser};
+    use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
     static UPSTREAM: std::sync::LazyLock<PostgresCompatibilityParser> =
         std::sync::LazyLock::new(PostgresCompatibilityParser::new);
     let (Ok(theirs), Ok(plain)) = (
@@ -340,8 +340,12 @@ impl VisitorMut for Rewriter {
                 }
             }
             Expr::Function(f)
-                if f.name.to_string().eq_ignore_ascii_case("generate_subscripts")
-                    || f.name.to_string().eq_ignore_ascii_case("pg_catalog.generate_subscripts") =>
+                if f.name
+                    .to_string()
+                    .eq_ignore_ascii_case("generate_subscripts")
+                    || f.name
+                        .to_string()
+                        .eq_ignore_ascii_case("pg_catalog.generate_subscripts") =>
             {
                 if let Some(array) = first_arg(f) {
                     *expr = generate_subscripts(array);
@@ -475,7 +479,12 @@ mod tests {
             "{text}"
         );
         // Not a catalog query: kept.
-        assert!(!rw("SELECT CASE WHEN a.k > 0 THEN (SELECT max(b.v) FROM b WHERE b.k = a.k) END FROM a").0);
+        assert!(
+            !rw(
+                "SELECT CASE WHEN a.k > 0 THEN (SELECT max(b.v) FROM b WHERE b.k = a.k) END FROM a"
+            )
+            .0
+        );
     }
 }
 #[cfg(test)]

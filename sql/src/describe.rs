@@ -36,7 +36,9 @@ where
                         ParameterDescription::new(oids),
                     ))
                     .await?;
-                client.send(PgWireBackendMessage::NoData(NoData::new())).await?;
+                client
+                    .send(PgWireBackendMessage::NoData(NoData::new()))
+                    .await?;
                 return Ok(());
             }
         }

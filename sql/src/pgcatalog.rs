@@ -662,9 +662,7 @@ impl PgClass {
             slicedb_coordinator::Distribution::Hash(cols) => {
                 format!("distribute_on=({})", cols.join(", "))
             }
-            slicedb_coordinator::Distribution::Random => {
-                "distribute_on=random".to_string()
-            }
+            slicedb_coordinator::Distribution::Random => "distribute_on=random".to_string(),
         };
         Some(vec![dist, format!("mirrored={}", t.mirrored)])
     }

@@ -17,6 +17,7 @@ mod fuzz_sql;
 mod hang;
 mod harness;
 mod heal;
+mod jdbc;
 mod limits;
 mod map_upgrade;
 mod metrics;
