@@ -19,7 +19,9 @@
 use std::any::TypeId;
 use std::cell::RefCell;
 
-use datafusion::sql::sqlparser::ast::{CreateTableOptions, Ident, OnCommit, Statement};
+use datafusion::sql::sqlparser::ast::{
+    CreateTableOptions, Expr, Ident, OnCommit, SqlOption, Statement,
+};
 use datafusion::sql::sqlparser::dialect::{Dialect, PostgreSqlDialect, Precedence};
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -217,7 +219,7 @@ impl SlicedbDialect {
         let temporary = parser
             .parse_one_of_keywords(&[Keyword::TEMP, Keyword::TEMPORARY])
             .is_some();
-        let _ = parser.parse_keyword(Keyword::UNLOGGED);
+        let unlogged = parser.parse_keyword(Keyword::UNLOGGED);
         parser.expect_keyword_is(Keyword::TABLE)?;
         let mut create = parser.parse_create_table(false, temporary, global, false)?;
 
@@ -276,8 +278,45 @@ impl SlicedbDialect {
                 break;
             }
         }
+        if unlogged {
+            unlogged_is_unmirrored(&mut create.table_options, parser)?;
+        }
         *self.distribution.borrow_mut() = distribution;
         Ok(Statement::CreateTable(create))
+    }
+}
+
+/// `CREATE UNLOGGED TABLE`: as in PostgreSQL, its rows have no second copy
+/// (WAL there, the mirror here): the option `mirrored = false`. Saying
+/// `mirrored` besides is refused rather than one of the two ignored.
+fn unlogged_is_unmirrored(
+    options: &mut CreateTableOptions,
+    parser: &Parser,
+) -> Result<(), ParserError> {
+    let unmirrored = SqlOption::KeyValue {
+        key: Ident::new("mirrored"),
+        value: Expr::Identifier(Ident::new("false")),
+    };
+    match options {
+        CreateTableOptions::None => {
+            *options = CreateTableOptions::With(vec![unmirrored]);
+            Ok(())
+        }
+        CreateTableOptions::With(opts) => {
+            let said = opts.iter().any(|o| {
+                matches!(o, SqlOption::KeyValue { key, .. } if key.value.eq_ignore_ascii_case("mirrored"))
+            });
+            if said {
+                return parser.expected(
+                    "UNLOGGED or WITH (mirrored = ...), not both",
+                    parser.peek_token(),
+                );
+            }
+            opts.push(unmirrored);
+            Ok(())
+        }
+        // Other option forms are refused where the options are read.
+        _ => Ok(()),
     }
 }
 
@@ -564,6 +603,18 @@ mod tests {
         assert_eq!(p.distribution, hash(&["a"]));
         let p = one("CREATE UNLOGGED TABLE t (a int) DISTRIBUTE ON RANDOM");
         assert_eq!(p.distribution, Some(Distribution::Random));
+        let Statement::CreateTable(ct) = p.statement else {
+            panic!()
+        };
+        assert_eq!(ct.table_options.to_string(), "WITH (mirrored = false)");
+        let p = one("CREATE TABLE t (a int)");
+        let Statement::CreateTable(ct) = p.statement else {
+            panic!()
+        };
+        assert_eq!(ct.table_options, CreateTableOptions::None);
+        assert!(
+            parse_statements("CREATE UNLOGGED TABLE t (a int) WITH (mirrored = true)").is_err()
+        );
     }
 
     #[test]

@@ -581,10 +581,17 @@ impl SchemaProvider for PgCatalog {
                     "pg_attribute" => self.inner.table("pg_class").await?,
                     _ => None,
                 };
+                // Tables of a schema other than public are `s.t` in the
+                // coordinator's catalog.
+                let namespaces = match name {
+                    "pg_attribute" | "pg_class" => self.inner.table("pg_namespace").await?,
+                    _ => None,
+                };
                 Some(Arc::new(PgClass {
                     inner,
                     coord: self.coord.clone(),
                     relnames,
+                    namespaces,
                     reloptions: name == "pg_class",
                 }))
             }
@@ -598,12 +605,66 @@ impl SchemaProvider for PgCatalog {
     }
 }
 
+/// `relname` as the coordinator's catalog names it: `t` in public (and
+/// pg_catalog), `s.t` in schema `s` (`nsp`: the batch's relnamespace).
+fn qualified(
+    relname: &str,
+    nsp: Option<&datafusion::arrow::array::Int32Array>,
+    row: usize,
+    namespaces: &HashMap<i32, String>,
+) -> String {
+    let schema = nsp
+        .filter(|n| n.is_valid(row))
+        .and_then(|n| namespaces.get(&n.value(row)));
+    match schema.map(String::as_str) {
+        None | Some("public") | Some("pg_catalog") => relname.to_string(),
+        Some(s) => format!("{s}.{relname}"),
+    }
+}
+
+/// A pg_class batch's `relnamespace` column, if it has one.
+fn relnamespaces(b: &RecordBatch) -> Option<&datafusion::arrow::array::Int32Array> {
+    let i = b.schema().index_of("relnamespace").ok()?;
+    b.column(i).as_primitive_opt::<Int32Type>()
+}
+
+/// A catalog table's `oid` -> `name_col`, read now.
+async fn id_names(
+    state: &dyn Session,
+    table: &Arc<dyn TableProvider>,
+    name_col: &str,
+) -> DfResult<HashMap<i32, String>> {
+    let mut out = HashMap::new();
+    let plan = table.scan(state, None, &[], None).await?;
+    for b in datafusion::physical_plan::collect(plan, state.task_ctx()).await? {
+        let schema = b.schema();
+        let (Ok(o), Ok(n)) = (schema.index_of("oid"), schema.index_of(name_col)) else {
+            continue;
+        };
+        let (Some(oids), Some(names)) = (
+            b.column(o).as_primitive_opt::<Int32Type>(),
+            b.column(n).as_string_opt::<i32>(),
+        ) else {
+            continue;
+        };
+        for i in 0..b.num_rows() {
+            if oids.is_valid(i) && names.is_valid(i) {
+                out.insert(oids.value(i), names.value(i).to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A relation-listing table, read at planning time; pg_class rewritten.
 struct PgClass {
     inner: Arc<dyn TableProvider>,
     coord: Arc<Coordinator>,
     /// pg_attribute's: the pg_class that names its `attrelid`s.
     relnames: Option<Arc<dyn TableProvider>>,
+    /// pg_class's and pg_attribute's: pg_namespace, to name a table of a
+    /// schema as the catalog does (`s.t`).
+    namespaces: Option<Arc<dyn TableProvider>>,
     /// pg_class's: add the `reloptions` column.
     reloptions: bool,
 }
@@ -738,7 +799,12 @@ impl PgClass {
     /// pg_class: our `relpersistence` and `reloptions`; pg_database:
     /// [`PgClass::database`]; pg_attribute: [`PgClass::typmods`]. Other
     /// tables pass unchanged.
-    fn rewrite(&self, b: RecordBatch, relnames: &HashMap<i32, String>) -> DfResult<RecordBatch> {
+    fn rewrite(
+        &self,
+        b: RecordBatch,
+        relnames: &HashMap<i32, String>,
+        namespaces: &HashMap<i32, String>,
+    ) -> DfResult<RecordBatch> {
         let schema = b.schema();
         if schema.index_of("datname").is_ok() {
             return self.database(b);
@@ -762,13 +828,14 @@ impl PgClass {
         let (Some(names), Some(pers), Some(kinds)) = (names, pers, kinds) else {
             return Ok(b);
         };
+        let nsp = relnamespaces(&b);
         let table = |i: usize| {
             (kinds.is_valid(i) && kinds.value(i) == "r" && names.is_valid(i))
-                .then(|| names.value(i))
+                .then(|| qualified(names.value(i), nsp, i, namespaces))
         };
         let out: StringArray = (0..b.num_rows())
             .map(|i| {
-                let ours = table(i).and_then(|n| self.persistence(n));
+                let ours = table(i).and_then(|n| self.persistence(&n));
                 match ours {
                     Some(p) => Some(p),
                     None => pers.is_valid(i).then(|| pers.value(i)),
@@ -780,7 +847,7 @@ impl PgClass {
         if self.reloptions {
             let mut options = ListBuilder::new(StringBuilder::new());
             for i in 0..b.num_rows() {
-                match table(i).and_then(|n| self.options(n)) {
+                match table(i).and_then(|n| self.options(&n)) {
                     Some(opts) => {
                         for o in opts {
                             options.values().append_value(o);
@@ -828,6 +895,10 @@ impl TableProvider for PgClass {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         // Small tables: read now, on this task, where the current session
         // (and so its temporary tables) is known.
+        let namespaces = match &self.namespaces {
+            Some(n) => id_names(state, n, "nspname").await?,
+            None => HashMap::new(),
+        };
         let mut relnames = HashMap::new();
         if let Some(pg_class) = &self.relnames {
             let plan = pg_class.scan(state, None, &[], None).await?;
@@ -842,9 +913,11 @@ impl TableProvider for PgClass {
                 ) else {
                     continue;
                 };
+                let nsp = relnamespaces(&b);
                 for i in 0..b.num_rows() {
                     if oids.is_valid(i) && names.is_valid(i) {
-                        relnames.insert(oids.value(i), names.value(i).to_string());
+                        let name = qualified(names.value(i), nsp, i, &namespaces);
+                        relnames.insert(oids.value(i), name);
                     }
                 }
             }
@@ -853,7 +926,7 @@ impl TableProvider for PgClass {
         let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await?;
         let batches = batches
             .into_iter()
-            .map(|b| self.rewrite(b, &relnames))
+            .map(|b| self.rewrite(b, &relnames, &namespaces))
             .collect::<DfResult<Vec<_>>>()?;
         let mem = MemTable::try_new(self.schema(), vec![batches])?;
         mem.scan(state, projection, &[], limit).await

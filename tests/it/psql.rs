@@ -1,6 +1,7 @@
 //! The real `psql` client against `slicedb local`: catalog queries behind
 //! `\dt`, `\d t` and `\l`, a query's value, and an error that does not stop the
-//! script (tests/psql/basic.sql).
+//! script (tests/psql/basic.sql); the meta-commands and tab completion
+//! (tests/psql/meta.sql).
 
 use std::process::Command;
 
@@ -22,39 +23,49 @@ fn cells(line: &str) -> Vec<&str> {
     line.split('|').map(str::trim).collect()
 }
 
+/// Run `tests/psql/<script>` with the real `psql` against `url` (no psqlrc,
+/// no pager, errors do not stop it). Answers stdout, stderr and the exit
+/// status, having printed both streams.
+async fn run_psql(
+    url: &str,
+    script: &str,
+) -> anyhow::Result<(String, String, std::process::ExitStatus)> {
+    let script = format!("{REPO}/tests/psql/{script}");
+    let url = url.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("psql")
+            .args([url.as_str(), "-X", "-v", "ON_ERROR_STOP=0", "-f", &script])
+            .env("PGCONNECT_TIMEOUT", "20")
+            .env("PAGER", "")
+            .env("PSQL_PAGER", "")
+            .env_remove("PGOPTIONS")
+            .output()
+    })
+    .await?;
+    let output = match output {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("`psql` is not installed or not on PATH: install the PostgreSQL client (e.g. apt-get install postgresql-client)")
+        }
+        Err(e) => return Err(e).context("running psql"),
+    };
+    // psql writes errors to stderr and results to stdout; interleave is
+    // not preserved, so check each stream for its own part.
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    println!("----- psql stdout -----\n{stdout}\n----- psql stderr -----\n{stderr}");
+    Ok((stdout, stderr, output.status))
+}
+
 #[test]
 fn psql_client_runs_a_script() {
     harness::run("psql", |env| async move {
         let db = Slicedb::local(&env, 2, &env.path().join("data")).await?;
-        let script = format!("{REPO}/tests/psql/basic.sql");
-        let url = db.url().to_string();
-        let output = tokio::task::spawn_blocking(move || {
-            Command::new("psql")
-                .args([url.as_str(), "-X", "-v", "ON_ERROR_STOP=0", "-f", &script])
-                .env("PGCONNECT_TIMEOUT", "20")
-                .env("PAGER", "")
-                .env("PSQL_PAGER", "")
-                .env_remove("PGOPTIONS")
-                .output()
-        })
-        .await?;
-        let output = match output {
-            Ok(o) => o,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                bail!("`psql` is not installed or not on PATH: install the PostgreSQL client (e.g. apt-get install postgresql-client)")
-            }
-            Err(e) => return Err(e).context("running psql"),
-        };
-        // psql writes errors to stderr and results to stdout; interleave is
-        // not preserved, so check each stream for its own part.
-        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-        println!("----- psql stdout -----\n{stdout}\n----- psql stderr -----\n{stderr}");
+        let (stdout, stderr, status) = run_psql(db.url(), "basic.sql").await?;
         let both = format!("{stdout}\n{stderr}");
         ensure!(
-            output.status.success(),
-            "psql exited with {} (ON_ERROR_STOP=0 should give 0)",
-            output.status
+            status.success(),
+            "psql exited with {status} (ON_ERROR_STOP=0 should give 0)"
         );
         ensure!(
             stdout.contains("marker: end"),
@@ -143,6 +154,140 @@ fn psql_client_runs_a_script() {
                 .any(|l| l.trim() == "still-running-3"),
             "statement after the error did not run:\n{stdout}"
         );
+        db.stop().await
+    });
+}
+
+/// Whether some line of `lines` has exactly the leading cells `want`.
+fn has_row(lines: &[&str], want: &[&str]) -> bool {
+    lines.iter().any(|l| {
+        let c = cells(l);
+        c.len() >= want.len() && c[..want.len()] == *want
+    })
+}
+
+/// psql's meta-commands (`\d`, `\d+`, `\dt+`, `\di`, `\dv`, `\dn`, `\du`,
+/// `\df`, `\x`, `\timing`) and the catalog queries of its tab completion
+/// show what PostgreSQL 15 shows for the same objects, plus the table's
+/// distribution and mirroring in `\d+` (tests/psql/meta.sql).
+#[test]
+fn psql_meta_commands_show_types_distribution_and_persistence() {
+    harness::run("psql_meta", |env| async move {
+        let db = Slicedb::local(&env, 2, &env.path().join("data")).await?;
+        let (out, err, status) = run_psql(db.url(), "meta.sql").await?;
+        ensure!(status.success(), "psql exited with {status}");
+        ensure!(out.contains("marker: end"), "psql did not reach the end");
+        ensure!(
+            !out.contains("ERROR") && !err.contains("ERROR"),
+            "no statement or meta-command of the script may fail:\n{err}"
+        );
+        let check = |name: &str, ok: bool| -> anyhow::Result<()> {
+            ensure!(ok, "{name}:\n{}", section(&out, name).join("\n"));
+            Ok(())
+        };
+        let d = section(&out, "d");
+        check(
+            "d",
+            has_row(&d, &["n", "numeric(12,2)"]) && has_row(&d, &["k", "bigint"]),
+        )?;
+        let dplus = section(&out, "dplus");
+        check(
+            "dplus",
+            dplus.iter().any(|l| l.contains("Table \"public.mt\""))
+                && dplus.contains(&"Options: distribute_on=(k), mirrored=true"),
+        )?;
+        let scratch = section(&out, "dplus_scratch");
+        check(
+            "dplus_scratch",
+            scratch
+                .iter()
+                .any(|l| l.contains("Unlogged table \"public.scratch\""))
+                && scratch.contains(&"Options: distribute_on=random, mirrored=false"),
+        )?;
+        let dt = section(&out, "dtplus");
+        check(
+            "dtplus",
+            has_row(&dt, &["public", "mt", "table"])
+                && dt.iter().any(|l| {
+                    let c = cells(l);
+                    c.len() >= 5 && c[1] == "scratch" && c[4] == "unlogged"
+                })
+                && dt.iter().any(|l| {
+                    let c = cells(l);
+                    c.len() >= 5 && c[1] == "mt" && c[4] == "permanent"
+                })
+                && has_row(&dt, &["sales", "orders", "table"]),
+        )?;
+        ensure!(
+            err.contains("Did not find any relations."),
+            "\\di: slicedb has no indexes, psql says so:\n{err}"
+        );
+        check(
+            "dv",
+            has_row(&section(&out, "dv"), &["public", "mv", "view"]),
+        )?;
+        let dn = section(&out, "dn");
+        check("dn", has_row(&dn, &["public"]) && has_row(&dn, &["sales"]))?;
+        let du = section(&out, "du");
+        check(
+            "du",
+            du.iter().any(|l| {
+                let c = cells(l);
+                c.len() >= 2 && c[0] == "slicedb" && c[1].contains("Superuser")
+            }),
+        )?;
+        check("df", section(&out, "df").contains(&"(0 rows)"))?;
+        let q = section(&out, "d_qualified");
+        check(
+            "d_qualified",
+            q.iter().any(|l| l.contains("Table \"sales.orders\""))
+                && has_row(&q, &["amount", "numeric(10,3)"]),
+        )?;
+        // Completion candidates, sorted (psql sorts them itself).
+        let names = |name: &str| -> Vec<String> {
+            let mut v: Vec<String> = section(&out, name)
+                .iter()
+                .map(|l| cells(l))
+                .filter(|c| !c[0].is_empty() && !c[0].starts_with('-') && !c[0].starts_with('('))
+                .map(|c| c.join("|"))
+                .skip(1) // the header
+                .collect();
+            v.sort();
+            v
+        };
+        ensure!(
+            names("complete_tables") == ["mt|", "mv|"],
+            "tab completion of m: {:?}",
+            names("complete_tables")
+        );
+        ensure!(
+            names("complete_qualified") == ["orders|sales"],
+            "tab completion of sales.o: {:?}",
+            names("complete_qualified")
+        );
+        ensure!(
+            names("complete_columns") == ["n"],
+            "tab completion of mt's columns: {:?}",
+            names("complete_columns")
+        );
+        ensure!(
+            names("complete_settings") == ["statement_timeout"],
+            "tab completion of settings: {:?}",
+            names("complete_settings")
+        );
+        let x = section(&out, "x");
+        check(
+            "x",
+            x.contains(&"-[ RECORD 1 ]") && has_row(&x, &["k", "2"]) && has_row(&x, &["s", "two"]),
+        )?;
+        let timing = section(&out, "timing");
+        check(
+            "timing",
+            timing
+                .iter()
+                .any(|l| l.starts_with("Time: ") && l.ends_with(" ms"))
+                && timing.iter().any(|l| l.trim() == "2"),
+        )?;
         db.stop().await
     });
 }
