@@ -73,11 +73,16 @@ struct CatalogFile {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     schemas: Vec<String>,
     tables: Vec<TableDef>,
+    /// Views (CREATE VIEW): name -> the query's SQL text, planned again
+    /// when the coordinator starts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    views: BTreeMap<String, String>,
 }
 
 /// Version 2 added temporary tables (`session`); version 3 schemas and
-/// ALTER TABLE (columns `dropped`, `default`). Versions 1 and 2 are read.
-const CATALOG_VERSION: u32 = 3;
+/// ALTER TABLE (columns `dropped`, `default`); version 4 views. Versions 1
+/// to 3 are read.
+const CATALOG_VERSION: u32 = 4;
 /// How many xids are reserved by one catalog write.
 pub const XID_RESERVATION: u64 = 4096;
 
@@ -163,6 +168,8 @@ pub struct Catalog {
     xid_high_water: u64,
     tables: BTreeMap<String, Arc<TableMeta>>,
     schemas: Vec<String>,
+    /// Views: name -> query SQL.
+    views: BTreeMap<String, String>,
     /// Temporary tables by (session, name).
     temps: BTreeMap<(u64, String), Arc<TableMeta>>,
 }
@@ -183,6 +190,7 @@ impl Catalog {
             xid_high_water: 1,
             tables: BTreeMap::new(),
             schemas: Vec::new(),
+            views: BTreeMap::new(),
             temps: BTreeMap::new(),
         };
         let Some(bytes) = stored else {
@@ -200,6 +208,7 @@ impl Catalog {
         cat.next_table_id = file.next_table_id;
         cat.xid_high_water = file.xid_high_water;
         cat.schemas = file.schemas;
+        cat.views = file.views;
         for t in file.tables {
             let meta = Arc::new(table_meta(t)?);
             match meta.session {
@@ -216,6 +225,7 @@ impl Catalog {
             next_table_id: self.next_table_id,
             xid_high_water: self.xid_high_water,
             schemas: self.schemas.clone(),
+            views: self.views.clone(),
             tables: self
                 .tables
                 .values()
@@ -263,7 +273,7 @@ impl Catalog {
     ) -> Result<Arc<TableMeta>> {
         let exists = match session {
             Some(s) => self.temps.contains_key(&(s, name.to_string())),
-            None => self.tables.contains_key(name),
+            None => self.tables.contains_key(name) || self.views.contains_key(name),
         };
         if exists {
             return Err(CoordinatorError::TableExists(name.to_string()));
@@ -372,6 +382,43 @@ impl Catalog {
         let gone = self.schemas.remove(i);
         if let Err(e) = self.persist() {
             self.schemas.insert(i, gone);
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// Views: (name, query SQL), by name.
+    pub fn views(&self) -> Vec<(String, String)> {
+        self.views
+            .iter()
+            .map(|(n, q)| (n.clone(), q.clone()))
+            .collect()
+    }
+
+    /// Add (or with `replace`, replace) a view durably. Refused when a
+    /// table or (without `replace`) a view has the name.
+    pub fn add_view(&mut self, name: &str, query: &str, replace: bool) -> Result<()> {
+        if self.tables.contains_key(name) || (!replace && self.views.contains_key(name)) {
+            return Err(CoordinatorError::TableExists(name.to_string()));
+        }
+        let old = self.views.insert(name.to_string(), query.to_string());
+        if let Err(e) = self.persist() {
+            match old {
+                Some(q) => self.views.insert(name.to_string(), q),
+                None => self.views.remove(name),
+            };
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Remove a view durably; false if there is none of that name.
+    pub fn remove_view(&mut self, name: &str) -> Result<bool> {
+        let Some(query) = self.views.remove(name) else {
+            return Ok(false);
+        };
+        if let Err(e) = self.persist() {
+            self.views.insert(name.to_string(), query);
             return Err(e);
         }
         Ok(true)
@@ -608,7 +655,41 @@ mod tests {
         assert_eq!(c.schemas(), vec!["s".to_string()]);
         assert!(c.remove_schema("s").unwrap());
         let text = std::fs::read_to_string(dir.path().join("catalog.json")).unwrap();
-        assert!(text.contains("\"version\": 3"), "{text}");
+        assert!(text.contains("\"version\": 4"), "{text}");
+    }
+
+    #[test]
+    fn views_survive_reopen_and_share_names_with_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut c = Catalog::open(dir.path()).unwrap();
+            let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
+            c.add("t", schema.clone(), Distribution::Random, true, None)
+                .unwrap();
+            c.add_view("v", "SELECT k FROM t", false).unwrap();
+            assert!(c.add_view("v", "SELECT 1", false).is_err());
+            assert!(
+                c.add_view("t", "SELECT 1", true).is_err(),
+                "a table has the name"
+            );
+            assert!(c
+                .add("v", schema, Distribution::Random, true, None)
+                .is_err());
+            c.add_view("v", "SELECT k + 1 AS k FROM t", true).unwrap();
+            c.add_view("w", "SELECT 2 AS two", false).unwrap();
+        }
+        let mut c = Catalog::open(dir.path()).unwrap();
+        assert_eq!(
+            c.views(),
+            vec![
+                ("v".to_string(), "SELECT k + 1 AS k FROM t".to_string()),
+                ("w".to_string(), "SELECT 2 AS two".to_string())
+            ]
+        );
+        assert!(c.remove_view("w").unwrap());
+        assert!(!c.remove_view("w").unwrap());
+        let c = Catalog::open(dir.path()).unwrap();
+        assert_eq!(c.views().len(), 1);
     }
 
     #[test]
@@ -627,7 +708,7 @@ mod tests {
         assert_eq!((t.id, t.mirrored, t.session), (2, false, None));
         std::fs::write(
             dir.path().join("catalog.json"),
-            r#"{ "version": 4, "next_table_id": 1, "xid_high_water": 1, "tables": [] }"#,
+            r#"{ "version": 5, "next_table_id": 1, "xid_high_water": 1, "tables": [] }"#,
         )
         .unwrap();
         assert!(

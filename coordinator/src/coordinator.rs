@@ -251,12 +251,14 @@ impl Coordinator {
             )?;
         }
         crate::views::register(&ctx, &cluster)?;
+        let coord = Coordinator { cluster, ctx };
+        coord.register_views().await?;
         info!(
-            nodes = cluster.nodes().len(),
-            slices = cluster.map().slice_count(),
+            nodes = coord.cluster.nodes().len(),
+            slices = coord.cluster.map().slice_count(),
             "coordinator ready"
         );
-        Ok(Coordinator { cluster, ctx })
+        Ok(coord)
     }
 
     /// The DataFusion session every SQL connection plans in.

@@ -1,5 +1,9 @@
 //! DDL beyond CREATE and DROP TABLE: ALTER TABLE (ADD / DROP / RENAME
-//! COLUMN, RENAME TO) and CREATE / DROP SCHEMA.
+//! COLUMN, RENAME TO), CREATE / DROP SCHEMA and CREATE / DROP VIEW.
+//!
+//! A view is its query's SQL text in the catalog (durably, first), planned
+//! when it is created (a query that does not plan is refused) and again
+//! when the coordinator starts.
 //!
 //! ALTER TABLE is online: it changes the catalog (durably, first), the
 //! table DataFusion plans with, and then the schema every live node keeps
@@ -14,6 +18,8 @@ use std::sync::Arc;
 
 use arrow::datatypes::DataType;
 use datafusion::catalog::MemorySchemaProvider;
+use datafusion::datasource::ViewTable;
+use tracing::warn;
 
 use crate::catalog::{table_def, ColumnDef, Distribution, TableDef, TableMeta};
 use crate::coordinator::create_on_nodes;
@@ -199,6 +205,68 @@ impl Coordinator {
                 TableSinks::new(self.cluster.clone()),
             )),
         )?;
+        Ok(())
+    }
+
+    /// CREATE [OR REPLACE] VIEW `name` AS `query` (SQL text): planned now,
+    /// then kept in the catalog. A table or a system view of that name, or
+    /// (without `or_replace`) a view, refuses it (42P07).
+    pub async fn create_view(&self, name: &str, query: &str, or_replace: bool) -> Result<()> {
+        let plan = self.ctx.state().create_logical_plan(query).await?;
+        let ours = self
+            .cluster
+            .catalog()
+            .lock()
+            .views()
+            .iter()
+            .any(|(v, _)| v == name);
+        if self.ctx.table_exist(name)? && !(or_replace && ours) {
+            return Err(CoordinatorError::TableExists(name.to_string()));
+        }
+        self.cluster
+            .catalog()
+            .lock()
+            .add_view(name, query, or_replace)?;
+        self.ctx.deregister_table(name)?;
+        self.ctx
+            .register_table(name, Arc::new(ViewTable::new(plan, Some(query.into()))))?;
+        Ok(())
+    }
+
+    /// DROP VIEW: out of the catalog, then out of DataFusion's.
+    pub async fn drop_view(&self, name: &str, if_exists: bool) -> Result<()> {
+        if self.cluster.catalog().lock().get(name).is_some() {
+            return Err(CoordinatorError::WrongObjectType {
+                name: name.to_string(),
+                wanted: "view",
+            });
+        }
+        if !self.cluster.catalog().lock().remove_view(name)? {
+            return match if_exists {
+                true => Ok(()),
+                false => Err(CoordinatorError::ViewNotFound(name.to_string())),
+            };
+        }
+        self.ctx.deregister_table(name)?;
+        Ok(())
+    }
+
+    /// At startup, after the tables: plan every view of the catalog again.
+    /// One that no longer plans (a table it reads was dropped) is left out
+    /// of DataFusion, with a warning, and stays in the catalog for DROP VIEW.
+    pub(crate) async fn register_views(&self) -> Result<()> {
+        let views = self.cluster.catalog().lock().views();
+        for (name, query) in views {
+            match self.ctx.state().create_logical_plan(&query).await {
+                Ok(plan) => {
+                    self.ctx.register_table(
+                        name.as_str(),
+                        Arc::new(ViewTable::new(plan, Some(query))),
+                    )?;
+                }
+                Err(e) => warn!(view = %name, error = %e, "view does not plan; left out"),
+            }
+        }
         Ok(())
     }
 

@@ -13,6 +13,10 @@ pub enum CoordinatorError {
     TableExists(String),
     #[error("relation \"{0}\" does not exist")]
     TableNotFound(String),
+    #[error("view \"{0}\" does not exist")]
+    ViewNotFound(String),
+    #[error("\"{name}\" is not a {wanted}")]
+    WrongObjectType { name: String, wanted: &'static str },
     #[error(
         "column \"{column}\" named in the distribution key does not exist in table \"{table}\""
     )]
@@ -103,7 +107,8 @@ impl CoordinatorError {
     pub fn sqlstate(&self) -> &'static str {
         match self {
             CoordinatorError::TableExists(_) => "42P07",
-            CoordinatorError::TableNotFound(_) => "42P01",
+            CoordinatorError::TableNotFound(_) | CoordinatorError::ViewNotFound(_) => "42P01",
+            CoordinatorError::WrongObjectType { .. } => "42809",
             CoordinatorError::SchemaNotFound(_) => "3F000",
             CoordinatorError::SchemaExists(_) => "42P06",
             CoordinatorError::SchemaNotEmpty { .. } => "2BP01",

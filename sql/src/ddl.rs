@@ -77,9 +77,10 @@ pub fn owns(s: &Statement) -> bool {
         Statement::AlterTable(_)
             | Statement::CreateSchema { .. }
             | Statement::Drop {
-                object_type: ObjectType::Schema,
+                object_type: ObjectType::Schema | ObjectType::View,
                 ..
             }
+            | Statement::CreateView(_)
     ) || select_into(s).is_some()
 }
 
@@ -171,6 +172,36 @@ pub async fn run(
                 coord.drop_schema(&schema(n)?, if_exists, cascade).await?;
             }
             Ok(Response::Execution(Tag::new("DROP SCHEMA")))
+        }
+        Statement::CreateView(cv) => {
+            if cv.materialized || cv.temporary {
+                return Err(SqlError::not_supported(
+                    "materialized and temporary views; CREATE VIEW makes a view every session sees",
+                ));
+            }
+            let name = object_name(&cv.name)?;
+            // Kept as PostgreSQL would name its output columns.
+            let mut query = Statement::Query(cv.query);
+            names::rewrite(&mut query, false);
+            let columns: Vec<String> = cv.columns.iter().map(|c| c.name.to_string()).collect();
+            let sql = match columns.is_empty() {
+                true => query.to_string(),
+                false => format!("SELECT * FROM ({query}) AS v ({})", columns.join(", ")),
+            };
+            info!(view = %name, query = %sql, "create view");
+            coord.create_view(&name, &sql, cv.or_replace).await?;
+            Ok(Response::Execution(Tag::new("CREATE VIEW")))
+        }
+        Statement::Drop {
+            object_type: ObjectType::View,
+            names,
+            if_exists,
+            ..
+        } => {
+            for n in &names {
+                coord.drop_view(&object_name(n)?, if_exists).await?;
+            }
+            Ok(Response::Execution(Tag::new("DROP VIEW")))
         }
         other => Err(SqlError::not_supported(format!("statement {other}"))),
     }

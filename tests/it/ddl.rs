@@ -424,3 +424,100 @@ fn alter_table_while_a_node_is_down_reaches_it_when_it_comes_back() {
         Ok(())
     });
 }
+
+/// Views are kept: CREATE VIEW (with a column list, OR REPLACE) is seen by
+/// every session and answers after a restart; DROP VIEW is durable too;
+/// names taken by tables or system views, TEMP views and DROP VIEW of a
+/// table are refused with PostgreSQL's SQLSTATEs.
+#[test]
+fn views_are_shared_by_sessions_and_survive_a_restart() {
+    harness::run("ddl_views", |env| async move {
+        let data = env.path().join("data");
+        let db = Slicedb::local(&env, 2, &data).await?;
+        let c = db.connect().await?;
+        exec(&c, "CREATE TABLE vt (k bigint, g int) DISTRIBUTE ON (k)").await?;
+        exec(
+            &c,
+            "INSERT INTO vt SELECT value, value % 3 FROM generate_series(1, 300)",
+        )
+        .await?;
+        exec(
+            &c,
+            "CREATE VIEW per_g AS SELECT g, count(*), sum(k) FROM vt GROUP BY g",
+        )
+        .await?;
+        exec(
+            &c,
+            "CREATE VIEW big (key, grp) AS SELECT k, g FROM vt WHERE k > 290",
+        )
+        .await?;
+        exec(&c, "CREATE VIEW gone AS SELECT k FROM vt").await?;
+        exec(
+            &c,
+            "CREATE OR REPLACE VIEW gone AS SELECT k * 2 AS k2 FROM vt",
+        )
+        .await?;
+        exec(&c, "DROP VIEW gone").await?;
+        expect_error(&c, "CREATE VIEW per_g AS SELECT 1", &["42P07"]).await?;
+        expect_error(&c, "CREATE VIEW vt AS SELECT 1", &["42P07"]).await?;
+        expect_error(
+            &c,
+            "CREATE OR REPLACE VIEW slicedb_nodes AS SELECT 1",
+            &["42P07"],
+        )
+        .await?;
+        expect_error(&c, "CREATE TABLE per_g (a int)", &["42P07"]).await?;
+        expect_error(&c, "DROP VIEW vt", &["42809"]).await?;
+        expect_error(&c, "DROP VIEW gone", &["42P01"]).await?;
+        expect_error(&c, "CREATE TEMP VIEW tv AS SELECT 1", &["0A000"]).await?;
+        expect_error(&c, "CREATE VIEW bad AS SELECT nope FROM vt", &["42703"]).await?;
+        exec(&c, "DROP VIEW IF EXISTS gone").await?;
+
+        let check = |c: Client, when: &'static str| async move {
+            let rows = query(&c, "SELECT g, count, sum FROM per_g ORDER BY g").await?;
+            let want: Vec<Vec<Option<String>>> = [
+                ("0", "100", "15150"),
+                ("1", "100", "14950"),
+                ("2", "100", "15050"),
+            ]
+            .iter()
+            .map(|(a, b, s)| {
+                vec![
+                    Some(a.to_string()),
+                    Some(b.to_string()),
+                    Some(s.to_string()),
+                ]
+            })
+            .collect();
+            ensure!(rows == want, "per_g {when}: {rows:?}");
+            let keys = scalar(
+                &c,
+                "SELECT string_agg(key::text, ',' ORDER BY key) FROM big WHERE grp = 0",
+            )
+            .await?;
+            ensure!(keys == "291,294,297,300", "big {when}: {keys}");
+            let n = scalar(
+                &c,
+                "SELECT count(*) FROM pg_catalog.pg_class WHERE relname = 'gone'",
+            )
+            .await?;
+            ensure!(n == "0", "the dropped view is listed {when}");
+            Ok::<_, anyhow::Error>(())
+        };
+        // Another session sees them.
+        check(db.connect().await?, "in another session").await?;
+        drop(c);
+        db.stop().await?;
+        let db = Slicedb::local(&env, 2, &data).await?;
+        check(db.connect().await?, "after the restart").await?;
+        let c = db.connect().await?;
+        exec(&c, "DROP VIEW big").await?;
+        drop(c);
+        db.stop().await?;
+        let db = Slicedb::local(&env, 2, &data).await?;
+        let c = db.connect().await?;
+        expect_error(&c, "SELECT * FROM big", &["42P01"]).await?;
+        ensure!(scalar(&c, "SELECT count(*) FROM per_g").await? == "3");
+        db.stop().await
+    });
+}
