@@ -47,7 +47,16 @@ pub struct ColumnDef {
     /// written before it was added (ADD COLUMN ... DEFAULT). None: NULL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<String>,
+    /// `varchar(n)`: the most characters a value may have (longer ones
+    /// are refused, 22001). None: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<u32>,
 }
+
+/// Field metadata by which CREATE TABLE hands the coordinator a column's
+/// `varchar(n)` limit ([`ColumnDef::max_length`]); the catalog keeps it in
+/// the column, not in the schema.
+pub const META_MAX_LENGTH: &str = "slicedb.max_length";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TableDef {
@@ -105,6 +114,15 @@ pub struct TableMeta {
 }
 
 impl TableMeta {
+    /// The `varchar(n)` limit of each column SQL sees, in schema order.
+    pub fn max_lengths(&self) -> Vec<Option<u32>> {
+        self.columns
+            .iter()
+            .filter(|c| !c.dropped)
+            .map(|c| c.max_length)
+            .collect()
+    }
+
     /// The segment to read and write a slice in, given where it is served
     /// (`from_mirror`: failed over to its mirror). Unmirrored data has no
     /// second copy: once its primary failed, the slice is unavailable.
@@ -361,6 +379,11 @@ impl Catalog {
         self.schemas.clone()
     }
 
+    /// Whether CREATE SCHEMA made `name` (and DROP SCHEMA has not dropped it).
+    pub fn has_schema(&self, name: &str) -> bool {
+        self.schemas.iter().any(|s| s == name)
+    }
+
     /// Add a schema durably; false if it exists.
     pub fn add_schema(&mut self, name: &str) -> Result<bool> {
         if name == "public" || self.schemas.iter().any(|s| s == name) {
@@ -448,6 +471,10 @@ fn column_defs(schema: &Schema) -> Vec<ColumnDef> {
             nullable: f.is_nullable(),
             dropped: false,
             default: None,
+            max_length: f
+                .metadata()
+                .get(META_MAX_LENGTH)
+                .and_then(|n| n.parse().ok()),
         })
         .collect()
 }
@@ -624,6 +651,7 @@ mod tests {
                 nullable: true,
                 dropped: false,
                 default: Some("7".into()),
+                max_length: None,
             });
             def.name = "u".into();
             let u = c.replace(&t, def).unwrap();

@@ -309,14 +309,7 @@ impl Coordinator {
             }
         };
         if let Some((schema_name, _)) = name.split_once('.') {
-            if !self
-                .cluster
-                .catalog()
-                .lock()
-                .schemas()
-                .iter()
-                .any(|s| s == schema_name)
-            {
+            if !self.cluster.catalog().lock().has_schema(schema_name) {
                 return Err(CoordinatorError::SchemaNotFound(schema_name.to_string()));
             }
             if session.is_some() {

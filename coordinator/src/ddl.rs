@@ -37,6 +37,8 @@ pub enum AlterOp {
         data_type: DataType,
         nullable: bool,
         default: Option<String>,
+        /// `varchar(n)`'s n.
+        max_length: Option<u32>,
         if_not_exists: bool,
     },
     DropColumn {
@@ -77,6 +79,7 @@ pub fn apply(mut def: TableDef, op: AlterOp) -> Result<Option<TableDef>> {
             data_type,
             nullable,
             default,
+            max_length,
             if_not_exists,
         } => {
             if visible(&def, &name).is_some() {
@@ -103,6 +106,7 @@ pub fn apply(mut def: TableDef, op: AlterOp) -> Result<Option<TableDef>> {
                 nullable,
                 dropped: false,
                 default,
+                max_length,
             });
         }
         AlterOp::DropColumn { name, if_exists } => {
@@ -292,14 +296,7 @@ impl Coordinator {
     /// DROP SCHEMA: refused while it holds tables, unless `cascade`
     /// (which drops them).
     pub async fn drop_schema(&self, name: &str, if_exists: bool, cascade: bool) -> Result<()> {
-        if !self
-            .cluster
-            .catalog()
-            .lock()
-            .schemas()
-            .iter()
-            .any(|s| s == name)
-        {
+        if !self.cluster.catalog().lock().has_schema(name) {
             return if if_exists {
                 Ok(())
             } else {
@@ -344,6 +341,7 @@ mod tests {
             nullable: true,
             dropped: false,
             default: None,
+            max_length: None,
         };
         TableDef {
             id: 1,
@@ -361,6 +359,7 @@ mod tests {
             data_type: DataType::Int64,
             nullable,
             default: default.map(String::from),
+            max_length: None,
             if_not_exists: false,
         }
     }
@@ -384,6 +383,7 @@ mod tests {
                 data_type: DataType::Int64,
                 nullable: true,
                 default: None,
+                max_length: None,
                 if_not_exists: true
             }
         )

@@ -13,6 +13,8 @@ pub enum CoordinatorError {
     TableExists(String),
     #[error("relation \"{0}\" does not exist")]
     TableNotFound(String),
+    #[error("value too long for type character varying({0})")]
+    ValueTooLong(u32),
     #[error("view \"{0}\" does not exist")]
     ViewNotFound(String),
     #[error("\"{name}\" is not a {wanted}")]
@@ -109,6 +111,7 @@ impl CoordinatorError {
             CoordinatorError::TableExists(_) => "42P07",
             CoordinatorError::TableNotFound(_) | CoordinatorError::ViewNotFound(_) => "42P01",
             CoordinatorError::WrongObjectType { .. } => "42809",
+            CoordinatorError::ValueTooLong(_) => "22001",
             CoordinatorError::SchemaNotFound(_) => "3F000",
             CoordinatorError::SchemaExists(_) => "42P06",
             CoordinatorError::SchemaNotEmpty { .. } => "2BP01",

@@ -13,13 +13,14 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::Array;
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::sql::sqlparser::ast::{
-    AlterTableOperation, ColumnOption, ObjectName, ObjectType, Query, RenameTableNameKind,
-    SchemaName, SetExpr, Statement,
+    AlterTableOperation, CharacterLength, ColumnOption, DataType as SqlDataType, ObjectName,
+    ObjectType, Query, RenameTableNameKind, SchemaName, SetExpr, Statement,
 };
 use pgwire::api::results::{Response, Tag};
+use slicedb_coordinator::catalog::META_MAX_LENGTH;
 use slicedb_coordinator::ddl::AlterOp;
 use slicedb_coordinator::txn::{Txn, CURRENT_TXN};
 use slicedb_coordinator::{Coordinator, CoordinatorError, Distribution};
@@ -207,6 +208,44 @@ pub async fn run(
     }
 }
 
+/// `varchar(n)` / `character varying(n)`: n, the most characters a value
+/// may have. None for every other type (`char(n)` is text, unpadded).
+/// `character varying` is written `varchar`, which DataFusion plans.
+pub fn varchar_length(t: &mut SqlDataType) -> Option<u32> {
+    if let SqlDataType::CharacterVarying(l) = t {
+        *t = SqlDataType::Varchar(l.take());
+    }
+    let len = match t {
+        SqlDataType::Varchar(l) | SqlDataType::CharacterVarying(l) => l.as_ref()?,
+        _ => return None,
+    };
+    match len {
+        CharacterLength::IntegerLength { length, .. } => u32::try_from(*length).ok(),
+        CharacterLength::Max => None,
+    }
+}
+
+/// `schema` with each column's `varchar(n)` limit (`lengths`, in column
+/// order) in the field metadata the coordinator reads it from.
+pub fn with_max_lengths(schema: &SchemaRef, lengths: &[Option<u32>]) -> SchemaRef {
+    if lengths.iter().all(Option::is_none) {
+        return schema.clone();
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .zip(lengths.iter().chain(std::iter::repeat(&None)))
+        .map(|(f, n)| match n {
+            Some(n) => f
+                .as_ref()
+                .clone()
+                .with_metadata([(META_MAX_LENGTH.to_string(), n.to_string())].into()),
+            None => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
 /// A schema's name.
 fn schema(n: &ObjectName) -> Result<String, SqlError> {
     match n.0.as_slice() {
@@ -249,9 +288,11 @@ async fn alter_op(coord: &Coordinator, op: &AlterTableOperation) -> Result<Alter
             }
             // DataFusion turns the SQL type into an Arrow type, as for
             // CREATE TABLE.
+            let mut sql_type = column_def.data_type.clone();
+            let max_length = varchar_length(&mut sql_type);
             let probe = format!(
-                "CREATE TABLE slicedb_add_column ({} {})",
-                column_def.name, column_def.data_type
+                "CREATE TABLE slicedb_add_column ({} {sql_type})",
+                column_def.name
             );
             let ctx = coord.session();
             let plan = ctx.state().create_logical_plan(&probe).await?;
@@ -272,15 +313,14 @@ async fn alter_op(coord: &Coordinator, op: &AlterTableOperation) -> Result<Alter
             };
             let default = match default {
                 None => None,
-                Some(e) => {
-                    default_text(coord, &e.to_string(), &column_def.data_type.to_string()).await?
-                }
+                Some(e) => default_text(coord, &e.to_string(), &sql_type.to_string()).await?,
             };
             AlterOp::AddColumn {
                 name: ident(&column_def.name),
                 data_type,
                 nullable,
                 default,
+                max_length,
                 if_not_exists: *if_not_exists,
             }
         }

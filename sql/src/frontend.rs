@@ -419,6 +419,11 @@ async fn create_table(
         return ddl::create_table_as(&fe.coord, ctas, block).await;
     }
     // Let DataFusion turn the column definitions into an Arrow schema.
+    let lengths: Vec<_> = ct
+        .columns
+        .iter_mut()
+        .map(|c| ddl::varchar_length(&mut c.data_type))
+        .collect();
     let ctx = fe.coord.session();
     let plan = ctx
         .state()
@@ -438,6 +443,7 @@ async fn create_table(
     if schema.fields().is_empty() {
         return Err(SqlError::user("42601", "a table needs at least one column"));
     }
+    let schema = ddl::with_max_lengths(&schema, &lengths);
     let distribution = match distribution {
         Some(dialect::Distribution::Hash(cols)) => Distribution::Hash(cols),
         Some(dialect::Distribution::Random) => Distribution::Random,

@@ -100,19 +100,23 @@ pub fn install(
     ctx.register_udf(ScalarUDF::new_from_impl(SizePretty::new()));
     ctx.register_udf(ScalarUDF::new_from_impl(ToRegtype::new()));
     ctx.register_udf(ScalarUDF::new_from_impl(JsonBuildObject::new()));
-    // Every collation lives in pg_catalog, which is always searched.
-    ctx.register_udf(datafusion::logical_expr::create_udf(
-        "pg_collation_is_visible",
-        vec![DataType::Int32],
-        DataType::Boolean,
-        Volatility::Stable,
-        Arc::new(|args: &[ColumnarValue]| {
-            let n = ColumnarValue::values_to_arrays(args)?[0].len();
-            Ok(ColumnarValue::Array(Arc::new(
-                datafusion::arrow::array::BooleanArray::from(vec![true; n]),
-            )))
-        }),
-    ));
+    // Every collation and function lives in pg_catalog, which is always
+    // searched. slicedb has no user functions, so psql's \df lists none
+    // and the two function describers below are never asked about one.
+    for name in ["pg_collation_is_visible", "pg_function_is_visible"] {
+        ctx.register_udf(datafusion::logical_expr::create_udf(
+            name,
+            vec![DataType::Int32],
+            DataType::Boolean,
+            Volatility::Stable,
+            Arc::new(|args: &[ColumnarValue]| {
+                let n = ColumnarValue::values_to_arrays(args)?[0].len();
+                Ok(ColumnarValue::Array(Arc::new(
+                    datafusion::arrow::array::BooleanArray::from(vec![true; n]),
+                )))
+            }),
+        ));
+    }
     ctx.register_udf(ScalarUDF::new_from_impl(NullFn::new(
         "pg_table_size",
         DataType::Int64,
@@ -123,21 +127,6 @@ pub fn install(
         DataType::Utf8,
         &[2],
     )));
-    // Every function lives in pg_catalog, which is always searched (psql's
-    // \df). slicedb has no user functions, so \df lists none and the two
-    // describers are never asked about one.
-    ctx.register_udf(datafusion::logical_expr::create_udf(
-        "pg_function_is_visible",
-        vec![DataType::Int32],
-        DataType::Boolean,
-        Volatility::Stable,
-        Arc::new(|args: &[ColumnarValue]| {
-            let n = ColumnarValue::values_to_arrays(args)?[0].len();
-            Ok(ColumnarValue::Array(Arc::new(
-                datafusion::arrow::array::BooleanArray::from(vec![true; n]),
-            )))
-        }),
-    ));
     ctx.register_udf(ScalarUDF::new_from_impl(NullFn::new(
         "col_description",
         DataType::Utf8,
@@ -605,6 +594,9 @@ impl SchemaProvider for PgCatalog {
     }
 }
 
+/// PostgreSQL's oid of `varchar` (`character varying`).
+const VARCHAR_OID: i32 = 1043;
+
 /// `relname` as the coordinator's catalog names it: `t` in public (and
 /// pg_catalog), `s.t` in schema `s` (`nsp`: the batch's relnamespace).
 fn qualified(
@@ -729,8 +721,9 @@ impl PgClass {
     }
 
     /// pg_attribute: `atttypmod` of numeric columns (precision and scale,
-    /// as PostgreSQL encodes them), so `format_type` and psql's `\d` show
-    /// `numeric(12,2)`. `relnames`: pg_class's oid -> relname.
+    /// as PostgreSQL encodes them) and of `varchar(n)` columns (whose
+    /// `atttypid` becomes varchar's), so `format_type` and psql's `\d` show
+    /// `numeric(12,2)` and `character varying(20)`. `relnames`: pg_class's oid -> relname.
     fn typmods(&self, b: RecordBatch, relnames: &HashMap<i32, String>) -> DfResult<RecordBatch> {
         let schema = b.schema();
         let (Ok(rel_idx), Ok(name_idx), Ok(mod_idx)) = (
@@ -747,27 +740,48 @@ impl PgClass {
         ) else {
             return Ok(b);
         };
+        let typids = schema
+            .index_of("atttypid")
+            .ok()
+            .and_then(|i| Some((i, b.column(i).as_primitive_opt::<Int32Type>()?)));
         let mut tables = HashMap::new();
-        let out: Int32Array = (0..b.num_rows())
+        // (typmod, varchar's type oid) of each of our columns.
+        let ours: Vec<Option<(i32, Option<i32>)>> = (0..b.num_rows())
             .map(|i| {
-                let ours = relnames.get(&rels.value(i)).and_then(|rel| {
-                    let t = tables
-                        .entry(rel.clone())
-                        .or_insert_with(|| self.coord.table(rel).ok());
-                    let t = t.as_ref()?;
-                    let field = t.schema.field_with_name(names.value(i)).ok()?;
-                    match field.data_type() {
-                        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => {
-                            Some(((i32::from(*p) << 16) | i32::from(*s)) + 4)
-                        }
-                        _ => None,
+                let rel = relnames.get(&rels.value(i))?;
+                let t = tables
+                    .entry(rel.clone())
+                    .or_insert_with(|| self.coord.table(rel).ok());
+                let t = t.as_ref()?;
+                let at = t.schema.index_of(names.value(i)).ok()?;
+                if let Some(n) = t.max_lengths().get(at).copied().flatten() {
+                    return Some((n as i32 + 4, Some(VARCHAR_OID)));
+                }
+                match t.schema.field(at).data_type() {
+                    DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => {
+                        Some((((i32::from(*p) << 16) | i32::from(*s)) + 4, None))
                     }
-                });
-                ours.or_else(|| mods.is_valid(i).then(|| mods.value(i)))
+                    _ => None,
+                }
+            })
+            .collect();
+        let out: Int32Array = (0..b.num_rows())
+            .map(|i| match ours[i] {
+                Some((m, _)) => Some(m),
+                None => mods.is_valid(i).then(|| mods.value(i)),
             })
             .collect();
         let mut cols: Vec<ArrayRef> = b.columns().to_vec();
         cols[mod_idx] = Arc::new(out);
+        if let Some((idx, ids)) = typids {
+            let out: Int32Array = (0..b.num_rows())
+                .map(|i| match ours[i] {
+                    Some((_, Some(oid))) => Some(oid),
+                    _ => ids.is_valid(i).then(|| ids.value(i)),
+                })
+                .collect();
+            cols[idx] = Arc::new(out);
+        }
         Ok(RecordBatch::try_new(schema, cols)?)
     }
 

@@ -521,3 +521,93 @@ fn views_are_shared_by_sessions_and_survive_a_restart() {
         db.stop().await
     });
 }
+
+/// `varchar(n)` (also `character varying(n)`, and in ADD COLUMN) keeps its
+/// limit: psql's catalog shows it, values of at most n characters (not
+/// bytes) are stored, and a longer one fails INSERT, UPDATE and COPY with
+/// 22001, leaving nothing behind, also after a restart.
+#[test]
+fn varchar_limits_are_kept_and_enforced() {
+    use futures::SinkExt;
+    harness::run("ddl_varchar", |env| async move {
+        let data = env.path().join("data");
+        let db = Slicedb::local(&env, 2, &data).await?;
+        let c = db.connect().await?;
+        exec(
+            &c,
+            "CREATE TABLE vc (k int, v varchar(5), w character varying(3), x varchar)",
+        )
+        .await?;
+        exec(
+            &c,
+            "INSERT INTO vc VALUES (1, 'abcde', 'äöü', 'no limit at all')",
+        )
+        .await?;
+        exec(&c, "ALTER TABLE vc ADD COLUMN z varchar(2)").await?;
+        let check = |c: Client, when: &'static str| async move {
+            expect_error(
+                &c,
+                "INSERT INTO vc VALUES (2, 'abcdef', 'a', 'x', NULL)",
+                &["22001"],
+            )
+            .await?;
+            expect_error(&c, "INSERT INTO vc (k, w) VALUES (2, 'äöüß')", &["22001"]).await?;
+            expect_error(&c, "UPDATE vc SET w = 'abcd' WHERE k = 1", &["22001"]).await?;
+            expect_error(&c, "INSERT INTO vc (k, z) VALUES (3, 'zzz')", &["22001"]).await?;
+            let sink = c.copy_in("COPY vc (k, v) FROM STDIN").await?;
+            futures::pin_mut!(sink);
+            sink.send(bytes::Bytes::from_static(b"4\tok\n5\ttoo long\n"))
+                .await?;
+            let e = sink.finish().await.err().map(|e| harness::sqlstate(&e));
+            ensure!(
+                e == Some(Some("22001".into())),
+                "COPY of a long value {when}: {e:?}"
+            );
+            let rows = query(&c, "SELECT k, v, w, x, z FROM vc ORDER BY k").await?;
+            ensure!(
+                rows == vec![vec![
+                    Some("1".to_string()),
+                    Some("abcde".into()),
+                    Some("äöü".into()),
+                    Some("no limit at all".into()),
+                    None
+                ]],
+                "vc {when}: {rows:?}"
+            );
+            let types = query(
+                &c,
+                "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) \
+                 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class r ON r.oid = a.attrelid \
+                 WHERE r.relname = 'vc' AND a.attnum > 0 ORDER BY a.attnum",
+            )
+            .await?;
+            let types: Vec<String> = types
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {}",
+                        r[0].clone().unwrap_or_default(),
+                        r[1].clone().unwrap_or_default()
+                    )
+                })
+                .collect();
+            ensure!(
+                types
+                    == [
+                        "k integer",
+                        "v character varying(5)",
+                        "w character varying(3)",
+                        "x text",
+                        "z character varying(2)"
+                    ],
+                "types {when}: {types:?}"
+            );
+            Ok::<_, anyhow::Error>(())
+        };
+        check(c, "at first").await?;
+        db.stop().await?;
+        let db = Slicedb::local(&env, 2, &data).await?;
+        check(db.connect().await?, "after a restart").await?;
+        db.stop().await
+    });
+}

@@ -188,7 +188,9 @@ fn psql_meta_commands_show_types_distribution_and_persistence() {
         let d = section(&out, "d");
         check(
             "d",
-            has_row(&d, &["n", "numeric(12,2)"]) && has_row(&d, &["k", "bigint"]),
+            has_row(&d, &["n", "numeric(12,2)"])
+                && has_row(&d, &["k", "bigint"])
+                && has_row(&d, &["v", "character varying(20)"]),
         )?;
         let dplus = section(&out, "dplus");
         check(

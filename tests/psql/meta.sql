@@ -5,12 +5,12 @@
 \pset pager off
 \echo marker: start
 
-CREATE TABLE mt (k bigint, n numeric(12,2), s text, d date) DISTRIBUTE ON (k);
+CREATE TABLE mt (k bigint, n numeric(12,2), s text, d date, v varchar(20)) DISTRIBUTE ON (k);
 CREATE UNLOGGED TABLE scratch (a int, b text) DISTRIBUTED RANDOMLY;
 CREATE VIEW mv AS SELECT k, n FROM mt;
 CREATE SCHEMA sales;
 CREATE TABLE sales.orders (id int, amount numeric(10,3));
-INSERT INTO mt VALUES (1, 10.25, 'one', DATE '2024-01-01'), (2, 20.50, 'two', DATE '2024-02-02');
+INSERT INTO mt (k, n, s, d) VALUES (1, 10.25, 'one', DATE '2024-01-01'), (2, 20.50, 'two', DATE '2024-02-02');
 
 \echo marker: d
 \d mt

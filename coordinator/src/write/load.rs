@@ -204,18 +204,23 @@ impl Loader {
             ));
         }
         let mut cols = Vec::with_capacity(batch.num_columns());
-        for (f, c) in schema.fields().iter().zip(batch.columns()) {
+        let limits = self.table.max_lengths();
+        for ((f, c), limit) in schema.fields().iter().zip(batch.columns()).zip(limits) {
             if !f.is_nullable() && c.null_count() > 0 {
                 return Err(CoordinatorError::NotNullViolation {
                     table: self.table.name.clone(),
                     column: f.name().clone(),
                 });
             }
-            if c.data_type() == f.data_type() {
-                cols.push(c.clone());
+            let c = if c.data_type() == f.data_type() {
+                c.clone()
             } else {
-                cols.push(arrow::compute::cast(c, f.data_type())?);
+                arrow::compute::cast(c, f.data_type())?
+            };
+            if let Some(n) = limit {
+                check_length(&c, n)?;
             }
+            cols.push(c);
         }
         Ok(RecordBatch::try_new(schema.clone(), cols)?)
     }
@@ -370,4 +375,25 @@ impl Drop for Loader {
 fn rand_start(xid: Xid) -> u32 {
     // Spread round-robin starting points without a RNG dependency.
     (xid.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as u32
+}
+
+/// `varchar(n)`: every value has at most `n` characters (22001).
+fn check_length(c: &arrow::array::ArrayRef, n: u32) -> Result<()> {
+    use arrow::array::AsArray;
+    let Some(strings) = c.as_string_opt::<i32>() else {
+        return Ok(());
+    };
+    let n = n as usize;
+    // A value of at most n bytes has at most n characters.
+    if strings.value_data().len() <= n {
+        return Ok(());
+    }
+    let long = strings
+        .iter()
+        .flatten()
+        .any(|v| v.len() > n && v.chars().count() > n);
+    match long {
+        true => Err(CoordinatorError::ValueTooLong(n as u32)),
+        false => Ok(()),
+    }
 }
