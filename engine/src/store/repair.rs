@@ -9,16 +9,181 @@
 //! so this is the one place that decides. The default, [`NoRepair`], fails
 //! the read with the original error.
 //!
+//! The store's two ends of a sector repair live here too: on the node
+//! holding the good copy, [`DiskStore::fetch_block`] finds the same logical
+//! block (by seq and rowids; re-encoding the rows when its layout differs)
+//! without ever going through the seam itself; on the damaged side,
+//! [`DiskStore::write_back`] writes verified bytes over the bad ones, in
+//! place, under the store lock and only while the index still holds that
+//! block at that offset (a block freed meanwhile is left alone).
+//!
 //! It must never hand a caller rows from bytes that did not pass the same
 //! checks as bytes read from the disk, replacement bytes included.
 
 use arrow::array::RecordBatch;
 
-use super::StoreCounters;
+use super::{DiskStore, StoreCounters, StreamKey};
 use crate::block::{self, BlockLocation};
 use crate::disk::meta::BlockMeta;
 use crate::disk::{BlockDevice, SegmentKind};
 use crate::{DiskId, EngineError, Result, SliceId, TableId};
+
+/// The identity of a logical block, the same on every copy of its slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogicalBlock {
+    pub table: TableId,
+    pub slice: SliceId,
+    pub seq: u64,
+    pub rows: u64,
+    pub rowid_min: i64,
+    pub rowid_max: i64,
+}
+
+impl From<&StoredBlock> for LogicalBlock {
+    fn from(b: &StoredBlock) -> Self {
+        LogicalBlock {
+            table: b.table,
+            slice: b.slice,
+            seq: b.seq,
+            rows: b.rows,
+            rowid_min: b.rowid_min,
+            rowid_max: b.rowid_max,
+        }
+    }
+}
+
+/// Check that verified bytes are the block `want` (CRC, table, slice, seq,
+/// rows, and the rowid range the index holds).
+pub fn check_replacement(bytes: &[u8], want: &StoredBlock) -> Result<()> {
+    let h = block::verify_block(bytes, &want.location())?;
+    if h.rowid_min != want.rowid_min || h.rowid_max != want.rowid_max {
+        return Err(EngineError::CorruptBlock {
+            offset: want.offset,
+            reason: format!(
+                "replacement holds rowids {}..={}, the index says {}..={}",
+                h.rowid_min, h.rowid_max, want.rowid_min, want.rowid_max
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl DiskStore {
+    /// The block `want` of this disk's copy in `segment`, verified, for a
+    /// peer whose own copy of it is damaged: the stored block with that
+    /// seq, rows and rowids, or else the rows with those rowids taken from
+    /// the blocks holding them and encoded as one block of that seq
+    /// (`true`). Never goes through the repair seam: a block damaged here
+    /// too is an error.
+    pub fn fetch_block(
+        &self,
+        segment: SegmentKind,
+        want: &LogicalBlock,
+    ) -> Result<(Vec<u8>, bool)> {
+        let key = StreamKey {
+            segment,
+            table: want.table,
+            slice: want.slice,
+        };
+        let committed = {
+            let inner = self.inner.lock();
+            match inner.streams.get(&key) {
+                Some(s) => s.committed.clone(),
+                None => {
+                    return Err(EngineError::InvalidRequest(format!(
+                        "no {} copy of table {} slice {} on this disk",
+                        segment.as_str(),
+                        want.table,
+                        want.slice
+                    )))
+                }
+            }
+        };
+        let disk = self.sb.disk_id;
+        let stored = |m: &BlockMeta| StoredBlock::new(disk, segment, want.table, want.slice, m);
+        if let Some(b) = committed.iter().find(|b| {
+            b.meta.seq == want.seq
+                && b.meta.rows == want.rows
+                && b.meta.rowid_min == want.rowid_min
+                && b.meta.rowid_max == want.rowid_max
+        }) {
+            let s = stored(&b.meta);
+            let buf = self.dev.read_vec(s.offset, s.length as usize)?;
+            check_replacement(&buf, &s)?;
+            return Ok((buf, false));
+        }
+        // Another layout here (groomed or copied differently): the rows
+        // with those rowids, from every block that holds some.
+        let mut parts = Vec::new();
+        for b in committed
+            .iter()
+            .filter(|b| b.meta.rowid_max >= want.rowid_min && b.meta.rowid_min <= want.rowid_max)
+        {
+            let s = stored(&b.meta);
+            let buf = self.dev.read_vec(s.offset, s.length as usize)?;
+            let batch = block::decode_block(&buf, &s.location(), None)?;
+            let rowid = batch.num_columns() - 3;
+            let ids = batch
+                .column(rowid)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .ok_or_else(|| EngineError::Internal("_rowid is not Int64".into()))?;
+            let keep: arrow::array::BooleanArray = ids
+                .iter()
+                .map(|r| r.map(|r| r >= want.rowid_min && r <= want.rowid_max))
+                .collect();
+            parts.push(arrow::compute::filter_record_batch(&batch, &keep)?);
+        }
+        let rows: usize = parts.iter().map(RecordBatch::num_rows).sum();
+        if parts.is_empty() || rows as u64 != want.rows {
+            return Err(EngineError::InvalidRequest(format!(
+                "this copy holds {rows} rows with rowids {}..={} of table {} slice {}, the damaged block held {}",
+                want.rowid_min, want.rowid_max, want.table, want.slice, want.rows
+            )));
+        }
+        let batch = arrow::compute::concat_batches(&parts[0].schema(), &parts)?;
+        let enc = block::encode_block(
+            want.table,
+            want.slice,
+            want.seq,
+            &batch,
+            self.opts.compression,
+        )?;
+        Ok((enc.bytes, true))
+    }
+
+    /// Write `bytes` (verified: the block `stored`) over the damaged block
+    /// in place, and make it durable. `false` (nothing written) when they
+    /// differ in length, or when the index no longer holds that block at
+    /// that offset (dropped or groomed away meanwhile: its extent may be
+    /// someone else's now).
+    pub fn write_back(&self, stored: &StoredBlock, bytes: &[u8]) -> Result<bool> {
+        if self.read_only || bytes.len() as u64 != stored.length {
+            return Ok(false);
+        }
+        check_replacement(bytes, stored)?;
+        let key = StreamKey {
+            segment: stored.segment,
+            table: stored.table,
+            slice: stored.slice,
+        };
+        let inner = self.inner.lock();
+        let held = inner.streams.get(&key).is_some_and(|s| {
+            s.committed.iter().any(|b| {
+                b.meta.offset == stored.offset
+                    && b.meta.seq == stored.seq
+                    && b.meta.length == stored.length
+            })
+        });
+        if !held {
+            return Ok(false);
+        }
+        self.dev.write_at(stored.offset, bytes)?;
+        self.dev.sync()?;
+        drop(inner);
+        Ok(true)
+    }
+}
 
 /// A block of this disk as the index knows it: enough to check bytes read
 /// for it, and to find the same logical block on another copy of the slice
@@ -287,5 +452,81 @@ mod tests {
         *rec.good.lock() = Some(good);
         assert_eq!(scan_all(&store, &s).unwrap(), rows(0, 500));
         assert_eq!(rec.calls.lock().len(), 2);
+    }
+
+    fn first_block(store: &DiskStore) -> StoredBlock {
+        let inner = store.inner.lock();
+        let (k, s) = inner.streams.iter().next().unwrap();
+        StoredBlock::new(1, k.segment, k.table, k.slice, &s.committed[0].meta)
+    }
+
+    /// The peer's copy holds the block as stored: the same bytes come back;
+    /// written back over a damaged copy they read as the rows again.
+    #[test]
+    fn fetch_returns_the_stored_block_and_write_back_heals_in_place() {
+        let (_, good) = mem_store(1000);
+        let (dev, bad) = mem_store(1000);
+        for s in [&good, &bad] {
+            s.create_table(1, schema()).unwrap();
+            s.append(SegmentKind::Primary, 1, 0, 1, &rows(0, 500))
+                .unwrap();
+            s.commit(1).unwrap();
+        }
+        let b = first_block(&bad);
+        dev.corrupt(b.offset + 40, 0x10);
+        let s = spec(SegmentKind::Primary, 1, 0);
+        assert!(scan_all(&bad, &s).is_err());
+        let (bytes, reencoded) = good
+            .fetch_block(SegmentKind::Primary, &LogicalBlock::from(&b))
+            .unwrap();
+        assert!(!reencoded);
+        check_replacement(&bytes, &b).unwrap();
+        let mut wrong = bytes.clone();
+        wrong[50] ^= 1;
+        assert!(
+            bad.write_back(&b, &wrong).is_err(),
+            "bad bytes are never written"
+        );
+        assert!(bad.write_back(&b, &bytes).unwrap());
+        assert_eq!(scan_all(&bad, &s).unwrap(), rows(0, 500));
+        // A block the index no longer holds there is left alone.
+        let gone = StoredBlock {
+            offset: b.offset + 4096,
+            ..b
+        };
+        assert!(!bad.write_back(&gone, &bytes).unwrap());
+    }
+
+    /// The peer's copy is split differently (100-row blocks): the rows with
+    /// the damaged block's rowids come back as one block of its shape.
+    #[test]
+    fn fetch_reencodes_rows_from_another_layout() {
+        let (_, split) = mem_store(100);
+        let (_, whole) = mem_store(1000);
+        for s in [&split, &whole] {
+            s.create_table(1, schema()).unwrap();
+            s.append(SegmentKind::Primary, 1, 0, 1, &rows(0, 500))
+                .unwrap();
+            s.commit(1).unwrap();
+        }
+        let b = first_block(&whole);
+        assert_eq!(b.rows, 500);
+        let (bytes, reencoded) = split
+            .fetch_block(SegmentKind::Primary, &LogicalBlock::from(&b))
+            .unwrap();
+        assert!(reencoded);
+        check_replacement(&bytes, &b).unwrap();
+        let batch = block::decode_block(&bytes, &b.location(), Some(vec![0, 1, 2])).unwrap();
+        assert_eq!(batch.columns(), rows(0, 500).columns());
+        // Rows the peer lacks: an error, never a short block.
+        let more = LogicalBlock {
+            rows: 600,
+            rowid_max: b.rowid_max + 100,
+            ..LogicalBlock::from(&b)
+        };
+        assert!(split.fetch_block(SegmentKind::Primary, &more).is_err());
+        assert!(split
+            .fetch_block(SegmentKind::Mirror, &LogicalBlock::from(&b))
+            .is_err());
     }
 }
