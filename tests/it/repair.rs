@@ -257,3 +257,66 @@ fn a_damaged_block_is_repaired_from_the_other_copy_in_both_directions() {
         Ok(())
     });
 }
+
+#[test]
+fn damaged_blocks_past_the_limit_fail_the_disk_over() {
+    harness::run("repair_limit", |env| async move {
+        // Two damaged blocks are repaired; the third within the window
+        // fails the disk over (its slices are then served by their mirrors).
+        let db = Slicedb::multiprocess_configured(
+            &env,
+            3,
+            "cluster",
+            &[],
+            "cache_size = \"0\"\nbad_block_limit = 3\nbad_block_window = \"10min\"\n",
+        )
+        .await?;
+        let c = db.connect().await?;
+        exec(&c, "CREATE TABLE f (k bigint, v bigint) DISTRIBUTE ON (k)").await?;
+        exec(
+            &c,
+            "INSERT INTO f SELECT i, i * 3 % 1000 FROM generate_series(1, 30000) AS g(i)",
+        )
+        .await?;
+        let want = query(&c, TOTALS).await?;
+        let image = env.path().join("cluster").join("node0").join("disk-0.img");
+        let all = spots(&image, SegmentKind::Primary)?;
+        ensure!(all.len() >= 3, "node 0 has 3 primary blocks: {all:?}");
+        for (i, &(_, _, off, used)) in all.iter().take(2).enumerate() {
+            flip(&image, off, used)?;
+            ensure!(query(&c, TOTALS).await? == want, "damaged block {i}");
+        }
+        nothing_failed(&c).await?;
+        let (_, _, off, used) = all[2];
+        flip(&image, off, used)?;
+        let got = query(&c, TOTALS).await?;
+        ensure!(
+            got == want,
+            "answer when the disk fails: {got:?} != {want:?}"
+        );
+        let outcomes = query(
+            &c,
+            "SELECT outcome FROM slicedb_repairs WHERE node = 0 ORDER BY at_unix_ms",
+        )
+        .await?;
+        eprintln!("[repair_limit] {outcomes:?}");
+        ensure!(
+            outcomes.len() == 3
+                && outcomes[..2]
+                    .iter()
+                    .all(|r| r[0].as_deref() == Some("repaired"))
+                && outcomes[2][0]
+                    .as_deref()
+                    .is_some_and(|o| o.contains("failed over")),
+            "two repaired, the third fails the disk: {outcomes:?}"
+        );
+        let hist = scalar(
+            &c,
+            "SELECT count(*) FROM slicedb_map_history WHERE cause LIKE 'disk 0 of node 0 failed%'",
+        )
+        .await?;
+        ensure!(hist == "1", "the disk was failed over: {hist}");
+        db.kill();
+        Ok(())
+    });
+}
