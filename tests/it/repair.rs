@@ -245,6 +245,15 @@ fn a_damaged_block_is_repaired_from_the_other_copy_in_both_directions() {
         )
         .await?;
         ensure!(failed != "0", "the failed repair is shown");
+        let there = scalar(
+            &c,
+            &format!(
+                "SELECT count(*) FROM slicedb_repairs WHERE node = {gmirror} AND table_name = 'g' \
+                 AND outcome LIKE 'failed: damaged here too%'"
+            ),
+        )
+        .await?;
+        ensure!(there != "0", "node {gmirror} records its own damaged copy");
         nothing_failed(&c).await?;
         ensure!(query(&c, TOTALS).await? == want, "f is still whole");
 

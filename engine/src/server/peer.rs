@@ -142,9 +142,19 @@ impl pb::peer_node_server::PeerNode for NodeServer {
             rowid_min: req.rowid_min,
             rowid_max: req.rowid_max,
         };
-        let (block, reencoded) = Self::blocking(move || store.fetch_block(segment, &want))
-            .await
-            .map_err(status)?;
+        let (block, reencoded) =
+            match Self::blocking(move || store.fetch_block(segment, &want)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    if matches!(
+                        e,
+                        EngineError::ChecksumMismatch { .. } | EngineError::CorruptBlock { .. }
+                    ) {
+                        self.damaged_while_serving(disk, segment, &want, req.from_node, &e);
+                    }
+                    return Err(status(e));
+                }
+            };
         info!(
             node = self.state.node,
             from = req.from_node,

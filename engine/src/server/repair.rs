@@ -105,6 +105,51 @@ impl RepairLog {
     }
 }
 
+impl NodeServer {
+    /// This node's copy of a block another node asked for (`FetchBlock`)
+    /// is damaged too: record it and count it against the disk like any
+    /// damaged block met (it is not repaired here: the asker's copy is the
+    /// bad one).
+    pub(super) fn damaged_while_serving(
+        &self,
+        disk: DiskId,
+        segment: crate::store::SegmentKind,
+        want: &LogicalBlock,
+        asker: NodeId,
+        error: &EngineError,
+    ) {
+        let st = &self.state;
+        let policy = st.repair.as_ref().map(|r| r.policy).unwrap_or_default();
+        let offset = match error {
+            EngineError::ChecksumMismatch { offset, .. }
+            | EngineError::CorruptBlock { offset, .. } => *offset,
+            _ => 0,
+        };
+        let past = st.repairs.lock().bad_block(disk, policy);
+        st.repairs.lock().push(pb::RepairRecord {
+            at_unix_ms: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            disk,
+            segment: pb::Segment::from(segment) as i32,
+            table: want.table,
+            slice: want.slice,
+            seq: want.seq,
+            offset,
+            length: 0,
+            source_node: 0,
+            has_source: false,
+            outcome: format!("failed: damaged here too, met while serving node {asker}'s repair"),
+            error: error.to_string(),
+        });
+        warn!(node = st.node, disk, table = want.table, slice = want.slice, seq = want.seq,
+              asker, error = %error, "the block asked for repair is damaged here too");
+        if past {
+            self.note_disk_fault(disk, &error.again());
+        }
+    }
+}
+
 /// The node's [`BlockRepair`]: open the disks with it, then give it to
 /// [`NodeServer::with_repair`], which binds it to the node once it serves.
 pub struct PeerRepair {
