@@ -20,6 +20,8 @@
 //! It must never hand a caller rows from bytes that did not pass the same
 //! checks as bytes read from the disk, replacement bytes included.
 
+use std::sync::Arc;
+
 use arrow::array::RecordBatch;
 
 use super::{DiskStore, StoreCounters, StreamKey};
@@ -152,35 +154,117 @@ impl DiskStore {
         Ok((enc.bytes, true))
     }
 
-    /// Write `bytes` (verified: the block `stored`) over the damaged block
-    /// in place, and make it durable. `false` (nothing written) when they
-    /// differ in length, or when the index no longer holds that block at
-    /// that offset (dropped or groomed away meanwhile: its extent may be
-    /// someone else's now).
+    /// Write `bytes` (verified: the block `stored`) in place of the damaged
+    /// block and make it durable: over it when they have its length, else
+    /// into fresh space of the stream with the index pointing there (a new
+    /// metadata generation: a crash before it leaves the old entry, whose
+    /// bytes are repaired again on their next read). `false`: nothing
+    /// written, because the index no longer holds that block at that offset
+    /// (dropped or groomed away meanwhile: its extent may be someone
+    /// else's now), or, for fresh space, because a commit or groom holds
+    /// the metadata (a groom repairing what it reads).
     pub fn write_back(&self, stored: &StoredBlock, bytes: &[u8]) -> Result<bool> {
-        if self.read_only || bytes.len() as u64 != stored.length {
+        if self.read_only {
             return Ok(false);
         }
         check_replacement(bytes, stored)?;
-        let key = StreamKey {
-            segment: stored.segment,
-            table: stored.table,
-            slice: stored.slice,
-        };
-        let inner = self.inner.lock();
-        let held = inner.streams.get(&key).is_some_and(|s| {
-            s.committed.iter().any(|b| {
-                b.meta.offset == stored.offset
-                    && b.meta.seq == stored.seq
-                    && b.meta.length == stored.length
-            })
-        });
-        if !held {
+        // Held while writing: no extent is freed for reuse under us (a
+        // groom calling in holds it already).
+        let _gate = self.io_gate.read_recursive();
+        if bytes.len() as u64 != stored.length {
+            return self.relocate(stored, bytes);
+        }
+        if !self.holds(stored) {
             return Ok(false);
         }
         self.dev.write_at(stored.offset, bytes)?;
         self.dev.sync()?;
+        Ok(true)
+    }
+
+    fn key_of(stored: &StoredBlock) -> StreamKey {
+        StreamKey {
+            segment: stored.segment,
+            table: stored.table,
+            slice: stored.slice,
+        }
+    }
+
+    /// Where the committed index holds `stored` now, if it does.
+    fn position(inner: &super::Inner, stored: &StoredBlock) -> Option<usize> {
+        inner
+            .streams
+            .get(&Self::key_of(stored))?
+            .committed
+            .iter()
+            .position(|b| {
+                b.meta.offset == stored.offset
+                    && b.meta.seq == stored.seq
+                    && b.meta.length == stored.length
+            })
+    }
+
+    fn holds(&self, stored: &StoredBlock) -> bool {
+        Self::position(&self.inner.lock(), stored).is_some()
+    }
+
+    /// [`DiskStore::write_back`] of a block of another length: fresh space,
+    /// then a metadata generation with the index entry moved there.
+    fn relocate(&self, stored: &StoredBlock, bytes: &[u8]) -> Result<bool> {
+        let Some(_c) = self.commit_lock.try_lock() else {
+            return Ok(false);
+        };
+        let (h, zone_bytes) = block::inspect_block(bytes, stored.table, stored.slice)?;
+        let zones = {
+            let inner = self.inner.lock();
+            let t = inner
+                .tables
+                .get(&stored.table)
+                .ok_or(EngineError::TableNotFound(stored.table))?;
+            t.zones(&zone_bytes, h.rows)?
+        };
+        if !self.holds(stored) {
+            return Ok(false);
+        }
+        let key = Self::key_of(stored);
+        let offset = self.allocate(key, bytes.len() as u64)?;
+        self.dev.write_at(offset, bytes)?;
+        self.dev.sync()?;
+        let moved = Arc::new(super::IndexedBlock {
+            meta: BlockMeta {
+                offset,
+                length: bytes.len() as u64,
+                seq: h.seq,
+                rows: h.rows,
+                rowid_min: h.rowid_min,
+                rowid_max: h.rowid_max,
+                createxid_min: h.createxid_min,
+                createxid_max: h.createxid_max,
+                zones: Arc::from(zone_bytes),
+            },
+            zones,
+        });
+        let mut inner = self.inner.lock();
+        let inner_ref = &mut *inner;
+        // Commits are held off by commit_lock: the index is as checked.
+        let Some(i) = Self::position(inner_ref, stored) else {
+            return Ok(false);
+        };
+        let s = inner_ref.streams.get_mut(&key).expect("stream exists");
+        let before = s.committed.clone();
+        let mut list: Vec<_> = before.iter().cloned().collect();
+        list[i] = moved;
+        s.committed = Arc::new(list);
+        let generation = inner_ref.generation + 1;
+        let state = Self::meta_state(inner_ref, None);
         drop(inner);
+        if let Err(e) = self.write_generation(generation, &state) {
+            if let Some(s) = self.inner.lock().streams.get_mut(&key) {
+                s.committed = before;
+            }
+            return Err(e);
+        }
+        self.inner.lock().generation = generation;
         Ok(true)
     }
 }
@@ -528,5 +612,45 @@ mod tests {
         assert!(split
             .fetch_block(SegmentKind::Mirror, &LogicalBlock::from(&b))
             .is_err());
+    }
+
+    /// Re-encoded bytes of another length go to fresh space, the index
+    /// moved there durably: the repaired rows read back after a reopen.
+    #[test]
+    fn reencoded_bytes_of_another_length_are_written_to_fresh_space() {
+        // The peer encodes without compression: its block is longer.
+        let split = DiskStore::create_with_device(
+            Arc::new(MemDevice::new(small_init().size)),
+            Path::new("mem"),
+            IDS,
+            small_init(),
+            StoreOptions {
+                compression: crate::block::Compression::None,
+                ..opts(100)
+            },
+        )
+        .unwrap();
+        let (dev, whole) = mem_store(1000);
+        for s in [&split, &whole] {
+            s.create_table(1, schema()).unwrap();
+            s.append(SegmentKind::Primary, 1, 0, 1, &rows(0, 500))
+                .unwrap();
+            s.commit(1).unwrap();
+        }
+        let b = first_block(&whole);
+        let (bytes, _) = split
+            .fetch_block(SegmentKind::Primary, &LogicalBlock::from(&b))
+            .unwrap();
+        dev.corrupt(b.offset + 40, 0x10);
+        let s = spec(SegmentKind::Primary, 1, 0);
+        assert!(scan_all(&whole, &s).is_err());
+        assert_ne!(bytes.len() as u64, b.length);
+        assert!(whole.write_back(&b, &bytes).unwrap());
+        let moved = first_block(&whole);
+        assert_ne!(moved.offset, b.offset, "moved to fresh space");
+        assert_eq!((moved.seq, moved.rows), (b.seq, b.rows));
+        assert_eq!(scan_all(&whole, &s).unwrap(), rows(0, 500));
+        let (_, again) = reopen_mem(dev.durable_image(), 1000).unwrap();
+        assert_eq!(scan_all(&again, &s).unwrap(), rows(0, 500));
     }
 }
