@@ -274,11 +274,6 @@ impl NodeServer {
         rt: &tokio::runtime::Handle,
     ) -> Result<(Vec<u8>, bool), String> {
         let routes = self.current_map().routes;
-        let mut client = self
-            .state
-            .forwarder
-            .client(&routes, from)
-            .map_err(|e| e.to_string())?;
         let want = LogicalBlock::from(block);
         let req = pb::FetchBlockRequest {
             epoch,
@@ -290,16 +285,29 @@ impl NodeServer {
             rowid_max: want.rowid_max,
             from_node: self.state.node,
         };
+        // Reads run on blocking or background threads, never on the
+        // runtime's workers: the fetch runs there while this thread waits.
+        // (The client is made there too: connecting needs the runtime.)
+        let me = self.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         rt.spawn(async move {
-            let r = tokio::time::timeout(FETCH_TIMEOUT, client.fetch_block(req)).await;
-            let _ = tx.send(r);
+            let answer = async {
+                let mut client = me
+                    .state
+                    .forwarder
+                    .client(&routes, from)
+                    .map_err(|e| e.to_string())?;
+                match tokio::time::timeout(FETCH_TIMEOUT, client.fetch_block(req)).await {
+                    Ok(Ok(r)) => Ok(r.into_inner()),
+                    Ok(Err(s)) => Err(format!("node {from}: {}", s.message())),
+                    Err(_) => Err(format!("node {from} did not answer in {FETCH_TIMEOUT:?}")),
+                }
+            };
+            let _ = tx.send(answer.await);
         });
-        let answer = match rx.recv_timeout(FETCH_TIMEOUT + Duration::from_secs(1)) {
-            Ok(Ok(Ok(r))) => r.into_inner(),
-            Ok(Ok(Err(s))) => return Err(format!("node {from}: {}", s.message())),
-            _ => return Err(format!("node {from} did not answer in {FETCH_TIMEOUT:?}")),
-        };
+        let answer = rx
+            .recv_timeout(FETCH_TIMEOUT + Duration::from_secs(1))
+            .unwrap_or_else(|_| Err(format!("node {from} did not answer in {FETCH_TIMEOUT:?}")))?;
         let bytes = answer.block;
         check_replacement(&bytes, block).map_err(|e| format!("bytes from node {from}: {e}"))?;
         let written = match self.disk(block.disk) {
