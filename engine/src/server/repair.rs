@@ -1,6 +1,7 @@
 //! Sector repair, the node's side: [`PeerRepair`] is the
 //! [`BlockRepair`] the node's disks are opened with. A committed block that
-//! fails its checksum (or does not decode) on a read of this node is asked
+//! fails its checksum, does not decode, or cannot be read at all (an I/O
+//! error of its read) on a read of this node is asked
 //! of the node holding the slice's other copy (`FetchBlock`, the map's
 //! `repair_source`), checked exactly as a disk read is (CRC, table, slice,
 //! seq, rows, rowid range), written back over the bad bytes in place, and
@@ -225,8 +226,9 @@ impl NodeServer {
             None => Err("no other in-sync copy of the slice to repair from".to_string()),
         };
         record.outcome = match &result {
-            Ok((_, true)) => "repaired".into(),
-            Ok((_, false)) => "repaired_not_written".into(),
+            Ok((_, Ok(true))) => "repaired".into(),
+            Ok((_, Ok(false))) => "repaired_not_written".into(),
+            Ok((_, Err(why))) => format!("repaired_not_written: {why}"),
             Err(why) => format!("failed: {why}"),
         };
         info!(node = st.node, disk = block.disk, table = block.table, slice = block.slice,
@@ -265,14 +267,16 @@ impl NodeServer {
     }
 
     /// Fetch `block` from `from`, verify it, write it back: the verified
-    /// bytes, and whether they were written.
+    /// bytes, and whether they were written (or why not: a write that
+    /// fails with an I/O error fails the disk, but the read still gets the
+    /// good bytes).
     fn fetch_and_write(
         &self,
         block: &StoredBlock,
         epoch: u64,
         from: NodeId,
         rt: &tokio::runtime::Handle,
-    ) -> Result<(Vec<u8>, bool), String> {
+    ) -> Result<(Vec<u8>, Result<bool, String>), String> {
         let routes = self.current_map().routes;
         let want = LogicalBlock::from(block);
         let req = pb::FetchBlockRequest {
@@ -310,12 +314,11 @@ impl NodeServer {
             .unwrap_or_else(|_| Err(format!("node {from} did not answer in {FETCH_TIMEOUT:?}")))?;
         let bytes = answer.block;
         check_replacement(&bytes, block).map_err(|e| format!("bytes from node {from}: {e}"))?;
-        let written = match self.disk(block.disk) {
-            Ok(d) => d
-                .write_back(block, &bytes)
-                .map_err(|e| format!("writing back: {e}"))?,
-            Err(e) => return Err(e.to_string()),
-        };
+        let disk = self.disk(block.disk).map_err(|e| e.to_string())?;
+        let written = disk.write_back(block, &bytes).map_err(|e| {
+            self.note_disk_fault(block.disk, &e);
+            format!("writing back failed: {e}")
+        });
         Ok((bytes.to_vec(), written))
     }
 }

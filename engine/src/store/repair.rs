@@ -329,7 +329,8 @@ impl StoredBlock {
 /// An implementer is called from the reading thread (a scan or a groom),
 /// with no lock of the store held, each time the bytes of `block` read from
 /// this disk fail verification with `error` (an
-/// [`EngineError::ChecksumMismatch`] or [`EngineError::CorruptBlock`]). It
+/// [`EngineError::ChecksumMismatch`] or [`EngineError::CorruptBlock`]), or
+/// cannot be read at all (an [`EngineError::Io`] of the read). It
 /// must either
 /// - return the encoded bytes of the same block, taken from a copy it
 ///   trusts (for a sector repair: the slice's copy on the peer). The store
@@ -368,7 +369,11 @@ pub(super) fn read_block(
 ) -> Result<RecordBatch> {
     let loc = stored.location();
     let mut buf = vec![0u8; stored.length as usize];
-    dev.read_at(stored.offset, &mut buf)?;
+    if let Err(e) = dev.read_at(stored.offset, &mut buf) {
+        // A block that cannot be read at all goes the same way.
+        let good = repair.repair(stored, e)?;
+        return block::decode_block(&good, &loc, projection.map(<[usize]>::to_vec));
+    }
     match block::decode_block(&buf, &loc, projection.map(<[usize]>::to_vec)) {
         Err(e @ (EngineError::ChecksumMismatch { .. } | EngineError::CorruptBlock { .. })) => {
             counters.checksum_failed();
@@ -534,6 +539,31 @@ mod tests {
             "{res:?}"
         );
         *rec.good.lock() = Some(good);
+        assert_eq!(scan_all(&store, &s).unwrap(), rows(0, 500));
+        assert_eq!(rec.calls.lock().len(), 2);
+    }
+
+    /// A block that cannot be read at all (an I/O error) goes through the
+    /// seam too, and what comes back is verified and used.
+    #[test]
+    fn an_unreadable_block_goes_through_the_repair_seam() {
+        let rec = Arc::new(Recording {
+            calls: Mutex::new(Vec::new()),
+            good: Mutex::new(None),
+        });
+        let (dev, store, b) = store_with(rec.clone());
+        let good = dev.read_vec(b.offset, b.length as usize).unwrap();
+        dev.set_unreadable(b.offset + 100, 512);
+        let s = spec(SegmentKind::Primary, 1, 0);
+        let res: Result<Vec<RecordBatch>> = store.scan(&s).unwrap().collect();
+        assert!(matches!(res, Err(EngineError::Io { .. })), "{res:?}");
+        assert_eq!(rec.calls.lock().len(), 1);
+        *rec.good.lock() = Some(good.clone());
+        assert_eq!(scan_all(&store, &s).unwrap(), rows(0, 500));
+        // Written back, the sector reads again without the seam.
+        let stored = first_block(&store);
+        assert!(store.write_back(&stored, &good).unwrap());
+        *rec.good.lock() = None;
         assert_eq!(scan_all(&store, &s).unwrap(), rows(0, 500));
         assert_eq!(rec.calls.lock().len(), 2);
     }
