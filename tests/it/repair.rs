@@ -1,7 +1,8 @@
 //! Sector repair on a multi-process cluster (issue 18, claims 50-51): bytes
 //! of one committed block are flipped in a running node's disk image, on a
 //! primary copy (met by a query) and on a mirror copy (met by
-//! `slicedb_verify`). The read fetches the block from the slice's other
+//! `slicedb_verify`), and after GROOM rewrote each copy's blocks on its own
+//! (the peer matches the block by rowids). The read fetches the block from the slice's other
 //! copy, the answer is exact with no error, the repair shows in
 //! `slicedb_repairs` and the metric, the disk is not failed, and the good
 //! bytes are back in the image. A block damaged on both copies fails the
@@ -18,26 +19,30 @@ use crate::harness::{self, exec, expect_error, query, scalar, Rows, Slicedb};
 
 const TOTALS: &str = "SELECT count(*), sum(k), sum(v), min(k), max(v) FROM f";
 
-/// A block of a copy in an image: (table id, slice, offset, used bytes).
+/// A committed block of a copy in an image: (table id, slice, offset, length).
 type Spot = (u64, u32, u64, u64);
 
-/// The used extents of `segment` in `image` (each begins with a block).
+/// The committed blocks of `segment` in `image`, as its index lists them.
 fn spots(image: &Path, segment: SegmentKind) -> Result<Vec<Spot>> {
     let store = DiskStore::open_read_only(image)?;
-    Ok(store
+    let mut out = Vec::new();
+    for s in store
         .report()
-        .extents
+        .slices
         .iter()
-        .filter(|e| e.segment == segment && e.used > 0)
-        .map(|e| (e.table, e.slice, e.offset, e.used))
-        .collect())
+        .filter(|s| s.segment == segment)
+    {
+        for b in store.export_slice(segment, s.table, s.slice, &[])?.blocks {
+            out.push((b.table, b.slice, b.offset, b.length));
+        }
+    }
+    Ok(out)
 }
 
-/// Flip 16 bytes in the middle of the first block at `offset`; the bytes
-/// before.
-fn flip(image: &Path, offset: u64, used: u64) -> Result<(u64, Vec<u8>)> {
+/// Flip 16 bytes in the middle of the block at `offset`; the bytes before.
+fn flip(image: &Path, offset: u64, length: u64) -> Result<(u64, Vec<u8>)> {
     let dev = FileDevice::open(image, true)?;
-    let at = offset + (used / 2).min(300);
+    let at = offset + length / 2;
     let good = dev.read_vec(at, 16)?;
     let bad: Vec<u8> = good.iter().map(|b| b ^ 0x5A).collect();
     dev.write_at(at, &bad)?;
@@ -149,10 +154,10 @@ fn a_damaged_block_is_repaired_from_the_other_copy_in_both_directions() {
         let config = env.path().join("cluster").join("cluster.toml");
 
         // 1. A primary copy's block, met by a query.
-        let (_, slice, off, used) = *spots(&image(0), SegmentKind::Primary)?
+        let (_, slice, off, len) = *spots(&image(0), SegmentKind::Primary)?
             .first()
             .ok_or_else(|| anyhow!("node 0 has primary blocks"))?;
-        let (at, good) = flip(&image(0), off, used)?;
+        let (at, good) = flip(&image(0), off, len)?;
         ensure!(bytes_at(&image(0), at)? != good, "the flip took");
         let got = query(&c, TOTALS).await?;
         ensure!(
@@ -189,10 +194,10 @@ fn a_damaged_block_is_repaired_from_the_other_copy_in_both_directions() {
         );
 
         // 2. A mirror copy's block, met by slicedb_verify (reads both).
-        let (_, mslice, moff, mused) = *spots(&image(1), SegmentKind::Mirror)?
+        let (_, mslice, moff, mlen) = *spots(&image(1), SegmentKind::Mirror)?
             .first()
             .ok_or_else(|| anyhow!("node 1 has mirror blocks"))?;
-        let (mat, mgood) = flip(&image(1), moff, mused)?;
+        let (mat, mgood) = flip(&image(1), moff, mlen)?;
         harness::ensure_verified(&c).await?;
         let mfrom = other_copy(&c, mslice, 1).await?;
         let r = repairs(&c, 1).await?;
@@ -213,6 +218,31 @@ fn a_damaged_block_is_repaired_from_the_other_copy_in_both_directions() {
         );
         nothing_failed(&c).await?;
 
+        // 2b. After GROOM (each copy rewrites its blocks on its own, so
+        // their seqs may differ and the peer matches by rowids): a groomed
+        // block of node 2's primary.
+        exec(&c, "DELETE FROM f WHERE k % 10 = 0").await?;
+        exec(&c, "GROOM TABLE f").await?;
+        let want = query(&c, TOTALS).await?;
+        ensure!(want[0][0].as_deref() == Some("27000"), "{want:?}");
+        let (_, oslice, ooff, olen) = *spots(&image(2), SegmentKind::Primary)?
+            .first()
+            .ok_or_else(|| anyhow!("node 2 has primary blocks"))?;
+        let (oat, ogood) = flip(&image(2), ooff, olen)?;
+        let got = query(&c, TOTALS).await?;
+        ensure!(got == want, "after GROOM: {got:?} != {want:?}");
+        let r = repairs(&c, 2).await?;
+        eprintln!("[repair] node 2 repairs after GROOM: {r:?}");
+        ensure!(
+            r.len() == 1
+                && r[0][2].as_deref() == Some(oslice.to_string().as_str())
+                && r[0][4].as_deref() == Some("repaired"),
+            "one repair of groomed slice {oslice}: {r:?}"
+        );
+        ensure!(bytes_at(&image(2), oat)? == ogood, "written back on node 2");
+        harness::ensure_verified(&c).await?;
+        nothing_failed(&c).await?;
+
         // 3. Both copies of one block damaged: XX001 naming table and slice.
         exec(&c, "CREATE TABLE g (k bigint, v bigint) DISTRIBUTE ON (k)").await?;
         exec(
@@ -222,17 +252,17 @@ fn a_damaged_block_is_repaired_from_the_other_copy_in_both_directions() {
         .await?;
         let g_spots = spots(&image(0), SegmentKind::Primary)?;
         let gid = g_spots.iter().map(|s| s.0).max().unwrap_or(0);
-        let (_, gslice, goff, gused) = *g_spots
+        let (_, gslice, goff, glen) = *g_spots
             .iter()
             .find(|s| s.0 == gid)
             .ok_or_else(|| anyhow!("g on node 0"))?;
         let gmirror: u32 = other_copy(&c, gslice, 0).await?.parse()?;
-        let (_, _, gmoff, gmused) = *spots(&image(gmirror), SegmentKind::Mirror)?
+        let (_, _, gmoff, gmlen) = *spots(&image(gmirror), SegmentKind::Mirror)?
             .iter()
             .find(|s| s.0 == gid && s.1 == gslice)
             .ok_or_else(|| anyhow!("g slice {gslice} mirrored on node {gmirror}"))?;
-        flip(&image(0), goff, gused)?;
-        flip(&image(gmirror), gmoff, gmused)?;
+        flip(&image(0), goff, glen)?;
+        flip(&image(gmirror), gmoff, gmlen)?;
         let msg = expect_error(&c, "SELECT count(*), sum(v) FROM g", &["XX001"]).await?;
         eprintln!("[repair] both copies damaged: {msg}");
         ensure!(
@@ -291,13 +321,13 @@ fn damaged_blocks_past_the_limit_fail_the_disk_over() {
         let image = env.path().join("cluster").join("node0").join("disk-0.img");
         let all = spots(&image, SegmentKind::Primary)?;
         ensure!(all.len() >= 3, "node 0 has 3 primary blocks: {all:?}");
-        for (i, &(_, _, off, used)) in all.iter().take(2).enumerate() {
-            flip(&image, off, used)?;
+        for (i, &(_, _, off, len)) in all.iter().take(2).enumerate() {
+            flip(&image, off, len)?;
             ensure!(query(&c, TOTALS).await? == want, "damaged block {i}");
         }
         nothing_failed(&c).await?;
-        let (_, _, off, used) = all[2];
-        flip(&image, off, used)?;
+        let (_, _, off, len) = all[2];
+        flip(&image, off, len)?;
         let got = query(&c, TOTALS).await?;
         ensure!(
             got == want,
