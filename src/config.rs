@@ -129,6 +129,20 @@ pub struct NodeSection {
     /// "host:port", "auto" (the default: `address`'s port + 1000) or "off".
     #[serde(default = "default_metrics")]
     pub metrics_address: String,
+    /// Damaged blocks (repaired from the other copy or not) that fail a
+    /// disk over when met within `bad_block_window` (docs/disk-format.md,
+    /// "Sector repair"); 1 fails it at the first one.
+    #[serde(default = "default_bad_block_limit")]
+    pub bad_block_limit: u32,
+    #[serde(default = "default_bad_block_window")]
+    pub bad_block_window: String,
+}
+
+fn default_bad_block_limit() -> u32 {
+    slicedb_engine::server::RepairPolicy::DEFAULT_LIMIT
+}
+fn default_bad_block_window() -> String {
+    "10min".into()
 }
 
 fn default_metrics() -> String {

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use slicedb_coordinator::{Coordinator, CoordinatorConfig, NodeEndpoint};
-use slicedb_engine::server::NodeServer;
+use slicedb_engine::server::{NodeServer, PeerRepair, RepairPolicy};
 use slicedb_engine::store::{DiskIds, DiskStore, InitOptions, StoreOptions};
 use slicedb_sql::frontend::Frontend;
 use tokio::sync::watch;
@@ -54,10 +54,11 @@ pub enum Error {
 pub fn node_server(
     id: u32,
     disks: Vec<Arc<DiskStore>>,
+    repair: Arc<PeerRepair>,
     memory_limit: u64,
     spill_dir: &Path,
 ) -> Result<NodeServer, Error> {
-    let server = NodeServer::new(id, disks);
+    let server = NodeServer::with_repair(id, disks, repair);
     let runner = slicedb_coordinator::query::Runner::with_memory(memory_limit, spill_dir)?;
     // Mirror forwards of a transaction larger than memory spill too (after
     // the runner, which empties `spill_dir` when it starts).
@@ -96,9 +97,11 @@ pub fn open_disks(
     disks: u32,
     disk_size: u64,
     cache_bytes: u64,
+    repair: Arc<PeerRepair>,
 ) -> Result<Vec<Arc<DiskStore>>, Error> {
     let opts = StoreOptions {
         cache_bytes,
+        repair,
         ..StoreOptions::default()
     };
     std::fs::create_dir_all(dir)?;
@@ -244,6 +247,7 @@ impl LocalCluster {
         let mut node_metrics = Vec::new();
         for id in 0..opts.nodes + opts.spares {
             let dir = opts.data_dir.join(format!("node-{id}"));
+            let repair = PeerRepair::new(RepairPolicy::default());
             let disks = open_disks(
                 "local",
                 id,
@@ -251,8 +255,15 @@ impl LocalCluster {
                 opts.disks_per_node,
                 opts.disk_size,
                 opts.cache_size,
+                repair.clone(),
             )?;
-            let server = node_server(id, disks, opts.node_memory_limit, &dir.join("spill"))?;
+            let server = node_server(
+                id,
+                disks,
+                repair,
+                opts.node_memory_limit,
+                &dir.join("spill"),
+            )?;
             if let Some(m) = opts.metrics_listen {
                 let at = metrics::local_node_addr(m, id)?;
                 let bound = metrics::serve_node(server.clone(), at, stopped(rx.clone())).await?;
@@ -406,6 +417,10 @@ pub async fn run_node(
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), Error> {
     let n = cfg.node(id)?;
+    let repair = PeerRepair::new(RepairPolicy {
+        limit: n.bad_block_limit,
+        window: config::parse_duration(&n.bad_block_window)?,
+    });
     let disks = open_disks(
         &cfg.cluster_id,
         id,
@@ -413,13 +428,14 @@ pub async fn run_node(
         n.disks,
         config::parse_size(&n.disk_size)?,
         config::parse_size(&n.cache_size)?,
+        repair.clone(),
     )?;
     let addr: SocketAddr = n
         .address
         .parse()
         .map_err(|e| Error::Config(format!("node {id} address {}: {e}", n.address)))?;
     let memory_limit = config::parse_size(&n.memory_limit)?;
-    let server = node_server(id, disks, memory_limit, &n.data_dir.join("spill"))?;
+    let server = node_server(id, disks, repair, memory_limit, &n.data_dir.join("spill"))?;
     let (stop, stopping) = watch::channel(false);
     let shutdown = async move {
         shutdown.await;

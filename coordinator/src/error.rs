@@ -93,6 +93,9 @@ fn node_error_text(node: NodeId, kind: ErrorKind, message: &str) -> String {
         ErrorKind::DiskFull => format!(
             "could not write: disk full on node {node} ({message}); the transaction cannot commit, no disk was failed over; DROP TABLE frees space"
         ),
+        ErrorKind::Unrepairable => {
+            format!("data damaged on both copies (read on node {node}): {message}")
+        }
         _ => format!("node {node} failed: {message}"),
     }
 }
@@ -122,7 +125,7 @@ impl CoordinatorError {
             CoordinatorError::NotNullViolation { .. } => "23502",
             CoordinatorError::UnsupportedType { .. } | CoordinatorError::NotSupported(_) => "0A000",
             CoordinatorError::Node { kind, .. } => match kind {
-                ErrorKind::Checksum => "XX001",
+                ErrorKind::Checksum | ErrorKind::Unrepairable => "XX001",
                 ErrorKind::DiskFull => "53100",
                 ErrorKind::StaleEpoch | ErrorKind::SliceNotOwned | ErrorKind::WriteConflict => {
                     "40001"

@@ -1,6 +1,7 @@
 //! System views: `slicedb_nodes`, `slicedb_slices`, `slicedb_disks`,
 //! `slicedb_tables` (distribution, persistence), `slicedb_table_slices`,
-//! `slicedb_verify` (primary vs mirror, online). Each is computed fresh at scan time from the map,
+//! `slicedb_verify` (primary vs mirror, online), `slicedb_repairs` (the
+//! damaged blocks the nodes met and repaired from the other copy). Each is computed fresh at scan time from the map,
 //! the catalog and the nodes' Status answers, like Greenplum's
 //! `gp_segment_configuration` or Netezza's `_v_dslice`.
 //!
@@ -34,6 +35,7 @@ enum View {
     History,
     Resync,
     Tables,
+    Repairs,
 }
 
 impl View {
@@ -47,6 +49,7 @@ impl View {
             View::History => "slicedb_map_history",
             View::Resync => "slicedb_resync",
             View::Tables => "slicedb_tables",
+            View::Repairs => "slicedb_repairs",
         }
     }
 
@@ -77,6 +80,21 @@ impl View {
                 s("persistence"),
             ],
             View::History => vec![b("epoch"), b("at_unix_ms"), s("cause")],
+            View::Repairs => vec![
+                b("at_unix_ms"),
+                i("node"),
+                i("disk"),
+                s("segment"),
+                s("table_name"),
+                b("table_id"),
+                i("slice"),
+                b("block_seq"),
+                b("block_offset"),
+                b("block_bytes"),
+                i("source_node"),
+                s("outcome"),
+                s("error"),
+            ],
             View::Tables => vec![
                 s("table_name"),
                 s("distribution"),
@@ -132,6 +150,7 @@ pub fn register(ctx: &SessionContext, cluster: &Arc<Cluster>) -> Result<()> {
         View::History,
         View::Resync,
         View::Tables,
+        View::Repairs,
     ] {
         ctx.register_table(
             view.name(),
@@ -165,6 +184,60 @@ fn segment_name(v: i32) -> &'static str {
 }
 
 impl SystemView {
+    /// `slicedb_repairs`: every node's repair records, oldest first per
+    /// node (a dropped table's name is NULL).
+    async fn repairs(&self) -> Vec<ArrayRef> {
+        let names: std::collections::HashMap<u64, String> = {
+            let cat = self.cluster.catalog().lock();
+            cat.tables()
+                .iter()
+                .map(|t| (t.id, t.name.clone()))
+                .collect()
+        };
+        let mut recs: Vec<(u32, pb::RepairRecord)> = Vec::new();
+        for st in self.statuses().await {
+            recs.extend(st.repairs.into_iter().map(|r| (st.node, r)));
+        }
+        recs.sort_by_key(|(n, r)| (r.at_unix_ms, *n));
+        let col64 = |f: &dyn Fn(&pb::RepairRecord) -> u64| -> ArrayRef {
+            Arc::new(Int64Array::from_iter_values(
+                recs.iter().map(|(_, r)| f(r) as i64),
+            ))
+        };
+        vec![
+            col64(&|r| r.at_unix_ms),
+            Arc::new(Int32Array::from_iter_values(
+                recs.iter().map(|(n, _)| *n as i32),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                recs.iter().map(|(_, r)| r.disk as i32),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                recs.iter().map(|(_, r)| segment_name(r.segment)),
+            )),
+            Arc::new(StringArray::from_iter(
+                recs.iter().map(|(_, r)| names.get(&r.table).cloned()),
+            )),
+            col64(&|r| r.table),
+            Arc::new(Int32Array::from_iter_values(
+                recs.iter().map(|(_, r)| r.slice as i32),
+            )),
+            col64(&|r| r.seq),
+            col64(&|r| r.offset),
+            col64(&|r| r.length),
+            Arc::new(Int32Array::from_iter(
+                recs.iter()
+                    .map(|(_, r)| r.has_source.then_some(r.source_node as i32)),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                recs.iter().map(|(_, r)| r.outcome.clone()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                recs.iter().map(|(_, r)| r.error.clone()),
+            )),
+        ]
+    }
+
     /// Ask every node for its status; a node that does not answer is marked
     /// down and simply contributes no rows.
     async fn statuses(&self) -> Vec<pb::StatusResponse> {
@@ -320,6 +393,7 @@ impl SystemView {
                     Arc::new(Int64Array::from(used)),
                 ]
             }
+            View::Repairs => self.repairs().await,
             View::TableSlices => {
                 // Permanent tables, and the current session's temporary ones.
                 let names: std::collections::HashMap<u64, (String, &'static str)> = {

@@ -33,6 +33,17 @@ pub enum EngineError {
     },
     #[error("corrupt block at offset {offset}: {reason}")]
     CorruptBlock { offset: u64, reason: String },
+    /// A committed block failed verification on this copy and the slice's
+    /// other copy could not give it back either (sector repair failed).
+    #[error("block {seq} of table {table} slice {slice} is damaged on its {segment} copy (disk {disk}) and could not be repaired from the slice's other copy: {reason}")]
+    Unrepairable {
+        disk: DiskId,
+        table: TableId,
+        slice: SliceId,
+        segment: String,
+        seq: u64,
+        reason: String,
+    },
     #[error("segment {segment} is full: need {needed} bytes")]
     SegmentFull { segment: String, needed: u64 },
     #[error("metadata does not fit in its slot: {needed} bytes, slot holds {capacity}")]
@@ -117,6 +128,21 @@ impl EngineError {
                 slice: *slice,
                 segment: segment.clone(),
                 epoch: *epoch,
+            },
+            EngineError::Unrepairable {
+                disk,
+                table,
+                slice,
+                segment,
+                seq,
+                reason,
+            } => EngineError::Unrepairable {
+                disk: *disk,
+                table: *table,
+                slice: *slice,
+                segment: segment.clone(),
+                seq: *seq,
+                reason: reason.clone(),
             },
             other => EngineError::Query(other.to_string()),
         }

@@ -337,6 +337,7 @@ pub fn kind_of(err: &EngineError) -> ErrorKind {
         EngineError::ChecksumMismatch { .. } | EngineError::CorruptBlock { .. } => {
             ErrorKind::Checksum
         }
+        EngineError::Unrepairable { .. } => ErrorKind::Unrepairable,
         EngineError::TableNotFound(_) => ErrorKind::TableNotFound,
         EngineError::SchemaMismatch { .. } | EngineError::InvalidRequest(_) => ErrorKind::Invalid,
         EngineError::SegmentFull { .. } | EngineError::MetadataFull { .. } => ErrorKind::DiskFull,
@@ -357,7 +358,9 @@ pub fn status_from(err: &EngineError) -> tonic::Status {
         EngineError::StaleEpoch { .. } | EngineError::SliceNotOwned { .. } => {
             Code::FailedPrecondition
         }
-        EngineError::ChecksumMismatch { .. } | EngineError::CorruptBlock { .. } => Code::DataLoss,
+        EngineError::ChecksumMismatch { .. }
+        | EngineError::CorruptBlock { .. }
+        | EngineError::Unrepairable { .. } => Code::DataLoss,
         EngineError::TableNotFound(_) => Code::NotFound,
         EngineError::SchemaMismatch { .. } | EngineError::InvalidRequest(_) => {
             Code::InvalidArgument

@@ -432,13 +432,15 @@ fn a_corrupted_or_vanished_disk_fails_over_only_its_slices() {
         // No block cache: the corruption must be met by a read of the disk
         // (a cached block would answer from memory, rightly, and never look).
         // A failed disk that stays failed for a second is regenerated.
+        // One damaged block fails a disk (`bad_block_limit = 1`): the
+        // garbled disk is failed over at its first bad block, not repaired.
         let db = Slicedb::multiprocess_full(
             &env,
             NODES,
             0,
             "cluster",
             &[],
-            "cache_size = \"0\"\n",
+            "cache_size = \"0\"\nbad_block_limit = 1\n",
             "regen_delay = \"1s\"\n",
         )
         .await?;

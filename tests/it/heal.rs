@@ -540,7 +540,8 @@ fn a_failed_disk_is_regenerated_onto_its_nodes_spare_disk_and_the_next_fault_is_
             &env,
             0,
             &[],
-            "disks = 2\nspare_disks = 1\ncache_size = \"0\"\n",
+            // The first damaged block fails the disk (no sector repair).
+            "disks = 2\nspare_disks = 1\ncache_size = \"0\"\nbad_block_limit = 1\n",
             COORDINATOR,
             100_000,
         )

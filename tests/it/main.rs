@@ -26,6 +26,7 @@ mod multiprocess;
 mod node;
 mod psql;
 mod python;
+mod repair;
 mod spares;
 mod stop;
 mod temp;

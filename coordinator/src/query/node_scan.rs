@@ -176,6 +176,23 @@ fn retryable(e: &CoordinatorError) -> bool {
     }
 }
 
+/// A block damaged on both copies: the node names the table by id, the
+/// client is told its name too.
+fn name_damaged_table(e: CoordinatorError, table: &str) -> CoordinatorError {
+    match e {
+        CoordinatorError::Node {
+            node,
+            kind: ErrorKind::Unrepairable,
+            message,
+        } => CoordinatorError::Node {
+            node,
+            kind: ErrorKind::Unrepairable,
+            message: format!("table \"{table}\": {message}"),
+        },
+        e => e,
+    }
+}
+
 #[derive(Clone)]
 pub(super) struct ScanPart {
     pub node: NodeClient,
@@ -236,7 +253,7 @@ pub(super) async fn scan_with_failover(
             };
             if let Err(e) = res {
                 if !retryable(&e) {
-                    return Err(e.into());
+                    return Err(name_damaged_table(e, table).into());
                 }
                 failure = Some((node, epoch, e));
                 break;

@@ -1,7 +1,8 @@
 //! Installing the map on the nodes: every node not declared failed gets its
 //! part (each copy it holds as (slice, segment) -> disk), its peers'
-//! addresses and, for each primary copy, whether to forward writes to the
-//! mirror. Calls go out in parallel so the window where nodes disagree on
+//! addresses, for each primary copy, whether to forward writes to the
+//! mirror, and for each copy the node a damaged block of it is repaired
+//! from. Calls go out in parallel so the window where nodes disagree on
 //! the epoch stays short.
 //!
 //! It only sends what the map says; it never changes the map.
@@ -12,7 +13,7 @@ use slicedb_engine::proto::pb;
 use tracing::warn;
 
 use super::NodeHealth;
-use crate::map::{DistMap, Role};
+use crate::map::{CopyState, DistMap, Role};
 use crate::nodes::NodeSet;
 use crate::{CoordinatorError, Result};
 
@@ -45,6 +46,17 @@ pub(super) async fn install_map(
                 let target = e.forward_target().map(|t| t.at.node);
                 for c in e.copies.iter().filter(|c| c.at.node == n.id) {
                     let forward_to = target.filter(|_| serving == Some(c.at));
+                    // A damaged block of this copy is repaired from the
+                    // other copy that holds every row (in sync), else one
+                    // being rebuilt (it holds what it has copied).
+                    let other = |state| {
+                        e.copies
+                            .iter()
+                            .find(|o| o.at.node != c.at.node && o.state == state)
+                    };
+                    let repair_from = other(CopyState::InSync)
+                        .or_else(|| other(CopyState::Rebuilding))
+                        .map(|o| o.at.node);
                     slices.push(pb::SliceAssignment {
                         slice: e.slice,
                         disk: c.at.disk,
@@ -54,6 +66,8 @@ pub(super) async fn install_map(
                         } as i32,
                         mirror_node: forward_to.unwrap_or(0),
                         mirror_active: forward_to.is_some(),
+                        repair_source: repair_from.unwrap_or(0),
+                        has_repair_source: repair_from.is_some(),
                     });
                 }
             }

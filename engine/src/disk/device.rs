@@ -438,6 +438,8 @@ struct MemState {
     writes: u64,
     crash: Option<CrashPoint>,
     fail_writes: bool,
+    /// Ranges whose reads fail (bad sectors) until written over.
+    unreadable: Vec<(u64, u64)>,
 }
 
 /// An in-memory image for tests. It keeps two copies: the one the process
@@ -462,6 +464,7 @@ impl MemDevice {
                 writes: 0,
                 crash: None,
                 fail_writes: false,
+                unreadable: Vec::new(),
             }),
             name: "mem".to_string(),
         }
@@ -479,6 +482,13 @@ impl MemDevice {
     /// Make every later write fail with an I/O error (a dead disk).
     pub fn set_fail_writes(&self, fail: bool) {
         self.state.lock().fail_writes = fail;
+    }
+
+    /// Make reads of `len` bytes at `offset` fail with an I/O error until
+    /// they are written over (a sector the drive cannot read; a write
+    /// remaps it).
+    pub fn set_unreadable(&self, offset: u64, len: u64) {
+        self.state.lock().unreadable.push((offset, offset + len));
     }
 
     /// The bytes a crash at the armed point would leave.
@@ -505,6 +515,15 @@ impl BlockDevice for MemDevice {
                 std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past end"),
             ));
         };
+        if s.unreadable
+            .iter()
+            .any(|&(lo, hi)| (start as u64) < hi && (end as u64) > lo)
+        {
+            return Err(EngineError::io(
+                &self.name,
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
         buf.copy_from_slice(&s.live[start..end]);
         Ok(())
     }
@@ -525,6 +544,8 @@ impl BlockDevice for MemDevice {
                 std::io::Error::other("write past end"),
             ));
         }
+        s.unreadable
+            .retain(|&(lo, hi)| !(lo >= start as u64 && hi <= end as u64));
         s.writes += 1;
         let n = s.writes;
         s.live[start..end].copy_from_slice(buf);

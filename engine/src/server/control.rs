@@ -133,6 +133,7 @@ impl pb::node_server::Node for NodeServer {
         }
         let mut slices = HashMap::new();
         let mut mirrors = HashMap::new();
+        let mut repair_sources = HashMap::new();
         for a in &req.slices {
             self.disk(a.disk).map_err(status)?;
             let seg = proto::segment_from_i32(a.segment).map_err(status)?;
@@ -141,6 +142,9 @@ impl pb::node_server::Node for NodeServer {
             // a mirror forwarding to the primary copy being resynced.
             if seg != SegmentKind::Temp && a.mirror_active {
                 mirrors.insert(a.slice, a.mirror_node);
+            }
+            if seg != SegmentKind::Temp && a.has_repair_source {
+                repair_sources.insert((a.slice, seg), a.repair_source);
             }
         }
         let peers = req
@@ -172,6 +176,7 @@ impl pb::node_server::Node for NodeServer {
             epoch: req.epoch,
             slices,
             routes,
+            repair_sources,
         });
         drop(map);
         self.drop_obsolete_copies();
@@ -632,6 +637,7 @@ impl pb::node_server::Node for NodeServer {
             .map(|(xid, prepared)| pb::TxnState { xid, prepared })
             .collect();
         out.copies = self.state.copies.snapshot();
+        out.repairs = self.state.repairs.lock().records();
         for (i, d) in self.state.disks.iter().enumerate() {
             let disk = i as DiskId;
             let report = d.report();

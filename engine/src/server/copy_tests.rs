@@ -140,6 +140,7 @@ async fn pair() -> Pair {
                 segment: segment as i32,
                 mirror_node: 2,
                 mirror_active: false,
+                ..Default::default()
             }],
             peers: peers.clone(),
             mirror_timeout_ms: 0,

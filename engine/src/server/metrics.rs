@@ -90,6 +90,17 @@ impl NodeServer {
                 store.counters().checksum_failures() as f64,
             );
         }
+        e.family(
+            "slicedb_node_blocks_repaired_total",
+            Kind::Counter,
+            "Damaged blocks repaired from the slice's other copy (sector repair).",
+        );
+        {
+            let log = st.repairs.lock();
+            for (d, name) in disks.iter().enumerate() {
+                e.sample(&[("disk", name)], log.repaired(d as crate::DiskId) as f64);
+            }
+        }
         let caches: Vec<_> = st.disks.iter().map(|d| d.cache_stats()).collect();
         let cache = |e: &mut Exposition,
                      name: &str,
@@ -148,7 +159,7 @@ impl NodeServer {
         e.family(
             "slicedb_node_disk_failed",
             Kind::Gauge,
-            "1 if the disk failed (I/O error, checksum mismatch, image gone), else 0.",
+            "1 if the disk failed (I/O error, image gone, bad blocks past the limit), else 0.",
         );
         for (d, name) in disks.iter().enumerate() {
             let bad = failed.contains_key(&(d as crate::DiskId));

@@ -19,7 +19,10 @@
 mod control;
 mod metrics;
 mod peer;
+mod repair;
 mod scans;
+
+pub use repair::{PeerRepair, RepairPolicy};
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -45,6 +48,9 @@ struct NodeMap {
     slices: HashMap<(SliceId, SegmentKind), DiskId>,
     /// Where this node's primary slices are forwarded.
     routes: Routes,
+    /// (slice, segment) of a copy here -> the node holding the slice's
+    /// other copy, to repair a damaged block from.
+    repair_sources: HashMap<(SliceId, SegmentKind), NodeId>,
 }
 
 /// A transaction as this node's control calls see it (what it forwarded
@@ -77,6 +83,10 @@ struct NodeState {
     /// Foreground work (scans, writes): paced copies keep their rate only
     /// while there is some.
     activity: Arc<crate::background::Activity>,
+    /// The damaged blocks met and what became of them.
+    repairs: Mutex<repair::RepairLog>,
+    /// The disks' repair seam, bound to this node when it serves.
+    repair: Option<Arc<PeerRepair>>,
 }
 
 /// A running node's shared state; cheap to clone.
@@ -86,8 +96,25 @@ pub struct NodeServer {
 }
 
 impl NodeServer {
-    /// A node serving the given disks (index = disk id).
+    /// A node serving the given disks (index = disk id), whose damaged
+    /// blocks are not repaired (their disks were opened without a
+    /// [`PeerRepair`]).
     pub fn new(node: NodeId, disks: Vec<Arc<DiskStore>>) -> Self {
+        Self::with_repair_opt(node, disks, None)
+    }
+
+    /// A node serving disks opened with `repair` as their
+    /// [`crate::store::StoreOptions::repair`]: a damaged block is repaired
+    /// from the slice's other copy.
+    pub fn with_repair(node: NodeId, disks: Vec<Arc<DiskStore>>, repair: Arc<PeerRepair>) -> Self {
+        Self::with_repair_opt(node, disks, Some(repair))
+    }
+
+    fn with_repair_opt(
+        node: NodeId,
+        disks: Vec<Arc<DiskStore>>,
+        repair: Option<Arc<PeerRepair>>,
+    ) -> Self {
         NodeServer {
             state: Arc::new(NodeState {
                 node,
@@ -101,6 +128,8 @@ impl NodeServer {
                 fragments: RwLock::new(None),
                 sweeping: Mutex::new(()),
                 activity: Default::default(),
+                repairs: Default::default(),
+                repair,
             }),
         }
     }
@@ -127,6 +156,9 @@ impl NodeServer {
             .local_addr()
             .map_err(|e| EngineError::io("listener", e))?;
         info!(node = self.state.node, %addr, "node serving");
+        if let Some(r) = &self.state.repair {
+            r.bind(&self.state, tokio::runtime::Handle::current());
+        }
         let incoming = without_nagle(listener);
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(proto::KEEPALIVE_INTERVAL))

@@ -3,7 +3,9 @@
 //! abort), each delegated to the mirror manager's
 //! [`crate::mirror::Staging`] once the epoch and ownership checks passed;
 //! and the source side of a slice copy (`ExportSlice`), which streams what
-//! the store exports, one block per message.
+//! the store exports, one block per message; and the good side of a
+//! sector repair (`FetchBlock`: one block of this node's copy, for a node
+//! whose copy of it is damaged; see `repair.rs`).
 //!
 //! It owns only those checks and the mapping to gRPC. It must never serve
 //! the coordinator (that is `control.rs`) and never stage or apply data
@@ -13,12 +15,12 @@ use std::pin::Pin;
 
 use futures::Stream;
 use tonic::{Request, Response, Status};
-use tracing::instrument;
+use tracing::{info, instrument};
 
 use super::{status, NodeServer};
 use crate::failpoint;
 use crate::proto::pb;
-use crate::store::DiskStore;
+use crate::store::{DiskStore, LogicalBlock, SegmentKind};
 use crate::EngineError;
 
 /// Blocks in flight per export stream (each up to a block's size).
@@ -104,6 +106,70 @@ impl pb::peer_node_server::PeerNode for NodeServer {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    /// Another node's copy of a slice has a damaged block: send the same
+    /// logical block from this node's copy (never through this node's own
+    /// repair: a block damaged here too is an error).
+    async fn fetch_block(
+        &self,
+        request: Request<pb::FetchBlockRequest>,
+    ) -> Result<Response<pb::FetchBlockResponse>, Status> {
+        let req = request.into_inner();
+        let map = self.check_epoch(req.epoch).map_err(status)?;
+        let held = [SegmentKind::Primary, SegmentKind::Mirror]
+            .into_iter()
+            .find_map(|seg| map.slices.get(&(req.slice, seg)).map(|&d| (seg, d)));
+        let Some((segment, disk)) = held else {
+            return Err(status(EngineError::SliceNotOwned {
+                node: self.state.node,
+                slice: req.slice,
+                segment: "primary or mirror".into(),
+                epoch: map.epoch,
+            }));
+        };
+        if let Some(why) = self.disk_failure(disk) {
+            return Err(status(EngineError::InvalidRequest(format!(
+                "its copy is on failed disk {disk}: {why}"
+            ))));
+        }
+        let store = self.disk(disk).map_err(status)?.clone();
+        let want = LogicalBlock {
+            table: req.table,
+            slice: req.slice,
+            seq: req.seq,
+            rows: req.rows,
+            rowid_min: req.rowid_min,
+            rowid_max: req.rowid_max,
+        };
+        let (block, reencoded) =
+            match Self::blocking(move || store.fetch_block(segment, &want)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    if matches!(
+                        e,
+                        EngineError::ChecksumMismatch { .. } | EngineError::CorruptBlock { .. }
+                    ) {
+                        self.damaged_while_serving(disk, segment, &want, req.from_node, &e);
+                    }
+                    return Err(status(e));
+                }
+            };
+        info!(
+            node = self.state.node,
+            from = req.from_node,
+            table = req.table,
+            slice = req.slice,
+            seq = req.seq,
+            reencoded,
+            "sent a block for repair"
+        );
+        Ok(Response::new(pb::FetchBlockResponse {
+            block,
+            segment: pb::Segment::from(segment) as i32,
+            disk,
+            reencoded,
+        }))
     }
 
     async fn mirror_write(

@@ -227,7 +227,14 @@ impl DiskStore {
     /// The bytes of one exported block, verified (a block that fails goes
     /// through the repair seam, and what that returns is verified too).
     pub fn read_exported(&self, stored: &StoredBlock) -> Result<Vec<u8>> {
-        let buf = self.dev.read_vec(stored.offset, stored.length as usize)?;
+        let buf = match self.dev.read_vec(stored.offset, stored.length as usize) {
+            Ok(buf) => buf,
+            Err(e) => {
+                let good = self.opts.repair.repair(stored, e)?;
+                block::inspect_block(&good, stored.table, stored.slice)?;
+                return Ok(good);
+            }
+        };
         match block::inspect_block(&buf, stored.table, stored.slice) {
             Ok(_) => Ok(buf),
             Err(e @ (EngineError::ChecksumMismatch { .. } | EngineError::CorruptBlock { .. })) => {

@@ -80,7 +80,7 @@ pub use copy::SliceExport;
 pub use counters::{SegmentCounts, StoreCounters};
 pub use evolve::{META_DEFAULT, META_DROPPED};
 pub use groom::GroomStats;
-pub use repair::{BlockRepair, NoRepair, StoredBlock};
+pub use repair::{check_replacement, BlockRepair, LogicalBlock, NoRepair, StoredBlock};
 pub use report::{DiskReport, ExtentReport, SegmentReport, SliceStat, TableReport};
 pub use scan::{BlockScan, ScanStats};
 pub use sink::CopySink;

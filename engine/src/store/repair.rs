@@ -9,16 +9,265 @@
 //! so this is the one place that decides. The default, [`NoRepair`], fails
 //! the read with the original error.
 //!
+//! The store's two ends of a sector repair live here too: on the node
+//! holding the good copy, [`DiskStore::fetch_block`] finds the same logical
+//! block (by seq and rowids; re-encoding the rows when its layout differs)
+//! without ever going through the seam itself; on the damaged side,
+//! [`DiskStore::write_back`] writes verified bytes over the bad ones, in
+//! place, under the store lock and only while the index still holds that
+//! block at that offset (a block freed meanwhile is left alone).
+//!
 //! It must never hand a caller rows from bytes that did not pass the same
 //! checks as bytes read from the disk, replacement bytes included.
 
+use std::sync::Arc;
+
 use arrow::array::RecordBatch;
 
-use super::StoreCounters;
+use super::{DiskStore, StoreCounters, StreamKey};
 use crate::block::{self, BlockLocation};
 use crate::disk::meta::BlockMeta;
 use crate::disk::{BlockDevice, SegmentKind};
 use crate::{DiskId, EngineError, Result, SliceId, TableId};
+
+/// The identity of a logical block, the same on every copy of its slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogicalBlock {
+    pub table: TableId,
+    pub slice: SliceId,
+    pub seq: u64,
+    pub rows: u64,
+    pub rowid_min: i64,
+    pub rowid_max: i64,
+}
+
+impl From<&StoredBlock> for LogicalBlock {
+    fn from(b: &StoredBlock) -> Self {
+        LogicalBlock {
+            table: b.table,
+            slice: b.slice,
+            seq: b.seq,
+            rows: b.rows,
+            rowid_min: b.rowid_min,
+            rowid_max: b.rowid_max,
+        }
+    }
+}
+
+/// Check that verified bytes are the block `want` (CRC, table, slice, seq,
+/// rows, and the rowid range the index holds).
+pub fn check_replacement(bytes: &[u8], want: &StoredBlock) -> Result<()> {
+    let h = block::verify_block(bytes, &want.location())?;
+    if h.rowid_min != want.rowid_min || h.rowid_max != want.rowid_max {
+        return Err(EngineError::CorruptBlock {
+            offset: want.offset,
+            reason: format!(
+                "replacement holds rowids {}..={}, the index says {}..={}",
+                h.rowid_min, h.rowid_max, want.rowid_min, want.rowid_max
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl DiskStore {
+    /// The block `want` of this disk's copy in `segment`, verified, for a
+    /// peer whose own copy of it is damaged: the stored block with that
+    /// seq, rows and rowids, or else the rows with those rowids taken from
+    /// the blocks holding them and encoded as one block of that seq
+    /// (`true`). Never goes through the repair seam: a block damaged here
+    /// too is an error.
+    pub fn fetch_block(
+        &self,
+        segment: SegmentKind,
+        want: &LogicalBlock,
+    ) -> Result<(Vec<u8>, bool)> {
+        let key = StreamKey {
+            segment,
+            table: want.table,
+            slice: want.slice,
+        };
+        let committed = {
+            let inner = self.inner.lock();
+            match inner.streams.get(&key) {
+                Some(s) => s.committed.clone(),
+                None => {
+                    return Err(EngineError::InvalidRequest(format!(
+                        "no {} copy of table {} slice {} on this disk",
+                        segment.as_str(),
+                        want.table,
+                        want.slice
+                    )))
+                }
+            }
+        };
+        let disk = self.sb.disk_id;
+        let stored = |m: &BlockMeta| StoredBlock::new(disk, segment, want.table, want.slice, m);
+        if let Some(b) = committed.iter().find(|b| {
+            b.meta.seq == want.seq
+                && b.meta.rows == want.rows
+                && b.meta.rowid_min == want.rowid_min
+                && b.meta.rowid_max == want.rowid_max
+        }) {
+            let s = stored(&b.meta);
+            let buf = self.dev.read_vec(s.offset, s.length as usize)?;
+            check_replacement(&buf, &s)?;
+            return Ok((buf, false));
+        }
+        // Another layout here (groomed or copied differently): the rows
+        // with those rowids, from every block that holds some.
+        let mut parts = Vec::new();
+        for b in committed
+            .iter()
+            .filter(|b| b.meta.rowid_max >= want.rowid_min && b.meta.rowid_min <= want.rowid_max)
+        {
+            let s = stored(&b.meta);
+            let buf = self.dev.read_vec(s.offset, s.length as usize)?;
+            let batch = block::decode_block(&buf, &s.location(), None)?;
+            let rowid = batch.num_columns() - 3;
+            let ids = batch
+                .column(rowid)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .ok_or_else(|| EngineError::Internal("_rowid is not Int64".into()))?;
+            let keep: arrow::array::BooleanArray = ids
+                .iter()
+                .map(|r| r.map(|r| r >= want.rowid_min && r <= want.rowid_max))
+                .collect();
+            parts.push(arrow::compute::filter_record_batch(&batch, &keep)?);
+        }
+        let rows: usize = parts.iter().map(RecordBatch::num_rows).sum();
+        if parts.is_empty() || rows as u64 != want.rows {
+            return Err(EngineError::InvalidRequest(format!(
+                "this copy holds {rows} rows with rowids {}..={} of table {} slice {}, the damaged block held {}",
+                want.rowid_min, want.rowid_max, want.table, want.slice, want.rows
+            )));
+        }
+        let batch = arrow::compute::concat_batches(&parts[0].schema(), &parts)?;
+        let enc = block::encode_block(
+            want.table,
+            want.slice,
+            want.seq,
+            &batch,
+            self.opts.compression,
+        )?;
+        Ok((enc.bytes, true))
+    }
+
+    /// Write `bytes` (verified: the block `stored`) in place of the damaged
+    /// block and make it durable: over it when they have its length, else
+    /// into fresh space of the stream with the index pointing there (a new
+    /// metadata generation: a crash before it leaves the old entry, whose
+    /// bytes are repaired again on their next read). `false`: nothing
+    /// written, because the index no longer holds that block at that offset
+    /// (dropped or groomed away meanwhile: its extent may be someone
+    /// else's now), or, for fresh space, because a commit or groom holds
+    /// the metadata (a groom repairing what it reads).
+    pub fn write_back(&self, stored: &StoredBlock, bytes: &[u8]) -> Result<bool> {
+        if self.read_only {
+            return Ok(false);
+        }
+        check_replacement(bytes, stored)?;
+        // Held while writing: no extent is freed for reuse under us (a
+        // groom calling in holds it already).
+        let _gate = self.io_gate.read_recursive();
+        if bytes.len() as u64 != stored.length {
+            return self.relocate(stored, bytes);
+        }
+        if !self.holds(stored) {
+            return Ok(false);
+        }
+        self.dev.write_at(stored.offset, bytes)?;
+        self.dev.sync()?;
+        Ok(true)
+    }
+
+    fn key_of(stored: &StoredBlock) -> StreamKey {
+        StreamKey {
+            segment: stored.segment,
+            table: stored.table,
+            slice: stored.slice,
+        }
+    }
+
+    /// Where the committed index holds `stored` now, if it does.
+    fn position(inner: &super::Inner, stored: &StoredBlock) -> Option<usize> {
+        inner
+            .streams
+            .get(&Self::key_of(stored))?
+            .committed
+            .iter()
+            .position(|b| {
+                b.meta.offset == stored.offset
+                    && b.meta.seq == stored.seq
+                    && b.meta.length == stored.length
+            })
+    }
+
+    fn holds(&self, stored: &StoredBlock) -> bool {
+        Self::position(&self.inner.lock(), stored).is_some()
+    }
+
+    /// [`DiskStore::write_back`] of a block of another length: fresh space,
+    /// then a metadata generation with the index entry moved there.
+    fn relocate(&self, stored: &StoredBlock, bytes: &[u8]) -> Result<bool> {
+        let Some(_c) = self.commit_lock.try_lock() else {
+            return Ok(false);
+        };
+        let (h, zone_bytes) = block::inspect_block(bytes, stored.table, stored.slice)?;
+        let zones = {
+            let inner = self.inner.lock();
+            let t = inner
+                .tables
+                .get(&stored.table)
+                .ok_or(EngineError::TableNotFound(stored.table))?;
+            t.zones(&zone_bytes, h.rows)?
+        };
+        if !self.holds(stored) {
+            return Ok(false);
+        }
+        let key = Self::key_of(stored);
+        let offset = self.allocate(key, bytes.len() as u64)?;
+        self.dev.write_at(offset, bytes)?;
+        self.dev.sync()?;
+        let moved = Arc::new(super::IndexedBlock {
+            meta: BlockMeta {
+                offset,
+                length: bytes.len() as u64,
+                seq: h.seq,
+                rows: h.rows,
+                rowid_min: h.rowid_min,
+                rowid_max: h.rowid_max,
+                createxid_min: h.createxid_min,
+                createxid_max: h.createxid_max,
+                zones: Arc::from(zone_bytes),
+            },
+            zones,
+        });
+        let mut inner = self.inner.lock();
+        let inner_ref = &mut *inner;
+        // Commits are held off by commit_lock: the index is as checked.
+        let Some(i) = Self::position(inner_ref, stored) else {
+            return Ok(false);
+        };
+        let s = inner_ref.streams.get_mut(&key).expect("stream exists");
+        let before = s.committed.clone();
+        let mut list: Vec<_> = before.iter().cloned().collect();
+        list[i] = moved;
+        s.committed = Arc::new(list);
+        let generation = inner_ref.generation + 1;
+        let state = Self::meta_state(inner_ref, None);
+        drop(inner);
+        if let Err(e) = self.write_generation(generation, &state) {
+            if let Some(s) = self.inner.lock().streams.get_mut(&key) {
+                s.committed = before;
+            }
+            return Err(e);
+        }
+        self.inner.lock().generation = generation;
+        Ok(true)
+    }
+}
 
 /// A block of this disk as the index knows it: enough to check bytes read
 /// for it, and to find the same logical block on another copy of the slice
@@ -80,7 +329,8 @@ impl StoredBlock {
 /// An implementer is called from the reading thread (a scan or a groom),
 /// with no lock of the store held, each time the bytes of `block` read from
 /// this disk fail verification with `error` (an
-/// [`EngineError::ChecksumMismatch`] or [`EngineError::CorruptBlock`]). It
+/// [`EngineError::ChecksumMismatch`] or [`EngineError::CorruptBlock`]), or
+/// cannot be read at all (an [`EngineError::Io`] of the read). It
 /// must either
 /// - return the encoded bytes of the same block, taken from a copy it
 ///   trusts (for a sector repair: the slice's copy on the peer). The store
@@ -119,7 +369,11 @@ pub(super) fn read_block(
 ) -> Result<RecordBatch> {
     let loc = stored.location();
     let mut buf = vec![0u8; stored.length as usize];
-    dev.read_at(stored.offset, &mut buf)?;
+    if let Err(e) = dev.read_at(stored.offset, &mut buf) {
+        // A block that cannot be read at all goes the same way.
+        let good = repair.repair(stored, e)?;
+        return block::decode_block(&good, &loc, projection.map(<[usize]>::to_vec));
+    }
     match block::decode_block(&buf, &loc, projection.map(<[usize]>::to_vec)) {
         Err(e @ (EngineError::ChecksumMismatch { .. } | EngineError::CorruptBlock { .. })) => {
             counters.checksum_failed();
@@ -287,5 +541,236 @@ mod tests {
         *rec.good.lock() = Some(good);
         assert_eq!(scan_all(&store, &s).unwrap(), rows(0, 500));
         assert_eq!(rec.calls.lock().len(), 2);
+    }
+
+    /// A block that cannot be read at all (an I/O error) goes through the
+    /// seam too, and what comes back is verified and used.
+    #[test]
+    fn an_unreadable_block_goes_through_the_repair_seam() {
+        let rec = Arc::new(Recording {
+            calls: Mutex::new(Vec::new()),
+            good: Mutex::new(None),
+        });
+        let (dev, store, b) = store_with(rec.clone());
+        let good = dev.read_vec(b.offset, b.length as usize).unwrap();
+        dev.set_unreadable(b.offset + 100, 512);
+        let s = spec(SegmentKind::Primary, 1, 0);
+        let res: Result<Vec<RecordBatch>> = store.scan(&s).unwrap().collect();
+        assert!(matches!(res, Err(EngineError::Io { .. })), "{res:?}");
+        assert_eq!(rec.calls.lock().len(), 1);
+        *rec.good.lock() = Some(good.clone());
+        assert_eq!(scan_all(&store, &s).unwrap(), rows(0, 500));
+        // Written back, the sector reads again without the seam.
+        let stored = first_block(&store);
+        assert!(store.write_back(&stored, &good).unwrap());
+        *rec.good.lock() = None;
+        assert_eq!(scan_all(&store, &s).unwrap(), rows(0, 500));
+        assert_eq!(rec.calls.lock().len(), 2);
+    }
+
+    /// A repair that writes the good bytes back into the store it serves,
+    /// as the node's does.
+    struct WritesBack {
+        store: std::sync::OnceLock<std::sync::Weak<DiskStore>>,
+        good: Vec<u8>,
+        written: Mutex<Vec<bool>>,
+    }
+
+    impl BlockRepair for WritesBack {
+        fn repair(&self, block: &StoredBlock, _error: EngineError) -> Result<Vec<u8>> {
+            let store = self.store.get().and_then(|s| s.upgrade()).unwrap();
+            let written = store.write_back(block, &self.good)?;
+            self.written.lock().push(written);
+            Ok(self.good.clone())
+        }
+    }
+
+    /// GROOM reads through the seam too, and a repair that writes back
+    /// from inside it does not wait on the groom's own locks: in place it
+    /// writes, a move to fresh space (the metadata lock is the groom's) is
+    /// left for later.
+    #[test]
+    fn groom_repairs_through_the_seam_without_waiting_on_itself() {
+        for relocate in [false, true] {
+            let (good_dev, good) = mem_store(1000);
+            good.create_table(1, schema()).unwrap();
+            good.append(SegmentKind::Primary, 1, 0, 1, &rows(0, 500))
+                .unwrap();
+            good.commit(1).unwrap();
+            let b = first_block(&good);
+            let mut bytes = good_dev.read_vec(b.offset, b.length as usize).unwrap();
+            if relocate {
+                let whole = LogicalBlock::from(&b);
+                // A peer that re-encodes it uncompressed: longer.
+                let none = DiskStore::create_with_device(
+                    Arc::new(MemDevice::new(small_init().size)),
+                    Path::new("mem"),
+                    IDS,
+                    small_init(),
+                    StoreOptions {
+                        compression: crate::block::Compression::None,
+                        ..opts(100)
+                    },
+                )
+                .unwrap();
+                none.create_table(1, schema()).unwrap();
+                none.append(SegmentKind::Primary, 1, 0, 1, &rows(0, 500))
+                    .unwrap();
+                none.commit(1).unwrap();
+                bytes = none.fetch_block(SegmentKind::Primary, &whole).unwrap().0;
+                assert_ne!(bytes.len() as u64, b.length);
+            }
+            let rep = Arc::new(WritesBack {
+                store: std::sync::OnceLock::new(),
+                good: bytes,
+                written: Mutex::new(Vec::new()),
+            });
+            let dev = Arc::new(MemDevice::new(small_init().size));
+            let store = Arc::new(
+                DiskStore::create_with_device(
+                    dev.clone(),
+                    Path::new("mem"),
+                    IDS,
+                    small_init(),
+                    StoreOptions {
+                        repair: rep.clone(),
+                        ..opts(1000)
+                    },
+                )
+                .unwrap(),
+            );
+            let _ = rep.store.set(Arc::downgrade(&store));
+            store.create_table(1, schema()).unwrap();
+            store
+                .append(SegmentKind::Primary, 1, 0, 1, &rows(0, 500))
+                .unwrap();
+            store.commit(1).unwrap();
+            store
+                .delete(SegmentKind::Primary, 1, 0, 2, &[1, 2, 3], None)
+                .unwrap();
+            store.commit(2).unwrap();
+            dev.corrupt(b.offset + 60, 0x10);
+            let g = store.groom(1, 3).unwrap();
+            assert_eq!(g.rows_removed, 3);
+            assert_eq!(*rep.written.lock(), vec![!relocate]);
+            let s = spec(SegmentKind::Primary, 1, 0);
+            assert_eq!(scan_all(&store, &s).unwrap(), rows(3, 497));
+        }
+    }
+
+    fn first_block(store: &DiskStore) -> StoredBlock {
+        let inner = store.inner.lock();
+        let (k, s) = inner.streams.iter().next().unwrap();
+        StoredBlock::new(1, k.segment, k.table, k.slice, &s.committed[0].meta)
+    }
+
+    /// The peer's copy holds the block as stored: the same bytes come back;
+    /// written back over a damaged copy they read as the rows again.
+    #[test]
+    fn fetch_returns_the_stored_block_and_write_back_heals_in_place() {
+        let (_, good) = mem_store(1000);
+        let (dev, bad) = mem_store(1000);
+        for s in [&good, &bad] {
+            s.create_table(1, schema()).unwrap();
+            s.append(SegmentKind::Primary, 1, 0, 1, &rows(0, 500))
+                .unwrap();
+            s.commit(1).unwrap();
+        }
+        let b = first_block(&bad);
+        dev.corrupt(b.offset + 40, 0x10);
+        let s = spec(SegmentKind::Primary, 1, 0);
+        assert!(scan_all(&bad, &s).is_err());
+        let (bytes, reencoded) = good
+            .fetch_block(SegmentKind::Primary, &LogicalBlock::from(&b))
+            .unwrap();
+        assert!(!reencoded);
+        check_replacement(&bytes, &b).unwrap();
+        let mut wrong = bytes.clone();
+        wrong[50] ^= 1;
+        assert!(
+            bad.write_back(&b, &wrong).is_err(),
+            "bad bytes are never written"
+        );
+        assert!(bad.write_back(&b, &bytes).unwrap());
+        assert_eq!(scan_all(&bad, &s).unwrap(), rows(0, 500));
+        // A block the index no longer holds there is left alone.
+        let gone = StoredBlock {
+            offset: b.offset + 4096,
+            ..b
+        };
+        assert!(!bad.write_back(&gone, &bytes).unwrap());
+    }
+
+    /// The peer's copy is split differently (100-row blocks): the rows with
+    /// the damaged block's rowids come back as one block of its shape.
+    #[test]
+    fn fetch_reencodes_rows_from_another_layout() {
+        let (_, split) = mem_store(100);
+        let (_, whole) = mem_store(1000);
+        for s in [&split, &whole] {
+            s.create_table(1, schema()).unwrap();
+            s.append(SegmentKind::Primary, 1, 0, 1, &rows(0, 500))
+                .unwrap();
+            s.commit(1).unwrap();
+        }
+        let b = first_block(&whole);
+        assert_eq!(b.rows, 500);
+        let (bytes, reencoded) = split
+            .fetch_block(SegmentKind::Primary, &LogicalBlock::from(&b))
+            .unwrap();
+        assert!(reencoded);
+        check_replacement(&bytes, &b).unwrap();
+        let batch = block::decode_block(&bytes, &b.location(), Some(vec![0, 1, 2])).unwrap();
+        assert_eq!(batch.columns(), rows(0, 500).columns());
+        // Rows the peer lacks: an error, never a short block.
+        let more = LogicalBlock {
+            rows: 600,
+            rowid_max: b.rowid_max + 100,
+            ..LogicalBlock::from(&b)
+        };
+        assert!(split.fetch_block(SegmentKind::Primary, &more).is_err());
+        assert!(split
+            .fetch_block(SegmentKind::Mirror, &LogicalBlock::from(&b))
+            .is_err());
+    }
+
+    /// Re-encoded bytes of another length go to fresh space, the index
+    /// moved there durably: the repaired rows read back after a reopen.
+    #[test]
+    fn reencoded_bytes_of_another_length_are_written_to_fresh_space() {
+        // The peer encodes without compression: its block is longer.
+        let split = DiskStore::create_with_device(
+            Arc::new(MemDevice::new(small_init().size)),
+            Path::new("mem"),
+            IDS,
+            small_init(),
+            StoreOptions {
+                compression: crate::block::Compression::None,
+                ..opts(100)
+            },
+        )
+        .unwrap();
+        let (dev, whole) = mem_store(1000);
+        for s in [&split, &whole] {
+            s.create_table(1, schema()).unwrap();
+            s.append(SegmentKind::Primary, 1, 0, 1, &rows(0, 500))
+                .unwrap();
+            s.commit(1).unwrap();
+        }
+        let b = first_block(&whole);
+        let (bytes, _) = split
+            .fetch_block(SegmentKind::Primary, &LogicalBlock::from(&b))
+            .unwrap();
+        dev.corrupt(b.offset + 40, 0x10);
+        let s = spec(SegmentKind::Primary, 1, 0);
+        assert!(scan_all(&whole, &s).is_err());
+        assert_ne!(bytes.len() as u64, b.length);
+        assert!(whole.write_back(&b, &bytes).unwrap());
+        let moved = first_block(&whole);
+        assert_ne!(moved.offset, b.offset, "moved to fresh space");
+        assert_eq!((moved.seq, moved.rows), (b.seq, b.rows));
+        assert_eq!(scan_all(&whole, &s).unwrap(), rows(0, 500));
+        let (_, again) = reopen_mem(dev.durable_image(), 1000).unwrap();
+        assert_eq!(scan_all(&again, &s).unwrap(), rows(0, 500));
     }
 }

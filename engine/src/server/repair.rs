@@ -1,0 +1,324 @@
+//! Sector repair, the node's side: [`PeerRepair`] is the
+//! [`BlockRepair`] the node's disks are opened with. A committed block that
+//! fails its checksum, does not decode, or cannot be read at all (an I/O
+//! error of its read) on a read of this node is asked
+//! of the node holding the slice's other copy (`FetchBlock`, the map's
+//! `repair_source`), checked exactly as a disk read is (CRC, table, slice,
+//! seq, rows, rowid range), written back over the bad bytes in place, and
+//! handed to the read, which goes on. The peer answers `FetchBlock` from its
+//! own copy (`peer.rs`), never through its own repair.
+//!
+//! Every damaged block met is recorded ([`RepairLog`]: what `Status` reports
+//! and `slicedb_repairs` shows) and counted per disk. One bad block does not
+//! fail a disk: only [`RepairPolicy::limit`] of them within
+//! [`RepairPolicy::window`] do (docs/disk-format.md, "Sector repair"); past
+//! that the read fails with the original error, which fails the disk over
+//! as before. A block that cannot be repaired (both copies bad, no in-sync
+//! other copy, the peer unreachable) fails the read with
+//! [`EngineError::Unrepairable`] (XX001), never with rows.
+//!
+//! It owns the repair log and the threshold. It must never read a block of
+//! its own disk through the store (the read that called it holds the bad
+//! one), never hand back bytes it did not verify, and never write anywhere
+//! but over the block the index still holds at that offset.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::{info, warn};
+
+use super::{NodeServer, NodeState};
+use crate::proto::pb;
+use crate::store::{check_replacement, BlockRepair, LogicalBlock, StoredBlock};
+use crate::{DiskId, EngineError, NodeId, Result};
+
+/// Records kept for `Status` (oldest dropped first).
+const LOG_CAPACITY: usize = 1000;
+
+/// How long one fetch from the peer may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// When damaged blocks fail a disk over: `limit` of them (repaired or not)
+/// within `window`. A limit of 1 fails it at the first bad block (the
+/// behaviour before sector repair).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepairPolicy {
+    pub limit: u32,
+    pub window: Duration,
+}
+
+impl RepairPolicy {
+    pub const DEFAULT_LIMIT: u32 = 16;
+    pub const DEFAULT_WINDOW: Duration = Duration::from_secs(600);
+}
+
+impl Default for RepairPolicy {
+    fn default() -> Self {
+        RepairPolicy {
+            limit: Self::DEFAULT_LIMIT,
+            window: Self::DEFAULT_WINDOW,
+        }
+    }
+}
+
+/// What the node remembers of the damaged blocks it met.
+#[derive(Default)]
+pub(super) struct RepairLog {
+    records: VecDeque<pb::RepairRecord>,
+    /// Blocks repaired, per disk (the metric).
+    repaired: HashMap<DiskId, u64>,
+    /// When each disk's recent bad blocks were met (the threshold).
+    recent: HashMap<DiskId, VecDeque<Instant>>,
+}
+
+impl RepairLog {
+    pub(super) fn records(&self) -> Vec<pb::RepairRecord> {
+        self.records.iter().cloned().collect()
+    }
+
+    pub(super) fn repaired(&self, disk: DiskId) -> u64 {
+        self.repaired.get(&disk).copied().unwrap_or(0)
+    }
+
+    /// Note a bad block of `disk`; whether the disk is now past `policy`.
+    fn bad_block(&mut self, disk: DiskId, policy: RepairPolicy) -> bool {
+        let now = Instant::now();
+        let q = self.recent.entry(disk).or_default();
+        q.push_back(now);
+        while q
+            .front()
+            .is_some_and(|&t| now.duration_since(t) > policy.window)
+        {
+            q.pop_front();
+        }
+        q.len() as u64 >= u64::from(policy.limit.max(1))
+    }
+
+    fn push(&mut self, r: pb::RepairRecord) {
+        if r.outcome.starts_with("repaired") {
+            *self.repaired.entry(r.disk).or_default() += 1;
+        }
+        if self.records.len() == LOG_CAPACITY {
+            self.records.pop_front();
+        }
+        self.records.push_back(r);
+    }
+}
+
+impl NodeServer {
+    /// This node's copy of a block another node asked for (`FetchBlock`)
+    /// is damaged too: record it and count it against the disk like any
+    /// damaged block met (it is not repaired here: the asker's copy is the
+    /// bad one).
+    pub(super) fn damaged_while_serving(
+        &self,
+        disk: DiskId,
+        segment: crate::store::SegmentKind,
+        want: &LogicalBlock,
+        asker: NodeId,
+        error: &EngineError,
+    ) {
+        let st = &self.state;
+        let policy = st.repair.as_ref().map(|r| r.policy).unwrap_or_default();
+        let offset = match error {
+            EngineError::ChecksumMismatch { offset, .. }
+            | EngineError::CorruptBlock { offset, .. } => *offset,
+            _ => 0,
+        };
+        let past = st.repairs.lock().bad_block(disk, policy);
+        st.repairs.lock().push(pb::RepairRecord {
+            at_unix_ms: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            disk,
+            segment: pb::Segment::from(segment) as i32,
+            table: want.table,
+            slice: want.slice,
+            seq: want.seq,
+            offset,
+            length: 0,
+            source_node: 0,
+            has_source: false,
+            outcome: format!("failed: damaged here too, met while serving node {asker}'s repair"),
+            error: error.to_string(),
+        });
+        warn!(node = st.node, disk, table = want.table, slice = want.slice, seq = want.seq,
+              asker, error = %error, "the block asked for repair is damaged here too");
+        if past {
+            self.note_disk_fault(disk, &error.again());
+        }
+    }
+}
+
+/// The node's [`BlockRepair`]: open the disks with it, then give it to
+/// [`NodeServer::with_repair`], which binds it to the node once it serves.
+pub struct PeerRepair {
+    policy: RepairPolicy,
+    bound: OnceLock<(Weak<NodeState>, tokio::runtime::Handle)>,
+}
+
+impl PeerRepair {
+    pub fn new(policy: RepairPolicy) -> Arc<PeerRepair> {
+        Arc::new(PeerRepair {
+            policy,
+            bound: OnceLock::new(),
+        })
+    }
+
+    pub(super) fn bind(&self, state: &Arc<NodeState>, rt: tokio::runtime::Handle) {
+        let _ = self.bound.set((Arc::downgrade(state), rt));
+    }
+}
+
+impl BlockRepair for PeerRepair {
+    fn repair(&self, block: &StoredBlock, error: EngineError) -> Result<Vec<u8>> {
+        let Some((state, rt)) = self.bound.get() else {
+            return Err(error);
+        };
+        let Some(state) = state.upgrade() else {
+            return Err(error);
+        };
+        NodeServer { state }.repair_block(block, error, self.policy, rt)
+    }
+}
+
+impl NodeServer {
+    fn repair_block(
+        &self,
+        block: &StoredBlock,
+        error: EngineError,
+        policy: RepairPolicy,
+        rt: &tokio::runtime::Handle,
+    ) -> Result<Vec<u8>> {
+        let st = &self.state;
+        if self.disk_failure(block.disk).is_some() {
+            return Err(error);
+        }
+        let started = SystemTime::now();
+        let source = self.repair_source(block);
+        let mut record = pb::RepairRecord {
+            at_unix_ms: started
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            disk: block.disk,
+            segment: pb::Segment::from(block.segment) as i32,
+            table: block.table,
+            slice: block.slice,
+            seq: block.seq,
+            offset: block.offset,
+            length: block.length,
+            source_node: source.as_ref().map_or(0, |s| s.1),
+            has_source: source.is_some(),
+            outcome: String::new(),
+            error: error.to_string(),
+        };
+        warn!(node = st.node, disk = block.disk, table = block.table, slice = block.slice,
+              seq = block.seq, offset = block.offset, error = %error, "damaged block: repairing");
+        // Counted first: a disk past the limit is failed without a fetch.
+        let past = st.repairs.lock().bad_block(block.disk, policy);
+        let result = match source {
+            _ if past => Err(format!(
+                "disk {} met {} damaged blocks within {:?}: failed over",
+                block.disk, policy.limit, policy.window
+            )),
+            Some((epoch, from)) => self.fetch_and_write(block, epoch, from, rt),
+            None => Err("no other in-sync copy of the slice to repair from".to_string()),
+        };
+        record.outcome = match &result {
+            Ok((_, Ok(true))) => "repaired".into(),
+            Ok((_, Ok(false))) => "repaired_not_written".into(),
+            Ok((_, Err(why))) => format!("repaired_not_written: {why}"),
+            Err(why) => format!("failed: {why}"),
+        };
+        info!(node = st.node, disk = block.disk, table = block.table, slice = block.slice,
+              seq = block.seq, outcome = %record.outcome, "block repair");
+        st.repairs.lock().push(record);
+        if past {
+            // Too many bad blocks: the disk itself is going. Fail it over
+            // (the read fails with its error, as without repair).
+            warn!(node = st.node, disk = block.disk, limit = policy.limit, window = ?policy.window,
+                  "damaged blocks past the limit: failing the disk");
+            self.note_disk_fault(block.disk, &error.again());
+            return Err(error);
+        }
+        match result {
+            Ok((bytes, _)) => Ok(bytes),
+            Err(reason) => Err(EngineError::Unrepairable {
+                disk: block.disk,
+                table: block.table,
+                slice: block.slice,
+                segment: block.segment.as_str().to_string(),
+                seq: block.seq,
+                reason,
+            }),
+        }
+    }
+
+    /// The map's epoch and the node to repair `block`'s copy from.
+    fn repair_source(&self, block: &StoredBlock) -> Option<(u64, NodeId)> {
+        let map = self.state.map.read();
+        let m = map.as_ref()?;
+        if m.slices.get(&(block.slice, block.segment)) != Some(&block.disk) {
+            return None;
+        }
+        let from = *m.repair_sources.get(&(block.slice, block.segment))?;
+        Some((m.epoch, from))
+    }
+
+    /// Fetch `block` from `from`, verify it, write it back: the verified
+    /// bytes, and whether they were written (or why not: a write that
+    /// fails with an I/O error fails the disk, but the read still gets the
+    /// good bytes).
+    fn fetch_and_write(
+        &self,
+        block: &StoredBlock,
+        epoch: u64,
+        from: NodeId,
+        rt: &tokio::runtime::Handle,
+    ) -> Result<(Vec<u8>, Result<bool, String>), String> {
+        let routes = self.current_map().routes;
+        let want = LogicalBlock::from(block);
+        let req = pb::FetchBlockRequest {
+            epoch,
+            table: want.table,
+            slice: want.slice,
+            seq: want.seq,
+            rows: want.rows,
+            rowid_min: want.rowid_min,
+            rowid_max: want.rowid_max,
+            from_node: self.state.node,
+        };
+        // Reads run on blocking or background threads, never on the
+        // runtime's workers: the fetch runs there while this thread waits.
+        // (The client is made there too: connecting needs the runtime.)
+        let me = self.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        rt.spawn(async move {
+            let answer = async {
+                let mut client = me
+                    .state
+                    .forwarder
+                    .client(&routes, from)
+                    .map_err(|e| e.to_string())?;
+                match tokio::time::timeout(FETCH_TIMEOUT, client.fetch_block(req)).await {
+                    Ok(Ok(r)) => Ok(r.into_inner()),
+                    Ok(Err(s)) => Err(format!("node {from}: {}", s.message())),
+                    Err(_) => Err(format!("node {from} did not answer in {FETCH_TIMEOUT:?}")),
+                }
+            };
+            let _ = tx.send(answer.await);
+        });
+        let answer = rx
+            .recv_timeout(FETCH_TIMEOUT + Duration::from_secs(1))
+            .unwrap_or_else(|_| Err(format!("node {from} did not answer in {FETCH_TIMEOUT:?}")))?;
+        let bytes = answer.block;
+        check_replacement(&bytes, block).map_err(|e| format!("bytes from node {from}: {e}"))?;
+        let disk = self.disk(block.disk).map_err(|e| e.to_string())?;
+        let written = disk.write_back(block, &bytes).map_err(|e| {
+            self.note_disk_fault(block.disk, &e);
+            format!("writing back failed: {e}")
+        });
+        Ok((bytes.to_vec(), written))
+    }
+}
