@@ -43,6 +43,9 @@ pub struct SliceExport {
     pub deletes: Vec<(i64, Xid)>,
     /// Bytes of the blocks.
     pub bytes: u64,
+    /// Keeps the blocks' space from reuse until the export is dropped
+    /// (None for an empty one).
+    pub hold: Option<std::sync::Arc<super::reclaim::ReadHold>>,
 }
 
 impl DiskStore {
@@ -123,6 +126,8 @@ impl DiskStore {
         let Some(s) = inner.streams.get(&key) else {
             return Ok(SliceExport::default());
         };
+        // Registered under `inner`: a drop after this parks what it frees.
+        let hold = Some(std::sync::Arc::new(self.hold_reads()));
         let held = |x: Xid| have.binary_search(&x).is_ok();
         let disk = self.sb.disk_id;
         let blocks: Vec<StoredBlock> = s
@@ -136,6 +141,7 @@ impl DiskStore {
             bytes: blocks.iter().map(|b| b.length).sum(),
             blocks,
             deletes,
+            hold,
         })
     }
 
@@ -198,10 +204,8 @@ impl DiskStore {
         let mut freed = 0;
         for k in keys {
             if let Some(s) = inner.streams.remove(&k) {
-                for e in s.extents {
-                    freed += e.length;
-                    inner.alloc[k.segment.index()].release(e);
-                }
+                // An export or scan still running may read them.
+                freed += self.release_runs(inner, k.segment.index(), s.extents);
             }
         }
         inner.locks.retain(|k, _| !ours(k));

@@ -1,4 +1,5 @@
-//! Space of aborted writes, given back without a restart.
+//! Space of aborted writes, given back without a restart; space of dropped
+//! tables and copies, given back once no reader can read it.
 //!
 //! An aborted transaction's blocks (and, if it was prepared, its delete
 //! runs) sit in its streams' extent runs, mixed with other writers' blocks.
@@ -20,6 +21,10 @@
 //! before the abort has ended; until then the fill pointer stays where it
 //! was. A read of reused space would fail its checksum and fail the disk
 //! over: this must never free space a live reader can still read.
+//!
+//! DROP TABLE and the drop of a copy free whole streams the same way
+//! ([`DiskStore::release_runs`]): a scan, or a copy export
+//! ([`ReadHold`]), that started before the drop may still read them.
 //!
 //! It must never free a run a durable generation or an open transaction
 //! still lists, nor hold `inner` while waiting for readers.
@@ -91,6 +96,24 @@ impl Drop for ReaderGuard {
         }
     }
 }
+
+/// A reader registered for as long as it lives, so space it may read is not
+/// reused under it (a copy export's blocks are read after it was listed).
+pub struct ReadHold(#[allow(dead_code)] ReaderGuard);
+
+impl std::fmt::Debug for ReadHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadHold")
+    }
+}
+
+/// Holds compare equal: they carry no data.
+impl PartialEq for ReadHold {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for ReadHold {}
 
 /// Runs freed at an abort while older readers ran: free once they end.
 pub(super) struct Parked {
@@ -201,6 +224,33 @@ impl DiskStore {
             );
         }
         pins
+    }
+
+    /// Register a reader until the hold is dropped.
+    pub(super) fn hold_reads(&self) -> ReadHold {
+        ReadHold(self.readers.enter())
+    }
+
+    /// Free `runs` of `segment` (taken off their stream, no longer listed
+    /// by the durable generation), or park them while a reader that started
+    /// before now runs. Answers their bytes.
+    pub(super) fn release_runs(
+        &self,
+        inner: &mut Inner,
+        segment: usize,
+        runs: Vec<ExtentRun>,
+    ) -> u64 {
+        let mark = self.readers.mark();
+        let quiet = self.readers.clear_before(mark);
+        let mut bytes = 0;
+        for run in runs {
+            bytes += run.length;
+            match quiet {
+                true => inner.alloc[segment].release(run),
+                false => inner.parked.push(Parked { mark, segment, run }),
+            }
+        }
+        bytes
     }
 
     /// Free the parked runs no reader can still read (with `inner` held).
@@ -379,5 +429,68 @@ mod tests {
         }
         store.commit(4).unwrap();
         reopen_agrees(&dev, &store);
+    }
+
+    #[test]
+    fn a_dropped_tables_space_is_reused_only_after_the_scans_and_exports_reading_it() {
+        let (dev, store) = tiny();
+        let fit = fill(&store, 2);
+        store.commit(2).unwrap();
+        // A query's scan and a copy export started before the DROP.
+        let mut scan = store.scan(&spec(P, 1, 0)).unwrap();
+        let first = scan.next().unwrap().unwrap();
+        let export = store.export_slice(P, 1, 0, &[]).unwrap();
+        assert!(export.blocks.len() as i64 >= fit);
+        store.drop_table(1).unwrap();
+        assert_eq!(free(&store), 0, "parked while they read");
+        store.create_table(2, schema()).unwrap();
+        assert!(matches!(
+            store.append(P, 2, 0, 3, &rows(0, CHUNK)),
+            Err(EngineError::SegmentFull { .. })
+        ));
+        let mut n = first.num_rows() as i64;
+        for b in scan {
+            n += b
+                .expect("the dropped blocks are intact under the scan")
+                .num_rows() as i64;
+        }
+        assert_eq!(n, fit * CHUNK);
+        // The scan is over, the export is not: still parked.
+        store.abort(3).unwrap();
+        assert_eq!(free(&store), 0, "parked while the export reads");
+        for b in &export.blocks {
+            store.read_exported(b).expect("exported blocks are intact");
+        }
+        drop(export);
+        for n in 0..fit {
+            store.append(P, 2, 0, 4, &rows(n * CHUNK, CHUNK)).unwrap();
+        }
+        store.commit(4).unwrap();
+        let rows: usize = store
+            .scan(&spec(P, 2, 0))
+            .unwrap()
+            .map(|b| b.unwrap().num_rows())
+            .sum();
+        assert_eq!(rows as i64, fit * CHUNK);
+        reopen_agrees(&dev, &store);
+    }
+
+    #[test]
+    fn a_dropped_copys_space_waits_for_its_export() {
+        let (_dev, store) = tiny();
+        let fit = fill(&store, 2);
+        store.commit(2).unwrap();
+        let export = store.export_slice(P, 1, 0, &[]).unwrap();
+        let freed = store.drop_copy(P, 0).unwrap().unwrap();
+        assert!(freed > 0);
+        assert_eq!(free(&store), 0, "parked while the export reads");
+        for b in &export.blocks {
+            store.read_exported(b).expect("exported blocks are intact");
+        }
+        drop(export);
+        for n in 0..fit {
+            store.append(P, 1, 0, 3, &rows(n * CHUNK, CHUNK)).unwrap();
+        }
+        store.commit(3).unwrap();
     }
 }

@@ -98,9 +98,8 @@ impl DiskStore {
             .collect();
         for k in keys {
             if let Some(s) = inner.streams.remove(&k) {
-                for e in s.extents {
-                    inner.alloc[k.segment.index()].release(e);
-                }
+                // A scan still running may read them: freed after it.
+                self.release_runs(inner, k.segment.index(), s.extents);
             }
         }
         for t in inner.pending.values_mut() {
