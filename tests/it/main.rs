@@ -27,6 +27,7 @@ mod node;
 mod psql;
 mod python;
 mod repair;
+mod reuse;
 mod spares;
 mod stop;
 mod temp;

@@ -210,14 +210,21 @@ fn run_scan(
     tx: mpsc::Sender<Result<FlightData, Status>>,
 ) -> std::result::Result<(), ScanFailure> {
     let mut enc = TaggedEncoder::new();
+    // Every slice's scan is opened before the first is read: each holds its
+    // blocks and counts as a reader, so a DROP TABLE meanwhile neither
+    // fails the slices still to come nor frees the space they read.
+    let mut scans = Vec::with_capacity(job.parts.len());
     for (slice, segment, disk) in &job.parts {
         let disk_id = Some(disk.ids().disk_id);
-        let mut scan = disk
+        let scan = disk
             .scan(&job.spec(&job.reads[0], *slice, *segment))
             .map_err(|e| (disk_id, e))?;
+        scans.push((*slice, *segment, disk_id, scan));
+    }
+    for (slice, segment, disk_id, mut scan) in scans {
         let tag = pb::StreamTag {
-            slice: *slice,
-            segment: pb::Segment::from(*segment) as i32,
+            slice,
+            segment: pb::Segment::from(segment) as i32,
             ..Default::default()
         };
         let mut rows = 0u64;
