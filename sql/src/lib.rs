@@ -18,6 +18,7 @@ pub mod names;
 pub mod params;
 pub mod pgcatalog;
 pub mod pgroles;
+pub mod pgtypeof;
 mod portal;
 pub mod server;
 pub mod sessions;

@@ -140,6 +140,7 @@ pub fn install(
         )));
     }
     crate::catalog_sql::install(ctx);
+    crate::pgtypeof::install(ctx);
     ctx.register_udf(ScalarUDF::new_from_impl(NullFn::new(
         "obj_description",
         DataType::Utf8,

@@ -277,6 +277,13 @@ fn psql_meta_commands_show_types_distribution_and_persistence() {
             "tab completion of settings: {:?}",
             names("complete_settings")
         );
+        check(
+            "typeof",
+            has_row(
+                &section(&out, "typeof"),
+                &["bigint", "numeric", "text", "date"],
+            ),
+        )?;
         let x = section(&out, "x");
         check(
             "x",

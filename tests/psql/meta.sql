@@ -40,6 +40,8 @@ SELECT c.relname, n.nspname FROM pg_catalog.pg_class c, pg_catalog.pg_namespace 
 SELECT pg_catalog.quote_ident(attname) FROM pg_catalog.pg_attribute a, pg_catalog.pg_class c WHERE c.oid = a.attrelid AND a.attnum > 0 AND NOT a.attisdropped AND substring(pg_catalog.quote_ident(attname),1,1)='n' AND (pg_catalog.quote_ident(relname)='mt' OR '"' || relname || '"'='mt') AND pg_catalog.pg_table_is_visible(c.oid);
 \echo marker: complete_settings
 SELECT pg_catalog.quote_ident(name) FROM pg_catalog.pg_settings WHERE context != 'internal' AND name LIKE 'statement_t%' LIMIT 1000;
+\echo marker: typeof
+SELECT pg_typeof(k) AS tk, pg_typeof(n) AS tn, pg_typeof(s) AS ts, pg_typeof(d) AS td FROM mt WHERE k = 1;
 \echo marker: x
 \x
 SELECT k, s FROM mt WHERE k = 2;
