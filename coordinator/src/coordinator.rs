@@ -193,6 +193,9 @@ impl Coordinator {
             .options_mut()
             .sql_parser
             .map_string_types_to_utf8view = false;
+        // `timestamptz` is a point in time (Arrow's timestamp with a time
+        // zone, UTC), as in PostgreSQL; `timestamp` stays without one.
+        session.options_mut().execution.time_zone = Some("+00:00".to_string());
         if config.target_partitions > 0 {
             session = session.with_target_partitions(config.target_partitions);
         }
