@@ -136,6 +136,15 @@ pub struct NodeSection {
     pub bad_block_limit: u32,
     #[serde(default = "default_bad_block_window")]
     pub bad_block_window: String,
+    /// Bytes per second the background scrubber reads from each disk,
+    /// verifying (and repairing from the other copy) every committed block,
+    /// e.g. "8MiB" (the default); "0": no scrubbing.
+    #[serde(default = "default_scrub_rate")]
+    pub scrub_rate: String,
+}
+
+fn default_scrub_rate() -> String {
+    "8MiB".into()
 }
 
 fn default_bad_block_limit() -> u32 {
@@ -270,6 +279,7 @@ impl ClusterConfig {
                 )));
             }
             parse_size(&n.cache_size)?;
+            parse_size(&n.scrub_rate)?;
             crate::metrics::resolve(
                 &n.metrics_address,
                 &n.address,

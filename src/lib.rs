@@ -57,8 +57,10 @@ pub fn node_server(
     repair: Arc<PeerRepair>,
     memory_limit: u64,
     spill_dir: &Path,
+    scrub_rate: u64,
 ) -> Result<NodeServer, Error> {
     let server = NodeServer::with_repair(id, disks, repair);
+    server.set_scrub_rate(scrub_rate);
     let runner = slicedb_coordinator::query::Runner::with_memory(memory_limit, spill_dir)?;
     // Mirror forwards of a transaction larger than memory spill too (after
     // the runner, which empties `spill_dir` when it starts).
@@ -172,6 +174,9 @@ pub struct LocalOptions {
     pub slices_per_disk: u32,
     /// Memory for decoded block columns of each node's disk (0: none).
     pub cache_size: u64,
+    /// Bytes per second each node's background scrubber reads from each
+    /// disk (0: none).
+    pub scrub_rate: u64,
     /// Tables with fewer rows take no runtime join filters.
     pub runtime_filter_min_rows: u64,
     /// Tables with fewer rows are not joined on the nodes with a build side
@@ -202,6 +207,7 @@ impl LocalOptions {
             disk_size: 4 << 30,
             slices_per_disk: 4,
             cache_size: 1 << 30,
+            scrub_rate: slicedb_engine::server::DEFAULT_SCRUB_RATE,
             runtime_filter_min_rows: CoordinatorConfig::DEFAULT_RUNTIME_FILTER_MIN_ROWS,
             broadcast_join_min_rows: CoordinatorConfig::DEFAULT_BROADCAST_JOIN_MIN_ROWS,
             metrics_listen: None,
@@ -263,6 +269,7 @@ impl LocalCluster {
                 repair,
                 opts.node_memory_limit,
                 &dir.join("spill"),
+                opts.scrub_rate,
             )?;
             if let Some(m) = opts.metrics_listen {
                 let at = metrics::local_node_addr(m, id)?;
@@ -435,7 +442,14 @@ pub async fn run_node(
         .parse()
         .map_err(|e| Error::Config(format!("node {id} address {}: {e}", n.address)))?;
     let memory_limit = config::parse_size(&n.memory_limit)?;
-    let server = node_server(id, disks, repair, memory_limit, &n.data_dir.join("spill"))?;
+    let server = node_server(
+        id,
+        disks,
+        repair,
+        memory_limit,
+        &n.data_dir.join("spill"),
+        config::parse_size(&n.scrub_rate)?,
+    )?;
     let (stop, stopping) = watch::channel(false);
     let shutdown = async move {
         shutdown.await;

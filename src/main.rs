@@ -96,6 +96,11 @@ enum Command {
         /// every scan from the disk images.
         #[arg(long, default_value = "1GiB")]
         cache_size: String,
+        /// Bytes per second each node's background scrubber reads from each
+        /// disk, verifying every committed block and repairing a damaged
+        /// one from the other copy, e.g. 8MiB; 0 turns it off.
+        #[arg(long, default_value = "8MiB")]
+        scrub_rate: String,
         /// Tables with fewer rows take no runtime join filters: they are
         /// read whole and at once, not after the join's build side.
         #[arg(long, default_value_t = slicedb_coordinator::CoordinatorConfig::DEFAULT_RUNTIME_FILTER_MIN_ROWS)]
@@ -241,6 +246,7 @@ async fn serve(cmd: Command) -> Result<()> {
             disk_size,
             slices_per_disk,
             cache_size,
+            scrub_rate,
             runtime_filter_min_rows,
             broadcast_join_min_rows,
             metrics_listen,
@@ -270,6 +276,7 @@ async fn serve(cmd: Command) -> Result<()> {
                 disk_size: parse_size(&disk_size)?,
                 slices_per_disk,
                 cache_size: parse_size(&cache_size)?,
+                scrub_rate: parse_size(&scrub_rate)?,
                 runtime_filter_min_rows,
                 broadcast_join_min_rows,
                 metrics_listen,

@@ -1,7 +1,8 @@
 //! System views: `slicedb_nodes`, `slicedb_slices`, `slicedb_disks`,
 //! `slicedb_tables` (distribution, persistence), `slicedb_table_slices`,
 //! `slicedb_verify` (primary vs mirror, online), `slicedb_repairs` (the
-//! damaged blocks the nodes met and repaired from the other copy). Each is computed fresh at scan time from the map,
+//! damaged blocks the nodes met and repaired from the other copy),
+//! `slicedb_scrub` (each disk's last complete background scrub pass). Each is computed fresh at scan time from the map,
 //! the catalog and the nodes' Status answers, like Greenplum's
 //! `gp_segment_configuration` or Netezza's `_v_dslice`.
 //!
@@ -10,8 +11,12 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{
+    ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMillisecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -25,6 +30,11 @@ use slicedb_engine::proto::pb;
 use crate::cluster::Cluster;
 use crate::Result;
 
+/// Times in system views: milliseconds, UTC, shown without a zone.
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, None)
+}
+
 #[derive(Debug, Clone, Copy)]
 enum View {
     Nodes,
@@ -36,6 +46,7 @@ enum View {
     Resync,
     Tables,
     Repairs,
+    Scrub,
 }
 
 impl View {
@@ -50,6 +61,7 @@ impl View {
             View::Resync => "slicedb_resync",
             View::Tables => "slicedb_tables",
             View::Repairs => "slicedb_repairs",
+            View::Scrub => "slicedb_scrub",
         }
     }
 
@@ -94,6 +106,17 @@ impl View {
                 i("source_node"),
                 s("outcome"),
                 s("error"),
+            ],
+            View::Scrub => vec![
+                i("node"),
+                i("disk"),
+                Field::new("last_pass_started", ts(), true),
+                Field::new("last_pass_finished", ts(), true),
+                b("blocks"),
+                b("bytes"),
+                b("damaged"),
+                b("repaired"),
+                Field::new("current_pass_progress", DataType::Float64, true),
             ],
             View::Tables => vec![
                 s("table_name"),
@@ -151,6 +174,7 @@ pub fn register(ctx: &SessionContext, cluster: &Arc<Cluster>) -> Result<()> {
         View::Resync,
         View::Tables,
         View::Repairs,
+        View::Scrub,
     ] {
         ctx.register_table(
             view.name(),
@@ -234,6 +258,44 @@ impl SystemView {
             )),
             Arc::new(StringArray::from_iter_values(
                 recs.iter().map(|(_, r)| r.error.clone()),
+            )),
+        ]
+    }
+
+    /// `slicedb_scrub`: each disk's last complete background scrub pass
+    /// (NULL times and counts until one completed) and the running pass's
+    /// progress (0 to 1; NULL between passes).
+    async fn scrub(&self) -> Vec<ArrayRef> {
+        let mut recs: Vec<(u32, pb::ScrubStatus)> = Vec::new();
+        for st in self.statuses().await {
+            recs.extend(st.scrubs.into_iter().map(|r| (st.node, r)));
+        }
+        recs.sort_by_key(|(n, r)| (*n, r.disk));
+        let last = |f: &dyn Fn(&pb::ScrubStatus) -> u64| -> ArrayRef {
+            Arc::new(Int64Array::from_iter(
+                recs.iter().map(|(_, r)| r.has_last.then_some(f(r) as i64)),
+            ))
+        };
+        let at = |f: &dyn Fn(&pb::ScrubStatus) -> u64| -> ArrayRef {
+            Arc::new(TimestampMillisecondArray::from_iter(
+                recs.iter().map(|(_, r)| r.has_last.then_some(f(r) as i64)),
+            ))
+        };
+        vec![
+            Arc::new(Int32Array::from_iter_values(
+                recs.iter().map(|(n, _)| *n as i32),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                recs.iter().map(|(_, r)| r.disk as i32),
+            )),
+            at(&|r| r.last_started_unix_ms),
+            at(&|r| r.last_finished_unix_ms),
+            last(&|r| r.blocks),
+            last(&|r| r.bytes),
+            last(&|r| r.damaged),
+            last(&|r| r.repaired),
+            Arc::new(Float64Array::from_iter(
+                recs.iter().map(|(_, r)| r.running.then_some(r.progress)),
             )),
         ]
     }
@@ -394,6 +456,7 @@ impl SystemView {
                 ]
             }
             View::Repairs => self.repairs().await,
+            View::Scrub => self.scrub().await,
             View::TableSlices => {
                 // Permanent tables, and the current session's temporary ones.
                 let names: std::collections::HashMap<u64, (String, &'static str)> = {

@@ -24,6 +24,7 @@ pub mod ipc;
 pub mod metrics;
 pub mod mirror;
 pub mod predicate;
+pub mod scrub;
 pub mod store;
 
 mod error;

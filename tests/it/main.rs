@@ -28,6 +28,7 @@ mod psql;
 mod python;
 mod repair;
 mod reuse;
+mod scrub;
 mod spares;
 mod stop;
 mod temp;

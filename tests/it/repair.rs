@@ -23,7 +23,7 @@ const TOTALS: &str = "SELECT count(*), sum(k), sum(v), min(k), max(v) FROM f";
 type Spot = (u64, u32, u64, u64);
 
 /// The committed blocks of `segment` in `image`, as its index lists them.
-fn spots(image: &Path, segment: SegmentKind) -> Result<Vec<Spot>> {
+pub(crate) fn spots(image: &Path, segment: SegmentKind) -> Result<Vec<Spot>> {
     let store = DiskStore::open_read_only(image)?;
     let mut out = Vec::new();
     for s in store
@@ -40,7 +40,7 @@ fn spots(image: &Path, segment: SegmentKind) -> Result<Vec<Spot>> {
 }
 
 /// Flip 16 bytes in the middle of the block at `offset`; the bytes before.
-fn flip(image: &Path, offset: u64, length: u64) -> Result<(u64, Vec<u8>)> {
+pub(crate) fn flip(image: &Path, offset: u64, length: u64) -> Result<(u64, Vec<u8>)> {
     let dev = FileDevice::open(image, true)?;
     let at = offset + length / 2;
     let good = dev.read_vec(at, 16)?;
@@ -50,7 +50,7 @@ fn flip(image: &Path, offset: u64, length: u64) -> Result<(u64, Vec<u8>)> {
     Ok((at, good))
 }
 
-fn bytes_at(image: &Path, at: u64) -> Result<Vec<u8>> {
+pub(crate) fn bytes_at(image: &Path, at: u64) -> Result<Vec<u8>> {
     Ok(FileDevice::open(image, false)?.read_vec(at, 16)?)
 }
 
@@ -66,7 +66,7 @@ async fn repairs(c: &tokio_postgres::Client, node: u32) -> Result<Rows> {
 }
 
 /// Every slice still mirrored and no disk failed over.
-async fn nothing_failed(c: &tokio_postgres::Client) -> Result<()> {
+pub(crate) async fn nothing_failed(c: &tokio_postgres::Client) -> Result<()> {
     let bad = scalar(
         c,
         "SELECT count(*) FROM slicedb_slices WHERE state <> 'in_sync'",
@@ -83,7 +83,7 @@ async fn nothing_failed(c: &tokio_postgres::Client) -> Result<()> {
 }
 
 /// The node holding the other copy of `slice`.
-async fn other_copy(c: &tokio_postgres::Client, slice: u32, of: u32) -> Result<String> {
+pub(crate) async fn other_copy(c: &tokio_postgres::Client, slice: u32, of: u32) -> Result<String> {
     let r = query(
         c,
         &format!("SELECT primary_node, mirror_node FROM slicedb_slices WHERE slice = {slice}"),
@@ -102,6 +102,16 @@ async fn other_copy(c: &tokio_postgres::Client, slice: u32, of: u32) -> Result<S
 
 /// The metric `slicedb_node_blocks_repaired_total` of a node (disk 0).
 async fn repaired_metric(config: &Path, node: u32) -> Result<f64> {
+    node_metric(
+        config,
+        node,
+        "slicedb_node_blocks_repaired_total{disk=\"0\"}",
+    )
+    .await
+}
+
+/// A sample (`name{labels}`) of a node's metrics.
+pub(crate) async fn node_metric(config: &Path, node: u32, sample: &str) -> Result<f64> {
     let text = std::fs::read_to_string(config)?;
     // The node's metrics address from the cluster file.
     let section = text
@@ -116,15 +126,15 @@ async fn repaired_metric(config: &Path, node: u32) -> Result<f64> {
         .to_string();
     let body = reqwest_get(&addr).await?;
     body.lines()
-        .find(|l| l.starts_with("slicedb_node_blocks_repaired_total{disk=\"0\"}"))
+        .find(|l| l.starts_with(&format!("{sample} ")))
         .and_then(|l| l.split_whitespace().last())
-        .ok_or_else(|| anyhow!("no repaired metric in {body}"))?
+        .ok_or_else(|| anyhow!("no {sample} in {body}"))?
         .parse()
         .map_err(|e| anyhow!("{e}"))
 }
 
 /// GET /metrics over a plain TCP connection.
-async fn reqwest_get(addr: &str) -> Result<String> {
+pub(crate) async fn reqwest_get(addr: &str) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
@@ -137,10 +147,16 @@ async fn reqwest_get(addr: &str) -> Result<String> {
 #[test]
 fn a_damaged_block_is_repaired_from_the_other_copy_in_both_directions() {
     harness::run("repair", |env| async move {
-        // No block cache: every read meets the disk's bytes.
-        let mut db =
-            Slicedb::multiprocess_configured(&env, 3, "cluster", &[], "cache_size = \"0\"\n")
-                .await?;
+        // No block cache: every read meets the disk's bytes. No scrubber:
+        // the reads below must be the ones that meet the damage.
+        let mut db = Slicedb::multiprocess_configured(
+            &env,
+            3,
+            "cluster",
+            &[],
+            "cache_size = \"0\"\nscrub_rate = \"0\"\n",
+        )
+        .await?;
         let c = db.connect().await?;
         exec(&c, "CREATE TABLE f (k bigint, v bigint) DISTRIBUTE ON (k)").await?;
         exec(
@@ -307,7 +323,7 @@ fn damaged_blocks_past_the_limit_fail_the_disk_over() {
             3,
             "cluster",
             &[],
-            "cache_size = \"0\"\nbad_block_limit = 3\nbad_block_window = \"10min\"\n",
+            "cache_size = \"0\"\nbad_block_limit = 3\nbad_block_window = \"10min\"\nscrub_rate = \"0\"\n",
         )
         .await?;
         let c = db.connect().await?;

@@ -217,10 +217,18 @@ impl Pace {
             self.base = bytes;
             return None;
         }
+        self.due_after(bytes, self.since.elapsed())
+    }
+
+    /// How long until `bytes` in all are due, `elapsed` into the current
+    /// stretch (the clock given, so that a test needs no real time).
+    pub(crate) fn due_after(&self, bytes: u64, elapsed: Duration) -> Option<Duration> {
+        if self.rate == 0 {
+            return None;
+        }
         let due =
             Duration::from_secs_f64(bytes.saturating_sub(self.base) as f64 / self.rate as f64);
-        due.checked_sub(self.since.elapsed())
-            .filter(|d| !d.is_zero())
+        due.checked_sub(elapsed).filter(|d| !d.is_zero())
     }
 
     async fn after(&mut self, bytes: u64) {

@@ -638,6 +638,7 @@ impl pb::node_server::Node for NodeServer {
             .collect();
         out.copies = self.state.copies.snapshot();
         out.repairs = self.state.repairs.lock().records();
+        out.scrubs = self.scrub_status();
         for (i, d) in self.state.disks.iter().enumerate() {
             let disk = i as DiskId;
             let report = d.report();

@@ -101,6 +101,27 @@ impl NodeServer {
                 e.sample(&[("disk", name)], log.repaired(d as crate::DiskId) as f64);
             }
         }
+        let scrubs: Vec<_> = (0..disks.len())
+            .map(|d| st.scrub.get(d as crate::DiskId))
+            .collect();
+        for (name, help, pick) in [
+            (
+                "slicedb_node_scrub_bytes_total",
+                "Bytes of committed blocks read and verified by the background scrubber.",
+                (|s: &crate::scrub::DiskScrub| s.bytes_total)
+                    as fn(&crate::scrub::DiskScrub) -> u64,
+            ),
+            (
+                "slicedb_node_scrub_passes_total",
+                "Complete background scrub passes over the disk.",
+                |s| s.passes,
+            ),
+        ] {
+            e.family(name, Kind::Counter, help);
+            for (d, s) in scrubs.iter().enumerate() {
+                e.sample(&[("disk", &disks[d])], pick(s) as f64);
+            }
+        }
         let caches: Vec<_> = st.disks.iter().map(|d| d.cache_stats()).collect();
         let cache = |e: &mut Exposition,
                      name: &str,

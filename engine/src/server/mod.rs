@@ -21,8 +21,10 @@ mod metrics;
 mod peer;
 mod repair;
 mod scans;
+mod scrub;
 
 pub use repair::{PeerRepair, RepairPolicy};
+pub use scrub::DEFAULT_SCRUB_RATE;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -87,6 +89,11 @@ struct NodeState {
     repairs: Mutex<repair::RepairLog>,
     /// The disks' repair seam, bound to this node when it serves.
     repair: Option<Arc<PeerRepair>>,
+    /// Bytes per second each disk's scrubber reads (0: none); read when
+    /// serving starts.
+    scrub_rate: std::sync::atomic::AtomicU64,
+    /// Each disk's scrub passes.
+    scrub: Arc<crate::scrub::ScrubBoard>,
 }
 
 /// A running node's shared state; cheap to clone.
@@ -130,6 +137,8 @@ impl NodeServer {
                 activity: Default::default(),
                 repairs: Default::default(),
                 repair,
+                scrub_rate: Default::default(),
+                scrub: Default::default(),
             }),
         }
     }
@@ -159,6 +168,7 @@ impl NodeServer {
         if let Some(r) = &self.state.repair {
             r.bind(&self.state, tokio::runtime::Handle::current());
         }
+        self.start_scrubbers();
         let incoming = without_nagle(listener);
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(proto::KEEPALIVE_INTERVAL))

@@ -46,6 +46,7 @@ mod recovery;
 mod repair;
 mod report;
 mod scan;
+mod scrub;
 mod sink;
 mod tables;
 #[cfg(test)]
@@ -83,6 +84,7 @@ pub use groom::GroomStats;
 pub use repair::{check_replacement, BlockRepair, LogicalBlock, NoRepair, StoredBlock};
 pub use report::{DiskReport, ExtentReport, SegmentReport, SliceStat, TableReport};
 pub use scan::{BlockScan, ScanStats};
+pub use scrub::{ScrubBatch, ScrubRead};
 pub use sink::CopySink;
 
 /// Who a disk belongs to; written into the superblock at init.

@@ -1,0 +1,172 @@
+//! The background scrubber on a multi-process cluster (issue 18): bytes of
+//! a committed block that no query reads are flipped in a running node's
+//! image, on a primary copy (node 0) and on a mirror copy (node 1). With
+//! no query at all, each node's scrubber meets the damage, repairs the
+//! block from the slice's other copy (`slicedb_repairs`), and records a
+//! complete pass that found it (`slicedb_scrub`, the metrics); the good
+//! bytes are back in the images, no disk was failed, every slice is still
+//! in sync, and after the next fault (a node killed) the answer is exact.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, ensure, Result};
+use slicedb_engine::store::SegmentKind;
+
+use crate::harness::{self, exec, query, scalar, Slicedb};
+use crate::repair::{bytes_at, flip, node_metric, nothing_failed, other_copy, spots};
+
+const TOTALS: &str = "SELECT count(*), sum(k), sum(v), min(k), max(v) FROM f";
+
+/// Wait (polling the views only: no table is read) until `node`'s
+/// scrubber repaired a block of `segment` and `slicedb_scrub` showed a
+/// complete pass of its disk 0 that found it. The repair's source node.
+async fn scrubbed(
+    c: &tokio_postgres::Client,
+    node: u32,
+    segment: &str,
+) -> Result<(String, Vec<Option<String>>)> {
+    let t0 = Instant::now();
+    let mut repaired: Option<String> = None;
+    let mut pass: Option<Vec<Option<String>>> = None;
+    loop {
+        if repaired.is_none() {
+            let r = query(
+                c,
+                &format!(
+                    "SELECT source_node, outcome FROM slicedb_repairs \
+                     WHERE node = {node} AND segment = '{segment}'"
+                ),
+            )
+            .await?;
+            if let Some(row) = r.first() {
+                ensure!(
+                    r.len() == 1 && row[1].as_deref() == Some("repaired"),
+                    "one repair on node {node}: {r:?}"
+                );
+                repaired = row[0].clone();
+            }
+        }
+        if pass.is_none() {
+            // A complete pass that found the damage (there was none before
+            // the flips; a pass lasts a second at least, the view is polled
+            // more often than that).
+            let p = query(
+                c,
+                &format!(
+                    "SELECT blocks, bytes, damaged, repaired, \
+                     CAST(last_pass_started AS VARCHAR), CAST(last_pass_finished AS VARCHAR) \
+                     FROM slicedb_scrub WHERE node = {node} AND disk = 0 \
+                     AND damaged >= 1 AND last_pass_finished >= last_pass_started"
+                ),
+            )
+            .await?;
+            pass = p.into_iter().next();
+        }
+        if let (Some(from), Some(p)) = (&repaired, &pass) {
+            return Ok((from.clone(), p.clone()));
+        }
+        ensure!(
+            t0.elapsed() < Duration::from_secs(90),
+            "node {node}'s scrubber did not repair the {segment} block: repaired {repaired:?}, pass {pass:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn the_scrubber_repairs_a_block_no_query_read() {
+    harness::run("scrub", |env| async move {
+        // No block cache; a fast scrubber.
+        let mut db = Slicedb::multiprocess_configured(
+            &env,
+            3,
+            "cluster",
+            &[],
+            "cache_size = \"0\"\nscrub_rate = \"64MiB\"\n",
+        )
+        .await?;
+        let c = db.connect().await?;
+        exec(&c, "CREATE TABLE f (k bigint, v bigint) DISTRIBUTE ON (k)").await?;
+        exec(
+            &c,
+            "INSERT INTO f SELECT i, i * 3 % 1000 FROM generate_series(1, 30000) AS g(i)",
+        )
+        .await?;
+        let want = query(&c, TOTALS).await?;
+        let root = env.path().join("cluster");
+        let image = |n: u32| -> PathBuf { root.join(format!("node{n}")).join("disk-0.img") };
+        let config = root.join("cluster.toml");
+
+        // Flip a primary block on node 0 and a mirror block on node 1;
+        // from here on no query reads f until both are repaired.
+        let (_, pslice, poff, plen) = *spots(&image(0), SegmentKind::Primary)?
+            .last()
+            .ok_or_else(|| anyhow!("node 0 has primary blocks"))?;
+        let (pat, pgood) = flip(&image(0), poff, plen)?;
+        // (Of another slice: one copy of each block stays good.)
+        let (_, mslice, moff, mlen) = *spots(&image(1), SegmentKind::Mirror)?
+            .iter()
+            .rfind(|s| s.1 != pslice)
+            .ok_or_else(|| anyhow!("node 1 has mirror blocks of another slice"))?;
+        let (mat, mgood) = flip(&image(1), moff, mlen)?;
+        ensure!(bytes_at(&image(0), pat)? != pgood, "the flip took");
+
+        let (from0, pass0) = scrubbed(&c, 0, "primary").await?;
+        eprintln!("[scrub] node 0: repaired from node {from0}; pass {pass0:?}");
+        ensure!(
+            from0 == other_copy(&c, pslice, 0).await?,
+            "repaired from the other copy"
+        );
+        let (from1, pass1) = scrubbed(&c, 1, "mirror").await?;
+        eprintln!("[scrub] node 1: repaired from node {from1}; pass {pass1:?}");
+        ensure!(
+            from1 == other_copy(&c, mslice, 1).await?,
+            "repaired from the other copy"
+        );
+        for p in [&pass0, &pass1] {
+            let n = |i: usize| p[i].as_deref().unwrap_or("0").parse::<u64>();
+            ensure!(n(0)? >= 1 && n(1)? > 0, "blocks and bytes read: {p:?}");
+            ensure!(
+                n(3)? >= 1,
+                "the damaged block was repaired in that pass: {p:?}"
+            );
+        }
+        ensure!(
+            bytes_at(&image(0), pat)? == pgood,
+            "good bytes back on node 0"
+        );
+        ensure!(
+            bytes_at(&image(1), mat)? == mgood,
+            "good bytes back on node 1"
+        );
+        for node in [0, 1] {
+            let passes =
+                node_metric(&config, node, "slicedb_node_scrub_passes_total{disk=\"0\"}").await?;
+            let bytes =
+                node_metric(&config, node, "slicedb_node_scrub_bytes_total{disk=\"0\"}").await?;
+            ensure!(
+                passes >= 1.0 && bytes > 0.0,
+                "node {node}'s metrics: {passes} passes, {bytes} bytes"
+            );
+        }
+        // Every disk of every node reports its scrub.
+        let disks = scalar(
+            &c,
+            "SELECT count(*) FROM slicedb_scrub WHERE last_pass_finished IS NOT NULL",
+        )
+        .await?;
+        ensure!(disks == "3", "three disks completed a pass: {disks}");
+        nothing_failed(&c).await?;
+        ensure!(query(&c, TOTALS).await? == want, "exact after the repairs");
+        harness::ensure_verified(&c).await?;
+
+        // The next fault: node 0 killed, the answer still exact.
+        db.kill_proc(0);
+        let got = query(&c, TOTALS).await?;
+        ensure!(got == want, "after node 0 died: {got:?} != {want:?}");
+        drop(c);
+        db.kill();
+        Ok(())
+    });
+}
