@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Latency sampler for benchmarks/regeneration.sh (not a test).
+"""Latency sampler for benchmarks/regeneration.sh and scrub.sh (not a test).
 
 Runs one query over and over on one connection, either N times or until a
 stop file appears, and prints one line: "n=<runs> errors=<e> p50=<ms>
-p99=<ms> max=<ms>". Every answer must equal the first one; a different
+p95=<ms> p99=<ms> max=<ms>". Every answer must equal the first one; a different
 answer or an error counts in `errors` (they should be 0).
 
     latency.py URL QUERY (--runs N | --until FILE)
@@ -53,7 +53,7 @@ def main() -> int:
             print(f"latency.py: answer changed: {got} != {want}", file=sys.stderr)
     times.sort()
     if not times:
-        print(f"n=0 errors={errors} p50=nan p99=nan max=nan")
+        print(f"n=0 errors={errors} p50=nan p95=nan p99=nan max=nan")
         return 1
 
     def pct(p: float) -> float:
@@ -61,7 +61,7 @@ def main() -> int:
 
     print(
         f"n={len(times)} errors={errors} p50={pct(0.50):.1f} "
-        f"p99={pct(0.99):.1f} max={times[-1]:.1f}"
+        f"p95={pct(0.95):.1f} p99={pct(0.99):.1f} max={times[-1]:.1f}"
     )
     return 0
 
