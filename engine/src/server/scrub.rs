@@ -13,8 +13,9 @@
 //! records are on the node's [`ScrubBoard`] (`Status`, `slicedb_scrub`,
 //! the `slicedb_node_scrub_*` metrics).
 //!
-//! It owns the threads and when they stop: once the node is gone, and for
-//! a disk while it is failed. It must never scrub a failed disk.
+//! It owns the threads and when they run: not before the node has a map
+//! (no other copy to repair from yet), not while a disk is failed, and no
+//! more once the node is gone. It must never scrub a failed disk.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -116,6 +117,13 @@ fn scrub_disk(weak: &Weak<NodeState>, disk: DiskId, rate: u64, board: &ScrubBoar
         {
             drop(state);
             std::thread::sleep(FAILED_RECHECK);
+            continue;
+        }
+        if state.map.read().is_none() {
+            // No map yet: a damaged block could not be repaired (no other
+            // copy known); wait for the coordinator's.
+            drop(state);
+            std::thread::sleep(MIN_PASS);
             continue;
         }
         let Some(store) = state.disks.get(disk as usize).cloned() else {
