@@ -30,9 +30,9 @@ use slicedb_engine::proto::pb;
 use crate::cluster::Cluster;
 use crate::Result;
 
-/// Times in system views: milliseconds, UTC, shown without a zone.
+/// Times in system views: points in time (timestamptz), in milliseconds.
 fn ts() -> DataType {
-    DataType::Timestamp(TimeUnit::Millisecond, None)
+    DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into()))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -277,9 +277,12 @@ impl SystemView {
             ))
         };
         let at = |f: &dyn Fn(&pb::ScrubStatus) -> u64| -> ArrayRef {
-            Arc::new(TimestampMillisecondArray::from_iter(
-                recs.iter().map(|(_, r)| r.has_last.then_some(f(r) as i64)),
-            ))
+            Arc::new(
+                TimestampMillisecondArray::from_iter(
+                    recs.iter().map(|(_, r)| r.has_last.then_some(f(r) as i64)),
+                )
+                .with_timezone("+00:00"),
+            )
         };
         vec![
             Arc::new(Int32Array::from_iter_values(

@@ -157,6 +157,13 @@ fn the_scrubber_repairs_a_block_no_query_read() {
         )
         .await?;
         ensure!(disks == "3", "three disks completed a pass: {disks}");
+        // The whole view as a client gets it (timestamptz, numbers).
+        let all = query(&c, "SELECT * FROM slicedb_scrub ORDER BY node, disk").await?;
+        eprintln!("[scrub] slicedb_scrub: {all:?}");
+        ensure!(
+            all.len() == 3 && all.iter().all(|r| r.len() == 9 && r[3].is_some()),
+            "one row per disk, each with its last pass: {all:?}"
+        );
         nothing_failed(&c).await?;
         ensure!(query(&c, TOTALS).await? == want, "exact after the repairs");
         harness::ensure_verified(&c).await?;
