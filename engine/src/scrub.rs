@@ -122,8 +122,7 @@ pub fn pass(
     });
     let mut c = PassCounts::default();
     for (key, _) in plan {
-        // Held while this stream's blocks are read (the pace's waits too):
-        // space dropped meanwhile is not reused under the scrub.
+        // Each block is checked still listed, and read-held, as it is read.
         let batch = store.scrub_stream(&key);
         for b in &batch.blocks {
             if !go_on() {
@@ -131,6 +130,7 @@ pub fn pass(
                 return None;
             }
             match store.scrub_block(b) {
+                ScrubRead::Gone => continue,
                 ScrubRead::Clean => {}
                 ScrubRead::Repaired => {
                     c.damaged += 1;

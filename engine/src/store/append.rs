@@ -373,7 +373,22 @@ impl DiskStore {
     }
 
     /// Space for `len` bytes in the stream's current extent run, or a new run.
+    /// A segment full while dropped space waits for its older readers
+    /// (`reclaim`) is tried again a few times over half a second: a scrub's
+    /// or a short scan's read ends in milliseconds.
     pub(super) fn allocate(&self, key: StreamKey, len: u64) -> Result<u64> {
+        for _ in 0..50 {
+            match self.try_allocate(key, len) {
+                Err(EngineError::SegmentFull { .. }) if !self.inner.lock().parked.is_empty() => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+        self.try_allocate(key, len)
+    }
+
+    fn try_allocate(&self, key: StreamKey, len: u64) -> Result<u64> {
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
         self.release_parked(inner);

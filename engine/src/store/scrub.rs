@@ -7,10 +7,12 @@
 //! repaired.
 //!
 //! The pass itself (order, pace, bookkeeping) is [`crate::scrub`]'s. This
-//! module must never hold the store lock across a block read: it takes a
-//! stream's block list and a reader registration ([`ReadHold`]) under the
-//! lock, then reads without it, so space dropped meanwhile is not reused
-//! under the scrub.
+//! module must never hold the store lock across a block read: for each
+//! block it checks under the lock that the stream still lists it and takes
+//! a reader registration ([`ReadHold`]), then reads without the lock, so
+//! space dropped meanwhile is not reused under the read. The registration
+//! lasts one block's read, never a whole stream's (with the pace's waits):
+//! a DROP TABLE's space must be free again at once for the next load.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -21,10 +23,9 @@ use crate::disk::meta::StreamKey;
 use crate::disk::SegmentKind;
 use crate::EngineError;
 
-/// One stream's committed blocks, read-held until dropped.
+/// One stream's committed blocks as listed when the batch was taken.
 pub struct ScrubBatch {
     pub blocks: Vec<StoredBlock>,
-    _hold: ReadHold,
 }
 
 /// What reading one block for a scrub found.
@@ -36,6 +37,9 @@ pub enum ScrubRead {
     Repaired,
     /// Damaged (or unreadable) and not repaired: why.
     Damaged(EngineError),
+    /// No longer listed (its table or copy was dropped, or GROOM replaced
+    /// it): not read.
+    Gone,
 }
 
 /// Notes whether the seam was called.
@@ -64,11 +68,9 @@ impl DiskStore {
             .collect()
     }
 
-    /// The committed blocks of `key` now (none once it is gone), with a
-    /// reader registration held until the batch drops.
+    /// The committed blocks of `key` now (none once it is gone).
     pub fn scrub_stream(&self, key: &StreamKey) -> ScrubBatch {
         let inner = self.inner.lock();
-        let hold = self.hold_reads();
         let disk = self.sb.disk_id;
         let blocks = inner
             .streams
@@ -80,16 +82,32 @@ impl DiskStore {
                     .collect()
             })
             .unwrap_or_default();
-        ScrubBatch {
-            blocks,
-            _hold: hold,
-        }
+        ScrubBatch { blocks }
+    }
+
+    /// A reader registration for `b`, if its stream still lists it.
+    fn hold_listed(&self, b: &StoredBlock) -> Option<ReadHold> {
+        let inner = self.inner.lock();
+        let key = StreamKey {
+            segment: b.segment,
+            table: b.table,
+            slice: b.slice,
+        };
+        let listed = inner.streams.get(&key).is_some_and(|s| {
+            s.committed
+                .iter()
+                .any(|x| x.meta.offset == b.offset && x.meta.seq == b.seq)
+        });
+        listed.then(|| self.hold_reads())
     }
 
     /// Read and verify `b` (taken from a [`ScrubBatch`] still held) as a
     /// scan reads it; a damaged primary or mirror block goes through the
     /// repair seam, a damaged temp block is only reported.
     pub fn scrub_block(&self, b: &StoredBlock) -> ScrubRead {
+        let Some(_hold) = self.hold_listed(b) else {
+            return ScrubRead::Gone;
+        };
         let seam: &dyn BlockRepair = match b.segment {
             SegmentKind::Temp => &NoRepair,
             _ => self.opts.repair.as_ref(),
