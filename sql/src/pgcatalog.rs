@@ -621,11 +621,13 @@ fn relnamespaces(b: &RecordBatch) -> Option<&datafusion::arrow::array::Int32Arra
     b.column(i).as_primitive_opt::<Int32Type>()
 }
 
-/// A catalog table's `oid` -> `name_col`, read now.
+/// A catalog table's `oid` -> `name_col`, read now; `name` makes the
+/// answer of a row from the batch, the row and its `name_col`.
 async fn id_names(
     state: &dyn Session,
     table: &Arc<dyn TableProvider>,
     name_col: &str,
+    name: impl Fn(&RecordBatch, usize, &str) -> String,
 ) -> DfResult<HashMap<i32, String>> {
     let mut out = HashMap::new();
     let plan = table.scan(state, None, &[], None).await?;
@@ -642,7 +644,7 @@ async fn id_names(
         };
         for i in 0..b.num_rows() {
             if oids.is_valid(i) && names.is_valid(i) {
-                out.insert(oids.value(i), names.value(i).to_string());
+                out.insert(oids.value(i), name(&b, i, names.value(i)));
             }
         }
     }
@@ -911,32 +913,18 @@ impl TableProvider for PgClass {
         // Small tables: read now, on this task, where the current session
         // (and so its temporary tables) is known.
         let namespaces = match &self.namespaces {
-            Some(n) => id_names(state, n, "nspname").await?,
+            Some(n) => id_names(state, n, "nspname", |_, _, n| n.to_string()).await?,
             None => HashMap::new(),
         };
-        let mut relnames = HashMap::new();
-        if let Some(pg_class) = &self.relnames {
-            let plan = pg_class.scan(state, None, &[], None).await?;
-            for b in datafusion::physical_plan::collect(plan, state.task_ctx()).await? {
-                let schema = b.schema();
-                let (Ok(o), Ok(n)) = (schema.index_of("oid"), schema.index_of("relname")) else {
-                    continue;
-                };
-                let (Some(oids), Some(names)) = (
-                    b.column(o).as_primitive_opt::<Int32Type>(),
-                    b.column(n).as_string_opt::<i32>(),
-                ) else {
-                    continue;
-                };
-                let nsp = relnamespaces(&b);
-                for i in 0..b.num_rows() {
-                    if oids.is_valid(i) && names.is_valid(i) {
-                        let name = qualified(names.value(i), nsp, i, &namespaces);
-                        relnames.insert(oids.value(i), name);
-                    }
-                }
+        let relnames = match &self.relnames {
+            Some(pg_class) => {
+                id_names(state, pg_class, "relname", |b, i, n| {
+                    qualified(n, relnamespaces(b), i, &namespaces)
+                })
+                .await?
             }
-        }
+            None => HashMap::new(),
+        };
         let plan = self.inner.scan(state, None, &[], None).await?;
         let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await?;
         let batches = batches
