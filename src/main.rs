@@ -165,12 +165,17 @@ enum Command {
 #[derive(Subcommand)]
 enum DiskCommand {
     /// Create a disk image (allocated whole) with primary, mirror and temp segments.
+    ///
+    /// With --profile-zones N it first measures the read speed of N zones of
+    /// the device and gives the primary segment the fastest zones, the mirror
+    /// the next and temp the slowest (--layout static, the default when the
+    /// zones differ); on a flat file or SSD it keeps offset order.
     Init {
-        /// Path of the image to create (must not exist).
+        /// Path of the image to create (must not exist unless --existing).
         file: PathBuf,
-        /// Size, e.g. 1GiB.
+        /// Size, e.g. 1GiB (default with --existing: the whole file or device).
         #[arg(long)]
-        size: String,
+        size: Option<String>,
         /// Cluster name written into the image.
         #[arg(long, default_value = "slicedb")]
         cluster_id: String,
@@ -180,6 +185,28 @@ enum DiskCommand {
         /// Disk id written into the image.
         #[arg(long, default_value_t = 0)]
         disk: u32,
+        /// Initialize an existing file or block device in place (all it
+        /// holds is lost).
+        #[arg(long)]
+        existing: bool,
+        /// How zones go to segments: auto (static if the profile shows
+        /// zones of different speeds, else flat), flat (offset order),
+        /// static (fastest to primary, then mirror, slowest to temp), or
+        /// dynamic (temp on the slowest; primary allocates from the fast
+        /// end, mirror from the slow end).
+        #[arg(long, default_value = "auto")]
+        layout: String,
+        /// Measure the sequential read speed of this many zones (1-64) of
+        /// the device first (0: no profile).
+        #[arg(long, default_value_t = 0)]
+        profile_zones: usize,
+        /// Bytes read from each zone per round while profiling.
+        #[arg(long, default_value = "4MiB")]
+        profile_sample: String,
+        /// Zone speeds known in advance, in MiB/s, in offset order, comma
+        /// separated (instead of --profile-zones), e.g. 180,170,150,120,90.
+        #[arg(long)]
+        zone_speeds: Option<String>,
     },
     /// Print an image's format version, segments, and extents per table and slice.
     Inspect {
@@ -470,8 +497,144 @@ async fn regenerate(url: &str, timeout: std::time::Duration) -> Result<()> {
     }
 }
 
+/// The zone options of `disk init`.
+struct ZoneArgs {
+    layout: String,
+    profile_zones: usize,
+    profile_sample: String,
+    zone_speeds: Option<String>,
+}
+
+/// `slicedb disk init`: make or open the device, profile its zones if asked,
+/// lay the segments out and write the superblock.
+fn init_disk(
+    file: &std::path::Path,
+    size: Option<&str>,
+    ids: slicedb_engine::store::DiskIds,
+    existing: bool,
+    z: &ZoneArgs,
+) -> Result<()> {
+    use slicedb_engine::disk::profile::{measure, ProfileOptions};
+    use slicedb_engine::disk::{BlockDevice, FileDevice, Placement, Superblock, ZoneProfile};
+    use slicedb_engine::store::{DiskStore, InitOptions, StoreOptions};
+    use std::sync::Arc;
+    let placement = Placement::parse(&z.layout).with_context(|| {
+        format!(
+            "--layout {}: expected auto, flat, static or dynamic",
+            z.layout
+        )
+    })?;
+    if z.profile_zones > 0 && z.zone_speeds.is_some() {
+        anyhow::bail!("give --profile-zones or --zone-speeds, not both");
+    }
+    let given = match &z.zone_speeds {
+        Some(list) => Some(ZoneProfile {
+            read_kib_s: list
+                .split(',')
+                .map(|v| {
+                    let mib: f64 = v
+                        .trim()
+                        .parse()
+                        .ok()
+                        .filter(|m: &f64| *m > 0.0)
+                        .with_context(|| {
+                            format!("--zone-speeds: {v:?} is not a positive number of MiB/s")
+                        })?;
+                    Ok((mib * 1024.0).min(u32::MAX as f64) as u32)
+                })
+                .collect::<Result<Vec<u32>>>()?,
+        }),
+        None => None,
+    };
+    let dev = if existing {
+        FileDevice::open(file, true)?
+    } else {
+        let size = size.context("--size is needed for a new image")?;
+        let size = parse_size(size)?;
+        // Check the layout before making a file.
+        Superblock::layout(
+            ids.cluster_id,
+            ids.node_id,
+            ids.disk_id,
+            size,
+            InitOptions::DEFAULT_EXTENT_SIZE,
+            InitOptions::DEFAULT_META_SLOT_SIZE,
+        )?;
+        FileDevice::create(file, size)?
+    };
+    let size = match size {
+        Some(s) => parse_size(s)?,
+        None => dev.len()?,
+    };
+    let init = InitOptions::new(size);
+    let profile = match given {
+        Some(p) => p,
+        None if z.profile_zones > 0 => {
+            let opts = ProfileOptions {
+                zones: z.profile_zones,
+                sample: parse_size(&z.profile_sample)?,
+                ..ProfileOptions::default()
+            };
+            eprintln!(
+                "profiling {} zones of {} ({} rounds of {} per zone) ...",
+                opts.zones,
+                file.display(),
+                opts.rounds,
+                z.profile_sample
+            );
+            measure(
+                file,
+                size,
+                init.extent_size,
+                init.meta_slot_size,
+                opts,
+                |i, kib| eprintln!("  zone {i}: {:.1} MiB/s", kib as f64 / 1024.0),
+            )?
+        }
+        None => ZoneProfile::default(),
+    };
+    let sb = Superblock::layout_zoned(
+        ids.cluster_id,
+        ids.node_id,
+        ids.disk_id,
+        size,
+        init.extent_size,
+        init.meta_slot_size,
+        &profile,
+        placement,
+    )?;
+    if !profile.read_kib_s.is_empty() && profile.is_flat() && placement == Placement::Auto {
+        println!(
+            "the zones read at about one speed (the slowest at least {:.0}% of the fastest): offset order",
+            ZoneProfile::FLAT_RATIO * 100.0
+        );
+    }
+    let layout = sb.layout;
+    let zones = sb.zones.clone();
+    DiskStore::create_laid_out(Arc::new(dev), file, sb, StoreOptions::default())?;
+    println!(
+        "created {} ({size} bytes, layout {})",
+        file.display(),
+        layout.as_str()
+    );
+    for zone in zones {
+        let speed = match zone.read_kib_s {
+            0 => "-".to_string(),
+            k => format!("{:.1} MiB/s", k as f64 / 1024.0),
+        };
+        println!(
+            "  zone at {:>12} +{:>12}  {:>14}  {}",
+            zone.offset,
+            zone.length,
+            speed,
+            zone.owner.as_str()
+        );
+    }
+    Ok(())
+}
+
 fn disk(cmd: DiskCommand) -> Result<()> {
-    use slicedb_engine::store::{DiskIds, DiskStore, InitOptions, StoreOptions};
+    use slicedb_engine::store::{DiskIds, DiskStore};
     match cmd {
         DiskCommand::Init {
             file,
@@ -479,18 +642,25 @@ fn disk(cmd: DiskCommand) -> Result<()> {
             cluster_id,
             node,
             disk,
+            existing,
+            layout,
+            profile_zones,
+            profile_sample,
+            zone_speeds,
         } => {
-            let size = parse_size(&size)?;
             let ids = DiskIds {
                 cluster_id: slicedb::cluster_uuid(&cluster_id),
                 node_id: node,
                 disk_id: disk,
             };
-            let init = InitOptions::new(size);
-            DiskStore::create(&file, ids, init, StoreOptions::default())
-                .with_context(|| format!("creating {}", file.display()))?;
-            println!("created {} ({size} bytes)", file.display());
-            Ok(())
+            let zones = ZoneArgs {
+                layout,
+                profile_zones,
+                profile_sample,
+                zone_speeds,
+            };
+            init_disk(&file, size.as_deref(), ids, existing, &zones)
+                .with_context(|| format!("initializing {}", file.display()))
         }
         DiskCommand::Inspect { file, json } => {
             let store = DiskStore::open_read_only(&file)

@@ -33,3 +33,4 @@ mod spares;
 mod stop;
 mod temp;
 mod wire;
+mod zones;

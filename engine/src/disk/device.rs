@@ -102,6 +102,11 @@ impl AlignedBuf {
         &self.raw[self.start..self.start + self.len]
     }
 
+    /// The bytes held, from the aligned start, to change in place.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + self.len]
+    }
+
     fn reserve(&mut self, len: usize) {
         if len > self.capacity() {
             let mut bigger = AlignedBuf::with_capacity(len.max(2 * self.capacity()));
@@ -198,15 +203,13 @@ impl FileDevice {
             .write(writable)
             .open(path)
             .map_err(|e| EngineError::io(&name, e))?;
-        if writable {
+        let meta = file.metadata().map_err(|e| EngineError::io(&name, e))?;
+        if writable && meta.is_file() {
             // An image made sparse (by an older build, or copied) gets its
             // holes allocated now; if the host lacks the space it still
             // opens, and a write that finds none fails with "disk full".
-            let len = file
-                .metadata()
-                .map_err(|e| EngineError::io(&name, e))?
-                .len();
-            if let Err(e) = allocate_up_front(&file, path, len) {
+            // (A block device has no holes.)
+            if let Err(e) = allocate_up_front(&file, path, meta.len()) {
                 tracing::warn!(path = %name, error = %e, "could not allocate the image up front");
             }
         }
@@ -407,11 +410,18 @@ impl BlockDevice for FileDevice {
     }
 
     fn len(&self) -> Result<u64> {
-        Ok(self
+        let meta = self
             .file
             .metadata()
-            .map_err(|e| EngineError::io(&self.name, e))?
-            .len())
+            .map_err(|e| EngineError::io(&self.name, e))?;
+        if meta.is_file() {
+            return Ok(meta.len());
+        }
+        // A block device's metadata says 0 bytes: its end says how many.
+        use std::io::Seek;
+        (&self.file)
+            .seek(std::io::SeekFrom::End(0))
+            .map_err(|e| EngineError::io(&self.name, e))
     }
 
     fn name(&self) -> &str {

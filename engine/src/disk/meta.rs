@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::device::BlockDevice;
 use super::le_bytes::{ByteReader, ByteWriter, Truncated};
-use super::superblock::{Superblock, FORMAT_VERSION};
+use super::superblock::Superblock;
 use super::SegmentKind;
 use crate::{EngineError, Result, SliceId, TableId};
 
@@ -324,7 +324,7 @@ pub fn encode_slot(sb: &Superblock, generation: u64, payload: &[u8]) -> Result<V
     }
     let mut w = ByteWriter::with_capacity(SLOT_HEADER_LEN + payload.len());
     w.bytes(&SLOT_MAGIC); // 0
-    w.u32(FORMAT_VERSION); // 8
+    w.u32(sb.version); // 8: the image's version (a version 3 image stays one)
     w.u32(SLOT_HEADER_LEN as u32); // 12
     w.u64(generation); // 16
     w.u64(payload.len() as u64); // 24
@@ -376,7 +376,7 @@ pub fn read_slot(
     let Ok((version, hlen, generation, payload_len, crc)) = parse else {
         return Ok(Err("slot header truncated".into()));
     };
-    if version != FORMAT_VERSION || hlen as usize != SLOT_HEADER_LEN {
+    if version != sb.version || hlen as usize != SLOT_HEADER_LEN {
         return Ok(Err(format!("slot header version {version}, length {hlen}")));
     }
     if generation % 2 != slot {

@@ -4,9 +4,11 @@
 //! superblock (4 KiB) | metadata slot 0 | metadata slot 1 | primary | mirror | temp
 //! ```
 //!
-//! This module owns the superblock ([`superblock`]), the two alternating
-//! metadata slots ([`meta`]), the extent allocator ([`alloc`]) and the I/O
-//! trait every access goes through ([`device`]). It never interprets table
+//! This module owns the superblock ([`superblock`]: the zone table, which
+//! zone went to which segment), the two alternating metadata slots
+//! ([`meta`]), the extent allocator ([`alloc`]), the zone profiler of `disk
+//! init` ([`profile`]) and the I/O trait every access goes through
+//! ([`device`]). It never interprets table
 //! data: schemas and zone maps are opaque bytes here; blocks are the business
 //! of [`crate::block`] and the slice store ([`crate::store`]).
 //! The format is specified byte by byte in `docs/disk-format.md`.
@@ -15,10 +17,14 @@ pub mod alloc;
 pub mod device;
 pub mod le_bytes;
 pub mod meta;
+pub mod profile;
 pub mod superblock;
 
 pub use device::{AlignedBuf, BlockDevice, CrashPoint, FileDevice, MemDevice, DIRECT_ALIGN};
-pub use superblock::{LayoutProfile, SegmentExtent, Superblock, FORMAT_VERSION};
+pub use superblock::{
+    LayoutProfile, Placement, SegmentExtent, Superblock, Zone, ZoneOwner, ZoneProfile,
+    FORMAT_VERSION,
+};
 
 /// The three segments of a disk.
 #[derive(

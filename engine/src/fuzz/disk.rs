@@ -16,7 +16,7 @@ use crate::disk::meta::{
     BlockMeta, DeleteRunMeta, ExtentRun, MetaState, PreparedMeta, StreamKey, StreamMeta, TableMeta,
     SLOT_HEADER_LEN,
 };
-use crate::disk::{MemDevice, SegmentKind, Superblock};
+use crate::disk::{MemDevice, Placement, SegmentKind, Superblock, ZoneProfile};
 use crate::store::{
     Compression, DiskIds, DiskStore, InitOptions, ScanSpec, Snapshot, StoreOptions,
 };
@@ -30,14 +30,33 @@ fn superblock() -> impl Strategy<Value = Superblock> {
         1..1u64 << 20,
         1..64u64,
         1..64u64,
+        proptest::collection::vec(0..2000u32, 0..20),
+        0..4usize,
     )
-        .prop_filter_map("too small an image", |(cluster, node, disk, size, e, s)| {
-            Superblock::layout(cluster, node, disk, size * 4096 * 4, e * 4096, s * 4096).ok()
-        })
+        .prop_filter_map(
+            "too small an image",
+            |(cluster, node, disk, size, e, s, speeds, placement)| {
+                let placement = [
+                    Placement::Auto,
+                    Placement::Flat,
+                    Placement::Static,
+                    Placement::Dynamic,
+                ][placement];
+                let profile = ZoneProfile { read_kib_s: speeds };
+                Superblock::layout_zoned(
+                    cluster,
+                    node,
+                    disk,
+                    size * 4096 * 4,
+                    e * 4096,
+                    s * 4096,
+                    &profile,
+                    placement,
+                )
+                .ok()
+            },
+        )
 }
-
-/// Bytes of the superblock the CRC covers.
-const SB_BODY: usize = 160;
 
 #[test]
 fn superblocks_round_trip_and_refuse_changes() {
@@ -47,11 +66,13 @@ fn superblocks_round_trip_and_refuse_changes() {
         (superblock(), mutations(), mutations()),
         |(sb, ms, under_crc)| {
             let bytes = sb.encode();
+            // Bytes of the superblock the CRC covers: the head and the zone table.
+            let sb_body = 88 + 24 * sb.zones.len();
             let back = Superblock::decode(&bytes, "fuzz")
                 .map_err(|e| TestCaseError::fail(format!("decode: {e}")))?;
             prop_assert_eq!(&back, &sb);
             let bad = mutate(&bytes, &ms);
-            if bad[..bad.len().min(SB_BODY + 4)] != bytes[..SB_BODY + 4] {
+            if bad[..bad.len().min(sb_body + 4)] != bytes[..sb_body + 4] {
                 let res = Superblock::decode(&bad, "fuzz");
                 prop_assert!(
                     matches!(
@@ -65,14 +86,14 @@ fn superblocks_round_trip_and_refuse_changes() {
                 );
             }
             // Changed under a recomputed CRC: decoded and checked, or refused.
-            let mut body = mutate(&bytes[..SB_BODY], &under_crc);
-            body.resize(SB_BODY, 0);
+            let mut body = mutate(&bytes[..sb_body], &under_crc);
+            body.resize(sb_body, 0);
             let crc = crc32c::crc32c(&body);
             body.extend_from_slice(&crc.to_le_bytes());
             if let Ok(sb) = Superblock::decode(&body, "fuzz") {
-                for s in sb.segments {
-                    prop_assert!(s.offset.checked_add(s.length).is_some());
-                    prop_assert!(s.offset + s.length <= sb.image_size);
+                for z in sb.zones {
+                    prop_assert!(z.offset.checked_add(z.length).is_some());
+                    prop_assert!(z.offset + z.length <= sb.image_size);
                 }
             }
             Ok(())

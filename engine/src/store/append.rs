@@ -400,7 +400,7 @@ impl DiskStore {
                 return Ok(off);
             }
         }
-        let run = inner.alloc[key.segment.index()].alloc(len)?;
+        let run = inner.alloc.alloc(key.segment, len)?;
         s.extents.push(run);
         s.fill = run.offset + len;
         Ok(run.offset)

@@ -205,7 +205,7 @@ impl DiskStore {
         for k in keys {
             if let Some(s) = inner.streams.remove(&k) {
                 // An export or scan still running may read them.
-                freed += self.release_runs(inner, k.segment.index(), s.extents);
+                freed += self.release_runs(inner, k.segment, s.extents);
             }
         }
         inner.locks.retain(|k, _| !ours(k));

@@ -65,7 +65,7 @@ use tracing::{debug, info};
 pub use crate::block::Compression;
 use crate::block::ZoneMap;
 use crate::cache::BlockCache;
-use crate::disk::alloc::SegmentAllocator;
+use crate::disk::alloc::Space;
 use crate::disk::meta::{
     self, BlockMeta, DeleteRunMeta, ExtentRun, MetaState, SlotStatus, StreamKey,
 };
@@ -330,7 +330,7 @@ impl Stream {
 struct Inner {
     tables: BTreeMap<TableId, TableEntry>,
     streams: BTreeMap<StreamKey, Stream>,
-    alloc: [SegmentAllocator; 3],
+    alloc: Space,
     pending: HashMap<Xid, PendingTxn>,
     /// Rows deleted by open transactions: the write-write conflict check.
     locks: HashMap<StreamKey, HashMap<i64, Xid>>,
@@ -414,6 +414,17 @@ impl DiskStore {
             init.extent_size,
             init.meta_slot_size,
         )?;
+        Self::create_laid_out(dev, path, sb, opts)
+    }
+
+    /// Initialize an image on `dev` with a superblock already laid out
+    /// (`slicedb disk init` with a zone profile).
+    pub fn create_laid_out(
+        dev: Arc<dyn BlockDevice>,
+        path: &Path,
+        sb: Superblock,
+        opts: StoreOptions,
+    ) -> Result<DiskStore> {
         if dev.len()? < sb.image_size {
             return Err(EngineError::InvalidRequest(format!(
                 "device {} is smaller than the image size {}",
@@ -423,7 +434,7 @@ impl DiskStore {
         }
         dev.write_at(0, &sb.encode())?;
         meta::write_slot(dev.as_ref(), &sb, 0, &MetaState::default().encode())?;
-        info!(path = %path.display(), node_id = ids.node_id, disk_id = ids.disk_id, size = init.size, "initialized disk image");
+        info!(path = %path.display(), node_id = sb.node_id, disk_id = sb.disk_id, size = sb.image_size, layout = sb.layout.as_str(), "initialized disk image");
         Self::open_with_device(dev, path, opts, false)
     }
 

@@ -37,6 +37,7 @@ use tracing::debug;
 
 use super::{DiskStore, Inner, PendingTxn};
 use crate::disk::meta::{ExtentRun, StreamKey};
+use crate::disk::SegmentKind;
 
 /// The scans in progress, by the reader epoch they started in.
 #[derive(Default)]
@@ -118,7 +119,7 @@ impl Eq for ReadHold {}
 /// Runs freed at an abort while older readers ran: free once they end.
 pub(super) struct Parked {
     mark: u64,
-    segment: usize,
+    segment: SegmentKind,
     run: ExtentRun,
 }
 
@@ -164,9 +165,9 @@ impl DiskStore {
                     continue;
                 }
                 freed += e.length;
-                let segment = key.segment.index();
+                let segment = key.segment;
                 if quiet {
-                    inner.alloc[segment].release(e);
+                    inner.alloc.release(segment, e);
                 } else {
                     inner.parked.push(Parked {
                         mark,
@@ -237,7 +238,7 @@ impl DiskStore {
     pub(super) fn release_runs(
         &self,
         inner: &mut Inner,
-        segment: usize,
+        segment: SegmentKind,
         runs: Vec<ExtentRun>,
     ) -> u64 {
         let mark = self.readers.mark();
@@ -246,7 +247,7 @@ impl DiskStore {
         for run in runs {
             bytes += run.length;
             match quiet {
-                true => inner.alloc[segment].release(run),
+                true => inner.alloc.release(segment, run),
                 false => inner.parked.push(Parked { mark, segment, run }),
             }
         }
@@ -261,7 +262,7 @@ impl DiskStore {
         let parked = std::mem::take(&mut inner.parked);
         for p in parked {
             if self.readers.clear_before(p.mark) {
-                inner.alloc[p.segment].release(p.run);
+                inner.alloc.release(p.segment, p.run);
             } else {
                 inner.parked.push(p);
             }

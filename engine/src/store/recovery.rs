@@ -14,9 +14,9 @@ use super::{
     schema_from_ipc, DiskStore, IndexedBlock, Inner, PendingBlock, PendingTxn, Stream, TableEntry,
 };
 use crate::block;
-use crate::disk::alloc::SegmentAllocator;
+use crate::disk::alloc::Space;
 use crate::disk::meta::{BlockMeta, DeleteRunMeta, ExtentRun, MetaState, SlotStatus, StreamKey};
-use crate::disk::{BlockDevice, SegmentKind, Superblock};
+use crate::disk::{BlockDevice, Superblock};
 use crate::{EngineError, Result, Xid};
 
 impl DiskStore {
@@ -70,8 +70,7 @@ impl DiskStore {
                     .push((d.offset, d.offset + d.length));
             }
         }
-        let mut alloc =
-            SegmentKind::ALL.map(|k| SegmentAllocator::new(sb.segment(k), sb.extent_size));
+        let mut alloc = Space::new(sb);
         let mut streams = BTreeMap::new();
         let mut extents_of: BTreeMap<StreamKey, Vec<ExtentRun>> = BTreeMap::new();
         for s in &state.streams {
@@ -88,7 +87,7 @@ impl DiskStore {
             let mut kept: Vec<ExtentRun> = Vec::new();
             for e in &extents {
                 if p.iter().any(|&(o, _)| o >= e.offset && o < e.end()) {
-                    alloc[key.segment.index()].reserve(*e)?;
+                    alloc.reserve(key.segment, *e)?;
                     kept.push(*e);
                 }
             }
@@ -343,6 +342,53 @@ mod tests {
             r.slots_at_open.iter().any(|s| s.contains("CRC mismatch")),
             "{:?}",
             r.slots_at_open
+        );
+    }
+
+    /// A version 3 image (flat, from the build before zone tables) opens,
+    /// takes commits, and stays version 3 in its superblock and slots.
+    #[test]
+    fn a_version_3_image_opens_and_stays_version_3() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.img");
+        let init = small_init();
+        let mut sb = Superblock::layout(
+            IDS.cluster_id,
+            IDS.node_id,
+            IDS.disk_id,
+            init.size,
+            init.extent_size,
+            init.meta_slot_size,
+        )
+        .unwrap();
+        sb.version = 3;
+        let dev = FileDevice::create(&path, init.size).unwrap();
+        let store = DiskStore::create_laid_out(Arc::new(dev), &path, sb, opts(100)).unwrap();
+        store.create_table(1, schema()).unwrap();
+        store
+            .append(SegmentKind::Primary, 1, 0, 1, &rows(0, 100))
+            .unwrap();
+        store.commit(1).unwrap();
+        drop(store);
+        let store = DiskStore::open(&path, opts(100)).unwrap();
+        assert_eq!(store.report().format_version, 3);
+        assert_eq!(
+            scan_all(&store, &spec(SegmentKind::Primary, 1, 0))
+                .unwrap()
+                .num_rows(),
+            100
+        );
+        let dev = FileDevice::open(&path, false).unwrap();
+        let version_at = |off: u64| {
+            let mut b = [0u8; 4];
+            dev.read_at(off + 8, &mut b).unwrap();
+            u32::from_le_bytes(b)
+        };
+        let sb = store.superblock().clone();
+        assert_eq!(version_at(0), 3);
+        assert_eq!(
+            (version_at(sb.slot_offset(0)), version_at(sb.slot_offset(1))),
+            (3, 3)
         );
     }
 

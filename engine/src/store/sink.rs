@@ -267,11 +267,11 @@ impl CopySink {
         let want = len.max(left.min(MAX_RUN_EXTENTS * self.store.sb.extent_size));
         let run = {
             let mut inner = self.store.inner.lock();
-            let alloc = &mut inner.alloc[self.key.segment.index()];
+            let (alloc, kind) = (&mut inner.alloc, self.key.segment);
             // A segment too fragmented for a large run may still hold
             // this block.
-            match alloc.alloc(want) {
-                Err(EngineError::SegmentFull { .. }) if want > len => alloc.alloc(len)?,
+            match alloc.alloc(kind, want) {
+                Err(EngineError::SegmentFull { .. }) if want > len => alloc.alloc(kind, len)?,
                 r => r?,
             }
         };
@@ -356,7 +356,7 @@ impl Drop for CopySink {
         if !self.finished && !self.runs.is_empty() {
             let mut inner = self.store.inner.lock();
             for run in self.runs.drain(..) {
-                inner.alloc[self.key.segment.index()].release(run);
+                inner.alloc.release(self.key.segment, run);
             }
         }
     }

@@ -99,7 +99,7 @@ impl DiskStore {
         for k in keys {
             if let Some(s) = inner.streams.remove(&k) {
                 // A scan still running may read them: freed after it.
-                self.release_runs(inner, k.segment.index(), s.extents);
+                self.release_runs(inner, k.segment, s.extents);
             }
         }
         for t in inner.pending.values_mut() {
