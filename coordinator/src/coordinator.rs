@@ -216,6 +216,7 @@ impl Coordinator {
             .with_runtime_env(crate::query::memory::runtime_env(
                 config.memory_limit,
                 &config.data_dir.join("spill"),
+                None,
             )?)
             .with_default_features()
             .with_optimizer_rule(Arc::new(crate::query::colocate::CoLocateJoins))

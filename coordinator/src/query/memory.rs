@@ -15,13 +15,21 @@ use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 
 /// A runtime holding at most `limit` bytes (0: no limit) that spills into
-/// `spill_dir` (made empty).
-pub fn runtime_env(limit: u64, spill_dir: &Path) -> DfResult<Arc<RuntimeEnv>> {
+/// `spill_dir` (made empty), reaching the object stores of `stores` (None:
+/// DataFusion's, the local file system among them).
+pub fn runtime_env(
+    limit: u64,
+    spill_dir: &Path,
+    stores: Option<Arc<dyn datafusion::execution::object_store::ObjectStoreRegistry>>,
+) -> DfResult<Arc<RuntimeEnv>> {
     let _ = std::fs::remove_dir_all(spill_dir);
     std::fs::create_dir_all(spill_dir).map_err(|e| {
         DataFusionError::Execution(format!("creating {}: {e}", spill_dir.display()))
     })?;
     let mut b = RuntimeEnvBuilder::new().with_temp_file_path(spill_dir);
+    if let Some(stores) = stores {
+        b = b.with_object_store_registry(stores);
+    }
     if limit > 0 {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         b = b.with_memory_pool(Arc::new(TrackConsumersPool::new(

@@ -3,7 +3,11 @@
 //! encoding and [`SliceInputExec`] leaves that stand for the slices' rows.
 //!
 //! [`Runner`] is the node's side: it decodes a fragment, binds the slice's
-//! scans to its leaves and runs it. It is handed to the engine's node server as
+//! scans to its leaves and runs it. A fragment comes from the network: it is
+//! decoded only into the operators the coordinator emits over slice inputs
+//! ([`allowed`]); a file scan or sink, an EXPLAIN, anything else is refused,
+//! a decoder panic is an error, and its runtime reaches no object store
+//! (no file, no URL) whatever it names. It is handed to the engine's node server as
 //! its [`FragmentRunner`]; the engine never sees DataFusion. Which subtrees
 //! become fragments is [`super::pushdown`]'s decision, not this module's.
 
@@ -227,10 +231,90 @@ pub struct Runner {
 
 impl Default for Runner {
     fn default() -> Self {
+        let env = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_object_store_registry(Arc::new(NoObjectStores))
+            .build_arc()
+            .expect("a runtime with no limits and no stores builds");
+        let ctx =
+            SessionContext::new_with_config_rt(datafusion::prelude::SessionConfig::new(), env);
         Runner {
-            ctx: SessionContext::new().task_ctx(),
+            ctx: ctx.task_ctx(),
         }
     }
+}
+
+/// The object stores a fragment reaches: none. It reads only its slice
+/// inputs; a file or URL it names is refused when it is opened.
+#[derive(Debug)]
+struct NoObjectStores;
+
+impl datafusion::execution::object_store::ObjectStoreRegistry for NoObjectStores {
+    fn register_store(
+        &self,
+        _url: &url::Url,
+        _store: Arc<dyn datafusion::object_store::ObjectStore>,
+    ) -> Option<Arc<dyn datafusion::object_store::ObjectStore>> {
+        None
+    }
+
+    fn get_store(
+        &self,
+        url: &url::Url,
+    ) -> DfResult<Arc<dyn datafusion::object_store::ObjectStore>> {
+        Err(DataFusionError::Plan(format!(
+            "a query fragment may not reach {url}"
+        )))
+    }
+}
+
+/// Whether a fragment may hold `node`: the operators the coordinator's
+/// pushdown emits (filters, projections, aggregates, joins, sorts, limits,
+/// repartitions, unions) and the slice inputs. No data source (files,
+/// memory, generated series), sink, EXPLAIN or ANALYZE.
+#[allow(deprecated)] // CoalesceBatchesExec: older plans still hold it
+fn allowed(node: &dyn ExecutionPlan) -> bool {
+    use datafusion::physical_plan::{
+        aggregates::AggregateExec, coalesce_batches::CoalesceBatchesExec,
+        coalesce_partitions::CoalescePartitionsExec, coop::CooperativeExec, empty::EmptyExec,
+        filter::FilterExec, joins::CrossJoinExec, joins::HashJoinExec, joins::NestedLoopJoinExec,
+        joins::SortMergeJoinExec, joins::SymmetricHashJoinExec, limit::GlobalLimitExec,
+        limit::LocalLimitExec, placeholder_row::PlaceholderRowExec, projection::ProjectionExec,
+        repartition::RepartitionExec, sorts::sort::SortExec,
+        sorts::sort_preserving_merge::SortPreservingMergeExec, union::InterleaveExec,
+        union::UnionExec, windows::BoundedWindowAggExec, windows::WindowAggExec,
+    };
+    let any = node;
+    any.is::<SliceInputExec>()
+        || any.is::<FilterExec>()
+        || any.is::<ProjectionExec>()
+        || any.is::<AggregateExec>()
+        || any.is::<HashJoinExec>()
+        || any.is::<CrossJoinExec>()
+        || any.is::<NestedLoopJoinExec>()
+        || any.is::<SortMergeJoinExec>()
+        || any.is::<SymmetricHashJoinExec>()
+        || any.is::<SortExec>()
+        || any.is::<SortPreservingMergeExec>()
+        || any.is::<GlobalLimitExec>()
+        || any.is::<LocalLimitExec>()
+        || any.is::<CoalesceBatchesExec>()
+        || any.is::<CoalescePartitionsExec>()
+        || any.is::<RepartitionExec>()
+        || any.is::<UnionExec>()
+        || any.is::<InterleaveExec>()
+        || any.is::<CooperativeExec>()
+        || any.is::<EmptyExec>()
+        || any.is::<PlaceholderRowExec>()
+        || any.is::<WindowAggExec>()
+        || any.is::<BoundedWindowAggExec>()
+}
+
+/// The first node of `plan` a fragment may not hold.
+fn refused(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
+    if !allowed(plan.as_ref()) {
+        return Some(plan.name().to_string());
+    }
+    plan.children().into_iter().find_map(refused)
 }
 
 impl Runner {
@@ -240,8 +324,9 @@ impl Runner {
         memory_limit: u64,
         spill_dir: &std::path::Path,
     ) -> Result<Runner, EngineError> {
-        let env = super::memory::runtime_env(memory_limit, spill_dir)
-            .map_err(|e| EngineError::Query(e.to_string()))?;
+        let env =
+            super::memory::runtime_env(memory_limit, spill_dir, Some(Arc::new(NoObjectStores)))
+                .map_err(|e| EngineError::Query(e.to_string()))?;
         let ctx =
             SessionContext::new_with_config_rt(datafusion::prelude::SessionConfig::new(), env);
         Ok(Runner {
@@ -257,8 +342,22 @@ impl Runner {
         codec: &FragmentCodec,
         slices: usize,
     ) -> Result<Arc<dyn ExecutionPlan>, EngineError> {
-        let plan = physical_plan_from_bytes_with_extension_codec(fragment, &self.ctx, codec)
-            .map_err(|e| EngineError::InvalidRequest(format!("bad query fragment: {e}")))?;
+        // The decoder may panic on bytes it never made: an error, not a
+        // dead node.
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            physical_plan_from_bytes_with_extension_codec(fragment, &self.ctx, codec)
+        }))
+        .map_err(|_| {
+            EngineError::InvalidRequest("bad query fragment: the decoder failed".into())
+        })?;
+        let plan =
+            decoded.map_err(|e| EngineError::InvalidRequest(format!("bad query fragment: {e}")))?;
+        if let Some(name) = refused(&plan) {
+            return Err(EngineError::InvalidRequest(format!(
+                "a query fragment may not hold {name}: a node runs only filters, projections, \
+                 aggregates, joins, sorts and limits over its slices"
+            )));
+        }
         let parts = plan.properties().output_partitioning().partition_count();
         if parts != slices {
             return Err(EngineError::InvalidRequest(format!(
@@ -318,5 +417,89 @@ impl FragmentRunner for Runner {
                 }) as FragmentStream)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::CsvReadOptions;
+
+    /// The bytes of the physical plan of `sql` (DataFusion's own codec).
+    async fn fragment_of(ctx: &SessionContext, sql: &str) -> Vec<u8> {
+        let plan = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        datafusion_proto::bytes::physical_plan_to_bytes(plan)
+            .unwrap()
+            .to_vec()
+    }
+
+    fn refusal(bytes: &[u8]) -> String {
+        let runner = Runner::default();
+        let err = runner.schema(bytes).expect_err("refused");
+        assert!(matches!(err, EngineError::InvalidRequest(_)), "{err:?}");
+        let run = runner.run(bytes, 1, vec![Vec::new()]);
+        assert!(run.is_err(), "run refuses it too");
+        err.to_string()
+    }
+
+    #[tokio::test]
+    async fn a_fragment_that_reads_or_writes_files_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret.csv");
+        std::fs::write(&secret, "a,b\n1,2\n").unwrap();
+        let ctx = SessionContext::new();
+        ctx.register_csv("t", secret.to_str().unwrap(), CsvReadOptions::new())
+            .await
+            .unwrap();
+        // A CSV scan of a file on the node.
+        let scan = fragment_of(&ctx, "SELECT a, b FROM t WHERE a > 0").await;
+        let msg = refusal(&scan);
+        assert!(msg.contains("may not hold DataSourceExec"), "{msg}");
+        // A sink writing a file on the node.
+        let out = dir.path().join("out.csv");
+        let sink = fragment_of(
+            &ctx,
+            &format!("COPY (SELECT 1 AS x) TO '{}' STORED AS CSV", out.display()),
+        )
+        .await;
+        let msg = refusal(&sink);
+        assert!(msg.contains("may not hold DataSinkExec"), "{msg}");
+        assert!(!out.exists(), "nothing written");
+        // EXPLAIN ANALYZE, a generated series.
+        for sql in ["EXPLAIN SELECT 1", "SELECT * FROM generate_series(1, 10)"] {
+            let msg = refusal(&fragment_of(&ctx, sql).await);
+            assert!(msg.contains("may not hold"), "{sql}: {msg}");
+        }
+        // Bytes no encoder made: an error, never a panic.
+        for junk in [
+            &b"\xff\xff\xff"[..],
+            &[0x0a, 0x05, 0x12, 0x03, 0x0a, 0x01, 0x61][..],
+            &[],
+        ] {
+            assert!(Runner::default().schema(junk).is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fragments_runtime_reaches_no_object_store() {
+        let runner = Runner::default();
+        let url = url::Url::parse("file:///etc/passwd").unwrap();
+        let err = runner
+            .ctx
+            .runtime_env()
+            .object_store(
+                datafusion::execution::object_store::ObjectStoreUrl::parse(
+                    &url[..url::Position::BeforePath],
+                )
+                .unwrap(),
+            )
+            .expect_err("no store");
+        assert!(err.to_string().contains("may not reach"), "{err}");
     }
 }
