@@ -9,6 +9,7 @@ mod bad_input;
 mod carry;
 mod copy_csv;
 mod cursors;
+mod damage;
 mod data;
 mod ddl;
 mod disk_cli;
