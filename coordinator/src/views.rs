@@ -80,7 +80,15 @@ impl View {
                 s("state"),
                 s("copies"),
             ],
-            View::Disks => vec![i("node"), i("disk"), s("segment"), b("bytes"), b("used")],
+            View::Disks => vec![
+                i("node"),
+                i("disk"),
+                s("segment"),
+                b("bytes"),
+                b("used"),
+                s("state"),
+                s("failed"),
+            ],
             View::TableSlices => vec![
                 s("table_name"),
                 i("slice"),
@@ -262,6 +270,62 @@ impl SystemView {
         ]
     }
 
+    /// `slicedb_disks`: every configured disk of every node, one row per
+    /// segment, with its state: `in_service`, `failed` (the node's reason
+    /// in `failed`: an I/O error, the image gone or cut short, damaged
+    /// blocks past the limit) or, for a node that does not answer, one row
+    /// per disk with state `unreachable` and no segment.
+    async fn disks(&self) -> Vec<ArrayRef> {
+        let answers: std::collections::HashMap<u32, pb::StatusResponse> = self
+            .statuses()
+            .await
+            .into_iter()
+            .map(|st| (st.node, st))
+            .collect();
+        let (mut node, mut disk, mut seg, mut bytes, mut used) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        let (mut state, mut failed) = (vec![], vec![]);
+        for n in self.cluster.nodes().values() {
+            let Some(st) = answers.get(&n.id) else {
+                for d in 0..n.disks {
+                    node.push(n.id as i32);
+                    disk.push(d as i32);
+                    seg.push(None);
+                    bytes.push(None);
+                    used.push(None);
+                    state.push("unreachable");
+                    failed.push(None);
+                }
+                continue;
+            };
+            for d in &st.disks {
+                for sg in &d.segments {
+                    node.push(st.node as i32);
+                    disk.push(d.disk as i32);
+                    seg.push(Some(segment_name(sg.segment)));
+                    bytes.push(Some(sg.bytes as i64));
+                    used.push(Some(sg.used as i64));
+                    if d.failed.is_empty() {
+                        state.push("in_service");
+                        failed.push(None);
+                    } else {
+                        state.push("failed");
+                        failed.push(Some(d.failed.clone()));
+                    }
+                }
+            }
+        }
+        vec![
+            Arc::new(Int32Array::from(node)),
+            Arc::new(Int32Array::from(disk)),
+            Arc::new(StringArray::from(seg)),
+            Arc::new(Int64Array::from(bytes)),
+            Arc::new(Int64Array::from(used)),
+            Arc::new(StringArray::from(state)),
+            Arc::new(StringArray::from(failed)),
+        ]
+    }
+
     /// `slicedb_scrub`: each disk's last complete background scrub pass
     /// (NULL times and counts until one completed) and the running pass's
     /// progress (0 to 1; NULL between passes).
@@ -436,28 +500,7 @@ impl SystemView {
                     }))),
                 ]
             }
-            View::Disks => {
-                let (mut node, mut disk, mut seg, mut bytes, mut used) =
-                    (vec![], vec![], vec![], vec![], vec![]);
-                for st in self.statuses().await {
-                    for d in &st.disks {
-                        for s in &d.segments {
-                            node.push(st.node as i32);
-                            disk.push(d.disk as i32);
-                            seg.push(segment_name(s.segment));
-                            bytes.push(s.bytes as i64);
-                            used.push(s.used as i64);
-                        }
-                    }
-                }
-                vec![
-                    Arc::new(Int32Array::from(node)),
-                    Arc::new(Int32Array::from(disk)),
-                    Arc::new(StringArray::from(seg)),
-                    Arc::new(Int64Array::from(bytes)),
-                    Arc::new(Int64Array::from(used)),
-                ]
-            }
+            View::Disks => self.disks().await,
             View::Repairs => self.repairs().await,
             View::Scrub => self.scrub().await,
             View::TableSlices => {

@@ -482,6 +482,15 @@ fn a_hundred_random_corruptions_on_several_disks_are_repaired_while_queries_run(
         );
         // 0 disks failed over; every copy in sync and verified.
         nothing_failed(&c).await?;
+        let out = harness::scalar(
+            &c,
+            "SELECT count(*) FROM slicedb_disks WHERE state <> 'in_service'",
+        )
+        .await?;
+        ensure!(
+            out == "0",
+            "every disk still in service: {out} rows say not"
+        );
         harness::ensure_verified(&c).await?;
         for (q, want) in QUERIES.iter().zip(&want) {
             ensure!(&query(&c, q).await? == want, "after the repairs: {q}");

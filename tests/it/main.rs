@@ -13,6 +13,7 @@ mod damage;
 mod data;
 mod ddl;
 mod disk_cli;
+mod disks;
 mod failover;
 mod fuzz_sql;
 mod hang;
