@@ -139,14 +139,16 @@ fn seed() -> Result<u64> {
     }
 }
 
+/// (table, slice, segment) -> the rowid ranges damaged there.
+type Taken = HashMap<(u64, u32, &'static str), Vec<(i64, i64)>>;
+
 /// Pick `DAMAGED` blocks round robin over the (node, disk, segment) groups,
 /// kinds in turn, never both copies of one logical block.
 fn choose(rng: &mut StdRng, mut groups: Vec<Vec<Spot>>) -> Result<Vec<(Spot, Kind)>> {
     for g in &mut groups {
         g.shuffle(rng);
     }
-    // (table, slice, segment) -> rowid ranges damaged there.
-    let mut taken: HashMap<(u64, u32, &'static str), Vec<(i64, i64)>> = HashMap::new();
+    let mut taken = Taken::new();
     let other = |s: SegmentKind| match s {
         SegmentKind::Primary => SegmentKind::Mirror,
         _ => SegmentKind::Primary,
@@ -165,7 +167,7 @@ fn choose(rng: &mut StdRng, mut groups: Vec<Vec<Spot>>) -> Result<Vec<(Spot, Kin
         let n = groups.len();
         let group = &mut groups[g % n];
         g += 1;
-        let free = |s: &Spot, taken: &HashMap<_, Vec<(i64, i64)>>| {
+        let free = |s: &Spot, taken: &Taken| {
             let b = &s.block;
             taken
                 .get(&(b.table, b.slice, other(b.segment).as_str()))
