@@ -2,7 +2,9 @@
 //! `slicedb_tables` (distribution, persistence), `slicedb_table_slices`,
 //! `slicedb_verify` (primary vs mirror, online), `slicedb_repairs` (the
 //! damaged blocks the nodes met and repaired from the other copy),
-//! `slicedb_scrub` (each disk's last complete background scrub pass). Each is computed fresh at scan time from the map,
+//! `slicedb_scrub` (each disk's last complete background scrub pass),
+//! `slicedb_damaged` (blocks no good copy could repair, marked until they
+//! read well again or are gone). Each is computed fresh at scan time from the map,
 //! the catalog and the nodes' Status answers, like Greenplum's
 //! `gp_segment_configuration` or Netezza's `_v_dslice`.
 //!
@@ -47,6 +49,7 @@ enum View {
     Tables,
     Repairs,
     Scrub,
+    Damaged,
 }
 
 impl View {
@@ -62,6 +65,7 @@ impl View {
             View::Tables => "slicedb_tables",
             View::Repairs => "slicedb_repairs",
             View::Scrub => "slicedb_scrub",
+            View::Damaged => "slicedb_damaged",
         }
     }
 
@@ -113,6 +117,20 @@ impl View {
                 b("block_bytes"),
                 i("source_node"),
                 s("outcome"),
+                s("error"),
+            ],
+            View::Damaged => vec![
+                Field::new("since", ts(), true),
+                i("node"),
+                i("disk"),
+                s("segment"),
+                s("table_name"),
+                b("table_id"),
+                i("slice"),
+                b("block_seq"),
+                b("rows"),
+                b("rowid_min"),
+                b("rowid_max"),
                 s("error"),
             ],
             View::Scrub => vec![
@@ -183,6 +201,7 @@ pub fn register(ctx: &SessionContext, cluster: &Arc<Cluster>) -> Result<()> {
         View::Tables,
         View::Repairs,
         View::Scrub,
+        View::Damaged,
     ] {
         ctx.register_table(
             view.name(),
@@ -323,6 +342,57 @@ impl SystemView {
             Arc::new(Int64Array::from(used)),
             Arc::new(StringArray::from(state)),
             Arc::new(StringArray::from(failed)),
+        ]
+    }
+
+    /// `slicedb_damaged`: the blocks the nodes could not repair (both
+    /// copies damaged, or no good copy to be had), each until its node
+    /// finds it readable again or gone; by node, disk, table, slice.
+    async fn damaged(&self) -> Vec<ArrayRef> {
+        let names: std::collections::HashMap<u64, String> = {
+            let cat = self.cluster.catalog().lock();
+            cat.tables()
+                .iter()
+                .map(|t| (t.id, t.name.clone()))
+                .collect()
+        };
+        let mut recs: Vec<(u32, pb::DamagedBlock)> = Vec::new();
+        for st in self.statuses().await {
+            recs.extend(st.damaged.into_iter().map(|d| (st.node, d)));
+        }
+        recs.sort_by_key(|(n, d)| (*n, d.disk, d.table, d.slice, d.seq));
+        let col64 = |f: &dyn Fn(&pb::DamagedBlock) -> i64| -> ArrayRef {
+            Arc::new(Int64Array::from_iter_values(recs.iter().map(|(_, d)| f(d))))
+        };
+        let col32 = |f: &dyn Fn(u32, &pb::DamagedBlock) -> u32| -> ArrayRef {
+            Arc::new(Int32Array::from_iter_values(
+                recs.iter().map(|(n, d)| f(*n, d) as i32),
+            ))
+        };
+        vec![
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(
+                    recs.iter().map(|(_, d)| d.since_unix_ms as i64),
+                )
+                .with_timezone("+00:00"),
+            ),
+            col32(&|n, _| n),
+            col32(&|_, d| d.disk),
+            Arc::new(StringArray::from_iter_values(
+                recs.iter().map(|(_, d)| segment_name(d.segment)),
+            )),
+            Arc::new(StringArray::from_iter(
+                recs.iter().map(|(_, d)| names.get(&d.table).cloned()),
+            )),
+            col64(&|d| d.table as i64),
+            col32(&|_, d| d.slice),
+            col64(&|d| d.seq as i64),
+            col64(&|d| d.rows as i64),
+            col64(&|d| d.rowid_min),
+            col64(&|d| d.rowid_max),
+            Arc::new(StringArray::from_iter_values(
+                recs.iter().map(|(_, d)| d.error.clone()),
+            )),
         ]
     }
 
@@ -503,6 +573,7 @@ impl SystemView {
             View::Disks => self.disks().await,
             View::Repairs => self.repairs().await,
             View::Scrub => self.scrub().await,
+            View::Damaged => self.damaged().await,
             View::TableSlices => {
                 // Permanent tables, and the current session's temporary ones.
                 let names: std::collections::HashMap<u64, (String, &'static str)> = {

@@ -104,7 +104,11 @@ async fn disk_states(
 }
 
 /// Wait until the map history has a cause starting with `prefix`.
-async fn wait_history(c: &tokio_postgres::Client, prefix: &str, limit: Duration) -> Result<String> {
+pub(crate) async fn wait_history(
+    c: &tokio_postgres::Client,
+    prefix: &str,
+    limit: Duration,
+) -> Result<String> {
     let t0 = Instant::now();
     loop {
         let r = query(

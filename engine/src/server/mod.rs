@@ -17,6 +17,7 @@
 //! the checks.
 
 mod control;
+mod damaged;
 mod metrics;
 mod peer;
 mod repair;
@@ -89,6 +90,8 @@ struct NodeState {
     repairs: Mutex<repair::RepairLog>,
     /// The disks' repair seam, bound to this node when it serves.
     repair: Option<Arc<PeerRepair>>,
+    /// Blocks that could not be repaired (`Status.damaged`).
+    damaged: damaged::DamagedBlocks,
     /// Bytes per second each disk's scrubber reads (0: none); read when
     /// serving starts.
     scrub_rate: std::sync::atomic::AtomicU64,
@@ -137,6 +140,7 @@ impl NodeServer {
                 activity: Default::default(),
                 repairs: Default::default(),
                 repair,
+                damaged: damaged::DamagedBlocks::open(&disks),
                 scrub_rate: Default::default(),
                 scrub: Default::default(),
             }),

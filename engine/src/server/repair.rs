@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
+use super::damaged::Mark;
 use super::{NodeServer, NodeState};
 use crate::proto::pb;
 use crate::store::{check_replacement, BlockRepair, LogicalBlock, StoredBlock};
@@ -145,6 +146,12 @@ impl NodeServer {
         });
         warn!(node = st.node, disk, table = want.table, slice = want.slice, seq = want.seq,
               asker, error = %error, "the block asked for repair is damaged here too");
+        st.damaged.mark(Mark::new(
+            disk,
+            segment,
+            want,
+            format!("damaged here too, met while serving node {asker}'s repair: {error}"),
+        ));
         if past {
             self.note_disk_fault(disk, &error.again());
         }
@@ -244,14 +251,22 @@ impl NodeServer {
         }
         match result {
             Ok((bytes, _)) => Ok(bytes),
-            Err(reason) => Err(EngineError::Unrepairable {
-                disk: block.disk,
-                table: block.table,
-                slice: block.slice,
-                segment: block.segment.as_str().to_string(),
-                seq: block.seq,
-                reason,
-            }),
+            Err(reason) => {
+                st.damaged.mark(Mark::new(
+                    block.disk,
+                    block.segment,
+                    &LogicalBlock::from(block),
+                    reason.clone(),
+                ));
+                Err(EngineError::Unrepairable {
+                    disk: block.disk,
+                    table: block.table,
+                    slice: block.slice,
+                    segment: block.segment.as_str().to_string(),
+                    seq: block.seq,
+                    reason,
+                })
+            }
         }
     }
 
