@@ -484,7 +484,19 @@ fn a_block_damaged_on_both_copies_stays_marked_until_it_reads_well_or_is_gone() 
             file.display()
         );
 
-        // 2. The mark survives a restart of the mirror's node.
+        // 2. The mark, and the node's repair log, survive a restart of the
+        // mirror's node.
+        let log = format!(
+            "SELECT at_unix_ms, segment, table_name, slice, outcome FROM slicedb_repairs \
+             WHERE node = {mirror} ORDER BY at_unix_ms"
+        );
+        let logged = query(&c, &log).await?;
+        ensure!(
+            logged.iter().any(|r| r[4]
+                .as_deref()
+                .is_some_and(|o| o.contains("damaged here too"))),
+            "node {mirror} logged its damaged copy: {logged:?}"
+        );
         db.kill_proc(mirror as usize);
         let limit = std::time::Duration::from_secs(30);
         crate::disks::wait_history(&c, &format!("node {mirror} failed"), limit).await?;
@@ -492,6 +504,11 @@ fn a_block_damaged_on_both_copies_stays_marked_until_it_reads_well_or_is_gone() 
         crate::disks::wait_history(&c, &format!("node {mirror} rejoined"), limit).await?;
         harness::wait_fully_protected(&c, std::time::Duration::from_secs(60)).await?;
         wait_damaged(&c, &marked, &format!("marks after node {mirror} restarted")).await?;
+        let again = query(&c, &log).await?;
+        ensure!(
+            again == logged,
+            "node {mirror}'s repair log after its restart: {again:?}, before {logged:?}"
+        );
         expect_error(&c, G, &["XX001"]).await?;
 
         // 3. The mirror's good bytes restored (as a regeneration or an

@@ -7,9 +7,8 @@
 //! image) or gone (rewritten by GROOM, its rows deleted and groomed, its
 //! table dropped or truncated, its copy dropped after a regeneration moved
 //! it). Marks are kept in `damaged-blocks.jsonl` next to the node's disk
-//! images (one JSON object a line, written whole to a temporary file and
-//! renamed), so a restart keeps them; they are not part of the disk image
-//! format.
+//! images (`jsonl`: rewritten whole on each change), so a restart keeps
+//! them; they are not part of the disk image format.
 //!
 //! It owns the marks and their file. It must never repair a block or read
 //! one through the repair seam (a re-check reads the block as a peer's
@@ -17,7 +16,6 @@
 //! read for another reason than its being gone.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -26,6 +24,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use super::jsonl;
 use crate::proto::pb;
 use crate::store::{DiskStore, LogicalBlock, SegmentKind};
 use crate::{DiskId, EngineError, SliceId, TableId};
@@ -130,10 +129,7 @@ impl DamagedBlocks {
     /// without disks). An unreadable file starts empty, with a warning:
     /// the marks are a report, and the damage is met again on its next read.
     pub(super) fn open(disks: &[Arc<DiskStore>]) -> DamagedBlocks {
-        let file = disks
-            .first()
-            .and_then(|d| d.path().parent())
-            .map(|dir| dir.join(FILE_NAME));
+        let file = jsonl::next_to_images(disks, FILE_NAME);
         let marks = file.as_deref().map(load).unwrap_or_default();
         DamagedBlocks {
             file,
@@ -195,41 +191,21 @@ impl DamagedBlocks {
         marks.values().cloned().collect()
     }
 
-    /// Write the marks whole: a temporary file, fsynced, renamed over the
-    /// old one, the directory fsynced. A failure is logged: the marks stay
-    /// in memory.
+    /// Write the marks whole (a failure is logged: the marks stay in
+    /// memory).
     fn save(&self, marks: &BTreeMap<Key, Mark>) {
-        let Some(file) = &self.file else {
-            return;
-        };
-        if let Err(e) = write_atomically(file, marks.values()) {
-            warn!(file = %file.display(), error = %e, "the damaged-block marks could not be saved");
+        if let Some(file) = &self.file {
+            jsonl::rewrite(file, marks.values());
         }
     }
 }
 
-/// The marks in `file` (none if it does not exist; a line that does not
-/// parse is skipped with a warning).
+/// The marks in `file`.
 fn load(file: &Path) -> BTreeMap<Key, Mark> {
-    let mut marks = BTreeMap::new();
-    match std::fs::read_to_string(file) {
-        Ok(text) => {
-            for (i, line) in text.lines().enumerate() {
-                match serde_json::from_str::<Mark>(line) {
-                    Ok(m) => {
-                        marks.insert(m.key(), m);
-                    }
-                    Err(e) => warn!(file = %file.display(), line = i + 1, error = %e,
-                                    "a damaged-block mark that does not parse is skipped"),
-                }
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            warn!(file = %file.display(), error = %e, "the damaged-block marks cannot be read")
-        }
-    }
-    marks
+    jsonl::load::<Mark>(file)
+        .into_iter()
+        .map(|m| (m.key(), m))
+        .collect()
 }
 
 /// Read the marked block as a peer's `FetchBlock` would (no repair).
@@ -250,23 +226,6 @@ fn check(disk: &DiskStore, segment: SegmentKind, m: &Mark) -> Recheck {
         Err(EngineError::TableNotFound(t)) => Recheck::Gone(format!("table {t} dropped")),
         Err(_) => Recheck::Damaged,
     }
-}
-
-fn write_atomically<'a>(file: &Path, marks: impl Iterator<Item = &'a Mark>) -> std::io::Result<()> {
-    let tmp = file.with_extension("jsonl.tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        for m in marks {
-            serde_json::to_writer(&mut f, m)?;
-            f.write_all(b"\n")?;
-        }
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, file)?;
-    if let Some(dir) = file.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 
 mod control;
 mod damaged;
+mod jsonl;
 mod metrics;
 mod peer;
 mod repair;
@@ -138,7 +139,7 @@ impl NodeServer {
                 fragments: RwLock::new(None),
                 sweeping: Mutex::new(()),
                 activity: Default::default(),
-                repairs: Default::default(),
+                repairs: Mutex::new(repair::RepairLog::open(&disks)),
                 repair,
                 damaged: damaged::DamagedBlocks::open(&disks),
                 scrub_rate: Default::default(),

@@ -9,7 +9,8 @@
 //! own copy (`peer.rs`), never through its own repair.
 //!
 //! Every damaged block met is recorded ([`RepairLog`]: what `Status` reports
-//! and `slicedb_repairs` shows) and counted per disk. One bad block does not
+//! and `slicedb_repairs` shows; the last 1000 also in `repairs.jsonl` next
+//! to the images, across restarts) and counted per disk. One bad block does not
 //! fail a disk: only [`RepairPolicy::limit`] of them within
 //! [`RepairPolicy::window`] do (docs/disk-format.md, "Sector repair"); past
 //! that the read fails with the original error, which fails the disk over
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::{info, warn};
 
 use super::damaged::Mark;
+use super::jsonl;
 use super::{NodeServer, NodeState};
 use crate::proto::pb;
 use crate::store::{check_replacement, BlockRepair, LogicalBlock, StoredBlock};
@@ -63,7 +65,14 @@ impl Default for RepairPolicy {
     }
 }
 
-/// What the node remembers of the damaged blocks it met.
+/// The file the repair log is kept in, next to the node's images.
+pub const LOG_FILE: &str = "repairs.jsonl";
+
+/// What the node remembers of the damaged blocks it met. The records are
+/// also kept in [`LOG_FILE`] (`jsonl`: one line appended per record, the
+/// file rewritten with the last [`LOG_CAPACITY`] once it holds twice
+/// that), so the last ones outlive a restart; the per-disk counts (the
+/// metric, the threshold) start again from zero.
 #[derive(Default)]
 pub(super) struct RepairLog {
     records: VecDeque<pb::RepairRecord>,
@@ -71,9 +80,81 @@ pub(super) struct RepairLog {
     repaired: HashMap<DiskId, u64>,
     /// When each disk's recent bad blocks were met (the threshold).
     recent: HashMap<DiskId, VecDeque<Instant>>,
+    /// Where the records are kept (None: in memory only), and the lines
+    /// it holds.
+    file: Option<std::path::PathBuf>,
+    lines: usize,
+}
+
+/// A repair record as a line of [`LOG_FILE`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedRecord {
+    at_unix_ms: u64,
+    disk: DiskId,
+    segment: i32,
+    table: u64,
+    slice: u32,
+    seq: u64,
+    offset: u64,
+    length: u64,
+    source_node: Option<NodeId>,
+    outcome: String,
+    error: String,
+}
+
+impl From<&pb::RepairRecord> for SavedRecord {
+    fn from(r: &pb::RepairRecord) -> Self {
+        SavedRecord {
+            at_unix_ms: r.at_unix_ms,
+            disk: r.disk,
+            segment: r.segment,
+            table: r.table,
+            slice: r.slice,
+            seq: r.seq,
+            offset: r.offset,
+            length: r.length,
+            source_node: r.has_source.then_some(r.source_node),
+            outcome: r.outcome.clone(),
+            error: r.error.clone(),
+        }
+    }
+}
+
+impl From<SavedRecord> for pb::RepairRecord {
+    fn from(r: SavedRecord) -> Self {
+        pb::RepairRecord {
+            at_unix_ms: r.at_unix_ms,
+            disk: r.disk,
+            segment: r.segment,
+            table: r.table,
+            slice: r.slice,
+            seq: r.seq,
+            offset: r.offset,
+            length: r.length,
+            source_node: r.source_node.unwrap_or(0),
+            has_source: r.source_node.is_some(),
+            outcome: r.outcome,
+            error: r.error,
+        }
+    }
 }
 
 impl RepairLog {
+    /// The log kept next to `disks`' images, with the records a previous
+    /// run of the node left there.
+    pub(super) fn open(disks: &[Arc<crate::store::DiskStore>]) -> RepairLog {
+        let file = jsonl::next_to_images(disks, LOG_FILE);
+        let saved: Vec<SavedRecord> = file.as_deref().map(jsonl::load).unwrap_or_default();
+        let lines = saved.len();
+        let skip = saved.len().saturating_sub(LOG_CAPACITY);
+        RepairLog {
+            records: saved.into_iter().skip(skip).map(Into::into).collect(),
+            file,
+            lines,
+            ..Default::default()
+        }
+    }
+
     pub(super) fn records(&self) -> Vec<pb::RepairRecord> {
         self.records.iter().cloned().collect()
     }
@@ -102,6 +183,23 @@ impl RepairLog {
         }
         if self.records.len() == LOG_CAPACITY {
             self.records.pop_front();
+        }
+        if let Some(file) = &self.file {
+            if self.lines >= 2 * LOG_CAPACITY {
+                jsonl::rewrite(
+                    file,
+                    self.records
+                        .iter()
+                        .chain(std::iter::once(&r))
+                        .map(SavedRecord::from)
+                        .collect::<Vec<_>>()
+                        .iter(),
+                );
+                self.lines = self.records.len() + 1;
+            } else {
+                jsonl::append(file, &SavedRecord::from(&r));
+                self.lines += 1;
+            }
         }
         self.records.push_back(r);
     }
