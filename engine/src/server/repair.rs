@@ -24,7 +24,10 @@
 //! but over the block the index still holds at that offset.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
@@ -80,10 +83,45 @@ pub(super) struct RepairLog {
     repaired: HashMap<DiskId, u64>,
     /// When each disk's recent bad blocks were met (the threshold).
     recent: HashMap<DiskId, VecDeque<Instant>>,
-    /// Where the records are kept (None: in memory only), and the lines
-    /// it holds.
-    file: Option<std::path::PathBuf>,
-    lines: usize,
+    /// Where the records are kept (None: in memory only), written apart
+    /// from this lock: a `Status` reading the log never waits for an fsync.
+    file: Option<Arc<LogFile>>,
+}
+
+/// [`LOG_FILE`], the lines it holds, and the lock its writers take.
+struct LogFile {
+    path: std::path::PathBuf,
+    lines: AtomicUsize,
+    writing: Mutex<()>,
+}
+
+/// A record to write to [`LOG_FILE`] once the log's lock is released (and
+/// the records to rewrite it with, when it holds twice the capacity).
+#[must_use = "write() the record to the log's file"]
+pub(super) struct Pending {
+    file: Option<Arc<LogFile>>,
+    record: SavedRecord,
+    rewrite: Option<Vec<SavedRecord>>,
+}
+
+impl Pending {
+    /// Append the record (or rewrite the file); a failure is logged.
+    pub(super) fn write(self) {
+        let Some(file) = self.file else {
+            return;
+        };
+        let _w = file.writing.lock();
+        match self.rewrite {
+            Some(all) => {
+                jsonl::rewrite(&file.path, all.iter());
+                file.lines.store(all.len(), Ordering::Relaxed);
+            }
+            None => {
+                jsonl::append(&file.path, &self.record);
+                file.lines.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// A repair record as a line of [`LOG_FILE`].
@@ -143,14 +181,19 @@ impl RepairLog {
     /// The log kept next to `disks`' images, with the records a previous
     /// run of the node left there.
     pub(super) fn open(disks: &[Arc<crate::store::DiskStore>]) -> RepairLog {
-        let file = jsonl::next_to_images(disks, LOG_FILE);
-        let saved: Vec<SavedRecord> = file.as_deref().map(jsonl::load).unwrap_or_default();
+        let path = jsonl::next_to_images(disks, LOG_FILE);
+        let saved: Vec<SavedRecord> = path.as_deref().map(jsonl::load).unwrap_or_default();
         let lines = saved.len();
         let skip = saved.len().saturating_sub(LOG_CAPACITY);
         RepairLog {
             records: saved.into_iter().skip(skip).map(Into::into).collect(),
-            file,
-            lines,
+            file: path.map(|path| {
+                Arc::new(LogFile {
+                    path,
+                    lines: AtomicUsize::new(lines),
+                    writing: Mutex::new(()),
+                })
+            }),
             ..Default::default()
         }
     }
@@ -177,31 +220,25 @@ impl RepairLog {
         q.len() as u64 >= u64::from(policy.limit.max(1))
     }
 
-    fn push(&mut self, r: pb::RepairRecord) {
+    /// Record `r`; what to write to the file once the lock is released.
+    fn push(&mut self, r: pb::RepairRecord) -> Pending {
         if r.outcome.starts_with("repaired") {
             *self.repaired.entry(r.disk).or_default() += 1;
         }
         if self.records.len() == LOG_CAPACITY {
             self.records.pop_front();
         }
-        if let Some(file) = &self.file {
-            if self.lines >= 2 * LOG_CAPACITY {
-                jsonl::rewrite(
-                    file,
-                    self.records
-                        .iter()
-                        .chain(std::iter::once(&r))
-                        .map(SavedRecord::from)
-                        .collect::<Vec<_>>()
-                        .iter(),
-                );
-                self.lines = self.records.len() + 1;
-            } else {
-                jsonl::append(file, &SavedRecord::from(&r));
-                self.lines += 1;
-            }
-        }
+        let record = SavedRecord::from(&r);
         self.records.push_back(r);
+        let full = self
+            .file
+            .as_ref()
+            .is_some_and(|f| f.lines.load(Ordering::Relaxed) >= 2 * LOG_CAPACITY);
+        Pending {
+            file: self.file.clone(),
+            record,
+            rewrite: full.then(|| self.records.iter().map(SavedRecord::from).collect()),
+        }
     }
 }
 
@@ -226,7 +263,7 @@ impl NodeServer {
             _ => 0,
         };
         let past = st.repairs.lock().bad_block(disk, policy);
-        st.repairs.lock().push(pb::RepairRecord {
+        let pending = st.repairs.lock().push(pb::RepairRecord {
             at_unix_ms: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
@@ -242,6 +279,7 @@ impl NodeServer {
             outcome: format!("failed: damaged here too, met while serving node {asker}'s repair"),
             error: error.to_string(),
         });
+        pending.write();
         warn!(node = st.node, disk, table = want.table, slice = want.slice, seq = want.seq,
               asker, error = %error, "the block asked for repair is damaged here too");
         st.damaged.mark(Mark::new(
@@ -338,7 +376,8 @@ impl NodeServer {
         };
         info!(node = st.node, disk = block.disk, table = block.table, slice = block.slice,
               seq = block.seq, outcome = %record.outcome, "block repair");
-        st.repairs.lock().push(record);
+        let pending = st.repairs.lock().push(record);
+        pending.write();
         if past {
             // Too many bad blocks: the disk itself is going. Fail it over
             // (the read fails with its error, as without repair).
