@@ -235,16 +235,19 @@ fn segment_name(v: i32) -> &'static str {
 }
 
 impl SystemView {
+    /// The permanent tables' names by id (a dropped table has none).
+    fn table_names(&self) -> std::collections::HashMap<u64, String> {
+        let cat = self.cluster.catalog().lock();
+        cat.tables()
+            .iter()
+            .map(|t| (t.id, t.name.clone()))
+            .collect()
+    }
+
     /// `slicedb_repairs`: every node's repair records, oldest first per
     /// node (a dropped table's name is NULL).
     async fn repairs(&self) -> Vec<ArrayRef> {
-        let names: std::collections::HashMap<u64, String> = {
-            let cat = self.cluster.catalog().lock();
-            cat.tables()
-                .iter()
-                .map(|t| (t.id, t.name.clone()))
-                .collect()
-        };
+        let names = self.table_names();
         let mut recs: Vec<(u32, pb::RepairRecord)> = Vec::new();
         for st in self.statuses().await {
             recs.extend(st.repairs.into_iter().map(|r| (st.node, r)));
@@ -349,13 +352,7 @@ impl SystemView {
     /// copies damaged, or no good copy to be had), each until its node
     /// finds it readable again or gone; by node, disk, table, slice.
     async fn damaged(&self) -> Vec<ArrayRef> {
-        let names: std::collections::HashMap<u64, String> = {
-            let cat = self.cluster.catalog().lock();
-            cat.tables()
-                .iter()
-                .map(|t| (t.id, t.name.clone()))
-                .collect()
-        };
+        let names = self.table_names();
         let mut recs: Vec<(u32, pb::DamagedBlock)> = Vec::new();
         for st in self.statuses().await {
             recs.extend(st.damaged.into_iter().map(|d| (st.node, d)));

@@ -11,7 +11,7 @@
 //! `slicedb_verify` finds every slice in sync. The next fault (a node
 //! killed) is then survived with exact answers.
 //!
-//! The seed is printed; `SLICEDB_DAMAGE_SEED=<n>` replays a run. Both copies
+//! The seed is printed; `SLICEDB_TEST_SEED=<n>` replays a run. Both copies
 //! of one logical block (same table, slice and overlapping rowids) are
 //! never damaged: that is `XX001` (tests/it/repair.rs), not a repair.
 
@@ -26,10 +26,10 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use slicedb_engine::disk::{BlockDevice, FileDevice};
-use slicedb_engine::store::{DiskStore, SegmentKind, StoredBlock};
+use slicedb_engine::store::{SegmentKind, StoredBlock};
 
 use crate::harness::{self, exec, query, Rows, Slicedb};
-use crate::repair::{node_metric, nothing_failed};
+use crate::repair::{node_metric, nothing_failed, stored_blocks};
 
 /// Blocks damaged in all (at least 100, the count).
 const DAMAGED: usize = 120;
@@ -106,15 +106,8 @@ fn image(root: &Path, node: u32, disk: u32) -> PathBuf {
 
 /// Every committed block of `segment` in the image.
 fn blocks(root: &Path, node: u32, disk: u32, segment: SegmentKind) -> Result<Vec<Spot>> {
-    let store = DiskStore::open_read_only(&image(root, node, disk))?;
     let mut out = Vec::new();
-    for s in store
-        .report()
-        .slices
-        .iter()
-        .filter(|s| s.segment == segment)
-    {
-        let bs = store.export_slice(segment, s.table, s.slice, &[])?.blocks;
+    for bs in stored_blocks(&image(root, node, disk), segment)? {
         let last = bs.iter().map(|b| b.seq).max();
         for b in bs {
             out.push(Spot {
@@ -126,17 +119,6 @@ fn blocks(root: &Path, node: u32, disk: u32, segment: SegmentKind) -> Result<Vec
         }
     }
     Ok(out)
-}
-
-/// The seed: `SLICEDB_DAMAGE_SEED`, else a fresh one.
-fn seed() -> Result<u64> {
-    match std::env::var("SLICEDB_DAMAGE_SEED") {
-        Ok(s) => s
-            .trim()
-            .parse()
-            .map_err(|e| anyhow!("SLICEDB_DAMAGE_SEED={s:?}: {e}")),
-        Err(_) => Ok(rand::rng().random()),
-    }
 }
 
 /// (table, slice, segment) -> the rowid ranges damaged there.
@@ -308,8 +290,7 @@ async fn records(
 #[test]
 fn a_hundred_random_corruptions_on_several_disks_are_repaired_while_queries_run() {
     harness::run("damage", |env| async move {
-        let seed = seed()?;
-        eprintln!("[damage] seed {seed} (replay: SLICEDB_DAMAGE_SEED={seed})");
+        let seed = crate::data::seed("damage");
         let mut rng = StdRng::seed_from_u64(seed);
         // A patient failure detector: on a loaded 2-core CI machine the
         // default 300 ms probe once failed a busy node during the load,

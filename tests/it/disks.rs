@@ -219,7 +219,20 @@ fn image(root: &Path, node: u32, disk: u32) -> PathBuf {
         .join(format!("disk-{disk}.img"))
 }
 
+/// Load table h into a fresh cluster and check its layout and that
+/// `slicedb_disks` shows every disk in service, three segments each; the
+/// answers of TOTALS and GROUPS.
 async fn load(c: &tokio_postgres::Client) -> Result<[Rows; 2]> {
+    check_fresh_layout(&layout(c).await?)?;
+    let (states, rows) = disk_states(c).await?;
+    ensure!(
+        states.len() == (NODES * DISKS) as usize
+            && rows == 3 * states.len()
+            && states
+                .values()
+                .all(|(s, w)| s == "in_service" && w.is_empty()),
+        "slicedb_disks shows every disk in service, three segments each: {states:?}"
+    );
     exec(c, "CREATE TABLE h (k bigint, v bigint) DISTRIBUTE ON (k)").await?;
     exec(
         c,
@@ -246,16 +259,6 @@ fn each_disk_of_a_node_fails_over_and_is_regenerated_on_its_own() {
         .await?;
         let c = db.connect().await?;
         let want = load(&c).await?;
-        check_fresh_layout(&layout(&c).await?)?;
-        let (states, rows) = disk_states(&c).await?;
-        ensure!(
-            states.len() == (NODES * DISKS) as usize
-                && rows == 3 * states.len()
-                && states
-                    .values()
-                    .all(|(s, w)| s == "in_service" && w.is_empty()),
-            "slicedb_disks shows every disk in service, three segments each: {states:?}"
-        );
         let root = env.path().join("cluster");
 
         // 1. Node 0's disk 1: its image removed under the running node.
@@ -350,14 +353,6 @@ fn slicedb_local_with_two_disks_per_node_places_and_heals_every_disk() {
         .await?;
         let c = db.connect().await?;
         let want = load(&c).await?;
-        check_fresh_layout(&layout(&c).await?)?;
-        let (states, rows) = disk_states(&c).await?;
-        ensure!(
-            states.len() == (NODES * DISKS) as usize
-                && rows == 3 * states.len()
-                && states.values().all(|(s, _)| s == "in_service"),
-            "slicedb_disks shows every disk: {states:?}"
-        );
         // Node 2's disk 0 removed: only it fails over, then is regenerated.
         let img = data.join("node-2").join("disk-0.img");
         ensure!(img.exists(), "local keeps its images at {}", img.display());

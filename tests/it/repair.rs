@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, ensure, Result};
 use slicedb_engine::disk::{BlockDevice, FileDevice};
-use slicedb_engine::store::{DiskStore, SegmentKind};
+use slicedb_engine::store::{DiskStore, SegmentKind, StoredBlock};
 
 use crate::harness::{self, exec, expect_error, query, scalar, Rows, Slicedb};
 
@@ -22,8 +22,9 @@ const TOTALS: &str = "SELECT count(*), sum(k), sum(v), min(k), max(v) FROM f";
 /// A committed block of a copy in an image: (table id, slice, offset, length).
 type Spot = (u64, u32, u64, u64);
 
-/// The committed blocks of `segment` in `image`, as its index lists them.
-pub(crate) fn spots(image: &Path, segment: SegmentKind) -> Result<Vec<Spot>> {
+/// The committed blocks of `segment` in `image`, as its index lists them,
+/// stream by stream (table and slice).
+pub(crate) fn stored_blocks(image: &Path, segment: SegmentKind) -> Result<Vec<Vec<StoredBlock>>> {
     let store = DiskStore::open_read_only(image)?;
     let mut out = Vec::new();
     for s in store
@@ -32,11 +33,18 @@ pub(crate) fn spots(image: &Path, segment: SegmentKind) -> Result<Vec<Spot>> {
         .iter()
         .filter(|s| s.segment == segment)
     {
-        for b in store.export_slice(segment, s.table, s.slice, &[])?.blocks {
-            out.push((b.table, b.slice, b.offset, b.length));
-        }
+        out.push(store.export_slice(segment, s.table, s.slice, &[])?.blocks);
     }
     Ok(out)
+}
+
+/// [`stored_blocks`] as spots.
+pub(crate) fn spots(image: &Path, segment: SegmentKind) -> Result<Vec<Spot>> {
+    Ok(stored_blocks(image, segment)?
+        .into_iter()
+        .flatten()
+        .map(|b| (b.table, b.slice, b.offset, b.length))
+        .collect())
 }
 
 /// Flip 16 bytes in the middle of the block at `offset`; the bytes before.
