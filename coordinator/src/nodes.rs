@@ -43,6 +43,9 @@ pub struct NodeClient {
     pub address: String,
     /// Configured as a spare (see [`NodeEndpoint::spare`]).
     pub spare: bool,
+    /// Its disks, as configured (`slicedb_disks` lists them all, even
+    /// while the node does not answer).
+    pub disks: u32,
     pub grpc: pb::node_client::NodeClient<Channel>,
     pub flight: FlightServiceClient<Channel>,
     /// The failure detector's own connection (see [`NodeClient::new`]).
@@ -85,6 +88,7 @@ impl NodeClient {
             .connect_lazy();
         Ok(NodeClient {
             spare: ep.spare,
+            disks: ep.disks,
             id: ep.id,
             address: ep.address.clone(),
             grpc: pb::node_client::NodeClient::new(control)

@@ -2,7 +2,9 @@
 //! `slicedb_tables` (distribution, persistence), `slicedb_table_slices`,
 //! `slicedb_verify` (primary vs mirror, online), `slicedb_repairs` (the
 //! damaged blocks the nodes met and repaired from the other copy),
-//! `slicedb_scrub` (each disk's last complete background scrub pass). Each is computed fresh at scan time from the map,
+//! `slicedb_scrub` (each disk's last complete background scrub pass),
+//! `slicedb_damaged` (blocks no good copy could repair, marked until they
+//! read well again or are gone). Each is computed fresh at scan time from the map,
 //! the catalog and the nodes' Status answers, like Greenplum's
 //! `gp_segment_configuration` or Netezza's `_v_dslice`.
 //!
@@ -47,6 +49,7 @@ enum View {
     Tables,
     Repairs,
     Scrub,
+    Damaged,
 }
 
 impl View {
@@ -62,6 +65,7 @@ impl View {
             View::Tables => "slicedb_tables",
             View::Repairs => "slicedb_repairs",
             View::Scrub => "slicedb_scrub",
+            View::Damaged => "slicedb_damaged",
         }
     }
 
@@ -80,7 +84,15 @@ impl View {
                 s("state"),
                 s("copies"),
             ],
-            View::Disks => vec![i("node"), i("disk"), s("segment"), b("bytes"), b("used")],
+            View::Disks => vec![
+                i("node"),
+                i("disk"),
+                s("segment"),
+                b("bytes"),
+                b("used"),
+                s("state"),
+                s("failed"),
+            ],
             View::TableSlices => vec![
                 s("table_name"),
                 i("slice"),
@@ -105,6 +117,20 @@ impl View {
                 b("block_bytes"),
                 i("source_node"),
                 s("outcome"),
+                s("error"),
+            ],
+            View::Damaged => vec![
+                Field::new("since", ts(), true),
+                i("node"),
+                i("disk"),
+                s("segment"),
+                s("table_name"),
+                b("table_id"),
+                i("slice"),
+                b("block_seq"),
+                b("rows"),
+                b("rowid_min"),
+                b("rowid_max"),
                 s("error"),
             ],
             View::Scrub => vec![
@@ -175,6 +201,7 @@ pub fn register(ctx: &SessionContext, cluster: &Arc<Cluster>) -> Result<()> {
         View::Tables,
         View::Repairs,
         View::Scrub,
+        View::Damaged,
     ] {
         ctx.register_table(
             view.name(),
@@ -208,16 +235,19 @@ fn segment_name(v: i32) -> &'static str {
 }
 
 impl SystemView {
+    /// The permanent tables' names by id (a dropped table has none).
+    fn table_names(&self) -> std::collections::HashMap<u64, String> {
+        let cat = self.cluster.catalog().lock();
+        cat.tables()
+            .iter()
+            .map(|t| (t.id, t.name.clone()))
+            .collect()
+    }
+
     /// `slicedb_repairs`: every node's repair records, oldest first per
     /// node (a dropped table's name is NULL).
     async fn repairs(&self) -> Vec<ArrayRef> {
-        let names: std::collections::HashMap<u64, String> = {
-            let cat = self.cluster.catalog().lock();
-            cat.tables()
-                .iter()
-                .map(|t| (t.id, t.name.clone()))
-                .collect()
-        };
+        let names = self.table_names();
         let mut recs: Vec<(u32, pb::RepairRecord)> = Vec::new();
         for st in self.statuses().await {
             recs.extend(st.repairs.into_iter().map(|r| (st.node, r)));
@@ -258,6 +288,107 @@ impl SystemView {
             )),
             Arc::new(StringArray::from_iter_values(
                 recs.iter().map(|(_, r)| r.error.clone()),
+            )),
+        ]
+    }
+
+    /// `slicedb_disks`: every configured disk of every node, one row per
+    /// segment, with its state: `in_service`, `failed` (the node's reason
+    /// in `failed`: an I/O error, the image gone or cut short, damaged
+    /// blocks past the limit) or, for a node that does not answer, one row
+    /// per disk with state `unreachable` and no segment.
+    async fn disks(&self) -> Vec<ArrayRef> {
+        let answers: std::collections::HashMap<u32, pb::StatusResponse> = self
+            .statuses()
+            .await
+            .into_iter()
+            .map(|st| (st.node, st))
+            .collect();
+        let (mut node, mut disk, mut seg, mut bytes, mut used) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        let (mut state, mut failed) = (vec![], vec![]);
+        for n in self.cluster.nodes().values() {
+            let Some(st) = answers.get(&n.id) else {
+                for d in 0..n.disks {
+                    node.push(n.id as i32);
+                    disk.push(d as i32);
+                    seg.push(None);
+                    bytes.push(None);
+                    used.push(None);
+                    state.push("unreachable");
+                    failed.push(None);
+                }
+                continue;
+            };
+            for d in &st.disks {
+                for sg in &d.segments {
+                    node.push(st.node as i32);
+                    disk.push(d.disk as i32);
+                    seg.push(Some(segment_name(sg.segment)));
+                    bytes.push(Some(sg.bytes as i64));
+                    used.push(Some(sg.used as i64));
+                    if d.failed.is_empty() {
+                        state.push("in_service");
+                        failed.push(None);
+                    } else {
+                        state.push("failed");
+                        failed.push(Some(d.failed.clone()));
+                    }
+                }
+            }
+        }
+        vec![
+            Arc::new(Int32Array::from(node)),
+            Arc::new(Int32Array::from(disk)),
+            Arc::new(StringArray::from(seg)),
+            Arc::new(Int64Array::from(bytes)),
+            Arc::new(Int64Array::from(used)),
+            Arc::new(StringArray::from(state)),
+            Arc::new(StringArray::from(failed)),
+        ]
+    }
+
+    /// `slicedb_damaged`: the blocks the nodes could not repair (both
+    /// copies damaged, or no good copy to be had), each until its node
+    /// finds it readable again or gone; by node, disk, table, slice.
+    async fn damaged(&self) -> Vec<ArrayRef> {
+        let names = self.table_names();
+        let mut recs: Vec<(u32, pb::DamagedBlock)> = Vec::new();
+        for st in self.statuses().await {
+            recs.extend(st.damaged.into_iter().map(|d| (st.node, d)));
+        }
+        recs.sort_by_key(|(n, d)| (*n, d.disk, d.table, d.slice, d.seq));
+        let col64 = |f: &dyn Fn(&pb::DamagedBlock) -> i64| -> ArrayRef {
+            Arc::new(Int64Array::from_iter_values(recs.iter().map(|(_, d)| f(d))))
+        };
+        let col32 = |f: &dyn Fn(u32, &pb::DamagedBlock) -> u32| -> ArrayRef {
+            Arc::new(Int32Array::from_iter_values(
+                recs.iter().map(|(n, d)| f(*n, d) as i32),
+            ))
+        };
+        vec![
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(
+                    recs.iter().map(|(_, d)| d.since_unix_ms as i64),
+                )
+                .with_timezone("+00:00"),
+            ),
+            col32(&|n, _| n),
+            col32(&|_, d| d.disk),
+            Arc::new(StringArray::from_iter_values(
+                recs.iter().map(|(_, d)| segment_name(d.segment)),
+            )),
+            Arc::new(StringArray::from_iter(
+                recs.iter().map(|(_, d)| names.get(&d.table).cloned()),
+            )),
+            col64(&|d| d.table as i64),
+            col32(&|_, d| d.slice),
+            col64(&|d| d.seq as i64),
+            col64(&|d| d.rows as i64),
+            col64(&|d| d.rowid_min),
+            col64(&|d| d.rowid_max),
+            Arc::new(StringArray::from_iter_values(
+                recs.iter().map(|(_, d)| d.error.clone()),
             )),
         ]
     }
@@ -436,30 +567,10 @@ impl SystemView {
                     }))),
                 ]
             }
-            View::Disks => {
-                let (mut node, mut disk, mut seg, mut bytes, mut used) =
-                    (vec![], vec![], vec![], vec![], vec![]);
-                for st in self.statuses().await {
-                    for d in &st.disks {
-                        for s in &d.segments {
-                            node.push(st.node as i32);
-                            disk.push(d.disk as i32);
-                            seg.push(segment_name(s.segment));
-                            bytes.push(s.bytes as i64);
-                            used.push(s.used as i64);
-                        }
-                    }
-                }
-                vec![
-                    Arc::new(Int32Array::from(node)),
-                    Arc::new(Int32Array::from(disk)),
-                    Arc::new(StringArray::from(seg)),
-                    Arc::new(Int64Array::from(bytes)),
-                    Arc::new(Int64Array::from(used)),
-                ]
-            }
+            View::Disks => self.disks().await,
             View::Repairs => self.repairs().await,
             View::Scrub => self.scrub().await,
+            View::Damaged => self.damaged().await,
             View::TableSlices => {
                 // Permanent tables, and the current session's temporary ones.
                 let names: std::collections::HashMap<u64, (String, &'static str)> = {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, ensure, Result};
 use slicedb_engine::disk::{BlockDevice, FileDevice};
-use slicedb_engine::store::{DiskStore, SegmentKind};
+use slicedb_engine::store::{DiskStore, SegmentKind, StoredBlock};
 
 use crate::harness::{self, exec, expect_error, query, scalar, Rows, Slicedb};
 
@@ -22,8 +22,9 @@ const TOTALS: &str = "SELECT count(*), sum(k), sum(v), min(k), max(v) FROM f";
 /// A committed block of a copy in an image: (table id, slice, offset, length).
 type Spot = (u64, u32, u64, u64);
 
-/// The committed blocks of `segment` in `image`, as its index lists them.
-pub(crate) fn spots(image: &Path, segment: SegmentKind) -> Result<Vec<Spot>> {
+/// The committed blocks of `segment` in `image`, as its index lists them,
+/// stream by stream (table and slice).
+pub(crate) fn stored_blocks(image: &Path, segment: SegmentKind) -> Result<Vec<Vec<StoredBlock>>> {
     let store = DiskStore::open_read_only(image)?;
     let mut out = Vec::new();
     for s in store
@@ -32,11 +33,18 @@ pub(crate) fn spots(image: &Path, segment: SegmentKind) -> Result<Vec<Spot>> {
         .iter()
         .filter(|s| s.segment == segment)
     {
-        for b in store.export_slice(segment, s.table, s.slice, &[])?.blocks {
-            out.push((b.table, b.slice, b.offset, b.length));
-        }
+        out.push(store.export_slice(segment, s.table, s.slice, &[])?.blocks);
     }
     Ok(out)
+}
+
+/// [`stored_blocks`] as spots.
+pub(crate) fn spots(image: &Path, segment: SegmentKind) -> Result<Vec<Spot>> {
+    Ok(stored_blocks(image, segment)?
+        .into_iter()
+        .flatten()
+        .map(|b| (b.table, b.slice, b.offset, b.length))
+        .collect())
 }
 
 /// Flip 16 bytes in the middle of the block at `offset`; the bytes before.
@@ -371,6 +379,177 @@ fn damaged_blocks_past_the_limit_fail_the_disk_over() {
         )
         .await?;
         ensure!(hist == "1", "the disk was failed over: {hist}");
+        db.kill();
+        Ok(())
+    });
+}
+
+/// `slicedb_damaged` as (node, segment, table, slice), sorted.
+async fn damaged(c: &tokio_postgres::Client) -> Result<Rows> {
+    query(
+        c,
+        "SELECT node, segment, table_name, slice FROM slicedb_damaged ORDER BY node, segment",
+    )
+    .await
+}
+
+/// Poll `slicedb_damaged` until it is `want` (each Status re-checks the
+/// marks), or fail with what it shows.
+async fn wait_damaged(c: &tokio_postgres::Client, want: &Rows, what: &str) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let got = damaged(c).await?;
+        if &got == want {
+            return Ok(());
+        }
+        ensure!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "{what}: slicedb_damaged is {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Damage both copies of one block of table `t` (a primary block on node 0
+/// and the same block's mirror copy): its slice, the mirror's node, and
+/// where the mirror's bytes were flipped with the good ones.
+async fn damage_both(
+    c: &tokio_postgres::Client,
+    image: &dyn Fn(u32) -> PathBuf,
+    t: &str,
+) -> Result<(u32, u32, (u64, Vec<u8>))> {
+    // The newest table's first primary block on node 0 (one load: one
+    // block per slice and copy, so the mirror's block of that slice is the
+    // same logical block).
+    let all = spots(&image(0), SegmentKind::Primary)?;
+    let id = all.iter().map(|s| s.0).max().unwrap_or(0);
+    let (_, slice, off, len) = *all
+        .iter()
+        .find(|s| s.0 == id)
+        .ok_or_else(|| anyhow!("{t} on node 0"))?;
+    let mirror: u32 = other_copy(c, slice, 0).await?.parse()?;
+    let (_, _, moff, mlen) = *spots(&image(mirror), SegmentKind::Mirror)?
+        .iter()
+        .find(|s| s.0 == id && s.1 == slice)
+        .ok_or_else(|| anyhow!("{t} slice {slice} mirrored on node {mirror}"))?;
+    flip(&image(0), off, len)?;
+    let good = flip(&image(mirror), moff, mlen)?;
+    Ok((slice, mirror, good))
+}
+
+#[test]
+fn a_block_damaged_on_both_copies_stays_marked_until_it_reads_well_or_is_gone() {
+    harness::run("damaged_marks", |env| async move {
+        let mut db = Slicedb::multiprocess_configured(
+            &env,
+            3,
+            "cluster",
+            &[],
+            "cache_size = \"0\"\nscrub_rate = \"0\"\n",
+        )
+        .await?;
+        let c = db.connect().await?;
+        exec(&c, "CREATE TABLE g (k bigint, v bigint) DISTRIBUTE ON (k)").await?;
+        exec(
+            &c,
+            "INSERT INTO g SELECT i, i FROM generate_series(1, 30000) AS s(i)",
+        )
+        .await?;
+        const G: &str = "SELECT count(*), sum(k), sum(v) FROM g";
+        let want = query(&c, G).await?;
+        let root = env.path().join("cluster");
+        let image = |n: u32| -> PathBuf { root.join(format!("node{n}")).join("disk-0.img") };
+        ensure!(damaged(&c).await?.is_empty(), "nothing marked at first");
+
+        // 1. Both copies of one block of g damaged: XX001, and the block is
+        // marked on both nodes (node 0 failed to repair its primary; the
+        // mirror's node found its copy damaged too when asked).
+        let (slice, mirror, (mat, mgood)) = damage_both(&c, &image, "g").await?;
+        let msg = expect_error(&c, G, &["XX001"]).await?;
+        ensure!(msg.contains(&format!("slice {slice} ")), "{msg}");
+        let mut marked: Rows = vec![
+            vec![
+                Some("0".into()),
+                Some("primary".into()),
+                Some("g".into()),
+                Some(slice.to_string()),
+            ],
+            vec![
+                Some(mirror.to_string()),
+                Some("mirror".into()),
+                Some("g".into()),
+                Some(slice.to_string()),
+            ],
+        ];
+        marked.sort();
+        wait_damaged(&c, &marked, "both copies marked").await?;
+        let file = root
+            .join(format!("node{mirror}"))
+            .join("damaged-blocks.jsonl");
+        ensure!(
+            std::fs::read_to_string(&file)?.lines().count() == 1,
+            "node {mirror} keeps its mark in {}",
+            file.display()
+        );
+
+        // 2. The mark, and the node's repair log, survive a restart of the
+        // mirror's node.
+        let log = format!(
+            "SELECT at_unix_ms, segment, table_name, slice, outcome FROM slicedb_repairs \
+             WHERE node = {mirror} ORDER BY at_unix_ms"
+        );
+        let logged = query(&c, &log).await?;
+        ensure!(
+            logged.iter().any(|r| r[4]
+                .as_deref()
+                .is_some_and(|o| o.contains("damaged here too"))),
+            "node {mirror} logged its damaged copy: {logged:?}"
+        );
+        db.kill_proc(mirror as usize);
+        let limit = std::time::Duration::from_secs(30);
+        crate::disks::wait_history(&c, &format!("node {mirror} failed"), limit).await?;
+        db.restart_node(&env, mirror as usize).await?;
+        crate::disks::wait_history(&c, &format!("node {mirror} rejoined"), limit).await?;
+        harness::wait_fully_protected(&c, std::time::Duration::from_secs(60)).await?;
+        wait_damaged(&c, &marked, &format!("marks after node {mirror} restarted")).await?;
+        let again = query(&c, &log).await?;
+        ensure!(
+            again == logged,
+            "node {mirror}'s repair log after its restart: {again:?}, before {logged:?}"
+        );
+        expect_error(&c, G, &["XX001"]).await?;
+
+        // 3. The mirror's good bytes restored (as a regeneration or an
+        // operator would): its mark clears; the next read repairs node 0's
+        // primary from it, and that mark clears too.
+        let dev = FileDevice::open(&image(mirror), true)?;
+        dev.write_at(mat, &mgood)?;
+        dev.sync()?;
+        let primary_only: Rows = marked
+            .iter()
+            .filter(|r| r[1].as_deref() == Some("primary"))
+            .cloned()
+            .collect();
+        wait_damaged(&c, &primary_only, "the mirror reads well again").await?;
+        ensure!(query(&c, G).await? == want, "g is whole again");
+        wait_damaged(&c, &vec![], "the primary was repaired").await?;
+
+        // 4. Damaged on both copies again, then the table dropped: the
+        // blocks are gone, and so are the marks. (TRUNCATE and DELETE read
+        // the table, so they fail on the block with XX001 too.)
+        damage_both(&c, &image, "g").await?;
+        expect_error(&c, G, &["XX001"]).await?;
+        wait_damaged(&c, &marked, "marked again").await?;
+        expect_error(&c, "TRUNCATE g", &["XX001"]).await?;
+        exec(&c, "DROP TABLE g").await?;
+        wait_damaged(&c, &vec![], "g dropped").await?;
+        let up = scalar(
+            &c,
+            "SELECT count(*) FROM slicedb_disks WHERE state <> 'in_service'",
+        )
+        .await?;
+        ensure!(up == "0", "no disk was failed by the damage: {up}");
+        drop(c);
         db.kill();
         Ok(())
     });

@@ -639,6 +639,13 @@ impl pb::node_server::Node for NodeServer {
         out.copies = self.state.copies.snapshot();
         out.repairs = self.state.repairs.lock().records();
         out.scrubs = self.scrub_status();
+        out.damaged = self
+            .state
+            .damaged
+            .recheck(&self.state.disks)
+            .iter()
+            .map(|m| m.to_pb())
+            .collect();
         for (i, d) in self.state.disks.iter().enumerate() {
             let disk = i as DiskId;
             let report = d.report();

@@ -17,6 +17,8 @@
 //! the checks.
 
 mod control;
+mod damaged;
+mod jsonl;
 mod metrics;
 mod peer;
 mod repair;
@@ -89,6 +91,8 @@ struct NodeState {
     repairs: Mutex<repair::RepairLog>,
     /// The disks' repair seam, bound to this node when it serves.
     repair: Option<Arc<PeerRepair>>,
+    /// Blocks that could not be repaired (`Status.damaged`).
+    damaged: damaged::DamagedBlocks,
     /// Bytes per second each disk's scrubber reads (0: none); read when
     /// serving starts.
     scrub_rate: std::sync::atomic::AtomicU64,
@@ -135,8 +139,9 @@ impl NodeServer {
                 fragments: RwLock::new(None),
                 sweeping: Mutex::new(()),
                 activity: Default::default(),
-                repairs: Default::default(),
+                repairs: Mutex::new(repair::RepairLog::open(&disks)),
                 repair,
+                damaged: damaged::DamagedBlocks::open(&disks),
                 scrub_rate: Default::default(),
                 scrub: Default::default(),
             }),
@@ -325,18 +330,35 @@ impl NodeServer {
         }
     }
 
-    /// Why `disk` is failed, if it is (its image file vanished counts).
+    /// Why `disk` is failed, if it is. An image file that vanished counts,
+    /// and so does one cut short (a file now shorter than the image its
+    /// superblock describes: every block past the cut is gone, and a
+    /// repair written there would only grow a sparse file). A block device
+    /// (no file length) is judged by its reads alone.
     fn disk_failure(&self, disk: DiskId) -> Option<String> {
         if let Some(why) = self.state.failed_disks.lock().get(&disk) {
             return Some(why.clone());
         }
         let d = self.state.disks.get(disk as usize)?;
-        if !d.path().exists() {
-            let why = format!("image {} vanished", d.path().display());
-            self.state.failed_disks.lock().insert(disk, why.clone());
-            return Some(why);
-        }
-        None
+        let size = d.superblock().image_size;
+        let why = match std::fs::metadata(d.path()) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                format!("image {} vanished", d.path().display())
+            }
+            Ok(m) if m.is_file() && m.len() < size => format!(
+                "image {} cut short: {} of its {size} bytes left",
+                d.path().display(),
+                m.len()
+            ),
+            _ => return None,
+        };
+        warn!(node = self.state.node, disk, why = %why, "disk failed");
+        self.state
+            .failed_disks
+            .lock()
+            .entry(disk)
+            .or_insert(why.clone());
+        Some(why)
     }
 }
 

@@ -9,7 +9,8 @@
 //! own copy (`peer.rs`), never through its own repair.
 //!
 //! Every damaged block met is recorded ([`RepairLog`]: what `Status` reports
-//! and `slicedb_repairs` shows) and counted per disk. One bad block does not
+//! and `slicedb_repairs` shows; the last 1000 also in `repairs.jsonl` next
+//! to the images, across restarts) and counted per disk. One bad block does not
 //! fail a disk: only [`RepairPolicy::limit`] of them within
 //! [`RepairPolicy::window`] do (docs/disk-format.md, "Sector repair"); past
 //! that the read fails with the original error, which fails the disk over
@@ -23,11 +24,16 @@
 //! but over the block the index still holds at that offset.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
+use super::damaged::Mark;
+use super::jsonl;
 use super::{NodeServer, NodeState};
 use crate::proto::pb;
 use crate::store::{check_replacement, BlockRepair, LogicalBlock, StoredBlock};
@@ -62,7 +68,14 @@ impl Default for RepairPolicy {
     }
 }
 
-/// What the node remembers of the damaged blocks it met.
+/// The file the repair log is kept in, next to the node's images.
+pub const LOG_FILE: &str = "repairs.jsonl";
+
+/// What the node remembers of the damaged blocks it met. The records are
+/// also kept in [`LOG_FILE`] (`jsonl`: one line appended per record, the
+/// file rewritten with the last [`LOG_CAPACITY`] once it holds twice
+/// that), so the last ones outlive a restart; the per-disk counts (the
+/// metric, the threshold) start again from zero.
 #[derive(Default)]
 pub(super) struct RepairLog {
     records: VecDeque<pb::RepairRecord>,
@@ -70,9 +83,121 @@ pub(super) struct RepairLog {
     repaired: HashMap<DiskId, u64>,
     /// When each disk's recent bad blocks were met (the threshold).
     recent: HashMap<DiskId, VecDeque<Instant>>,
+    /// Where the records are kept (None: in memory only), written apart
+    /// from this lock: a `Status` reading the log never waits for an fsync.
+    file: Option<Arc<LogFile>>,
+}
+
+/// [`LOG_FILE`], the lines it holds, and the lock its writers take.
+struct LogFile {
+    path: std::path::PathBuf,
+    lines: AtomicUsize,
+    writing: Mutex<()>,
+}
+
+/// A record to write to [`LOG_FILE`] once the log's lock is released (and
+/// the records to rewrite it with, when it holds twice the capacity).
+#[must_use = "write() the record to the log's file"]
+pub(super) struct Pending {
+    file: Option<Arc<LogFile>>,
+    record: SavedRecord,
+    rewrite: Option<Vec<SavedRecord>>,
+}
+
+impl Pending {
+    /// Append the record (or rewrite the file); a failure is logged.
+    pub(super) fn write(self) {
+        let Some(file) = self.file else {
+            return;
+        };
+        let _w = file.writing.lock();
+        match self.rewrite {
+            Some(all) => {
+                jsonl::rewrite(&file.path, all.iter());
+                file.lines.store(all.len(), Ordering::Relaxed);
+            }
+            None => {
+                jsonl::append(&file.path, &self.record);
+                file.lines.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// A repair record as a line of [`LOG_FILE`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedRecord {
+    at_unix_ms: u64,
+    disk: DiskId,
+    segment: i32,
+    table: u64,
+    slice: u32,
+    seq: u64,
+    offset: u64,
+    length: u64,
+    source_node: Option<NodeId>,
+    outcome: String,
+    error: String,
+}
+
+impl From<&pb::RepairRecord> for SavedRecord {
+    fn from(r: &pb::RepairRecord) -> Self {
+        SavedRecord {
+            at_unix_ms: r.at_unix_ms,
+            disk: r.disk,
+            segment: r.segment,
+            table: r.table,
+            slice: r.slice,
+            seq: r.seq,
+            offset: r.offset,
+            length: r.length,
+            source_node: r.has_source.then_some(r.source_node),
+            outcome: r.outcome.clone(),
+            error: r.error.clone(),
+        }
+    }
+}
+
+impl From<SavedRecord> for pb::RepairRecord {
+    fn from(r: SavedRecord) -> Self {
+        pb::RepairRecord {
+            at_unix_ms: r.at_unix_ms,
+            disk: r.disk,
+            segment: r.segment,
+            table: r.table,
+            slice: r.slice,
+            seq: r.seq,
+            offset: r.offset,
+            length: r.length,
+            source_node: r.source_node.unwrap_or(0),
+            has_source: r.source_node.is_some(),
+            outcome: r.outcome,
+            error: r.error,
+        }
+    }
 }
 
 impl RepairLog {
+    /// The log kept next to `disks`' images, with the records a previous
+    /// run of the node left there.
+    pub(super) fn open(disks: &[Arc<crate::store::DiskStore>]) -> RepairLog {
+        let path = jsonl::next_to_images(disks, LOG_FILE);
+        let saved: Vec<SavedRecord> = path.as_deref().map(jsonl::load).unwrap_or_default();
+        let lines = saved.len();
+        let skip = saved.len().saturating_sub(LOG_CAPACITY);
+        RepairLog {
+            records: saved.into_iter().skip(skip).map(Into::into).collect(),
+            file: path.map(|path| {
+                Arc::new(LogFile {
+                    path,
+                    lines: AtomicUsize::new(lines),
+                    writing: Mutex::new(()),
+                })
+            }),
+            ..Default::default()
+        }
+    }
+
     pub(super) fn records(&self) -> Vec<pb::RepairRecord> {
         self.records.iter().cloned().collect()
     }
@@ -95,14 +220,25 @@ impl RepairLog {
         q.len() as u64 >= u64::from(policy.limit.max(1))
     }
 
-    fn push(&mut self, r: pb::RepairRecord) {
+    /// Record `r`; what to write to the file once the lock is released.
+    fn push(&mut self, r: pb::RepairRecord) -> Pending {
         if r.outcome.starts_with("repaired") {
             *self.repaired.entry(r.disk).or_default() += 1;
         }
         if self.records.len() == LOG_CAPACITY {
             self.records.pop_front();
         }
+        let record = SavedRecord::from(&r);
         self.records.push_back(r);
+        let full = self
+            .file
+            .as_ref()
+            .is_some_and(|f| f.lines.load(Ordering::Relaxed) >= 2 * LOG_CAPACITY);
+        Pending {
+            file: self.file.clone(),
+            record,
+            rewrite: full.then(|| self.records.iter().map(SavedRecord::from).collect()),
+        }
     }
 }
 
@@ -127,7 +263,7 @@ impl NodeServer {
             _ => 0,
         };
         let past = st.repairs.lock().bad_block(disk, policy);
-        st.repairs.lock().push(pb::RepairRecord {
+        let pending = st.repairs.lock().push(pb::RepairRecord {
             at_unix_ms: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
@@ -143,8 +279,15 @@ impl NodeServer {
             outcome: format!("failed: damaged here too, met while serving node {asker}'s repair"),
             error: error.to_string(),
         });
+        pending.write();
         warn!(node = st.node, disk, table = want.table, slice = want.slice, seq = want.seq,
               asker, error = %error, "the block asked for repair is damaged here too");
+        st.damaged.mark(Mark::new(
+            disk,
+            segment,
+            want,
+            format!("damaged here too, met while serving node {asker}'s repair: {error}"),
+        ));
         if past {
             self.note_disk_fault(disk, &error.again());
         }
@@ -233,7 +376,8 @@ impl NodeServer {
         };
         info!(node = st.node, disk = block.disk, table = block.table, slice = block.slice,
               seq = block.seq, outcome = %record.outcome, "block repair");
-        st.repairs.lock().push(record);
+        let pending = st.repairs.lock().push(record);
+        pending.write();
         if past {
             // Too many bad blocks: the disk itself is going. Fail it over
             // (the read fails with its error, as without repair).
@@ -244,14 +388,22 @@ impl NodeServer {
         }
         match result {
             Ok((bytes, _)) => Ok(bytes),
-            Err(reason) => Err(EngineError::Unrepairable {
-                disk: block.disk,
-                table: block.table,
-                slice: block.slice,
-                segment: block.segment.as_str().to_string(),
-                seq: block.seq,
-                reason,
-            }),
+            Err(reason) => {
+                st.damaged.mark(Mark::new(
+                    block.disk,
+                    block.segment,
+                    &LogicalBlock::from(block),
+                    reason.clone(),
+                ));
+                Err(EngineError::Unrepairable {
+                    disk: block.disk,
+                    table: block.table,
+                    slice: block.slice,
+                    segment: block.segment.as_str().to_string(),
+                    seq: block.seq,
+                    reason,
+                })
+            }
         }
     }
 
