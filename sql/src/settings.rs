@@ -354,6 +354,13 @@ fn apply(
     value: Option<&str>,
 ) -> Result<Option<(String, String)>, SqlError> {
     let key = name.to_ascii_lowercase();
+    if key.starts_with("datafusion.runtime.") {
+        // The memory pool and spill directory are the server's, shared by
+        // every session.
+        conn.session
+            .coordinator()
+            .require_superuser(&format!("set {key}"))?;
+    }
     if is_datafusion(name) {
         let v = match value {
             Some(v) => v.to_string(),
