@@ -131,11 +131,10 @@ pub fn parse(sql: &str) -> Option<Result<RoleStatement, SqlError>> {
         .take(2)
         .map(|w| w.to_ascii_lowercase())
         .collect();
-    let ours = match head.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["create" | "alter" | "drop", "role" | "user"] => true,
-        ["grant" | "revoke", _] => true,
-        _ => false,
-    };
+    let ours = matches!(
+        head.iter().map(String::as_str).collect::<Vec<_>>()[..],
+        ["create" | "alter" | "drop", "role" | "user"] | ["grant" | "revoke", _]
+    );
     if !ours {
         return None;
     }
@@ -190,7 +189,7 @@ fn list(toks: &[Tok], what: &str) -> Result<Vec<String>, SqlError> {
             _ => return Err(syntax(what)),
         }
     }
-    if out.is_empty() || toks.len() % 2 == 0 {
+    if out.is_empty() || toks.len().is_multiple_of(2) {
         return Err(syntax(what));
     }
     Ok(out)

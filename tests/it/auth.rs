@@ -236,6 +236,7 @@ fn passwords_rules_and_privileges() {
         let port = hp.rsplit(':').next().unwrap_or_default().to_string();
         let args = vec![port.clone(), "bob".into(), BOB_PW2.into()];
         run_script("test_auth.py", args, "all auth checks passed").await?;
+        jdbc(&env, &hp, "bob", BOB_PW2, None).await?;
 
         // Roles, passwords and grants survive a restart.
         drop((alice, bob, admin));
@@ -444,10 +445,58 @@ fn tls_is_used_and_required_by_hostssl_rules() {
             "{e}"
         );
         // psycopg over TLS (verify-full), and its plain connection refused.
-        let args = vec![port, "carol".into(), "carol-Pw-44tq".into(), ca.clone()];
+        let args = vec![
+            port.clone(),
+            "carol".into(),
+            "carol-Pw-44tq".into(),
+            ca.clone(),
+        ];
         run_script("test_auth.py", args, "all auth checks passed").await?;
+        // JDBC too, verifying the certificate.
+        let params = format!("sslmode=verify-full&sslrootcert={ca}");
+        let hp = format!("localhost:{port}");
+        jdbc(&env, &hp, "carol", "carol-Pw-44tq", Some(params)).await?;
         db.stop().await
     });
+}
+
+/// tests/jdbc/JdbcAuth.java as `user` against `hp` (HOST:PORT), with URL
+/// `params` (None: no TLS).
+async fn jdbc(
+    env: &harness::TestEnv,
+    hp: &str,
+    user: &str,
+    password: &str,
+    params: Option<String>,
+) -> Result<()> {
+    use crate::jdbc::{run, DRIVER};
+    ensure!(
+        Path::new(DRIVER).exists(),
+        "the PostgreSQL JDBC driver is not installed: apt-get install libpostgresql-jdbc-java"
+    );
+    let classes = env.path().join("jdbc-classes");
+    std::fs::create_dir_all(&classes)?;
+    let classes = classes.display().to_string();
+    let javac = vec![
+        "-d".to_string(),
+        classes.clone(),
+        "-cp".to_string(),
+        DRIVER.to_string(),
+        format!("{}/tests/jdbc/JdbcAuth.java", harness::REPO),
+    ];
+    tokio::task::spawn_blocking(move || run("javac", &javac)).await??;
+    let mut java = vec![
+        "-cp".to_string(),
+        format!("{classes}:{DRIVER}"),
+        "JdbcAuth".to_string(),
+        hp.to_string(),
+        user.to_string(),
+        password.to_string(),
+    ];
+    java.extend(params);
+    let out = tokio::task::spawn_blocking(move || run("java", &java)).await??;
+    ensure!(out.contains("all jdbc auth checks passed"), "{out}");
+    Ok(())
 }
 
 #[test]

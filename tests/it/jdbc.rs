@@ -8,10 +8,10 @@ use anyhow::{bail, ensure, Context};
 use crate::harness::{self, Slicedb, REPO};
 
 /// Where Debian's package puts the driver.
-const DRIVER: &str = "/usr/share/java/postgresql.jar";
+pub const DRIVER: &str = "/usr/share/java/postgresql.jar";
 
 /// Run `program` with `args`; it must exit 0. Answers its stdout.
-fn run(program: &str, args: &[String]) -> anyhow::Result<String> {
+pub fn run(program: &str, args: &[String]) -> anyhow::Result<String> {
     let output = match Command::new(program).args(args).output() {
         Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
