@@ -809,6 +809,58 @@ mod tests {
     }
 
     #[test]
+    fn roles_and_grants_survive_reopen_and_leave_with_their_table() {
+        use crate::roles::{Privilege, RoleDef};
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
+        let role = |n: &str| RoleDef {
+            name: n.into(),
+            superuser: false,
+            login: true,
+            verifier: Some("SCRAM-SHA-256$4096:c2FsdA==$a:b".into()),
+        };
+        let id = {
+            let mut c = Catalog::open(dir.path()).unwrap();
+            c.put_role(role("alice"), true).unwrap();
+            c.put_role(role("bob"), true).unwrap();
+            assert_eq!(
+                c.put_role(role("alice"), true).unwrap_err().sqlstate(),
+                "42710"
+            );
+            assert_eq!(
+                c.put_role(role("carol"), false).unwrap_err().sqlstate(),
+                "42704"
+            );
+            let t = c
+                .add("t", schema.clone(), Distribution::Random, true, None)
+                .unwrap();
+            c.change_acl(t.id, |a| a.owner = Some("alice".into()))
+                .unwrap();
+            c.grant(t.id, "bob", &[Privilege::Select], false).unwrap();
+            t.id
+        };
+        let mut c = Catalog::open(dir.path()).unwrap();
+        assert_eq!(c.roles().len(), 2);
+        assert!(c.acl(id).allows("bob", Privilege::Select));
+        assert!(!c.acl(id).allows("bob", Privilege::Insert));
+        assert_eq!(c.owner_of(id).as_deref(), Some("alice"));
+        assert_eq!(c.drop_role("alice").unwrap_err().sqlstate(), "2BP01");
+        assert!(c.drop_role("bob").unwrap());
+        assert!(
+            !c.acl(id).allows("bob", Privilege::Select),
+            "bob's grants went with him"
+        );
+        c.remove("t").unwrap();
+        assert!(c.drop_role("alice").unwrap(), "no table of hers is left");
+        assert!(!c.drop_role("alice").unwrap());
+        let text = std::fs::read_to_string(dir.path().join("catalog.json")).unwrap();
+        assert!(
+            !text.contains("\"acl\""),
+            "the table's entry left with it: {text}"
+        );
+    }
+
+    #[test]
     fn views_survive_reopen_and_share_names_with_tables() {
         let dir = tempfile::tempdir().unwrap();
         {

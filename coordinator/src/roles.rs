@@ -131,8 +131,14 @@ impl TableAcl {
             return None;
         }
         let owner = self.owner.clone().unwrap_or_default();
-        let letters =
-            |ps: &mut dyn Iterator<Item = &Privilege>| ps.map(|p| p.letter()).collect::<String>();
+        // PostgreSQL's order of the letters.
+        let letters = |ps: &mut dyn Iterator<Item = &Privilege>| {
+            let have: Vec<char> = ps.map(|p| p.letter()).collect();
+            "arwdD"
+                .chars()
+                .filter(|c| have.contains(c))
+                .collect::<String>()
+        };
         let mut items = vec![format!(
             "{owner}={}/{owner}",
             letters(&mut Privilege::ALL.iter())
