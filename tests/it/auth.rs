@@ -63,6 +63,13 @@ async fn fails_with(client: &tokio_postgres::Client, sql: &str) -> Result<String
     }
 }
 
+/// `sql` must be refused with 42501.
+async fn denied(client: &tokio_postgres::Client, sql: &str) -> Result<()> {
+    let code = fails_with(client, sql).await?;
+    ensure!(code == "42501", "{sql}: expected 42501, got {code}");
+    Ok(())
+}
+
 /// Every file under `dir` that holds `needle`.
 fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -175,13 +182,30 @@ fn passwords_rules_and_privileges() {
 
         // Privileges: nothing without a grant, SELECT with one, refused
         // again after REVOKE; only the owner or a superuser drops or grants.
-        ensure!(fails_with(&alice, "SELECT count(*) FROM t").await? == "42501");
-        ensure!(fails_with(&alice, "INSERT INTO t VALUES (9, 'z')").await? == "42501");
-        ensure!(fails_with(&alice, "DELETE FROM t").await? == "42501");
-        ensure!(fails_with(&alice, "UPDATE t SET v = 'x'").await? == "42501");
-        ensure!(fails_with(&alice, "TRUNCATE t").await? == "42501");
-        ensure!(fails_with(&alice, "DROP TABLE t").await? == "42501");
-        ensure!(fails_with(&alice, "GRANT SELECT ON t TO alice").await? == "42501");
+        for sql in [
+            "SELECT count(*) FROM t",
+            "INSERT INTO t VALUES (9, 'z')",
+            "DELETE FROM t",
+            "UPDATE t SET v = 'x'",
+            "TRUNCATE t",
+            "DROP TABLE t",
+            "ALTER TABLE t ADD COLUMN w int",
+            "GRANT SELECT ON t TO alice",
+        ] {
+            denied(&alice, sql).await?;
+        }
+        // COPY both ways through psql.
+        for (sql, needs) in [
+            ("COPY t FROM STDIN", "INSERT"),
+            ("COPY t TO STDOUT", "SELECT"),
+        ] {
+            let url = format!("postgres://alice@{hp}/slicedb?sslmode=disable");
+            let e = psql(url, ALICE_PW, sql).await.expect_err("refused");
+            ensure!(
+                e.to_string().contains("permission denied for table t"),
+                "{sql} without {needs}: {e}"
+            );
+        }
         exec(&admin, "GRANT SELECT ON TABLE t TO alice").await?;
         ensure!(scalar(&alice, "SELECT count(*) FROM t").await? == "3");
         ensure!(
@@ -202,12 +226,16 @@ fn passwords_rules_and_privileges() {
         ensure!(harness::sqlstate(&e).as_deref() == Some("42501"), "{e}");
 
         // Administrative statements are a superuser's.
-        ensure!(fails_with(&alice, "CREATE ROLE eve").await? == "42501");
-        ensure!(fails_with(&alice, "ALTER ROLE alice SUPERUSER").await? == "42501");
-        ensure!(fails_with(&alice, "DROP ROLE bob").await? == "42501");
-        ensure!(fails_with(&alice, "REGENERATE").await? == "42501");
-        ensure!(fails_with(&alice, "GROOM TABLE t").await? == "42501");
-        ensure!(fails_with(&alice, "SET datafusion.runtime.memory_limit = '1M'").await? == "42501");
+        for sql in [
+            "CREATE ROLE eve",
+            "ALTER ROLE alice SUPERUSER",
+            "DROP ROLE bob",
+            "REGENERATE",
+            "GROOM TABLE t",
+            "SET datafusion.runtime.memory_limit = '1M'",
+        ] {
+            denied(&alice, sql).await?;
+        }
 
         // Her own table is hers; system views stay readable.
         exec(&alice, "CREATE TABLE mine (k bigint) DISTRIBUTE ON (k)").await?;
@@ -286,28 +314,14 @@ fn args_again() -> Vec<String> {
 /// refused with "password authentication failed".
 async fn psql_login(hp: &str, user: &str, password: &str, ok: bool) -> Result<()> {
     let url = format!("postgres://{user}@{hp}/slicedb?sslmode=disable");
-    let (pw, u) = (password.to_string(), url.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("psql")
-            .args([u.as_str(), "-X", "-At", "-c", "SELECT 'in-' || 'psql'"])
-            .env("PGPASSWORD", pw)
-            .env("PGCONNECT_TIMEOUT", "20")
-            .output()
-    })
-    .await?
-    .context("running psql")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if ok {
-        ensure!(
-            out.status.success() && stdout.trim() == "in-psql",
-            "psql as {user}: {stdout} {stderr}"
-        );
-    } else {
-        ensure!(
-            !out.status.success() && stderr.contains("password authentication failed"),
-            "psql as {user} with a wrong password: {stdout} {stderr}"
-        );
+    match (ok, psql(url, password, "SELECT 'in-' || 'psql'").await) {
+        (true, Ok(out)) => ensure!(out == "in-psql", "psql as {user}: {out}"),
+        (false, Err(e)) => ensure!(
+            e.to_string().contains("password authentication failed"),
+            "psql as {user} with a wrong password: {e}"
+        ),
+        (true, Err(e)) => bail!("psql as {user}: {e}"),
+        (false, Ok(out)) => bail!("psql as {user} with a wrong password got in: {out}"),
     }
     Ok(())
 }
@@ -469,32 +483,17 @@ async fn jdbc(
     password: &str,
     params: Option<String>,
 ) -> Result<()> {
-    use crate::jdbc::{run, DRIVER};
-    ensure!(
-        Path::new(DRIVER).exists(),
-        "the PostgreSQL JDBC driver is not installed: apt-get install libpostgresql-jdbc-java"
-    );
-    let classes = env.path().join("jdbc-classes");
-    std::fs::create_dir_all(&classes)?;
-    let classes = classes.display().to_string();
-    let javac = vec![
-        "-d".to_string(),
-        classes.clone(),
-        "-cp".to_string(),
-        DRIVER.to_string(),
-        format!("{}/tests/jdbc/JdbcAuth.java", harness::REPO),
-    ];
-    tokio::task::spawn_blocking(move || run("javac", &javac)).await??;
+    let classpath = crate::jdbc::compile(env, "JdbcAuth.java").await?;
     let mut java = vec![
         "-cp".to_string(),
-        format!("{classes}:{DRIVER}"),
+        classpath,
         "JdbcAuth".to_string(),
         hp.to_string(),
         user.to_string(),
         password.to_string(),
     ];
     java.extend(params);
-    let out = tokio::task::spawn_blocking(move || run("java", &java)).await??;
+    let out = tokio::task::spawn_blocking(move || crate::jdbc::run("java", &java)).await??;
     ensure!(out.contains("all jdbc auth checks passed"), "{out}");
     Ok(())
 }
