@@ -142,6 +142,8 @@ fn passwords_rules_and_privileges() {
         );
         ensure!(fails_with(&admin, "DROP ROLE nobody").await? == "42704");
         exec(&admin, "DROP ROLE IF EXISTS nobody").await?;
+        // What psql's \password asks before it sends a verifier.
+        ensure!(scalar(&admin, "SHOW password_encryption").await? == "scram-sha-256");
 
         // Passwords: right in, wrong 28P01 (a role that does not exist
         // looks the same), no rule 28000, a NOLOGIN role 28000.
