@@ -422,4 +422,28 @@ mod tests {
         assert!(c.validate().is_err());
         assert!(toml::from_str::<ClusterConfig>(&format!("{ok}\nbogus = 1\n")).is_err());
     }
+
+    #[test]
+    fn host_based_rules_and_tls_are_read_and_checked() {
+        let with = |extra: &str| {
+            let text = format!(
+                "[coordinator]\ndata_dir = \"/tmp/c\"\n{extra}\n[[nodes]]\nid = 0\naddress = \"127.0.0.1:7000\"\ndata_dir = \"/tmp/n0\"\n"
+            );
+            toml::from_str::<ClusterConfig>(&text).map(|c| (c.validate(), c))
+        };
+        let (ok, c) = with(
+            "hba = [\"host all slicedb 127.0.0.1/32 trust\", \"hostssl all all 0.0.0.0/0 scram-sha-256\"]\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"",
+        )
+        .unwrap();
+        ok.unwrap();
+        let auth = c.coordinator.auth();
+        assert_eq!(auth.rules.len(), 2);
+        assert_eq!(auth.superuser, "slicedb");
+        let (bad, _) = with("hba = [\"host all all 10.0.0.0/8 ident\"]").unwrap();
+        assert!(bad.unwrap_err().to_string().contains("unknown method"));
+        let (half, _) = with("tls_cert = \"/c.pem\"").unwrap();
+        assert!(half.is_err(), "a certificate without its key");
+        let (_, none) = with("").unwrap();
+        assert!(!none.coordinator.auth().has_rules(), "the loopback default");
+    }
 }
