@@ -91,6 +91,36 @@ pub struct CoordinatorSection {
     /// "host:port", "auto" (the default: `listen`'s port + 1000) or "off".
     #[serde(default = "default_metrics")]
     pub metrics_listen: String,
+    /// Host-based rules, `pg_hba.conf` lines (`hostssl all all 0.0.0.0/0
+    /// scram-sha-256`), first match wins; none: loopback connections are
+    /// trusted and `listen` must be a loopback address (docs/security.md).
+    #[serde(default)]
+    pub hba: Vec<String>,
+    /// PEM certificate chain for TLS on `listen` (with `tls_key`).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// The superuser created when the catalog has no role yet.
+    #[serde(default = "default_superuser")]
+    pub superuser: String,
+}
+
+impl CoordinatorSection {
+    /// The SQL port's authentication settings.
+    pub fn auth(&self) -> slicedb_sql::auth::AuthConfig {
+        slicedb_sql::auth::AuthConfig {
+            rules: self.hba.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            superuser: self.superuser.clone(),
+        }
+    }
+}
+
+fn default_superuser() -> String {
+    slicedb_sql::auth::DEFAULT_SUPERUSER.into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -249,6 +279,13 @@ impl ClusterConfig {
         parse_duration(&self.coordinator.idle_session_timeout)?;
         parse_duration(&self.coordinator.idle_in_transaction_session_timeout)?;
         parse_size(&self.coordinator.memory_limit)?;
+        slicedb_sql::hba::parse_rules(self.coordinator.hba.iter().map(String::as_str))
+            .map_err(|e| Error::Config(e.to_string()))?;
+        if self.coordinator.tls_cert.is_some() != self.coordinator.tls_key.is_some() {
+            return Err(Error::Config(
+                "coordinator: tls_cert and tls_key go together".into(),
+            ));
+        }
         crate::metrics::resolve(
             &self.coordinator.metrics_listen,
             &self.coordinator.listen,
@@ -384,5 +421,29 @@ mod tests {
         let c: ClusterConfig = toml::from_str(&dup).unwrap();
         assert!(c.validate().is_err());
         assert!(toml::from_str::<ClusterConfig>(&format!("{ok}\nbogus = 1\n")).is_err());
+    }
+
+    #[test]
+    fn host_based_rules_and_tls_are_read_and_checked() {
+        let with = |extra: &str| {
+            let text = format!(
+                "[coordinator]\ndata_dir = \"/tmp/c\"\n{extra}\n[[nodes]]\nid = 0\naddress = \"127.0.0.1:7000\"\ndata_dir = \"/tmp/n0\"\n"
+            );
+            toml::from_str::<ClusterConfig>(&text).map(|c| (c.validate(), c))
+        };
+        let (ok, c) = with(
+            "hba = [\"host all slicedb 127.0.0.1/32 trust\", \"hostssl all all 0.0.0.0/0 scram-sha-256\"]\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"",
+        )
+        .unwrap();
+        ok.unwrap();
+        let auth = c.coordinator.auth();
+        assert_eq!(auth.rules.len(), 2);
+        assert_eq!(auth.superuser, "slicedb");
+        let (bad, _) = with("hba = [\"host all all 10.0.0.0/8 ident\"]").unwrap();
+        assert!(bad.unwrap_err().to_string().contains("unknown method"));
+        let (half, _) = with("tls_cert = \"/c.pem\"").unwrap();
+        assert!(half.is_err(), "a certificate without its key");
+        let (_, none) = with("").unwrap();
+        assert!(!none.coordinator.auth().has_rules(), "the loopback default");
     }
 }

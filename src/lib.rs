@@ -185,6 +185,9 @@ pub struct LocalOptions {
     /// Where the coordinator serves its metrics (None: no endpoints); the
     /// nodes serve theirs on the ports right above (free ports for port 0).
     pub metrics_listen: Option<SocketAddr>,
+    /// Who may connect and how (host-based rules, TLS, the bootstrap
+    /// superuser); the default trusts loopback connections only.
+    pub auth: slicedb_sql::auth::AuthConfig,
 }
 
 impl LocalOptions {
@@ -211,6 +214,7 @@ impl LocalOptions {
             runtime_filter_min_rows: CoordinatorConfig::DEFAULT_RUNTIME_FILTER_MIN_ROWS,
             broadcast_join_min_rows: CoordinatorConfig::DEFAULT_BROADCAST_JOIN_MIN_ROWS,
             metrics_listen: None,
+            auth: Default::default(),
         }
     }
 }
@@ -235,6 +239,9 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 
 impl LocalCluster {
     pub async fn start(opts: LocalOptions) -> Result<LocalCluster, Error> {
+        if let Some(listen) = opts.listen {
+            opts.auth.check_listen(&listen)?;
+        }
         if opts.nodes == 0 {
             return Err(Error::Config("--nodes must be at least 1".into()));
         }
@@ -318,6 +325,7 @@ impl LocalCluster {
             opts.idle_in_transaction_session_timeout,
         );
         frontend.set_max_connections(opts.max_connections);
+        frontend.set_auth(&opts.auth)?;
         let metrics = match opts.metrics_listen {
             Some(at) => {
                 let nodes = node_metrics.clone();
@@ -507,7 +515,11 @@ pub async fn run_coordinator(
         config::parse_duration(&cfg.coordinator.idle_in_transaction_session_timeout)?,
     );
     frontend.set_max_connections(cfg.coordinator.max_connections);
+    let auth = cfg.coordinator.auth();
     let listener = tokio::net::TcpListener::bind(&cfg.coordinator.listen).await?;
+    auth.check_listen(&listener.local_addr()?)?;
+    frontend.set_auth(&auth)?;
+    tracing::info!("{}", auth.describe());
     let (stop, stopping) = watch::channel(false);
     let what = "coordinator metrics_listen";
     let listen = listener.local_addr()?.to_string();

@@ -116,6 +116,22 @@ enum Command {
         /// coordinator's endpoint lists the nodes' (docs/metrics.md).
         #[arg(long, default_value = "auto")]
         metrics_listen: String,
+        /// A host-based rule, as a pg_hba.conf line (repeat it; first match
+        /// wins), e.g. --hba "hostssl all all 0.0.0.0/0 scram-sha-256".
+        /// None: loopback connections are trusted without a password and
+        /// --listen must be a loopback address (docs/security.md).
+        #[arg(long = "hba", value_name = "RULE")]
+        hba: Vec<String>,
+        /// PEM certificate chain for TLS on --listen (with --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// The superuser created when the catalog has no role yet (no
+        /// password: give it one with ALTER ROLE ... PASSWORD).
+        #[arg(long, default_value = slicedb_sql::auth::DEFAULT_SUPERUSER)]
+        superuser: String,
     },
     /// Run one node of a multi-process cluster. Prints `ready: node N at ADDR`.
     Node {
@@ -277,7 +293,18 @@ async fn serve(cmd: Command) -> Result<()> {
             runtime_filter_min_rows,
             broadcast_join_min_rows,
             metrics_listen,
+            hba,
+            tls_cert,
+            tls_key,
+            superuser,
         } => {
+            let auth = slicedb_sql::auth::AuthConfig {
+                rules: hba,
+                tls_cert,
+                tls_key,
+                superuser,
+            };
+            let banner = auth.describe();
             let metrics_listen = slicedb::metrics::resolve(
                 &metrics_listen,
                 &listen.to_string(),
@@ -307,8 +334,11 @@ async fn serve(cmd: Command) -> Result<()> {
                 runtime_filter_min_rows,
                 broadcast_join_min_rows,
                 metrics_listen,
+                auth,
             };
             let cluster = LocalCluster::start(opts).await?;
+            // On stderr: stdout carries the ready line alone.
+            eprintln!("slicedb local: {banner}");
             ready_line(&format!(
                 "ready: {}",
                 cluster.pg_url().expect("local always listens")

@@ -6,6 +6,9 @@
 //! place the nodes' blocks hold it in (`slicedb_engine::store::evolve`).
 //! What SQL sees ([`TableMeta::schema`]) is the columns not dropped.
 //!
+//! Roles and each table's owner and grants (`crate::roles`) are kept here
+//! too, in the same file: a role's password only as a SCRAM verifier.
+//!
 //! Stored through the persistence seam (`crate::meta`: `catalog.json` in the
 //! coordinator's data dir), replaced atomically on every change. Format: see
 //! docs/coordinator-state.md. It never talks to nodes; the cluster does.
@@ -20,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use slicedb_engine::TableId;
 
 use crate::meta::{Doc, FileMeta, MetaStore};
+use crate::roles::{Privilege, RoleDef, TableAcl};
 use crate::{CoordinatorError, Result};
 
 /// How a table's rows are spread over slices.
@@ -86,12 +90,19 @@ struct CatalogFile {
     /// when the coordinator starts.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     views: BTreeMap<String, String>,
+    /// Roles (version 5), by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    roles: Vec<RoleDef>,
+    /// Owners and grants of tables (version 5), by table id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    acl: Vec<TableAcl>,
 }
 
 /// Version 2 added temporary tables (`session`); version 3 schemas and
-/// ALTER TABLE (columns `dropped`, `default`); version 4 views. Versions 1
-/// to 3 are read.
-const CATALOG_VERSION: u32 = 4;
+/// ALTER TABLE (columns `dropped`, `default`); version 4 views; version 5
+/// roles and table privileges (`roles`, `acl`). Versions 1 to 4 are read
+/// (their tables belong to the superusers).
+const CATALOG_VERSION: u32 = 5;
 /// How many xids are reserved by one catalog write.
 pub const XID_RESERVATION: u64 = 4096;
 
@@ -190,6 +201,8 @@ pub struct Catalog {
     views: BTreeMap<String, String>,
     /// Temporary tables by (session, name).
     temps: BTreeMap<(u64, String), Arc<TableMeta>>,
+    roles: BTreeMap<String, RoleDef>,
+    acl: BTreeMap<TableId, TableAcl>,
 }
 
 impl Catalog {
@@ -210,6 +223,8 @@ impl Catalog {
             schemas: Vec::new(),
             views: BTreeMap::new(),
             temps: BTreeMap::new(),
+            roles: BTreeMap::new(),
+            acl: BTreeMap::new(),
         };
         let Some(bytes) = stored else {
             cat.persist()?;
@@ -227,6 +242,12 @@ impl Catalog {
         cat.xid_high_water = file.xid_high_water;
         cat.schemas = file.schemas;
         cat.views = file.views;
+        cat.roles = file
+            .roles
+            .into_iter()
+            .map(|r| (r.name.clone(), r))
+            .collect();
+        cat.acl = file.acl.into_iter().map(|a| (a.table, a)).collect();
         for t in file.tables {
             let meta = Arc::new(table_meta(t)?);
             match meta.session {
@@ -250,6 +271,8 @@ impl Catalog {
                 .chain(self.temps.values())
                 .map(|t| table_def(t))
                 .collect(),
+            roles: self.roles.values().cloned().collect(),
+            acl: self.acl.values().cloned().collect(),
         };
         let text = serde_json::to_vec_pretty(&file)
             .map_err(|e| CoordinatorError::Catalog(e.to_string()))?;
@@ -341,7 +364,11 @@ impl Catalog {
         let meta = self
             .take(meta)
             .ok_or_else(|| CoordinatorError::TableNotFound(meta.name.clone()))?;
+        let acl = self.acl.remove(&meta.id);
         if let Err(e) = self.persist() {
+            if let Some(a) = acl {
+                self.acl.insert(a.table, a);
+            }
             self.insert(meta);
             return Err(e);
         }
@@ -458,6 +485,101 @@ impl Catalog {
 
     pub fn xid_high_water(&self) -> u64 {
         self.xid_high_water
+    }
+
+    /// Every role, by name.
+    pub fn roles(&self) -> Vec<RoleDef> {
+        self.roles.values().cloned().collect()
+    }
+
+    pub fn role(&self, name: &str) -> Option<RoleDef> {
+        self.roles.get(name).cloned()
+    }
+
+    /// Add (`create`) or replace a role durably. Creating one that exists
+    /// is 42710, replacing one that does not 42704.
+    pub fn put_role(&mut self, role: RoleDef, create: bool) -> Result<()> {
+        match (create, self.roles.contains_key(&role.name)) {
+            (true, true) => return Err(CoordinatorError::RoleExists(role.name)),
+            (false, false) => return Err(CoordinatorError::RoleNotFound(role.name)),
+            _ => {}
+        }
+        let before = self.roles.insert(role.name.clone(), role.clone());
+        self.persist().inspect_err(|_| {
+            match before {
+                Some(b) => self.roles.insert(b.name.clone(), b),
+                None => self.roles.remove(&role.name),
+            };
+        })
+    }
+
+    /// Drop a role durably: refused (2BP01) while it owns tables; its
+    /// grants go with it. False if there is none of that name.
+    pub fn drop_role(&mut self, name: &str) -> Result<bool> {
+        if !self.roles.contains_key(name) {
+            return Ok(false);
+        }
+        let owned: Vec<String> = self
+            .tables
+            .values()
+            .chain(self.temps.values())
+            .filter(|t| self.owner_of(t.id).as_deref() == Some(name))
+            .map(|t| t.name.clone())
+            .collect();
+        if !owned.is_empty() {
+            return Err(CoordinatorError::RoleOwnsObjects {
+                role: name.to_string(),
+                tables: owned.join(", "),
+            });
+        }
+        let (roles, acl) = (self.roles.clone(), self.acl.clone());
+        self.roles.remove(name);
+        for a in self.acl.values_mut() {
+            a.grants.remove(name);
+        }
+        self.persist().inspect_err(|_| {
+            self.roles = roles;
+            self.acl = acl;
+        })?;
+        Ok(true)
+    }
+
+    /// The owner of table `id` (None: the superusers').
+    pub fn owner_of(&self, id: TableId) -> Option<String> {
+        self.acl.get(&id).and_then(|a| a.owner.clone())
+    }
+
+    /// The access list of table `id`.
+    pub fn acl(&self, id: TableId) -> TableAcl {
+        self.acl.get(&id).cloned().unwrap_or(TableAcl {
+            table: id,
+            ..TableAcl::default()
+        })
+    }
+
+    /// Change the access list of table `id` durably (`change` edits it).
+    pub fn change_acl(&mut self, id: TableId, change: impl FnOnce(&mut TableAcl)) -> Result<()> {
+        let before = self.acl.get(&id).cloned();
+        let mut acl = self.acl(id);
+        change(&mut acl);
+        self.acl.insert(id, acl);
+        self.persist().inspect_err(|_| {
+            match before {
+                Some(b) => self.acl.insert(id, b),
+                None => self.acl.remove(&id),
+            };
+        })
+    }
+
+    /// Grant (or `revoke`) `privileges` on table `id` to `role` durably.
+    pub fn grant(
+        &mut self,
+        id: TableId,
+        role: &str,
+        privileges: &[Privilege],
+        revoke: bool,
+    ) -> Result<()> {
+        self.change_acl(id, |a| a.change(role, privileges, revoke))
     }
 }
 
@@ -683,7 +805,59 @@ mod tests {
         assert_eq!(c.schemas(), vec!["s".to_string()]);
         assert!(c.remove_schema("s").unwrap());
         let text = std::fs::read_to_string(dir.path().join("catalog.json")).unwrap();
-        assert!(text.contains("\"version\": 4"), "{text}");
+        assert!(text.contains("\"version\": 5"), "{text}");
+    }
+
+    #[test]
+    fn roles_and_grants_survive_reopen_and_leave_with_their_table() {
+        use crate::roles::{Privilege, RoleDef};
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
+        let role = |n: &str| RoleDef {
+            name: n.into(),
+            superuser: false,
+            login: true,
+            verifier: Some("SCRAM-SHA-256$4096:c2FsdA==$a:b".into()),
+        };
+        let id = {
+            let mut c = Catalog::open(dir.path()).unwrap();
+            c.put_role(role("alice"), true).unwrap();
+            c.put_role(role("bob"), true).unwrap();
+            assert_eq!(
+                c.put_role(role("alice"), true).unwrap_err().sqlstate(),
+                "42710"
+            );
+            assert_eq!(
+                c.put_role(role("carol"), false).unwrap_err().sqlstate(),
+                "42704"
+            );
+            let t = c
+                .add("t", schema.clone(), Distribution::Random, true, None)
+                .unwrap();
+            c.change_acl(t.id, |a| a.owner = Some("alice".into()))
+                .unwrap();
+            c.grant(t.id, "bob", &[Privilege::Select], false).unwrap();
+            t.id
+        };
+        let mut c = Catalog::open(dir.path()).unwrap();
+        assert_eq!(c.roles().len(), 2);
+        assert!(c.acl(id).allows("bob", Privilege::Select));
+        assert!(!c.acl(id).allows("bob", Privilege::Insert));
+        assert_eq!(c.owner_of(id).as_deref(), Some("alice"));
+        assert_eq!(c.drop_role("alice").unwrap_err().sqlstate(), "2BP01");
+        assert!(c.drop_role("bob").unwrap());
+        assert!(
+            !c.acl(id).allows("bob", Privilege::Select),
+            "bob's grants went with him"
+        );
+        c.remove("t").unwrap();
+        assert!(c.drop_role("alice").unwrap(), "no table of hers is left");
+        assert!(!c.drop_role("alice").unwrap());
+        let text = std::fs::read_to_string(dir.path().join("catalog.json")).unwrap();
+        assert!(
+            !text.contains("\"acl\""),
+            "the table's entry left with it: {text}"
+        );
     }
 
     #[test]
@@ -736,7 +910,7 @@ mod tests {
         assert_eq!((t.id, t.mirrored, t.session), (2, false, None));
         std::fs::write(
             dir.path().join("catalog.json"),
-            r#"{ "version": 5, "next_table_id": 1, "xid_high_water": 1, "tables": [] }"#,
+            r#"{ "version": 6, "next_table_id": 1, "xid_high_water": 1, "tables": [] }"#,
         )
         .unwrap();
         assert!(

@@ -25,6 +25,7 @@ use crate::meta::{Doc, FileMeta, MetaStore};
 use crate::nodes::{connect_all, NodeEndpoint};
 use crate::nodes::{deadline, WORK_DEADLINE};
 use crate::query::SliceTable;
+use crate::roles::Privilege;
 use crate::session::current_session;
 use crate::system::detector::wait_for_nodes;
 use crate::system::{NodeHealth, SystemConfig};
@@ -369,7 +370,12 @@ impl Coordinator {
                 }
                 return Err(CoordinatorError::TableExists(name.to_string()));
             }
-            cat.add(name, schema, distribution, mirrored, session)?
+            let meta = cat.add(name, schema, distribution, mirrored, session)?;
+            // The creating role owns it (none: the superusers' table).
+            if let Some(role) = crate::privileges::current_role() {
+                cat.change_acl(meta.id, |a| a.owner = Some(role.to_string()))?;
+            }
+            meta
         };
         if let Err(e) = create_on_nodes(&self.cluster, &meta).await {
             // Leave no half-created table behind in the catalog.
@@ -425,7 +431,11 @@ impl Coordinator {
             Err(CoordinatorError::TableNotFound(_)) if if_exists => return Ok(()),
             Err(e) => return Err(e),
         };
-        let meta = self.cluster.catalog().lock().remove_meta(&found)?;
+        let meta = {
+            let mut cat = self.cluster.catalog().lock();
+            crate::privileges::check_owner(&cat, &found)?;
+            cat.remove_meta(&found)?
+        };
         if meta.session.is_none() {
             self.ctx.deregister_table(name)?;
         }
@@ -536,7 +546,28 @@ pub(crate) async fn create_on_nodes(cluster: &Cluster, meta: &TableMeta) -> Resu
 impl Coordinator {
     /// Start a load (COPY) into `table`; rows become visible at `finish`.
     pub fn loader(&self, table: &str) -> Result<crate::write::Loader> {
-        crate::write::Loader::new(self.cluster.clone(), self.table(table)?)
+        let meta = self.check_table(table, Privilege::Insert)?;
+        crate::write::Loader::new(self.cluster.clone(), meta)
+    }
+
+    /// Table `name` if the current role may do `p` on it (42501 if not).
+    pub fn check_table(&self, name: &str, p: Privilege) -> Result<Arc<TableMeta>> {
+        let meta = self.table(name)?;
+        crate::privileges::check(&self.cluster.catalog().lock(), &meta, p)?;
+        Ok(meta)
+    }
+
+    /// Table `name` if the current role owns it or is a superuser (42501
+    /// if not).
+    pub fn check_owner(&self, name: &str) -> Result<Arc<TableMeta>> {
+        let meta = self.table(name)?;
+        crate::privileges::check_owner(&self.cluster.catalog().lock(), &meta)?;
+        Ok(meta)
+    }
+
+    /// Refused (42501) unless the current role is a superuser.
+    pub fn require_superuser(&self, what: &str) -> Result<()> {
+        crate::privileges::require_superuser(&self.cluster.catalog().lock(), what)
     }
 
     /// DELETE FROM table [AS alias] [USING ...] [WHERE ...] [RETURNING
@@ -547,7 +578,7 @@ impl Coordinator {
         table: &str,
         q: &crate::write::DmlQuery,
     ) -> Result<crate::write::DmlOutcome> {
-        let meta = self.table(table)?;
+        let meta = self.check_table(table, Privilege::Delete)?;
         crate::write::dml::delete(&self.cluster, &self.ctx, txn, &meta, q).await
     }
 
@@ -561,7 +592,7 @@ impl Coordinator {
         assignments: &[(String, String)],
         q: &crate::write::DmlQuery,
     ) -> Result<crate::write::DmlOutcome> {
-        let meta = self.table(table)?;
+        let meta = self.check_table(table, Privilege::Update)?;
         crate::write::dml::update(&self.cluster, &self.ctx, txn, &meta, assignments, q).await
     }
 
@@ -591,15 +622,17 @@ impl Coordinator {
 
     /// GROOM TABLE on every node and both copies. Returns (blocks, rows).
     pub async fn groom(&self, table: &str) -> Result<(u64, u64)> {
-        let meta = self.table(table)?;
+        let meta = self.check_owner(table)?;
         crate::write::maintenance::groom(&self.cluster, &meta).await
     }
 
     /// Regenerate every failed node's and disk's copies now, without
     /// waiting for `regen_delay` (REGENERATE); a node that does not answer
     /// a probe is failed first. Returns once the new copies are placed.
-    pub async fn regenerate_now(&self) {
+    pub async fn regenerate_now(&self) -> Result<()> {
+        self.require_superuser("start regeneration")?;
         self.cluster.regenerate_now().await;
+        Ok(())
     }
 
     /// Compare the primary and mirror of every slice of every table.

@@ -169,7 +169,7 @@ impl Coordinator {
     /// ALTER TABLE `name` (the session's temporary table of that name
     /// first). `if_exists`: a missing table is no error.
     pub async fn alter_table(&self, name: &str, if_exists: bool, op: AlterOp) -> Result<()> {
-        let old = match self.table(name) {
+        let old = match self.check_owner(name) {
             Ok(m) => m,
             Err(CoordinatorError::TableNotFound(_)) if if_exists => return Ok(()),
             Err(e) => return Err(e),

@@ -72,6 +72,17 @@ pub enum CoordinatorError {
     ShuttingDown,
     #[error("catalog error: {0}")]
     Catalog(String),
+    #[error("role \"{0}\" already exists")]
+    RoleExists(String),
+    #[error("role \"{0}\" does not exist")]
+    RoleNotFound(String),
+    #[error(
+        "role \"{role}\" cannot be dropped because it owns tables ({tables}); drop them first"
+    )]
+    RoleOwnsObjects { role: String, tables: String },
+    /// A role without the privilege or attribute the statement needs.
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("I/O error on {path}: {source}")]
     Io {
         path: String,
@@ -150,6 +161,10 @@ impl CoordinatorError {
                 "53100"
             }
             CoordinatorError::Catalog(_) | CoordinatorError::Io { .. } => "58030",
+            CoordinatorError::RoleExists(_) => "42710",
+            CoordinatorError::RoleNotFound(_) => "42704",
+            CoordinatorError::RoleOwnsObjects { .. } => "2BP01",
+            CoordinatorError::PermissionDenied(_) => "42501",
             CoordinatorError::Engine(_) => "XX000",
             CoordinatorError::Arrow(_) => "22000",
             CoordinatorError::DataFusion(_) => "XX000",

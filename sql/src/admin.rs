@@ -54,7 +54,7 @@ pub async fn run(coord: &Coordinator, a: Admin) -> Result<Response, SqlError> {
             ))
         }
         Admin::Regenerate => {
-            coord.regenerate_now().await;
+            coord.regenerate_now().await?;
             info!("regeneration asked for");
             Ok(Response::Execution(Tag::new("REGENERATE")))
         }

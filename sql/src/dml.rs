@@ -457,6 +457,10 @@ pub async fn run<C: ClientInfo>(
             .iter()
             .map(|n| object_name(&n.name))
             .collect::<Result<_, _>>()?;
+        for n in &names {
+            let p = slicedb_coordinator::roles::Privilege::Truncate;
+            coord.check_table(n, p)?;
+        }
         in_txn(coord, client, |txn| async move {
             for n in &names {
                 c.delete(&txn, n, &DmlQuery::default()).await?;

@@ -41,6 +41,8 @@ use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone};
 use pgwire::messages::extendedquery::Describe;
 use pgwire::messages::PgWireBackendMessage;
+use slicedb_coordinator::privileges::CURRENT_ROLE;
+use slicedb_coordinator::roles::Privilege;
 use slicedb_coordinator::session::{new_session_id, CURRENT_SESSION};
 use slicedb_coordinator::txn::Txn;
 use slicedb_coordinator::txn::CURRENT_TXN;
@@ -49,6 +51,7 @@ use slicedb_coordinator::{Coordinator, CoordinatorError, Distribution};
 use tracing::{debug, info};
 
 use crate::admin;
+use crate::auth::{Auth, AuthConfig, AuthState};
 use crate::block;
 use crate::conn::ServerSettings;
 use crate::conn::{conn_txn, ConnState, CURRENT_CONN};
@@ -61,6 +64,7 @@ use crate::errors::{fix_response, fix_responses, to_pg, SqlError};
 use crate::guard;
 use crate::names;
 use crate::params;
+use crate::roles;
 use crate::sessions::{guard_responses, Canceller, Registered, Sessions, Startup, Stopper};
 use crate::settings;
 use crate::shield;
@@ -81,6 +85,8 @@ pub struct Frontend {
     /// the life of the front end.
     embedded_session: u64,
     pub metrics: Arc<crate::metrics::StatementMetrics>,
+    /// Host-based rules and the TLS certificate (`crate::auth`).
+    auth: Arc<AuthState>,
 }
 
 impl Frontend {
@@ -103,7 +109,19 @@ impl Frontend {
             sessions,
             embedded_session: new_session_id(),
             metrics: Default::default(),
+            auth: Default::default(),
         }))
+    }
+
+    /// Apply the authentication configuration (rules, certificate, the
+    /// bootstrap superuser); before serving connections.
+    pub fn set_auth(&self, cfg: &AuthConfig) -> Result<(), SqlError> {
+        self.auth.configure(cfg, &self.coord)
+    }
+
+    /// The TLS acceptor, if a certificate is configured.
+    pub fn tls(&self) -> Option<pgwire::tokio::TlsAcceptor> {
+        self.auth.tls()
     }
 
     pub fn coordinator(&self) -> &Arc<Coordinator> {
@@ -167,7 +185,7 @@ pub struct Handlers {
     simple: Arc<Simple>,
     extended: Arc<Extended>,
     copy: Arc<CopyIn>,
-    startup: Arc<Startup>,
+    startup: Arc<Auth>,
     cancel: Arc<Canceller>,
 }
 
@@ -180,9 +198,10 @@ impl Handlers {
                 parser: Arc::new(OurParser { fe: fe.clone() }),
             }),
             copy: Arc::new(CopyIn { fe: fe.clone() }),
-            startup: Arc::new(Startup::new(
-                fe.sessions.clone(),
-                fe.server.max_connections.clone(),
+            startup: Arc::new(Auth::new(
+                fe.coord.clone(),
+                fe.auth.clone(),
+                Startup::new(fe.sessions.clone(), fe.server.max_connections.clone()),
             )),
             cancel: Arc::new(Canceller::new(fe.sessions.clone())),
             fe,
@@ -474,6 +493,8 @@ fn in_conn<F: std::future::Future>(
     conn: Arc<ConnState>,
     work: F,
 ) -> impl std::future::Future<Output = F::Output> {
+    let role: Arc<str> = Arc::from(conn.user.as_str());
+    let work = CURRENT_ROLE.scope(role, work);
     CURRENT_SESSION.scope(conn.session.id, CURRENT_CONN.scope(conn, work))
 }
 
@@ -507,7 +528,11 @@ where
         return Err(SqlError::user("42601", "COPY FROM needs a table"));
     };
     let name = object_name(&table_name)?;
-    let table = fe.coord.table_schema(&name)?;
+    let table = fe
+        .coord
+        .check_table(&name, Privilege::Insert)?
+        .schema
+        .clone();
     let targets: Vec<usize> = if columns.is_empty() {
         (0..table.fields().len()).collect()
     } else {
@@ -612,7 +637,7 @@ impl SimpleQueryHandler for Simple {
     {
         let conn = conn_state(&self.fe, client);
         let fe = self.fe.clone();
-        let stopper = fe.stopper(client, query);
+        let stopper = fe.stopper(client, &roles::redact(query));
         let work = in_conn(conn, self.simple_query(client, query));
         let work = crate::metrics::observe(&fe.metrics, query, Box::pin(work));
         match stopper {
@@ -640,6 +665,9 @@ impl Simple {
     {
         if let Some(a) = admin::parse(query) {
             return Ok(vec![admin::run(&self.fe.coord, a).await?]);
+        }
+        if let Some(st) = roles::parse(query) {
+            return Ok(vec![roles::run(&self.fe.coord, st?)?]);
         }
         if let Some(st) = cursor::parse(query) {
             let conn = conn_state(&self.fe, client);
@@ -869,7 +897,10 @@ impl QueryParser for OurParser {
             };
             return Ok(Some((sql.to_string(), plan.map(|pl| (p.statement, pl)))));
         }
-        if admin::parse(sql).is_some() || cursor::parse(sql).is_some() {
+        if admin::parse(sql).is_some()
+            || cursor::parse(sql).is_some()
+            || roles::parse(sql).is_some()
+        {
             return Ok(Some((sql.to_string(), None)));
         }
         guard::refuse_unsupported_sql(sql)?;
@@ -941,7 +972,7 @@ impl ExtendedQueryHandler for Extended {
     {
         let conn = conn_state(&self.fe, client);
         let fe = self.fe.clone();
-        let stopper = fe.stopper(client, &portal.statement.statement.0);
+        let stopper = fe.stopper(client, &roles::redact(&portal.statement.statement.0));
         let work = in_conn(conn, self.extended_query(client, portal, max_rows));
         let work =
             crate::metrics::observe_one(&fe.metrics, &portal.statement.statement.0, Box::pin(work));
@@ -1003,6 +1034,9 @@ impl Extended {
             }
             if let Some(a) = admin::parse(sql) {
                 return Ok(admin::run(&self.fe.coord, a).await?);
+            }
+            if let Some(st) = roles::parse(sql) {
+                return Ok(roles::run(&self.fe.coord, st?)?);
             }
         }
         let df = conn_state(&self.fe, client).df.clone();

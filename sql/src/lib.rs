@@ -1,6 +1,7 @@
 //! slicedb-sql: the PostgreSQL front end (dialect, COPY, pgwire server, system views).
 pub mod activity;
 pub mod admin;
+pub mod auth;
 mod block;
 pub mod catalog_sql;
 mod conn;
@@ -13,6 +14,7 @@ pub mod dml;
 pub mod errors;
 pub mod frontend;
 pub mod guard;
+pub mod hba;
 pub mod metrics;
 pub mod names;
 pub mod params;
@@ -20,6 +22,8 @@ pub mod pgcatalog;
 pub mod pgroles;
 pub mod pgtypeof;
 mod portal;
+pub mod roles;
+pub mod scram;
 pub mod server;
 pub mod sessions;
 pub mod settings;

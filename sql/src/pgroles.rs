@@ -1,13 +1,11 @@
-//! `pg_catalog.pg_roles` and `pg_catalog.pg_user`: the users connected.
+//! `pg_catalog.pg_roles` and `pg_catalog.pg_user`: the roles of the
+//! catalog (`CREATE ROLE`), with their superuser and login attributes.
+//! A password is never shown: `rolpassword` and `passwd` are `********`
+//! for every role, as PostgreSQL shows them to everyone. A role's oid is
+//! derived from its name, so it is the same in every query. Read outside
+//! a connection (the embedded API), the rows are the connected users.
 //!
-//! slicedb has no role catalog: any user name may connect (no
-//! authentication yet), and every user may do everything, so each is a
-//! superuser that can log in, create databases and roles. The rows are the
-//! user of the current session and every user with a live session
-//! ([`Sessions`]), each once; a role's oid is derived from its name, so it
-//! is the same in every query.
-//!
-//! It only reads sessions, when a query is planned.
+//! It only reads the catalog and sessions, when a query is planned.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -56,14 +54,18 @@ impl Roles {
         Roles { view, sessions }
     }
 
-    /// The users: the current session's and every live session's.
-    fn users(&self) -> Vec<String> {
-        let mut names: BTreeSet<String> =
-            self.sessions.all().iter().map(|s| s.user.clone()).collect();
+    /// The roles: (name, superuser, can log in), by name.
+    fn users(&self) -> Vec<(String, bool, bool)> {
         if let Some(c) = crate::conn::current_conn() {
-            names.insert(c.user.clone());
+            let cat = c.session.coordinator().cluster().catalog().lock();
+            return cat
+                .roles()
+                .into_iter()
+                .map(|r| (r.name, r.superuser, r.login))
+                .collect();
         }
-        names.into_iter().collect()
+        let names: BTreeSet<String> = self.sessions.all().iter().map(|s| s.user.clone()).collect();
+        names.into_iter().map(|n| (n, true, true)).collect()
     }
 
     fn schema_of(view: RoleView) -> SchemaRef {
@@ -101,13 +103,17 @@ impl Roles {
     }
 
     fn batch(&self) -> DfResult<RecordBatch> {
-        let users = self.users();
-        let n = users.len();
+        let roles = self.users();
+        let n = roles.len();
         let schema = Self::schema_of(self.view);
-        let name: ArrayRef = Arc::new(StringArray::from(users.clone()));
-        let oid: ArrayRef = Arc::new(Int32Array::from_iter_values(
-            users.iter().map(|u| role_oid(u)),
+        let name: ArrayRef = Arc::new(StringArray::from_iter_values(
+            roles.iter().map(|r| r.0.as_str()),
         ));
+        let oid: ArrayRef = Arc::new(Int32Array::from_iter_values(
+            roles.iter().map(|r| role_oid(&r.0)),
+        ));
+        let sup: ArrayRef = Arc::new(BooleanArray::from_iter(roles.iter().map(|r| Some(r.1))));
+        let login: ArrayRef = Arc::new(BooleanArray::from_iter(roles.iter().map(|r| Some(r.2))));
         let yes: ArrayRef = Arc::new(BooleanArray::from(vec![true; n]));
         let no: ArrayRef = Arc::new(BooleanArray::from(vec![false; n]));
         let null = |i: usize| new_null_array(schema.field(i).data_type(), n);
@@ -116,26 +122,26 @@ impl Roles {
         let cols: Vec<ArrayRef> = match self.view {
             RoleView::Roles => vec![
                 name,
-                yes.clone(),
-                yes.clone(),
-                yes.clone(),
-                yes.clone(),
+                sup.clone(),
                 yes,
+                sup.clone(),
+                sup.clone(),
+                login,
                 no.clone(),
                 Arc::new(Int32Array::from(vec![-1; n])),
                 stars,
                 null(9),
-                no,
+                sup,
                 null(11),
                 oid,
             ],
             RoleView::User => vec![
                 name,
                 oid,
-                yes.clone(),
-                yes,
-                no.clone(),
+                sup.clone(),
+                sup.clone(),
                 no,
+                sup,
                 stars,
                 null(7),
                 null(8),

@@ -21,6 +21,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), SqlError> {
+    let tls = frontend.tls();
     let handlers = Handlers::new(frontend);
     let addr = listener.local_addr()?;
     info!(%addr, "accepting PostgreSQL connections");
@@ -50,8 +51,9 @@ pub async fn serve(
                             warn!(%peer, timeout = ?STARTUP_TIMEOUT, "closed a connection that did not finish its startup in time");
                         }
                     });
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = pgwire::tokio::process_socket(socket, None, h).await {
+                        if let Err(e) = pgwire::tokio::process_socket(socket, tls, h).await {
                             warn!(%peer, error = %e, "connection ended with an error");
                         }
                         sessions.closed(peer);

@@ -25,7 +25,7 @@
 //! deadline; the error is written on the session's copy of the socket while
 //! the connection waits for its client, and the socket is shut down.
 //!
-//! The startup handler ([`Startup`]) makes each connection a session (or
+//! After authentication (`crate::auth`), [`Startup`] makes each connection a session (or
 //! refuses it past `max_connections`, 53300); [`Canceller`] answers
 //! CancelRequests.
 //!
@@ -40,7 +40,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use futures::{Sink, StreamExt};
-use pgwire::api::auth::{DefaultServerParameterProvider, ServerParameterProvider, StartupHandler};
+use pgwire::api::auth::{DefaultServerParameterProvider, ServerParameterProvider};
 use pgwire::api::cancel::CancelHandler;
 use pgwire::api::results::Response;
 use pgwire::api::ClientInfo;
@@ -442,7 +442,7 @@ fn error(code: &str, message: &str) -> PgWireError {
     )))
 }
 
-fn fatal(code: &str, message: &str) -> PgWireError {
+pub(crate) fn fatal(code: &str, message: &str) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new(
         "FATAL".to_string(),
         code.to_string(),
@@ -672,7 +672,7 @@ impl Sessions {
     }
 }
 
-/// Startup: no authentication yet; the connection becomes a session,
+/// After authentication (`crate::auth`), the connection becomes a session,
 /// unless `max_connections` are connected already (53300, closed).
 pub struct Startup {
     sessions: Arc<Sessions>,
@@ -709,36 +709,24 @@ impl ServerParameterProvider for ServerParameters {
     }
 }
 
-#[async_trait]
-impl StartupHandler for Startup {
-    /// pgwire's startup without authentication (`NoopStartupHandler`), with
-    /// our parameters and the session registered before ReadyForQuery.
-    async fn on_startup<C>(
-        &self,
-        client: &mut C,
-        message: pgwire::messages::PgWireFrontendMessage,
-    ) -> PgWireResult<()>
+static PID_GENERATOR: std::sync::LazyLock<pgwire::api::RandomPidSecretKeyGenerator> =
+    std::sync::LazyLock::new(Default::default);
+
+impl Startup {
+    /// After authentication (`crate::auth`): the connection becomes a
+    /// session (pid and secret key, registered) and is told it is ready.
+    pub(crate) async fn finish<C>(&self, client: &mut C) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let pgwire::messages::PgWireFrontendMessage::Startup(startup) = &message else {
-            return Ok(());
-        };
-        pgwire::api::auth::protocol_negotiation(client, startup).await?;
-        pgwire::api::auth::save_startup_parameters_to_metadata(client, startup);
         let (pid, secret) = PID_GENERATOR.generate(client);
         client.set_pid_and_secret_key(pid, secret);
         self.register(client)?;
         pgwire::api::auth::finish_authentication(client, &ServerParameters).await
     }
-}
 
-static PID_GENERATOR: std::sync::LazyLock<pgwire::api::RandomPidSecretKeyGenerator> =
-    std::sync::LazyLock::new(Default::default);
-
-impl Startup {
     /// Make the connection a session, unless `max_connections` are
     /// connected already.
     fn register<C: ClientInfo>(&self, client: &mut C) -> PgWireResult<()> {

@@ -161,6 +161,7 @@ static PARAMS: std::sync::LazyLock<Vec<Param>> = std::sync::LazyLock::new(|| {
         report(meta(p("IntervalStyle", Kind::Enum(&["postgres", "postgres_verbose", "sql_standard", "iso_8601"], "postgres"), Session, "enum", LOCALE, "Sets the display format for interval values."), "intervalstyle")),
         p("max_connections", Kind::MaxConnections, Server, "integer", CONN, "Sets the maximum number of concurrent connections."),
         p("max_identifier_length", Kind::Fixed(|| "63".into()), Internal, "integer", PRESET, "Shows the maximum identifier length."),
+        p("password_encryption", Kind::Enum(&["scram-sha-256"], "scram-sha-256"), Session, "enum", CONN, "Chooses the algorithm for encrypting passwords (psql's \\password asks for it)."),
         report(p("search_path", Kind::Text("\"$user\", public"), Session, "string", CLIENT, "Sets the schema search order for names that are not schema-qualified.")),
         report(p("server_encoding", Kind::Fixed(|| "UTF8".into()), Internal, "string", PRESET, "Shows the server (database) character set encoding.")),
         report(p("server_version", Kind::Fixed(server_version), Internal, "string", PRESET, "Shows the server version.")),
@@ -354,6 +355,13 @@ fn apply(
     value: Option<&str>,
 ) -> Result<Option<(String, String)>, SqlError> {
     let key = name.to_ascii_lowercase();
+    if key.starts_with("datafusion.runtime.") {
+        // The memory pool and spill directory are the server's, shared by
+        // every session.
+        conn.session
+            .coordinator()
+            .require_superuser(&format!("set {key}"))?;
+    }
     if is_datafusion(name) {
         let v = match value {
             Some(v) => v.to_string(),

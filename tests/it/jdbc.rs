@@ -8,10 +8,10 @@ use anyhow::{bail, ensure, Context};
 use crate::harness::{self, Slicedb, REPO};
 
 /// Where Debian's package puts the driver.
-const DRIVER: &str = "/usr/share/java/postgresql.jar";
+pub const DRIVER: &str = "/usr/share/java/postgresql.jar";
 
 /// Run `program` with `args`; it must exit 0. Answers its stdout.
-fn run(program: &str, args: &[String]) -> anyhow::Result<String> {
+pub fn run(program: &str, args: &[String]) -> anyhow::Result<String> {
     let output = match Command::new(program).args(args).output() {
         Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -30,28 +30,34 @@ fn run(program: &str, args: &[String]) -> anyhow::Result<String> {
     Ok(stdout)
 }
 
+/// Compile `tests/jdbc/<file>` (needs the driver installed); answers the
+/// class path to run it with.
+pub async fn compile(env: &harness::TestEnv, file: &str) -> anyhow::Result<String> {
+    ensure!(
+        std::path::Path::new(DRIVER).exists(),
+        "the PostgreSQL JDBC driver is not installed: apt-get install libpostgresql-jdbc-java"
+    );
+    let classes = env.path().join("classes");
+    std::fs::create_dir_all(&classes)?;
+    let classes = classes.display().to_string();
+    let javac_args = vec![
+        "-d".to_string(),
+        classes.clone(),
+        "-cp".to_string(),
+        DRIVER.to_string(),
+        format!("{REPO}/tests/jdbc/{file}"),
+    ];
+    tokio::task::spawn_blocking(move || run("javac", &javac_args)).await??;
+    Ok(format!("{classes}:{DRIVER}"))
+}
+
 /// DatabaseMetaData (getSchemas, getTables, getColumns), a prepared batch
 /// of 1,000 INSERTs, setFetchSize with autocommit off, errors' SQLSTATEs and
 /// Statement.cancel(): each compared with the answer PostgreSQL gives.
 #[test]
 fn jdbc_driver_script_passes() {
     harness::run("jdbc", |env| async move {
-        ensure!(
-            std::path::Path::new(DRIVER).exists(),
-            "the PostgreSQL JDBC driver is not installed: apt-get install libpostgresql-jdbc-java"
-        );
-        let classes = env.path().join("classes");
-        std::fs::create_dir_all(&classes)?;
-        let classes = classes.display().to_string();
-        let javac_args = vec![
-            "-d".to_string(),
-            classes.clone(),
-            "-cp".to_string(),
-            DRIVER.to_string(),
-            format!("{REPO}/tests/jdbc/JdbcTest.java"),
-        ];
-        tokio::task::spawn_blocking(move || run("javac", &javac_args)).await??;
-
+        let classpath = compile(&env, "JdbcTest.java").await?;
         let db = Slicedb::local(&env, 2, &env.path().join("data")).await?;
         // postgres://slicedb@HOST:PORT/slicedb -> jdbc:postgresql://HOST:PORT/slicedb
         let rest = db
@@ -61,7 +67,7 @@ fn jdbc_driver_script_passes() {
         let url = format!("jdbc:postgresql://{rest}");
         let java_args = vec![
             "-cp".to_string(),
-            format!("{classes}:{DRIVER}"),
+            classpath,
             "JdbcTest".to_string(),
             url,
             "slicedb".to_string(),

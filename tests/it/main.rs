@@ -5,6 +5,7 @@
 //! run in parallel under nextest.
 
 mod architecture;
+mod auth;
 mod bad_input;
 mod carry;
 mod copy_csv;

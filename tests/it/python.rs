@@ -76,7 +76,7 @@ fn session_settings_and_names_script_passes() {
     harness::run("python-session", |env| async move {
         let db = Slicedb::local(&env, 2, &env.path().join("data")).await?;
         // A database name of the client's own: the server answers to it.
-        let url = db.url().replace("/slicedb", "/analytics");
+        let url = format!("{}/analytics", db.url().trim_end_matches("/slicedb"));
         run_script("test_session.py", vec![url], "all session checks passed").await?;
         db.stop().await
     });

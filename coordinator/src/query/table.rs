@@ -26,6 +26,7 @@ use super::filter::to_predicate;
 use super::node_scan::{plan_parts, DmlShape};
 use crate::catalog::TableMeta;
 use crate::cluster::Cluster;
+use crate::roles::Privilege;
 use crate::txn::current_txn;
 use crate::txn::Txn;
 use crate::CoordinatorError;
@@ -170,6 +171,15 @@ impl TableProvider for SliceTable {
         // A transaction block whose writes were on a node failed since:
         // carry them over first, so this scan sees them where the new map
         // serves their slices.
+        // A DML view is read for its statement, whose own privilege the
+        // statement checked (UPDATE, DELETE); any other read is a SELECT.
+        if self.dml.is_none() {
+            crate::privileges::check(
+                &self.cluster.catalog().lock(),
+                &self.meta,
+                Privilege::Select,
+            )?;
+        }
         let txn = current_txn();
         if let Some(t) = &txn {
             for node in t.participants() {
@@ -242,6 +252,11 @@ impl TableProvider for SliceTable {
             ))
             .into());
         }
+        crate::privileges::check(
+            &self.cluster.catalog().lock(),
+            &self.meta,
+            Privilege::Insert,
+        )?;
         let Some(inserts) = &self.inserts else {
             return Err(CoordinatorError::NotSupported(format!(
                 "INSERT into the DML view of {}",

@@ -63,12 +63,20 @@ where
 {
     let (tx, rx) = tokio::sync::mpsc::channel::<T>(CHANNEL);
     let (txn, session) = (current_txn(), current_session());
+    let role = crate::privileges::current_role();
     let work = async move {
         let mut s = std::pin::pin!(make());
         while let Some(item) = s.next().await {
             if tx.send(item).await.is_err() {
                 return; // the caller went away
             }
+        }
+    };
+    // Plans made on the query threads check privileges as the caller's role.
+    let work = async move {
+        match role {
+            Some(r) => crate::privileges::CURRENT_ROLE.scope(r, work).await,
+            None => work.await,
         }
     };
     let task = RUNTIME.spawn(async move {
