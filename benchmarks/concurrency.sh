@@ -28,7 +28,7 @@ cleanup() {
 }
 trap cleanup EXIT
 say() { echo "[$(date +%T)] $*" >&2; }
-URL=postgres://bench@127.0.0.1:$PORT/slicedb
+URL=postgres://slicedb@127.0.0.1:$PORT/slicedb
 
 "$BIN" local --nodes 4 --data "$WORK/data" --listen "127.0.0.1:$PORT" \
   > "$WORK/local.out" 2> "$WORK/local.err" &

@@ -40,7 +40,7 @@ TOML
   "$BIN" coordinator --config "$D/cluster.toml" > "$D/coord.out" 2> "$D/coord.err" &
   PIDS+=($!)
   for _ in $(seq 150); do grep -q '^ready: ' "$D/coord.out" 2>/dev/null && break; sleep 0.1; done
-  URL=postgres://bench@127.0.0.1:$base/slicedb
+  URL=postgres://slicedb@127.0.0.1:$base/slicedb
   psql -X -q -v ON_ERROR_STOP=1 "$URL" -c "CREATE TABLE f (k bigint, v bigint) DISTRIBUTE ON (k)" \
     -c "INSERT INTO f SELECT i, i % 1000 FROM generate_series(1, $ROWS) AS g(i)"
   WANT=$(psql -X -q -t -A "$URL" -c "$Q")

@@ -35,7 +35,7 @@ cleanup() {
 }
 trap cleanup EXIT
 say() { echo "[$(date +%T)] $*" >&2; }
-URL=postgres://bench@127.0.0.1:$PORT/slicedb
+URL=postgres://slicedb@127.0.0.1:$PORT/slicedb
 sql() { psql -X -q -t -A -v ON_ERROR_STOP=1 "$URL" -c "$1"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 

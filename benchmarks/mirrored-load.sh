@@ -28,7 +28,7 @@ echo "$(du -h "$WORK/rows.tsv" | cut -f1) of TSV" >&2
 "$BIN" local --nodes 4 --data "$WORK/data" --listen 127.0.0.1:$PORT > "$WORK/slicedb.out" 2> "$WORK/slicedb.err" &
 SLICEDB_PID=$!
 for _ in $(seq 100); do grep -q '^ready: ' "$WORK/slicedb.out" 2>/dev/null && break; sleep 0.2; done
-URL=postgres://bench@127.0.0.1:$PORT/slicedb
+URL=postgres://slicedb@127.0.0.1:$PORT/slicedb
 DDL='(id bigint, grp int, name text, day date, amount numeric(12,2)) DISTRIBUTE ON (id)'
 
 HAVE_PG=0

@@ -82,7 +82,7 @@ start_coordinator() {
   for _ in $(seq 600); do grep -q '^ready: ' "$WORK/coord.out" 2>/dev/null && return; sleep 0.1; done
   echo "coordinator not ready; see $WORK/coord.err" >&2; exit 1
 }
-URL=postgres://bench@127.0.0.1:$BASE/slicedb
+URL=postgres://slicedb@127.0.0.1:$BASE/slicedb
 sql() { psql -X -q -t -A -v ON_ERROR_STOP=1 "$URL" -c "$1"; }
 protected() { [ "$(sql "SELECT count(*) FROM slicedb_slices WHERE state <> 'in_sync'")" = 0 ]; }
 wait_protected() { until protected; do sleep 0.2; done; }

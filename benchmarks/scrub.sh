@@ -32,7 +32,7 @@ cleanup() {
 }
 trap cleanup EXIT
 say() { echo "[$(date +%T)] $*" >&2; }
-URL=postgres://bench@127.0.0.1:$PORT/slicedb
+URL=postgres://slicedb@127.0.0.1:$PORT/slicedb
 sql() { psql -X -q -t -A -v ON_ERROR_STOP=1 "$URL" -c "$1"; }
 
 start() { # scrub rate

@@ -23,7 +23,7 @@ trap 'kill $SLICEDB_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 "$BIN" local --nodes 4 --data "$WORK/data" --listen 127.0.0.1:$PORT > "$WORK/slicedb.out" 2> "$WORK/slicedb.err" &
 SLICEDB_PID=$!
 for _ in $(seq 100); do grep -q '^ready: ' "$WORK/slicedb.out" 2>/dev/null && break; sleep 0.2; done
-URL=postgres://bench@127.0.0.1:$PORT/slicedb
+URL=postgres://slicedb@127.0.0.1:$PORT/slicedb
 q() { psql -X -q -v ON_ERROR_STOP=1 -At "$URL" -c "$1"; }
 
 q "CREATE TABLE events (id bigint, amount bigint, note text) DISTRIBUTE ON (id)"
