@@ -13,6 +13,11 @@
 #    is scrubbing, and time the same query RUNS times.
 # 3. Print both p50/p95/p99 side by side, their ratio, and what slicedb_scrub
 #    shows (the scrub rate reached).
+# 4. Restart with --scrub-rate FULL (default 4GiB: no pacing), wait for a
+#    complete pass of every disk and print each disk's scrub throughput
+#    (bytes of the pass / its duration) against the disk's sequential read
+#    rate (dd of a 512 MiB file of written data on the same file system,
+#    past the page cache: O_DIRECT, 4 MiB reads).
 # Goal (issue 18): p95 while scrubbing at most 1.2x idle.
 # Needs psql and psycopg 3. SLICEDB_BIN overrides the binary (the release
 # build by default); KEEP=1 keeps the work directory.
@@ -20,6 +25,7 @@ set -euo pipefail
 ROWS=${1:-2000000}
 RUNS=${2:-300}
 RATE=${3:-8MiB}
+FULL=${FULL:-4GiB}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${SLICEDB_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/slicedb}
 [ -x "$BIN" ] || { echo "no binary at $BIN: cargo build --release -p slicedb" >&2; exit 1; }
@@ -74,6 +80,22 @@ SCRUB=$(sql "SELECT node, disk, blocks, bytes, damaged, repaired,
   round(current_pass_progress, 2) FROM slicedb_scrub ORDER BY node, disk")
 stop
 
+start "$FULL"
+say "scrubber unpaced ($FULL/s): waiting for a complete pass of every disk"
+for _ in $(seq 600); do
+  n=$(sql "SELECT count(*) FROM slicedb_scrub WHERE last_pass_finished IS NOT NULL AND bytes > 0")
+  [ "$n" = 4 ] && break; sleep 0.5
+done
+FULLSCRUB=$(sql "SELECT node, disk, bytes,
+  round(bytes / 1048576.0 / greatest(0.001, (extract(epoch FROM last_pass_finished) - extract(epoch FROM last_pass_started))), 1)
+  FROM slicedb_scrub ORDER BY node, disk")
+stop
+# (Not the image itself: its unwritten space reads as zeros without I/O.)
+IMG="$WORK/seq.bin"
+dd if=/dev/urandom of="$IMG" bs=4M count=128 conv=fsync status=none
+DD=$(dd if="$IMG" of=/dev/null bs=4M iflag=direct 2>&1 | tail -1)
+DDMIB=$(echo "$DD" | python3 -c "import sys,re; t=sys.stdin.read(); b=int(t.split()[0]); s=float(re.search(r'([0-9.]+) s,', t).group(1)); print(round(b/1048576/s,1))")
+
 field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 echo
 printf '%-22s %10s %10s %10s %8s\n' "light query ($RUNS runs)" p50_ms p95_ms p99_ms errors
@@ -84,3 +106,7 @@ printf 'ratio on/off: p50 %s  p95 %s\n' \
   "$(python3 -c "print(round($(field "$ON" p95) / $(field "$IDLE" p95), 2))")"
 echo "slicedb_scrub (node|disk|blocks|bytes|damaged|repaired|MiB/s of the last complete pass|progress now):"
 echo "$SCRUB"
+echo
+echo "scrub throughput, unpaced, one pass per disk (node|disk|bytes|MiB/s; the 4 disks scrub at once):"
+echo "$FULLSCRUB"
+echo "sequential read on the same file system (512 MiB written, dd O_DIRECT 4 MiB): $DDMIB MiB/s"

@@ -177,6 +177,8 @@ pub struct LocalOptions {
     /// Bytes per second each node's background scrubber reads from each
     /// disk (0: none).
     pub scrub_rate: u64,
+    /// When damaged blocks fail a disk over (so many within a window).
+    pub bad_blocks: RepairPolicy,
     /// Tables with fewer rows take no runtime join filters.
     pub runtime_filter_min_rows: u64,
     /// Tables with fewer rows are not joined on the nodes with a build side
@@ -211,6 +213,7 @@ impl LocalOptions {
             slices_per_disk: 4,
             cache_size: 1 << 30,
             scrub_rate: slicedb_engine::server::DEFAULT_SCRUB_RATE,
+            bad_blocks: RepairPolicy::default(),
             runtime_filter_min_rows: CoordinatorConfig::DEFAULT_RUNTIME_FILTER_MIN_ROWS,
             broadcast_join_min_rows: CoordinatorConfig::DEFAULT_BROADCAST_JOIN_MIN_ROWS,
             metrics_listen: None,
@@ -260,7 +263,7 @@ impl LocalCluster {
         let mut node_metrics = Vec::new();
         for id in 0..opts.nodes + opts.spares {
             let dir = opts.data_dir.join(format!("node-{id}"));
-            let repair = PeerRepair::new(RepairPolicy::default());
+            let repair = PeerRepair::new(opts.bad_blocks);
             let disks = open_disks(
                 "local",
                 id,

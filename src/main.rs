@@ -101,6 +101,14 @@ enum Command {
         /// one from the other copy, e.g. 8MiB; 0 turns it off.
         #[arg(long, default_value = "8MiB")]
         scrub_rate: String,
+        /// Damaged blocks (each repaired from the other copy) that fail a
+        /// disk over when met within --bad-block-window; 1 fails a disk at
+        /// its first bad block.
+        #[arg(long, default_value_t = slicedb_engine::server::RepairPolicy::DEFAULT_LIMIT)]
+        bad_block_limit: u32,
+        /// The window of --bad-block-limit, e.g. 10min.
+        #[arg(long, default_value = "10min")]
+        bad_block_window: String,
         /// Tables with fewer rows take no runtime join filters: they are
         /// read whole and at once, not after the join's build side.
         #[arg(long, default_value_t = slicedb_coordinator::CoordinatorConfig::DEFAULT_RUNTIME_FILTER_MIN_ROWS)]
@@ -290,6 +298,8 @@ async fn serve(cmd: Command) -> Result<()> {
             slices_per_disk,
             cache_size,
             scrub_rate,
+            bad_block_limit,
+            bad_block_window,
             runtime_filter_min_rows,
             broadcast_join_min_rows,
             metrics_listen,
@@ -331,6 +341,10 @@ async fn serve(cmd: Command) -> Result<()> {
                 slices_per_disk,
                 cache_size: parse_size(&cache_size)?,
                 scrub_rate: parse_size(&scrub_rate)?,
+                bad_blocks: slicedb_engine::server::RepairPolicy {
+                    limit: bad_block_limit,
+                    window: slicedb::config::parse_duration(&bad_block_window)?,
+                },
                 runtime_filter_min_rows,
                 broadcast_join_min_rows,
                 metrics_listen,

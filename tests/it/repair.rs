@@ -384,6 +384,69 @@ fn damaged_blocks_past_the_limit_fail_the_disk_over() {
     });
 }
 
+/// `slicedb local --bad-block-limit 2`: the first damaged block is
+/// repaired, the second within the window fails the disk over; the answer
+/// stays exact throughout.
+#[test]
+fn slicedb_local_takes_the_bad_block_limit_from_its_flags() {
+    harness::run("repair_local_limit", |env| async move {
+        let data = env.path().join("data");
+        let db = Slicedb::local_args(
+            &env,
+            2,
+            &data,
+            &[],
+            &[
+                "--cache-size",
+                "0",
+                "--scrub-rate",
+                "0",
+                "--bad-block-limit",
+                "2",
+                "--bad-block-window",
+                "10min",
+            ],
+        )
+        .await?;
+        let c = db.connect().await?;
+        exec(&c, "CREATE TABLE f (k bigint, v bigint) DISTRIBUTE ON (k)").await?;
+        exec(
+            &c,
+            "INSERT INTO f SELECT i, i * 3 % 1000 FROM generate_series(1, 30000) AS g(i)",
+        )
+        .await?;
+        let want = query(&c, TOTALS).await?;
+        let image = data.join("node-0").join("disk-0.img");
+        let all = spots(&image, SegmentKind::Primary)?;
+        ensure!(all.len() >= 2, "node 0 has 2 primary blocks: {all:?}");
+        let (_, _, off, len) = all[0];
+        flip(&image, off, len)?;
+        ensure!(
+            query(&c, TOTALS).await? == want,
+            "answer with one damaged block"
+        );
+        nothing_failed(&c).await?;
+        let (_, _, off, len) = all[1];
+        flip(&image, off, len)?;
+        let got = query(&c, TOTALS).await?;
+        ensure!(
+            got == want,
+            "answer when the disk fails: {got:?} != {want:?}"
+        );
+        let hist = scalar(
+            &c,
+            "SELECT count(*) FROM slicedb_map_history WHERE cause LIKE 'disk 0 of node 0 failed%'",
+        )
+        .await?;
+        ensure!(
+            hist == "1",
+            "the second damaged block failed the disk over: {hist}"
+        );
+        db.kill();
+        Ok(())
+    });
+}
+
 /// `slicedb_damaged` as (node, segment, table, slice), sorted.
 async fn damaged(c: &tokio_postgres::Client) -> Result<Rows> {
     query(
