@@ -1,6 +1,6 @@
-//! DROP TABLE under a running reader (issue 18): a cursor still reading a
-//! table while another session drops it and loads a new table into the
-//! space. The cursor reads every row (each node opens all the slices' scans
+//! DROP TABLE and GROOM under a running reader (issue 18): a cursor still
+//! reading a table while another session drops it (or deletes half its rows
+//! and grooms it) and loads a new table into the space. The cursor reads every row (each node opens all the slices' scans
 //! of a request at its start, so a DROP meanwhile does not fail the slices
 //! still to come: before, the query failed with "table does not exist on
 //! this node"), no block is met damaged, no disk fails, and the space is
@@ -81,6 +81,76 @@ fn a_table_dropped_under_a_cursor_is_read_whole_and_no_disk_fails() {
         ))
         .await?;
         ensure!(scalar(&b, "SELECT count(*) FROM f").await? == N.to_string());
+        db.stop().await
+    });
+}
+
+/// GROOM under a cursor: another session deletes half the rows of the table
+/// a cursor reads, grooms it (both copies rewritten without them) and loads
+/// another table. The cursor reads every row of its snapshot, nothing is
+/// met damaged, no disk fails, and the groomed table holds its half.
+#[test]
+fn a_table_groomed_under_a_cursor_is_read_whole_and_no_disk_fails() {
+    harness::run("reuse_groom", |env| async move {
+        let data = env.path().join("data");
+        let db = Slicedb::local_args(&env, 2, &data, &[], &["--memory-limit", "4MiB"]).await?;
+        let a = db.connect().await?;
+        let b = db.connect().await?;
+        const N: i64 = 200_000;
+        a.batch_execute(&format!(
+            "CREATE TABLE d (k bigint, pad text) DISTRIBUTE ON (k); \
+             INSERT INTO d SELECT value, md5(value::text) || md5((value + 1)::text) \
+             FROM generate_series(1, {N})"
+        ))
+        .await?;
+        a.batch_execute("BEGIN; DECLARE w CURSOR FOR SELECT k, pad FROM d")
+            .await?;
+        let (mut rows, mut sum) = (0i64, 0i64);
+        let mut first = true;
+        loop {
+            let got = a.query("FETCH FORWARD 5000 FROM w", &[]).await?;
+            if got.is_empty() {
+                break;
+            }
+            for r in &got {
+                let k: i64 = r.get(0);
+                let pad: String = r.get(1);
+                ensure!(pad.len() == 64, "row {k}: pad {pad:?}");
+                rows += 1;
+                sum += k;
+            }
+            if std::mem::take(&mut first) {
+                let load = format!(
+                    "CREATE TABLE e (k bigint, pad text) DISTRIBUTE ON (k); \
+                     INSERT INTO e SELECT value, repeat('x', 64) FROM generate_series(1, {N})"
+                );
+                for sql in ["DELETE FROM d WHERE k % 2 = 0", "GROOM TABLE d", &load] {
+                    b.batch_execute(sql)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{sql}: {}", harness::describe(&e)))?;
+                }
+            }
+        }
+        a.batch_execute("COMMIT").await?;
+        ensure!(
+            rows == N && sum == N * (N + 1) / 2,
+            "the cursor read {rows} rows summing to {sum}"
+        );
+        let repairs = query(&b, "SELECT * FROM slicedb_repairs").await?;
+        ensure!(repairs.is_empty(), "blocks met damaged: {repairs:?}");
+        let down = scalar(&b, "SELECT count(*) FROM slicedb_nodes WHERE state <> 'up'").await?;
+        ensure!(down == "0", "{down} nodes not up");
+        wait_fully_protected(&b, Duration::from_secs(60)).await?;
+        harness::ensure_verified(&b).await?;
+        let left = query(&b, "SELECT count(*), sum(k) FROM d").await?;
+        let half = N / 2;
+        ensure!(
+            left == vec![vec![
+                Some(half.to_string()),
+                Some((half * half).to_string())
+            ]],
+            "d after the groom: {left:?}"
+        );
         db.stop().await
     });
 }
