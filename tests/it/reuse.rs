@@ -13,7 +13,59 @@ use std::time::Duration;
 
 use anyhow::ensure;
 
+use tokio_postgres::Client;
+
 use crate::harness::{self, exec, query, scalar, wait_fully_protected, Slicedb};
+
+/// Make table `d` of `n` rows (k = 1..n, a 64-character pad) with `a`,
+/// open a cursor over it in a transaction, and read it to its end in
+/// FETCHes of 5,000 rows, running `meanwhile` once after the first one.
+/// Answers (rows, sum of k) read; the transaction is committed.
+async fn read_under(
+    a: &Client,
+    n: i64,
+    meanwhile: impl AsyncFnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<(i64, i64)> {
+    a.batch_execute(&format!(
+        "CREATE TABLE d (k bigint, pad text) DISTRIBUTE ON (k); \
+         INSERT INTO d SELECT value, md5(value::text) || md5((value + 1)::text) \
+         FROM generate_series(1, {n})"
+    ))
+    .await?;
+    a.batch_execute("BEGIN; DECLARE w CURSOR FOR SELECT k, pad FROM d")
+        .await?;
+    let (mut rows, mut sum) = (0i64, 0i64);
+    let mut meanwhile = Some(meanwhile);
+    loop {
+        let got = a.query("FETCH FORWARD 5000 FROM w", &[]).await?;
+        if got.is_empty() {
+            break;
+        }
+        for r in &got {
+            let k: i64 = r.get(0);
+            let pad: String = r.get(1);
+            ensure!(pad.len() == 64, "row {k}: pad {pad:?}");
+            rows += 1;
+            sum += k;
+        }
+        if let Some(f) = meanwhile.take() {
+            ensure!(rows == 5000, "first FETCH: {rows} rows");
+            f().await?;
+        }
+    }
+    a.batch_execute("COMMIT").await?;
+    Ok((rows, sum))
+}
+
+/// After the reads: nothing met damaged, every node up, every slice in sync.
+async fn nothing_damaged_and_all_protected(b: &Client) -> anyhow::Result<()> {
+    let repairs = query(b, "SELECT * FROM slicedb_repairs").await?;
+    ensure!(repairs.is_empty(), "blocks met damaged: {repairs:?}");
+    let down = scalar(b, "SELECT count(*) FROM slicedb_nodes WHERE state <> 'up'").await?;
+    ensure!(down == "0", "{down} nodes not up");
+    wait_fully_protected(b, Duration::from_secs(60)).await?;
+    harness::ensure_verified(b).await
+}
 
 #[test]
 fn a_table_dropped_under_a_cursor_is_read_whole_and_no_disk_fails() {
@@ -25,51 +77,22 @@ fn a_table_dropped_under_a_cursor_is_read_whole_and_no_disk_fails() {
         let a = db.connect().await?;
         let b = db.connect().await?;
         const N: i64 = 300_000;
-        a.batch_execute(&format!(
-            "CREATE TABLE d (k bigint, pad text) DISTRIBUTE ON (k); \
-             INSERT INTO d SELECT value, md5(value::text) || md5((value + 1)::text) \
-             FROM generate_series(1, {N})"
-        ))
-        .await?;
-        a.batch_execute("BEGIN; DECLARE w CURSOR FOR SELECT k, pad FROM d")
-            .await?;
-        let (mut rows, mut sum) = (0i64, 0i64);
-        let fetch = async |rows: &mut i64, sum: &mut i64| -> anyhow::Result<usize> {
-            let got = a.query("FETCH FORWARD 5000 FROM w", &[]).await?;
-            for r in &got {
-                let k: i64 = r.get(0);
-                let pad: String = r.get(1);
-                ensure!(pad.len() == 64, "row {k}: pad {pad:?}");
-                *rows += 1;
-                *sum += k;
-            }
-            Ok(got.len())
-        };
-        fetch(&mut rows, &mut sum).await?;
-        ensure!(rows == 5000, "first FETCH: {rows} rows");
-
         // Another session drops the table and fills the space again.
-        exec(&b, "DROP TABLE d").await?;
-        b.batch_execute(&format!(
-            "CREATE TABLE e (k bigint, pad text) DISTRIBUTE ON (k); \
-             INSERT INTO e SELECT value, repeat('x', 64) FROM generate_series(1, {N})"
-        ))
+        let (rows, sum) = read_under(&a, N, async || {
+            exec(&b, "DROP TABLE d").await?;
+            b.batch_execute(&format!(
+                "CREATE TABLE e (k bigint, pad text) DISTRIBUTE ON (k); \
+                 INSERT INTO e SELECT value, repeat('x', 64) FROM generate_series(1, {N})"
+            ))
+            .await?;
+            Ok(())
+        })
         .await?;
-
-        while fetch(&mut rows, &mut sum).await? > 0 {}
-        a.batch_execute("COMMIT").await?;
         ensure!(
             rows == N && sum == N * (N + 1) / 2,
             "the cursor read {rows} rows summing to {sum}"
         );
-
-        // No block was found damaged, no disk failed, all still protected.
-        let repairs = query(&b, "SELECT * FROM slicedb_repairs").await?;
-        ensure!(repairs.is_empty(), "blocks met damaged: {repairs:?}");
-        let down = scalar(&b, "SELECT count(*) FROM slicedb_nodes WHERE state <> 'up'").await?;
-        ensure!(down == "0", "{down} nodes not up");
-        wait_fully_protected(&b, Duration::from_secs(60)).await?;
-        harness::ensure_verified(&b).await?;
+        nothing_damaged_and_all_protected(&b).await?;
         let e = scalar(&b, "SELECT count(*) FROM e WHERE pad = repeat('x', 64)").await?;
         ensure!(e == N.to_string(), "e holds {e} rows");
         // The dropped table's space is free again once the cursor ended:
@@ -97,51 +120,24 @@ fn a_table_groomed_under_a_cursor_is_read_whole_and_no_disk_fails() {
         let a = db.connect().await?;
         let b = db.connect().await?;
         const N: i64 = 200_000;
-        a.batch_execute(&format!(
-            "CREATE TABLE d (k bigint, pad text) DISTRIBUTE ON (k); \
-             INSERT INTO d SELECT value, md5(value::text) || md5((value + 1)::text) \
-             FROM generate_series(1, {N})"
-        ))
+        let (rows, sum) = read_under(&a, N, async || {
+            let load = format!(
+                "CREATE TABLE e (k bigint, pad text) DISTRIBUTE ON (k); \
+                 INSERT INTO e SELECT value, repeat('x', 64) FROM generate_series(1, {N})"
+            );
+            for sql in ["DELETE FROM d WHERE k % 2 = 0", "GROOM TABLE d", &load] {
+                b.batch_execute(sql)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{sql}: {}", harness::describe(&e)))?;
+            }
+            Ok(())
+        })
         .await?;
-        a.batch_execute("BEGIN; DECLARE w CURSOR FOR SELECT k, pad FROM d")
-            .await?;
-        let (mut rows, mut sum) = (0i64, 0i64);
-        let mut first = true;
-        loop {
-            let got = a.query("FETCH FORWARD 5000 FROM w", &[]).await?;
-            if got.is_empty() {
-                break;
-            }
-            for r in &got {
-                let k: i64 = r.get(0);
-                let pad: String = r.get(1);
-                ensure!(pad.len() == 64, "row {k}: pad {pad:?}");
-                rows += 1;
-                sum += k;
-            }
-            if std::mem::take(&mut first) {
-                let load = format!(
-                    "CREATE TABLE e (k bigint, pad text) DISTRIBUTE ON (k); \
-                     INSERT INTO e SELECT value, repeat('x', 64) FROM generate_series(1, {N})"
-                );
-                for sql in ["DELETE FROM d WHERE k % 2 = 0", "GROOM TABLE d", &load] {
-                    b.batch_execute(sql)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{sql}: {}", harness::describe(&e)))?;
-                }
-            }
-        }
-        a.batch_execute("COMMIT").await?;
         ensure!(
             rows == N && sum == N * (N + 1) / 2,
             "the cursor read {rows} rows summing to {sum}"
         );
-        let repairs = query(&b, "SELECT * FROM slicedb_repairs").await?;
-        ensure!(repairs.is_empty(), "blocks met damaged: {repairs:?}");
-        let down = scalar(&b, "SELECT count(*) FROM slicedb_nodes WHERE state <> 'up'").await?;
-        ensure!(down == "0", "{down} nodes not up");
-        wait_fully_protected(&b, Duration::from_secs(60)).await?;
-        harness::ensure_verified(&b).await?;
+        nothing_damaged_and_all_protected(&b).await?;
         let left = query(&b, "SELECT count(*), sum(k) FROM d").await?;
         let half = N / 2;
         ensure!(
