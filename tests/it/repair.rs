@@ -385,7 +385,8 @@ fn damaged_blocks_past_the_limit_fail_the_disk_over() {
 }
 
 /// `slicedb local --bad-block-limit 2`: the first damaged block is
-/// repaired, the second within the window fails the disk over; the answer
+/// repaired, the second within the window fails the disk over, which heals
+/// (copies regenerated, in sync) and survives the next damaged block; the answer
 /// stays exact throughout.
 #[test]
 fn slicedb_local_takes_the_bad_block_limit_from_its_flags() {
@@ -393,10 +394,12 @@ fn slicedb_local_takes_the_bad_block_limit_from_its_flags() {
         let data = env.path().join("data");
         let db = Slicedb::local_args(
             &env,
-            2,
+            3,
             &data,
             &[],
             &[
+                "--regen-delay",
+                "1s",
                 "--cache-size",
                 "0",
                 "--scrub-rate",
