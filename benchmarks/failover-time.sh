@@ -32,6 +32,7 @@ TOML
     printf '[[nodes]]\nid = %d\naddress = "127.0.0.1:%d"\ndata_dir = "%s/node%d"\ndisk_size = "1GiB"\n' \
       "$n" $((base + 1 + n)) "$D" "$n" >> "$D/cluster.toml"
   done
+  "$BIN" certs --config "$D/cluster.toml" > /dev/null
   PIDS=()
   for n in 0 1 2; do
     "$BIN" node --config "$D/cluster.toml" --id $n > "$D/node$n.out" 2> "$D/node$n.err" &

@@ -73,6 +73,7 @@ TOML
     printf '[[nodes]]\nid = %d\naddress = "127.0.0.1:%d"\ndata_dir = "%s/node%d"\ndisk_size = "%dMiB"\nspare = %s\n' \
       "$n" $((BASE + 1 + n)) "$WORK" "$n" $((PER_NODE * 3 / 1048576 + 512)) "$spare" >> "$WORK/cluster.toml"
   done
+  "$BIN" certs --config "$WORK/cluster.toml" > /dev/null
 }
 start_node() { "$BIN" node --config "$WORK/cluster.toml" --id "$1" >> "$WORK/node$1.out" 2>> "$WORK/node$1.err" & PID[n$1]=$!; disown; }
 gone() { while kill -0 "$1" 2>/dev/null; do sleep 0.05; done; }

@@ -21,9 +21,20 @@ pub struct ClusterConfig {
     /// Data slices per disk when the distribution map is first built.
     #[serde(default = "default_slices_per_disk")]
     pub slices_per_disk: u32,
+    /// The cluster's credentials (`slicedb certs` makes them): the CA
+    /// certificate `ca.pem` and each process's `<member>.pem` and
+    /// `<member>.key` (`coordinator`, `node-<id>`). Every call between the
+    /// processes is mutual TLS with them (docs/security.md). A relative
+    /// path is taken from the cluster file's directory; default `certs`.
+    #[serde(default = "default_certs_dir")]
+    pub certs_dir: PathBuf,
     pub coordinator: CoordinatorSection,
     #[serde(default)]
     pub nodes: Vec<NodeSection>,
+}
+
+fn default_certs_dir() -> PathBuf {
+    PathBuf::from("certs")
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -251,6 +262,11 @@ impl ClusterConfig {
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         let cfg: ClusterConfig =
             toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let mut cfg: ClusterConfig = cfg;
+        if cfg.certs_dir.is_relative() {
+            let base = path.parent().unwrap_or(std::path::Path::new("."));
+            cfg.certs_dir = base.join(&cfg.certs_dir);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -331,6 +347,26 @@ impl ClusterConfig {
             }
         }
         Ok(())
+    }
+
+    /// `member`'s credentials from `certs_dir`.
+    pub fn credentials(
+        &self,
+        member: slicedb_engine::cluster_tls::Member,
+    ) -> Result<slicedb_engine::cluster_tls::ClusterTls, Error> {
+        Ok(slicedb_engine::cluster_tls::ClusterTls::load(
+            &self.certs_dir,
+            &crate::cluster_uuid(&self.cluster_id),
+            member,
+        )?)
+    }
+
+    /// Every member of the cluster: the coordinator and each node.
+    pub fn members(&self) -> Vec<slicedb_engine::cluster_tls::Member> {
+        use slicedb_engine::cluster_tls::Member;
+        std::iter::once(Member::Coordinator)
+            .chain(self.nodes.iter().map(|n| Member::Node(n.id)))
+            .collect()
     }
 
     pub fn node(&self, id: u32) -> Result<&NodeSection, Error> {

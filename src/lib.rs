@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use slicedb_coordinator::{Coordinator, CoordinatorConfig, NodeEndpoint};
+use slicedb_engine::cluster_tls::{ClusterTls, Member};
 use slicedb_engine::server::{NodeServer, PeerRepair, RepairPolicy};
 use slicedb_engine::store::{DiskIds, DiskStore, InitOptions, StoreOptions};
 use slicedb_sql::frontend::Frontend;
@@ -71,6 +72,9 @@ pub fn node_server(
     server.set_fragment_runner(Arc::new(runner));
     Ok(server)
 }
+
+/// The cluster id of `slicedb local`'s disks and certificates.
+const LOCAL_CLUSTER_ID: &str = "local";
 
 /// Memory each node's query fragments may hold unless configured.
 pub const DEFAULT_NODE_MEMORY_LIMIT: u64 = 2 << 30;
@@ -261,11 +265,19 @@ impl LocalCluster {
         let mut tasks = Vec::new();
         let mut endpoints = Vec::new();
         let mut node_metrics = Vec::new();
+        // The cluster's CA and every member's certificate, made once and
+        // kept with the data: the parts call each other over mutual TLS.
+        let certs = opts.data_dir.join("certs");
+        let cluster = cluster_uuid(LOCAL_CLUSTER_ID);
+        let members: Vec<Member> = std::iter::once(Member::Coordinator)
+            .chain((0..opts.nodes + opts.spares).map(Member::Node))
+            .collect();
+        slicedb_engine::cluster_tls::issue(&certs, &cluster, &members)?;
         for id in 0..opts.nodes + opts.spares {
             let dir = opts.data_dir.join(format!("node-{id}"));
             let repair = PeerRepair::new(opts.bad_blocks);
             let disks = open_disks(
-                "local",
+                LOCAL_CLUSTER_ID,
                 id,
                 &dir,
                 opts.disks_per_node,
@@ -281,6 +293,7 @@ impl LocalCluster {
                 &dir.join("spill"),
                 opts.scrub_rate,
             )?;
+            server.set_cluster_tls(ClusterTls::load(&certs, &cluster, Member::Node(id))?);
             if let Some(m) = opts.metrics_listen {
                 let at = metrics::local_node_addr(m, id)?;
                 let bound = metrics::serve_node(server.clone(), at, stopped(rx.clone())).await?;
@@ -319,6 +332,7 @@ impl LocalCluster {
             runtime_filter_min_rows: opts.runtime_filter_min_rows,
             broadcast_join_min_rows: opts.broadcast_join_min_rows,
             memory_limit: opts.memory_limit,
+            cluster_tls: Some(ClusterTls::load(&certs, &cluster, Member::Coordinator)?),
         })
         .await?;
         let frontend = Frontend::new(Arc::new(coord))?;
@@ -461,6 +475,7 @@ pub async fn run_node(
         &n.data_dir.join("spill"),
         config::parse_size(&n.scrub_rate)?,
     )?;
+    server.set_cluster_tls(cfg.credentials(slicedb_engine::cluster_tls::Member::Node(id))?);
     let (stop, stopping) = watch::channel(false);
     let shutdown = async move {
         shutdown.await;
@@ -507,6 +522,7 @@ pub async fn run_coordinator(
         runtime_filter_min_rows: cfg.coordinator.runtime_filter_min_rows,
         broadcast_join_min_rows: cfg.coordinator.broadcast_join_min_rows,
         memory_limit: config::parse_size(&cfg.coordinator.memory_limit)?,
+        cluster_tls: Some(cfg.credentials(slicedb_engine::cluster_tls::Member::Coordinator)?),
     })
     .await?;
     let frontend = Frontend::new(Arc::new(coord))?;

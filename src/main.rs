@@ -157,6 +157,17 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Create the credentials of a multi-process cluster in the cluster
+    /// file's certs_dir: the cluster's CA and a certificate and key for the
+    /// coordinator and every node (processes call each other only over
+    /// mutual TLS with them). Run it again after adding nodes: it issues
+    /// what is missing with the same CA. Give each machine ca.pem and its
+    /// own process's two files only; keep ca.key off the cluster.
+    Certs {
+        /// The cluster file (TOML); see docs/configuration.md.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Compare the primary and mirror of every slice of every table, online,
     /// at one snapshot (row count and a checksum over rowid + row contents).
     /// Exits 1 if any slice is diverged or could not be checked.
@@ -260,6 +271,7 @@ fn main() -> Result<()> {
         .init();
     match cli.command {
         Command::Disk { command } => disk(command),
+        Command::Certs { config } => certs(&config),
         other => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -272,6 +284,27 @@ fn main() -> Result<()> {
             done
         }
     }
+}
+
+/// `slicedb certs`: issue what the cluster file's members lack.
+fn certs(config: &std::path::Path) -> Result<()> {
+    let cfg = ClusterConfig::load(config)?;
+    let written = slicedb_engine::cluster_tls::issue(
+        &cfg.certs_dir,
+        &slicedb::cluster_uuid(&cfg.cluster_id),
+        &cfg.members(),
+    )
+    .map_err(slicedb::Error::from)?;
+    for f in &written {
+        println!("wrote {}", f.display());
+    }
+    println!(
+        "{} members have credentials in {} ({} files written)",
+        cfg.members().len(),
+        cfg.certs_dir.display(),
+        written.len()
+    );
+    Ok(())
 }
 
 /// How long a shutdown waits for running work before the process exits.
@@ -387,7 +420,9 @@ async fn serve(cmd: Command) -> Result<()> {
         Command::Regenerate { url, timeout } => {
             regenerate(&url, slicedb::config::parse_duration(&timeout)?).await
         }
-        Command::Disk { .. } => unreachable!("handled before the runtime starts"),
+        Command::Disk { .. } | Command::Certs { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
 

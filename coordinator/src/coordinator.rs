@@ -68,6 +68,10 @@ pub struct CoordinatorConfig {
     /// statements (0: no limit). Sorts, joins and aggregates that would
     /// pass their share spill to `<data_dir>/spill` or fail with 53200.
     pub memory_limit: u64,
+    /// The coordinator's cluster credentials: every node is called over
+    /// mutual TLS and must present its own certificate. None: plain
+    /// HTTP/2 (only for nodes without credentials, embedded in a test).
+    pub cluster_tls: Option<slicedb_engine::cluster_tls::ClusterTls>,
 }
 
 impl CoordinatorConfig {
@@ -120,7 +124,7 @@ impl Coordinator {
             })
             .collect();
         let map = open_or_build_map(meta.as_ref(), &shapes, config.slices_per_disk)?;
-        let nodes = Arc::new(connect_all(&config.nodes)?);
+        let nodes = Arc::new(connect_all(&config.nodes, config.cluster_tls.as_ref())?);
         let health = Arc::new(NodeHealth::default());
         wait_for_nodes(&nodes, map.down(), &health, config.connect_timeout).await?;
         let (system, map) = crate::system::start(

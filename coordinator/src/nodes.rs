@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use arrow_flight::flight_service_client::FlightServiceClient;
+use slicedb_engine::cluster_tls::ClusterTls;
 use slicedb_engine::proto::{self, pb};
 use slicedb_engine::NodeId;
 use tonic::transport::{Channel, Endpoint};
@@ -69,8 +70,12 @@ impl NodeClient {
     /// for the node to read them. Under load that took longer than the
     /// probe timeout twice in a row, and a live node was failed over
     /// mid-load (seen at TPC-H SF 1 on the 4-node local cluster).
-    pub(crate) fn new(ep: &NodeEndpoint) -> Result<NodeClient> {
-        let endpoint = Endpoint::from_shared(format!("http://{}", ep.address))
+    ///
+    /// With `tls`, every connection is mutual TLS: the coordinator shows
+    /// its certificate and accepts only node `ep.id`'s.
+    pub(crate) fn new(ep: &NodeEndpoint, tls: Option<&ClusterTls>) -> Result<NodeClient> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{}", ep.address))
             .map_err(|e| {
                 CoordinatorError::Config(format!("node {} address {}: {e}", ep.id, ep.address))
             })?
@@ -80,6 +85,10 @@ impl NodeClient {
             .keep_alive_timeout(proto::KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
             .max_frame_size(Some(proto::MAX_FRAME_BYTES));
+        let endpoint = match tls {
+            Some(t) => t.client(endpoint, ep.id).map_err(CoordinatorError::from)?,
+            None => endpoint,
+        };
         let control = endpoint.clone().connect_lazy();
         let health = endpoint.clone().connect_lazy();
         let scans = endpoint
@@ -139,10 +148,10 @@ pub fn client(nodes: &NodeSet, id: NodeId) -> Result<&NodeClient> {
 }
 
 /// Clients for every endpoint; an id given twice is a configuration error.
-pub fn connect_all(endpoints: &[NodeEndpoint]) -> Result<NodeSet> {
+pub fn connect_all(endpoints: &[NodeEndpoint], tls: Option<&ClusterTls>) -> Result<NodeSet> {
     let mut nodes = BTreeMap::new();
     for ep in endpoints {
-        if nodes.insert(ep.id, NodeClient::new(ep)?).is_some() {
+        if nodes.insert(ep.id, NodeClient::new(ep, tls)?).is_some() {
             return Err(CoordinatorError::Config(format!(
                 "node id {} appears twice",
                 ep.id

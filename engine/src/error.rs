@@ -72,6 +72,8 @@ pub enum EngineError {
     },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    #[error("cluster credentials: {0}")]
+    Credentials(String),
     #[error("arrow error: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
     #[error("internal error: {0}")]

@@ -14,6 +14,7 @@
 pub mod background;
 pub mod block;
 pub mod cache;
+pub mod cluster_tls;
 pub mod disk;
 pub mod failpoint;
 pub mod fragment_runner;

@@ -557,6 +557,17 @@ impl Slicedb {
         let config = root.join("cluster.toml");
         fs::write(&config, &toml)?;
         eprintln!("cluster file:\n{toml}");
+        // The cluster's CA and every process's certificate (certs/ next
+        // to the cluster file).
+        let certs = std::process::Command::new(BIN)
+            .args(["certs", "--config"])
+            .arg(&config)
+            .output()?;
+        ensure!(
+            certs.status.success(),
+            "slicedb certs failed: {}",
+            String::from_utf8_lossy(&certs.stderr)
+        );
 
         let mut procs = Vec::new();
         for (id, addr) in node_addrs.iter().enumerate() {

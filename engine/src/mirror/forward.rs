@@ -53,6 +53,9 @@ pub struct Forwarder {
     /// Told of every installed map: a call to a mirror that a newer map no
     /// longer routes to (it was failed over) stops waiting for it.
     installs: tokio::sync::watch::Sender<u64>,
+    /// The node's cluster credentials: peers are called over mutual TLS
+    /// and must present the certificate of the node they are asked as.
+    tls: parking_lot::RwLock<Option<std::sync::Arc<crate::cluster_tls::ClusterTls>>>,
 }
 
 impl Forwarder {
@@ -64,7 +67,15 @@ impl Forwarder {
             txns: Mutex::new(HashMap::new()),
             latest: Mutex::new((0, HashMap::new())),
             installs: tokio::sync::watch::Sender::new(0),
+            tls: Default::default(),
         }
+    }
+
+    /// Call peers over mutual TLS with `tls` (connections made before are
+    /// dropped).
+    pub fn set_tls(&self, tls: std::sync::Arc<crate::cluster_tls::ClusterTls>) {
+        *self.tls.write() = Some(tls);
+        self.clients.lock().clear();
     }
 
     /// A map was installed: its epoch and where it routes each slice.
@@ -351,7 +362,9 @@ impl Forwarder {
         if let Some(c) = clients.get(&key) {
             return Ok(c.clone());
         }
-        let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        let tls = self.tls.read().clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let ep = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| EngineError::Internal(format!("bad peer address {addr}: {e}")))?
             .connect_timeout(routes.timeout)
             .tcp_nodelay(true)
@@ -364,6 +377,10 @@ impl Forwarder {
             .max_frame_size(Some(proto::MAX_FRAME_BYTES))
             .initial_stream_window_size(Some(proto::RECEIVE_STREAM_WINDOW))
             .initial_connection_window_size(Some(proto::RECEIVE_CONNECTION_WINDOW));
+        let ep = match tls {
+            Some(t) => t.client(ep, node)?,
+            None => ep,
+        };
         let channel = ep.connect_lazy();
         let c = PeerClient::new(channel.clone())
             .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)

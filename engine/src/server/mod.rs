@@ -38,6 +38,7 @@ use parking_lot::{Mutex, RwLock};
 use tonic::Status;
 use tracing::{info, warn};
 
+use crate::cluster_tls::{ClusterTls, Member};
 use crate::fragment_runner::FragmentRunner;
 use crate::mirror::{Forwarder, Routes, Staging};
 use crate::proto::{self, pb};
@@ -98,7 +99,25 @@ struct NodeState {
     scrub_rate: std::sync::atomic::AtomicU64,
     /// Each disk's scrub passes.
     scrub: Arc<crate::scrub::ScrubBoard>,
+    /// This node's cluster credentials: with them every call must come
+    /// over mutual TLS from a member allowed to make it; without (a server
+    /// embedded in a test) every caller is taken at its word.
+    tls: RwLock<Option<Arc<ClusterTls>>>,
 }
+
+/// Which members a service admits.
+#[derive(Clone, Copy, Debug)]
+enum Admit {
+    /// `Node` and Flight: the coordinator's commands and scans.
+    Coordinator,
+    /// `PeerNode`: other nodes' forwards, copies and repairs.
+    Nodes,
+}
+
+/// The member that made a call, as its certificate says (set by the
+/// services' interceptor when the node has credentials).
+#[derive(Clone, Copy, Debug)]
+struct Caller(Member);
 
 /// A running node's shared state; cheap to clone.
 #[derive(Clone)]
@@ -144,6 +163,7 @@ impl NodeServer {
                 damaged: damaged::DamagedBlocks::open(&disks),
                 scrub_rate: Default::default(),
                 scrub: Default::default(),
+                tls: RwLock::new(None),
             }),
         }
     }
@@ -158,6 +178,58 @@ impl NodeServer {
     /// process links); without one, a scan carrying a fragment is refused.
     pub fn set_fragment_runner(&self, runner: Arc<dyn FragmentRunner>) {
         *self.state.fragments.write() = Some(runner);
+    }
+
+    /// Serve only over mutual TLS with these credentials, admitting the
+    /// coordinator's commands and scans only from the coordinator and the
+    /// peer calls only from other nodes; call to peers with them too.
+    pub fn set_cluster_tls(&self, tls: ClusterTls) {
+        let tls = Arc::new(tls);
+        self.state.forwarder.set_tls(tls.clone());
+        *self.state.tls.write() = Some(tls);
+    }
+
+    /// The interceptor of every service: with credentials, a call from a
+    /// member the service does not admit is refused before it is decoded.
+    fn admit(
+        &self,
+        who: Admit,
+        mut req: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, Status> {
+        let Some(tls) = self.state.tls.read().clone() else {
+            return Ok(req);
+        };
+        let caller = match tls.caller(&req) {
+            Ok(c) => c,
+            Err(s) => {
+                warn!(node = self.state.node, error = %s.message(), "refused a call without cluster credentials");
+                return Err(s);
+            }
+        };
+        let ok = match (who, caller) {
+            (Admit::Coordinator, Member::Coordinator) => true,
+            (Admit::Nodes, Member::Node(n)) => n != self.state.node,
+            _ => false,
+        };
+        if !ok {
+            warn!(node = self.state.node, %caller, ?who, "refused a call from a member the service does not admit");
+            return Err(Status::permission_denied(format!(
+                "{caller} may not make this call on node {}: {}",
+                self.state.node,
+                match who {
+                    Admit::Coordinator => "only the coordinator may",
+                    Admit::Nodes => "only another node may",
+                }
+            )));
+        }
+        req.extensions_mut().insert(Caller(caller));
+        Ok(req)
+    }
+
+    /// The authenticated member that made `req` (None: this node has no
+    /// credentials and takes callers at their word).
+    fn caller<T>(req: &tonic::Request<T>) -> Option<Member> {
+        req.extensions().get::<Caller>().map(|c| c.0)
     }
 
     /// Serve gRPC + Flight on `listener` until `shutdown` resolves.
@@ -175,27 +247,48 @@ impl NodeServer {
         }
         self.start_scrubbers();
         let incoming = without_nagle(listener);
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.state.tls.read().clone() {
+            info!(
+                node = self.state.node,
+                "node serving over mutual TLS with the cluster's CA"
+            );
+            builder = builder.tls_config(tls.server_config()).map_err(|e| {
+                EngineError::Credentials(format!("TLS settings of the node server: {e}"))
+            })?;
+        }
+        let gate = |who: Admit| {
+            let me = self.clone();
+            move |req: tonic::Request<()>| me.admit(who, req)
+        };
+        use tonic::service::interceptor::InterceptedService;
+        let node_svc = InterceptedService::new(
+            pb::node_server::NodeServer::new(self.clone())
+                .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
+            gate(Admit::Coordinator),
+        );
+        let peer_svc = InterceptedService::new(
+            pb::peer_node_server::PeerNodeServer::new(self.clone())
+                .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
+            gate(Admit::Nodes),
+        );
+        let flight_svc = InterceptedService::new(
+            FlightServiceServer::new(self.clone())
+                .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
+            gate(Admit::Coordinator),
+        );
+        builder
             .http2_keepalive_interval(Some(proto::KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(proto::KEEPALIVE_TIMEOUT))
             .initial_stream_window_size(Some(proto::RECEIVE_STREAM_WINDOW))
             .initial_connection_window_size(Some(proto::RECEIVE_CONNECTION_WINDOW))
             .max_frame_size(Some(proto::MAX_FRAME_BYTES))
-            .add_service(
-                pb::node_server::NodeServer::new(self.clone())
-                    .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
-            )
-            .add_service(
-                pb::peer_node_server::PeerNodeServer::new(self.clone())
-                    .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
-            )
-            .add_service(
-                FlightServiceServer::new(self)
-                    .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
-            )
+            .add_service(node_svc)
+            .add_service(peer_svc)
+            .add_service(flight_svc)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .map_err(|e| EngineError::Internal(format!("node server on {addr}: {e}")))

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
 use super::{status, NodeServer};
+use crate::cluster_tls::Member;
 use crate::failpoint;
 use crate::proto::pb;
 use crate::store::{DiskStore, LogicalBlock, SegmentKind};
@@ -28,6 +29,19 @@ const EXPORT_WINDOW: usize = 8;
 
 /// Blocks an export asks the disk for ahead of the one it reads.
 const READ_AHEAD: usize = 4;
+
+impl NodeServer {
+    /// A peer call names the node it comes from: with credentials, that
+    /// must be the node whose certificate made the call.
+    fn caller_is(caller: Option<Member>, from_node: u32) -> Result<(), Status> {
+        match caller {
+            Some(c) if c != Member::Node(from_node) => Err(Status::permission_denied(format!(
+                "{c} sent a call as node {from_node}: refused"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl pb::peer_node_server::PeerNode for NodeServer {
@@ -115,7 +129,9 @@ impl pb::peer_node_server::PeerNode for NodeServer {
         &self,
         request: Request<pb::FetchBlockRequest>,
     ) -> Result<Response<pb::FetchBlockResponse>, Status> {
+        let caller = Self::caller(&request);
         let req = request.into_inner();
+        Self::caller_is(caller, req.from_node)?;
         let map = self.check_epoch(req.epoch).map_err(status)?;
         let held = [SegmentKind::Primary, SegmentKind::Mirror]
             .into_iter()
@@ -177,7 +193,9 @@ impl pb::peer_node_server::PeerNode for NodeServer {
         request: Request<pb::MirrorWriteRequest>,
     ) -> Result<Response<pb::Ack>, Status> {
         let _fg = self.state.activity.begin();
+        let caller = Self::caller(&request);
         let req = request.into_inner();
+        Self::caller_is(caller, req.from_node)?;
         // Checked and staged under the map lock: once a newer map is
         // installed no forward of an older one is staged, so an `Adopt` at
         // the newer epoch sees every forward this node will ever stage
@@ -193,6 +211,15 @@ impl pb::peer_node_server::PeerNode for NodeServer {
             }
         };
         let (segment, disk) = self.forwarded_copy(map, req.slice).map_err(status)?;
+        // Only the slice's serving copy forwards to this one: the map names
+        // its node as this copy's other copy.
+        if caller.is_some() && map.repair_sources.get(&(req.slice, segment)) != Some(&req.from_node)
+        {
+            return Err(Status::permission_denied(format!(
+                "node {} does not hold the serving copy of slice {} at epoch {}: its forward is refused",
+                req.from_node, req.slice, map.epoch
+            )));
+        }
         self.state.staging.stage(disk, segment, req);
         drop(guard);
         Ok(Response::new(pb::Ack {}))
@@ -203,7 +230,9 @@ impl pb::peer_node_server::PeerNode for NodeServer {
         &self,
         request: Request<pb::MirrorPrepareRequest>,
     ) -> Result<Response<pb::Ack>, Status> {
+        let caller = Self::caller(&request);
         let req = request.into_inner();
+        Self::caller_is(caller, req.from_node)?;
         self.check_epoch(req.epoch).map_err(status)?;
         let me = self.clone();
         Self::blocking(move || {
