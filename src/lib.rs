@@ -449,6 +449,8 @@ pub async fn run_node(
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), Error> {
     let n = cfg.node(id)?;
+    // Before anything is created: a node without credentials never starts.
+    let credentials = cfg.credentials(Member::Node(id))?;
     let repair = PeerRepair::new(RepairPolicy {
         limit: n.bad_block_limit,
         window: config::parse_duration(&n.bad_block_window)?,
@@ -475,7 +477,7 @@ pub async fn run_node(
         &n.data_dir.join("spill"),
         config::parse_size(&n.scrub_rate)?,
     )?;
-    server.set_cluster_tls(cfg.credentials(slicedb_engine::cluster_tls::Member::Node(id))?);
+    server.set_cluster_tls(credentials);
     let (stop, stopping) = watch::channel(false);
     let shutdown = async move {
         shutdown.await;
@@ -522,7 +524,7 @@ pub async fn run_coordinator(
         runtime_filter_min_rows: cfg.coordinator.runtime_filter_min_rows,
         broadcast_join_min_rows: cfg.coordinator.broadcast_join_min_rows,
         memory_limit: config::parse_size(&cfg.coordinator.memory_limit)?,
-        cluster_tls: Some(cfg.credentials(slicedb_engine::cluster_tls::Member::Coordinator)?),
+        cluster_tls: Some(cfg.credentials(Member::Coordinator)?),
     })
     .await?;
     let frontend = Frontend::new(Arc::new(coord))?;

@@ -28,6 +28,10 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerT
 
 use crate::{EngineError, NodeId, Result};
 
+/// The longest a TLS handshake may take on either end: a peer that stops
+/// halfway (a hung process) holds no connection attempt for longer.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A member of a cluster: who a certificate belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Member {
@@ -266,6 +270,7 @@ impl ClusterTls {
         ServerTlsConfig::new()
             .identity(Identity::from_pem(&self.cert, &self.key))
             .client_ca_root(Certificate::from_pem(&self.ca))
+            .timeout(HANDSHAKE_TIMEOUT)
     }
 
     /// `endpoint` (an `https://` URL) made to present this member's
@@ -276,7 +281,8 @@ impl ClusterTls {
                 ClientTlsConfig::new()
                     .ca_certificate(Certificate::from_pem(&self.ca))
                     .identity(Identity::from_pem(&self.cert, &self.key))
-                    .domain_name(Member::Node(to).name(&self.cluster)),
+                    .domain_name(Member::Node(to).name(&self.cluster))
+                    .timeout(HANDSHAKE_TIMEOUT),
             )
             .map_err(|e| cred_err(format!("TLS settings for node {to}: {e}")))
     }

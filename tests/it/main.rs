@@ -8,6 +8,7 @@ mod architecture;
 mod auth;
 mod bad_input;
 mod carry;
+mod cluster_auth;
 mod copy_csv;
 mod cursors;
 mod damage;
