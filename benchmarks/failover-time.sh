@@ -27,6 +27,7 @@ slices_per_disk = 4
 [coordinator]
 listen = "127.0.0.1:$base"
 data_dir = "$D/coord"
+hba = ["host all all 127.0.0.1/32 trust"]
 TOML
   for n in 0 1 2; do
     printf '[[nodes]]\nid = %d\naddress = "127.0.0.1:%d"\ndata_dir = "%s/node%d"\ndisk_size = "1GiB"\n' \

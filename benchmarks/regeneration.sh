@@ -65,6 +65,7 @@ slices_per_disk = 4
 [coordinator]
 listen = "127.0.0.1:$BASE"
 data_dir = "$WORK/coord"
+hba = ["host all all 127.0.0.1/32 trust"]
 regen_delay = "10m"
 copy_rate = "$1"
 TOML

@@ -500,6 +500,15 @@ pub async fn run_coordinator(
     shutdown: impl std::future::Future<Output = ()>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), Error> {
+    // Unlike `slicedb local`, a cluster of processes says who may connect.
+    if !cfg.coordinator.auth().has_rules() {
+        return Err(Error::Config(
+            "a multi-process cluster needs host-based rules: add hba = [...] to [coordinator] \
+             in the cluster file, e.g. hba = [\"host all all 127.0.0.1/32 trust\"] \
+             (docs/configuration.md, \"Authentication\")"
+                .into(),
+        ));
+    }
     let coord = Coordinator::start(CoordinatorConfig {
         data_dir: cfg.coordinator.data_dir.clone(),
         nodes: cfg

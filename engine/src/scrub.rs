@@ -87,6 +87,18 @@ impl ScrubBoard {
         self.disks.lock().iter().map(|(d, s)| (*d, *s)).collect()
     }
 
+    /// `disk`'s last complete pass as a previous run of the node left it
+    /// (kept until a pass of this run completes).
+    pub fn restore(&self, disk: DiskId, last: PassRecord) {
+        self.update(disk, |s| {
+            if s.last
+                .is_none_or(|l| l.finished_unix_ms < last.finished_unix_ms)
+            {
+                s.last = Some(last);
+            }
+        });
+    }
+
     fn update(&self, disk: DiskId, f: impl FnOnce(&mut DiskScrub)) {
         f(self.disks.lock().entry(disk).or_default());
     }

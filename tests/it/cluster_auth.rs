@@ -398,7 +398,7 @@ async fn csv_scan_fragment(file: &Path) -> Result<Vec<u8>> {
 }
 
 #[test]
-fn a_node_without_credentials_does_not_start() {
+fn a_process_without_credentials_or_rules_does_not_start() {
     harness::run("cluster_auth_nocreds", |env| async move {
         let dir = env.path().join("c");
         std::fs::create_dir_all(&dir)?;
@@ -438,6 +438,12 @@ fn a_node_without_credentials_does_not_start() {
         let out = run(&["certs"])?;
         let said = String::from_utf8_lossy(&out.stdout);
         ensure!(said.contains("(0 files written)"), "{said}");
+        // With its credentials, a coordinator without host-based rules does
+        // not start either (a multi-process cluster says who may connect).
+        let out = run(&["coordinator"])?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success(), "a coordinator without rules started");
+        ensure!(err.contains("needs host-based rules"), "{err}");
         Ok(())
     });
 }

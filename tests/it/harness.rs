@@ -530,9 +530,16 @@ impl Slicedb {
                 format!("{key} = \"127.0.0.1:{}\"\n", free_port()?)
             })
         };
+        // The coordinator of a multi-process cluster needs rules: loopback
+        // trusted unless the test gives its own.
+        let hba = if coord_toml.contains("hba = ") {
+            ""
+        } else {
+            "hba = [\"host all all 127.0.0.1/32 trust\"]\n"
+        };
         let mut toml = format!(
             "cluster_id = \"test-cluster\"\nslices_per_disk = 4\n\n[coordinator]\n\
-             listen = \"127.0.0.1:{pg_port}\"\ndata_dir = \"{}\"\n{}{coord_toml}",
+             listen = \"127.0.0.1:{pg_port}\"\ndata_dir = \"{}\"\n{hba}{}{coord_toml}",
             root.join("coord").display(),
             metrics(coord_toml, "metrics_listen")?,
         );

@@ -73,6 +73,30 @@ async fn repairs(c: &tokio_postgres::Client, node: u32) -> Result<Rows> {
     .await
 }
 
+/// A 3-node cluster (nodes with `node_toml`, environment `vars`) holding
+/// table f (30,000 rows), a client, and [`TOTALS`] of f.
+pub(crate) async fn with_f(
+    env: &harness::TestEnv,
+    vars: &[(u32, &str, &str)],
+    node_toml: &str,
+) -> Result<(Slicedb, tokio_postgres::Client, Rows)> {
+    let db = Slicedb::multiprocess_configured(env, 3, "cluster", vars, node_toml).await?;
+    let c = db.connect().await?;
+    let want = load_f(&c).await?;
+    Ok((db, c, want))
+}
+
+/// Create and load table f (30,000 rows); its [`TOTALS`].
+async fn load_f(c: &tokio_postgres::Client) -> Result<Rows> {
+    exec(c, "CREATE TABLE f (k bigint, v bigint) DISTRIBUTE ON (k)").await?;
+    exec(
+        c,
+        "INSERT INTO f SELECT i, i * 3 % 1000 FROM generate_series(1, 30000) AS g(i)",
+    )
+    .await?;
+    query(c, TOTALS).await
+}
+
 /// Every slice still mirrored and no disk failed over.
 pub(crate) async fn nothing_failed(c: &tokio_postgres::Client) -> Result<()> {
     let bad = scalar(
@@ -157,22 +181,8 @@ fn a_damaged_block_is_repaired_from_the_other_copy_in_both_directions() {
     harness::run("repair", |env| async move {
         // No block cache: every read meets the disk's bytes. No scrubber:
         // the reads below must be the ones that meet the damage.
-        let mut db = Slicedb::multiprocess_configured(
-            &env,
-            3,
-            "cluster",
-            &[],
-            "cache_size = \"0\"\nscrub_rate = \"0\"\n",
-        )
-        .await?;
-        let c = db.connect().await?;
-        exec(&c, "CREATE TABLE f (k bigint, v bigint) DISTRIBUTE ON (k)").await?;
-        exec(
-            &c,
-            "INSERT INTO f SELECT i, i * 3 % 1000 FROM generate_series(1, 30000) AS g(i)",
-        )
-        .await?;
-        let want = query(&c, TOTALS).await?;
+        let (mut db, c, want) =
+            with_f(&env, &[], "cache_size = \"0\"\nscrub_rate = \"0\"\n").await?;
         let root = env.path().join("cluster");
         let image = |n: u32| -> PathBuf { root.join(format!("node{n}")).join("disk-0.img") };
         let config = env.path().join("cluster").join("cluster.toml");
@@ -326,22 +336,7 @@ fn damaged_blocks_past_the_limit_fail_the_disk_over() {
     harness::run("repair_limit", |env| async move {
         // Two damaged blocks are repaired; the third within the window
         // fails the disk over (its slices are then served by their mirrors).
-        let db = Slicedb::multiprocess_configured(
-            &env,
-            3,
-            "cluster",
-            &[],
-            "cache_size = \"0\"\nbad_block_limit = 3\nbad_block_window = \"10min\"\nscrub_rate = \"0\"\n",
-        )
-        .await?;
-        let c = db.connect().await?;
-        exec(&c, "CREATE TABLE f (k bigint, v bigint) DISTRIBUTE ON (k)").await?;
-        exec(
-            &c,
-            "INSERT INTO f SELECT i, i * 3 % 1000 FROM generate_series(1, 30000) AS g(i)",
-        )
-        .await?;
-        let want = query(&c, TOTALS).await?;
+        let (db, c, want) = with_f(&env, &[], "cache_size = \"0\"\nbad_block_limit = 3\nbad_block_window = \"10min\"\nscrub_rate = \"0\"\n").await?;
         let image = env.path().join("cluster").join("node0").join("disk-0.img");
         let all = spots(&image, SegmentKind::Primary)?;
         ensure!(all.len() >= 3, "node 0 has 3 primary blocks: {all:?}");
@@ -412,13 +407,7 @@ fn slicedb_local_takes_the_bad_block_limit_from_its_flags() {
         )
         .await?;
         let c = db.connect().await?;
-        exec(&c, "CREATE TABLE f (k bigint, v bigint) DISTRIBUTE ON (k)").await?;
-        exec(
-            &c,
-            "INSERT INTO f SELECT i, i * 3 % 1000 FROM generate_series(1, 30000) AS g(i)",
-        )
-        .await?;
-        let want = query(&c, TOTALS).await?;
+        let want = load_f(&c).await?;
         let image = data.join("node-0").join("disk-0.img");
         let all = spots(&image, SegmentKind::Primary)?;
         ensure!(all.len() >= 2, "node 0 has 2 primary blocks: {all:?}");
@@ -618,5 +607,60 @@ fn a_block_damaged_on_both_copies_stays_marked_until_it_reads_well_or_is_gone() 
         drop(c);
         db.kill();
         Ok(())
+    });
+}
+
+/// Two queries that meet the same damaged block while it is being repaired
+/// (the repair held 1.5 s by a failpoint) share that one repair: both get
+/// the exact answer, the node records one repair and counts one bad block
+/// (the second would otherwise be a second record and count toward the
+/// limit); the copies verify and the cluster survives a node kill after.
+#[test]
+fn reads_that_meet_a_block_under_repair_share_that_repair() {
+    harness::run("repair_shared", |env| async move {
+        let vars = [(0, "SLICEDB_FAILPOINTS", "repair.before_fetch=delay:1500")];
+        let (mut db, c, want) =
+            with_f(&env, &vars, "cache_size = \"0\"\nscrub_rate = \"0\"\n").await?;
+        let root = env.path().join("cluster");
+        let image = root.join("node0").join("disk-0.img");
+        let (_, _, off, len) = *spots(&image, SegmentKind::Primary)?
+            .first()
+            .ok_or_else(|| anyhow!("node 0 has primary blocks"))?;
+        flip(&image, off, len)?;
+        let url = db.url().to_string();
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let c = harness::connect(&url).await?;
+                    query(&c, TOTALS).await
+                })
+            })
+            .collect();
+        for r in readers {
+            let got = r.await??;
+            ensure!(got == want, "a reader's answer: {got:?} != {want:?}");
+        }
+        let r = repairs(&c, 0).await?;
+        eprintln!("[repair_shared] node 0 repairs: {r:?}");
+        ensure!(
+            r.len() == 1,
+            "one repair recorded for the block three reads met: {r:?}"
+        );
+        let config = root.join("cluster.toml");
+        let counted = repaired_metric(&config, 0).await?;
+        ensure!(counted == 1.0, "blocks repaired on node 0: {counted}");
+        nothing_failed(&c).await?;
+        harness::ensure_verified(&c).await?;
+        db.kill_proc(1);
+        crate::disks::wait_history(&c, "node 1 failed", std::time::Duration::from_secs(30)).await?;
+        ensure!(
+            query(&c, TOTALS).await? == want,
+            "answer after node 1 was killed"
+        );
+        db.restart_node(&env, 1).await?;
+        harness::wait_fully_protected(&c, std::time::Duration::from_secs(60)).await?;
+        harness::ensure_verified(&c).await?;
+        db.stop().await
     });
 }

@@ -99,6 +99,8 @@ struct NodeState {
     scrub_rate: std::sync::atomic::AtomicU64,
     /// Each disk's scrub passes.
     scrub: Arc<crate::scrub::ScrubBoard>,
+    /// Held while a pass is written to `scrub-passes.jsonl`.
+    scrub_file: Mutex<()>,
     /// This node's cluster credentials: with them every call must come
     /// over mutual TLS from a member allowed to make it; without (a server
     /// embedded in a test) every caller is taken at its word.
@@ -162,7 +164,8 @@ impl NodeServer {
                 repair,
                 damaged: damaged::DamagedBlocks::open(&disks),
                 scrub_rate: Default::default(),
-                scrub: Default::default(),
+                scrub: scrub::open_board(&disks),
+                scrub_file: Mutex::new(()),
                 tls: RwLock::new(None),
             }),
         }

@@ -8,6 +8,10 @@
 //! handed to the read, which goes on. The peer answers `FetchBlock` from its
 //! own copy (`peer.rs`), never through its own repair.
 //!
+//! Reads that meet the same damaged block while it is being repaired share
+//! that one repair: one fetch, one record, one count; one that met it just
+//! before a repair's write-back finds it reading well again.
+//!
 //! Every damaged block met is recorded ([`RepairLog`]: what `Status` reports
 //! and `slicedb_repairs` shows; the last 1000 also in `repairs.jsonl` next
 //! to the images, across restarts) and counted per disk. One bad block does not
@@ -294,11 +298,47 @@ impl NodeServer {
     }
 }
 
+/// The error of a read whose block could not be repaired.
+fn unrepairable(block: &StoredBlock, reason: String) -> EngineError {
+    EngineError::Unrepairable {
+        disk: block.disk,
+        table: block.table,
+        slice: block.slice,
+        segment: block.segment.as_str().to_string(),
+        seq: block.seq,
+        reason,
+    }
+}
+
 /// The node's [`BlockRepair`]: open the disks with it, then give it to
 /// [`NodeServer::with_repair`], which binds it to the node once it serves.
 pub struct PeerRepair {
     policy: RepairPolicy,
     bound: OnceLock<(Weak<NodeState>, tokio::runtime::Handle)>,
+    /// Repairs running, by block: a read that meets a block another read
+    /// is repairing takes that repair's outcome instead of fetching it
+    /// again, and the block counts once toward the limit.
+    flights: Mutex<HashMap<BlockKey, Arc<Flight>>>,
+    /// Blocks repaired a moment ago: a read that met one before the
+    /// write-back (and asks after it) finds it reading well again.
+    repaired: Mutex<HashMap<BlockKey, Instant>>,
+}
+
+/// One block of one disk: (disk, offset, table, slice, seq).
+type BlockKey = (DiskId, u64, u64, u32, u64);
+
+/// How long a repaired block is looked at again before it is repaired
+/// again (a read that met its bad bytes may ask this much later).
+const REPAIRED_KEEP: Duration = Duration::from_secs(2);
+
+/// A repair's outcome as the reads that waited for it take it: the good
+/// bytes, or why it failed (and whether the disk was failed over).
+type Shared = std::result::Result<Arc<Vec<u8>>, (bool, String)>;
+
+#[derive(Default)]
+struct Flight {
+    outcome: Mutex<Option<Shared>>,
+    done: parking_lot::Condvar,
 }
 
 impl PeerRepair {
@@ -306,9 +346,59 @@ impl PeerRepair {
         Arc::new(PeerRepair {
             policy,
             bound: OnceLock::new(),
+            flights: Mutex::new(HashMap::new()),
+            repaired: Mutex::new(HashMap::new()),
         })
     }
 
+    /// The repair of `key` to wait for, or None: the caller repairs it
+    /// and must [`PeerRepair::land`] the outcome.
+    fn join(&self, key: BlockKey) -> Option<Arc<Flight>> {
+        let mut f = self.flights.lock();
+        if let Some(fl) = f.get(&key) {
+            return Some(fl.clone());
+        }
+        f.insert(key, Arc::default());
+        None
+    }
+
+    /// Hand the outcome of `key`'s repair to the reads waiting for it.
+    fn land(&self, key: BlockKey, outcome: Shared) {
+        if outcome.is_ok() {
+            let mut r = self.repaired.lock();
+            let now = Instant::now();
+            r.retain(|_, at| now.duration_since(*at) < REPAIRED_KEEP);
+            r.insert(key, now);
+        }
+        if let Some(fl) = self.flights.lock().remove(&key) {
+            *fl.outcome.lock() = Some(outcome);
+            fl.done.notify_all();
+        }
+    }
+
+    /// Whether `key` was repaired a moment ago.
+    fn just_repaired(&self, key: &BlockKey) -> bool {
+        self.repaired
+            .lock()
+            .get(key)
+            .is_some_and(|at| at.elapsed() < REPAIRED_KEEP)
+    }
+}
+
+impl Flight {
+    /// Wait for the repair's outcome (the leader's fetch is bounded).
+    fn wait(&self) -> Shared {
+        let mut o = self.outcome.lock();
+        loop {
+            if let Some(r) = o.as_ref() {
+                return r.clone();
+            }
+            self.done.wait(&mut o);
+        }
+    }
+}
+
+impl PeerRepair {
     pub(super) fn bind(&self, state: &Arc<NodeState>, rt: tokio::runtime::Handle) {
         let _ = self.bound.set((Arc::downgrade(state), rt));
     }
@@ -322,7 +412,51 @@ impl BlockRepair for PeerRepair {
         let Some(state) = state.upgrade() else {
             return Err(error);
         };
-        NodeServer { state }.repair_block(block, error, self.policy, rt)
+        let key = (
+            block.disk,
+            block.offset,
+            block.table,
+            block.slice,
+            block.seq,
+        );
+        if self.just_repaired(&key) {
+            if let Some(bytes) = state
+                .disks
+                .get(block.disk as usize)
+                .and_then(|d| d.reads_well(block))
+            {
+                return Ok(bytes);
+            }
+        }
+        if let Some(flight) = self.join(key) {
+            return match flight.wait() {
+                Ok(bytes) => Ok(bytes.as_ref().clone()),
+                // The disk was failed over: this read fails as the first.
+                Err((true, _)) => Err(error),
+                Err((false, reason)) => Err(unrepairable(block, reason)),
+            };
+        }
+        let node = NodeServer { state };
+        // The reads waiting on this repair must hear of it even if it
+        // panics (then they fail as after a disk failure).
+        let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            node.repair_block(block, error, self.policy, rt)
+        })) {
+            Ok(r) => r,
+            Err(panic) => {
+                self.land(key, Err((true, "the repair panicked".into())));
+                std::panic::resume_unwind(panic);
+            }
+        };
+        self.land(
+            key,
+            match &result {
+                Ok(bytes) => Ok(Arc::new(bytes.clone())),
+                Err(EngineError::Unrepairable { reason, .. }) => Err((false, reason.clone())),
+                Err(e) => Err((true, e.to_string())),
+            },
+        );
+        result
     }
 }
 
@@ -365,7 +499,13 @@ impl NodeServer {
                 "disk {} met {} damaged blocks within {:?}: failed over",
                 block.disk, policy.limit, policy.window
             )),
-            Some((epoch, from)) => self.fetch_and_write(block, epoch, from, rt),
+            Some((epoch, from)) => {
+                // Tests widen the window in which other reads meet the block.
+                if let Some(d) = crate::failpoint::delay("repair.before_fetch") {
+                    std::thread::sleep(d);
+                }
+                self.fetch_and_write(block, epoch, from, rt)
+            }
             None => Err("no other in-sync copy of the slice to repair from".to_string()),
         };
         record.outcome = match &result {
@@ -395,14 +535,7 @@ impl NodeServer {
                     &LogicalBlock::from(block),
                     reason.clone(),
                 ));
-                Err(EngineError::Unrepairable {
-                    disk: block.disk,
-                    table: block.table,
-                    slice: block.slice,
-                    segment: block.segment.as_str().to_string(),
-                    seq: block.seq,
-                    reason,
-                })
+                Err(unrepairable(block, reason))
             }
         }
     }

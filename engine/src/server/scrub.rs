@@ -11,7 +11,9 @@
 //! ([`super::PeerRepair`]): repaired from the other copy, shown in
 //! `slicedb_repairs`, counted against `bad_block_limit`. Each disk's
 //! records are on the node's [`ScrubBoard`] (`Status`, `slicedb_scrub`,
-//! the `slicedb_node_scrub_*` metrics).
+//! the `slicedb_node_scrub_*` metrics); each complete pass is also kept in
+//! [`PASSES_FILE`] next to the images, so the last one of each disk is
+//! still shown after the node restarts.
 //!
 //! It owns the threads and when they run: not before the node has a map
 //! (no other copy to repair from yet), not while a disk is failed, and no
@@ -36,6 +38,90 @@ pub const MIN_PASS: Duration = Duration::from_secs(1);
 
 /// How often a failed disk is looked at again.
 const FAILED_RECHECK: Duration = Duration::from_secs(5);
+
+/// The file each disk's complete passes are kept in, next to the images:
+/// the last complete pass of each disk outlives a restart.
+pub const PASSES_FILE: &str = "scrub-passes.jsonl";
+
+/// Lines [`PASSES_FILE`] may hold before it is rewritten with the last
+/// pass of each disk.
+const PASSES_KEPT: usize = 1000;
+
+/// A complete pass as a line of [`PASSES_FILE`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedPass {
+    disk: DiskId,
+    started_unix_ms: u64,
+    finished_unix_ms: u64,
+    blocks: u64,
+    bytes: u64,
+    damaged: u64,
+    repaired: u64,
+}
+
+impl SavedPass {
+    fn new(disk: DiskId, r: &scrub::PassRecord) -> Self {
+        SavedPass {
+            disk,
+            started_unix_ms: r.started_unix_ms,
+            finished_unix_ms: r.finished_unix_ms,
+            blocks: r.counts.blocks,
+            bytes: r.counts.bytes,
+            damaged: r.counts.damaged,
+            repaired: r.counts.repaired,
+        }
+    }
+
+    fn record(&self) -> scrub::PassRecord {
+        scrub::PassRecord {
+            started_unix_ms: self.started_unix_ms,
+            finished_unix_ms: self.finished_unix_ms,
+            counts: scrub::PassCounts {
+                blocks: self.blocks,
+                bytes: self.bytes,
+                damaged: self.damaged,
+                repaired: self.repaired,
+            },
+        }
+    }
+}
+
+/// A board with each disk's last complete pass from [`PASSES_FILE`] next
+/// to `disks`' images.
+pub(super) fn open_board(disks: &[Arc<crate::store::DiskStore>]) -> Arc<ScrubBoard> {
+    let board = ScrubBoard::default();
+    if let Some(path) = super::jsonl::next_to_images(disks, PASSES_FILE) {
+        for p in super::jsonl::load::<SavedPass>(&path) {
+            if (p.disk as usize) < disks.len() {
+                board.restore(p.disk, p.record());
+            }
+        }
+    }
+    Arc::new(board)
+}
+
+/// Keep `disk`'s complete pass in [`PASSES_FILE`] (rewritten with each
+/// disk's last pass once it holds [`PASSES_KEPT`] lines).
+fn save_pass(weak: &Weak<NodeState>, disk: DiskId, rec: &scrub::PassRecord, board: &ScrubBoard) {
+    let Some(state) = weak.upgrade() else {
+        return;
+    };
+    let Some(path) = super::jsonl::next_to_images(&state.disks, PASSES_FILE) else {
+        return;
+    };
+    let _w = state.scrub_file.lock();
+    let lines = std::fs::read_to_string(&path).map_or(0, |t| t.lines().count());
+    if lines + 1 >= PASSES_KEPT {
+        let last: Vec<SavedPass> = board
+            .all()
+            .into_iter()
+            .filter_map(|(d, s)| s.last.map(|l| SavedPass::new(d, &l)))
+            .collect();
+        super::jsonl::rewrite(&path, last.iter());
+    } else {
+        super::jsonl::append(&path, &SavedPass::new(disk, rec));
+    }
+}
 
 impl NodeServer {
     /// Scrub every disk at `rate` bytes per second each (0: no scrubbing);
@@ -141,6 +227,7 @@ fn scrub_disk(weak: &Weak<NodeState>, disk: DiskId, rate: u64, board: &ScrubBoar
             &mut |bytes| pace.after_blocking(bytes),
             &|| usable(weak, disk),
         ) {
+            save_pass(weak, disk, &rec, board);
             info!(
                 node,
                 disk,

@@ -204,6 +204,23 @@ impl DiskStore {
             })
     }
 
+    /// The block's bytes as the device holds them now, if the committed
+    /// index still holds the block there and they pass a repair's checks
+    /// (a read that met it damaged just before a repair's write-back: the
+    /// block reads well again, nothing to repair).
+    pub fn reads_well(&self, stored: &StoredBlock) -> Option<Vec<u8>> {
+        let _gate = self.io_gate.read_recursive();
+        if !self.holds(stored) {
+            return None;
+        }
+        let bytes = self
+            .dev
+            .read_vec(stored.offset, usize::try_from(stored.length).ok()?)
+            .ok()?;
+        check_replacement(&bytes, stored).ok()?;
+        Some(bytes)
+    }
+
     fn holds(&self, stored: &StoredBlock) -> bool {
         Self::position(&self.inner.lock(), stored).is_some()
     }
