@@ -46,6 +46,10 @@ use crate::{DiskId, EngineError, NodeId, Result};
 /// Records kept for `Status` (oldest dropped first).
 const LOG_CAPACITY: usize = 1000;
 
+/// The oldest bad blocks of a previous run that still count toward the
+/// threshold after a restart (those within the policy's window do).
+const RECENT_KEPT: Duration = Duration::from_secs(24 * 3600);
+
 /// How long one fetch from the peer may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -78,8 +82,9 @@ pub const LOG_FILE: &str = "repairs.jsonl";
 /// What the node remembers of the damaged blocks it met. The records are
 /// also kept in [`LOG_FILE`] (`jsonl`: one line appended per record, the
 /// file rewritten with the last [`LOG_CAPACITY`] once it holds twice
-/// that), so the last ones outlive a restart; the per-disk counts (the
-/// metric, the threshold) start again from zero.
+/// that), so the last ones outlive a restart and the bad blocks they
+/// record still count toward the threshold within its window; the
+/// per-disk repaired count (the metric) starts again from zero.
 #[derive(Default)]
 pub(super) struct RepairLog {
     records: VecDeque<pb::RepairRecord>,
@@ -189,7 +194,22 @@ impl RepairLog {
         let saved: Vec<SavedRecord> = path.as_deref().map(jsonl::load).unwrap_or_default();
         let lines = saved.len();
         let skip = saved.len().saturating_sub(LOG_CAPACITY);
+        // The bad blocks a previous run met count toward the threshold for
+        // the rest of their window too: a dying disk does not get a fresh
+        // allowance with every restart of its node.
+        let now = (Instant::now(), SystemTime::now());
+        let mut recent: HashMap<DiskId, VecDeque<Instant>> = HashMap::new();
+        for r in &saved {
+            let at = SystemTime::UNIX_EPOCH + Duration::from_millis(r.at_unix_ms);
+            let age = now.1.duration_since(at).unwrap_or_default();
+            if age <= RECENT_KEPT {
+                if let Some(t) = now.0.checked_sub(age) {
+                    recent.entry(r.disk).or_default().push_back(t);
+                }
+            }
+        }
         RepairLog {
+            recent,
             records: saved.into_iter().skip(skip).map(Into::into).collect(),
             file: path.map(|path| {
                 Arc::new(LogFile {
@@ -605,5 +625,61 @@ impl NodeServer {
             format!("writing back failed: {e}")
         });
         Ok((bytes.to_vec(), written))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DiskIds, DiskStore, InitOptions, StoreOptions};
+
+    /// Bad blocks in `repairs.jsonl` younger than the window count toward
+    /// the threshold after a restart; older ones do not.
+    #[test]
+    fn a_restart_keeps_the_bad_blocks_of_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = DiskIds {
+            cluster_id: [7; 16],
+            node_id: 0,
+            disk_id: 0,
+        };
+        let store = DiskStore::create(
+            &dir.path().join("disk-0.img"),
+            ids,
+            InitOptions::new(64 << 20),
+            StoreOptions::default(),
+        )
+        .unwrap();
+        let disks = vec![Arc::new(store)];
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let record = |ago_ms: u64| pb::RepairRecord {
+            at_unix_ms: now - ago_ms,
+            disk: 0,
+            outcome: "repaired".into(),
+            ..Default::default()
+        };
+        {
+            let mut log = RepairLog::open(&disks);
+            // Two an hour ago, two a minute ago.
+            for ago in [3_600_000, 3_600_000, 60_000, 60_000] {
+                log.push(record(ago)).write();
+            }
+        }
+        let policy = RepairPolicy {
+            limit: 3,
+            window: Duration::from_secs(600),
+        };
+        let mut log = RepairLog::open(&disks);
+        assert_eq!(log.records().len(), 4);
+        // The two within the window and this one: the limit of 3.
+        assert!(
+            log.bad_block(0, policy),
+            "the restart forgot the window's bad blocks"
+        );
+        let mut fresh = RepairLog::default();
+        assert!(!fresh.bad_block(0, policy));
     }
 }
