@@ -189,17 +189,17 @@ mod tests {
     use crate::disk::{BlockDevice, MemDevice};
     use crate::mirror::copy::Pace;
     use crate::store::tests::*;
-    use crate::store::{BlockRepair, SegmentKind, StoreOptions, StoredBlock};
+    use crate::store::{BlockRepair, Repaired, SegmentKind, StoreOptions, StoredBlock};
     use crate::{EngineError, Result};
 
     /// Hands back the good bytes it was given for a block's offset.
     struct Good(PMutex<Vec<(u64, Vec<u8>)>>);
 
     impl BlockRepair for Good {
-        fn repair(&self, block: &StoredBlock, error: EngineError) -> Result<Vec<u8>> {
+        fn repair(&self, block: &StoredBlock, error: EngineError) -> Result<Repaired> {
             let good = self.0.lock();
             match good.iter().find(|(o, _)| *o == block.offset) {
-                Some((_, b)) => Ok(b.clone()),
+                Some((_, b)) => Ok(Repaired::whole(b.clone(), block)),
                 None => Err(error),
             }
         }

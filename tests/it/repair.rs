@@ -664,3 +664,101 @@ fn reads_that_meet_a_block_under_repair_share_that_repair() {
         db.stop().await
     });
 }
+
+/// GROOM runs node by node; node 2's is held back 8 s (a failpoint), so
+/// the other copies of its slices are groomed while its own still hold the
+/// deleted rows. A damaged block of node 2 met by a query, and another met
+/// by node 2's own GROOM, are repaired from those groomed copies: the rows
+/// they lack are the ones node 2 deleted too, so node 2 takes the rest in
+/// (dropping those rows and their deletes, as its GROOM would) with no
+/// error, the answer exact; the copies verify, nothing failed over, and the
+/// cluster survives a node kill after.
+#[test]
+fn a_block_whose_other_copy_was_groomed_is_repaired_without_the_groomed_rows() {
+    harness::run("repair_groomed", |env| async move {
+        let vars = [(2, "SLICEDB_FAILPOINTS", "groom.before=delay:8000")];
+        let (mut db, c, _) =
+            with_f(&env, &vars, "cache_size = \"0\"\nscrub_rate = \"0\"\n").await?;
+        let root = env.path().join("cluster");
+        let image = |n: u32| -> PathBuf { root.join(format!("node{n}")).join("disk-0.img") };
+        exec(&c, "DELETE FROM f WHERE k % 10 = 0").await?;
+        let want = query(&c, TOTALS).await?;
+        ensure!(want[0][0].as_deref() == Some("27000"), "{want:?}");
+        let prim: Vec<StoredBlock> = stored_blocks(&image(2), SegmentKind::Primary)?
+            .into_iter()
+            .flatten()
+            .collect();
+        ensure!(prim.len() >= 2, "node 2 holds primary blocks: {prim:?}");
+        let (a, b) = (prim[0], prim[prim.len() - 1]);
+        let url = db.url().to_string();
+        let groom = tokio::spawn(async move {
+            let c = harness::connect(&url).await?;
+            exec(&c, "GROOM TABLE f").await
+        });
+        // Wait until the other copies of both blocks are groomed.
+        for blk in [a, b] {
+            let other: u32 = other_copy(&c, blk.slice, 2).await?.parse()?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(6);
+            loop {
+                let there: Vec<StoredBlock> = stored_blocks(&image(other), SegmentKind::Mirror)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flatten()
+                    .filter(|m| m.table == blk.table && m.slice == blk.slice)
+                    .collect();
+                if !there.is_empty() && there.iter().all(|m| m.seq != blk.seq) {
+                    break;
+                }
+                ensure!(
+                    std::time::Instant::now() < deadline,
+                    "node {other}'s copy of slice {} was not groomed in 6 s",
+                    blk.slice
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        ensure!(!groom.is_finished(), "node 2's groom is held back");
+        ensure!(
+            spots(&image(2), SegmentKind::Primary)?
+                .contains(&(a.table, a.slice, a.offset, a.length)),
+            "node 2 has not groomed yet"
+        );
+        flip(&image(2), a.offset, a.length)?;
+        let got = query(&c, TOTALS).await?;
+        ensure!(
+            got == want,
+            "damaged block, other copy groomed: {got:?} != {want:?}"
+        );
+        // The other block is met by node 2's own GROOM.
+        flip(&image(2), b.offset, b.length)?;
+        groom.await??;
+        ensure!(query(&c, TOTALS).await? == want, "after GROOM");
+        let r = repairs(&c, 2).await?;
+        eprintln!("[repair_groomed] node 2 repairs: {r:?}");
+        ensure!(r.len() == 2, "two repairs on node 2: {r:?}");
+        let outcome = |i: usize| r[i][4].clone().unwrap_or_default();
+        ensure!(
+            outcome(0).starts_with("repaired: ") && outcome(0).contains("groomed away"),
+            "the query's repair took the groomed block in: {r:?}"
+        );
+        ensure!(
+            outcome(1).starts_with("repaired"),
+            "the groom's repair gave it the rows: {r:?}"
+        );
+        ensure!(
+            scalar(&c, "SELECT count(*) FROM slicedb_damaged").await? == "0",
+            "nothing marked damaged"
+        );
+        nothing_failed(&c).await?;
+        harness::ensure_verified(&c).await?;
+        // Healed: node 0 killed, the answer exact, then it rejoins.
+        db.kill_proc(0);
+        crate::disks::wait_history(&c, "node 0 failed", std::time::Duration::from_secs(30)).await?;
+        ensure!(query(&c, TOTALS).await? == want, "after node 0 was killed");
+        db.restart_node(&env, 0).await?;
+        harness::wait_fully_protected(&c, std::time::Duration::from_secs(60)).await?;
+        harness::ensure_verified(&c).await?;
+        ensure!(query(&c, TOTALS).await? == want, "after node 0 rejoined");
+        db.stop().await
+    });
+}

@@ -415,6 +415,10 @@ impl pb::node_server::Node for NodeServer {
         self.check_epoch(req.epoch).map_err(status)?;
         let disks = self.state.disks.clone();
         let out = Self::blocking(move || {
+            // Tests hold one node's groom back while the others groom.
+            if let Some(d) = crate::failpoint::delay("groom.before") {
+                std::thread::sleep(d);
+            }
             let mut out = pb::GroomResponse::default();
             for d in &disks {
                 let s = d.groom(req.table, req.horizon)?;

@@ -219,6 +219,9 @@ fn check(disk: &DiskStore, segment: SegmentKind, m: &Mark) -> Recheck {
         rowid_max: m.rowid_max,
     };
     match disk.fetch_block(segment, &want) {
+        Ok((bytes, _)) if bytes.is_empty() => {
+            Recheck::Gone("its rows were deleted and groomed away".into())
+        }
         Ok(_) => Recheck::Readable,
         // No such stream, or its rows are no longer held (deleted,
         // groomed, truncated, dropped, the copy moved away).

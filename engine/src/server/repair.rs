@@ -5,7 +5,9 @@
 //! of the node holding the slice's other copy (`FetchBlock`, the map's
 //! `repair_source`), checked exactly as a disk read is (CRC, table, slice,
 //! seq, rows, rowid range), written back over the bad bytes in place, and
-//! handed to the read, which goes on. The peer answers `FetchBlock` from its
+//! handed to the read, which goes on. When the peer's GROOM already removed
+//! rows of the block, the rows left are taken if this copy deleted the
+//! others too (`DiskStore::take_replacement`). The peer answers `FetchBlock` from its
 //! own copy (`peer.rs`), never through its own repair.
 //!
 //! Reads that meet the same damaged block while it is being repaired share
@@ -40,7 +42,7 @@ use super::damaged::Mark;
 use super::jsonl;
 use super::{NodeServer, NodeState};
 use crate::proto::pb;
-use crate::store::{check_replacement, BlockRepair, LogicalBlock, StoredBlock};
+use crate::store::{BlockRepair, LogicalBlock, Repaired, StoredBlock};
 use crate::{DiskId, EngineError, NodeId, Result};
 
 /// Records kept for `Status` (oldest dropped first).
@@ -340,8 +342,10 @@ pub struct PeerRepair {
     /// again, and the block counts once toward the limit.
     flights: Mutex<HashMap<BlockKey, Arc<Flight>>>,
     /// Blocks repaired a moment ago: a read that met one before the
-    /// write-back (and asks after it) finds it reading well again.
-    repaired: Mutex<HashMap<BlockKey, Instant>>,
+    /// write-back (and asks after it) finds it reading well again, or,
+    /// when the repair rewrote it without rows the other copy had groomed
+    /// away, takes the rows that repair took in.
+    repaired: Mutex<HashMap<BlockKey, (Instant, Arc<Repaired>)>>,
 }
 
 /// One block of one disk: (disk, offset, table, slice, seq).
@@ -353,7 +357,7 @@ const REPAIRED_KEEP: Duration = Duration::from_secs(2);
 
 /// A repair's outcome as the reads that waited for it take it: the good
 /// bytes, or why it failed (and whether the disk was failed over).
-type Shared = std::result::Result<Arc<Vec<u8>>, (bool, String)>;
+type Shared = std::result::Result<Arc<Repaired>, (bool, String)>;
 
 #[derive(Default)]
 struct Flight {
@@ -384,11 +388,11 @@ impl PeerRepair {
 
     /// Hand the outcome of `key`'s repair to the reads waiting for it.
     fn land(&self, key: BlockKey, outcome: Shared) {
-        if outcome.is_ok() {
+        if let Ok(good) = &outcome {
             let mut r = self.repaired.lock();
             let now = Instant::now();
-            r.retain(|_, at| now.duration_since(*at) < REPAIRED_KEEP);
-            r.insert(key, now);
+            r.retain(|_, (at, _)| now.duration_since(*at) < REPAIRED_KEEP);
+            r.insert(key, (now, good.clone()));
         }
         if let Some(fl) = self.flights.lock().remove(&key) {
             *fl.outcome.lock() = Some(outcome);
@@ -396,12 +400,13 @@ impl PeerRepair {
         }
     }
 
-    /// Whether `key` was repaired a moment ago.
-    fn just_repaired(&self, key: &BlockKey) -> bool {
+    /// What `key`'s repair a moment ago took in, if there was one.
+    fn just_repaired(&self, key: &BlockKey) -> Option<Arc<Repaired>> {
         self.repaired
             .lock()
             .get(key)
-            .is_some_and(|at| at.elapsed() < REPAIRED_KEEP)
+            .filter(|(at, _)| at.elapsed() < REPAIRED_KEEP)
+            .map(|(_, good)| good.clone())
     }
 }
 
@@ -425,7 +430,7 @@ impl PeerRepair {
 }
 
 impl BlockRepair for PeerRepair {
-    fn repair(&self, block: &StoredBlock, error: EngineError) -> Result<Vec<u8>> {
+    fn repair(&self, block: &StoredBlock, error: EngineError) -> Result<Repaired> {
         let Some((state, rt)) = self.bound.get() else {
             return Err(error);
         };
@@ -439,18 +444,22 @@ impl BlockRepair for PeerRepair {
             block.slice,
             block.seq,
         );
-        if self.just_repaired(&key) {
+        if let Some(good) = self.just_repaired(&key) {
+            if good.rows != block.rows {
+                // Rewritten elsewhere without the groomed rows.
+                return Ok(good.as_ref().clone());
+            }
             if let Some(bytes) = state
                 .disks
                 .get(block.disk as usize)
                 .and_then(|d| d.reads_well(block))
             {
-                return Ok(bytes);
+                return Ok(Repaired::whole(bytes, block));
             }
         }
         if let Some(flight) = self.join(key) {
             return match flight.wait() {
-                Ok(bytes) => Ok(bytes.as_ref().clone()),
+                Ok(good) => Ok(good.as_ref().clone()),
                 // The disk was failed over: this read fails as the first.
                 Err((true, _)) => Err(error),
                 Err((false, reason)) => Err(unrepairable(block, reason)),
@@ -487,7 +496,7 @@ impl NodeServer {
         error: EngineError,
         policy: RepairPolicy,
         rt: &tokio::runtime::Handle,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<Repaired> {
         let st = &self.state;
         if self.disk_failure(block.disk).is_some() {
             return Err(error);
@@ -529,6 +538,10 @@ impl NodeServer {
             None => Err("no other in-sync copy of the slice to repair from".to_string()),
         };
         record.outcome = match &result {
+            Ok((good, Ok(true))) if good.rows < block.rows => format!(
+                "repaired: {} rows groomed away on the other copy dropped here too",
+                block.rows - good.rows
+            ),
             Ok((_, Ok(true))) => "repaired".into(),
             Ok((_, Ok(false))) => "repaired_not_written".into(),
             Ok((_, Err(why))) => format!("repaired_not_written: {why}"),
@@ -574,14 +587,16 @@ impl NodeServer {
     /// Fetch `block` from `from`, verify it, write it back: the verified
     /// bytes, and whether they were written (or why not: a write that
     /// fails with an I/O error fails the disk, but the read still gets the
-    /// good bytes).
+    /// good bytes). Bytes of fewer rows (rows groomed away on `from`) are
+    /// taken only if this copy deleted those rows too
+    /// ([`crate::store::DiskStore::take_replacement`]).
     fn fetch_and_write(
         &self,
         block: &StoredBlock,
         epoch: u64,
         from: NodeId,
         rt: &tokio::runtime::Handle,
-    ) -> Result<(Vec<u8>, Result<bool, String>), String> {
+    ) -> Result<(Repaired, Result<bool, String>), String> {
         let routes = self.current_map().routes;
         let want = LogicalBlock::from(block);
         let req = pb::FetchBlockRequest {
@@ -617,14 +632,15 @@ impl NodeServer {
         let answer = rx
             .recv_timeout(FETCH_TIMEOUT + Duration::from_secs(1))
             .unwrap_or_else(|_| Err(format!("node {from} did not answer in {FETCH_TIMEOUT:?}")))?;
-        let bytes = answer.block;
-        check_replacement(&bytes, block).map_err(|e| format!("bytes from node {from}: {e}"))?;
         let disk = self.disk(block.disk).map_err(|e| e.to_string())?;
-        let written = disk.write_back(block, &bytes).map_err(|e| {
+        let (good, written) = disk
+            .take_replacement(block, &answer.block)
+            .map_err(|e| format!("bytes from node {from}: {e}"))?;
+        let written = written.map_err(|e| {
             self.note_disk_fault(block.disk, &e);
             format!("writing back failed: {e}")
         });
-        Ok((bytes.to_vec(), written))
+        Ok((good, written))
     }
 }
 

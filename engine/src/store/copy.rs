@@ -233,22 +233,32 @@ impl DiskStore {
     pub fn read_exported(&self, stored: &StoredBlock) -> Result<Vec<u8>> {
         let buf = match self.dev.read_vec(stored.offset, stored.length as usize) {
             Ok(buf) => buf,
-            Err(e) => {
-                let good = self.opts.repair.repair(stored, e)?;
-                block::inspect_block(&good, stored.table, stored.slice)?;
-                return Ok(good);
-            }
+            Err(e) => return self.repaired_export(stored, e),
         };
         match block::inspect_block(&buf, stored.table, stored.slice) {
             Ok(_) => Ok(buf),
             Err(e @ (EngineError::ChecksumMismatch { .. } | EngineError::CorruptBlock { .. })) => {
                 self.counters.checksum_failed();
-                let good = self.opts.repair.repair(stored, e)?;
-                block::inspect_block(&good, stored.table, stored.slice)?;
-                Ok(good)
+                self.repaired_export(stored, e)
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// An exported block repaired through the seam. A repair that took in
+    /// fewer rows (the other copy had groomed some away) rewrote the block
+    /// and dropped the deletes the export already sent: this copy fails,
+    /// and the next one reads the copy as it is now.
+    fn repaired_export(&self, stored: &StoredBlock, error: EngineError) -> Result<Vec<u8>> {
+        let good = self.opts.repair.repair(stored, error)?;
+        block::inspect_block(&good.bytes, stored.table, stored.slice)?;
+        if good.rows != stored.rows {
+            return Err(EngineError::InvalidRequest(format!(
+                "block {} of table {} slice {} was rewritten without rows groomed on the other copy while this copy read it: copy again",
+                stored.seq, stored.table, stored.slice
+            )));
+        }
+        Ok(good.bytes)
     }
 
     /// Take in deletes a copy sent: each rowid deleted by the xid it names,

@@ -12,6 +12,28 @@ use crate::disk::SegmentKind;
 use crate::{EngineError, Result, SliceId, TableId, Xid};
 
 impl DiskStore {
+    /// Write a stream's committed deletes `all` as one delete run, not yet
+    /// synced nor listed (None when there are none): what GROOM and a
+    /// repair that dropped groomed rows list in place of its runs.
+    pub(super) fn write_delete_run(
+        &self,
+        key: StreamKey,
+        all: &std::collections::BTreeMap<i64, Xid>,
+    ) -> Result<Option<DeleteRunMeta>> {
+        if all.is_empty() {
+            return Ok(None);
+        }
+        let recs: Vec<(i64, u64)> = all.iter().map(|(&r, &x)| (r, x)).collect();
+        let bytes = block::encode_delete_run(key.table, key.slice, &recs);
+        let offset = self.allocate(key, bytes.len() as u64)?;
+        self.dev.write_at(offset, &bytes)?;
+        Ok(Some(DeleteRunMeta {
+            offset,
+            length: bytes.len() as u64,
+            count: recs.len() as u64,
+        }))
+    }
+
     /// Delete rows of one (segment, table, slice) for `xid`, by rowid.
     ///
     /// With `check = Some(snapshot)` (a primary), a row that another open

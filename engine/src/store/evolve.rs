@@ -150,7 +150,7 @@ impl TableEntry {
     }
 
     /// The stored schema of a block of `columns` stored columns.
-    fn prefix(&self, columns: usize) -> Result<Schema> {
+    pub(super) fn prefix(&self, columns: usize) -> Result<Schema> {
         if columns < 3 || columns > self.stored.fields().len() {
             return Err(EngineError::CorruptMetadata(format!(
                 "a block of {columns} columns in a table that stores {}",
@@ -457,5 +457,53 @@ mod tests {
         let k = scan_p(&again, Some(vec![0]));
         let k = k.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
         assert!(k.values().contains(&504));
+    }
+
+    /// A GROOM of the other copy after ADD COLUMN wrote its block wider:
+    /// a repair here takes it in narrowed to the columns this block holds,
+    /// and reads give the same rows as the other copy.
+    #[test]
+    fn a_wider_groomed_replacement_is_narrowed_to_the_block() {
+        let p = SegmentKind::Primary;
+        let (_, peer) = mem_store(100);
+        let (_, here) = mem_store(100);
+        let v2 = evolved(
+            vec![field("c", DataType::Int64, &[(META_DEFAULT, "7")])],
+            None,
+            None,
+        );
+        for s in [&peer, &here] {
+            s.create_table(1, schema()).unwrap();
+            s.append(p, 1, 0, 1, &rows(0, 250)).unwrap();
+            s.commit(1).unwrap();
+        }
+        let b0 = here.export_slice(p, 1, 0, &[]).unwrap().blocks[0];
+        for s in [&peer, &here] {
+            s.delete(p, 1, 0, 2, &[b0.rowid_min, b0.rowid_min + 5], None)
+                .unwrap();
+            s.commit(2).unwrap();
+            s.create_table(1, v2.clone()).unwrap();
+        }
+        assert_eq!(peer.groom(1, 3).unwrap().rows_removed, 2);
+        let (wide, _) = peer
+            .fetch_block(p, &crate::store::LogicalBlock::from(&b0))
+            .unwrap();
+        assert_eq!(
+            block::count_zones(&block::inspect_block(&wide, 1, 0).unwrap().1).unwrap(),
+            b0.columns + 1
+        );
+        let (got, written) = here.take_replacement(&b0, &wide).unwrap();
+        assert!(written.unwrap());
+        assert_eq!(got.rows, b0.rows - 2);
+        let (h, zones) = block::inspect_block(&got.bytes, 1, 0).unwrap();
+        assert_eq!(
+            (h.rows, block::count_zones(&zones).unwrap()),
+            (b0.rows - 2, b0.columns)
+        );
+        assert_eq!(scan_p(&here, None), scan_p(&peer, None));
+        assert_eq!(
+            scan_p(&here, Some(vec![3, 0])),
+            scan_p(&peer, Some(vec![3, 0]))
+        );
     }
 }

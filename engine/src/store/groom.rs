@@ -16,7 +16,7 @@ use super::evolve::Widener;
 use super::repair::{self, StoredBlock};
 use super::{read_only_err, DiskStore, IndexedBlock, Stream};
 use crate::block;
-use crate::disk::meta::{BlockMeta, DeleteRunMeta, StreamKey};
+use crate::disk::meta::{BlockMeta, StreamKey};
 use crate::{EngineError, Result, TableId, Xid};
 
 /// One stream a groom rewrites: its key, blocks and deletes as read.
@@ -133,19 +133,7 @@ impl DiskStore {
                 .filter(|(_, &x)| x >= horizon)
                 .map(|(&r, &x)| (r, x))
                 .collect();
-            let run = if survivors.is_empty() {
-                None
-            } else {
-                let recs: Vec<(i64, u64)> = survivors.iter().map(|(&r, &x)| (r, x)).collect();
-                let bytes = block::encode_delete_run(table, key.slice, &recs);
-                let offset = self.allocate(key, bytes.len() as u64)?;
-                self.dev.write_at(offset, &bytes)?;
-                Some(DeleteRunMeta {
-                    offset,
-                    length: bytes.len() as u64,
-                    count: recs.len() as u64,
-                })
-            };
+            let run = self.write_delete_run(key, &survivors)?;
             results.push((key, blocks.len(), new_blocks, survivors, run));
         }
         if results.is_empty() {

@@ -81,7 +81,7 @@ pub use copy::SliceExport;
 pub use counters::{SegmentCounts, StoreCounters};
 pub use evolve::{META_DEFAULT, META_DROPPED};
 pub use groom::GroomStats;
-pub use repair::{check_replacement, BlockRepair, LogicalBlock, NoRepair, StoredBlock};
+pub use repair::{check_replacement, BlockRepair, LogicalBlock, NoRepair, Repaired, StoredBlock};
 pub use report::{DiskReport, ExtentReport, SegmentReport, SliceStat, TableReport};
 pub use scan::{BlockScan, ScanStats};
 pub use scrub::{ScrubBatch, ScrubRead};

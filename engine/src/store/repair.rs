@@ -13,20 +13,26 @@
 //! holding the good copy, [`DiskStore::fetch_block`] finds the same logical
 //! block (by seq and rowids; re-encoding the rows when its layout differs)
 //! without ever going through the seam itself; on the damaged side,
+//! [`DiskStore::take_replacement`] checks what the peer sent and
 //! [`DiskStore::write_back`] writes verified bytes over the bad ones, in
 //! place, under the store lock and only while the index still holds that
-//! block at that offset (a block freed meanwhile is left alone).
+//! block at that offset (a block freed meanwhile is left alone). A peer
+//! whose GROOM already removed rows of the block sends the rows left; they
+//! are taken only if this copy deleted the rest, and written as its own
+//! GROOM would have (the block rewritten, those rows' deletes dropped).
 //!
 //! It must never hand a caller rows from bytes that did not pass the same
 //! checks as bytes read from the disk, replacement bytes included.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, Int64Array, RecordBatch};
+use tracing::info;
 
 use super::{DiskStore, StoreCounters, StreamKey};
 use crate::block::{self, BlockLocation};
-use crate::disk::meta::BlockMeta;
+use crate::disk::meta::{BlockMeta, DeleteRunMeta};
 use crate::disk::{BlockDevice, SegmentKind};
 use crate::{DiskId, EngineError, Result, SliceId, TableId};
 
@@ -75,8 +81,11 @@ impl DiskStore {
     /// peer whose own copy of it is damaged: the stored block with that
     /// seq, rows and rowids, or else the rows with those rowids taken from
     /// the blocks holding them and encoded as one block of that seq
-    /// (`true`). Never goes through the repair seam: a block damaged here
-    /// too is an error.
+    /// (`true`). That block holds fewer rows than `want` when a GROOM here
+    /// removed some (deleted below its horizon), and is empty (no bytes)
+    /// when it removed them all: the asker checks that it deleted those
+    /// rows too ([`DiskStore::take_replacement`]). Never goes through the
+    /// repair seam: a block damaged here too is an error.
     pub fn fetch_block(
         &self,
         segment: SegmentKind,
@@ -137,11 +146,15 @@ impl DiskStore {
             parts.push(arrow::compute::filter_record_batch(&batch, &keep)?);
         }
         let rows: usize = parts.iter().map(RecordBatch::num_rows).sum();
-        if parts.is_empty() || rows as u64 != want.rows {
+        if rows as u64 > want.rows {
             return Err(EngineError::InvalidRequest(format!(
                 "this copy holds {rows} rows with rowids {}..={} of table {} slice {}, the damaged block held {}",
                 want.rowid_min, want.rowid_max, want.table, want.slice, want.rows
             )));
+        }
+        if rows == 0 {
+            // Every row of it was groomed away here.
+            return Ok((Vec::new(), true));
         }
         let batch = arrow::compute::concat_batches(&parts[0].schema(), &parts)?;
         let enc = block::encode_block(
@@ -231,6 +244,26 @@ impl DiskStore {
         let Some(_c) = self.commit_lock.try_lock() else {
             return Ok(false);
         };
+        if !self.holds(stored) {
+            return Ok(false);
+        }
+        let moved = self.write_fresh(stored, bytes)?;
+        let key = Self::key_of(stored);
+        let mut inner = self.inner.lock();
+        // Commits are held off by commit_lock: the index is as checked.
+        let Some(i) = Self::position(&inner, stored) else {
+            return Ok(false);
+        };
+        let s = inner.streams.get_mut(&key).expect("stream exists");
+        let before = (s.committed.clone(), s.deletes.clone(), s.runs.clone());
+        Arc::make_mut(&mut s.committed)[i] = moved;
+        drop(inner);
+        self.land_generation(key, before)
+    }
+
+    /// Write `bytes` (a verified block of `stored`'s stream) to fresh space
+    /// of the stream: its index entry, not yet listed.
+    fn write_fresh(&self, stored: &StoredBlock, bytes: &[u8]) -> Result<Arc<super::IndexedBlock>> {
         let (h, zone_bytes) = block::inspect_block(bytes, stored.table, stored.slice)?;
         let zones = {
             let inner = self.inner.lock();
@@ -240,14 +273,9 @@ impl DiskStore {
                 .ok_or(EngineError::TableNotFound(stored.table))?;
             t.zones(&zone_bytes, h.rows)?
         };
-        if !self.holds(stored) {
-            return Ok(false);
-        }
-        let key = Self::key_of(stored);
-        let offset = self.allocate(key, bytes.len() as u64)?;
+        let offset = self.allocate(Self::key_of(stored), bytes.len() as u64)?;
         self.dev.write_at(offset, bytes)?;
-        self.dev.sync()?;
-        let moved = Arc::new(super::IndexedBlock {
+        Ok(Arc::new(super::IndexedBlock {
             meta: BlockMeta {
                 offset,
                 length: bytes.len() as u64,
@@ -260,31 +288,274 @@ impl DiskStore {
                 zones: Arc::from(zone_bytes),
             },
             zones,
+        }))
+    }
+
+    /// Sync, then write the next metadata generation with the stream `key`
+    /// as changed in memory (under commit_lock); on failure put back
+    /// `before` (its blocks, deletes and delete runs).
+    fn land_generation(&self, key: StreamKey, before: StreamState) -> Result<bool> {
+        let res = self.dev.sync().and_then(|_| {
+            let (generation, state) = {
+                let inner = self.inner.lock();
+                (inner.generation + 1, Self::meta_state(&inner, None))
+            };
+            self.write_generation(generation, &state)
+                .map(|_| generation)
         });
-        let mut inner = self.inner.lock();
-        let inner_ref = &mut *inner;
-        // Commits are held off by commit_lock: the index is as checked.
-        let Some(i) = Self::position(inner_ref, stored) else {
+        match res {
+            Ok(generation) => {
+                self.inner.lock().generation = generation;
+                Ok(true)
+            }
+            Err(e) => {
+                if let Some(s) = self.inner.lock().streams.get_mut(&key) {
+                    (s.committed, s.deletes, s.runs) = before;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Take in the bytes the slice's other copy sent for the damaged block
+    /// `stored` (its [`DiskStore::fetch_block`]): check them, fit them to
+    /// the columns the block holds here, write them in its place, and hand
+    /// them to the read that met it.
+    ///
+    /// - The same rows: written back as [`DiskStore::write_back`] does,
+    ///   first narrowed to this block's columns when the other copy's are
+    ///   more (a GROOM there rewrote it after columns were added).
+    /// - Fewer rows (none: `bytes` empty): a GROOM of the other copy
+    ///   removed rows deleted below its horizon. Taken only if this copy's
+    ///   committed deletes hold exactly as many rowids of the block's range,
+    ///   absent from the replacement, as rows are missing: those are the
+    ///   rows gone (a stream's blocks never share rowids, and a delete is
+    ///   recorded only for a row the copy holds). The block is then
+    ///   rewritten without them in fresh space (dropped from the index when
+    ///   none remain) and their deletes dropped, in one metadata generation,
+    ///   as this copy's own GROOM would have done.
+    ///
+    /// An error: the bytes failed a check (never rows). Else the read gets
+    /// the rows, and the write's outcome: `false` when nothing was written
+    /// (the index moved on meanwhile, or a commit or groom holds the
+    /// metadata), an error when the write failed (this disk's fault).
+    pub fn take_replacement(
+        &self,
+        stored: &StoredBlock,
+        bytes: &[u8],
+    ) -> Result<(Repaired, Result<bool>)> {
+        let bad = |reason: String| EngineError::CorruptBlock {
+            offset: stored.offset,
+            reason,
+        };
+        let got = if bytes.is_empty() {
+            None
+        } else {
+            let (h, _) = block::inspect_block(bytes, stored.table, stored.slice)?;
+            if h.seq != stored.seq
+                || h.rows == 0
+                || h.rows > stored.rows
+                || h.rowid_min < stored.rowid_min
+                || h.rowid_max > stored.rowid_max
+            {
+                return Err(bad(format!(
+                    "the replacement is seq {} of {} rows, rowids {}..={}; the index holds seq {} of {} rows, rowids {}..={}",
+                    h.seq, h.rows, h.rowid_min, h.rowid_max,
+                    stored.seq, stored.rows, stored.rowid_min, stored.rowid_max
+                )));
+            }
+            let loc = BlockLocation {
+                rows: h.rows,
+                ..stored.location()
+            };
+            Some(block::decode_block(bytes, &loc, None)?)
+        };
+        let rows = got.as_ref().map_or(0, |b| b.num_rows() as u64);
+        let width = got.as_ref().map_or(0, RecordBatch::num_columns);
+        if rows == stored.rows && width == stored.columns {
+            check_replacement(bytes, stored)?;
+            let written = self.write_back(stored, bytes);
+            return Ok((Repaired::whole(bytes.to_vec(), stored), written));
+        }
+        let fitted = match got {
+            Some(batch) => fit_columns(&batch, stored.columns).map_err(bad)?,
+            None => {
+                let inner = self.inner.lock();
+                let t = inner
+                    .tables
+                    .get(&stored.table)
+                    .ok_or(EngineError::TableNotFound(stored.table))?;
+                RecordBatch::new_empty(Arc::new(t.prefix(stored.columns)?))
+            }
+        };
+        let enc = block::encode_block(
+            stored.table,
+            stored.slice,
+            stored.seq,
+            &fitted,
+            self.opts.compression,
+        )?;
+        let repaired = Repaired {
+            bytes: enc.bytes,
+            rows,
+        };
+        if rows == stored.rows {
+            check_replacement(&repaired.bytes, stored)?;
+            let written = self.write_back(stored, &repaired.bytes);
+            return Ok((repaired, written));
+        }
+        let present: HashSet<i64> = match fitted.num_columns().checked_sub(3) {
+            Some(i) => fitted
+                .column(i)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| EngineError::Internal("_rowid is not Int64".into()))?
+                .iter()
+                .flatten()
+                .collect(),
+            None => HashSet::new(),
+        };
+        if present.len() as u64 != rows {
+            return Err(bad("the replacement repeats rowids".into()));
+        }
+        if self
+            .rows_gone(stored, &present, &self.inner.lock())?
+            .is_none()
+        {
+            return Ok((repaired, Ok(false)));
+        }
+        let written = self.drop_groomed(stored, &present, (rows > 0).then_some(&repaired.bytes));
+        Ok((repaired, written))
+    }
+
+    /// The deletes of this copy that the rows of `stored` missing from
+    /// `present` are (an error unless every missing row is one), or None
+    /// when the index no longer holds the block there and nothing is to be
+    /// written: an earlier repair of it took the same rows in (or dropped
+    /// it), or this copy groomed it too.
+    fn rows_gone(
+        &self,
+        stored: &StoredBlock,
+        present: &HashSet<i64>,
+        inner: &super::Inner,
+    ) -> Result<Option<Vec<i64>>> {
+        let s = inner.streams.get(&Self::key_of(stored));
+        let bad = |reason: String| EngineError::CorruptBlock {
+            offset: stored.offset,
+            reason,
+        };
+        if Self::position(inner, stored).is_none() {
+            let now = s
+                .and_then(|s| s.committed.iter().find(|b| b.meta.seq == stored.seq))
+                .map(|b| b.meta.rows);
+            return match now {
+                Some(r) if r != present.len() as u64 => Err(bad(format!(
+                    "the block was rewritten here with {r} rows meanwhile, the other copy holds {}",
+                    present.len()
+                ))),
+                _ => Ok(None),
+            };
+        }
+        let gone: Vec<i64> = s
+            .map(|s| {
+                s.deletes
+                    .range(stored.rowid_min..=stored.rowid_max)
+                    .map(|(&r, _)| r)
+                    .filter(|r| !present.contains(r))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let missing = stored.rows - present.len() as u64;
+        if gone.len() as u64 != missing {
+            return Err(bad(format!(
+                "the other copy lacks {missing} of the block's {} rows, this copy deleted {} of them",
+                stored.rows,
+                gone.len()
+            )));
+        }
+        Ok(Some(gone))
+    }
+
+    /// Drop the rows of `stored` missing from `present` (checked deleted
+    /// on this copy: [`DiskStore::rows_gone`]) as a GROOM would, writing
+    /// `bytes` (the rows left, None: none) in the block's place. `false`:
+    /// not written.
+    fn drop_groomed(
+        &self,
+        stored: &StoredBlock,
+        present: &HashSet<i64>,
+        bytes: Option<&Vec<u8>>,
+    ) -> Result<bool> {
+        if self.read_only {
+            return Ok(false);
+        }
+        let key = Self::key_of(stored);
+        let _gate = self.io_gate.read_recursive();
+        let Some(_c) = self.commit_lock.try_lock() else {
             return Ok(false);
         };
-        let s = inner_ref.streams.get_mut(&key).expect("stream exists");
-        let before = s.committed.clone();
-        let mut list: Vec<_> = before.iter().cloned().collect();
-        list[i] = moved;
-        s.committed = Arc::new(list);
-        let generation = inner_ref.generation + 1;
-        let state = Self::meta_state(inner_ref, None);
-        drop(inner);
-        if let Err(e) = self.write_generation(generation, &state) {
-            if let Some(s) = self.inner.lock().streams.get_mut(&key) {
-                s.committed = before;
+        // Commits and grooms are held off from here: checked again, as is.
+        let (gone, survivors) = {
+            let inner = self.inner.lock();
+            let Ok(Some(gone)) = self.rows_gone(stored, present, &inner) else {
+                return Ok(false);
+            };
+            let mut survivors = inner.streams[&key].deletes.as_ref().clone();
+            for r in &gone {
+                survivors.remove(r);
             }
-            return Err(e);
+            (gone, survivors)
+        };
+        let moved = bytes.map(|b| self.write_fresh(stored, b)).transpose()?;
+        let run = self.write_delete_run(key, &survivors)?;
+        let mut inner = self.inner.lock();
+        let Some(i) = Self::position(&inner, stored) else {
+            return Ok(false);
+        };
+        let s = inner.streams.get_mut(&key).expect("stream exists");
+        let before = (s.committed.clone(), s.deletes.clone(), s.runs.clone());
+        let list = Arc::make_mut(&mut s.committed);
+        match moved {
+            Some(m) => list[i] = m,
+            None => {
+                list.remove(i);
+            }
         }
-        self.inner.lock().generation = generation;
-        Ok(true)
+        s.deletes = Arc::new(survivors);
+        s.runs = run.into_iter().collect();
+        drop(inner);
+        info!(
+            table = stored.table,
+            slice = stored.slice,
+            seq = stored.seq,
+            rows_dropped = gone.len(),
+            "took in a block the other copy had groomed"
+        );
+        self.land_generation(key, before)
     }
 }
+
+/// `batch` with the stored columns a block of `columns` holds: its first
+/// user columns and its hidden ones (a wider block's added columns come
+/// last, before the hidden ones).
+fn fit_columns(batch: &RecordBatch, columns: usize) -> std::result::Result<RecordBatch, String> {
+    let n = batch.num_columns();
+    if columns < 3 || n < columns {
+        return Err(format!(
+            "the replacement holds {n} columns, the block {columns}"
+        ));
+    }
+    let keep: Vec<usize> = (0..columns - 3).chain(n - 3..n).collect();
+    batch.project(&keep).map_err(|e| e.to_string())
+}
+
+/// A stream's committed blocks, deletes and delete runs, as they were
+/// before a change (put back if its generation fails).
+type StreamState = (
+    Arc<Vec<Arc<super::IndexedBlock>>>,
+    Arc<std::collections::BTreeMap<i64, crate::Xid>>,
+    Vec<DeleteRunMeta>,
+);
 
 /// A block of this disk as the index knows it: enough to check bytes read
 /// for it, and to find the same logical block on another copy of the slice
@@ -305,6 +576,9 @@ pub struct StoredBlock {
     pub rows: u64,
     pub rowid_min: i64,
     pub rowid_max: i64,
+    /// Stored columns the block holds (hidden ones included; fewer than
+    /// the table's when it was written before columns were added).
+    pub columns: usize,
 }
 
 impl StoredBlock {
@@ -326,6 +600,7 @@ impl StoredBlock {
             rows: meta.rows,
             rowid_min: meta.rowid_min,
             rowid_max: meta.rowid_max,
+            columns: block::count_zones(&meta.zones).unwrap_or(0),
         }
     }
 
@@ -361,7 +636,28 @@ impl StoredBlock {
 /// the store again. Writing the good bytes back in place is its choice; the
 /// store does not do it.
 pub trait BlockRepair: Send + Sync {
-    fn repair(&self, block: &StoredBlock, error: EngineError) -> Result<Vec<u8>>;
+    fn repair(&self, block: &StoredBlock, error: EngineError) -> Result<Repaired>;
+}
+
+/// What a repair hands the read that met a damaged block: encoded bytes of
+/// the block (its table, slice and seq) and the rows they hold. Those are
+/// the index's rows, or fewer only when the repairer checked that every row
+/// missing was deleted on this copy and groomed away on the other
+/// ([`DiskStore::take_replacement`]): no snapshot still open sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repaired {
+    pub bytes: Vec<u8>,
+    pub rows: u64,
+}
+
+impl Repaired {
+    /// All of the block `of`.
+    pub fn whole(bytes: Vec<u8>, of: &StoredBlock) -> Repaired {
+        Repaired {
+            bytes,
+            rows: of.rows,
+        }
+    }
 }
 
 /// No copy to repair from: the read fails with the original error.
@@ -369,9 +665,32 @@ pub trait BlockRepair: Send + Sync {
 pub struct NoRepair;
 
 impl BlockRepair for NoRepair {
-    fn repair(&self, _block: &StoredBlock, error: EngineError) -> Result<Vec<u8>> {
+    fn repair(&self, _block: &StoredBlock, error: EngineError) -> Result<Repaired> {
         Err(error)
     }
+}
+
+/// Decode what a repair returned for `stored`, verified as a disk read is
+/// (with the rows the repair vouches for, never more than the index's).
+fn decode_repaired(
+    good: &Repaired,
+    stored: &StoredBlock,
+    projection: Option<&[usize]>,
+) -> Result<RecordBatch> {
+    if good.rows > stored.rows {
+        return Err(EngineError::CorruptBlock {
+            offset: stored.offset,
+            reason: format!(
+                "a replacement of {} rows for a block of {}",
+                good.rows, stored.rows
+            ),
+        });
+    }
+    let loc = BlockLocation {
+        rows: good.rows,
+        ..stored.location()
+    };
+    block::decode_block(&good.bytes, &loc, projection.map(<[usize]>::to_vec))
 }
 
 /// Read `stored` from `dev` and decode the stored columns `projection`; bytes
@@ -389,14 +708,14 @@ pub(super) fn read_block(
     if let Err(e) = dev.read_at(stored.offset, &mut buf) {
         // A block that cannot be read at all goes the same way.
         let good = repair.repair(stored, e)?;
-        return block::decode_block(&good, &loc, projection.map(<[usize]>::to_vec));
+        return decode_repaired(&good, stored, projection);
     }
     match block::decode_block(&buf, &loc, projection.map(<[usize]>::to_vec)) {
         Err(e @ (EngineError::ChecksumMismatch { .. } | EngineError::CorruptBlock { .. })) => {
             counters.checksum_failed();
             drop(buf);
             let good = repair.repair(stored, e)?;
-            block::decode_block(&good, &loc, projection.map(<[usize]>::to_vec))
+            decode_repaired(&good, stored, projection)
         }
         res => res,
     }
@@ -413,7 +732,7 @@ mod tests {
     use crate::disk::MemDevice;
     use crate::predicate::{CmpOp, Literal, Predicate};
     use crate::store::tests::*;
-    use crate::store::{DiskStore, ScanSpec, SegmentKind, StoreOptions};
+    use crate::store::{DiskStore, ScanSpec, SegmentKind, Snapshot, StoreOptions};
 
     #[test]
     fn flipped_byte_in_block_is_a_checksum_error() {
@@ -468,9 +787,10 @@ mod tests {
     }
 
     impl BlockRepair for Recording {
-        fn repair(&self, block: &StoredBlock, error: EngineError) -> Result<Vec<u8>> {
+        fn repair(&self, block: &StoredBlock, error: EngineError) -> Result<Repaired> {
             self.calls.lock().push(*block);
-            self.good.lock().clone().ok_or(error)
+            let good = self.good.lock().clone().ok_or(error)?;
+            Ok(Repaired::whole(good, block))
         }
     }
 
@@ -531,6 +851,7 @@ mod tests {
                 rows: 500,
                 rowid_min: b.rowid_min,
                 rowid_max: b.rowid_max,
+                columns: block::count_zones(&b.zones).unwrap(),
             }]
         );
     }
@@ -594,11 +915,11 @@ mod tests {
     }
 
     impl BlockRepair for WritesBack {
-        fn repair(&self, block: &StoredBlock, _error: EngineError) -> Result<Vec<u8>> {
+        fn repair(&self, block: &StoredBlock, _error: EngineError) -> Result<Repaired> {
             let store = self.store.get().and_then(|s| s.upgrade()).unwrap();
             let written = store.write_back(block, &self.good)?;
             self.written.lock().push(written);
-            Ok(self.good.clone())
+            Ok(Repaired::whole(self.good.clone(), block))
         }
     }
 
@@ -739,13 +1060,21 @@ mod tests {
         check_replacement(&bytes, &b).unwrap();
         let batch = block::decode_block(&bytes, &b.location(), Some(vec![0, 1, 2])).unwrap();
         assert_eq!(batch.columns(), rows(0, 500).columns());
-        // Rows the peer lacks: an error, never a short block.
+        // Rows the peer lacks: the rows it has (the asker checks them
+        // against its deletes); more rows than asked: an error.
         let more = LogicalBlock {
             rows: 600,
             rowid_max: b.rowid_max + 100,
             ..LogicalBlock::from(&b)
         };
-        assert!(split.fetch_block(SegmentKind::Primary, &more).is_err());
+        let (short, _) = split.fetch_block(SegmentKind::Primary, &more).unwrap();
+        let (h, _) = block::inspect_block(&short, 1, 0).unwrap();
+        assert_eq!(h.rows, 500);
+        let fewer = LogicalBlock {
+            rows: 400,
+            ..LogicalBlock::from(&b)
+        };
+        assert!(split.fetch_block(SegmentKind::Primary, &fewer).is_err());
         assert!(split
             .fetch_block(SegmentKind::Mirror, &LogicalBlock::from(&b))
             .is_err());
@@ -789,5 +1118,106 @@ mod tests {
         assert_eq!(scan_all(&whole, &s).unwrap(), rows(0, 500));
         let (_, again) = reopen_mem(dev.durable_image(), 1000).unwrap();
         assert_eq!(scan_all(&again, &s).unwrap(), rows(0, 500));
+    }
+
+    /// The committed blocks of (primary, table 1, slice 0).
+    fn blocks(store: &DiskStore) -> Vec<StoredBlock> {
+        store
+            .export_slice(SegmentKind::Primary, 1, 0, &[])
+            .unwrap()
+            .blocks
+    }
+
+    /// The other copy groomed away rows this copy still holds (deleted
+    /// here too): its short block, or no block at all, is taken in; the
+    /// missing rows' deletes go with them, durably, and the copies stay
+    /// equal. Rows missing that this copy did not delete are refused.
+    #[test]
+    fn a_block_the_other_copy_groomed_is_taken_in_without_the_rows_deleted_here() {
+        let p = SegmentKind::Primary;
+        let (_, peer) = mem_store(100);
+        let (dev, here) = mem_store(100);
+        for s in [&peer, &here] {
+            s.create_table(1, schema()).unwrap();
+            s.append(p, 1, 0, 1, &rows(0, 500)).unwrap();
+            s.commit(1).unwrap();
+        }
+        let old = blocks(&here);
+        assert_eq!(old.len(), 5);
+        let (b0, b1, b2) = (old[0], old[1], old[2]);
+        // Every third row of the first block, all of the second.
+        let del: Vec<i64> = (b0.rowid_min..=b0.rowid_max)
+            .filter(|r| r % 3 == 0)
+            .chain(b1.rowid_min..=b1.rowid_max)
+            .collect();
+        for s in [&peer, &here] {
+            s.delete(p, 1, 0, 2, &del, None).unwrap();
+            s.commit(2).unwrap();
+        }
+        assert_eq!(peer.groom(1, 3).unwrap().rows_removed, del.len() as u64);
+        let latest = Snapshot::latest();
+        let want = peer.checksum(p, 1, 0, &latest).unwrap();
+        assert_eq!(here.checksum(p, 1, 0, &latest).unwrap(), want);
+        let stats = |s: &DiskStore| s.slice_stats()[0].rows;
+        assert_eq!(stats(&here), stats(&peer));
+
+        // A peer that lost a row this copy never deleted: refused.
+        let (whole, _) = peer.fetch_block(p, &LogicalBlock::from(&b2)).unwrap();
+        let batch = block::decode_block(&whole, &b2.location(), None).unwrap();
+        let keep: arrow::array::BooleanArray =
+            (0..batch.num_rows()).map(|i| Some(i != 7)).collect();
+        let lost = arrow::compute::filter_record_batch(&batch, &keep).unwrap();
+        let lost = block::encode_block(1, 0, b2.seq, &lost, block::Compression::Lz4).unwrap();
+        let err = here.take_replacement(&b2, &lost.bytes).unwrap_err();
+        assert!(matches!(err, EngineError::CorruptBlock { .. }), "{err}");
+        // Nor is a block of another seq, or no block for one with live rows.
+        let other = block::encode_block(1, 0, b2.seq + 1, &batch, block::Compression::Lz4).unwrap();
+        assert!(here.take_replacement(&b2, &other.bytes).is_err());
+        assert!(here.take_replacement(&b2, &[]).is_err());
+        assert_eq!(blocks(&here), old, "nothing written for refused bytes");
+
+        // The first block: its rows left, in fresh space.
+        let (short, reencoded) = peer.fetch_block(p, &LogicalBlock::from(&b0)).unwrap();
+        assert!(reencoded);
+        let (got, written) = here.take_replacement(&b0, &short).unwrap();
+        assert!(written.unwrap());
+        let left = b0.rows - del.iter().filter(|&&r| r <= b0.rowid_max).count() as u64;
+        assert_eq!(got.rows, left);
+        assert_eq!(
+            decode_repaired(&got, &b0, None).unwrap().num_rows() as u64,
+            got.rows
+        );
+        // The second block: none left, dropped from the index.
+        let (none, _) = peer.fetch_block(p, &LogicalBlock::from(&b1)).unwrap();
+        assert!(none.is_empty());
+        let (got, written) = here.take_replacement(&b1, &none).unwrap();
+        assert!(written.unwrap());
+        assert_eq!(got.rows, 0);
+        assert_eq!(
+            decode_repaired(&got, &b1, Some(&[0, 1]))
+                .unwrap()
+                .num_rows(),
+            0
+        );
+        let now = blocks(&here);
+        assert_eq!(now.len(), 4);
+        assert_eq!(now[0].seq, b0.seq);
+        assert_eq!(now[0].rows, left);
+        assert_eq!(&now[1..], &old[2..]);
+        assert_eq!(here.checksum(p, 1, 0, &latest).unwrap(), want);
+        assert_eq!(stats(&here), stats(&peer));
+        assert_eq!(
+            scan_all(&here, &spec(p, 1, 0)).unwrap(),
+            scan_all(&peer, &spec(p, 1, 0)).unwrap()
+        );
+        // A read that met the old block late takes the same rows, unwritten.
+        let (again, written) = here.take_replacement(&b0, &short).unwrap();
+        assert_eq!((again.rows, written.unwrap()), (now[0].rows, false));
+        // Durable: the same after a reopen, and a groom here finds nothing
+        // of those rows left to remove.
+        let (_, reopened) = reopen_mem(dev.durable_image(), 100).unwrap();
+        assert_eq!(reopened.checksum(p, 1, 0, &latest).unwrap(), want);
+        assert_eq!(stats(&reopened), stats(&peer));
+        assert_eq!(reopened.groom(1, 3).unwrap().rows_removed, 0);
     }
 }

@@ -17,7 +17,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::reclaim::ReadHold;
-use super::repair::{self, BlockRepair, NoRepair, StoredBlock};
+use super::repair::{self, BlockRepair, NoRepair, Repaired, StoredBlock};
 use super::DiskStore;
 use crate::disk::meta::StreamKey;
 use crate::disk::SegmentKind;
@@ -49,7 +49,7 @@ struct Noting<'a> {
 }
 
 impl BlockRepair for Noting<'_> {
-    fn repair(&self, block: &StoredBlock, error: EngineError) -> crate::Result<Vec<u8>> {
+    fn repair(&self, block: &StoredBlock, error: EngineError) -> crate::Result<Repaired> {
         self.called.store(true, Ordering::Relaxed);
         self.inner.repair(block, error)
     }
