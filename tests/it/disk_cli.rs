@@ -145,3 +145,68 @@ fn disk_init_and_inspect() {
         Ok(())
     });
 }
+
+/// A plain file (written through, so every zone is real data) profiles
+/// flat: `disk init --profile-zones` keeps offset order (primary lowest,
+/// then mirror, then temp) and `disk inspect` shows the measured zones.
+#[test]
+fn a_plain_file_profiles_flat_and_keeps_offset_order() {
+    harness::run("disk_flat", |env| async move {
+        let img = env.path().join("flat.img");
+        {
+            use std::io::Write;
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&img)?);
+            let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+            for _ in 0..256 {
+                f.write_all(&chunk)?;
+            }
+            f.into_inner()?.sync_all()?;
+        }
+        let o = slicedb(&[
+            "disk",
+            "init",
+            p(&img),
+            "--existing",
+            "--profile-zones",
+            "8",
+        ])?;
+        ensure!(o.status.success(), "disk init failed\n{}", show(&o));
+        eprintln!("{}", String::from_utf8_lossy(&o.stderr));
+        let o = slicedb(&["disk", "inspect", p(&img), "--json"])?;
+        ensure!(o.status.success(), "disk inspect failed\n{}", show(&o));
+        let report: Value = serde_json::from_slice(&o.stdout)?;
+        ensure!(
+            report["layout_profile"] == "flat",
+            "a plain file profiles flat: {report:#}"
+        );
+        let mut zones: Vec<(u64, String, f64)> = report["zones"]
+            .as_array()
+            .with_context(|| format!("zones: {report:#}"))?
+            .iter()
+            .map(|z| {
+                (
+                    z["offset"].as_u64().unwrap_or(0),
+                    z["segment"].as_str().unwrap_or("").to_string(),
+                    z["read_mib_s"].as_f64().unwrap_or(0.0),
+                )
+            })
+            .collect();
+        ensure!(!zones.is_empty(), "measured zones shown: {report:#}");
+        ensure!(
+            zones.iter().all(|z| z.2 > 0.0),
+            "every zone has its measured speed: {zones:?}"
+        );
+        zones.sort_by_key(|z| z.0);
+        let rank = |s: &str| ["primary", "mirror", "temp"].iter().position(|k| *k == s);
+        let order: Vec<Option<usize>> = zones.iter().map(|z| rank(&z.1)).collect();
+        ensure!(
+            order.iter().all(Option::is_some) && order.windows(2).all(|w| w[0] <= w[1]),
+            "offset order: primary, then mirror, then temp: {zones:?}"
+        );
+        ensure!(
+            order.first() == Some(&Some(0)) && order.last() == Some(&Some(2)),
+            "primary lowest, temp highest: {zones:?}"
+        );
+        Ok(())
+    });
+}

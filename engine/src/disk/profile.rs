@@ -5,7 +5,9 @@
 //! It reads a sample from the middle of every zone past the page cache
 //! (O_DIRECT; where the file system refuses it, the cache is dropped for the
 //! sample first), several rounds, and keeps each zone's best time: the
-//! machine's other work can only slow a read, never speed it up. It owns
+//! machine's other work can only slow a read, never speed it up. While the
+//! zones still look uneven it reads up to as many rounds again, so a busy
+//! machine does not make a flat file or SSD look zoned. It owns
 //! nothing on disk and must never write to the device.
 
 use std::fs::File;
@@ -24,7 +26,8 @@ pub struct ProfileOptions {
     pub zones: usize,
     /// Bytes read per zone and round (a multiple of 4 KiB).
     pub sample: u64,
-    /// Rounds; each zone keeps its best.
+    /// Rounds (up to twice as many while the zones look uneven); each zone
+    /// keeps its best.
     pub rounds: usize,
 }
 
@@ -64,7 +67,12 @@ pub fn measure(
     let mut buf = AlignedBuf::with_capacity(CHUNK);
     buf.pad_to(CHUNK);
     let mut best = vec![f64::INFINITY; bounds.len()];
-    for _ in 0..opts.rounds {
+    // Up to as many rounds again while the zones look uneven: a flat
+    // device's zones converge on one speed (its best), slow zones stay slow.
+    for round in 0..opts.rounds * 2 {
+        if round >= opts.rounds && speeds(&bounds, &best, sample).is_flat() {
+            break;
+        }
         for (i, &(offset, length)) in bounds.iter().enumerate() {
             let len = sample.min(length);
             let start = (offset + (length - len) / 2) / 4096 * 4096;
@@ -82,18 +90,24 @@ pub fn measure(
             best[i] = best[i].min(t.elapsed().as_secs_f64().max(1e-6));
         }
     }
+    let profile = speeds(&bounds, &best, sample);
+    for (i, &speed) in profile.read_kib_s.iter().enumerate() {
+        progress(i, speed);
+    }
+    Ok(profile)
+}
+
+/// The zones' speeds (KiB/s) from their best times.
+fn speeds(bounds: &[(u64, u64)], best: &[f64], sample: u64) -> ZoneProfile {
     let read_kib_s = bounds
         .iter()
-        .zip(&best)
-        .enumerate()
-        .map(|(i, (&(_, length), &secs))| {
+        .zip(best)
+        .map(|(&(_, length), &secs)| {
             let kib = sample.min(length) as f64 / 1024.0;
-            let speed = (kib / secs).clamp(1.0, u32::MAX as f64) as u32;
-            progress(i, speed);
-            speed
+            (kib / secs).clamp(1.0, u32::MAX as f64) as u32
         })
         .collect();
-    Ok(ZoneProfile { read_kib_s })
+    ZoneProfile { read_kib_s }
 }
 
 /// The file for reading past the cache, and whether O_DIRECT was taken.
