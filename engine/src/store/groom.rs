@@ -67,6 +67,9 @@ impl DiskStore {
                 .map(|(&r, _)| r)
                 .collect();
             let mut new_blocks: Vec<Arc<IndexedBlock>> = Vec::with_capacity(blocks.len());
+            // Deleted rows a repair did not hand back (the other copy had
+            // groomed them away): their deletes go with them.
+            let mut absent: HashSet<i64> = HashSet::new();
             for b in blocks.iter() {
                 let touched = deletes
                     .range(b.meta.rowid_min..=b.meta.rowid_max)
@@ -90,6 +93,15 @@ impl DiskStore {
                     .as_any()
                     .downcast_ref::<Int64Array>()
                     .ok_or_else(|| EngineError::Internal("_rowid is not Int64".into()))?;
+                if (batch.num_rows() as u64) < b.meta.rows {
+                    let read: HashSet<i64> = rowids.iter().flatten().collect();
+                    absent.extend(
+                        deletes
+                            .range(b.meta.rowid_min..=b.meta.rowid_max)
+                            .map(|(&r, _)| r)
+                            .filter(|r| !read.contains(r)),
+                    );
+                }
                 let keep: arrow::array::BooleanArray = rowids
                     .iter()
                     .map(|r| Some(!dead.contains(&r.unwrap_or(0))))
@@ -130,7 +142,7 @@ impl DiskStore {
             }
             let survivors: BTreeMap<i64, Xid> = deletes
                 .iter()
-                .filter(|(_, &x)| x >= horizon)
+                .filter(|(r, &x)| x >= horizon && !absent.contains(r))
                 .map(|(&r, &x)| (r, x))
                 .collect();
             let run = self.write_delete_run(key, &survivors)?;

@@ -1220,4 +1220,103 @@ mod tests {
         assert_eq!(stats(&reopened), stats(&peer));
         assert_eq!(reopened.groom(1, 3).unwrap().rows_removed, 0);
     }
+
+    /// Repairs from a peer's store as the node does: its fetch, this
+    /// store's take_replacement.
+    struct FromPeer {
+        peer: DiskStore,
+        here: std::sync::OnceLock<std::sync::Weak<DiskStore>>,
+        written: Mutex<Vec<bool>>,
+    }
+
+    impl BlockRepair for FromPeer {
+        fn repair(&self, block: &StoredBlock, _error: EngineError) -> Result<Repaired> {
+            let here = self.here.get().and_then(|s| s.upgrade()).unwrap();
+            let (bytes, _) = self
+                .peer
+                .fetch_block(block.segment, &LogicalBlock::from(block))?;
+            let (good, written) = here.take_replacement(block, &bytes)?;
+            self.written.lock().push(written?);
+            Ok(good)
+        }
+    }
+
+    /// This copy's GROOM (a lower horizon than the peer's) meets a damaged
+    /// block the peer groomed further: the repair hands it the rows left
+    /// (not written: the groom holds the metadata), and the groom drops the
+    /// deletes of the rows it was not handed too, so the copies stay equal
+    /// in rows, checksums and row counts.
+    #[test]
+    fn a_groom_handed_a_groomed_block_drops_the_deletes_of_the_rows_gone() {
+        let p = SegmentKind::Primary;
+        let (_, peer) = mem_store(100);
+        let rep = Arc::new(FromPeer {
+            peer,
+            here: std::sync::OnceLock::new(),
+            written: Mutex::new(Vec::new()),
+        });
+        let dev = Arc::new(MemDevice::new(small_init().size));
+        let here = Arc::new(
+            DiskStore::create_with_device(
+                dev.clone(),
+                Path::new("mem"),
+                IDS,
+                small_init(),
+                StoreOptions {
+                    repair: rep.clone(),
+                    ..opts(100)
+                },
+            )
+            .unwrap(),
+        );
+        let _ = rep.here.set(Arc::downgrade(&here));
+        for s in [&rep.peer, here.as_ref()] {
+            s.create_table(1, schema()).unwrap();
+            s.append(p, 1, 0, 1, &rows(0, 500)).unwrap();
+            s.commit(1).unwrap();
+            // Two deletes: xid 2 and xid 4.
+            let all: Vec<i64> = s
+                .export_slice(p, 1, 0, &[])
+                .unwrap()
+                .blocks
+                .iter()
+                .flat_map(|b| b.rowid_min..=b.rowid_max)
+                .collect();
+            let threes: Vec<i64> = all.iter().copied().filter(|r| r % 3 == 0).collect();
+            let fives: Vec<i64> = all
+                .iter()
+                .copied()
+                .filter(|r| r % 5 == 0 && r % 3 != 0)
+                .collect();
+            s.delete(p, 1, 0, 2, &threes, None).unwrap();
+            s.commit(2).unwrap();
+            s.delete(p, 1, 0, 4, &fives, None).unwrap();
+            s.commit(4).unwrap();
+        }
+        // The peer grooms both deletes away; this copy only the first,
+        // and meets its first block damaged.
+        rep.peer.groom(1, 5).unwrap();
+        let b0 = here.export_slice(p, 1, 0, &[]).unwrap().blocks[0];
+        dev.corrupt(b0.offset + b0.length / 2, 0x10);
+        here.groom(1, 3).unwrap();
+        assert_eq!(*rep.written.lock(), vec![false], "one repair, not written");
+        let latest = Snapshot::latest();
+        assert_eq!(
+            here.checksum(p, 1, 0, &latest).unwrap(),
+            rep.peer.checksum(p, 1, 0, &latest).unwrap()
+        );
+        let stats = |s: &DiskStore| s.slice_stats()[0].rows;
+        assert_eq!(stats(&here), stats(&rep.peer));
+        assert_eq!(
+            scan_all(&here, &spec(p, 1, 0)).unwrap(),
+            scan_all(&rep.peer, &spec(p, 1, 0)).unwrap()
+        );
+        // The later groom of the second delete removes the rest.
+        here.groom(1, 5).unwrap();
+        assert_eq!(stats(&here), stats(&rep.peer));
+        assert_eq!(
+            here.checksum(p, 1, 0, &latest).unwrap(),
+            rep.peer.checksum(p, 1, 0, &latest).unwrap()
+        );
+    }
 }
