@@ -963,20 +963,7 @@ mod tests {
                 good: bytes,
                 written: Mutex::new(Vec::new()),
             });
-            let dev = Arc::new(MemDevice::new(small_init().size));
-            let store = Arc::new(
-                DiskStore::create_with_device(
-                    dev.clone(),
-                    Path::new("mem"),
-                    IDS,
-                    small_init(),
-                    StoreOptions {
-                        repair: rep.clone(),
-                        ..opts(1000)
-                    },
-                )
-                .unwrap(),
-            );
+            let (dev, store) = repairing_store(rep.clone(), 1000);
             let _ = rep.store.set(Arc::downgrade(&store));
             store.create_table(1, schema()).unwrap();
             store
@@ -1221,6 +1208,22 @@ mod tests {
         assert_eq!(reopened.groom(1, 3).unwrap().rows_removed, 0);
     }
 
+    /// A store in memory that repairs through `repair`.
+    fn repairing_store(
+        repair: Arc<dyn BlockRepair>,
+        block_rows: usize,
+    ) -> (Arc<MemDevice>, Arc<DiskStore>) {
+        let dev = Arc::new(MemDevice::new(small_init().size));
+        let opts = StoreOptions {
+            repair,
+            ..opts(block_rows)
+        };
+        let store =
+            DiskStore::create_with_device(dev.clone(), Path::new("mem"), IDS, small_init(), opts)
+                .unwrap();
+        (dev, Arc::new(store))
+    }
+
     /// Repairs from a peer's store as the node does: its fetch, this
     /// store's take_replacement.
     struct FromPeer {
@@ -1255,20 +1258,7 @@ mod tests {
             here: std::sync::OnceLock::new(),
             written: Mutex::new(Vec::new()),
         });
-        let dev = Arc::new(MemDevice::new(small_init().size));
-        let here = Arc::new(
-            DiskStore::create_with_device(
-                dev.clone(),
-                Path::new("mem"),
-                IDS,
-                small_init(),
-                StoreOptions {
-                    repair: rep.clone(),
-                    ..opts(100)
-                },
-            )
-            .unwrap(),
-        );
+        let (dev, here) = repairing_store(rep.clone(), 100);
         let _ = rep.here.set(Arc::downgrade(&here));
         for s in [&rep.peer, here.as_ref()] {
             s.create_table(1, schema()).unwrap();
