@@ -304,9 +304,7 @@ where
             match (to, target) {
                 (false, CopyTarget::Stdin) => copy_from_stdin(fe, client, source, opts).await,
                 (true, CopyTarget::Stdout) => copy_to_stdout(fe, source, opts).await,
-                (false, _) => Err(SqlError::not_supported(
-                    "COPY FROM a server file or program; use COPY ... FROM STDIN (psql: \\copy)",
-                )),
+                (false, _) => Err(SqlError::not_supported(COPY_FROM_FILE)),
                 (true, _) => Err(SqlError::not_supported(
                     "COPY TO a server file or program; use COPY ... TO STDOUT (psql: \\copy)",
                 )),
@@ -511,15 +509,14 @@ fn conn_state<C: ClientInfo>(fe: &Frontend, client: &C) -> Arc<ConnState> {
     ext.get_or_insert_with(|| state)
 }
 
-async fn copy_from_stdin<C>(
+/// What a COPY FROM STDIN loads, checked (the table, the caller's INSERT
+/// privilege, the listed columns, binary-capable types): the table's name,
+/// schema, the listed columns and their schema.
+fn copy_in_target(
     fe: &Frontend,
-    client: &mut C,
-    source: CopySource,
-    opts: CopyOptions,
-) -> Result<Response, SqlError>
-where
-    C: ClientInfo + Send + Sync,
-{
+    source: &CopySource,
+    opts: &CopyOptions,
+) -> Result<(String, SchemaRef, Vec<usize>, SchemaRef), SqlError> {
     let CopySource::Table {
         table_name,
         columns,
@@ -527,7 +524,7 @@ where
     else {
         return Err(SqlError::user("42601", "COPY FROM needs a table"));
     };
-    let name = object_name(&table_name)?;
+    let name = object_name(table_name)?;
     let table = fe
         .coord
         .check_table(&name, Privilege::Insert)?
@@ -554,11 +551,51 @@ where
             .project(&targets)
             .map_err(datafusion::error::DataFusionError::from)?,
     );
-    let ncols = targets.len();
-    let format = opts.format_code();
-    if format == 1 {
+    if opts.format_code() == 1 {
         check_binary_columns(&decode_schema, false)?;
     }
+    Ok((name, table, targets, decode_schema))
+}
+
+/// A COPY FROM checked when it is parsed (extended protocol), as its
+/// execution would check it: options, source, table, privilege, columns.
+/// Refused at Parse, a client never starts the copy; refused only at
+/// Execute, a client that pipelines a Sync after that Execute and another
+/// one after its CopyFail (rust-postgres) gets two ReadyForQuery and drops
+/// its connection (PostgreSQL's answer too).
+fn check_copy_in(fe: &Frontend, statement: &Statement) -> Result<(), SqlError> {
+    let Statement::Copy {
+        source,
+        to: false,
+        target,
+        ..
+    } = statement
+    else {
+        return Ok(());
+    };
+    let opts = CopyOptions::from_statement(statement)?;
+    match target {
+        CopyTarget::Stdin => copy_in_target(fe, source, &opts).map(|_| ()),
+        _ => Err(SqlError::not_supported(COPY_FROM_FILE)),
+    }
+}
+
+/// COPY FROM anything but STDIN.
+const COPY_FROM_FILE: &str =
+    "COPY FROM a server file or program; use COPY ... FROM STDIN (psql: \\copy)";
+
+async fn copy_from_stdin<C>(
+    fe: &Frontend,
+    client: &mut C,
+    source: CopySource,
+    opts: CopyOptions,
+) -> Result<Response, SqlError>
+where
+    C: ClientInfo + Send + Sync,
+{
+    let (name, table, targets, decode_schema) = copy_in_target(fe, &source, &opts)?;
+    let ncols = targets.len();
+    let format = opts.format_code();
     let loader = match conn_txn(client).await {
         Some(txn) => {
             if let Some(why) = txn.failed() {
@@ -884,6 +921,15 @@ impl QueryParser for OurParser {
         C: ClientInfo + Unpin + Send + Sync,
     {
         if let Some(p) = parse_ours(sql) {
+            if matches!(p.statement, Statement::Copy { to: false, .. }) {
+                if let Some(why) = conn_txn(client).await.and_then(|t| t.failed()) {
+                    return Err(SqlError::from(CoordinatorError::TransactionAborted(why)).into());
+                }
+            }
+            in_conn(conn_state(&self.fe, client), async {
+                check_copy_in(&self.fe, &p.statement)
+            })
+            .await?;
             // UPDATE, DELETE and INSERT ... RETURNING: a plan for Describe.
             let plan = match dml::describes(&p.statement) {
                 true => {

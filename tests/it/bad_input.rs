@@ -209,3 +209,76 @@ async fn abandoned_copy(url: &str, kill_socket: bool) -> Result<()> {
     );
     Ok(())
 }
+
+/// A COPY FROM STDIN refused before any data (unknown format, table or
+/// column, a server file) through a driver's extended-protocol COPY
+/// (tokio-postgres `copy_in`): refused with its SQLSTATE when the statement
+/// is parsed, so the driver never starts the copy, and the connection keeps
+/// answering in step. (Refused only at Execute, rust-postgres pipelines a
+/// Sync after that Execute and another after its CopyFail, gets two
+/// ReadyForQuery and drops the connection; found by the statement fuzzer.)
+#[test]
+fn a_copy_refused_over_the_extended_protocol_keeps_the_connection() {
+    harness::run("copy_refused", |env| async move {
+        let db = Slicedb::local(&env, 2, &env.path().join("data")).await?;
+        let client = db.connect().await?;
+        exec(
+            &client,
+            "CREATE TABLE cr (k bigint, s text) DISTRIBUTE ON (k)",
+        )
+        .await?;
+        let cases: &[(&str, &str)] = &[
+            ("COPY cr FROM STDIN (FORMAT binarky)", "22023"),
+            ("COPY no_such_table FROM STDIN", "42P01"),
+            ("COPY cr (k, nope) FROM STDIN", "42703"),
+            ("COPY cr FROM '/etc/passwd'", "0A000"),
+        ];
+        for round in 0..2 {
+            for (sql, code) in cases {
+                let err = match client.copy_in::<_, Bytes>(*sql).await {
+                    Ok(_) => anyhow::bail!("{sql} started a copy"),
+                    Err(e) => e,
+                };
+                ensure!(
+                    err.code().map(|c| c.code()) == Some(*code),
+                    "{sql}: {} (want {code})",
+                    harness::describe(&err)
+                );
+                ensure!(!client.is_closed(), "{sql}: the connection was dropped");
+                assert_alive(&client, sql).await?;
+                let n = scalar(&client, "SELECT count(*) FROM cr").await?;
+                ensure!(n == format!("{}", round * 2), "round {round}: {n} rows");
+            }
+            // A good COPY on the same connection still works.
+            let sink = client.copy_in::<_, Bytes>("COPY cr FROM STDIN").await?;
+            futures::pin_mut!(sink);
+            sink.send(Bytes::from(format!(
+                "{}\ta\n{}\tb\n",
+                round * 2,
+                round * 2 + 1
+            )))
+            .await?;
+            ensure!(sink.as_mut().finish().await? == 2, "two rows copied");
+        }
+        // Inside a failed transaction block: 25P02, still in step.
+        exec(&client, "BEGIN").await?;
+        expect_error(&client, "SELECT * FROM no_such_table", &["42P01"]).await?;
+        let err = match client.copy_in::<_, Bytes>("COPY cr FROM STDIN").await {
+            Ok(_) => anyhow::bail!("a copy started in a failed transaction block"),
+            Err(e) => e,
+        };
+        ensure!(
+            err.code().map(|c| c.code()) == Some("25P02"),
+            "in a failed block: {}",
+            harness::describe(&err)
+        );
+        exec(&client, "ROLLBACK").await?;
+        ensure!(
+            scalar(&client, "SELECT count(*) FROM cr").await? == "4",
+            "4 rows"
+        );
+        drop(client);
+        db.kill();
+        Ok(())
+    });
+}
