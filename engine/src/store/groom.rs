@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{Array, Int64Array};
 use arrow::compute::filter_record_batch;
 use serde::Serialize;
 use tracing::info;
@@ -17,7 +16,7 @@ use super::repair::{self, StoredBlock};
 use super::{read_only_err, DiskStore, IndexedBlock, Stream};
 use crate::block;
 use crate::disk::meta::{BlockMeta, StreamKey};
-use crate::{EngineError, Result, TableId, Xid};
+use crate::{Result, TableId, Xid};
 
 /// One stream a groom rewrites: its key, blocks and deletes as read.
 type GroomWork = (
@@ -88,11 +87,7 @@ impl DiskStore {
                     &self.counters,
                 )?;
                 self.counters.read(key.segment, b.meta.length);
-                let rowids = batch
-                    .column(batch.num_columns() - 3)
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .ok_or_else(|| EngineError::Internal("_rowid is not Int64".into()))?;
+                let rowids = super::rowid_column(&batch)?;
                 if (batch.num_rows() as u64) < b.meta.rows {
                     let read: HashSet<i64> = rowids.iter().flatten().collect();
                     absent.extend(
@@ -199,6 +194,7 @@ mod tests {
     use super::*;
     use crate::store::tests::*;
     use crate::store::{SegmentKind, Snapshot};
+    use crate::EngineError;
 
     #[test]
     fn forwarded_blocks_make_a_logical_mirror_and_groom_keeps_copies_equal() {

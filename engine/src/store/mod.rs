@@ -372,6 +372,16 @@ fn schema_from_ipc(bytes: &[u8], table: TableId) -> Result<SchemaRef> {
         .map_err(|e| EngineError::CorruptMetadata(format!("schema of table {table}: {e}")))
 }
 
+/// The `_rowid` column of a stored batch (user columns, then `_rowid`,
+/// `_createxid`, `_deletexid`).
+fn rowid_column(batch: &arrow::array::RecordBatch) -> Result<&arrow::array::Int64Array> {
+    batch
+        .num_columns()
+        .checked_sub(3)
+        .and_then(|i| batch.column(i).as_any().downcast_ref())
+        .ok_or_else(|| EngineError::Internal("_rowid is not Int64".into()))
+}
+
 fn read_only_err() -> EngineError {
     EngineError::InvalidRequest("disk is open read-only".into())
 }

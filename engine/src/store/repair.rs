@@ -27,7 +27,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::{Array, Int64Array, RecordBatch};
+use arrow::array::RecordBatch;
 use tracing::info;
 
 use super::{DiskStore, StoreCounters, StreamKey};
@@ -133,12 +133,7 @@ impl DiskStore {
             let s = stored(&b.meta);
             let buf = self.dev.read_vec(s.offset, s.length as usize)?;
             let batch = block::decode_block(&buf, &s.location(), None)?;
-            let rowid = batch.num_columns() - 3;
-            let ids = batch
-                .column(rowid)
-                .as_any()
-                .downcast_ref::<arrow::array::Int64Array>()
-                .ok_or_else(|| EngineError::Internal("_rowid is not Int64".into()))?;
+            let ids = super::rowid_column(&batch)?;
             let keep: arrow::array::BooleanArray = ids
                 .iter()
                 .map(|r| r.map(|r| r >= want.rowid_min && r <= want.rowid_max))
@@ -404,17 +399,7 @@ impl DiskStore {
             let written = self.write_back(stored, &repaired.bytes);
             return Ok((repaired, written));
         }
-        let present: HashSet<i64> = match fitted.num_columns().checked_sub(3) {
-            Some(i) => fitted
-                .column(i)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .ok_or_else(|| EngineError::Internal("_rowid is not Int64".into()))?
-                .iter()
-                .flatten()
-                .collect(),
-            None => HashSet::new(),
-        };
+        let present: HashSet<i64> = super::rowid_column(&fitted)?.iter().flatten().collect();
         if present.len() as u64 != rows {
             return Err(bad("the replacement repeats rowids".into()));
         }
